@@ -1,0 +1,64 @@
+// Layer: public API. Entry points: neighborhood attention, dense attention, merging.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "nattn/problem.h"
+#include "nattn/status.h"
+#include "nattn/tensor.h"
+
+namespace nattn {
+
+// Which implementation runs a call. kAuto picks the best one that supports the inputs.
+enum class BackendKind : int { kAuto = 0, kReference = 1, kCuda = 2 };
+
+struct Options {
+  BackendKind backend = BackendKind::kAuto;
+  void* stream = nullptr;      // cudaStream_t for device backends; ignored on CPU
+  bool deterministic = false;  // backward: bitwise reproducible results (the reference always is)
+};
+
+struct ForwardTensors {
+  TensorView q, k, v;
+  TensorView additional_k, additional_v;  // required iff Problem::num_additional > 0
+  TensorView out;
+  TensorView lse;  // optional output, float32 [B, X.., Hq]
+};
+
+struct BackwardTensors {
+  TensorView q, k, v;
+  TensorView additional_k, additional_v;
+  TensorView out, lse, dout;  // lse is required here: forward's float32 logsumexp
+  TensorView dlse;            // optional float32 gradient of lse (when lse fed later computation)
+  TensorView dq, dk, dv;
+  TensorView d_additional_k, d_additional_v;  // required iff num_additional > 0
+};
+
+// Neighborhood attention (SPEC.md). Validates everything first; nothing is written on error.
+Status forward(const Problem& problem, const ForwardTensors& t, const Options& options = {});
+Status backward(const Problem& problem, const BackwardTensors& t, const Options& options = {});
+
+// Dense attention over [B, N, H, D] tensors (additional_* must be absent).
+Status attention_forward(const AttentionProblem& problem, const ForwardTensors& t,
+                         const Options& options = {});
+Status attention_backward(const AttentionProblem& problem, const BackwardTensors& t,
+                          const Options& options = {});
+
+// Merges partial attentions over disjoint key sets into one softmax:
+//   lse = log(sum_i exp(lse_i)),  out = sum_i exp(lse_i - lse) * out_i.
+// outs[i]: [..., H, Dv] (same shape, dtype, device), lses[i]: [..., H] float32.
+// Partials whose lse is -inf contribute nothing; if all are -inf, out = 0 and lse = -inf.
+Status merge_attentions(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
+                        const TensorView& out, const TensorView& lse);
+
+// What each backend built into this library can do here, and why not when it can't.
+struct BackendInfo {
+  BackendKind kind;
+  std::string name;
+  bool available;
+  std::string reason;  // empty when available
+};
+std::vector<BackendInfo> backends();
+const char* backend_name(BackendKind kind);
+
+}  // namespace nattn

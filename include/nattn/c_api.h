@@ -1,0 +1,73 @@
+/* Layer: public API. A plain C ABI over api.h, for foreign-function bindings (the Python
+ * package loads it with ctypes, so one build serves every torch version). Every function
+ * returns a StatusCode value (0 = ok) and, on error, writes a NUL-terminated message into
+ * `err` (at most `err_len` bytes). Tensor slots are fixed positions in an array. */
+#ifndef NATTN_C_API_H_
+#define NATTN_C_API_H_
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define NATTN_C_MAX_DIMS 6
+
+typedef struct nattn_tensor {
+  void* data;
+  int32_t dtype;       /* nattn::DType */
+  int32_t ndim;        /* 0 = absent */
+  int64_t shape[NATTN_C_MAX_DIMS];
+  int64_t stride[NATTN_C_MAX_DIMS];
+  int32_t device_type; /* nattn::DeviceType */
+  int32_t device_index;
+} nattn_tensor;
+
+typedef struct nattn_problem {
+  int32_t rank;
+  int32_t is_causal[3];
+  int64_t batch;
+  int64_t extent[3];
+  int64_t heads_q, heads_kv, head_dim, head_dim_v;
+  int64_t kernel_size[3], stride[3], dilation[3];
+  int32_t has_scale;
+  double scale;
+  int64_t num_additional;
+} nattn_problem;
+
+typedef struct nattn_options {
+  int32_t backend;       /* nattn::BackendKind */
+  int32_t deterministic;
+  void* stream;
+} nattn_options;
+
+/* Forward slots: q k v additional_k additional_v out lse */
+enum { NATTN_FWD_Q, NATTN_FWD_K, NATTN_FWD_V, NATTN_FWD_AK, NATTN_FWD_AV, NATTN_FWD_OUT,
+       NATTN_FWD_LSE, NATTN_FWD_COUNT };
+/* Backward slots: q k v ak av out lse dout dlse dq dk dv dak dav */
+enum { NATTN_BWD_Q, NATTN_BWD_K, NATTN_BWD_V, NATTN_BWD_AK, NATTN_BWD_AV, NATTN_BWD_OUT,
+       NATTN_BWD_LSE, NATTN_BWD_DOUT, NATTN_BWD_DLSE, NATTN_BWD_DQ, NATTN_BWD_DK, NATTN_BWD_DV,
+       NATTN_BWD_DAK, NATTN_BWD_DAV, NATTN_BWD_COUNT };
+
+int nattn_forward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o,
+                  char* err, size_t err_len);
+int nattn_backward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o,
+                   char* err, size_t err_len);
+/* Dense attention: p->rank must be 1, extent[0] = N, is_causal[0]; window fields are ignored. */
+int nattn_attention_forward(const nattn_problem* p, const nattn_tensor* tensors,
+                            const nattn_options* o, char* err, size_t err_len);
+int nattn_attention_backward(const nattn_problem* p, const nattn_tensor* tensors,
+                             const nattn_options* o, char* err, size_t err_len);
+/* Validation alone (no tensors touched): the same checks and messages as the calls above. */
+int nattn_check_problem(const nattn_problem* p, char* err, size_t err_len);
+/* Merges `n` partials: outs/lses arrays of n views each. */
+int nattn_merge(int32_t n, const nattn_tensor* outs, const nattn_tensor* lses,
+                const nattn_tensor* out, const nattn_tensor* lse, char* err, size_t err_len);
+/* Backend `kind`: 1 if available; otherwise 0 and the reason in `reason`. */
+int nattn_backend_available(int32_t kind, char* reason, size_t reason_len);
+const char* nattn_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* NATTN_C_API_H_ */

@@ -1,0 +1,6 @@
+// Layer: public API. Umbrella header.
+#pragma once
+#include "nattn/api.h"
+#include "nattn/problem.h"
+#include "nattn/status.h"
+#include "nattn/tensor.h"

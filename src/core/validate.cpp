@@ -1,0 +1,262 @@
+// Layer: core. Argument validation (see validate.h).
+#include "core/validate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+namespace nattn {
+namespace {
+
+std::string axis_name(const char* name, int a) { return std::string(name) + "[" + std::to_string(a) + "]"; }
+
+Status invalid(const std::string& arg, const std::string& value, const std::string& rule) {
+  return Status::Invalid(arg + " = " + value + " is invalid: " + rule);
+}
+Status invalid(const std::string& arg, int64_t value, const std::string& rule) {
+  return invalid(arg, std::to_string(value), rule);
+}
+
+bool mul_overflows(int64_t a, int64_t b, int64_t* out) { return __builtin_mul_overflow(a, b, out); }
+bool add_overflows(int64_t a, int64_t b, int64_t* out) { return __builtin_add_overflow(a, b, out); }
+
+// Largest element offset of a view (0 for empty views); false on 64-bit overflow.
+bool max_offset(const TensorView& t, int64_t* out) {
+  int64_t off = 0;
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] == 0) { *out = 0; return true; }
+    int64_t term;
+    if (mul_overflows(t.shape[i] - 1, t.stride[i], &term) || add_overflows(off, term, &off)) return false;
+  }
+  *out = off;
+  return true;
+}
+
+// Byte range [lo, hi) a view touches; empty views touch nothing.
+struct ByteRange { uintptr_t lo = 0, hi = 0; bool empty() const { return hi <= lo; } };
+ByteRange byte_range(const TensorView& t) {
+  int64_t off = 0;
+  if (!t.defined() || t.numel() == 0 || !max_offset(t, &off)) return {};
+  const uintptr_t base = reinterpret_cast<uintptr_t>(t.data);
+  return {base, base + uintptr_t(off + 1) * uintptr_t(dtype_size(t.dtype))};
+}
+
+// True when two distinct indices of the view map to the same element (an output like that
+// would be written twice).
+bool self_overlapping(const TensorView& t) {
+  int idx[kMaxDims];
+  int n = 0;
+  for (int i = 0; i < t.ndim; ++i) if (t.shape[i] > 1) idx[n++] = i;
+  std::sort(idx, idx + n, [&](int a, int b) { return t.stride[a] < t.stride[b]; });
+  int64_t span = 1;  // elements covered by the faster dims so far
+  for (int j = 0; j < n; ++j) {
+    const int d = idx[j];
+    if (t.stride[d] < span) return true;
+    span = t.stride[d] * (t.shape[d] - 1) + span;
+  }
+  return false;
+}
+
+struct Spec {
+  const char* name;
+  const TensorView* view;
+  std::vector<int64_t> shape;
+  bool is_output;
+  bool float32_only;  // lse / dlse
+};
+
+std::string shape_of(const std::vector<int64_t>& s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << "]";
+  return o.str();
+}
+
+Status check_one(const Spec& s, DType dtype, const char* dtype_from, Device device, const char* device_from) {
+  const TensorView& t = *s.view;
+  const std::string name = s.name;
+  if (t.ndim != int(s.shape.size()))
+    return invalid(name + ".ndim", t.ndim, "expected " + std::to_string(s.shape.size()) +
+                   " dimensions, shape " + shape_of(s.shape));
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] != s.shape[i])
+      return invalid(name + ".shape", shape_string(t), "expected " + shape_of(s.shape));
+    if (t.stride[i] < 0)
+      return invalid(name + ".stride[" + std::to_string(i) + "]", t.stride[i], "strides must be >= 0");
+  }
+  if (s.float32_only) {
+    if (t.dtype != DType::kFloat32)
+      return invalid(name + ".dtype", dtype_name(t.dtype), "must be float32");
+  } else if (t.dtype != dtype) {
+    return invalid(name + ".dtype", dtype_name(t.dtype),
+                   std::string("must match ") + dtype_from + ".dtype (" + dtype_name(dtype) + ")");
+  }
+  if (t.device != device)
+    return invalid(name + ".device", device_name(t.device),
+                   std::string("must match ") + device_from + ".device (" + device_name(device) + ")");
+  int64_t off = 0;
+  if (!max_offset(t, &off) || off > INT64_MAX / 8)
+    return invalid(name + ".shape", shape_string(t), "element offsets overflow 64-bit arithmetic");
+  if (t.numel() > 0 && t.data == nullptr)
+    return invalid(name + ".data", "null", "a non-empty tensor needs a data pointer");
+  if (s.is_output && self_overlapping(t))
+    return invalid(name + ".stride", shape_string(t) + " strides", "an output must not map two indices to one element");
+  return Status::Ok();
+}
+
+Status check_all(const std::vector<Spec>& specs) {
+  // dtype and device are taken from the first tensor that is not float32-only.
+  const Spec* ref = nullptr;
+  for (const Spec& s : specs) if (!s.float32_only) { ref = &s; break; }
+  for (const Spec& s : specs)
+    NATTN_RETURN_IF_ERROR(check_one(s, ref->view->dtype, ref->name, ref->view->device, ref->name));
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (!specs[i].is_output) continue;
+    const ByteRange a = byte_range(*specs[i].view);
+    if (a.empty()) continue;
+    for (size_t j = 0; j < specs.size(); ++j) {
+      if (i == j) continue;
+      const ByteRange b = byte_range(*specs[j].view);
+      if (b.empty() || (j < i && specs[j].is_output)) continue;
+      if (a.lo < b.hi && b.lo < a.hi)
+        return invalid(std::string(specs[i].name) + ".data", "overlapping " + std::string(specs[j].name),
+                       "outputs must not share memory with inputs or other outputs");
+    }
+  }
+  return Status::Ok();
+}
+
+std::vector<int64_t> grid_shape(const Problem& p, int64_t heads, int64_t dim) {
+  std::vector<int64_t> s{p.batch};
+  for (int a = 0; a < p.rank; ++a) s.push_back(p.extent[a]);
+  s.push_back(heads);
+  if (dim >= 0) s.push_back(dim);
+  return s;
+}
+
+Status check_additional_present(const Problem& p, const TensorView& t, const char* name) {
+  if (p.num_additional > 0 && !t.defined())
+    return invalid(name, "absent", "required when num_additional = " + std::to_string(p.num_additional) + " > 0");
+  if (p.num_additional == 0 && t.defined())
+    return invalid(name, shape_string(t), "must be absent when num_additional = 0");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status validate_problem(const Problem& p, bool dense) {
+  if (p.rank < 1 || p.rank > 3) return invalid("rank", p.rank, "must be 1, 2 or 3");
+  if (p.batch < 0) return invalid("batch", p.batch, "must be >= 0");
+  for (int a = 0; a < p.rank; ++a)
+    if (p.extent[a] < 1) return invalid(axis_name("extent", a), p.extent[a], "must be >= 1");
+  if (p.heads_q < 1) return invalid("heads_q", p.heads_q, "must be >= 1");
+  if (p.heads_kv < 1) return invalid("heads_kv", p.heads_kv, "must be >= 1");
+  if (p.heads_q % p.heads_kv != 0)
+    return invalid("heads_q", p.heads_q, "must be a multiple of heads_kv = " + std::to_string(p.heads_kv));
+  if (p.head_dim < 1) return invalid("head_dim", p.head_dim, "must be >= 1");
+  if (p.head_dim_v < 1) return invalid("head_dim_v", p.head_dim_v, "must be >= 1");
+  if (p.num_additional < 0) return invalid("num_additional", p.num_additional, "must be >= 0");
+  if (p.scale.has_value() && !std::isfinite(*p.scale)) {
+    std::ostringstream v;
+    v << *p.scale;
+    return invalid("scale", v.str(), "must be finite");
+  }
+  for (int a = 0; a < p.rank; ++a) {
+    const int64_t k = p.window.kernel_size[a], s = p.window.stride[a], d = p.window.dilation[a];
+    if (k < (dense ? 1 : 2)) return invalid(axis_name("kernel_size", a), k, dense ? "must be >= 1" : "must be >= 2");
+    if (d < 1) return invalid(axis_name("dilation", a), d, "must be >= 1");
+    if (s < 1 || s > k)
+      return invalid(axis_name("stride", a), s, "must satisfy 1 <= stride <= kernel_size (kernel_size[" +
+                     std::to_string(a) + "] = " + std::to_string(k) + ")");
+    int64_t span;
+    if (__builtin_mul_overflow(k, d, &span) || span > p.extent[a])
+      return invalid(axis_name("kernel_size", a), k, "kernel_size * dilation must be <= extent (dilation[" +
+                     std::to_string(a) + "] = " + std::to_string(d) + ", extent[" + std::to_string(a) +
+                     "] = " + std::to_string(p.extent[a]) + ")");
+  }
+  return Status::Ok();
+}
+
+Status validate_attention_problem(const AttentionProblem& d) {
+  if (d.seq_len < 1) return invalid("seq_len", d.seq_len, "must be >= 1");
+  return Status::Ok();
+}
+
+Status validate_forward(const Problem& p, const ForwardTensors& t, bool dense) {
+  NATTN_RETURN_IF_ERROR(validate_problem(p, dense));
+  NATTN_RETURN_IF_ERROR(check_additional_present(p, t.additional_k, "additional_k"));
+  NATTN_RETURN_IF_ERROR(check_additional_present(p, t.additional_v, "additional_v"));
+  std::vector<Spec> specs{
+      {"q", &t.q, grid_shape(p, p.heads_q, p.head_dim), false, false},
+      {"k", &t.k, grid_shape(p, p.heads_kv, p.head_dim), false, false},
+      {"v", &t.v, grid_shape(p, p.heads_kv, p.head_dim_v), false, false},
+      {"out", &t.out, grid_shape(p, p.heads_q, p.head_dim_v), true, false},
+  };
+  if (t.lse.defined()) specs.push_back({"lse", &t.lse, grid_shape(p, p.heads_q, -1), true, true});
+  if (p.num_additional > 0) {
+    specs.push_back({"additional_k", &t.additional_k, {p.batch, p.num_additional, p.heads_kv, p.head_dim}, false, false});
+    specs.push_back({"additional_v", &t.additional_v, {p.batch, p.num_additional, p.heads_kv, p.head_dim_v}, false, false});
+  }
+  return check_all(specs);
+}
+
+Status validate_backward(const Problem& p, const BackwardTensors& t, bool dense) {
+  NATTN_RETURN_IF_ERROR(validate_problem(p, dense));
+  NATTN_RETURN_IF_ERROR(check_additional_present(p, t.additional_k, "additional_k"));
+  NATTN_RETURN_IF_ERROR(check_additional_present(p, t.additional_v, "additional_v"));
+  NATTN_RETURN_IF_ERROR(check_additional_present(p, t.d_additional_k, "d_additional_k"));
+  NATTN_RETURN_IF_ERROR(check_additional_present(p, t.d_additional_v, "d_additional_v"));
+  if (!t.lse.defined()) return invalid("lse", "absent", "backward needs forward's logsumexp");
+  std::vector<Spec> specs{
+      {"q", &t.q, grid_shape(p, p.heads_q, p.head_dim), false, false},
+      {"k", &t.k, grid_shape(p, p.heads_kv, p.head_dim), false, false},
+      {"v", &t.v, grid_shape(p, p.heads_kv, p.head_dim_v), false, false},
+      {"out", &t.out, grid_shape(p, p.heads_q, p.head_dim_v), false, false},
+      {"dout", &t.dout, grid_shape(p, p.heads_q, p.head_dim_v), false, false},
+      {"lse", &t.lse, grid_shape(p, p.heads_q, -1), false, true},
+      {"dq", &t.dq, grid_shape(p, p.heads_q, p.head_dim), true, false},
+      {"dk", &t.dk, grid_shape(p, p.heads_kv, p.head_dim), true, false},
+      {"dv", &t.dv, grid_shape(p, p.heads_kv, p.head_dim_v), true, false},
+  };
+  if (t.dlse.defined()) specs.push_back({"dlse", &t.dlse, grid_shape(p, p.heads_q, -1), false, true});
+  if (p.num_additional > 0) {
+    const std::vector<int64_t> ks{p.batch, p.num_additional, p.heads_kv, p.head_dim};
+    const std::vector<int64_t> vs{p.batch, p.num_additional, p.heads_kv, p.head_dim_v};
+    specs.push_back({"additional_k", &t.additional_k, ks, false, false});
+    specs.push_back({"additional_v", &t.additional_v, vs, false, false});
+    specs.push_back({"d_additional_k", &t.d_additional_k, ks, true, false});
+    specs.push_back({"d_additional_v", &t.d_additional_v, vs, true, false});
+  }
+  return check_all(specs);
+}
+
+Status validate_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
+                      const TensorView& out, const TensorView& lse) {
+  if (outs.empty()) return invalid("outs", "an empty list", "needs at least one partial");
+  if (outs.size() != lses.size())
+    return invalid("lses", std::to_string(lses.size()) + " tensors",
+                   "needs one per partial output (" + std::to_string(outs.size()) + ")");
+  const TensorView& o0 = outs[0];
+  if (o0.ndim < 2) return invalid("outs[0].ndim", o0.ndim, "must be >= 2 ([..., H, Dv])");
+  std::vector<int64_t> oshape(o0.shape, o0.shape + o0.ndim);
+  std::vector<int64_t> lshape(o0.shape, o0.shape + o0.ndim - 1);
+  std::vector<std::string> names;
+  names.reserve(2 * outs.size() + 2);
+  std::vector<Spec> specs;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    names.push_back("outs[" + std::to_string(i) + "]");
+    names.push_back("lses[" + std::to_string(i) + "]");
+  }
+  for (size_t i = 0; i < outs.size(); ++i) {
+    specs.push_back({names[2 * i].c_str(), &outs[i], oshape, false, false});
+    specs.push_back({names[2 * i + 1].c_str(), &lses[i], lshape, false, true});
+  }
+  specs.push_back({"out", &out, oshape, true, false});
+  specs.push_back({"lse", &lse, lshape, true, true});
+  return check_all(specs);
+}
+
+}  // namespace nattn

@@ -1,0 +1,105 @@
+// Layer: core. The neighborhood of SPEC.md, per axis, for host and device code.
+//
+// Everything works in "group positions": dilation d splits an axis of extent L into d
+// interleaved groups (g = i mod d, p = i div d), and a window is a contiguous range of group
+// positions. Within a group both ends of the window are non-decreasing in the query position
+// (it needs Lg >= k, which k * d <= L guarantees), which is what makes the inverse map and the
+// tile helpers simple ranges.
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define NATTN_HD __host__ __device__ __forceinline__
+#else
+#define NATTN_HD inline
+#endif
+
+namespace nattn::window {
+
+// Half-open range [begin, end).
+struct Range {
+  int64_t begin = 0;
+  int64_t end = 0;
+  NATTN_HD constexpr int64_t size() const { return end - begin; }
+  NATTN_HD constexpr bool empty() const { return end <= begin; }
+  NATTN_HD constexpr bool contains(int64_t x) const { return begin <= x && x < end; }
+};
+
+// The window parameters of one axis (SPEC.md).
+struct Axis {
+  int64_t extent = 1;  // L
+  int64_t kernel = 2;  // k
+  int64_t stride = 1;  // s
+  int64_t dilation = 1;  // d
+  bool causal = false;
+};
+
+NATTN_HD constexpr int64_t group_of(const Axis& a, int64_t i) { return i % a.dilation; }
+NATTN_HD constexpr int64_t position_of(const Axis& a, int64_t i) { return i / a.dilation; }
+NATTN_HD constexpr int64_t index_of(const Axis& a, int64_t group, int64_t pos) {
+  return pos * a.dilation + group;
+}
+// Lg: the number of axis indices in dilation group g.
+NATTN_HD constexpr int64_t group_length(const Axis& a, int64_t g) {
+  return a.extent / a.dilation + (g < a.extent % a.dilation ? 1 : 0);
+}
+
+// The keys (group positions) that query position p of a group of length Lg attends to.
+NATTN_HD constexpr Range group_window(int64_t p, int64_t Lg, int64_t k, int64_t s, bool causal) {
+  if (causal) {
+    int64_t leader = (p / s) * s + s - 1;  // last query of p's stride group
+    if (leader > Lg - 1) leader = Lg - 1;
+    int64_t start = leader - (k - 1);
+    if (start < 0) start = 0;
+    int64_t end = p + 1 < Lg ? p + 1 : Lg;  // never past the query itself
+    return {start, end};
+  }
+  const int64_t wl = k / 2;
+  const int64_t wr = k / 2 + (k % 2) - 1;
+  int64_t leader = (p / s) * s + s / 2;  // centre query of p's stride group
+  if (leader > Lg - 1) leader = Lg - 1;
+  int64_t start = leader - wl;
+  if (start < 0) start = 0;
+  if (leader + wr >= Lg) start += Lg - wr - leader - 1;  // shift left at the far border
+  return {start, start + k};
+}
+
+NATTN_HD constexpr Range group_window(const Axis& a, int64_t g, int64_t p) {
+  return group_window(p, group_length(a, g), a.kernel, a.stride, a.causal);
+}
+
+// The queries (group positions) whose window contains key position t. Because both window
+// ends are monotone in p, that set is the range [first p with end(p) > t, last p with
+// start(p) <= t]; two binary searches find it (O(log Lg), fine on device once per tile/key).
+NATTN_HD constexpr Range group_inverse(int64_t t, int64_t Lg, int64_t k, int64_t s, bool causal) {
+  int64_t lo = 0, hi = Lg;  // first p with end(p) > t
+  while (lo < hi) {
+    int64_t mid = lo + (hi - lo) / 2;
+    if (group_window(mid, Lg, k, s, causal).end > t) hi = mid; else lo = mid + 1;
+  }
+  const int64_t first = lo;
+  lo = 0; hi = Lg;  // first p with start(p) > t
+  while (lo < hi) {
+    int64_t mid = lo + (hi - lo) / 2;
+    if (group_window(mid, Lg, k, s, causal).begin > t) hi = mid; else lo = mid + 1;
+  }
+  const int64_t last_plus_one = lo;
+  return {first, last_plus_one > first ? last_plus_one : first};
+}
+
+NATTN_HD constexpr Range group_inverse(const Axis& a, int64_t g, int64_t t) {
+  return group_inverse(t, group_length(a, g), a.kernel, a.stride, a.causal);
+}
+
+// Number of keys each query attends to, summed over every query of the axis (used for
+// counting attended pairs: the multi-axis count is the product of the per-axis sums).
+NATTN_HD constexpr int64_t window_size_sum(const Axis& a) {
+  int64_t total = 0;
+  for (int64_t g = 0; g < a.dilation && g < a.extent; ++g) {
+    const int64_t Lg = group_length(a, g);
+    for (int64_t p = 0; p < Lg; ++p) total += group_window(p, Lg, a.kernel, a.stride, a.causal).size();
+  }
+  return total;
+}
+
+}  // namespace nattn::window
