@@ -1,0 +1,74 @@
+// Layer: core. See tile_shapes.h.
+#include "core/tile_shapes.h"
+
+#include <vector>
+
+#include "core/axes.h"
+#include "core/tiles.h"
+
+namespace nattn {
+namespace {
+
+// Sum over the query tiles of one axis' dilation group of the key tiles covering their union.
+double axis_key_tiles(const window::Axis& ax, int64_t g, int q, int k) {
+  const int64_t Lg = window::group_length(ax, g);
+  double total = 0;
+  for (int64_t q0 = 0; q0 < Lg; q0 += q) {
+    const window::Range qr{q0, q0 + q < Lg ? q0 + q : Lg};
+    const window::Range u = tiles::key_union(qr, Lg, ax.kernel, ax.stride, ax.causal);
+    total += double((u.size() + k - 1) / k);
+  }
+  return total;
+}
+
+// All ways to write 2^log2n as a product of `rank` powers of two (unused axes get 1).
+void splits(int rank, int log2n, std::vector<std::array<int, 3>>* out) {
+  out->clear();
+  if (rank == 1) { out->push_back({1 << log2n, 1, 1}); return; }
+  for (int a = 0; a <= log2n; ++a) {
+    if (rank == 2) { out->push_back({1 << a, 1 << (log2n - a), 1}); continue; }
+    for (int b = 0; a + b <= log2n; ++b) out->push_back({1 << a, 1 << b, 1 << (log2n - a - b)});
+  }
+}
+
+int log2i(int x) { int l = 0; while ((1 << l) < x) ++l; return l; }
+
+}  // namespace
+
+double count_key_tiles(const Problem& p, const std::array<int, 3>& q, const std::array<int, 3>& k) {
+  double total = 1;
+  for (int a = 0; a < p.rank; ++a) {
+    const window::Axis ax = axis(p, a);
+    double sum = 0;
+    for (int64_t g = 0; g < ax.dilation; ++g) sum += axis_key_tiles(ax, g, q[a], k[a]);
+    total *= sum;
+  }
+  return total;
+}
+
+TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k) {
+  std::vector<std::array<int, 3>> qs, ks;
+  splits(p.rank, log2i(block_q), &qs);
+  splits(p.rank, log2i(block_k), &ks);
+  TileShapes best;
+  best.key_tiles = -1;
+  for (const auto& q : qs) {
+    // A query box far longer than its axis only adds empty rows.
+    bool useful = true;
+    for (int a = 0; a < p.rank; ++a)
+      if (q[a] > 1 && (q[a] / 2) >= window::group_length(axis(p, a), 0)) useful = false;
+    if (!useful) continue;
+    for (const auto& k : ks) {
+      const double c = count_key_tiles(p, q, k);
+      if (best.key_tiles < 0 || c < best.key_tiles) { best.q = q; best.k = k; best.key_tiles = c; }
+    }
+  }
+  if (best.key_tiles < 0) {  // every box overshoots some axis: take the last-axis-major one
+    best.q = qs.back();
+    best.k = ks.back();
+    best.key_tiles = count_key_tiles(p, best.q, best.k);
+  }
+  return best;
+}
+
+}  // namespace nattn

@@ -1,0 +1,29 @@
+// Layer: core. Host-side choice of the query-tile and key-tile box shapes of fused kernels.
+//
+// A fused kernel's CTA owns a box of BM query positions (one dilation group per axis) and
+// walks the union of their windows in key boxes of BN positions. The best shapes depend on
+// the window: this picks, among power-of-two boxes, the pair that minimises the number of
+// key tiles visited over the whole grid, i.e. the tensor-core work. Because tiles form a
+// Cartesian product, that count factorises per axis and is exact (up to tiles skipped as
+// fully outside, which only causal windows produce).
+#pragma once
+#include <array>
+#include <cstdint>
+
+#include "nattn/problem.h"
+
+namespace nattn {
+
+struct TileShapes {
+  std::array<int, 3> q{1, 1, 1};  // query box per axis (product = BM)
+  std::array<int, 3> k{1, 1, 1};  // key box per axis (product = BN)
+  double key_tiles = 0;           // key tiles visited per (batch, head), all dilation groups
+};
+
+// Pass a problem with rank 1..3; BM and BN powers of two.
+TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k);
+
+// Key tiles visited for given shapes (per batch and head, all dilation groups).
+double count_key_tiles(const Problem& p, const std::array<int, 3>& q, const std::array<int, 3>& k);
+
+}  // namespace nattn

@@ -1,0 +1,87 @@
+// Layer: cuda. Element conversions and neighborhood walks shared by the generic (SIMT)
+// kernels: the exact path for every dtype, head dim and stride.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <type_traits>
+
+#include "core/window.h"
+#include "cuda/params.h"
+
+namespace nattn::cuda::generic {
+
+template <class T> __device__ __forceinline__ float to_acc(T x);
+template <> __device__ __forceinline__ float to_acc(float x) { return x; }
+template <> __device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+
+template <class T, class A> __device__ __forceinline__ T from_acc(A x);
+template <> __device__ __forceinline__ float from_acc<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ double from_acc<double>(double x) { return x; }
+
+// Accumulate fp64 in double, everything else in float.
+template <class T> using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+__device__ __forceinline__ window::Axis axis_of(const Geometry& g, int a) {
+  return {g.extent[a], g.kernel[a], g.stride[a], g.dilation[a], g.causal[a]};
+}
+
+__device__ __forceinline__ void coords_of(const Geometry& g, int64_t token, int64_t c[3]) {
+  c[0] = c[1] = c[2] = 0;
+  for (int a = g.rank - 1; a >= 0; --a) { c[a] = token % g.extent[a]; token /= g.extent[a]; }
+}
+
+__device__ __forceinline__ int64_t spatial(const Geometry& g, const Strides& s, const int64_t c[3]) {
+  int64_t off = 0;
+  for (int a = 0; a < g.rank; ++a) off += c[a] * s.axis[a];
+  return off;
+}
+
+// Per-axis ranges (group positions + group) of the keys a query sees, or of the queries that
+// see a key (inverse = true).
+struct Ranges {
+  window::Range r[3];
+  int64_t group[3];
+  int64_t dil[3];
+};
+
+__device__ __forceinline__ Ranges ranges_of(const Geometry& g, const int64_t c[3], bool inverse) {
+  Ranges out;
+  for (int a = 0; a < 3; ++a) { out.r[a] = {0, 1}; out.group[a] = 0; out.dil[a] = 1; }
+  for (int a = 0; a < g.rank; ++a) {
+    const window::Axis ax = axis_of(g, a);
+    const int64_t grp = window::group_of(ax, c[a]);
+    const int64_t pos = window::position_of(ax, c[a]);
+    out.r[a] = inverse ? window::group_inverse(ax, grp, pos) : window::group_window(ax, grp, pos);
+    out.group[a] = grp;
+    out.dil[a] = ax.dilation;
+  }
+  return out;
+}
+
+// Calls f(coords) for every token of the product of the ranges.
+template <class F>
+__device__ __forceinline__ void for_each(const Ranges& rg, F&& f) {
+  int64_t c[3];
+  for (int64_t p0 = rg.r[0].begin; p0 < rg.r[0].end; ++p0)
+    for (int64_t p1 = rg.r[1].begin; p1 < rg.r[1].end; ++p1)
+      for (int64_t p2 = rg.r[2].begin; p2 < rg.r[2].end; ++p2) {
+        c[0] = p0 * rg.dil[0] + rg.group[0];
+        c[1] = p1 * rg.dil[1] + rg.group[1];
+        c[2] = p2 * rg.dil[2] + rg.group[2];
+        f(c);
+      }
+}
+
+template <class T, class A>
+__device__ __forceinline__ A dot(const T* x, int64_t xs, const T* y, int64_t ys, int64_t n) {
+  A s = 0;
+  for (int64_t d = 0; d < n; ++d) s += A(to_acc(x[d * xs])) * A(to_acc(y[d * ys]));
+  return s;
+}
+
+}  // namespace nattn::cuda::generic

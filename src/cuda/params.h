@@ -1,0 +1,52 @@
+// Layer: cuda. Plain parameter structs shared by host launch code and kernels (no CUDA
+// types, no torch). Every offset is 64-bit; strides are in elements.
+#pragma once
+#include <cstdint>
+
+namespace nattn::cuda {
+
+// A strided [B, X1..Xr, H, D] (or [B, Na, H, D]) tensor: base + b*batch + sum x_a*axis[a] + h*head + c*dim.
+struct Strides {
+  int64_t batch = 0;
+  int64_t axis[3] = {0, 0, 0};
+  int64_t head = 0;
+  int64_t dim = 1;
+};
+
+struct Geometry {
+  int rank = 1;
+  int64_t extent[3] = {1, 1, 1};
+  int64_t kernel[3] = {1, 1, 1};
+  int64_t stride[3] = {1, 1, 1};
+  int64_t dilation[3] = {1, 1, 1};
+  bool causal[3] = {false, false, false};
+  int64_t batch = 1, heads_q = 1, heads_kv = 1, head_dim = 1, head_dim_v = 1, num_additional = 0;
+  int64_t tokens = 1;
+  float scale = 1.f;
+};
+
+struct ForwardParams {
+  Geometry g;
+  const void* q = nullptr; const void* k = nullptr; const void* v = nullptr;
+  const void* ka = nullptr; const void* va = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;  // may be null
+  Strides sq, sk, sv, ska, sva, so, slse;
+  // Tiling (fused kernels): query and key boxes in group positions, per axis.
+  int q_tile[3] = {1, 1, 1};
+  int k_tile[3] = {1, 1, 1};
+  int64_t q_tiles[3] = {1, 1, 1};  // query tiles per axis per dilation group
+};
+
+struct BackwardParams {
+  Geometry g;
+  const void* q = nullptr; const void* k = nullptr; const void* v = nullptr;
+  const void* ka = nullptr; const void* va = nullptr;
+  const void* out = nullptr; const void* dout = nullptr;
+  const float* lse = nullptr; const float* dlse = nullptr;
+  void* dq = nullptr; void* dk = nullptr; void* dv = nullptr; void* dka = nullptr; void* dva = nullptr;
+  float* delta = nullptr;  // workspace [B, N, Hq], contiguous
+  Strides sq, sk, sv, ska, sva, so, sdo, slse, sdlse, sdq, sdk, sdv, sdka, sdva;
+};
+
+}  // namespace nattn::cuda

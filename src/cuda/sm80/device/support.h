@@ -1,0 +1,67 @@
+// Layer: cuda/sm80 device. Shared "can the fused kernels run this" checks and helpers.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cuda/params.h"
+#include "nattn/problem.h"
+#include "nattn/status.h"
+#include "nattn/tensor.h"
+
+namespace nattn::cuda::sm80 {
+
+// max(D, Dv) rounded up to an instantiated head dim.
+inline int padded_head_dim(const Geometry& g) {
+  const int64_t d = g.head_dim > g.head_dim_v ? g.head_dim : g.head_dim_v;
+  return d <= 32 ? 32 : d <= 64 ? 64 : d <= 128 ? 128 : 256;
+}
+
+inline Problem problem_of(const Geometry& g) {
+  Problem p;
+  p.rank = g.rank;
+  p.batch = g.batch;
+  for (int a = 0; a < 3; ++a) {
+    p.extent[a] = g.extent[a];
+    p.window.kernel_size[a] = g.kernel[a];
+    p.window.stride[a] = g.stride[a];
+    p.window.dilation[a] = g.dilation[a];
+    p.window.is_causal[a] = g.causal[a];
+  }
+  p.heads_q = g.heads_q;
+  p.heads_kv = g.heads_kv;
+  p.head_dim = g.head_dim;
+  p.head_dim_v = g.head_dim_v;
+  p.num_additional = g.num_additional;
+  return p;
+}
+
+inline Status common_support(const Geometry& g, DType dtype) {
+  if (dtype != DType::kFloat16 && dtype != DType::kBFloat16)
+    return Status::Unsupported(std::string("fused kernels take float16/bfloat16 (got ") + dtype_name(dtype) + ")");
+  int dev = 0, major = 0;
+  cudaGetDevice(&dev);
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || major < 8)
+    return Status::Unsupported("fused kernels need compute capability 8.0 or newer");
+  if (g.head_dim % 8 != 0 || g.head_dim_v % 8 != 0 || g.head_dim > 256 || g.head_dim_v > 256)
+    return Status::Unsupported("fused kernels need head dims that are multiples of 8 up to 256 (got " +
+                               std::to_string(g.head_dim) + ", " + std::to_string(g.head_dim_v) + ")");
+  for (int a = 0; a < 3; ++a)
+    if (g.extent[a] >= (int64_t(1) << 30)) return Status::Unsupported("fused kernels need extents < 2^30");
+  if (g.heads_q > 65535 || g.batch > 65535) return Status::Unsupported("fused kernels need batch and heads <= 65535");
+  return Status::Ok();
+}
+
+// Rows must be unit-stride and 16-byte aligned for cp.async.
+inline Status rows_aligned(const char* name, const void* ptr, const Strides& s) {
+  if (ptr == nullptr) return Status::Ok();
+  const bool ok = s.dim == 1 && reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && s.batch % 8 == 0 &&
+                  s.axis[0] % 8 == 0 && s.axis[1] % 8 == 0 && s.axis[2] % 8 == 0 && s.head % 8 == 0;
+  if (!ok)
+    return Status::Unsupported(std::string(name) +
+                               ": fused kernels need unit-stride head dims and 16-byte aligned rows");
+  return Status::Ok();
+}
+
+}  // namespace nattn::cuda::sm80
