@@ -27,4 +27,5 @@ target_compile_definitions(nattn_objects PUBLIC NATTN_WITH_CUDA)
 target_include_directories(nattn_objects PRIVATE "${NATTN_CUTLASS_DIR}/include")
 target_compile_options(nattn_objects PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -lineinfo -Xptxas=-warn-spills>)
-target_link_libraries(nattn_objects PUBLIC CUDA::cudart)
+# Static cudart: the Python package loads libnattn.so with ctypes, with no RPATH to a toolkit.
+target_link_libraries(nattn_objects PUBLIC CUDA::cudart_static)

@@ -1,0 +1,159 @@
+"""The anchor benchmark (DESIGN.md): each problem forward (and forward+backward with --backward)
+on nattn's CUDA backend, beside dense cuDNN SDPA and FlexAttention with the same NA mask, all in
+one run on one card; nattn's output is checked against FlexAttention's (an explicit NA mask
+written from SPEC.md here, independent of nattn's window code).
+
+usage: python bench/anchors.py [--only NAME ...] [--backward] [--iters N] [--out FILE.md]
+"""
+import argparse
+import datetime
+import math
+import subprocess
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+import nattn
+
+# name, batch, heads, extent, kernel, stride, dilation (bf16, head dim 128)
+ANCHORS = [
+    ("1d-32k", 1, 16, (32768,), (2048,), (1,), (1,)),
+    ("1d-32k-s256", 1, 16, (32768,), (2048,), (256,), (1,)),
+    ("flux-2d", 1, 24, (256, 256), (80, 80), (1, 1), (1, 1)),
+    ("flux-2d-s16", 1, 24, (256, 256), (80, 80), (16, 16), (1, 1)),
+    ("img-2d", 4, 16, (128, 128), (31, 31), (1, 1), (1, 1)),
+    ("img-2d-d2", 4, 16, (128, 128), (31, 31), (1, 1), (2, 2)),
+    ("hunyuan-3d", 1, 24, (30, 48, 80), (18, 24, 24), (1, 1, 1), (1, 1, 1)),
+    ("hunyuan-3d-s", 1, 24, (30, 48, 80), (18, 24, 24), (16, 8, 8), (1, 1, 1)),
+    ("cosmos-3d", 1, 32, (16, 44, 80), (12, 32, 32), (1, 1, 1), (1, 1, 1)),
+    ("cosmos-3d-s", 1, 32, (16, 44, 80), (12, 32, 32), (8, 22, 16), (1, 1, 1)),
+]
+DIM = 128
+
+
+def axis_window(i, L, k, s, d, causal=False):
+    """SPEC.md's window of query index tensor i along one axis: (group, start, end) in group positions."""
+    g, p = i % d, i // d
+    Lg = L // d + (g < L % d).to(i.dtype)
+    if causal:
+        leader = torch.minimum((p // s) * s + s - 1, Lg - 1)
+        return g, torch.clamp(leader - (k - 1), min=0), torch.minimum(p + 1, Lg)
+    wl, wr = k // 2, k // 2 + k % 2 - 1
+    leader = torch.minimum((p // s) * s + s // 2, Lg - 1)
+    start = torch.clamp(leader - wl, min=0)
+    start = torch.where(leader + wr >= Lg, start + Lg - wr - leader - 1, start)
+    return g, start, start + k
+
+
+def na_mask_mod(extent, kernel, stride, dilation):
+    def coords(t):
+        out = []
+        for x in reversed(extent):
+            out.append(t % x)
+            t = t // x
+        return out[::-1]
+
+    def mask(b, h, q_idx, kv_idx):
+        ok = torch.ones_like(q_idx, dtype=torch.bool)
+        for a, (qc, kc) in enumerate(zip(coords(q_idx), coords(kv_idx))):
+            g, start, end = axis_window(qc, extent[a], kernel[a], stride[a], dilation[a])
+            ok = ok & (kc % dilation[a] == g) & (kc // dilation[a] >= start) & (kc // dilation[a] < end)
+        return ok
+    return mask
+
+
+def attended_pairs(extent, kernel, stride, dilation):
+    pairs = 1
+    for a in range(len(extent)):
+        i = torch.arange(extent[a])
+        _, s, e = axis_window(i, extent[a], kernel[a], stride[a], dilation[a])
+        pairs *= int((e - s).sum())
+    return pairs
+
+
+def bench(fn, iters):
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def run_anchor(anchor, iters, backward):
+    name, B, H, extent, kernel, stride, dilation = anchor
+    N = math.prod(extent)
+    q, k, v = (torch.randn(B, *extent, H, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    fn = {1: nattn.na1d, 2: nattn.na2d, 3: nattn.na3d}[len(extent)]
+    pairs = attended_pairs(extent, kernel, stride, dilation)
+    useful = 4.0 * B * H * DIM * pairs
+    limit = N * N / pairs
+    row = dict(name=name, tokens="x".join(map(str, extent)), window="x".join(map(str, kernel)),
+               stride="x".join(map(str, stride)), dilation="x".join(map(str, dilation)), limit=limit)
+
+    na = lambda: fn(q, k, v, kernel, stride=stride, dilation=dilation)  # noqa: E731
+    row["nattn_ms"] = bench(na, iters)
+    row["tflops"] = useful / row["nattn_ms"] / 1e9
+
+    qt, kt, vt = (x.flatten(1, -3).transpose(1, 2).contiguous() for x in (q, k, v))  # [B, H, N, D]
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        row["sdpa_ms"] = bench(lambda: F.scaled_dot_product_attention(qt, kt, vt), iters)
+    block_mask = create_block_mask(na_mask_mod(extent, kernel, stride, dilation), None, None, N, N, device="cuda")
+    flex = torch.compile(flex_attention, dynamic=False)
+    row["flex_ms"] = bench(lambda: flex(qt, kt, vt, block_mask=block_mask), iters)
+    ref = flex(qt, kt, vt, block_mask=block_mask).float()
+    out = na().flatten(1, -3).transpose(1, 2).float()
+    row["err"] = ((out - ref).norm() / ref.norm()).item()
+    if backward:
+        qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+        dout = torch.randn_like(q)
+
+        def fb():
+            o = fn(qg, kg, vg, kernel, stride=stride, dilation=dilation)
+            torch.autograd.grad(o, (qg, kg, vg), dout)
+        row["fb_ms"] = bench(fb, max(3, iters // 4))
+        row["fb_tflops"] = 3.5 * useful / row["fb_ms"] / 1e9
+    del q, k, v, qt, kt, vt
+    torch.cuda.empty_cache()
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", nargs="*")
+    ap.add_argument("--backward", action="store_true")
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    rows = [run_anchor(x, a.iters, a.backward) for x in ANCHORS if not a.only or x[0] in a.only]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    lines = [f"card: {torch.cuda.get_device_name()}  date: {datetime.date.today()}  commit: {commit or 'n/a'}  "
+             f"torch {torch.__version__}  command: python bench/anchors.py {' '.join(__import__('sys').argv[1:])}", "",
+             "| anchor | tokens | window | stride | dil | nattn ms | useful TFLOP/s | cuDNN SDPA ms | x SDPA | Flex ms | x Flex | FLOP-wise limit | rel err vs Flex |"
+             + (" fwd+bwd ms | fwd+bwd TFLOP/s |" if a.backward else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if a.backward else "")]
+    for r in rows:
+        line = (f"| {r['name']} | {r['tokens']} | {r['window']} | {r['stride']} | {r['dilation']} | {r['nattn_ms']:.3f} | "
+                f"{r['tflops']:.1f} | {r['sdpa_ms']:.3f} | {r['sdpa_ms'] / r['nattn_ms']:.2f} | {r['flex_ms']:.3f} | "
+                f"{r['flex_ms'] / r['nattn_ms']:.2f} | {r['limit']:.2f} | {r['err']:.2e} |")
+        if a.backward:
+            line += f" {r['fb_ms']:.3f} | {r['fb_tflops']:.1f} |"
+        lines.append(line)
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

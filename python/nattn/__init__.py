@@ -1,0 +1,19 @@
+"""nattn: neighborhood attention for PyTorch (see docs/python.md).
+
+Tensors are heads-last: query [B, *X, Hq, D], key [B, *X, Hkv, D], value [B, *X, Hkv, Dv].
+"""
+from . import _lib
+from . import _ops  # noqa: F401  (registers torch.ops.nattn.na_forward / na_backward)
+from .backends import BackendInfo, backends
+from .functional import attention, na1d, na2d, na3d
+from .merge import merge_attentions
+from .modules import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+
+__version__ = "0.1.0"
+library_version = _lib.version()
+library_path = _lib.LIBRARY_PATH
+
+__all__ = [
+    "na1d", "na2d", "na3d", "attention", "merge_attentions", "backends", "BackendInfo",
+    "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D",
+]

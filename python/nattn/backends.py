@@ -1,0 +1,54 @@
+"""Backend names and availability. The C library chooses among backends (`backend=None`); this
+module only maps names to nattn::BackendKind and asks the library what is available here."""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional
+
+from . import _lib
+
+# Accepted names -> nattn::BackendKind. "cpu" is an alias of the reference backend.
+_KINDS = {
+    "auto": _lib.BACKEND_AUTO,
+    "reference": _lib.BACKEND_REFERENCE,
+    "cpu": _lib.BACKEND_REFERENCE,
+    "cuda": _lib.BACKEND_CUDA,
+}
+_NAMES = {_lib.BACKEND_REFERENCE: "reference", _lib.BACKEND_CUDA: "cuda"}
+
+# Asked once: availability is fixed for the life of the process, and a plain dict lookup is
+# something torch.compile can trace (a ctypes call inside the traced function would not be).
+_AVAILABLE = {kind: _lib.backend_available(kind) for kind in _NAMES}
+
+
+class BackendInfo(NamedTuple):
+    name: str
+    available: bool
+    reason: str  # why not, when unavailable; "" otherwise
+
+
+def backends() -> List[BackendInfo]:
+    """Every backend nattn knows, whether this build can use it on this machine, and why not."""
+    out = []
+    for kind, name in _NAMES.items():
+        ok, reason = _AVAILABLE[kind]
+        out.append(BackendInfo(name, ok, "" if ok else reason))
+    return out
+
+
+def backend_kind(backend: Optional[str]) -> int:
+    """nattn::BackendKind for a `backend=` argument; refuses unknown names and, for an explicit
+    name, a backend that is not available here (with the library's reason)."""
+    if backend is None:
+        return _lib.BACKEND_AUTO
+    if not isinstance(backend, str):
+        raise TypeError(f"backend = {backend!r} is invalid: must be None or a str "
+                        f"({', '.join(repr(n) for n in _KINDS)})")
+    kind = _KINDS.get(backend.lower())
+    if kind is None:
+        raise ValueError(f"backend = {backend!r} is invalid: must be None or one of "
+                         f"{', '.join(repr(n) for n in _KINDS)}")
+    if kind != _lib.BACKEND_AUTO:
+        ok, reason = _AVAILABLE[kind]
+        if not ok:
+            raise NotImplementedError(f"backend = {backend!r} is not available: {reason}")
+    return kind

@@ -1,0 +1,131 @@
+"""CUDA tensors. Skipped without torch.cuda. Tests that need nattn's CUDA backend skip when this
+build has none, unless NATTN_REQUIRE_CUDA=1 (set it where the CUDA backend must be tested)."""
+import os
+
+import pytest
+import torch
+
+import nattn
+from na_reference import reference_na
+
+pytestmark = pytest.mark.cuda
+
+CUDA_INFO = {b.name: b for b in nattn.backends()}["cuda"]
+
+
+@pytest.fixture
+def cuda_backend():
+    if not CUDA_INFO.available:
+        if os.environ.get("NATTN_REQUIRE_CUDA") == "1":
+            pytest.fail(f"NATTN_REQUIRE_CUDA=1 but the CUDA backend is unavailable: "
+                        f"{CUDA_INFO.reason}")
+        pytest.skip(f"nattn CUDA backend unavailable: {CUDA_INFO.reason}")
+
+
+# Tolerances against the float64 oracle on the same rounded inputs.
+TOL = {torch.float16: (5e-3, 2e-2), torch.bfloat16: (3e-2, 6e-2), torch.float32: (2e-3, 5e-3)}
+
+CASES = [  # (extents, kernel_size, stride, dilation, is_causal, hq, hkv, d)
+    ((64,), 7, 1, 1, False, 4, 4, 64),
+    ((96,), 16, 4, 2, True, 4, 2, 128),
+    ((12, 20), (5, 7), 1, 1, False, 4, 4, 64),
+    ((16, 16), (4, 8), (2, 4), (2, 1), (True, False), 8, 2, 128),
+    ((6, 8, 10), 3, 1, 1, False, 2, 2, 64),
+    ((6, 8, 10), (2, 4, 5), (1, 2, 5), (2, 1, 1), (False, True, False), 4, 1, 128),
+]
+
+
+def qkv(extents, hq, hkv, d, dtype, device="cuda", b=2):
+    def r(h):
+        return torch.randn(b, *extents, h, d, dtype=dtype, device=device, requires_grad=True)
+    return r(hq), r(hkv), r(hkv)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("extents,ks,st,dil,causal,hq,hkv,d", CASES)
+def test_cuda_forward_backward(cuda_backend, dtype, extents, ks, st, dil, causal, hq, hkv, d):
+    fn = {1: nattn.na1d, 2: nattn.na2d, 3: nattn.na3d}[len(extents)]
+    q, k, v = qkv(extents, hq, hkv, d, dtype)
+    out, lse = fn(q, k, v, ks, st, dil, causal, return_lse=True, backend="cuda")
+    ref, ref_lse = reference_na(q, k, v, ks, st, dil, causal)
+    tol, gtol = TOL[dtype]
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-3, rtol=1e-3)
+    dout, dlse = torch.randn_like(out), torch.randn_like(lse)
+    got = torch.autograd.grad((out, lse), (q, k, v), (dout, dlse))
+    want = torch.autograd.grad((ref, ref_lse), (q, k, v), (dout, dlse))
+    for g, w, name in zip(got, want, "qkv"):
+        torch.testing.assert_close(g, w, atol=gtol, rtol=gtol, msg=f"d{name}")
+
+
+def test_cuda_additional_keys_and_non_contiguous(cuda_backend):
+    packed = torch.randn(2, 10, 12, 3, 4, 64, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (x.requires_grad_() for x in packed.unbind(3))
+    ak = torch.randn(2, 5, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    av = torch.randn(2, 5, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    out = nattn.na2d(q, k, v, 5, additional_keys=ak, additional_values=av)
+    ref, _ = reference_na(q, k, v, 5, additional_keys=ak, additional_values=av)
+    torch.testing.assert_close(out, ref, atol=3e-2, rtol=3e-2)
+    dout = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, (q, k, v, ak, av), dout),
+                    torch.autograd.grad(ref, (q, k, v, ak, av), dout)):
+        torch.testing.assert_close(g, w, atol=6e-2, rtol=6e-2)
+
+
+def test_cuda_runs_on_current_stream(cuda_backend):
+    q, k, v = qkv((32, 32), 4, 4, 64, torch.float16)
+    expected = nattn.na2d(q, k, v, 7)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = nattn.na2d(q, k, v, 7)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_cuda_dense_attention(cuda_backend):
+    q, k, v = qkv((200,), 4, 2, 64, torch.float16)
+    out = nattn.attention(q, k, v, is_causal=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2).double(), k.transpose(1, 2).double().repeat_interleave(2, 1),
+        v.transpose(1, 2).double().repeat_interleave(2, 1), is_causal=True)
+    torch.testing.assert_close(out, ref.transpose(1, 2).half(), atol=5e-3, rtol=5e-3)
+
+
+def test_cuda_compile_and_module(cuda_backend):
+    torch._dynamo.reset()
+    m = nattn.NeighborhoodAttention2D(128, 2, 5).cuda().half()
+    x = torch.randn(2, 12, 12, 128, device="cuda", dtype=torch.float16, requires_grad=True)
+    compiled = torch.compile(m, fullgraph=True)
+    torch.testing.assert_close(compiled(x), m(x), atol=1e-2, rtol=1e-2)
+    compiled(x).float().square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_second_device(cuda_backend):
+    q, k, v = qkv((8, 8), 2, 2, 64, torch.float16, device="cuda:1")
+    out = nattn.na2d(q, k, v, 3)
+    assert out.device == torch.device("cuda:1")
+    torch.testing.assert_close(out, reference_na(q, k, v, 3)[0], atol=5e-3, rtol=5e-3)
+
+
+def test_cuda_device_mismatch_is_value_error():
+    q = torch.randn(1, 8, 2, 64, device="cuda")
+    k = torch.randn(1, 8, 2, 64)
+    with pytest.raises(ValueError, match=r"key.device = cpu is invalid: must match query.device"):
+        nattn.na1d(q, k, k, 3)
+
+
+def test_cuda_tensors_refused_by_reference_backend():
+    q = torch.randn(1, 8, 2, 64, device="cuda")
+    with pytest.raises(NotImplementedError, match="reference: runs on CPU tensors only"):
+        nattn.na1d(q, q, q, 3, backend="reference")
+
+
+def test_cuda_tensors_without_cuda_backend_list_reasons():
+    if CUDA_INFO.available:
+        pytest.skip("this build has the CUDA backend")
+    q = torch.randn(1, 8, 2, 64, device="cuda")
+    with pytest.raises(NotImplementedError, match="no backend can run this call"):
+        nattn.na1d(q, q, q, 3)
