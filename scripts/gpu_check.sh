@@ -26,7 +26,7 @@ if has pytest || has bench; then
     -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 -C build-dir=build-py . || { echo "pip install failed"; exit 1; }
 fi
 if has pytest; then
-  (cd tests/python && python3 -m pytest -q -x -p no:cacheprovider . 2>&1 | tee "$out/pytest.log" | tail -15)
+  (cd tests/python && python3 -m pytest -q --maxfail=30 -p no:cacheprovider . 2>&1 | tee "$out/pytest.log" | tail -15)
   summary+=("pytest: $(tail -1 "$out/pytest.log")")
 fi
 if has sanitize; then
