@@ -134,7 +134,12 @@ def main():
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--out")
     a = ap.parse_args()
-    rows = [run_anchor(x, a.iters, a.backward) for x in ANCHORS if not a.only or x[0] in a.only]
+    rows = []
+    for x in ANCHORS:
+        if a.only and x[0] not in a.only:
+            continue
+        rows.append(run_anchor(x, a.iters, a.backward))
+        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [f"card: {torch.cuda.get_device_name()}  date: {datetime.date.today()}  commit: {commit or 'n/a'}  "
              f"torch {torch.__version__}  command: python bench/anchors.py {' '.join(__import__('sys').argv[1:])}", "",
