@@ -17,6 +17,12 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import nattn
 
+# One compiled flex_attention serves every anchor shape: allow a recompile per anchor instead
+# of the default limit of 8, past which dynamo falls back to eager (dense math, out of memory).
+torch._dynamo.config.cache_size_limit = 64
+if hasattr(torch._dynamo.config, "recompile_limit"):
+    torch._dynamo.config.recompile_limit = 64
+
 # name, batch, heads, extent, kernel, stride, dilation (bf16, head dim 128)
 ANCHORS = [
     ("1d-32k", 1, 16, (32768,), (2048,), (1,), (1,)),
@@ -142,6 +148,9 @@ def main():
             continue
         rows.append(run_anchor(x, a.iters, a.backward))
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+        if a.out:  # keep what finished even if a later anchor fails
+            with open(a.out + ".rows", "a") as f:
+                f.write(repr(rows[-1]) + "\n")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [f"card: {torch.cuda.get_device_name()}  date: {datetime.date.today()}  commit: {commit or 'n/a'}  "
              f"torch {torch.__version__}  command: python bench/anchors.py {' '.join(__import__('sys').argv[1:])}", "",
