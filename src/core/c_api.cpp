@@ -174,8 +174,9 @@ int nattn_merge(int32_t n, const nattn_tensor* outs, const nattn_tensor* lses, c
   return guarded(err, err_len, [&] {
     std::vector<TensorView> o(size_t(n > 0 ? n : 0)), l(o.size());
     for (size_t i = 0; i < o.size(); ++i) {
-      NATTN_RETURN_IF_ERROR(to_view(outs[i], "outs[i]", &o[i]));
-      NATTN_RETURN_IF_ERROR(to_view(lses[i], "lses[i]", &l[i]));
+      const std::string index = "[" + std::to_string(i) + "]";
+      NATTN_RETURN_IF_ERROR(to_view(outs[i], ("outs" + index).c_str(), &o[i]));
+      NATTN_RETURN_IF_ERROR(to_view(lses[i], ("lses" + index).c_str(), &l[i]));
     }
     TensorView ov, lv;
     NATTN_RETURN_IF_ERROR(to_view(*out, "out", &ov));

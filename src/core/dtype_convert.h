@@ -28,17 +28,29 @@ inline double to_double(half_bits x) {
   return bits_to_float(sign | ((exp + 112) << 23) | (man << 13));
 }
 
+// double -> float rounded to odd (toward zero, last bit set when inexact). Rounding that float
+// to bf16/half then equals rounding x directly; plain float(x) would round twice and miss
+// the nearest value when x lies just off a midpoint.
+inline float to_float_odd(double x) {
+  float f = float(x);
+  if (std::isfinite(x) && double(f) != x) {
+    if (std::fabs(double(f)) > std::fabs(x)) f = std::nextafter(f, 0.0f);
+    f = bits_to_float(float_to_bits(f) | 1u);
+  }
+  return f;
+}
+
 template <class T> T from_double(double x);
 template <> inline float from_double<float>(double x) { return float(x); }
 template <> inline double from_double<double>(double x) { return x; }
 template <> inline bf16_bits from_double<bf16_bits>(double x) {
-  const uint32_t u = float_to_bits(float(x));
+  const uint32_t u = float_to_bits(to_float_odd(x));
   if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t((u >> 16) | 0x40)};  // quiet nan
   const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
   return {uint16_t(rounded >> 16)};
 }
 template <> inline half_bits from_double<half_bits>(double x) {
-  const float f = float(x);
+  const float f = to_float_odd(x);
   const uint32_t u = float_to_bits(f);
   const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
   const uint32_t a = u & 0x7fffffffu;

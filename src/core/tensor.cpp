@@ -26,7 +26,8 @@ const char* dtype_name(DType t) {
 }
 
 std::string device_name(Device d) {
-  if (d.type == DeviceType::kCPU) return "cpu";
+  // The index of a CPU device is shown only when set, so that a mismatch of indices reads as one.
+  if (d.type == DeviceType::kCPU) return d.index == 0 ? "cpu" : "cpu:" + std::to_string(d.index);
   if (d.type == DeviceType::kCUDA) return "cuda:" + std::to_string(d.index);
   return "unknown";
 }

@@ -34,11 +34,17 @@ bool max_offset(const TensorView& t, int64_t* out) {
   return true;
 }
 
+// True when some dimension is 0 (computed without the product, which could overflow).
+bool is_empty(const TensorView& t) {
+  for (int i = 0; i < t.ndim; ++i) if (t.shape[i] == 0) return true;
+  return false;
+}
+
 // Byte range [lo, hi) a view touches; empty views touch nothing.
 struct ByteRange { uintptr_t lo = 0, hi = 0; bool empty() const { return hi <= lo; } };
 ByteRange byte_range(const TensorView& t) {
   int64_t off = 0;
-  if (!t.defined() || t.numel() == 0 || !max_offset(t, &off)) return {};
+  if (!t.defined() || is_empty(t) || !max_offset(t, &off)) return {};
   const uintptr_t base = reinterpret_cast<uintptr_t>(t.data);
   return {base, base + uintptr_t(off + 1) * uintptr_t(dtype_size(t.dtype))};
 }
@@ -100,7 +106,7 @@ Status check_one(const Spec& s, DType dtype, const char* dtype_from, Device devi
   int64_t off = 0;
   if (!max_offset(t, &off) || off > INT64_MAX / 8)
     return invalid(name + ".shape", shape_string(t), "element offsets overflow 64-bit arithmetic");
-  if (t.numel() > 0 && t.data == nullptr)
+  if (!is_empty(t) && t.data == nullptr)
     return invalid(name + ".data", "null", "a non-empty tensor needs a data pointer");
   if (s.is_output && self_overlapping(t))
     return invalid(name + ".stride", shape_string(t) + " strides", "an output must not map two indices to one element");
