@@ -1,14 +1,15 @@
 # The CUDA backend: generic kernels (any sm) and fused sm80-style tensor-core kernels built for
 # sm80, sm86, sm89 and sm90 (all of which run on the H100). CUTLASS/CuTe headers come from the
 # nvidia-cutlass wheel (scripts/setup.sh puts them in .deps/cutlass).
+# The default must be set before enable_language, which otherwise picks nvcc's own default.
+if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
+  set(CMAKE_CUDA_ARCHITECTURES 80 86 89 90)
+endif()
 enable_language(CUDA)
 find_package(CUDAToolkit REQUIRED)
 set(NATTN_CUTLASS_DIR "${CMAKE_CURRENT_SOURCE_DIR}/.deps/cutlass" CACHE PATH "CUTLASS headers (include/ inside)")
 if(NOT EXISTS "${NATTN_CUTLASS_DIR}/include/cute/tensor.hpp")
   message(FATAL_ERROR "CUTLASS headers not found in ${NATTN_CUTLASS_DIR}: run scripts/setup.sh")
-endif()
-if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
-  set(CMAKE_CUDA_ARCHITECTURES 80 86 89 90)
 endif()
 set(NATTN_CUDA_ARCHS "${CMAKE_CUDA_ARCHITECTURES}" CACHE STRING "CUDA architectures of the CUDA backend")
 set(CMAKE_CUDA_STANDARD 17)  # cmake 3.25 does not know nvcc 13 for CUDA20
