@@ -1,0 +1,69 @@
+// Layer: tests. Tile-shape choice of fused kernels: the factorised key-tile count against a
+// brute-force count built from SPEC.md's mask.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "core/tile_shapes.h"
+#include "support/problems.h"
+#include "support/spec_mask.h"
+
+namespace {
+
+using nattn_test::spec_attends;
+using nattn_test::spec_axis;
+
+// Per axis: for each dilation group and query box of q positions, the key positions any of
+// them attends (brute force over SPEC.md), covered by boxes of k positions from the first one.
+double brute_axis(const nattn::Problem& p, int a, int q, int k) {
+  const nattn_test::SpecAxis ax = spec_axis(p, a);
+  const int64_t L = p.extent[a], d = ax.dilation;
+  double total = 0;
+  for (int64_t g = 0; g < d; ++g) {
+    const int64_t Lg = (L - g + d - 1) / d;
+    for (int64_t q0 = 0; q0 < Lg; q0 += q) {
+      int64_t lo = Lg, hi = -1;
+      for (int64_t pq = q0; pq < std::min(Lg, q0 + q); ++pq)
+        for (int64_t pk = 0; pk < Lg; ++pk)
+          if (spec_attends(ax, L, pq * d + g, pk * d + g)) { lo = std::min(lo, pk); hi = std::max(hi, pk); }
+      total += double((hi - lo + 1 + k - 1) / k);
+    }
+  }
+  return total;
+}
+
+TEST(TileShapes, ChosenBoxesHaveTheRightVolumeAndExactCounts) {
+  std::mt19937 rng(std::random_device{}());
+  const unsigned seed = rng();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  rng.seed(seed);
+  for (int trial = 0; trial < 40; ++trial) {
+    const int rank = 1 + int(rng() % 3);
+    nattn::Window w;
+    std::array<int64_t, 3> extent{1, 1, 1};
+    for (int a = 0; a < rank; ++a) {
+      w.dilation[a] = 1 + rng() % 2;
+      w.kernel_size[a] = 2 + rng() % 7;
+      extent[a] = w.kernel_size[a] * w.dilation[a] + rng() % 20;
+      w.stride[a] = 1 + rng() % w.kernel_size[a];
+      w.is_causal[a] = rng() % 4 == 0;
+    }
+    const nattn::Problem p = nattn_test::make_problem(rank, extent, w);
+    const int bm = 16, bn = 8;
+    const nattn::TileShapes t = nattn::choose_tile_shapes(p, bm, bn);
+    int qv = 1, kv = 1;
+    double brute = 1;
+    for (int a = 0; a < 3; ++a) {
+      qv *= t.q[a];
+      kv *= t.k[a];
+      if (a < rank) brute *= brute_axis(p, a, t.q[a], t.k[a]);
+      else EXPECT_EQ(t.q[a] * t.k[a], 1);
+    }
+    EXPECT_EQ(qv, bm);
+    EXPECT_EQ(kv, bn);
+    EXPECT_DOUBLE_EQ(t.key_tiles, brute);
+    EXPECT_DOUBLE_EQ(nattn::count_key_tiles(p, t.q, t.k), brute);
+  }
+}
+
+}  // namespace
