@@ -55,7 +55,8 @@ bool self_overlapping(const TensorView& t) {
   int idx[kMaxDims];
   int n = 0;
   for (int i = 0; i < t.ndim; ++i) if (t.shape[i] > 1) idx[n++] = i;
-  std::sort(idx, idx + n, [&](int a, int b) { return t.stride[a] < t.stride[b]; });
+  for (int i = 1; i < n; ++i)  // insertion sort by stride (n <= 6)
+    for (int j = i; j > 0 && t.stride[idx[j]] < t.stride[idx[j - 1]]; --j) std::swap(idx[j], idx[j - 1]);
   int64_t span = 1;  // elements covered by the faster dims so far
   for (int j = 0; j < n; ++j) {
     const int d = idx[j];
