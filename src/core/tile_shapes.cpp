@@ -33,16 +33,19 @@ void splits(int rank, int log2n, std::vector<std::array<int, 3>>* out) {
 
 int log2i(int x) { int l = 0; while ((1 << l) < x) ++l; return l; }
 
+// Key tiles of axis a over all its dilation groups for query boxes of q and key boxes of k.
+double axis_sum(const Problem& p, int a, int q, int k) {
+  const window::Axis ax = axis(p, a);
+  double sum = 0;
+  for (int64_t g = 0; g < ax.dilation; ++g) sum += axis_key_tiles(ax, g, q, k);
+  return sum;
+}
+
 }  // namespace
 
 double count_key_tiles(const Problem& p, const std::array<int, 3>& q, const std::array<int, 3>& k) {
   double total = 1;
-  for (int a = 0; a < p.rank; ++a) {
-    const window::Axis ax = axis(p, a);
-    double sum = 0;
-    for (int64_t g = 0; g < ax.dilation; ++g) sum += axis_key_tiles(ax, g, q[a], k[a]);
-    total *= sum;
-  }
+  for (int a = 0; a < p.rank; ++a) total *= axis_sum(p, a, q[a], k[a]);
   return total;
 }
 
@@ -50,6 +53,19 @@ TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k) {
   std::vector<std::array<int, 3>> qs, ks;
   splits(p.rank, log2i(block_q), &qs);
   splits(p.rank, log2i(block_k), &ks);
+  // The count factorises per axis, so each axis' sum is computed once per (q, k) box length
+  // rather than once per box pair: this runs on every forward call.
+  const int lq = log2i(block_q), lk = log2i(block_k);
+  std::vector<double> sums(size_t(3 * (lq + 1) * (lk + 1)), -1.0);
+  auto cost = [&](const std::array<int, 3>& q, const std::array<int, 3>& k) {
+    double total = 1;
+    for (int a = 0; a < p.rank; ++a) {
+      double& s = sums[size_t((a * (lq + 1) + log2i(q[a])) * (lk + 1) + log2i(k[a]))];
+      if (s < 0) s = axis_sum(p, a, q[a], k[a]);
+      total *= s;
+    }
+    return total;
+  };
   TileShapes best;
   best.key_tiles = -1;
   for (const auto& q : qs) {
@@ -59,14 +75,14 @@ TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k) {
       if (q[a] > 1 && (q[a] / 2) >= window::group_length(axis(p, a), 0)) useful = false;
     if (!useful) continue;
     for (const auto& k : ks) {
-      const double c = count_key_tiles(p, q, k);
+      const double c = cost(q, k);
       if (best.key_tiles < 0 || c < best.key_tiles) { best.q = q; best.k = k; best.key_tiles = c; }
     }
   }
   if (best.key_tiles < 0) {  // every box overshoots some axis: take the last-axis-major one
     best.q = qs.back();
     best.k = ks.back();
-    best.key_tiles = count_key_tiles(p, best.q, best.k);
+    best.key_tiles = cost(best.q, best.k);
   }
   return best;
 }
