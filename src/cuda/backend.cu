@@ -1,11 +1,11 @@
 // Layer: cuda. The CUDA backend: converts validated views to kernel parameters and picks the
-// kernel: the fused tensor-core kernels (sm80+, fp16/bf16, unit-stride rows) when they can
-// implement the call, the generic exact kernels otherwise (fp32, fp64, odd layouts).
+// kernel: forward runs the fused tensor-core kernel (sm80+, fp16/bf16, unit-stride rows) when it
+// can implement the call and the generic exact kernel otherwise (fp32, fp64, odd layouts);
+// backward runs the generic kernels (no fused backward yet).
 #include "cuda/backend.h"
 
 #include <string>
 
-#include "core/axes.h"
 #include "cuda/check.h"
 #include "cuda/generic/generic.h"
 #include "cuda/params.h"
@@ -102,7 +102,7 @@ class CudaBackend final : public Backend {
     fp.sq = strides_of(t.q, p.rank); fp.sk = strides_of(t.k, p.rank); fp.sv = strides_of(t.v, p.rank);
     fp.so = strides_of(t.out, p.rank); fp.slse = strides_of(t.lse, p.rank);
     fp.ska = additional_strides(t.additional_k); fp.sva = additional_strides(t.additional_v);
-    if (cuda::sm80::can_forward(fp, t.q.dtype).ok()) return cuda::sm80::forward(fp, t.q.dtype, o.stream);
+    if (cuda::sm80::can_forward(fp, t.q.dtype).ok()) return cuda::sm80::forward(p, fp, t.q.dtype, o.stream);
     return cuda::generic::forward(fp, t.q.dtype, o.stream);
   }
 
@@ -126,8 +126,8 @@ class CudaBackend final : public Backend {
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
     const size_t bytes = size_t(p.batch * p.tokens() * p.heads_q) * sizeof(float);
     NATTN_CUDA_TRY(cudaMallocAsync(reinterpret_cast<void**>(&bp.delta), bytes, s), "allocating the backward workspace");
-    Status st = cuda::sm80::can_backward(bp, t.q.dtype).ok() ? cuda::sm80::backward(bp, t.q.dtype, o.stream)
-                                                            : cuda::generic::backward(bp, t.q.dtype, o.stream);
+    // Every backward runs the generic kernels until a fused backward exists.
+    Status st = cuda::generic::backward(bp, t.q.dtype, o.stream);
     const Status freed = cuda::check(cudaFreeAsync(bp.delta, s), "freeing the backward workspace");
     return st.ok() ? freed : st;
   }

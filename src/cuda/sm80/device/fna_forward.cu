@@ -25,8 +25,8 @@ template <class E> struct ForwardConfig<E, 128> { using T = ForwardTraits<E, 128
 template <class E> struct ForwardConfig<E, 256> { using T = ForwardTraits<E, 256, 64, 64, 4>; };
 
 template <class Tr>
-Status launch(ForwardParams p, cudaStream_t stream) {
-  const TileShapes shapes = choose_tile_shapes(problem_of(p.g), Tr::BM, Tr::BN);
+Status launch(const Problem& problem, ForwardParams p, cudaStream_t stream) {
+  const TileShapes shapes = choose_tile_shapes(problem, Tr::BM, Tr::BN);
   int64_t ctas = 1;
   for (int a = 0; a < 3; ++a) {
     p.q_tile[a] = shapes.q[a];
@@ -45,12 +45,12 @@ Status launch(ForwardParams p, cudaStream_t stream) {
 }
 
 template <class Element>
-Status dispatch(const ForwardParams& p, cudaStream_t s) {
+Status dispatch(const Problem& problem, const ForwardParams& p, cudaStream_t s) {
   switch (padded_head_dim(p.g)) {
-    case 32: return launch<typename ForwardConfig<Element, 32>::T>(p, s);
-    case 64: return launch<typename ForwardConfig<Element, 64>::T>(p, s);
-    case 128: return launch<typename ForwardConfig<Element, 128>::T>(p, s);
-    case 256: return launch<typename ForwardConfig<Element, 256>::T>(p, s);
+    case 32: return launch<typename ForwardConfig<Element, 32>::T>(problem, p, s);
+    case 64: return launch<typename ForwardConfig<Element, 64>::T>(problem, p, s);
+    case 128: return launch<typename ForwardConfig<Element, 128>::T>(problem, p, s);
+    case 256: return launch<typename ForwardConfig<Element, 256>::T>(problem, p, s);
   }
   return Status::Unsupported("head dim not instantiated");
 }
@@ -66,10 +66,10 @@ Status can_forward(const ForwardParams& p, DType dtype) {
   return Status::Ok();
 }
 
-Status forward(ForwardParams p, DType dtype, void* stream) {
+Status forward(const Problem& problem, ForwardParams p, DType dtype, void* stream) {
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (dtype == DType::kBFloat16) return dispatch<__nv_bfloat16>(p, s);
-  return dispatch<__half>(p, s);
+  if (dtype == DType::kBFloat16) return dispatch<__nv_bfloat16>(problem, p, s);
+  return dispatch<__half>(problem, p, s);
 }
 
 }  // namespace nattn::cuda::sm80

@@ -6,7 +6,6 @@
 #include <string>
 
 #include "cuda/params.h"
-#include "nattn/problem.h"
 #include "nattn/status.h"
 #include "nattn/tensor.h"
 
@@ -16,25 +15,6 @@ namespace nattn::cuda::sm80 {
 inline int padded_head_dim(const Geometry& g) {
   const int64_t d = g.head_dim > g.head_dim_v ? g.head_dim : g.head_dim_v;
   return d <= 32 ? 32 : d <= 64 ? 64 : d <= 128 ? 128 : 256;
-}
-
-inline Problem problem_of(const Geometry& g) {
-  Problem p;
-  p.rank = g.rank;
-  p.batch = g.batch;
-  for (int a = 0; a < 3; ++a) {
-    p.extent[a] = g.extent[a];
-    p.window.kernel_size[a] = g.kernel[a];
-    p.window.stride[a] = g.stride[a];
-    p.window.dilation[a] = g.dilation[a];
-    p.window.is_causal[a] = g.causal[a];
-  }
-  p.heads_q = g.heads_q;
-  p.heads_kv = g.heads_kv;
-  p.head_dim = g.head_dim;
-  p.head_dim_v = g.head_dim_v;
-  p.num_additional = g.num_additional;
-  return p;
 }
 
 inline Status common_support(const Geometry& g, DType dtype) {
