@@ -152,6 +152,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
     gemm_abT<Element, HD, MI, NI>(s, sQ, row0, sK);
 
     // Scale (log2 domain), then mask partial tiles.
+    // Classified again here (next_tile did it once): with the per-axis tables that is three
+    // shared loads, while carrying it across the P.V product cost the d32/d64 kernels up to 29
+    // registers and spills (ptxas, sm_90, 2026-11-26).
     const tiles::Coverage cov = cta.coverage(t, g.num_additional, BN);
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
