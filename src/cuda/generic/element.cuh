@@ -41,6 +41,35 @@ __device__ __forceinline__ int64_t spatial(const Geometry& g, const Strides& s, 
   return off;
 }
 
+// Row (b, coords, h) of a [B, X.., H, *] tensor.
+template <class X>
+__device__ __forceinline__ X* row_of(const Geometry& g, const void* base, const Strides& s, int64_t b,
+                                     const int64_t c[3], int64_t h) {
+  return static_cast<X*>(const_cast<void*>(base)) + b * s.batch + spatial(g, s, c) + h * s.head;
+}
+
+// Start of head h of batch b (key rows of a kv head are then offset by spatial() or, for
+// additional [B, Na, H, *] tensors, by j * s.axis[0]).
+template <class X>
+__device__ __forceinline__ const X* head_of(const void* base, const Strides& s, int64_t b, int64_t h) {
+  return static_cast<const X*>(base) + b * s.batch + h * s.head;
+}
+
+// One thread's item of a flat [B, N, heads] range; false past the end.
+struct GridItem {
+  int64_t b, token, h;
+  int64_t c[3];
+};
+__device__ __forceinline__ bool grid_item(const Geometry& g, int64_t heads, GridItem* it) {
+  const int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (item >= g.batch * g.tokens * heads) return false;
+  it->h = item % heads;
+  it->token = (item / heads) % g.tokens;
+  it->b = item / (heads * g.tokens);
+  coords_of(g, it->token, it->c);
+  return true;
+}
+
 // Per-axis ranges (group positions + group) of the keys a query sees, or of the queries that
 // see a key (inverse = true).
 struct Ranges {

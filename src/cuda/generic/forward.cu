@@ -13,17 +13,15 @@ template <class T>
 __global__ void forward_kernel(ForwardParams p) {
   using A = Acc<T>;
   const Geometry& g = p.g;
-  const int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (item >= g.batch * g.tokens * g.heads_q) return;
-  const int64_t h = item % g.heads_q, token = (item / g.heads_q) % g.tokens, b = item / (g.heads_q * g.tokens);
-  const int64_t hk = h / (g.heads_q / g.heads_kv);
-  int64_t c[3];
-  coords_of(g, token, c);
-  const T* q = static_cast<const T*>(p.q) + b * p.sq.batch + spatial(g, p.sq, c) + h * p.sq.head;
-  const T* kb = static_cast<const T*>(p.k) + b * p.sk.batch + hk * p.sk.head;
-  const T* vb = static_cast<const T*>(p.v) + b * p.sv.batch + hk * p.sv.head;
-  const T* ka = static_cast<const T*>(p.ka) + b * p.ska.batch + hk * p.ska.head;
-  const T* va = static_cast<const T*>(p.va) + b * p.sva.batch + hk * p.sva.head;
+  GridItem it;
+  if (!grid_item(g, g.heads_q, &it)) return;
+  const int64_t b = it.b, h = it.h, hk = h / (g.heads_q / g.heads_kv);
+  const int64_t* c = it.c;
+  const T* q = row_of<const T>(g, p.q, p.sq, b, c, h);
+  const T* kb = head_of<T>(p.k, p.sk, b, hk);
+  const T* vb = head_of<T>(p.v, p.sv, b, hk);
+  const T* ka = head_of<T>(p.ka, p.ska, b, hk);
+  const T* va = head_of<T>(p.va, p.sva, b, hk);
   const Ranges rg = ranges_of(g, c, false);
   const A scale = A(g.scale);
 
@@ -40,7 +38,7 @@ __global__ void forward_kernel(ForwardParams p) {
   for_keys([&](A s, const T*) { m = s > m ? s : m; });
   A sum = 0;
   for_keys([&](A s, const T*) { sum += exp(s - m); });
-  T* out = static_cast<T*>(p.out) + b * p.so.batch + spatial(g, p.so, c) + h * p.so.head;
+  T* out = row_of<T>(g, p.out, p.so, b, c, h);
   for (int64_t c0 = 0; c0 < g.head_dim_v; c0 += kChunk) {
     A acc[kChunk];
     for (int i = 0; i < kChunk; ++i) acc[i] = 0;
@@ -51,7 +49,7 @@ __global__ void forward_kernel(ForwardParams p) {
     });
     for (int i = 0; i < kChunk; ++i) if (i < n) out[(c0 + i) * p.so.dim] = from_acc<T>(acc[i]);
   }
-  if (p.lse) p.lse[b * p.slse.batch + spatial(g, p.slse, c) + h * p.slse.head] = float(m + log(sum));
+  if (p.lse) *row_of<float>(g, p.lse, p.slse, b, c, h) = float(m + log(sum));
 }
 
 }  // namespace
