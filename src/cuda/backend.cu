@@ -36,16 +36,8 @@ cuda::Strides strides_of(const TensorView& t, int rank) {
   return s;
 }
 
-// [B, Na, H, D] additional tensors: the Na index uses axis[0].
-cuda::Strides additional_strides(const TensorView& t) {
-  cuda::Strides s;
-  if (!t.defined()) return s;
-  s.batch = t.stride[0];
-  s.axis[0] = t.stride[1];
-  s.head = t.stride[2];
-  s.dim = t.stride[3];
-  return s;
-}
+// Additional keys/values [B, Na, H, D] have the layout of a rank-1 grid: Na is axis 0.
+cuda::Strides additional_strides(const TensorView& t) { return strides_of(t, 1); }
 
 cuda::Geometry geometry(const Problem& p) {
   cuda::Geometry g;
