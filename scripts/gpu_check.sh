@@ -6,7 +6,8 @@
 #      (200 random configurations forward+backward vs the CPU reference)
 #   3. compute-sanitizer memcheck and racecheck on a small sweep
 #   4. the anchor benchmark beside cuDNN SDPA and FlexAttention -> bench/results/
-# Stages can be picked: scripts/gpu_check.sh [build] [pytest] [sanitize] [bench] [bench-bwd]
+#   perf (not in the default set): quick nattn-bench timings of the anchors, no torch needed
+# Stages can be picked: scripts/gpu_check.sh [build] [pytest] [sanitize] [bench] [bench-bwd] [perf]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stages="${*:-build pytest sanitize bench}"
@@ -41,6 +42,16 @@ if has sanitize; then
     done
     summary+=("sanitize $tool: $(grep -c '^rc=0' "$log")/4 clean")
   done
+fi
+if has perf; then
+  perf() { echo "== $*"; ./build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 10 --warmup 2 --no-verify "$@" 2>&1 | tail -n +3; }
+  perf --extent 256x256 --kernel 80 --stride 16 --heads 24
+  perf --extent 256x256 --kernel 80 --heads 24
+  perf --extent 128x128 --kernel 31 --heads 16 --batch 4
+  perf --extent 32768 --kernel 2048 --stride 256 --heads 16
+  perf --extent 30x48x80 --kernel 18x24x24 --stride 16x8x8 --heads 24
+  perf --extent 30x48x80 --kernel 18x24x24 --heads 24
+  perf --extent 128x128 --kernel 128 --heads 16 --batch 2
 fi
 if has bench || has bench-bwd; then
   flag=""; has bench-bwd && flag="--backward"
