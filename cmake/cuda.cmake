@@ -20,6 +20,7 @@ target_sources(nattn_objects PRIVATE
   src/cuda/generic/forward.cu
   src/cuda/generic/backward.cu
   src/cuda/sm80/device/fna_forward.cu
+  src/cuda/sm80/device/fna_backward.cu
 )
 set_target_properties(nattn_objects PROPERTIES CUDA_ARCHITECTURES "${NATTN_CUDA_ARCHS}"
   CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON CUDA_EXTENSIONS OFF)

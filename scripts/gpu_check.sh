@@ -6,7 +6,7 @@
 #      (200 random configurations forward+backward vs the CPU reference)
 #   3. compute-sanitizer memcheck and racecheck on a small sweep
 #   4. the anchor benchmark beside cuDNN SDPA and FlexAttention -> bench/results/
-#   perf (not in the default set): quick nattn-bench timings of the anchors, no torch needed
+#   perf (not in the default set): quick nattn-bench forward and backward timings of the anchors, no torch needed
 # Stages can be picked: scripts/gpu_check.sh [build] [pytest] [sanitize] [bench] [bench-bwd] [perf]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +44,7 @@ if has sanitize; then
   done
 fi
 if has perf; then
-  perf() { echo "== $*"; ./build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 10 --warmup 2 --no-verify "$@" 2>&1 | tail -n +3; }
+  perf() { echo "== $*"; ./build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 10 --warmup 2 --no-verify --mode bwd "$@" 2>&1 | tail -n +3; }
   perf --extent 256x256 --kernel 80 --stride 16 --heads 24
   perf --extent 256x256 --kernel 80 --heads 24
   perf --extent 128x128 --kernel 31 --heads 16 --batch 4

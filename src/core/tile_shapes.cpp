@@ -9,14 +9,19 @@
 namespace nattn {
 namespace {
 
-// Sum over the query tiles of one axis' dilation group of the key tiles covering their union.
-double axis_key_tiles(const window::Axis& ax, int64_t g, int q, int k) {
+// Sum over the owned tiles of one axis' dilation group of the walked tiles covering their
+// union: key tiles over a query tile's windows, or query tiles over a key tile's inverse.
+double axis_walked_tiles(const window::Axis& ax, int64_t g, int q, int k, TileRole role) {
   const int64_t Lg = window::group_length(ax, g);
+  const int own = role == TileRole::kQueriesFixed ? q : k;
+  const int walk = role == TileRole::kQueriesFixed ? k : q;
   double total = 0;
-  for (int64_t q0 = 0; q0 < Lg; q0 += q) {
-    const window::Range qr{q0, q0 + q < Lg ? q0 + q : Lg};
-    const window::Range u = tiles::key_union(qr, Lg, ax.kernel, ax.stride, ax.causal);
-    total += double((u.size() + k - 1) / k);
+  for (int64_t o0 = 0; o0 < Lg; o0 += own) {
+    const window::Range r{o0, o0 + own < Lg ? o0 + own : Lg};
+    const window::Range u = role == TileRole::kQueriesFixed
+                                ? tiles::key_union(r, Lg, ax.kernel, ax.stride, ax.causal)
+                                : tiles::query_union(r, Lg, ax.kernel, ax.stride, ax.causal);
+    total += double((u.size() + walk - 1) / walk);
   }
   return total;
 }
@@ -34,22 +39,22 @@ void splits(int rank, int log2n, std::vector<std::array<int, 3>>* out) {
 int log2i(int x) { int l = 0; while ((1 << l) < x) ++l; return l; }
 
 // Key tiles of axis a over all its dilation groups for query boxes of q and key boxes of k.
-double axis_sum(const Problem& p, int a, int q, int k) {
+double axis_sum(const Problem& p, int a, int q, int k, TileRole role) {
   const window::Axis ax = axis(p, a);
   double sum = 0;
-  for (int64_t g = 0; g < ax.dilation; ++g) sum += axis_key_tiles(ax, g, q, k);
+  for (int64_t g = 0; g < ax.dilation; ++g) sum += axis_walked_tiles(ax, g, q, k, role);
   return sum;
 }
 
 }  // namespace
 
-double count_key_tiles(const Problem& p, const std::array<int, 3>& q, const std::array<int, 3>& k) {
+double count_key_tiles(const Problem& p, const std::array<int, 3>& q, const std::array<int, 3>& k, TileRole role) {
   double total = 1;
-  for (int a = 0; a < p.rank; ++a) total *= axis_sum(p, a, q[a], k[a]);
+  for (int a = 0; a < p.rank; ++a) total *= axis_sum(p, a, q[a], k[a], role);
   return total;
 }
 
-TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k) {
+TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRole role) {
   std::vector<std::array<int, 3>> qs, ks;
   splits(p.rank, log2i(block_q), &qs);
   splits(p.rank, log2i(block_k), &ks);
@@ -61,7 +66,7 @@ TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k) {
     double total = 1;
     for (int a = 0; a < p.rank; ++a) {
       double& s = sums[size_t((a * (lq + 1) + log2i(q[a])) * (lk + 1) + log2i(k[a]))];
-      if (s < 0) s = axis_sum(p, a, q[a], k[a]);
+      if (s < 0) s = axis_sum(p, a, q[a], k[a], role);
       total *= s;
     }
     return total;
@@ -69,12 +74,13 @@ TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k) {
   TileShapes best;
   best.key_tiles = -1;
   for (const auto& q : qs) {
-    // A query box far longer than its axis only adds empty rows.
-    bool useful = true;
-    for (int a = 0; a < p.rank; ++a)
-      if (q[a] > 1 && (q[a] / 2) >= window::group_length(axis(p, a), 0)) useful = false;
-    if (!useful) continue;
     for (const auto& k : ks) {
+      // An owned box far longer than its axis only adds empty rows.
+      const auto& own = role == TileRole::kQueriesFixed ? q : k;
+      bool useful = true;
+      for (int a = 0; a < p.rank; ++a)
+        if (own[a] > 1 && (own[a] / 2) >= window::group_length(axis(p, a), 0)) useful = false;
+      if (!useful) continue;
       const double c = cost(q, k);
       if (best.key_tiles < 0 || c < best.key_tiles) { best.q = q; best.k = k; best.key_tiles = c; }
     }

@@ -17,13 +17,21 @@ namespace nattn {
 struct TileShapes {
   std::array<int, 3> q{1, 1, 1};  // query box per axis (product = BM)
   std::array<int, 3> k{1, 1, 1};  // key box per axis (product = BN)
-  double key_tiles = 0;           // key tiles visited per (batch, head), all dilation groups
+  double key_tiles = 0;           // walked tiles visited per (batch, head), all dilation groups
 };
 
-// Pass a problem with rank 1..3; BM and BN powers of two.
-TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k);
+// Which box a CTA owns. Forward and dQ kernels own a query box and walk key boxes over the
+// union of its windows; the dK/dV kernel owns a key box and walks query boxes over the union
+// of the queries that attend it (the inverse windows). The walked-tile count factorises per
+// axis either way.
+enum class TileRole { kQueriesFixed, kKeysFixed };
 
-// Key tiles visited for given shapes (per batch and head, all dilation groups).
-double count_key_tiles(const Problem& p, const std::array<int, 3>& q, const std::array<int, 3>& k);
+// Pass a problem with rank 1..3; BM and BN powers of two. With kKeysFixed, `block_k` is the
+// owned key box and `block_q` the walked query box.
+TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRole role = TileRole::kQueriesFixed);
+
+// Walked tiles visited for given shapes (per batch and head, all dilation groups).
+double count_key_tiles(const Problem& p, const std::array<int, 3>& q, const std::array<int, 3>& k,
+                       TileRole role = TileRole::kQueriesFixed);
 
 }  // namespace nattn

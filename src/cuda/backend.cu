@@ -1,7 +1,7 @@
 // Layer: cuda. The CUDA backend: converts validated views to kernel parameters and picks the
 // kernel: forward runs the fused tensor-core kernel (sm80+, fp16/bf16, unit-stride rows) when it
 // can implement the call and the generic exact kernel otherwise (fp32, fp64, odd layouts);
-// backward runs the generic kernels (no fused backward yet).
+// backward likewise (the fused backward takes head dims up to 128).
 #include "cuda/backend.h"
 
 #include <string>
@@ -38,6 +38,19 @@ cuda::Strides strides_of(const TensorView& t, int rank) {
 
 // Additional keys/values [B, Na, H, D] have the layout of a rank-1 grid: Na is axis 0.
 cuda::Strides additional_strides(const TensorView& t) { return strides_of(t, 1); }
+
+// Strides of a contiguous [B, X1..Xr, Hq] float tensor (the backward's Delta workspace).
+cuda::Strides contiguous_lse_strides(const Problem& p) {
+  cuda::Strides s;
+  int64_t inner = p.heads_q;
+  s.head = 1;
+  for (int a = p.rank - 1; a >= 0; --a) {
+    s.axis[a] = inner;
+    inner *= p.extent[a];
+  }
+  s.batch = inner;
+  return s;
+}
 
 cuda::Geometry geometry(const Problem& p) {
   cuda::Geometry g;
@@ -118,8 +131,9 @@ class CudaBackend final : public Backend {
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
     const size_t bytes = size_t(p.batch * p.tokens() * p.heads_q) * sizeof(float);
     NATTN_CUDA_TRY(cudaMallocAsync(reinterpret_cast<void**>(&bp.delta), bytes, s), "allocating the backward workspace");
-    // Every backward runs the generic kernels until a fused backward exists.
-    Status st = cuda::generic::backward(bp, t.q.dtype, o.stream);
+    bp.sdelta = contiguous_lse_strides(p);
+    Status st = cuda::sm80::can_backward(bp, t.q.dtype).ok() ? cuda::sm80::backward(p, bp, t.q.dtype, o.stream)
+                                                            : cuda::generic::backward(bp, t.q.dtype, o.stream);
     const Status freed = cuda::check(cudaFreeAsync(bp.delta, s), "freeing the backward workspace");
     return st.ok() ? freed : st;
   }

@@ -32,23 +32,70 @@ double brute_axis(const nattn::Problem& p, int a, int q, int k) {
   return total;
 }
 
+// Keys fixed (dK/dV): for each key box of k positions, the query positions that attend any of
+// them, covered by boxes of q positions from the first one.
+double brute_axis_keys_fixed(const nattn::Problem& p, int a, int q, int k) {
+  const nattn_test::SpecAxis ax = spec_axis(p, a);
+  const int64_t L = p.extent[a], d = ax.dilation;
+  double total = 0;
+  for (int64_t g = 0; g < d; ++g) {
+    const int64_t Lg = (L - g + d - 1) / d;
+    for (int64_t k0 = 0; k0 < Lg; k0 += k) {
+      int64_t lo = Lg, hi = -1;
+      for (int64_t pk = k0; pk < std::min(Lg, k0 + k); ++pk)
+        for (int64_t pq = 0; pq < Lg; ++pq)
+          if (spec_attends(ax, L, pq * d + g, pk * d + g)) { lo = std::min(lo, pq); hi = std::max(hi, pq); }
+      total += hi < lo ? 0.0 : double((hi - lo + 1 + q - 1) / q);
+    }
+  }
+  return total;
+}
+
+nattn::Problem random_problem(std::mt19937& rng) {
+  const int rank = 1 + int(rng() % 3);
+  nattn::Window w;
+  std::array<int64_t, 3> extent{1, 1, 1};
+  for (int a = 0; a < rank; ++a) {
+    w.dilation[a] = 1 + rng() % 2;
+    w.kernel_size[a] = 2 + rng() % 7;
+    extent[a] = w.kernel_size[a] * w.dilation[a] + rng() % 20;
+    w.stride[a] = 1 + rng() % w.kernel_size[a];
+    w.is_causal[a] = rng() % 4 == 0;
+  }
+  return nattn_test::make_problem(rank, extent, w);
+}
+
+TEST(TileShapes, KeysFixedBoxesHaveExactQueryTileCounts) {
+  std::mt19937 rng(std::random_device{}());
+  const unsigned seed = rng();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  rng.seed(seed);
+  for (int trial = 0; trial < 40; ++trial) {
+    const nattn::Problem p = random_problem(rng);
+    const int bq = 8, bk = 16;
+    const nattn::TileShapes t = nattn::choose_tile_shapes(p, bq, bk, nattn::TileRole::kKeysFixed);
+    int qv = 1, kv = 1;
+    double brute = 1;
+    for (int a = 0; a < 3; ++a) {
+      qv *= t.q[a];
+      kv *= t.k[a];
+      if (a < p.rank) brute *= brute_axis_keys_fixed(p, a, t.q[a], t.k[a]);
+    }
+    EXPECT_EQ(qv, bq);
+    EXPECT_EQ(kv, bk);
+    EXPECT_DOUBLE_EQ(t.key_tiles, brute);
+    EXPECT_DOUBLE_EQ(nattn::count_key_tiles(p, t.q, t.k, nattn::TileRole::kKeysFixed), brute);
+  }
+}
+
 TEST(TileShapes, ChosenBoxesHaveTheRightVolumeAndExactCounts) {
   std::mt19937 rng(std::random_device{}());
   const unsigned seed = rng();
   SCOPED_TRACE("seed " + std::to_string(seed));
   rng.seed(seed);
   for (int trial = 0; trial < 40; ++trial) {
-    const int rank = 1 + int(rng() % 3);
-    nattn::Window w;
-    std::array<int64_t, 3> extent{1, 1, 1};
-    for (int a = 0; a < rank; ++a) {
-      w.dilation[a] = 1 + rng() % 2;
-      w.kernel_size[a] = 2 + rng() % 7;
-      extent[a] = w.kernel_size[a] * w.dilation[a] + rng() % 20;
-      w.stride[a] = 1 + rng() % w.kernel_size[a];
-      w.is_causal[a] = rng() % 4 == 0;
-    }
-    const nattn::Problem p = nattn_test::make_problem(rank, extent, w);
+    const nattn::Problem p = random_problem(rng);
+    const int rank = p.rank;
     const int bm = 16, bn = 8;
     const nattn::TileShapes t = nattn::choose_tile_shapes(p, bm, bn);
     int qv = 1, kv = 1;

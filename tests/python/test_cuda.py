@@ -58,6 +58,68 @@ def test_cuda_forward_backward(cuda_backend, dtype, extents, ks, st, dil, causal
         torch.testing.assert_close(g, w, atol=gtol, rtol=gtol, msg=f"d{name}")
 
 
+# Grids large enough that the fused kernels' CTAs own many boxes per axis and walk several
+# key (forward, dQ) or query (dK/dV) boxes per axis, with full, partial and skipped boxes.
+LARGE = [  # (extents, kernel_size, stride, dilation, is_causal, hq, hkv, d, additional keys)
+    ((700,), 65, 1, 1, False, 2, 1, 128, 0),
+    ((300,), 33, 8, 2, True, 2, 2, 64, 20),
+    ((40, 72), (13, 21), 1, 1, False, 2, 2, 128, 0),
+    ((48, 40), (16, 8), (16, 8), 1, False, 2, 1, 64, 0),
+    ((36, 44), (9, 12), (2, 3), (2, 1), (True, False), 2, 1, 32, 70),
+    ((10, 20, 24), (3, 7, 9), 1, 1, False, 2, 2, 128, 0),
+    ((12, 16, 20), (4, 8, 8), (4, 8, 8), (1, 1, 2), (False, True, False), 3, 1, 64, 5),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("extents,ks,st,dil,causal,hq,hkv,d,na", LARGE)
+def test_cuda_fused_large_grids(cuda_backend, dtype, extents, ks, st, dil, causal, hq, hkv, d, na):
+    fn = {1: nattn.na1d, 2: nattn.na2d, 3: nattn.na3d}[len(extents)]
+    q, k, v = qkv(extents, hq, hkv, d, dtype, b=1)
+    extra, ref_extra = {}, {}
+    if na:
+        ak = torch.randn(1, na, hkv, d, device="cuda", dtype=dtype, requires_grad=True)
+        av = torch.randn(1, na, hkv, d, device="cuda", dtype=dtype, requires_grad=True)
+        extra = dict(additional_keys=ak, additional_values=av)
+    out, lse = fn(q, k, v, ks, st, dil, causal, return_lse=True, backend="cuda", **extra)
+    ref, ref_lse = reference_na(q, k, v, ks, st, dil, causal, **extra)
+    tol, gtol = TOL[dtype]
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(lse, ref_lse, atol=1e-3, rtol=1e-3)
+    dout, dlse = torch.randn_like(out), torch.randn_like(lse)
+    inputs = (q, k, v) + tuple(extra.values())
+    got = torch.autograd.grad((out, lse), inputs, (dout, dlse))
+    want = torch.autograd.grad((ref, ref_lse), inputs, (dout, dlse))
+    for g, w, name in zip(got, want, ["q", "k", "v", "additional_k", "additional_v"]):
+        torch.testing.assert_close(g, w, atol=gtol, rtol=gtol, msg=f"d{name}")
+
+
+@pytest.mark.parametrize("scale", [-0.3, 0.0, 2.0])
+def test_cuda_fused_any_scale(cuda_backend, scale):
+    # The fused kernels fold the scale into exp2; zero and negative scales take another path.
+    q, k, v = qkv((20, 24), 2, 2, 64, torch.float16)
+    out, lse = nattn.na2d(q, k, v, (5, 7), scale=scale, return_lse=True, backend="cuda")
+    ref, ref_lse = reference_na(q, k, v, (5, 7), scale=scale)
+    torch.testing.assert_close(out, ref, atol=5e-3, rtol=5e-3)
+    torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=2e-3)
+    dout = torch.randn_like(out)
+    # Relative to the gradient's norm: at scale 2 the softmax is sharp and dS is large, so
+    # fp16 rounding of P and dS before the products is large in absolute terms.
+    for g, w in zip(torch.autograd.grad(out, (q, k, v), dout), torch.autograd.grad(ref, (q, k, v), dout)):
+        assert ((g.double() - w.double()).norm() / w.double().norm().clamp_min(1e-12)).item() < 5e-3
+
+
+def test_cuda_backward_is_bitwise_reproducible(cuda_backend):
+    q, k, v = qkv((30, 34), 4, 2, 128, torch.bfloat16, b=1)
+    out = nattn.na2d(q, k, v, (7, 9), dilation=(2, 1), backend="cuda")
+    dout = torch.randn_like(out)
+    first = torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+    for _ in range(3):
+        again = torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+
+
 def test_cuda_additional_keys_and_non_contiguous(cuda_backend):
     packed = torch.randn(2, 10, 12, 3, 4, 64, device="cuda", dtype=torch.bfloat16)
     q, k, v = (x.requires_grad_() for x in packed.unbind(3))

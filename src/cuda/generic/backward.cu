@@ -144,13 +144,21 @@ __global__ void additional_kernel(BackwardParams p) {
                });
 }
 
+constexpr int kThreads = 128;
+unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
+
+template <class T>
+Status run_delta(const BackwardParams& p, cudaStream_t s) {
+  delta_kernel<T><<<blocks_for(p.g.batch * p.g.tokens * p.g.heads_q), kThreads, 0, s>>>(p);
+  return check_launch("backward delta");
+}
+
 template <class T>
 Status run(const BackwardParams& p, cudaStream_t s) {
-  const int threads = 128;
-  auto blocks = [&](int64_t n) { return unsigned((n + threads - 1) / threads); };
+  const int threads = kThreads;
+  auto blocks = blocks_for;
   const int64_t nq = p.g.batch * p.g.tokens * p.g.heads_q;
-  delta_kernel<T><<<blocks(nq), threads, 0, s>>>(p);
-  NATTN_RETURN_IF_ERROR(check_launch("generic backward delta"));
+  NATTN_RETURN_IF_ERROR(run_delta<T>(p, s));
   dq_kernel<T><<<blocks(nq), threads, 0, s>>>(p);
   NATTN_RETURN_IF_ERROR(check_launch("generic backward dq"));
   dkdv_kernel<T><<<blocks(p.g.batch * p.g.tokens * p.g.heads_kv), threads, 0, s>>>(p);
@@ -163,6 +171,17 @@ Status run(const BackwardParams& p, cudaStream_t s) {
 }
 
 }  // namespace
+
+Status backward_delta(const BackwardParams& p, DType dtype, void* stream) {
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (dtype) {
+    case DType::kFloat32: return run_delta<float>(p, s);
+    case DType::kFloat64: return run_delta<double>(p, s);
+    case DType::kFloat16: return run_delta<__half>(p, s);
+    case DType::kBFloat16: return run_delta<__nv_bfloat16>(p, s);
+  }
+  return Status::Invalid("dtype is invalid");
+}
 
 Status backward(const BackwardParams& p, DType dtype, void* stream) {
   const cudaStream_t s = static_cast<cudaStream_t>(stream);

@@ -45,6 +45,29 @@ __device__ __forceinline__ void ldsm_x4_t(const void* p, uint32_t& r0, uint32_t&
   cute::SM75_U16x8_LDSM_T::copy(*reinterpret_cast<const cute::uint128_t*>(p), r0, r1, r2, r3);
 }
 
+// acc = 0 for an accumulator array of any shape.
+template <int A, int B>
+__device__ __forceinline__ void zero(float (&acc)[A][B][4]) {
+#pragma unroll
+  for (int i = 0; i < A; ++i)
+#pragma unroll
+    for (int j = 0; j < B; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
+}
+
+// Packs accumulator tiles [MI][N/8][4] into mma A fragments [MI][N/16][4] (bf16/fp16 pairs).
+template <class Element, int MI, int NI>
+__device__ __forceinline__ void pack_a(const float (&x)[MI][NI][4], uint32_t (&f)[MI][NI / 2][4]) {
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int kk = 0; kk < NI / 2; ++kk) {
+      f[mi][kk][0] = Mma<Element>::pack(x[mi][2 * kk][0], x[mi][2 * kk][1]);
+      f[mi][kk][1] = Mma<Element>::pack(x[mi][2 * kk][2], x[mi][2 * kk][3]);
+      f[mi][kk][2] = Mma<Element>::pack(x[mi][2 * kk + 1][0], x[mi][2 * kk + 1][1]);
+      f[mi][kk][3] = Mma<Element>::pack(x[mi][2 * kk + 1][2], x[mi][2 * kk + 1][3]);
+    }
+}
+
 // acc[mi][ni][4] += A(rows row0 + 16*mi .., HD) . B(rows of `b`, HD)^T, over the head dim.
 // A and B are swizzled HD-wide tiles; NI n8-tiles of B starting at row 0.
 template <class Element, int HD, int MI, int NI>

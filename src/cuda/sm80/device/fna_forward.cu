@@ -25,22 +25,16 @@ template <class E> struct ForwardConfig<E, 128> { using T = ForwardTraits<E, 128
 template <class E> struct ForwardConfig<E, 256> { using T = ForwardTraits<E, 256, 64, 64, 4>; };
 
 template <class Tr>
-Status launch(const Problem& problem, ForwardParams p, cudaStream_t stream) {
+Status launch(const Problem& problem, const ForwardParams& p, cudaStream_t stream) {
   const TileShapes shapes = choose_tile_shapes(problem, Tr::BM, Tr::BN);
-  int64_t ctas = 1;
-  for (int a = 0; a < 3; ++a) {
-    p.q_tile[a] = shapes.q[a];
-    p.k_tile[a] = shapes.k[a];
-    const int64_t longest = (p.g.extent[a] + p.g.dilation[a] - 1) / p.g.dilation[a];
-    p.q_tiles[a] = (longest + shapes.q[a] - 1) / shapes.q[a];
-    ctas *= p.q_tiles[a] * p.g.dilation[a];
-  }
+  const Tiling tiling = make_tiling(p.g, shapes.q, shapes.k);
+  const int64_t ctas = tiling.neighborhood_ctas;
   if (ctas > INT32_MAX) return Status::Unsupported("too many query tiles for one launch");
   auto kernel = fna_forward_kernel<Tr>;
   NATTN_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Tr::kSmemBytes)),
                  "fused forward: setting shared memory size");
   const dim3 grid(unsigned(ctas), unsigned(p.g.heads_q), unsigned(p.g.batch));
-  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p);
+  kernel<<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(p, tiling);
   return check_launch("fused forward");
 }
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/tile_shapes.h"
 #include "cuda/params.h"
 #include "nattn/status.h"
 #include "nattn/tensor.h"
@@ -31,6 +32,23 @@ inline Status common_support(const Geometry& g, DType dtype) {
     if (g.extent[a] >= (int64_t(1) << 30)) return Status::Unsupported("fused kernels need extents < 2^30");
   if (g.heads_q > 65535 || g.batch > 65535) return Status::Unsupported("fused kernels need batch and heads <= 65535");
   return Status::Ok();
+}
+
+inline int log2_of(int x) { int l = 0; while ((1 << l) < x) ++l; return l; }
+
+// Launch tiling for box shapes chosen by choose_tile_shapes (powers of two). `own` is the
+// box each CTA owns (queries for forward/dQ, keys for dK/dV), `walk` the boxes it walks.
+inline Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, const std::array<int, 3>& walk) {
+  Tiling t;
+  t.neighborhood_ctas = 1;
+  for (int a = 0; a < 3; ++a) {
+    t.fixed_shift[a] = log2_of(own[a]);
+    t.walk_shift[a] = log2_of(walk[a]);
+    const int64_t longest = (g.extent[a] + g.dilation[a] - 1) / g.dilation[a];  // group 0 is the longest
+    t.fixed_tiles[a] = (longest + own[a] - 1) / own[a];
+    t.neighborhood_ctas *= t.fixed_tiles[a] * g.dilation[a];
+  }
+  return t;
 }
 
 // Rows must be unit-stride and 16-byte aligned for cp.async.

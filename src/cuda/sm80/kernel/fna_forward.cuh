@@ -1,9 +1,9 @@
 // Layer: cuda/sm80 kernel. Fused neighborhood-attention forward (FlashAttention-2 style):
 // one CTA = one box of BM query positions of one (batch, head, dilation group); it walks the
-// key boxes covering its queries' windows (CtaTiles), computing S = Q K^T on tensor cores,
-// masking only partial boxes, an online softmax in registers and O += P V. Each warp owns
-// 16*MI query rows. K and V tiles are single-buffered with loads overlapped against the
-// other operand's product (K[j+1] streams in during P V[j], V[j] during Q K[j]^T).
+// key boxes covering its queries' windows (TileWalk), computing S = Q K^T on tensor cores,
+// masking only partial boxes along their partial axes, an online softmax in registers and
+// O += P V. Each warp owns 16*MI query rows. K/V tiles are double-buffered: tile t+1 streams
+// in while tile t is computed, with one barrier per tile.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -11,8 +11,10 @@
 #include <cmath>
 
 #include "cuda/params.h"
-#include "cuda/sm80/collective/cta_tiles.cuh"
+#include "cuda/sm80/collective/box_rows.cuh"
+#include "cuda/sm80/collective/mask.cuh"
 #include "cuda/sm80/collective/smem_tile.cuh"
+#include "cuda/sm80/collective/tile_walk.cuh"
 #include "cuda/sm80/collective/warp_mma.cuh"
 
 namespace nattn::cuda::sm80 {
@@ -27,32 +29,40 @@ struct ForwardTraits {
   static constexpr int OI = HD / 8;              // n8 tiles of O
   static_assert(MI >= 1 && BM % (16 * kWarps) == 0, "BM must be a multiple of 16 * warps");
   static constexpr size_t kSmemQ = size_t(BM) * HD, kSmemKV = size_t(BN) * HD;
-  static constexpr size_t kSmemBytes = (kSmemQ + 2 * kSmemKV) * sizeof(Element) + size_t(BM) * 6 * sizeof(int);
+  // Q, two K and two V buffers, the K/V row-offset tables, each query's window per axis.
+  static constexpr size_t kSmemBytes =
+      (kSmemQ + 4 * kSmemKV) * sizeof(Element) + 2 * BN * sizeof(int64_t) + 3 * BM * sizeof(int2);
 };
 
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const ForwardParams p) {
+__global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const ForwardParams p, const Tiling tl) {
   using Element = typename Tr::Element;
   constexpr int HD = Tr::HD, BM = Tr::BM, BN = Tr::BN, MI = Tr::MI, NI = Tr::NI, OI = Tr::OI;
+  constexpr int kThreads = Tr::kThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Element* sQ = reinterpret_cast<Element*>(smem_raw);
-  Element* sK = sQ + Tr::kSmemQ;
-  Element* sV = sK + Tr::kSmemKV;
-  int* sWin = reinterpret_cast<int*>(sV + Tr::kSmemKV);  // [BM][3][2]: each row's window, per axis
+  Element* sK = sQ + Tr::kSmemQ;       // [2][BN * HD]
+  Element* sV = sK + 2 * Tr::kSmemKV;  // [2][BN * HD]
+  int64_t* rel_k = reinterpret_cast<int64_t*>(sV + 2 * Tr::kSmemKV);
+  int64_t* rel_v = rel_k + BN;
+  int2* win = reinterpret_cast<int2*>(rel_v + BN);  // [3][BM]
 
   const Geometry& g = p.g;
   const int h = blockIdx.y;
   const int64_t b = blockIdx.z;
   const int64_t hk = h / (g.heads_q / g.heads_kv);
-  // The CTA's tile walk lives in shared memory: it is loop-invariant and would otherwise
-  // hold ~40 registers that the accumulators need.
-  __shared__ __align__(16) unsigned char cta_storage[sizeof(CtaTiles)];
-  CtaTiles& cta = *reinterpret_cast<CtaTiles*>(cta_storage);
-  if (threadIdx.x == 0) cta.init(p, blockIdx.x, BN);
+  const int add_tiles = int((g.num_additional + BN - 1) / BN);
+  // The walk lives in shared memory: it is loop-invariant and would otherwise hold ~40
+  // registers that the accumulators need.
+  __shared__ __align__(16) unsigned char walk_storage[sizeof(TileWalk)];
+  TileWalk& w = *reinterpret_cast<TileWalk*>(walk_storage);
+  if (threadIdx.x == 0) w.init(g, tl, blockIdx.x, false, add_tiles);
   __syncthreads();
-  if (cta.empty) return;
-  cta.fill_tables(threadIdx.x, Tr::kThreads);
-  __syncthreads();
+  if (w.empty) return;
+  w.fill_tables(threadIdx.x, kThreads);
+  fill_row_offsets<BN>(rel_k, tl.walk_shift, g, p.sk);
+  fill_row_offsets<BN>(rel_v, tl.walk_shift, g, p.sv);
+  fill_axis_windows(win, BM, w.fixed_start, tl.fixed_shift, w, threadIdx.x, kThreads);
 
   const Element* q_base = static_cast<const Element*>(p.q) + b * p.sq.batch + h * p.sq.head;
   const Element* k_base = static_cast<const Element*>(p.k) + b * p.sk.batch + hk * p.sk.head;
@@ -61,145 +71,66 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   const Element* va_base = static_cast<const Element*>(p.va) + b * p.sva.batch + hk * p.sva.head;
   const int D = int(g.head_dim), Dv = int(g.head_dim_v);
 
-  // Global element offset of the token at positions pos (this CTA's groups), per strides s.
-  auto token_offset = [&](const int (&pos)[3], const Strides& s) {
-    int64_t off = 0;
+  int q_count[3];
 #pragma unroll
-    for (int a = 0; a < 3; ++a) off += int64_t(pos[a] * int(g.dilation[a]) + cta.group[a]) * s.axis[a];
-    return off;
-  };
-  // Positions of row r of the query box; false when outside the group.
-  auto query_pos = [&](int r, int (&pos)[3]) {
-    int l[3];
-    CtaTiles::unflatten(r, cta.q_tile, l);
-    bool ok = true;
-#pragma unroll
-    for (int a = 0; a < 3; ++a) { pos[a] = cta.q_start[a] + l[a]; ok &= pos[a] < cta.lg[a]; }
-    return ok;
-  };
-
-  // Q tile, and each query row's window (clamped rows for positions outside the group).
-  load_rows<HD, BM, Tr::kThreads>(sQ, [&](int r) -> const Element* {
-    int pos[3];
-    return query_pos(r, pos) ? q_base + token_offset(pos, p.sq) : nullptr;
-  }, D, q_base);
-  for (int r = threadIdx.x; r < BM; r += Tr::kThreads) {
-    int pos[3];
-    query_pos(r, pos);
-#pragma unroll
-    for (int a = 0; a < 3; ++a) {
-      const int pa = pos[a] < cta.lg[a] ? pos[a] : cta.lg[a] - 1;
-      const window::Range w = window::group_window(pa, cta.lg[a], g.kernel[a], g.stride[a], g.causal[a]);
-      sWin[r * 6 + 2 * a] = int(w.begin);
-      sWin[r * 6 + 2 * a + 1] = int(w.end);
-    }
+  for (int a = 0; a < 3; ++a) q_count[a] = w.lg[a] - w.fixed_start[a];
+  {
+    const Element* first = q_base + token_offset(w.fixed_start, w.group, g, p.sq);
+    load_rows<HD, BM, kThreads>(sQ, [&](int r) -> const Element* {
+      return row_inside(r, tl.fixed_shift, q_count) ? first + row_offset(r, tl.fixed_shift, g, p.sq) : nullptr;
+    }, D, q_base);
   }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();  // Q, tables and windows visible
+  const float c = fold_scale_sign<BM * HD, kThreads>(sQ, g.scale);
 
-  // Loads tile t's K (or V) rows.
-  auto load_kv = [&](Element* dst, int t, bool is_v) {
-    const Element* base = is_v ? v_base : k_base;
-    const int dims = is_v ? Dv : D;
-    if (t >= cta.nbr_tiles) {
-      const int64_t j0 = int64_t(t - cta.nbr_tiles) * BN;
-      const Element* abase = is_v ? va_base : ka_base;
-      const int64_t rs = is_v ? p.sva.axis[0] : p.ska.axis[0];
-      load_rows<HD, BN, Tr::kThreads>(dst, [&](int r) -> const Element* {
-        return j0 + r < g.num_additional ? abase + (j0 + r) * rs : nullptr;
-      }, dims, base);
-      return;
-    }
-    const tiles::Box<3> box = cta.key_box(t);
-    const Strides& s = is_v ? p.sv : p.sk;
-    load_rows<HD, BN, Tr::kThreads>(dst, [&](int r) -> const Element* {
-      int l[3], pos[3];
-      CtaTiles::unflatten(r, cta.k_tile, l);
-      bool ok = true;
-#pragma unroll
-      for (int a = 0; a < 3; ++a) { pos[a] = int(box.r[a].begin) + l[a]; ok &= pos[a] < cta.lg[a]; }
-      return ok ? base + token_offset(pos, s) : nullptr;
-    }, dims, base);
+  const KvSource<Element> kv{k_base, v_base, ka_base, va_base, &p.sk, &p.sv, p.ska.axis[0], p.sva.axis[0], rel_k, rel_v};
+  auto load_kv = [&](int t, int buf) {
+    load_walked_kv<HD, BN, kThreads>(sK + buf * Tr::kSmemKV, sV + buf * Tr::kSmemKV, t, w, tl, g, kv);
   };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16 * MI;
-  const float scale_log2 = g.scale * float(M_LOG2E);
 
   float o[MI][OI][4];
-  float row_max[MI][2], row_sum[MI][2];
+  float row_max[MI][2], row_sum[MI][2];  // row_max in raw (unscaled) score units
+  zero(o);
 #pragma unroll
   for (int mi = 0; mi < MI; ++mi) {
-#pragma unroll
-    for (int oi = 0; oi < OI; ++oi) o[mi][oi][0] = o[mi][oi][1] = o[mi][oi][2] = o[mi][oi][3] = 0.f;
     row_max[mi][0] = row_max[mi][1] = -INFINITY;
     row_sum[mi][0] = row_sum[mi][1] = 0.f;
   }
 
-  int t = cta.next_tile(0, g.num_additional, BN);
-  if (t < cta.total_tiles()) load_kv(sK, t, false);
+  // (The first loop barrier orders the sign fold of Q before any read of it.)
+  int t = w.next_tile(0, g.num_additional, BN);
+  if (t < w.total_tiles()) load_kv(t, 0);
   cp_async_commit();
 
-  while (t < cta.total_tiles()) {
+  for (int buf = 0; t < w.total_tiles(); buf ^= 1) {
     cp_async_wait<0>();
-    __syncthreads();  // K[t] (and Q on the first pass) landed; everyone is done reading sV
-    load_kv(sV, t, true);
+    __syncthreads();  // tile t landed in `buf`; everyone is done with the other buffer
+    const int next = w.next_tile(t + 1, g.num_additional, BN);
+    if (next < w.total_tiles()) load_kv(next, buf ^ 1);
     cp_async_commit();
 
     float s[MI][NI][4];
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < NI; ++ni) s[mi][ni][0] = s[mi][ni][1] = s[mi][ni][2] = s[mi][ni][3] = 0.f;
-    gemm_abT<Element, HD, MI, NI>(s, sQ, row0, sK);
+    zero(s);
+    gemm_abT<Element, HD, MI, NI>(s, sQ, row0, sK + buf * Tr::kSmemKV);
 
-    // Scale (log2 domain), then mask partial tiles.
-    // Classified again here (next_tile did it once): with the per-axis tables that is three
-    // shared loads, while carrying it across the P.V product cost the d32/d64 kernels up to 29
-    // registers and spills (ptxas, sm_90, 2026-11-26).
-    const tiles::Coverage cov = cta.coverage(t, g.num_additional, BN);
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[mi][ni][e] *= scale_log2;
-    if (cov != tiles::Coverage::kFull) {
-      if (t >= cta.nbr_tiles) {
-        const int64_t j0 = int64_t(t - cta.nbr_tiles) * BN;
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int col = ni * 8 + 2 * (lane % 4) + (e & 1);
-            if (j0 + col >= g.num_additional)
-#pragma unroll
-              for (int mi = 0; mi < MI; ++mi) s[mi][ni][e] = -INFINITY;
-          }
+    int partial_axes;
+    if (w.coverage(t, g.num_additional, BN, &partial_axes) != tiles::Coverage::kFull) {
+      if (t >= w.nbr_tiles) {
+        mask_columns_from(s, g.num_additional - int64_t(t - w.nbr_tiles) * BN, lane);
       } else {
-        const tiles::Box<3> box = cta.key_box(t);
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-          for (int c = 0; c < 2; ++c) {
-            int l[3];
-            CtaTiles::unflatten(ni * 8 + 2 * (lane % 4) + c, cta.k_tile, l);
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-              for (int hr = 0; hr < 2; ++hr) {
-                const int* w = sWin + (row0 + mi * 16 + hr * 8 + lane / 4) * 6;
-                bool in = true;
-#pragma unroll
-                for (int a = 0; a < 3; ++a) {
-                  const int kp = int(box.r[a].begin) + l[a];
-                  in &= kp >= w[2 * a] && kp < w[2 * a + 1];
-                }
-                if (!in) s[mi][ni][hr * 2 + c] = -INFINITY;
-              }
-          }
+        int start[3];
+        w.walk_start(t, start);
+        mask_rows_are_queries(s, partial_axes, win, BM, tl.fixed_shift, tl.walk_shift, start, row0, lane);
       }
     }
 
-    // Online softmax: rows (mi, hr) live in the 4 lanes of a quad.
+    // Online softmax in the log2 domain, the scale folded into one FFMA per score; rows
+    // (mi, hr) live in the 4 lanes of a quad.
     uint32_t pf[MI][BN / 16][4];
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
@@ -210,35 +141,21 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
         for (int ni = 0; ni < NI; ++ni) mx = fmaxf(mx, fmaxf(s[mi][ni][2 * hr], s[mi][ni][2 * hr + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_use = mx == -INFINITY ? 0.f : mx;
-        const float corr = exp2f(row_max[mi][hr] - m_use);
+        const float m_scaled = mx == -INFINITY ? 0.f : mx * c;
+        const float corr = exp2f(row_max[mi][hr] * c - m_scaled);
         row_max[mi][hr] = mx;
         row_sum[mi][hr] *= corr;
 #pragma unroll
         for (int oi = 0; oi < OI; ++oi) { o[mi][oi][2 * hr] *= corr; o[mi][oi][2 * hr + 1] *= corr; }
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {
-          s[mi][ni][2 * hr] = exp2f(s[mi][ni][2 * hr] - m_use);
-          s[mi][ni][2 * hr + 1] = exp2f(s[mi][ni][2 * hr + 1] - m_use);
+          s[mi][ni][2 * hr] = exp2f(fmaf(s[mi][ni][2 * hr], c, -m_scaled));
+          s[mi][ni][2 * hr + 1] = exp2f(fmaf(s[mi][ni][2 * hr + 1], c, -m_scaled));
           row_sum[mi][hr] += s[mi][ni][2 * hr] + s[mi][ni][2 * hr + 1];
         }
       }
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-        pf[mi][kk][0] = Mma<Element>::pack(s[mi][2 * kk][0], s[mi][2 * kk][1]);
-        pf[mi][kk][1] = Mma<Element>::pack(s[mi][2 * kk][2], s[mi][2 * kk][3]);
-        pf[mi][kk][2] = Mma<Element>::pack(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
-        pf[mi][kk][3] = Mma<Element>::pack(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
-      }
-
-    cp_async_wait<0>();
-    __syncthreads();  // V[t] landed; everyone is done reading sK
-    const int next = cta.next_tile(t + 1, g.num_additional, BN);
-    if (next < cta.total_tiles()) load_kv(sK, next, false);
-    cp_async_commit();
-    gemm_pv<Element, HD, MI, BN>(o, pf, sV);
+    pack_a<Element>(s, pf);
+    gemm_pv<Element, HD, MI, BN>(o, pf, sV + buf * Tr::kSmemKV);
     t = next;
   }
 
@@ -252,10 +169,13 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       const int r = row0 + mi * 16 + hr * 8 + lane / 4;
+      if (!row_inside(r, tl.fixed_shift, q_count)) continue;
       int pos[3];
-      if (!query_pos(r, pos)) continue;
+      box_local(r, tl.fixed_shift, pos);
+#pragma unroll
+      for (int a = 0; a < 3; ++a) pos[a] += w.fixed_start[a];
       const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      Element* dst = o_base + token_offset(pos, p.so);
+      Element* dst = o_base + token_offset(pos, w.group, g, p.so);
 #pragma unroll
       for (int oi = 0; oi < OI; ++oi) {
         const int col = oi * 8 + 2 * (lane % 4);
@@ -263,8 +183,8 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
           *reinterpret_cast<uint32_t*>(dst + col) = Mma<Element>::pack(o[mi][oi][2 * hr] * inv, o[mi][oi][2 * hr + 1] * inv);
       }
       if (p.lse != nullptr && lane % 4 == 0) {
-        const float m = row_max[mi][hr] == -INFINITY ? 0.f : row_max[mi][hr];
-        p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, p.slse)] = (m + log2f(sum)) * float(M_LN2);
+        const float m = row_max[mi][hr] == -INFINITY ? 0.f : row_max[mi][hr] * c;
+        p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] = (m + log2f(sum)) * float(M_LN2);
       }
     }
 }

@@ -1,0 +1,108 @@
+// Layer: cuda/sm80 collective. Token rows of a box (a dense sub-grid of one dilation group per
+// axis) in global memory: the element offset of a token, the offset of each box row from the
+// box's first token (the same for every box of one shape, so kernels tabulate it once per CTA
+// in shared memory instead of redoing 64-bit index math per row per tile), and the gathered
+// cp.async load of a box into a swizzled tile.
+#pragma once
+#include <cstdint>
+
+#include "cuda/params.h"
+#include "cuda/sm80/collective/smem_tile.cuh"
+#include "cuda/sm80/collective/tile_walk.cuh"
+
+namespace nattn::cuda::sm80 {
+
+// Element offset (from the (batch, head) base) of the token at group positions pos.
+__device__ __forceinline__ int64_t token_offset(const int (&pos)[3], const int (&group)[3], const Geometry& g,
+                                                const Strides& s) {
+  int64_t off = 0;
+#pragma unroll
+  for (int a = 0; a < 3; ++a) off += int64_t(pos[a] * int(g.dilation[a]) + group[a]) * s.axis[a];
+  return off;
+}
+
+// Offset of row r of a box from its first token.
+__device__ __forceinline__ int64_t row_offset(int r, const int (&shift)[3], const Geometry& g, const Strides& s) {
+  int l[3];
+  box_local(r, shift, l);
+  int64_t off = 0;
+#pragma unroll
+  for (int a = 0; a < 3; ++a) off += int64_t(l[a]) * g.dilation[a] * s.axis[a];
+  return off;
+}
+
+// All threads: rel[r] = row_offset(r) for the ROWS rows of a box.
+template <int ROWS>
+__device__ __forceinline__ void fill_row_offsets(int64_t* rel, const int (&shift)[3], const Geometry& g,
+                                                 const Strides& s) {
+  for (int r = threadIdx.x; r < ROWS; r += blockDim.x) rel[r] = row_offset(r, shift, g, s);
+}
+
+// True when row r of a box lies inside its group: count[a] = group length - box start.
+__device__ __forceinline__ bool row_inside(int r, const int (&shift)[3], const int (&count)[3]) {
+  int l[3];
+  box_local(r, shift, l);
+  return l[0] < count[0] && l[1] < count[1] && l[2] < count[2];
+}
+
+// Loads a box's rows into a swizzled tile (rows outside the group zero-filled): `first` points
+// at the box's first token, rel[] is the row-offset table.
+template <int HD, int ROWS, int THREADS, class Element>
+__device__ __forceinline__ void load_box(Element* tile, const Element* first, const int64_t* rel,
+                                         const int (&shift)[3], const int (&count)[3], int dims) {
+  load_rows<HD, ROWS, THREADS>(tile, [&](int r) -> const Element* {
+    return row_inside(r, shift, count) ? first + rel[r] : nullptr;
+  }, dims, first);
+}
+
+// Element offset of flat token n (row-major over the full extents) for strides s: walks that
+// cover every query in token order (dK/dV of additional keys) use it.
+__device__ __forceinline__ int64_t flat_token_offset(int64_t n, const Geometry& g, const Strides& s) {
+  int64_t off = 0;
+#pragma unroll
+  for (int a = 2; a >= 0; --a) {
+    off += (n % g.extent[a]) * s.axis[a];
+    n /= g.extent[a];
+  }
+  return off;
+}
+
+// Where a walk over key tiles reads its K and V rows (already offset to batch and head):
+// neighborhood boxes through the row-offset tables, additional keys as rows of [Na, D].
+template <class Element>
+struct KvSource {
+  const Element* k;
+  const Element* v;
+  const Element* ka;
+  const Element* va;
+  const Strides* sk;
+  const Strides* sv;
+  int64_t ka_row, va_row;  // additional-key row strides
+  const int64_t* rel_k;
+  const int64_t* rel_v;
+};
+
+// Loads walked key tile t (neighborhood box or additional-key tile of BN rows) into dk / dv.
+template <int HD, int BN, int THREADS, class Element>
+__device__ __forceinline__ void load_walked_kv(Element* dk, Element* dv, int t, const TileWalk& w, const Tiling& tl,
+                                               const Geometry& g, const KvSource<Element>& src) {
+  const int D = int(g.head_dim), Dv = int(g.head_dim_v);
+  if (t >= w.nbr_tiles) {
+    const int64_t j0 = int64_t(t - w.nbr_tiles) * BN;
+    load_rows<HD, BN, THREADS>(dk, [&](int r) -> const Element* {
+      return j0 + r < g.num_additional ? src.ka + (j0 + r) * src.ka_row : nullptr;
+    }, D, src.k);
+    load_rows<HD, BN, THREADS>(dv, [&](int r) -> const Element* {
+      return j0 + r < g.num_additional ? src.va + (j0 + r) * src.va_row : nullptr;
+    }, Dv, src.v);
+    return;
+  }
+  int start[3], count[3];
+  w.walk_start(t, start);
+#pragma unroll
+  for (int a = 0; a < 3; ++a) count[a] = w.lg[a] - start[a];
+  load_box<HD, BN, THREADS>(dk, src.k + token_offset(start, w.group, g, *src.sk), src.rel_k, tl.walk_shift, count, D);
+  load_box<HD, BN, THREADS>(dv, src.v + token_offset(start, w.group, g, *src.sv), src.rel_v, tl.walk_shift, count, Dv);
+}
+
+}  // namespace nattn::cuda::sm80

@@ -1,0 +1,250 @@
+// Layer: cuda/sm80 kernel. Fused backward, dK and dV: one CTA = one box of BM key positions of
+// one (batch, kv head, dilation group), or one tile of BM additional keys. It walks the query
+// boxes covering the queries whose windows contain its keys (tiles::query_box; every query
+// in token order for additional keys), for every query head sharing the kv head, and works in
+// the transposed orientation, keys as rows:
+//   S^T = K Q^T, P^T = exp(scale S^T - lse), dV += P^T dO,
+//   dP^T = V dO^T, dS^T = P^T (dP^T - Delta), dK += scale dS^T Q,
+// so P^T and dS^T feed the next products straight from registers (as P does in the forward)
+// and lse / Delta are per column. Each dK/dV row is written once: deterministic, no atomics.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "cuda/params.h"
+#include "cuda/sm80/collective/box_rows.cuh"
+#include "cuda/sm80/collective/mask.cuh"
+#include "cuda/sm80/collective/smem_tile.cuh"
+#include "cuda/sm80/collective/tile_walk.cuh"
+#include "cuda/sm80/collective/warp_mma.cuh"
+#include "cuda/sm80/kernel/fna_backward_dq.cuh"
+
+namespace nattn::cuda::sm80 {
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const BackwardParams p, const Tiling tl) {
+  using Element = typename Tr::Element;
+  constexpr int HD = Tr::HD, BM = Tr::BM, BN = Tr::BN, MI = Tr::MI, NI = Tr::NI, OI = Tr::OI;
+  constexpr int kThreads = Tr::kThreads;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  Element* sK = reinterpret_cast<Element*>(smem_raw);
+  Element* sV = sK + Tr::kOwn;
+  Element* sQ = sV + Tr::kOwn;         // [2][BN * HD]
+  Element* sdO = sQ + 2 * Tr::kWalk;   // [2][BN * HD]
+  int64_t* rel_q = reinterpret_cast<int64_t*>(sdO + 2 * Tr::kWalk);
+  int64_t* rel_do = rel_q + BN;
+  int2* win = reinterpret_cast<int2*>(rel_do + BN);  // [2][3][BN]
+  float* s_lse = reinterpret_cast<float*>(win + 2 * 3 * BN);  // [2][BN], log2 domain
+  float* s_delta = s_lse + 2 * BN;                             // [2][BN]
+
+  const Geometry& g = p.g;
+  const int hk = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int group_heads = int(g.heads_q / g.heads_kv);
+  const bool additional = blockIdx.x >= tl.neighborhood_ctas;
+  const int64_t j0 = additional ? (int64_t(blockIdx.x) - tl.neighborhood_ctas) * BM : 0;
+  __shared__ __align__(16) unsigned char walk_storage[sizeof(TileWalk)];
+  TileWalk& w = *reinterpret_cast<TileWalk*>(walk_storage);
+  if (threadIdx.x == 0) {
+    if (additional) { w.empty = false; w.nbr_tiles = 0; } else { w.init(g, tl, blockIdx.x, true, 0); }
+  }
+  __syncthreads();
+  if (w.empty) return;
+  if (!additional) w.fill_tables(threadIdx.x, kThreads);
+  fill_row_offsets<BN>(rel_q, tl.walk_shift, g, p.sq);
+  fill_row_offsets<BN>(rel_do, tl.walk_shift, g, p.sdo);
+  // Walked tiles per query head: neighborhood boxes, or every query in token order.
+  const int per_head = additional ? int((g.tokens + BN - 1) / BN) : w.nbr_tiles;
+  const int items = per_head * group_heads;
+
+  // The CTA's own K and V rows.
+  const int D = int(g.head_dim), Dv = int(g.head_dim_v);
+  const Element* k_base = static_cast<const Element*>(p.k) + b * p.sk.batch + hk * p.sk.head;
+  const Element* v_base = static_cast<const Element*>(p.v) + b * p.sv.batch + hk * p.sv.head;
+  int own_count[3] = {1, 1, 1};
+  if (additional) {
+    const Element* ka = static_cast<const Element*>(p.ka) + b * p.ska.batch + hk * p.ska.head;
+    const Element* va = static_cast<const Element*>(p.va) + b * p.sva.batch + hk * p.sva.head;
+    load_rows<HD, BM, kThreads>(sK, [&](int r) -> const Element* {
+      return j0 + r < g.num_additional ? ka + (j0 + r) * p.ska.axis[0] : nullptr;
+    }, D, k_base);
+    load_rows<HD, BM, kThreads>(sV, [&](int r) -> const Element* {
+      return j0 + r < g.num_additional ? va + (j0 + r) * p.sva.axis[0] : nullptr;
+    }, Dv, v_base);
+  } else {
+#pragma unroll
+    for (int a = 0; a < 3; ++a) own_count[a] = w.lg[a] - w.fixed_start[a];
+    const Element* fk = k_base + token_offset(w.fixed_start, w.group, g, p.sk);
+    const Element* fv = v_base + token_offset(w.fixed_start, w.group, g, p.sv);
+    load_rows<HD, BM, kThreads>(sK, [&](int r) -> const Element* {
+      return row_inside(r, tl.fixed_shift, own_count) ? fk + row_offset(r, tl.fixed_shift, g, p.sk) : nullptr;
+    }, D, k_base);
+    load_rows<HD, BM, kThreads>(sV, [&](int r) -> const Element* {
+      return row_inside(r, tl.fixed_shift, own_count) ? fv + row_offset(r, tl.fixed_shift, g, p.sv) : nullptr;
+    }, Dv, v_base);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();  // K, V, tables visible
+  const float c = fold_scale_sign<BM * HD, kThreads>(sK, g.scale);
+
+  // Skips walked boxes whose queries all miss the own keys.
+  auto next_item = [&](int i) {
+    if (additional) return i;
+    for (; i < items; ++i) {
+      int unused;
+      if (w.coverage(i % per_head, 0, BN, &unused) != tiles::Coverage::kOutside) break;
+    }
+    return i;
+  };
+  // Loads item i (query head, walked box) into buffer `buf`: Q and dO rows, each query's lse
+  // (log2 domain; +inf past the grid, so such a column contributes nothing) and Delta, and
+  // on partial boxes each query's window per axis.
+  auto load_item = [&](int i, int buf) {
+    const int t = i % per_head;
+    const int64_t h = int64_t(hk) * group_heads + i / per_head;
+    const Element* q_h = static_cast<const Element*>(p.q) + b * p.sq.batch + h * p.sq.head;
+    const Element* do_h = static_cast<const Element*>(p.dout) + b * p.sdo.batch + h * p.sdo.head;
+    const float* lse_h = p.lse + b * p.slse.batch + h * p.slse.head;
+    const float* delta_h = p.delta + b * p.sdelta.batch + h * p.sdelta.head;
+    Element* dq = sQ + buf * Tr::kWalk;
+    Element* ddo = sdO + buf * Tr::kWalk;
+    float lse2 = INFINITY, delta = 0.f;
+    if (additional) {
+      const int64_t n0 = int64_t(t) * BN;
+      load_rows<HD, BN, kThreads>(dq, [&](int r) -> const Element* {
+        return n0 + r < g.tokens ? q_h + flat_token_offset(n0 + r, g, p.sq) : nullptr;
+      }, D, q_h);
+      load_rows<HD, BN, kThreads>(ddo, [&](int r) -> const Element* {
+        return n0 + r < g.tokens ? do_h + flat_token_offset(n0 + r, g, p.sdo) : nullptr;
+      }, Dv, do_h);
+      if (threadIdx.x < BN && n0 + threadIdx.x < g.tokens) {
+        lse2 = lse_h[flat_token_offset(n0 + threadIdx.x, g, p.slse)] * 1.4426950408889634f;
+        delta = delta_h[flat_token_offset(n0 + threadIdx.x, g, p.sdelta)];
+      }
+    } else {
+      int start[3], count[3];
+      w.walk_start(t, start);
+#pragma unroll
+      for (int a = 0; a < 3; ++a) count[a] = w.lg[a] - start[a];
+      load_box<HD, BN, kThreads>(dq, q_h + token_offset(start, w.group, g, p.sq), rel_q, tl.walk_shift, count, D);
+      load_box<HD, BN, kThreads>(ddo, do_h + token_offset(start, w.group, g, p.sdo), rel_do, tl.walk_shift, count, Dv);
+      if (threadIdx.x < BN && row_inside(threadIdx.x, tl.walk_shift, count)) {
+        int pos[3];
+        box_local(threadIdx.x, tl.walk_shift, pos);
+#pragma unroll
+        for (int a = 0; a < 3; ++a) pos[a] += start[a];
+        lse2 = lse_h[token_offset(pos, w.group, g, p.slse)] * 1.4426950408889634f;
+        delta = delta_h[token_offset(pos, w.group, g, p.sdelta)];
+      }
+      int partial_axes;
+      if (w.coverage(t, 0, BN, &partial_axes) != tiles::Coverage::kFull)
+        fill_axis_windows(win + buf * 3 * BN, BN, start, tl.walk_shift, w, threadIdx.x, kThreads);
+    }
+    if (threadIdx.x < BN) {
+      s_lse[buf * BN + threadIdx.x] = lse2;
+      s_delta[buf * BN + threadIdx.x] = delta;
+    }
+  };
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row0 = warp * 16 * MI;
+  float dk[MI][OI][4], dv[MI][OI][4];
+  zero(dk);
+  zero(dv);
+
+  int i = next_item(0);
+  if (i < items) load_item(i, 0);
+  cp_async_commit();
+  for (int buf = 0; i < items; buf ^= 1) {
+    cp_async_wait<0>();
+    __syncthreads();  // item i landed in `buf`; everyone is done with the other buffer
+    const int next = next_item(i + 1);
+    if (next < items) load_item(next, buf ^ 1);
+    cp_async_commit();
+    const Element* q = sQ + buf * Tr::kWalk;
+    const Element* dout = sdO + buf * Tr::kWalk;
+    const float* lse2 = s_lse + buf * BN;
+    const float* delta = s_delta + buf * BN;
+
+    float s[MI][NI][4];
+    zero(s);
+    gemm_abT<Element, HD, MI, NI>(s, sK, row0, q);
+    if (!additional) {
+      int partial_axes;
+      if (w.coverage(i % per_head, 0, BN, &partial_axes) != tiles::Coverage::kFull)
+        mask_rows_are_keys(s, partial_axes, win + buf * 3 * BN, BN, tl.fixed_shift, tl.walk_shift, w.fixed_start, row0,
+                           lane);
+    }
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+      const float2 l = *reinterpret_cast<const float2*>(lse2 + ni * 8 + 2 * (lane % 4));
+#pragma unroll
+      for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mi][ni][e] = exp2f(fmaf(s[mi][ni][e], c, -((e & 1) ? l.y : l.x)));
+    }
+    uint32_t f[MI][BN / 16][4];
+    pack_a<Element>(s, f);
+    gemm_pv<Element, HD, MI, BN>(dv, f, dout);
+
+    float dp[MI][NI][4];
+    zero(dp);
+    gemm_abT<Element, HD, MI, NI>(dp, sV, row0, dout);
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+      const float2 d = *reinterpret_cast<const float2*>(delta + ni * 8 + 2 * (lane % 4));
+#pragma unroll
+      for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mi][ni][e] *= dp[mi][ni][e] - ((e & 1) ? d.y : d.x);
+    }
+    pack_a<Element>(s, f);
+    gemm_pv<Element, HD, MI, BN>(dk, f, q);
+    i = next;
+  }
+
+  // Epilogue: each own key row's dK (scaled) and dV, written once.
+  Element* dk_out;
+  Element* dv_out;
+  if (additional) {
+    dk_out = static_cast<Element*>(p.dka) + b * p.sdka.batch + hk * p.sdka.head;
+    dv_out = static_cast<Element*>(p.dva) + b * p.sdva.batch + hk * p.sdva.head;
+  } else {
+    dk_out = static_cast<Element*>(p.dk) + b * p.sdk.batch + hk * p.sdk.head;
+    dv_out = static_cast<Element*>(p.dv) + b * p.sdv.batch + hk * p.sdv.head;
+  }
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int r = row0 + mi * 16 + hr * 8 + lane / 4;
+      Element* dst_k;
+      Element* dst_v;
+      if (additional) {
+        if (j0 + r >= g.num_additional) continue;
+        dst_k = dk_out + (j0 + r) * p.sdka.axis[0];
+        dst_v = dv_out + (j0 + r) * p.sdva.axis[0];
+      } else {
+        if (!row_inside(r, tl.fixed_shift, own_count)) continue;
+        int pos[3];
+        box_local(r, tl.fixed_shift, pos);
+#pragma unroll
+        for (int a = 0; a < 3; ++a) pos[a] += w.fixed_start[a];
+        dst_k = dk_out + token_offset(pos, w.group, g, p.sdk);
+        dst_v = dv_out + token_offset(pos, w.group, g, p.sdv);
+      }
+#pragma unroll
+      for (int oi = 0; oi < OI; ++oi) {
+        const int col = oi * 8 + 2 * (lane % 4);
+        if (col < D)
+          *reinterpret_cast<uint32_t*>(dst_k + col) =
+              Mma<Element>::pack(dk[mi][oi][2 * hr] * g.scale, dk[mi][oi][2 * hr + 1] * g.scale);
+        if (col < Dv)
+          *reinterpret_cast<uint32_t*>(dst_v + col) = Mma<Element>::pack(dv[mi][oi][2 * hr], dv[mi][oi][2 * hr + 1]);
+      }
+    }
+}
+
+}  // namespace nattn::cuda::sm80

@@ -1,0 +1,193 @@
+// Layer: cuda/sm80 kernel. Fused backward, dQ: one CTA = one box of BM query positions of one
+// (batch, head, dilation group), walking the same key boxes as the forward (neighborhood
+// boxes, then additional-key tiles). Per key tile it recomputes P = exp(scale Q K^T - lse)
+// (masked on partial boxes), dP = dO V^T, dS = P (dP - Delta) and accumulates dQ += dS K in
+// registers; dQ is written once, so the result is deterministic without atomics.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "cuda/params.h"
+#include "cuda/sm80/collective/box_rows.cuh"
+#include "cuda/sm80/collective/mask.cuh"
+#include "cuda/sm80/collective/smem_tile.cuh"
+#include "cuda/sm80/collective/tile_walk.cuh"
+#include "cuda/sm80/collective/warp_mma.cuh"
+
+namespace nattn::cuda::sm80 {
+
+// Shapes shared by the backward kernels: BM rows owned by the CTA (16*MI per warp), BN rows
+// per walked tile, head dims padded to HD.
+template <class Element_, int HD_, int BM_, int BN_, int WARPS_>
+struct BackwardTraits {
+  using Element = Element_;
+  static constexpr int HD = HD_, BM = BM_, BN = BN_, kWarps = WARPS_;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int MI = BM / (16 * kWarps);
+  static constexpr int NI = BN / 8;
+  static constexpr int OI = HD / 8;
+  static_assert(MI >= 1 && BM % (16 * kWarps) == 0, "BM must be a multiple of 16 * warps");
+  static_assert(BN <= kThreads && BM <= kThreads, "one thread per row fills the per-row tables");
+  static constexpr size_t kOwn = size_t(BM) * HD, kWalk = size_t(BN) * HD;
+  // dQ: Q, dO; two K and two V buffers; K/V row-offset tables; windows; lse and Delta per row.
+  static constexpr size_t kSmemDq =
+      (2 * kOwn + 4 * kWalk) * sizeof(Element) + 2 * BN * sizeof(int64_t) + 3 * BM * sizeof(int2) + 2 * BM * sizeof(float);
+  // dK/dV: K, V; two Q and two dO buffers; Q/dO row-offset tables; per buffer the walked
+  // queries' windows, lse and Delta.
+  static constexpr size_t kSmemDkdv = (2 * kOwn + 4 * kWalk) * sizeof(Element) + 2 * BN * sizeof(int64_t) +
+                                      2 * 3 * BN * sizeof(int2) + 4 * BN * sizeof(float);
+};
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const BackwardParams p, const Tiling tl) {
+  using Element = typename Tr::Element;
+  constexpr int HD = Tr::HD, BM = Tr::BM, BN = Tr::BN, MI = Tr::MI, NI = Tr::NI, OI = Tr::OI;
+  constexpr int kThreads = Tr::kThreads;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  Element* sQ = reinterpret_cast<Element*>(smem_raw);
+  Element* sdO = sQ + Tr::kOwn;
+  Element* sK = sdO + Tr::kOwn;       // [2][BN * HD]
+  Element* sV = sK + 2 * Tr::kWalk;   // [2][BN * HD]
+  int64_t* rel_k = reinterpret_cast<int64_t*>(sV + 2 * Tr::kWalk);
+  int64_t* rel_v = rel_k + BN;
+  int2* win = reinterpret_cast<int2*>(rel_v + BN);  // [3][BM]
+  float* s_lse = reinterpret_cast<float*>(win + 3 * BM);
+  float* s_delta = s_lse + BM;
+
+  const Geometry& g = p.g;
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int64_t hk = h / (g.heads_q / g.heads_kv);
+  __shared__ __align__(16) unsigned char walk_storage[sizeof(TileWalk)];
+  TileWalk& w = *reinterpret_cast<TileWalk*>(walk_storage);
+  if (threadIdx.x == 0) w.init(g, tl, blockIdx.x, false, int((g.num_additional + BN - 1) / BN));
+  __syncthreads();
+  if (w.empty) return;
+  w.fill_tables(threadIdx.x, kThreads);
+  fill_row_offsets<BN>(rel_k, tl.walk_shift, g, p.sk);
+  fill_row_offsets<BN>(rel_v, tl.walk_shift, g, p.sv);
+  fill_axis_windows(win, BM, w.fixed_start, tl.fixed_shift, w, threadIdx.x, kThreads);
+
+  const Element* q_base = static_cast<const Element*>(p.q) + b * p.sq.batch + h * p.sq.head;
+  const Element* do_base = static_cast<const Element*>(p.dout) + b * p.sdo.batch + h * p.sdo.head;
+  const int D = int(g.head_dim), Dv = int(g.head_dim_v);
+  int q_count[3];
+#pragma unroll
+  for (int a = 0; a < 3; ++a) q_count[a] = w.lg[a] - w.fixed_start[a];
+  {
+    const Element* fq = q_base + token_offset(w.fixed_start, w.group, g, p.sq);
+    const Element* fdo = do_base + token_offset(w.fixed_start, w.group, g, p.sdo);
+    load_rows<HD, BM, kThreads>(sQ, [&](int r) -> const Element* {
+      return row_inside(r, tl.fixed_shift, q_count) ? fq + row_offset(r, tl.fixed_shift, g, p.sq) : nullptr;
+    }, D, q_base);
+    load_rows<HD, BM, kThreads>(sdO, [&](int r) -> const Element* {
+      return row_inside(r, tl.fixed_shift, q_count) ? fdo + row_offset(r, tl.fixed_shift, g, p.sdo) : nullptr;
+    }, Dv, do_base);
+  }
+  cp_async_commit();
+  if (threadIdx.x < BM) {
+    const int r = threadIdx.x;
+    float lse2 = 0.f, delta = 0.f;
+    if (row_inside(r, tl.fixed_shift, q_count)) {
+      int pos[3];
+      box_local(r, tl.fixed_shift, pos);
+#pragma unroll
+      for (int a = 0; a < 3; ++a) pos[a] += w.fixed_start[a];
+      lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] * 1.4426950408889634f;
+      delta = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.group, g, p.sdelta)];
+    }
+    s_lse[r] = lse2;
+    s_delta[r] = delta;
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  const float c = fold_scale_sign<BM * HD, kThreads>(sQ, g.scale);
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row0 = warp * 16 * MI;
+  float row_lse[MI][2], row_delta[MI][2];
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      row_lse[mi][hr] = s_lse[row0 + mi * 16 + hr * 8 + lane / 4];
+      row_delta[mi][hr] = s_delta[row0 + mi * 16 + hr * 8 + lane / 4];
+    }
+
+  const Element* k_base = static_cast<const Element*>(p.k) + b * p.sk.batch + hk * p.sk.head;
+  const Element* v_base = static_cast<const Element*>(p.v) + b * p.sv.batch + hk * p.sv.head;
+  const Element* ka_base = static_cast<const Element*>(p.ka) + b * p.ska.batch + hk * p.ska.head;
+  const Element* va_base = static_cast<const Element*>(p.va) + b * p.sva.batch + hk * p.sva.head;
+  const KvSource<Element> kv{k_base, v_base, ka_base, va_base, &p.sk, &p.sv, p.ska.axis[0], p.sva.axis[0], rel_k, rel_v};
+
+  float dq[MI][OI][4];
+  zero(dq);
+  int t = w.next_tile(0, g.num_additional, BN);
+  if (t < w.total_tiles()) load_walked_kv<HD, BN, kThreads>(sK, sV, t, w, tl, g, kv);
+  cp_async_commit();
+
+  for (int buf = 0; t < w.total_tiles(); buf ^= 1) {
+    cp_async_wait<0>();
+    __syncthreads();  // tile t landed in `buf`; everyone is done with the other buffer
+    const int next = w.next_tile(t + 1, g.num_additional, BN);
+    if (next < w.total_tiles())
+      load_walked_kv<HD, BN, kThreads>(sK + (buf ^ 1) * Tr::kWalk, sV + (buf ^ 1) * Tr::kWalk, next, w, tl, g, kv);
+    cp_async_commit();
+    const Element* k = sK + buf * Tr::kWalk;
+    const Element* v = sV + buf * Tr::kWalk;
+
+    float s[MI][NI][4], dp[MI][NI][4];
+    zero(s);
+    gemm_abT<Element, HD, MI, NI>(s, sQ, row0, k);
+    int partial_axes;
+    if (w.coverage(t, g.num_additional, BN, &partial_axes) != tiles::Coverage::kFull) {
+      if (t >= w.nbr_tiles) {
+        mask_columns_from(s, g.num_additional - int64_t(t - w.nbr_tiles) * BN, lane);
+      } else {
+        int start[3];
+        w.walk_start(t, start);
+        mask_rows_are_queries(s, partial_axes, win, BM, tl.fixed_shift, tl.walk_shift, start, row0, lane);
+      }
+    }
+    zero(dp);
+    gemm_abT<Element, HD, MI, NI>(dp, sdO, row0, v);
+    // dS = P (dP - Delta), P recomputed from the forward's logsumexp.
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float pr = exp2f(fmaf(s[mi][ni][e], c, -row_lse[mi][e / 2]));
+          s[mi][ni][e] = pr * (dp[mi][ni][e] - row_delta[mi][e / 2]);
+        }
+    uint32_t dsf[MI][BN / 16][4];
+    pack_a<Element>(s, dsf);
+    gemm_pv<Element, HD, MI, BN>(dq, dsf, k);
+    t = next;
+  }
+
+  Element* dq_base = static_cast<Element*>(p.dq) + b * p.sdq.batch + h * p.sdq.head;
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      const int r = row0 + mi * 16 + hr * 8 + lane / 4;
+      if (!row_inside(r, tl.fixed_shift, q_count)) continue;
+      int pos[3];
+      box_local(r, tl.fixed_shift, pos);
+#pragma unroll
+      for (int a = 0; a < 3; ++a) pos[a] += w.fixed_start[a];
+      Element* dst = dq_base + token_offset(pos, w.group, g, p.sdq);
+#pragma unroll
+      for (int oi = 0; oi < OI; ++oi) {
+        const int col = oi * 8 + 2 * (lane % 4);
+        if (col < D)
+          *reinterpret_cast<uint32_t*>(dst + col) =
+              Mma<Element>::pack(dq[mi][oi][2 * hr] * g.scale, dq[mi][oi][2 * hr + 1] * g.scale);
+      }
+    }
+}
+
+}  // namespace nattn::cuda::sm80
