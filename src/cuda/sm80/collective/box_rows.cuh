@@ -82,13 +82,13 @@ struct KvSource {
   const int64_t* rel_v;
 };
 
-// Loads walked key tile t (neighborhood box or additional-key tile of BN rows) into dk / dv.
+// Loads a walk step's key tile (neighborhood box or additional-key tile of BN rows) into dk / dv.
 template <int HD, int BN, int THREADS, class Element>
-__device__ __forceinline__ void load_walked_kv(Element* dk, Element* dv, int t, const TileWalk& w, const Tiling& tl,
-                                               const Geometry& g, const KvSource<Element>& src) {
+__device__ __forceinline__ void load_walked_kv(Element* dk, Element* dv, const Step& st, const TileWalk& w,
+                                               const Tiling& tl, const Geometry& g, const KvSource<Element>& src) {
   const int D = int(g.head_dim), Dv = int(g.head_dim_v);
-  if (t >= w.nbr_tiles) {
-    const int64_t j0 = int64_t(t - w.nbr_tiles) * BN;
+  if (st.tile >= w.nbr_tiles) {
+    const int64_t j0 = int64_t(st.tile - w.nbr_tiles) * BN;
     load_rows<HD, BN, THREADS>(dk, [&](int r) -> const Element* {
       return j0 + r < g.num_additional ? src.ka + (j0 + r) * src.ka_row : nullptr;
     }, D, src.k);
@@ -98,9 +98,11 @@ __device__ __forceinline__ void load_walked_kv(Element* dk, Element* dv, int t, 
     return;
   }
   int start[3], count[3];
-  w.walk_start(t, start);
 #pragma unroll
-  for (int a = 0; a < 3; ++a) count[a] = w.lg[a] - start[a];
+  for (int a = 0; a < 3; ++a) {
+    start[a] = st.start[a];
+    count[a] = w.lg[a] - start[a];
+  }
   load_box<HD, BN, THREADS>(dk, src.k + token_offset(start, w.group, g, *src.sk), src.rel_k, tl.walk_shift, count, D);
   load_box<HD, BN, THREADS>(dv, src.v + token_offset(start, w.group, g, *src.sv), src.rel_v, tl.walk_shift, count, Dv);
 }

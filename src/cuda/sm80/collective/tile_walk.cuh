@@ -2,8 +2,8 @@
 // dilation group per axis, and the walk over the boxes covering the union of what that box
 // meets: key boxes over its queries' windows (forward, dQ) or query boxes over the queries
 // whose windows contain its keys (dK/dV). Each walked box is classified as full (no masking),
-// partial (masked) or outside (skipped) with core/tiles.h; additional-key tiles follow the
-// neighborhood tiles in the forward/dQ walk.
+// partial (masked) or outside (skipped) with core/tiles.h; extra tiles (additional keys in the
+// forward/dQ walk) follow the neighborhood boxes.
 #pragma once
 #include "core/tiles.h"
 #include "core/window.h"
@@ -19,6 +19,17 @@ __device__ __forceinline__ void box_local(int r, const int (&shift)[3], int (&l)
   l[0] = r >> (shift[1] + shift[2]);
 }
 
+// One step of a walk: a walked box (or an extra tile: additional keys, or a run of queries in
+// token order) and how it must be treated.
+struct Step {
+  int start[3];  // neighborhood box: first position per axis
+  int tile;      // walked index within the head; >= TileWalk::nbr_tiles for extra tiles
+  int head;      // query head within the kv group (dK/dV)
+  int partial;   // neighborhood: bit per axis that needs masking; extra: 1 if rows past the limit
+  int full;      // 1 when nothing is masked
+  int valid;     // 0 past the end of the walk
+};
+
 struct TileWalk {
   int group[3];           // dilation group per axis
   int lg[3];              // group length per axis
@@ -29,7 +40,8 @@ struct TileWalk {
   int walk_begin[3];      // first walked position (the union's first), per axis
   int n_walk[3];          // walked boxes per axis
   int nbr_tiles;          // neighborhood boxes walked in total
-  int add_tiles;          // additional-key tiles after them (forward / dQ)
+  int add_tiles;          // extra tiles after them: additional keys (forward, dQ) or queries in token order
+  int block_rows;         // rows per extra tile
   bool walks_queries;     // dK/dV: the own box holds keys, the walk covers queries
   bool empty;             // the own box holds no position of its group
   bool tabled;            // the per-axis coverage tables hold every walked box
@@ -39,7 +51,8 @@ struct TileWalk {
   unsigned char axis_cov[3][kMaxAxisTiles];
 
   // One thread: decodes own box `linear` (row-major over [groups..., tiles...]).
-  __device__ void init(const Geometry& g, const Tiling& t, int64_t linear, bool walks_queries_, int add_tiles_) {
+  __device__ void init(const Geometry& g, const Tiling& t, int64_t linear, bool walks_queries_, int add_tiles_,
+                       int block_rows_) {
     int64_t idx = linear;
     int tile[3];
 #pragma unroll
@@ -65,6 +78,7 @@ struct TileWalk {
     }
     nbr_tiles = 0;
     add_tiles = add_tiles_;
+    block_rows = block_rows_;
     if (empty) return;
     const tiles::Box<3> u = walks_queries ? tiles::query_box(fixed, geo) : tiles::key_box(fixed, geo);
     nbr_tiles = 1;
@@ -75,6 +89,15 @@ struct TileWalk {
       nbr_tiles *= n_walk[a];
     }
     tabled = n_walk[0] <= kMaxAxisTiles && n_walk[1] <= kMaxAxisTiles && n_walk[2] <= kMaxAxisTiles;
+  }
+
+  // One thread: a walk of `tiles` extra tiles only (dK/dV of additional keys: every query).
+  __device__ void init_extra_only(int tiles, int block_rows_) {
+    empty = false;
+    tabled = true;
+    nbr_tiles = 0;
+    add_tiles = tiles;
+    block_rows = block_rows_;
   }
 
   // Coverage along axis a of walked box i. Walked key boxes are classified unclipped: keys past
@@ -96,44 +119,67 @@ struct TileWalk {
       for (int i = thread; i < n_walk[a] && tabled; i += threads) axis_cov[a][i] = (unsigned char)axis_coverage(a, i);
   }
 
-  __device__ int total_tiles() const { return nbr_tiles + add_tiles; }
+  // ---- The schedule: one thread advances it, everyone reads its steps from shared memory.
+  // Per-thread tile decoding (a division and a modulo per axis per tile, several times per
+  // tile) was a third of the kernels' instructions; one thread stepping an odometer costs
+  // a few table reads per tile instead.
+  int heads;              // query heads walked per kv head (dK/dV); 1 otherwise
+  int64_t extra_limit;    // extra tiles: rows at or past this count are masked (Na), or none
+  int cur_head, cur_t, cur_i[3];
+  Step ring[3];           // current, next and the one after (see the kernels' loops)
 
-  // First position of walked neighborhood box t, per axis.
-  __device__ void walk_start(int t, int (&s)[3]) const {
-#pragma unroll
-    for (int a = 2; a >= 0; --a) {
-      const int tc = t % n_walk[a];
-      t /= n_walk[a];
-      s[a] = walk_begin[a] + (tc << walk_shift[a]);
-    }
+  // One thread, after init: prepares the walk over `heads_` heads.
+  __device__ void begin(int heads_, int64_t extra_limit_) {
+    heads = heads_;
+    extra_limit = extra_limit_;
+    cur_head = 0;
+    cur_t = 0;
+    cur_i[0] = cur_i[1] = cur_i[2] = 0;
   }
 
-  // Coverage of walked box t; *partial_axes gets a bit per axis that needs masking.
-  // Additional-key tiles (t >= nbr_tiles) are partial only past the last additional key.
-  __device__ tiles::Coverage coverage(int t, int64_t num_additional, int block_k, int* partial_axes) const {
-    if (t >= nbr_tiles) {
-      const bool full = int64_t(t - nbr_tiles + 1) * block_k <= num_additional;
-      *partial_axes = full ? 0 : 1;
-      return full ? tiles::Coverage::kFull : tiles::Coverage::kPartial;
-    }
-    int c = int(tiles::Coverage::kFull), mask = 0;
+  // One thread: the next walked box that is not fully outside (valid == 0 past the end).
+  __device__ Step advance() {
+    Step st{};
+    while (cur_head < heads) {
+      while (cur_t < nbr_tiles) {
+        int c = int(tiles::Coverage::kFull), mask = 0;
 #pragma unroll
-    for (int a = 2; a >= 0; --a) {
-      const int i = t % n_walk[a];
-      t /= n_walk[a];
-      const int ca = tabled ? int(axis_cov[a][i]) : int(axis_coverage(a, i));
-      if (ca == int(tiles::Coverage::kPartial)) mask |= 1 << a;
-      c = ca < c ? ca : c;
+        for (int a = 0; a < 3; ++a) {
+          const int ca = tabled ? int(axis_cov[a][cur_i[a]]) : int(axis_coverage(a, cur_i[a]));
+          if (ca == int(tiles::Coverage::kPartial)) mask |= 1 << a;
+          c = ca < c ? ca : c;
+          st.start[a] = walk_begin[a] + (cur_i[a] << walk_shift[a]);
+        }
+        st.tile = cur_t;
+        // Step the odometer (axis 2 fastest, as the linear tile order).
+        ++cur_t;
+        if (++cur_i[2] == n_walk[2]) {
+          cur_i[2] = 0;
+          if (++cur_i[1] == n_walk[1]) { cur_i[1] = 0; ++cur_i[0]; }
+        }
+        if (c != int(tiles::Coverage::kOutside)) {
+          st.head = cur_head;
+          st.partial = mask;
+          st.full = c == int(tiles::Coverage::kFull);
+          st.valid = 1;
+          return st;
+        }
+      }
+      if (cur_t < nbr_tiles + add_tiles) {
+        st.tile = cur_t;
+        st.head = cur_head;
+        const int64_t rows_end = int64_t(cur_t - nbr_tiles + 1) * block_rows;
+        st.full = rows_end <= extra_limit;
+        st.partial = st.full ? 0 : 1;
+        st.valid = 1;
+        ++cur_t;
+        return st;
+      }
+      ++cur_head;
+      cur_t = 0;
+      cur_i[0] = cur_i[1] = cur_i[2] = 0;
     }
-    *partial_axes = mask;
-    return tiles::Coverage(c);
-  }
-
-  // The first walked box at or after t that is not fully outside (total_tiles() when none).
-  __device__ int next_tile(int t, int64_t num_additional, int block_k) const {
-    int unused;
-    while (t < nbr_tiles && coverage(t, num_additional, block_k, &unused) == tiles::Coverage::kOutside) ++t;
-    return t;
+    return st;
   }
 };
 

@@ -47,17 +47,16 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
   __shared__ __align__(16) unsigned char walk_storage[sizeof(TileWalk)];
   TileWalk& w = *reinterpret_cast<TileWalk*>(walk_storage);
   if (threadIdx.x == 0) {
-    if (additional) { w.empty = false; w.nbr_tiles = 0; } else { w.init(g, tl, blockIdx.x, true, 0); }
+    // Additional keys are attended by every query: walk all of them in token order.
+    if (additional) w.init_extra_only(int((g.tokens + BN - 1) / BN), BN);
+    else w.init(g, tl, blockIdx.x, true, 0, BN);
+    w.begin(group_heads, INT64_MAX);  // extra tiles here are never masked
   }
   __syncthreads();
   if (w.empty) return;
   if (!additional) w.fill_tables(threadIdx.x, kThreads);
   fill_row_offsets<BN>(rel_q, tl.walk_shift, g, p.sq);
   fill_row_offsets<BN>(rel_do, tl.walk_shift, g, p.sdo);
-  // Walked tiles per query head: neighborhood boxes, or every query in token order.
-  const int per_head = additional ? int((g.tokens + BN - 1) / BN) : w.nbr_tiles;
-  const int items = per_head * group_heads;
-
   // The CTA's own K and V rows.
   const int D = int(g.head_dim), Dv = int(g.head_dim_v);
   const Element* k_base = static_cast<const Element*>(p.k) + b * p.sk.batch + hk * p.sk.head;
@@ -88,22 +87,16 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
   cp_async_wait<0>();
   __syncthreads();  // K, V, tables visible
   const float c = fold_scale_sign<BM * HD, kThreads>(sK, g.scale);
+  if (threadIdx.x == 0) {
+    w.ring[0] = w.advance();
+    w.ring[1] = w.advance();
+  }
 
-  // Skips walked boxes whose queries all miss the own keys.
-  auto next_item = [&](int i) {
-    if (additional) return i;
-    for (; i < items; ++i) {
-      int unused;
-      if (w.coverage(i % per_head, 0, BN, &unused) != tiles::Coverage::kOutside) break;
-    }
-    return i;
-  };
-  // Loads item i (query head, walked box) into buffer `buf`: Q and dO rows, each query's lse
+  // Loads a walk step (query head, walked box) into buffer `buf`: Q and dO rows, each query's lse
   // (log2 domain; +inf past the grid, so such a column contributes nothing) and Delta, and
   // on partial boxes each query's window per axis.
-  auto load_item = [&](int i, int buf) {
-    const int t = i % per_head;
-    const int64_t h = int64_t(hk) * group_heads + i / per_head;
+  auto load_step = [&](const Step& st, int buf) {
+    const int64_t h = int64_t(hk) * group_heads + st.head;
     const Element* q_h = static_cast<const Element*>(p.q) + b * p.sq.batch + h * p.sq.head;
     const Element* do_h = static_cast<const Element*>(p.dout) + b * p.sdo.batch + h * p.sdo.head;
     const float* lse_h = p.lse + b * p.slse.batch + h * p.slse.head;
@@ -112,7 +105,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
     Element* ddo = sdO + buf * Tr::kWalk;
     float lse2 = INFINITY, delta = 0.f;
     if (additional) {
-      const int64_t n0 = int64_t(t) * BN;
+      const int64_t n0 = int64_t(st.tile) * BN;
       load_rows<HD, BN, kThreads>(dq, [&](int r) -> const Element* {
         return n0 + r < g.tokens ? q_h + flat_token_offset(n0 + r, g, p.sq) : nullptr;
       }, D, q_h);
@@ -125,9 +118,11 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
       }
     } else {
       int start[3], count[3];
-      w.walk_start(t, start);
 #pragma unroll
-      for (int a = 0; a < 3; ++a) count[a] = w.lg[a] - start[a];
+      for (int a = 0; a < 3; ++a) {
+        start[a] = st.start[a];
+        count[a] = w.lg[a] - start[a];
+      }
       load_box<HD, BN, kThreads>(dq, q_h + token_offset(start, w.group, g, p.sq), rel_q, tl.walk_shift, count, D);
       load_box<HD, BN, kThreads>(ddo, do_h + token_offset(start, w.group, g, p.sdo), rel_do, tl.walk_shift, count, Dv);
       if (threadIdx.x < BN && row_inside(threadIdx.x, tl.walk_shift, count)) {
@@ -138,8 +133,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
         lse2 = lse_h[token_offset(pos, w.group, g, p.slse)] * 1.4426950408889634f;
         delta = delta_h[token_offset(pos, w.group, g, p.sdelta)];
       }
-      int partial_axes;
-      if (w.coverage(t, 0, BN, &partial_axes) != tiles::Coverage::kFull)
+      if (!st.full)
         fill_axis_windows(win + buf * 3 * BN, BN, start, tl.walk_shift, w, threadIdx.x, kThreads);
     }
     if (threadIdx.x < BN) {
@@ -154,15 +148,18 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
   zero(dk);
   zero(dv);
 
-  int i = next_item(0);
-  if (i < items) load_item(i, 0);
+  // Walk steps rotate through w.ring as in the forward kernel.
+  __syncthreads();  // the sign fold of K and the first walk steps
+  if (w.ring[0].valid) load_step(w.ring[0], 0);
   cp_async_commit();
-  for (int buf = 0; i < items; buf ^= 1) {
+  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = slot == 2 ? 0 : slot + 1, buf ^= 1) {
     cp_async_wait<0>();
-    __syncthreads();  // item i landed in `buf`; everyone is done with the other buffer
-    const int next = next_item(i + 1);
-    if (next < items) load_item(next, buf ^ 1);
+    __syncthreads();  // this step landed in `buf`; everyone is done with the other buffer
+    const int slot1 = slot == 2 ? 0 : slot + 1, slot2 = slot1 == 2 ? 0 : slot1 + 1;
+    if (w.ring[slot1].valid) load_step(w.ring[slot1], buf ^ 1);
     cp_async_commit();
+    if (threadIdx.x == 0) w.ring[slot2] = w.advance();
+    const Step& st = w.ring[slot];
     const Element* q = sQ + buf * Tr::kWalk;
     const Element* dout = sdO + buf * Tr::kWalk;
     const float* lse2 = s_lse + buf * BN;
@@ -171,12 +168,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
     float s[MI][NI][4];
     zero(s);
     gemm_abT<Element, HD, MI, NI>(s, sK, row0, q);
-    if (!additional) {
-      int partial_axes;
-      if (w.coverage(i % per_head, 0, BN, &partial_axes) != tiles::Coverage::kFull)
-        mask_rows_are_keys(s, partial_axes, win + buf * 3 * BN, BN, tl.fixed_shift, tl.walk_shift, w.fixed_start, row0,
-                           lane);
-    }
+    if (!st.full)  // (extra tiles are always full: queries past the grid carry lse = +inf)
+      mask_rows_are_keys(s, st.partial, win + buf * 3 * BN, BN, tl.fixed_shift, tl.walk_shift, w.fixed_start, row0,
+                         lane);
 #pragma unroll
     for (int ni = 0; ni < NI; ++ni) {
       const float2 l = *reinterpret_cast<const float2*>(lse2 + ni * 8 + 2 * (lane % 4));
@@ -202,7 +196,6 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
     }
     pack_a<Element>(s, f);
     gemm_pv<Element, HD, MI, BN>(dk, f, q);
-    i = next;
   }
 
   // Epilogue: each own key row's dK (scaled) and dV, written once.

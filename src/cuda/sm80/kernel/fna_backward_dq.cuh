@@ -61,7 +61,10 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
   const int64_t hk = h / (g.heads_q / g.heads_kv);
   __shared__ __align__(16) unsigned char walk_storage[sizeof(TileWalk)];
   TileWalk& w = *reinterpret_cast<TileWalk*>(walk_storage);
-  if (threadIdx.x == 0) w.init(g, tl, blockIdx.x, false, int((g.num_additional + BN - 1) / BN));
+  if (threadIdx.x == 0) {
+    w.init(g, tl, blockIdx.x, false, int((g.num_additional + BN - 1) / BN), BN);
+    w.begin(1, g.num_additional);
+  }
   __syncthreads();
   if (w.empty) return;
   w.fill_tables(threadIdx.x, kThreads);
@@ -103,6 +106,11 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
   cp_async_wait<0>();
   __syncthreads();
   const float c = fold_scale_sign<BM * HD, kThreads>(sQ, g.scale);
+  if (threadIdx.x == 0) {
+    w.ring[0] = w.advance();
+    w.ring[1] = w.advance();
+  }
+  __syncthreads();  // the sign fold of Q and the first walk steps
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = warp * 16 * MI;
@@ -123,31 +131,33 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
 
   float dq[MI][OI][4];
   zero(dq);
-  int t = w.next_tile(0, g.num_additional, BN);
-  if (t < w.total_tiles()) load_walked_kv<HD, BN, kThreads>(sK, sV, t, w, tl, g, kv);
+  // Walk steps rotate through w.ring as in the forward kernel.
+  if (w.ring[0].valid) load_walked_kv<HD, BN, kThreads>(sK, sV, w.ring[0], w, tl, g, kv);
   cp_async_commit();
 
-  for (int buf = 0; t < w.total_tiles(); buf ^= 1) {
+  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = slot == 2 ? 0 : slot + 1, buf ^= 1) {
     cp_async_wait<0>();
-    __syncthreads();  // tile t landed in `buf`; everyone is done with the other buffer
-    const int next = w.next_tile(t + 1, g.num_additional, BN);
-    if (next < w.total_tiles())
-      load_walked_kv<HD, BN, kThreads>(sK + (buf ^ 1) * Tr::kWalk, sV + (buf ^ 1) * Tr::kWalk, next, w, tl, g, kv);
+    __syncthreads();  // this step's tile landed in `buf`; everyone is done with the other buffer
+    const int slot1 = slot == 2 ? 0 : slot + 1, slot2 = slot1 == 2 ? 0 : slot1 + 1;
+    if (w.ring[slot1].valid)
+      load_walked_kv<HD, BN, kThreads>(sK + (buf ^ 1) * Tr::kWalk, sV + (buf ^ 1) * Tr::kWalk, w.ring[slot1], w, tl, g, kv);
     cp_async_commit();
+    if (threadIdx.x == 0) w.ring[slot2] = w.advance();
+    const Step& st = w.ring[slot];
     const Element* k = sK + buf * Tr::kWalk;
     const Element* v = sV + buf * Tr::kWalk;
 
     float s[MI][NI][4], dp[MI][NI][4];
     zero(s);
     gemm_abT<Element, HD, MI, NI>(s, sQ, row0, k);
-    int partial_axes;
-    if (w.coverage(t, g.num_additional, BN, &partial_axes) != tiles::Coverage::kFull) {
-      if (t >= w.nbr_tiles) {
-        mask_columns_from(s, g.num_additional - int64_t(t - w.nbr_tiles) * BN, lane);
+    if (!st.full) {
+      if (st.tile >= w.nbr_tiles) {
+        mask_columns_from(s, g.num_additional - int64_t(st.tile - w.nbr_tiles) * BN, lane);
       } else {
         int start[3];
-        w.walk_start(t, start);
-        mask_rows_are_queries(s, partial_axes, win, BM, tl.fixed_shift, tl.walk_shift, start, row0, lane);
+#pragma unroll
+        for (int a = 0; a < 3; ++a) start[a] = st.start[a];
+        mask_rows_are_queries(s, st.partial, win, BM, tl.fixed_shift, tl.walk_shift, start, row0, lane);
       }
     }
     zero(dp);
@@ -165,7 +175,6 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
     uint32_t dsf[MI][BN / 16][4];
     pack_a<Element>(s, dsf);
     gemm_pv<Element, HD, MI, BN>(dq, dsf, k);
-    t = next;
   }
 
   Element* dq_base = static_cast<Element*>(p.dq) + b * p.sdq.batch + h * p.sdq.head;

@@ -56,7 +56,10 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   // registers that the accumulators need.
   __shared__ __align__(16) unsigned char walk_storage[sizeof(TileWalk)];
   TileWalk& w = *reinterpret_cast<TileWalk*>(walk_storage);
-  if (threadIdx.x == 0) w.init(g, tl, blockIdx.x, false, add_tiles);
+  if (threadIdx.x == 0) {
+    w.init(g, tl, blockIdx.x, false, add_tiles, BN);
+    w.begin(1, g.num_additional);
+  }
   __syncthreads();
   if (w.empty) return;
   w.fill_tables(threadIdx.x, kThreads);
@@ -84,10 +87,14 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   cp_async_wait<0>();
   __syncthreads();  // Q, tables and windows visible
   const float c = fold_scale_sign<BM * HD, kThreads>(sQ, g.scale);
+  if (threadIdx.x == 0) {
+    w.ring[0] = w.advance();
+    w.ring[1] = w.advance();
+  }
 
   const KvSource<Element> kv{k_base, v_base, ka_base, va_base, &p.sk, &p.sv, p.ska.axis[0], p.sva.axis[0], rel_k, rel_v};
-  auto load_kv = [&](int t, int buf) {
-    load_walked_kv<HD, BN, kThreads>(sK + buf * Tr::kSmemKV, sV + buf * Tr::kSmemKV, t, w, tl, g, kv);
+  auto load_kv = [&](const Step& st, int buf) {
+    load_walked_kv<HD, BN, kThreads>(sK + buf * Tr::kSmemKV, sV + buf * Tr::kSmemKV, st, w, tl, g, kv);
   };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -102,30 +109,33 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
     row_sum[mi][0] = row_sum[mi][1] = 0.f;
   }
 
-  // (The first loop barrier orders the sign fold of Q before any read of it.)
-  int t = w.next_tile(0, g.num_additional, BN);
-  if (t < w.total_tiles()) load_kv(t, 0);
+  // Walk steps rotate through w.ring: `slot` is being computed, slot+1 loading, and thread 0
+  // fills slot+2 (read by nobody since the barrier that starts the step).
+  // (That barrier also orders the sign fold of Q and the first steps before any read.)
+  __syncthreads();
+  if (w.ring[0].valid) load_kv(w.ring[0], 0);
   cp_async_commit();
 
-  for (int buf = 0; t < w.total_tiles(); buf ^= 1) {
+  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = slot == 2 ? 0 : slot + 1, buf ^= 1) {
     cp_async_wait<0>();
-    __syncthreads();  // tile t landed in `buf`; everyone is done with the other buffer
-    const int next = w.next_tile(t + 1, g.num_additional, BN);
-    if (next < w.total_tiles()) load_kv(next, buf ^ 1);
+    __syncthreads();  // this step's tile landed in `buf`; everyone is done with the other buffer
+    const int slot1 = slot == 2 ? 0 : slot + 1, slot2 = slot1 == 2 ? 0 : slot1 + 1;
+    if (w.ring[slot1].valid) load_kv(w.ring[slot1], buf ^ 1);
     cp_async_commit();
+    if (threadIdx.x == 0) w.ring[slot2] = w.advance();
+    const Step& st = w.ring[slot];
 
     float s[MI][NI][4];
     zero(s);
     gemm_abT<Element, HD, MI, NI>(s, sQ, row0, sK + buf * Tr::kSmemKV);
-
-    int partial_axes;
-    if (w.coverage(t, g.num_additional, BN, &partial_axes) != tiles::Coverage::kFull) {
-      if (t >= w.nbr_tiles) {
-        mask_columns_from(s, g.num_additional - int64_t(t - w.nbr_tiles) * BN, lane);
+    if (!st.full) {
+      if (st.tile >= w.nbr_tiles) {
+        mask_columns_from(s, g.num_additional - int64_t(st.tile - w.nbr_tiles) * BN, lane);
       } else {
         int start[3];
-        w.walk_start(t, start);
-        mask_rows_are_queries(s, partial_axes, win, BM, tl.fixed_shift, tl.walk_shift, start, row0, lane);
+#pragma unroll
+        for (int a = 0; a < 3; ++a) start[a] = st.start[a];
+        mask_rows_are_queries(s, st.partial, win, BM, tl.fixed_shift, tl.walk_shift, start, row0, lane);
       }
     }
 
@@ -156,7 +166,6 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
       }
     pack_a<Element>(s, pf);
     gemm_pv<Element, HD, MI, BN>(o, pf, sV + buf * Tr::kSmemKV);
-    t = next;
   }
 
   // Epilogue: normalise, store O rows (pairs of elements) and the logsumexp.
