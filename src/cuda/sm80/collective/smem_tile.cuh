@@ -23,22 +23,41 @@ struct Swizzle {
 // Loads ROWS rows into a swizzled tile: row_ptr(row) gives the global row (or nullptr for a
 // row outside the grid, zero-filled); chunks at or past `dims` elements are zero-filled (head
 // dims padded up to HD). `fallback` is any valid global address (cp.async needs one).
+// Each thread copies consecutive chunks of as few rows as possible (still 16-byte copies
+// that coalesce across the threads sharing a row), so the per-row work of finding a gathered
+// row (a table read, bounds tests, 64-bit address math) is paid once per row, not per chunk.
 template <int HD, int ROWS, int THREADS, class Element, class RowPtr>
 __device__ __forceinline__ void load_rows(Element* tile, RowPtr&& row_ptr, int dims, const Element* fallback) {
   constexpr int kChunks = HD / 8;
   constexpr int kTotal = ROWS * kChunks;
   static_assert(kTotal % THREADS == 0, "tile rows must split evenly across threads");
+  constexpr int kPerThread = kTotal / THREADS;
+  constexpr int kRowChunks = kPerThread < kChunks ? kPerThread : kChunks;  // chunks per row visit
+  constexpr int kRowVisits = kPerThread / kRowChunks;
+  static_assert(kChunks % kRowChunks == 0, "chunk runs must not straddle rows");
 #pragma unroll
-  for (int i = 0; i < kTotal / THREADS; ++i) {
-    const int idx = int(threadIdx.x) + i * THREADS;
-    const int row = idx / kChunks, chunk = idx % kChunks;
+  for (int v = 0; v < kRowVisits; ++v) {
+    const int first = (int(threadIdx.x) + v * THREADS) * kRowChunks;
+    const int row = first / kChunks, chunk0 = first % kChunks;
     const Element* src = row_ptr(row);
-    const bool pred = src != nullptr && chunk * 8 < dims;
-    const Element* g = pred ? src + chunk * 8 : fallback;
-    cute::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>::copy(
-        *reinterpret_cast<const cute::uint128_t*>(g),
-        *reinterpret_cast<cute::uint128_t*>(tile + Swizzle<HD>::offset(row, chunk)), pred);
+#pragma unroll
+    for (int i = 0; i < kRowChunks; ++i) {
+      const int chunk = chunk0 + i;
+      const bool pred = src != nullptr && chunk * 8 < dims;
+      const Element* g = pred ? src + chunk * 8 : fallback;
+      cute::SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<cute::uint128_t>::copy(
+          *reinterpret_cast<const cute::uint128_t*>(g),
+          *reinterpret_cast<cute::uint128_t*>(tile + Swizzle<HD>::offset(row, chunk)), pred);
+    }
   }
+}
+
+// 2^x with one MUFU.EX2 (flushing results below 2^-126 to zero, which a softmax weight that
+// small is anyway next to the row's largest weight 1); exp2f() adds range fix-ups around it.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // Kernels fold the softmax scale into one FFMA with exp2, which needs scale > 0 for the row

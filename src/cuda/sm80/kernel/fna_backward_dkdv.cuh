@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
 #pragma unroll
       for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[mi][ni][e] = exp2f(fmaf(s[mi][ni][e], c, -((e & 1) ? l.y : l.x)));
+        for (int e = 0; e < 4; ++e) s[mi][ni][e] = fast_exp2(fmaf(s[mi][ni][e], c, -((e & 1) ? l.y : l.x)));
     }
     uint32_t f[MI][BN / 16][4];
     pack_a<Element>(s, f);

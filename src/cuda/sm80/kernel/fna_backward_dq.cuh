@@ -169,7 +169,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
       for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const float pr = exp2f(fmaf(s[mi][ni][e], c, -row_lse[mi][e / 2]));
+          const float pr = fast_exp2(fmaf(s[mi][ni][e], c, -row_lse[mi][e / 2]));
           s[mi][ni][e] = pr * (dp[mi][ni][e] - row_delta[mi][e / 2]);
         }
     uint32_t dsf[MI][BN / 16][4];

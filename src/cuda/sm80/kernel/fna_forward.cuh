@@ -101,11 +101,11 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   const int row0 = warp * 16 * MI;
 
   float o[MI][OI][4];
-  float row_max[MI][2], row_sum[MI][2];  // row_max in raw (unscaled) score units
+  float row_ref[MI][2], row_sum[MI][2];  // reference max (log2 units) and sum of weights
   zero(o);
 #pragma unroll
   for (int mi = 0; mi < MI; ++mi) {
-    row_max[mi][0] = row_max[mi][1] = -INFINITY;
+    row_ref[mi][0] = row_ref[mi][1] = -INFINITY;
     row_sum[mi][0] = row_sum[mi][1] = 0.f;
   }
 
@@ -140,30 +140,51 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
     }
 
     // Online softmax in the log2 domain, the scale folded into one FFMA per score; rows
-    // (mi, hr) live in the 4 lanes of a quad.
-    uint32_t pf[MI][BN / 16][4];
+    // (mi, hr) live in the 4 lanes of a quad. A row's reference max only moves (rescaling O
+    // and the sum) when a tile's max exceeds it by more than 2^kSlack, and only if some row of
+    // the warp needs it: weights then reach at most 2^kSlack, harmless in fp32 and bf16/fp16,
+    // and the result is the same softmax (numerator and denominator share the reference).
+    constexpr float kSlack = 8.f;
+    float tile_max[MI][2];
+    bool move = false;
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
-        float mx = row_max[mi][hr];
+        float mx = -INFINITY;
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) mx = fmaxf(mx, fmaxf(s[mi][ni][2 * hr], s[mi][ni][2 * hr + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_scaled = mx == -INFINITY ? 0.f : mx * c;
-        const float corr = exp2f(row_max[mi][hr] * c - m_scaled);
-        row_max[mi][hr] = mx;
-        row_sum[mi][hr] *= corr;
+        tile_max[mi][hr] = mx * c;
+        move |= tile_max[mi][hr] > row_ref[mi][hr] + kSlack;
+      }
+    if (__any_sync(0xffffffffu, move)) {
 #pragma unroll
-        for (int oi = 0; oi < OI; ++oi) { o[mi][oi][2 * hr] *= corr; o[mi][oi][2 * hr + 1] *= corr; }
+      for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const float ref = fmaxf(row_ref[mi][hr], tile_max[mi][hr]);
+          const float corr = ref == -INFINITY ? 1.f : fast_exp2(row_ref[mi][hr] - ref);
+          row_ref[mi][hr] = ref;
+          row_sum[mi][hr] *= corr;
+#pragma unroll
+          for (int oi = 0; oi < OI; ++oi) { o[mi][oi][2 * hr] *= corr; o[mi][oi][2 * hr + 1] *= corr; }
+        }
+    }
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const float m = row_ref[mi][hr] == -INFINITY ? 0.f : row_ref[mi][hr];
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {
-          s[mi][ni][2 * hr] = exp2f(fmaf(s[mi][ni][2 * hr], c, -m_scaled));
-          s[mi][ni][2 * hr + 1] = exp2f(fmaf(s[mi][ni][2 * hr + 1], c, -m_scaled));
+          s[mi][ni][2 * hr] = fast_exp2(fmaf(s[mi][ni][2 * hr], c, -m));
+          s[mi][ni][2 * hr + 1] = fast_exp2(fmaf(s[mi][ni][2 * hr + 1], c, -m));
           row_sum[mi][hr] += s[mi][ni][2 * hr] + s[mi][ni][2 * hr + 1];
         }
       }
+    uint32_t pf[MI][BN / 16][4];
     pack_a<Element>(s, pf);
     gemm_pv<Element, HD, MI, BN>(o, pf, sV + buf * Tr::kSmemKV);
   }
@@ -192,7 +213,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
           *reinterpret_cast<uint32_t*>(dst + col) = Mma<Element>::pack(o[mi][oi][2 * hr] * inv, o[mi][oi][2 * hr + 1] * inv);
       }
       if (p.lse != nullptr && lane % 4 == 0) {
-        const float m = row_max[mi][hr] == -INFINITY ? 0.f : row_max[mi][hr] * c;
+        const float m = row_ref[mi][hr] == -INFINITY ? 0.f : row_ref[mi][hr];
         p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] = (m + log2f(sum)) * float(M_LN2);
       }
     }
