@@ -122,14 +122,33 @@ def run_anchor(anchor, iters, backward):
     out = na().flatten(1, -3).transpose(1, 2).float()
     row["err"] = ((out - ref).norm() / ref.norm()).item()
     if backward:
+        # Forward + backward of each, the same upstream gradient; FLOPs counted as 3.5x the
+        # forward's (backward = 2.5x: five products of the forward's size).
         qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+        qtg, ktg, vtg = (x.detach().requires_grad_() for x in (qt, kt, vt))
         dout = torch.randn_like(q)
+        dout_t = dout.flatten(1, -3).transpose(1, 2).contiguous()
+        reps = max(3, iters // 4)
 
         def fb():
             o = fn(qg, kg, vg, kernel, stride=stride, dilation=dilation)
-            torch.autograd.grad(o, (qg, kg, vg), dout)
-        row["fb_ms"] = bench(fb, max(3, iters // 4))
+            return torch.autograd.grad(o, (qg, kg, vg), dout)
+
+        def fb_sdpa():
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                o = F.scaled_dot_product_attention(qtg, ktg, vtg)
+            return torch.autograd.grad(o, (qtg, ktg, vtg), dout_t)
+
+        def fb_flex():
+            o = flex(qtg, ktg, vtg, block_mask=block_mask)
+            return torch.autograd.grad(o, (qtg, ktg, vtg), dout_t)
+        row["fb_ms"] = bench(fb, reps)
         row["fb_tflops"] = 3.5 * useful / row["fb_ms"] / 1e9
+        row["sdpa_fb_ms"] = bench(fb_sdpa, reps)
+        row["flex_fb_ms"] = bench(fb_flex, reps)
+        got, want = fb(), fb_flex()
+        row["grad_err"] = max(((a.flatten(1, -3).transpose(1, 2).float() - b.float()).norm() / b.float().norm()).item()
+                              for a, b in zip(got, want))
     del q, k, v, qt, kt, vt
     torch.cuda.empty_cache()
     return row
@@ -155,14 +174,16 @@ def main():
     lines = [f"card: {torch.cuda.get_device_name()}  date: {datetime.date.today()}  commit: {commit or 'n/a'}  "
              f"torch {torch.__version__}  command: python bench/anchors.py {' '.join(__import__('sys').argv[1:])}", "",
              "| anchor | tokens | window | stride | dil | nattn ms | useful TFLOP/s | cuDNN SDPA ms | x SDPA | Flex ms | x Flex | FLOP-wise limit | rel err vs Flex |"
-             + (" fwd+bwd ms | fwd+bwd TFLOP/s |" if a.backward else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if a.backward else "")]
+             + (" fwd+bwd ms | fwd+bwd TFLOP/s | SDPA fwd+bwd ms | x SDPA | Flex fwd+bwd ms | x Flex | grad rel err vs Flex |"
+                if a.backward else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|---|---|---|" if a.backward else "")]
     for r in rows:
         line = (f"| {r['name']} | {r['tokens']} | {r['window']} | {r['stride']} | {r['dilation']} | {r['nattn_ms']:.3f} | "
                 f"{r['tflops']:.1f} | {r['sdpa_ms']:.3f} | {r['sdpa_ms'] / r['nattn_ms']:.2f} | {r['flex_ms']:.3f} | "
                 f"{r['flex_ms'] / r['nattn_ms']:.2f} | {r['limit']:.2f} | {r['err']:.2e} |")
         if a.backward:
-            line += f" {r['fb_ms']:.3f} | {r['fb_tflops']:.1f} |"
+            line += (f" {r['fb_ms']:.3f} | {r['fb_tflops']:.1f} | {r['sdpa_fb_ms']:.3f} | {r['sdpa_fb_ms'] / r['fb_ms']:.2f} |"
+                     f" {r['flex_fb_ms']:.3f} | {r['flex_fb_ms'] / r['fb_ms']:.2f} | {r['grad_err']:.2e} |")
         lines.append(line)
     text = "\n".join(lines)
     print(text)

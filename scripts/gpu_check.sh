@@ -22,7 +22,7 @@ fi
 cmake -S . -B build-gpu -G Ninja -DCMAKE_CUDA_ARCHITECTURES=90 -DNATTN_BUILD_TESTS=OFF >/dev/null || exit 1
 cmake --build build-gpu -j16 2>&1 | grep -E "error|spill" ; summary+=("build: $?")
 
-if has pytest || has bench; then
+if has pytest || has bench || has bench-bwd; then
   python3 -m pip install -q --no-build-isolation --no-deps -C cmake.define.NATTN_CUDA=ON \
     -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90 -C build-dir=build-py . || { echo "pip install failed"; exit 1; }
 fi
