@@ -36,15 +36,24 @@ if has sanitize; then
     for args in "--extent 13x9 --kernel 3x5 --stride 2x1 --causal 1x0 --dtype bf16 --dim 64 --mode bwd --additional 3" \
                 "--extent 40 --kernel 7 --dilation 3 --dtype fp16 --dim 128 --heads 2 --kv-heads 1" \
                 "--extent 5x6x7 --kernel 2x3x4 --dtype bf16 --dim 32 --dim-v 16" \
-                "--extent 11x12 --kernel 4 --dtype fp32 --dim 24 --mode bwd"; do
+                "--extent 11x12 --kernel 4 --dtype fp32 --dim 24 --mode bwd" \
+                "--extent 6x20x36 --kernel 3x7x9 --dilation 1x2x1 --dtype fp16 --dim 128 --heads 4 --kv-heads 2 --mode bwd --additional 5"; do
       compute-sanitizer --tool $tool --error-exitcode 9 ./build-gpu/nattn-bench --backend cuda --iters 1 --warmup 0 $args >> "$log" 2>&1
       echo "rc=$? $args" >> "$log"
     done
-    summary+=("sanitize $tool: $(grep -c '^rc=0' "$log")/4 clean")
+    summary+=("sanitize $tool: $(grep -c '^rc=0' "$log")/5 clean")
   done
 fi
 if has perf; then
-  perf() { echo "== $*"; ./build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 10 --warmup 2 --no-verify --mode bwd "$@" 2>&1 | tail -n +3; }
+  # Default choice forward+backward, then the forward with each head-dim-128 key box forced.
+  perf() {
+    echo "== $*"
+    ./build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 10 --warmup 2 --no-verify --mode bwd "$@" 2>&1 | tail -n +3
+    for bk in 64 128; do
+      NATTN_FORWARD_BLOCK_K=$bk ./build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 10 --warmup 2 \
+        --no-verify "$@" 2>&1 | tail -n +3 | sed "s/^forward /fwd bk=$bk/"
+    done
+  }
   perf --extent 256x256 --kernel 80 --stride 16 --heads 24
   perf --extent 256x256 --kernel 80 --heads 24
   perf --extent 128x128 --kernel 31 --heads 16 --batch 4

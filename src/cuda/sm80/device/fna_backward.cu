@@ -69,13 +69,22 @@ Status dispatch(const Problem& problem, const BackwardParams& p, cudaStream_t s)
   return Status::Unsupported("head dim not instantiated");
 }
 
+template <int HD>
+size_t smem_bytes() {
+  using C = BackwardConfig<__half, HD>;
+  return C::Dq::kSmemDq > C::Dkdv::kSmemDkdv ? C::Dq::kSmemDq : C::Dkdv::kSmemDkdv;
+}
+
 }  // namespace
 
 Status can_backward(const BackwardParams& p, DType dtype) {
   NATTN_RETURN_IF_ERROR(common_support(p.g, dtype));
-  if (padded_head_dim(p.g) > 128)
+  const int hd = padded_head_dim(p.g);
+  if (hd > 128)
     return Status::Unsupported("the fused backward takes head dims up to 128 (got " +
                                std::to_string(p.g.head_dim > p.g.head_dim_v ? p.g.head_dim : p.g.head_dim_v) + ")");
+  NATTN_RETURN_IF_ERROR(smem_support("the fused backward", hd == 32 ? smem_bytes<32>() : hd == 64 ? smem_bytes<64>()
+                                                                                             : smem_bytes<128>()));
   const struct { const char* name; const void* ptr; const Strides& s; } rows[] = {
       {"q", p.q, p.sq}, {"k", p.k, p.sk}, {"v", p.v, p.sv}, {"dout", p.dout, p.sdo},
       {"dq", p.dq, p.sdq}, {"dk", p.dk, p.sdk}, {"dv", p.dv, p.sdv},

@@ -51,6 +51,21 @@ inline Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, cons
   return t;
 }
 
+// Whether a kernel needing `bytes` of dynamic shared memory can launch on the current device
+// (sm90: 227 KB per block; sm80: 163 KB; sm86/sm89: 99 KB).
+inline bool smem_fits(size_t bytes) {
+  int dev = 0, optin = 0;
+  cudaGetDevice(&dev);
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return false;
+  return bytes <= size_t(optin);
+}
+
+inline Status smem_support(const char* kernel, size_t bytes) {
+  if (smem_fits(bytes)) return Status::Ok();
+  return Status::Unsupported(std::string(kernel) + " needs " + std::to_string(bytes) +
+                             " bytes of shared memory per block, more than this device allows");
+}
+
 // Rows must be unit-stride and 16-byte aligned for cp.async.
 inline Status rows_aligned(const char* name, const void* ptr, const Strides& s) {
   if (ptr == nullptr) return Status::Ok();
