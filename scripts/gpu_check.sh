@@ -45,17 +45,7 @@ if has sanitize; then
   done
 fi
 if has perf; then
-  # Default choice forward+backward; with PERF_BLOCK_K=1 also the forward with each head-dim-128
-  # key box forced (each nattn-bench run fills its inputs on the host: seconds per anchor).
-  perf() {
-    echo "== $*"
-    ./build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 10 --warmup 2 --no-verify --mode bwd "$@" 2>&1 | tail -n +3
-    [ "${PERF_BLOCK_K:-0}" = 1 ] || return 0
-    for bk in 64 128; do
-      NATTN_FORWARD_BLOCK_K=$bk ./build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 10 --warmup 2 \
-        --no-verify "$@" 2>&1 | tail -n +3 | sed "s/^forward /fwd bk=$bk/"
-    done
-  }
+  perf() { echo "== $*"; ./build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 10 --warmup 2 --no-verify --mode bwd "$@" 2>&1 | tail -n +3; }
   perf --extent 256x256 --kernel 80 --stride 16 --heads 24
   perf --extent 256x256 --kernel 80 --heads 24
   perf --extent 128x128 --kernel 31 --heads 16 --batch 4

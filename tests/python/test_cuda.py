@@ -109,24 +109,6 @@ def test_cuda_fused_any_scale(cuda_backend, scale):
         assert ((g.double() - w.double()).norm() / w.double().norm().clamp_min(1e-12)).item() < 5e-3
 
 
-@pytest.mark.parametrize("block_k", ["64", "128"])
-def test_cuda_forward_key_box_override(cuda_backend, monkeypatch, block_k):
-    # Head dim 128 picks 64- or 128-key boxes by a waste estimate; both must be exact.
-    monkeypatch.setenv("NATTN_FORWARD_BLOCK_K", block_k)
-    q, k, v = qkv((24, 40), 2, 1, 128, torch.bfloat16, b=1)
-    out, lse = nattn.na2d(q, k, v, (9, 21), dilation=(2, 1), is_causal=(False, True), return_lse=True, backend="cuda")
-    ref, ref_lse = reference_na(q, k, v, (9, 21), dilation=(2, 1), is_causal=(False, True))
-    torch.testing.assert_close(out, ref, atol=3e-2, rtol=3e-2)
-    torch.testing.assert_close(lse, ref_lse, atol=1e-3, rtol=1e-3)
-
-
-def test_cuda_forward_key_box_override_rejects_bad_values(cuda_backend, monkeypatch):
-    monkeypatch.setenv("NATTN_FORWARD_BLOCK_K", "96")
-    q, k, v = qkv((8, 8), 1, 1, 128, torch.bfloat16, b=1)
-    with pytest.raises(ValueError, match="NATTN_FORWARD_BLOCK_K"):
-        nattn.na2d(q, k, v, 3, backend="cuda")
-
-
 def test_cuda_backward_is_bitwise_reproducible(cuda_backend):
     q, k, v = qkv((30, 34), 4, 2, 128, torch.bfloat16, b=1)
     out = nattn.na2d(q, k, v, (7, 9), dilation=(2, 1), backend="cuda")

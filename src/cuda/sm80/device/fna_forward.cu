@@ -5,7 +5,6 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 
 #include "core/tile_shapes.h"
@@ -22,16 +21,15 @@ template <class Element, int HD> struct ForwardConfig;
 template <class E> struct ForwardConfig<E, 32> { using T = ForwardTraits<E, 32, 128, 128, 8>; };
 template <class E> struct ForwardConfig<E, 64> { using T = ForwardTraits<E, 64, 128, 128, 8>; };
 // Measured on the H100 (2026-11-26): BM=128 x 8 warps beat BM=64 x 4 warps by 1.25-1.33x.
-// Head dim 128 has two key-box sizes: 128 halves the per-tile overhead (barrier, step, load
-// setup, row reductions) per product, 64 wastes fewer keys around small windows.
-template <class E> struct ForwardConfig<E, 128> {
-  using T = ForwardTraits<E, 128, 128, 64, 8>;
-  using Wide = ForwardTraits<E, 128, 128, 128, 8>;
-};
+// 128-key boxes at head dim 128 (254 registers, no spills, 160 KB of shared memory) measured
+// slower on the H100 (2026-11-26, bf16): flux-2d-s16 197 vs 203 TFLOP/s, hunyuan-3d 118 vs 130,
+// img-2d 89 vs 94; the kernel is latency-bound (see bench/results), not overhead-bound.
+template <class E> struct ForwardConfig<E, 128> { using T = ForwardTraits<E, 128, 128, 64, 8>; };
 template <class E> struct ForwardConfig<E, 256> { using T = ForwardTraits<E, 256, 64, 64, 4>; };
 
 template <class Tr>
-Status launch(const TileShapes& shapes, const ForwardParams& p, cudaStream_t stream) {
+Status launch(const Problem& problem, const ForwardParams& p, cudaStream_t stream) {
+  const TileShapes shapes = choose_tile_shapes(problem, Tr::BM, Tr::BN);
   const Tiling tiling = make_tiling(p.g, shapes.q, shapes.k);
   const int64_t ctas = tiling.neighborhood_ctas;
   if (ctas > INT32_MAX) return Status::Unsupported("too many query tiles for one launch");
@@ -43,39 +41,12 @@ Status launch(const TileShapes& shapes, const ForwardParams& p, cudaStream_t str
   return check_launch("fused forward");
 }
 
-template <class Tr>
-Status launch(const Problem& problem, const ForwardParams& p, cudaStream_t stream) {
-  return launch<Tr>(choose_tile_shapes(problem, Tr::BM, Tr::BN), p, stream);
-}
-
-// Key-box width for head dim 128: the wide boxes unless they visit over 5% more keys.
-// NATTN_FORWARD_BLOCK_K=64|128 forces one (benchmarking and tuning).
-Status pick_wide(const TileShapes& narrow, const TileShapes& wide, bool* use_wide) {
-  if (const char* env = std::getenv("NATTN_FORWARD_BLOCK_K")) {
-    const std::string v = env;
-    if (v != "64" && v != "128")
-      return Status::Invalid("NATTN_FORWARD_BLOCK_K = '" + v + "': must be 64 or 128 (or unset)");
-    *use_wide = v == "128";
-    return Status::Ok();
-  }
-  *use_wide = wide.key_tiles * 128 <= 1.05 * narrow.key_tiles * 64;
-  return Status::Ok();
-}
-
 template <class Element>
 Status dispatch(const Problem& problem, const ForwardParams& p, cudaStream_t s) {
   switch (padded_head_dim(p.g)) {
     case 32: return launch<typename ForwardConfig<Element, 32>::T>(problem, p, s);
     case 64: return launch<typename ForwardConfig<Element, 64>::T>(problem, p, s);
-    case 128: {
-      using C = ForwardConfig<Element, 128>;
-      const TileShapes narrow = choose_tile_shapes(problem, C::T::BM, C::T::BN);
-      const TileShapes wide = choose_tile_shapes(problem, C::Wide::BM, C::Wide::BN);
-      bool use_wide = false;
-      NATTN_RETURN_IF_ERROR(pick_wide(narrow, wide, &use_wide));
-      use_wide = use_wide && smem_fits(C::Wide::kSmemBytes);
-      return use_wide ? launch<typename C::Wide>(wide, p, s) : launch<typename C::T>(narrow, p, s);
-    }
+    case 128: return launch<typename ForwardConfig<Element, 128>::T>(problem, p, s);
     case 256: return launch<typename ForwardConfig<Element, 256>::T>(problem, p, s);
   }
   return Status::Unsupported("head dim not instantiated");
