@@ -13,39 +13,24 @@ namespace {
 using nattn_test::spec_attends;
 using nattn_test::spec_axis;
 
-// Per axis: for each dilation group and query box of q positions, the key positions any of
-// them attends (brute force over SPEC.md), covered by boxes of k positions from the first one.
-double brute_axis(const nattn::Problem& p, int a, int q, int k) {
+// Per axis, brute force over SPEC.md: for each dilation group and owned box of `own`
+// positions (queries, or keys when keys_fixed), the positions on the other side that any of
+// them meets (keys attended, or queries attending), covered by boxes of `walk` positions from
+// the first one.
+double brute_axis(const nattn::Problem& p, int a, int own, int walk, bool keys_fixed) {
   const nattn_test::SpecAxis ax = spec_axis(p, a);
   const int64_t L = p.extent[a], d = ax.dilation;
   double total = 0;
   for (int64_t g = 0; g < d; ++g) {
     const int64_t Lg = (L - g + d - 1) / d;
-    for (int64_t q0 = 0; q0 < Lg; q0 += q) {
+    for (int64_t o0 = 0; o0 < Lg; o0 += own) {
       int64_t lo = Lg, hi = -1;
-      for (int64_t pq = q0; pq < std::min(Lg, q0 + q); ++pq)
-        for (int64_t pk = 0; pk < Lg; ++pk)
-          if (spec_attends(ax, L, pq * d + g, pk * d + g)) { lo = std::min(lo, pk); hi = std::max(hi, pk); }
-      total += double((hi - lo + 1 + k - 1) / k);
-    }
-  }
-  return total;
-}
-
-// Keys fixed (dK/dV): for each key box of k positions, the query positions that attend any of
-// them, covered by boxes of q positions from the first one.
-double brute_axis_keys_fixed(const nattn::Problem& p, int a, int q, int k) {
-  const nattn_test::SpecAxis ax = spec_axis(p, a);
-  const int64_t L = p.extent[a], d = ax.dilation;
-  double total = 0;
-  for (int64_t g = 0; g < d; ++g) {
-    const int64_t Lg = (L - g + d - 1) / d;
-    for (int64_t k0 = 0; k0 < Lg; k0 += k) {
-      int64_t lo = Lg, hi = -1;
-      for (int64_t pk = k0; pk < std::min(Lg, k0 + k); ++pk)
-        for (int64_t pq = 0; pq < Lg; ++pq)
-          if (spec_attends(ax, L, pq * d + g, pk * d + g)) { lo = std::min(lo, pq); hi = std::max(hi, pq); }
-      total += hi < lo ? 0.0 : double((hi - lo + 1 + q - 1) / q);
+      for (int64_t po = o0; po < std::min(Lg, o0 + own); ++po)
+        for (int64_t pw = 0; pw < Lg; ++pw) {
+          const int64_t q = keys_fixed ? pw : po, k = keys_fixed ? po : pw;
+          if (spec_attends(ax, L, q * d + g, k * d + g)) { lo = std::min(lo, pw); hi = std::max(hi, pw); }
+        }
+      total += hi < lo ? 0.0 : double((hi - lo + 1 + walk - 1) / walk);
     }
   }
   return total;
@@ -79,7 +64,7 @@ TEST(TileShapes, KeysFixedBoxesHaveExactQueryTileCounts) {
     for (int a = 0; a < 3; ++a) {
       qv *= t.q[a];
       kv *= t.k[a];
-      if (a < p.rank) brute *= brute_axis_keys_fixed(p, a, t.q[a], t.k[a]);
+      if (a < p.rank) brute *= brute_axis(p, a, t.k[a], t.q[a], true);
     }
     EXPECT_EQ(qv, bq);
     EXPECT_EQ(kv, bk);
@@ -103,7 +88,7 @@ TEST(TileShapes, ChosenBoxesHaveTheRightVolumeAndExactCounts) {
     for (int a = 0; a < 3; ++a) {
       qv *= t.q[a];
       kv *= t.k[a];
-      if (a < rank) brute *= brute_axis(p, a, t.q[a], t.k[a]);
+      if (a < rank) brute *= brute_axis(p, a, t.q[a], t.k[a], false);
       else EXPECT_EQ(t.q[a] * t.k[a], 1);
     }
     EXPECT_EQ(qv, bm);

@@ -116,4 +116,20 @@ __device__ __forceinline__ void mask_columns_from(float (&s)[MI][NI][4], int64_t
         for (int mi = 0; mi < MI; ++mi) s[mi][ni][c] = s[mi][ni][2 + c] = -INFINITY;
 }
 
+// Forward / dQ: masks S (own queries x the keys of walk step st, which is not full): the
+// additional-key columns past Na, or keys outside the rows' windows along the partial axes.
+template <int BN, int MI, int NI>
+__device__ __forceinline__ void mask_walked_keys(float (&s)[MI][NI][4], const Step& st, const TileWalk& w,
+                                                 int64_t num_additional, const int2* win, int stride, const Tiling& tl,
+                                                 int row0, int lane) {
+  if (st.tile >= w.nbr_tiles) {
+    mask_columns_from(s, num_additional - int64_t(st.tile - w.nbr_tiles) * BN, lane);
+    return;
+  }
+  int start[3];
+#pragma unroll
+  for (int a = 0; a < 3; ++a) start[a] = st.start[a];
+  mask_rows_are_queries(s, st.partial, win, stride, tl.fixed_shift, tl.walk_shift, start, row0, lane);
+}
+
 }  // namespace nattn::cuda::sm80

@@ -150,16 +150,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
     float s[MI][NI][4], dp[MI][NI][4];
     zero(s);
     gemm_abT<Element, HD, MI, NI>(s, sQ, row0, k);
-    if (!st.full) {
-      if (st.tile >= w.nbr_tiles) {
-        mask_columns_from(s, g.num_additional - int64_t(st.tile - w.nbr_tiles) * BN, lane);
-      } else {
-        int start[3];
-#pragma unroll
-        for (int a = 0; a < 3; ++a) start[a] = st.start[a];
-        mask_rows_are_queries(s, st.partial, win, BM, tl.fixed_shift, tl.walk_shift, start, row0, lane);
-      }
-    }
+    if (!st.full) mask_walked_keys<BN>(s, st, w, g.num_additional, win, BM, tl, row0, lane);
     zero(dp);
     gemm_abT<Element, HD, MI, NI>(dp, sdO, row0, v);
     // dS = P (dP - Delta), P recomputed from the forward's logsumexp.

@@ -128,16 +128,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
     float s[MI][NI][4];
     zero(s);
     gemm_abT<Element, HD, MI, NI>(s, sQ, row0, sK + buf * Tr::kSmemKV);
-    if (!st.full) {
-      if (st.tile >= w.nbr_tiles) {
-        mask_columns_from(s, g.num_additional - int64_t(st.tile - w.nbr_tiles) * BN, lane);
-      } else {
-        int start[3];
-#pragma unroll
-        for (int a = 0; a < 3; ++a) start[a] = st.start[a];
-        mask_rows_are_queries(s, st.partial, win, BM, tl.fixed_shift, tl.walk_shift, start, row0, lane);
-      }
-    }
+    if (!st.full) mask_walked_keys<BN>(s, st, w, g.num_additional, win, BM, tl, row0, lane);
 
     // Online softmax in the log2 domain, the scale folded into one FFMA per score; rows
     // (mi, hr) live in the 4 lanes of a quad. A row's reference max only moves (rescaling O
