@@ -18,7 +18,7 @@
 #include "cuda/sm80/collective/smem_tile.cuh"
 #include "cuda/sm80/collective/tile_walk.cuh"
 #include "cuda/sm80/collective/warp_mma.cuh"
-#include "cuda/sm80/kernel/fna_backward_dq.cuh"
+#include "cuda/sm80/kernel/backward_traits.cuh"
 
 namespace nattn::cuda::sm80 {
 
