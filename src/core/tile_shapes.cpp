@@ -36,8 +36,6 @@ void splits(int rank, int log2n, std::vector<std::array<int, 3>>* out) {
   }
 }
 
-int log2i(int x) { int l = 0; while ((1 << l) < x) ++l; return l; }
-
 // Key tiles of axis a over all its dilation groups for query boxes of q and key boxes of k.
 double axis_sum(const Problem& p, int a, int q, int k, TileRole role) {
   const window::Axis ax = axis(p, a);
@@ -48,6 +46,12 @@ double axis_sum(const Problem& p, int a, int q, int k, TileRole role) {
 
 }  // namespace
 
+int log2_ceil(int x) {
+  int l = 0;
+  while ((1 << l) < x) ++l;
+  return l;
+}
+
 double count_key_tiles(const Problem& p, const std::array<int, 3>& q, const std::array<int, 3>& k, TileRole role) {
   double total = 1;
   for (int a = 0; a < p.rank; ++a) total *= axis_sum(p, a, q[a], k[a], role);
@@ -56,16 +60,16 @@ double count_key_tiles(const Problem& p, const std::array<int, 3>& q, const std:
 
 TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRole role) {
   std::vector<std::array<int, 3>> qs, ks;
-  splits(p.rank, log2i(block_q), &qs);
-  splits(p.rank, log2i(block_k), &ks);
+  splits(p.rank, log2_ceil(block_q), &qs);
+  splits(p.rank, log2_ceil(block_k), &ks);
   // The count factorises per axis, so each axis' sum is computed once per (q, k) box length
   // rather than once per box pair: this runs on every forward call.
-  const int lq = log2i(block_q), lk = log2i(block_k);
+  const int lq = log2_ceil(block_q), lk = log2_ceil(block_k);
   std::vector<double> sums(size_t(3 * (lq + 1) * (lk + 1)), -1.0);
   auto cost = [&](const std::array<int, 3>& q, const std::array<int, 3>& k) {
     double total = 1;
     for (int a = 0; a < p.rank; ++a) {
-      double& s = sums[size_t((a * (lq + 1) + log2i(q[a])) * (lk + 1) + log2i(k[a]))];
+      double& s = sums[size_t((a * (lq + 1) + log2_ceil(q[a])) * (lk + 1) + log2_ceil(k[a]))];
       if (s < 0) s = axis_sum(p, a, q[a], k[a], role);
       total *= s;
     }

@@ -26,6 +26,9 @@ struct TileShapes {
 // axis either way.
 enum class TileRole { kQueriesFixed, kKeysFixed };
 
+// ceil(log2(x)) for x >= 1: the shift of a power-of-two box extent.
+int log2_ceil(int x);
+
 // Pass a problem with rank 1..3; BM and BN powers of two. With kKeysFixed, `block_k` is the
 // owned key box and `block_q` the walked query box.
 TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRole role = TileRole::kQueriesFixed);

@@ -155,16 +155,14 @@ Status run_delta(const BackwardParams& p, cudaStream_t s) {
 
 template <class T>
 Status run(const BackwardParams& p, cudaStream_t s) {
-  const int threads = kThreads;
-  auto blocks = blocks_for;
   const int64_t nq = p.g.batch * p.g.tokens * p.g.heads_q;
   NATTN_RETURN_IF_ERROR(run_delta<T>(p, s));
-  dq_kernel<T><<<blocks(nq), threads, 0, s>>>(p);
+  dq_kernel<T><<<blocks_for(nq), kThreads, 0, s>>>(p);
   NATTN_RETURN_IF_ERROR(check_launch("generic backward dq"));
-  dkdv_kernel<T><<<blocks(p.g.batch * p.g.tokens * p.g.heads_kv), threads, 0, s>>>(p);
+  dkdv_kernel<T><<<blocks_for(p.g.batch * p.g.tokens * p.g.heads_kv), kThreads, 0, s>>>(p);
   NATTN_RETURN_IF_ERROR(check_launch("generic backward dk/dv"));
   if (p.g.num_additional > 0) {
-    additional_kernel<T><<<blocks(p.g.batch * p.g.num_additional * p.g.heads_kv), threads, 0, s>>>(p);
+    additional_kernel<T><<<blocks_for(p.g.batch * p.g.num_additional * p.g.heads_kv), kThreads, 0, s>>>(p);
     NATTN_RETURN_IF_ERROR(check_launch("generic backward additional dk/dv"));
   }
   return Status::Ok();

@@ -55,6 +55,19 @@ __device__ __forceinline__ void load_box(Element* tile, const Element* first, co
   }, dims, first);
 }
 
+// Loads the CTA's own box (first position `start`, extents 1 << shift[a], rows past the
+// group's end per count[a] zero-filled) from `base` (the (batch, head) origin of a tensor with
+// strides s). Once per CTA, so row offsets are computed, not tabulated.
+template <int HD, int ROWS, int THREADS, class Element>
+__device__ __forceinline__ void load_own_box(Element* tile, const Element* base, const int (&start)[3],
+                                             const int (&group)[3], const int (&shift)[3], const int (&count)[3],
+                                             const Geometry& g, const Strides& s, int dims) {
+  const Element* first = base + token_offset(start, group, g, s);
+  load_rows<HD, ROWS, THREADS>(tile, [&](int r) -> const Element* {
+    return row_inside(r, shift, count) ? first + row_offset(r, shift, g, s) : nullptr;
+  }, dims, base);
+}
+
 // Element offset of flat token n (row-major over the full extents) for strides s: walks that
 // cover every query in token order (dK/dV of additional keys) use it.
 __device__ __forceinline__ int64_t flat_token_offset(int64_t n, const Geometry& g, const Strides& s) {
@@ -99,10 +112,8 @@ __device__ __forceinline__ void load_walked_kv(Element* dk, Element* dv, const S
   }
   int start[3], count[3];
 #pragma unroll
-  for (int a = 0; a < 3; ++a) {
-    start[a] = st.start[a];
-    count[a] = w.lg[a] - start[a];
-  }
+  for (int a = 0; a < 3; ++a) start[a] = st.start[a];
+  w.rows_left(start, count);
   load_box<HD, BN, THREADS>(dk, src.k + token_offset(start, w.group, g, *src.sk), src.rel_k, tl.walk_shift, count, D);
   load_box<HD, BN, THREADS>(dv, src.v + token_offset(start, w.group, g, *src.sv), src.rel_v, tl.walk_shift, count, Dv);
 }

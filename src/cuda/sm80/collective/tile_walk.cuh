@@ -30,6 +30,18 @@ struct Step {
   int valid;     // 0 past the end of the walk
 };
 
+// Group positions of row r of a box starting at start[a].
+__device__ __forceinline__ void box_position(int r, const int (&shift)[3], const int (&start)[3], int (&pos)[3]) {
+  box_local(r, shift, pos);
+#pragma unroll
+  for (int a = 0; a < 3; ++a) pos[a] += start[a];
+}
+
+// Walk steps rotate through TileWalk::ring: slot k is computed, ring_next(k) is loading, and
+// thread 0 fills ring_next(ring_next(k)) after the barrier that starts step k (nobody reads
+// that slot any more).
+__device__ __forceinline__ int ring_next(int slot) { return slot == 2 ? 0 : slot + 1; }
+
 struct TileWalk {
   int group[3];           // dilation group per axis
   int lg[3];              // group length per axis
@@ -100,6 +112,13 @@ struct TileWalk {
     block_rows = block_rows_;
   }
 
+  // Rows left in the group from a box start, per axis (a box row is inside iff every
+  // coordinate is below these).
+  __device__ void rows_left(const int (&start)[3], int (&count)[3]) const {
+#pragma unroll
+    for (int a = 0; a < 3; ++a) count[a] = lg[a] - start[a];
+  }
+
   // Coverage along axis a of walked box i. Walked key boxes are classified unclipped: keys past
   // the group are attended by nobody, so such a box is partial and gets masked. Walked query
   // boxes are clipped: rows past the group carry lse = +inf and contribute nothing.
@@ -135,6 +154,12 @@ struct TileWalk {
     cur_head = 0;
     cur_t = 0;
     cur_i[0] = cur_i[1] = cur_i[2] = 0;
+  }
+
+  // One thread, after begin() and fill_tables(): the first two steps of the ring.
+  __device__ void start_ring() {
+    ring[0] = advance();
+    ring[1] = advance();
   }
 
   // One thread: the next walked box that is not fully outside (valid == 0 past the end).

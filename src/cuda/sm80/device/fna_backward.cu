@@ -61,18 +61,17 @@ Status launch(const Problem& problem, const BackwardParams& p, cudaStream_t stre
 
 template <class Element>
 Status dispatch(const Problem& problem, const BackwardParams& p, cudaStream_t s) {
-  switch (padded_head_dim(p.g)) {
-    case 32: return launch<BackwardConfig<Element, 32>>(problem, p, s);
-    case 64: return launch<BackwardConfig<Element, 64>>(problem, p, s);
-    case 128: return launch<BackwardConfig<Element, 128>>(problem, p, s);
-  }
-  return Status::Unsupported("head dim not instantiated");
+  return with_head_dim<128>(padded_head_dim(p.g), [&](auto hd) {
+    return launch<BackwardConfig<Element, decltype(hd)::value>>(problem, p, s);
+  });
 }
 
-template <int HD>
-size_t smem_bytes() {
-  using C = BackwardConfig<__half, HD>;
-  return C::Dq::kSmemDq > C::Dkdv::kSmemDkdv ? C::Dq::kSmemDq : C::Dkdv::kSmemDkdv;
+// The larger of the two kernels' footprints (the same for both 16-bit types).
+size_t smem_bytes(int padded_head_dim) {
+  return with_head_dim<128>(padded_head_dim, [](auto hd) {
+    using C = BackwardConfig<__half, decltype(hd)::value>;
+    return C::Dq::kSmemDq > C::Dkdv::kSmemDkdv ? C::Dq::kSmemDq : C::Dkdv::kSmemDkdv;
+  });
 }
 
 }  // namespace
@@ -83,8 +82,7 @@ Status can_backward(const BackwardParams& p, DType dtype) {
   if (hd > 128)
     return Status::Unsupported("the fused backward takes head dims up to 128 (got " +
                                std::to_string(p.g.head_dim > p.g.head_dim_v ? p.g.head_dim : p.g.head_dim_v) + ")");
-  NATTN_RETURN_IF_ERROR(smem_support("the fused backward", hd == 32 ? smem_bytes<32>() : hd == 64 ? smem_bytes<64>()
-                                                                                             : smem_bytes<128>()));
+  NATTN_RETURN_IF_ERROR(smem_support("the fused backward", smem_bytes(hd)));
   const struct { const char* name; const void* ptr; const Strides& s; } rows[] = {
       {"q", p.q, p.sq}, {"k", p.k, p.sk}, {"v", p.v, p.sv}, {"dout", p.dout, p.sdo},
       {"dq", p.dq, p.sdq}, {"dk", p.dk, p.sdk}, {"dv", p.dv, p.sdv},

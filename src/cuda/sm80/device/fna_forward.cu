@@ -43,23 +43,15 @@ Status launch(const Problem& problem, const ForwardParams& p, cudaStream_t strea
 
 template <class Element>
 Status dispatch(const Problem& problem, const ForwardParams& p, cudaStream_t s) {
-  switch (padded_head_dim(p.g)) {
-    case 32: return launch<typename ForwardConfig<Element, 32>::T>(problem, p, s);
-    case 64: return launch<typename ForwardConfig<Element, 64>::T>(problem, p, s);
-    case 128: return launch<typename ForwardConfig<Element, 128>::T>(problem, p, s);
-    case 256: return launch<typename ForwardConfig<Element, 256>::T>(problem, p, s);
-  }
-  return Status::Unsupported("head dim not instantiated");
+  return with_head_dim<256>(padded_head_dim(p.g), [&](auto hd) {
+    return launch<typename ForwardConfig<Element, decltype(hd)::value>::T>(problem, p, s);
+  });
 }
 
 size_t smem_bytes(int padded_head_dim) {
-  using E = __half;  // the footprint does not depend on which 16-bit type
-  switch (padded_head_dim) {
-    case 32: return ForwardConfig<E, 32>::T::kSmemBytes;
-    case 64: return ForwardConfig<E, 64>::T::kSmemBytes;
-    case 128: return ForwardConfig<E, 128>::T::kSmemBytes;
-  }
-  return ForwardConfig<E, 256>::T::kSmemBytes;
+  // The footprint does not depend on which 16-bit type.
+  return with_head_dim<256>(padded_head_dim,
+                            [](auto hd) { return ForwardConfig<__half, decltype(hd)::value>::T::kSmemBytes; });
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "core/tile_shapes.h"
 #include "cuda/params.h"
@@ -16,6 +17,19 @@ namespace nattn::cuda::sm80 {
 inline int padded_head_dim(const Geometry& g) {
   const int64_t d = g.head_dim > g.head_dim_v ? g.head_dim : g.head_dim_v;
   return d <= 32 ? 32 : d <= 64 ? 64 : d <= 128 ? 128 : 256;
+}
+
+// The one switch over instantiated head dims: calls f(std::integral_constant<int, HD>{}) for a
+// padded head dim (32, 64, 128, and 256 where kMax is 256). Callers have checked hd <= kMax.
+template <int kMax, class F>
+auto with_head_dim(int hd, F&& f) {
+  static_assert(kMax == 128 || kMax == 256, "instantiated head dims end at 128 or 256");
+  if (hd == 32) return f(std::integral_constant<int, 32>{});
+  if (hd == 64) return f(std::integral_constant<int, 64>{});
+  if constexpr (kMax == 256) {
+    if (hd == 256) return f(std::integral_constant<int, 256>{});
+  }
+  return f(std::integral_constant<int, 128>{});
 }
 
 inline Status common_support(const Geometry& g, DType dtype) {
@@ -34,16 +48,14 @@ inline Status common_support(const Geometry& g, DType dtype) {
   return Status::Ok();
 }
 
-inline int log2_of(int x) { int l = 0; while ((1 << l) < x) ++l; return l; }
-
 // Launch tiling for box shapes chosen by choose_tile_shapes (powers of two). `own` is the
 // box each CTA owns (queries for forward/dQ, keys for dK/dV), `walk` the boxes it walks.
 inline Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, const std::array<int, 3>& walk) {
   Tiling t;
   t.neighborhood_ctas = 1;
   for (int a = 0; a < 3; ++a) {
-    t.fixed_shift[a] = log2_of(own[a]);
-    t.walk_shift[a] = log2_of(walk[a]);
+    t.fixed_shift[a] = log2_ceil(own[a]);
+    t.walk_shift[a] = log2_ceil(walk[a]);
     const int64_t longest = (g.extent[a] + g.dilation[a] - 1) / g.dilation[a];  // group 0 is the longest
     t.fixed_tiles[a] = (longest + own[a] - 1) / own[a];
     t.neighborhood_ctas *= t.fixed_tiles[a] * g.dilation[a];

@@ -18,7 +18,7 @@
 #include "cuda/sm80/collective/smem_tile.cuh"
 #include "cuda/sm80/collective/tile_walk.cuh"
 #include "cuda/sm80/collective/warp_mma.cuh"
-#include "cuda/sm80/kernel/backward_traits.cuh"
+#include "cuda/sm80/kernel/traits.cuh"
 
 namespace nattn::cuda::sm80 {
 
@@ -72,25 +72,15 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
       return j0 + r < g.num_additional ? va + (j0 + r) * p.sva.axis[0] : nullptr;
     }, Dv, v_base);
   } else {
-#pragma unroll
-    for (int a = 0; a < 3; ++a) own_count[a] = w.lg[a] - w.fixed_start[a];
-    const Element* fk = k_base + token_offset(w.fixed_start, w.group, g, p.sk);
-    const Element* fv = v_base + token_offset(w.fixed_start, w.group, g, p.sv);
-    load_rows<HD, BM, kThreads>(sK, [&](int r) -> const Element* {
-      return row_inside(r, tl.fixed_shift, own_count) ? fk + row_offset(r, tl.fixed_shift, g, p.sk) : nullptr;
-    }, D, k_base);
-    load_rows<HD, BM, kThreads>(sV, [&](int r) -> const Element* {
-      return row_inside(r, tl.fixed_shift, own_count) ? fv + row_offset(r, tl.fixed_shift, g, p.sv) : nullptr;
-    }, Dv, v_base);
+    w.rows_left(w.fixed_start, own_count);
+    load_own_box<HD, BM, kThreads>(sK, k_base, w.fixed_start, w.group, tl.fixed_shift, own_count, g, p.sk, D);
+    load_own_box<HD, BM, kThreads>(sV, v_base, w.fixed_start, w.group, tl.fixed_shift, own_count, g, p.sv, Dv);
   }
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();  // K, V, tables visible
   const float c = fold_scale_sign<BM * HD, kThreads>(sK, g.scale);
-  if (threadIdx.x == 0) {
-    w.ring[0] = w.advance();
-    w.ring[1] = w.advance();
-  }
+  if (threadIdx.x == 0) w.start_ring();
 
   // Loads a walk step (query head, walked box) into buffer `buf`: Q and dO rows, each query's lse
   // (log2 domain; +inf past the grid, so such a column contributes nothing) and Delta, and
@@ -119,17 +109,13 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
     } else {
       int start[3], count[3];
 #pragma unroll
-      for (int a = 0; a < 3; ++a) {
-        start[a] = st.start[a];
-        count[a] = w.lg[a] - start[a];
-      }
+      for (int a = 0; a < 3; ++a) start[a] = st.start[a];
+      w.rows_left(start, count);
       load_box<HD, BN, kThreads>(dq, q_h + token_offset(start, w.group, g, p.sq), rel_q, tl.walk_shift, count, D);
       load_box<HD, BN, kThreads>(ddo, do_h + token_offset(start, w.group, g, p.sdo), rel_do, tl.walk_shift, count, Dv);
       if (threadIdx.x < BN && row_inside(threadIdx.x, tl.walk_shift, count)) {
         int pos[3];
-        box_local(threadIdx.x, tl.walk_shift, pos);
-#pragma unroll
-        for (int a = 0; a < 3; ++a) pos[a] += start[a];
+        box_position(threadIdx.x, tl.walk_shift, start, pos);
         lse2 = lse_h[token_offset(pos, w.group, g, p.slse)] * 1.4426950408889634f;
         delta = delta_h[token_offset(pos, w.group, g, p.sdelta)];
       }
@@ -148,14 +134,14 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
   zero(dk);
   zero(dv);
 
-  // Walk steps rotate through w.ring as in the forward kernel.
+  // Walk steps rotate through w.ring (see ring_next).
   __syncthreads();  // the sign fold of K and the first walk steps
   if (w.ring[0].valid) load_step(w.ring[0], 0);
   cp_async_commit();
-  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = slot == 2 ? 0 : slot + 1, buf ^= 1) {
+  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = ring_next(slot), buf ^= 1) {
     cp_async_wait<0>();
     __syncthreads();  // this step landed in `buf`; everyone is done with the other buffer
-    const int slot1 = slot == 2 ? 0 : slot + 1, slot2 = slot1 == 2 ? 0 : slot1 + 1;
+    const int slot1 = ring_next(slot), slot2 = ring_next(slot1);
     if (w.ring[slot1].valid) load_step(w.ring[slot1], buf ^ 1);
     cp_async_commit();
     if (threadIdx.x == 0) w.ring[slot2] = w.advance();
@@ -222,9 +208,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
       } else {
         if (!row_inside(r, tl.fixed_shift, own_count)) continue;
         int pos[3];
-        box_local(r, tl.fixed_shift, pos);
-#pragma unroll
-        for (int a = 0; a < 3; ++a) pos[a] += w.fixed_start[a];
+        box_position(r, tl.fixed_shift, w.fixed_start, pos);
         dst_k = dk_out + token_offset(pos, w.group, g, p.sdk);
         dst_v = dv_out + token_offset(pos, w.group, g, p.sdv);
       }

@@ -14,7 +14,7 @@
 #include "cuda/sm80/collective/smem_tile.cuh"
 #include "cuda/sm80/collective/tile_walk.cuh"
 #include "cuda/sm80/collective/warp_mma.cuh"
-#include "cuda/sm80/kernel/backward_traits.cuh"
+#include "cuda/sm80/kernel/traits.cuh"
 
 namespace nattn::cuda::sm80 {
 
@@ -55,27 +55,16 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
   const Element* do_base = static_cast<const Element*>(p.dout) + b * p.sdo.batch + h * p.sdo.head;
   const int D = int(g.head_dim), Dv = int(g.head_dim_v);
   int q_count[3];
-#pragma unroll
-  for (int a = 0; a < 3; ++a) q_count[a] = w.lg[a] - w.fixed_start[a];
-  {
-    const Element* fq = q_base + token_offset(w.fixed_start, w.group, g, p.sq);
-    const Element* fdo = do_base + token_offset(w.fixed_start, w.group, g, p.sdo);
-    load_rows<HD, BM, kThreads>(sQ, [&](int r) -> const Element* {
-      return row_inside(r, tl.fixed_shift, q_count) ? fq + row_offset(r, tl.fixed_shift, g, p.sq) : nullptr;
-    }, D, q_base);
-    load_rows<HD, BM, kThreads>(sdO, [&](int r) -> const Element* {
-      return row_inside(r, tl.fixed_shift, q_count) ? fdo + row_offset(r, tl.fixed_shift, g, p.sdo) : nullptr;
-    }, Dv, do_base);
-  }
+  w.rows_left(w.fixed_start, q_count);
+  load_own_box<HD, BM, kThreads>(sQ, q_base, w.fixed_start, w.group, tl.fixed_shift, q_count, g, p.sq, D);
+  load_own_box<HD, BM, kThreads>(sdO, do_base, w.fixed_start, w.group, tl.fixed_shift, q_count, g, p.sdo, Dv);
   cp_async_commit();
   if (threadIdx.x < BM) {
     const int r = threadIdx.x;
     float lse2 = 0.f, delta = 0.f;
     if (row_inside(r, tl.fixed_shift, q_count)) {
       int pos[3];
-      box_local(r, tl.fixed_shift, pos);
-#pragma unroll
-      for (int a = 0; a < 3; ++a) pos[a] += w.fixed_start[a];
+      box_position(r, tl.fixed_shift, w.fixed_start, pos);
       lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] * 1.4426950408889634f;
       delta = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.group, g, p.sdelta)];
     }
@@ -85,10 +74,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
   cp_async_wait<0>();
   __syncthreads();
   const float c = fold_scale_sign<BM * HD, kThreads>(sQ, g.scale);
-  if (threadIdx.x == 0) {
-    w.ring[0] = w.advance();
-    w.ring[1] = w.advance();
-  }
+  if (threadIdx.x == 0) w.start_ring();
   __syncthreads();  // the sign fold of Q and the first walk steps
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -110,14 +96,14 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
 
   float dq[MI][OI][4];
   zero(dq);
-  // Walk steps rotate through w.ring as in the forward kernel.
+  // Walk steps rotate through w.ring (see ring_next).
   if (w.ring[0].valid) load_walked_kv<HD, BN, kThreads>(sK, sV, w.ring[0], w, tl, g, kv);
   cp_async_commit();
 
-  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = slot == 2 ? 0 : slot + 1, buf ^= 1) {
+  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = ring_next(slot), buf ^= 1) {
     cp_async_wait<0>();
     __syncthreads();  // this step's tile landed in `buf`; everyone is done with the other buffer
-    const int slot1 = slot == 2 ? 0 : slot + 1, slot2 = slot1 == 2 ? 0 : slot1 + 1;
+    const int slot1 = ring_next(slot), slot2 = ring_next(slot1);
     if (w.ring[slot1].valid)
       load_walked_kv<HD, BN, kThreads>(sK + (buf ^ 1) * Tr::kWalk, sV + (buf ^ 1) * Tr::kWalk, w.ring[slot1], w, tl, g, kv);
     cp_async_commit();
@@ -155,9 +141,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
       const int r = row0 + mi * 16 + hr * 8 + lane / 4;
       if (!row_inside(r, tl.fixed_shift, q_count)) continue;
       int pos[3];
-      box_local(r, tl.fixed_shift, pos);
-#pragma unroll
-      for (int a = 0; a < 3; ++a) pos[a] += w.fixed_start[a];
+      box_position(r, tl.fixed_shift, w.fixed_start, pos);
       Element* dst = dq_base + token_offset(pos, w.group, g, p.sdq);
 #pragma unroll
       for (int oi = 0; oi < OI; ++oi) {

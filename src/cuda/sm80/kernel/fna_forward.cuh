@@ -16,23 +16,9 @@
 #include "cuda/sm80/collective/smem_tile.cuh"
 #include "cuda/sm80/collective/tile_walk.cuh"
 #include "cuda/sm80/collective/warp_mma.cuh"
+#include "cuda/sm80/kernel/traits.cuh"
 
 namespace nattn::cuda::sm80 {
-
-template <class Element_, int HD_, int BM_, int BN_, int WARPS_>
-struct ForwardTraits {
-  using Element = Element_;
-  static constexpr int HD = HD_, BM = BM_, BN = BN_, kWarps = WARPS_;
-  static constexpr int kThreads = kWarps * 32;
-  static constexpr int MI = BM / (16 * kWarps);  // m16 blocks per warp
-  static constexpr int NI = BN / 8;              // n8 tiles of S
-  static constexpr int OI = HD / 8;              // n8 tiles of O
-  static_assert(MI >= 1 && BM % (16 * kWarps) == 0, "BM must be a multiple of 16 * warps");
-  static constexpr size_t kSmemQ = size_t(BM) * HD, kSmemKV = size_t(BN) * HD;
-  // Q, two K and two V buffers, the K/V row-offset tables, each query's window per axis.
-  static constexpr size_t kSmemBytes =
-      (kSmemQ + 4 * kSmemKV) * sizeof(Element) + 2 * BN * sizeof(int64_t) + 3 * BM * sizeof(int2);
-};
 
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const ForwardParams p, const Tiling tl) {
@@ -41,9 +27,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   constexpr int kThreads = Tr::kThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Element* sQ = reinterpret_cast<Element*>(smem_raw);
-  Element* sK = sQ + Tr::kSmemQ;       // [2][BN * HD]
-  Element* sV = sK + 2 * Tr::kSmemKV;  // [2][BN * HD]
-  int64_t* rel_k = reinterpret_cast<int64_t*>(sV + 2 * Tr::kSmemKV);
+  Element* sK = sQ + Tr::kOwn;       // [2][BN * HD]
+  Element* sV = sK + 2 * Tr::kWalk;  // [2][BN * HD]
+  int64_t* rel_k = reinterpret_cast<int64_t*>(sV + 2 * Tr::kWalk);
   int64_t* rel_v = rel_k + BN;
   int2* win = reinterpret_cast<int2*>(rel_v + BN);  // [3][BM]
 
@@ -75,26 +61,17 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   const int D = int(g.head_dim), Dv = int(g.head_dim_v);
 
   int q_count[3];
-#pragma unroll
-  for (int a = 0; a < 3; ++a) q_count[a] = w.lg[a] - w.fixed_start[a];
-  {
-    const Element* first = q_base + token_offset(w.fixed_start, w.group, g, p.sq);
-    load_rows<HD, BM, kThreads>(sQ, [&](int r) -> const Element* {
-      return row_inside(r, tl.fixed_shift, q_count) ? first + row_offset(r, tl.fixed_shift, g, p.sq) : nullptr;
-    }, D, q_base);
-  }
+  w.rows_left(w.fixed_start, q_count);
+  load_own_box<HD, BM, kThreads>(sQ, q_base, w.fixed_start, w.group, tl.fixed_shift, q_count, g, p.sq, D);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();  // Q, tables and windows visible
   const float c = fold_scale_sign<BM * HD, kThreads>(sQ, g.scale);
-  if (threadIdx.x == 0) {
-    w.ring[0] = w.advance();
-    w.ring[1] = w.advance();
-  }
+  if (threadIdx.x == 0) w.start_ring();
 
   const KvSource<Element> kv{k_base, v_base, ka_base, va_base, &p.sk, &p.sv, p.ska.axis[0], p.sva.axis[0], rel_k, rel_v};
   auto load_kv = [&](const Step& st, int buf) {
-    load_walked_kv<HD, BN, kThreads>(sK + buf * Tr::kSmemKV, sV + buf * Tr::kSmemKV, st, w, tl, g, kv);
+    load_walked_kv<HD, BN, kThreads>(sK + buf * Tr::kWalk, sV + buf * Tr::kWalk, st, w, tl, g, kv);
   };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -109,17 +86,16 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
     row_sum[mi][0] = row_sum[mi][1] = 0.f;
   }
 
-  // Walk steps rotate through w.ring: `slot` is being computed, slot+1 loading, and thread 0
-  // fills slot+2 (read by nobody since the barrier that starts the step).
-  // (That barrier also orders the sign fold of Q and the first steps before any read.)
+  // Walk steps rotate through w.ring (see ring_next). This barrier orders the sign fold of Q and
+  // the first steps before any read.
   __syncthreads();
   if (w.ring[0].valid) load_kv(w.ring[0], 0);
   cp_async_commit();
 
-  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = slot == 2 ? 0 : slot + 1, buf ^= 1) {
+  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = ring_next(slot), buf ^= 1) {
     cp_async_wait<0>();
     __syncthreads();  // this step's tile landed in `buf`; everyone is done with the other buffer
-    const int slot1 = slot == 2 ? 0 : slot + 1, slot2 = slot1 == 2 ? 0 : slot1 + 1;
+    const int slot1 = ring_next(slot), slot2 = ring_next(slot1);
     if (w.ring[slot1].valid) load_kv(w.ring[slot1], buf ^ 1);
     cp_async_commit();
     if (threadIdx.x == 0) w.ring[slot2] = w.advance();
@@ -127,7 +103,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
 
     float s[MI][NI][4];
     zero(s);
-    gemm_abT<Element, HD, MI, NI>(s, sQ, row0, sK + buf * Tr::kSmemKV);
+    gemm_abT<Element, HD, MI, NI>(s, sQ, row0, sK + buf * Tr::kWalk);
     if (!st.full) mask_walked_keys<BN>(s, st, w, g.num_additional, win, BM, tl, row0, lane);
 
     // Online softmax in the log2 domain, the scale folded into one FFMA per score; rows
@@ -177,7 +153,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
       }
     uint32_t pf[MI][BN / 16][4];
     pack_a<Element>(s, pf);
-    gemm_pv<Element, HD, MI, BN>(o, pf, sV + buf * Tr::kSmemKV);
+    gemm_pv<Element, HD, MI, BN>(o, pf, sV + buf * Tr::kWalk);
   }
 
   // Epilogue: normalise, store O rows (pairs of elements) and the logsumexp.
@@ -192,9 +168,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
       const int r = row0 + mi * 16 + hr * 8 + lane / 4;
       if (!row_inside(r, tl.fixed_shift, q_count)) continue;
       int pos[3];
-      box_local(r, tl.fixed_shift, pos);
-#pragma unroll
-      for (int a = 0; a < 3; ++a) pos[a] += w.fixed_start[a];
+      box_position(r, tl.fixed_shift, w.fixed_start, pos);
       const float inv = sum > 0.f ? 1.f / sum : 0.f;
       Element* dst = o_base + token_offset(pos, w.group, g, p.so);
 #pragma unroll
