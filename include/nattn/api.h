@@ -1,8 +1,11 @@
 // Layer: public API. Entry points: neighborhood attention, dense attention, merging.
 #pragma once
+#include <array>
+#include <cstddef>
 #include <string>
 #include <vector>
 
+#include "nattn/plan.h"
 #include "nattn/problem.h"
 #include "nattn/status.h"
 #include "nattn/tensor.h"
@@ -12,10 +15,33 @@ namespace nattn {
 // Which implementation runs a call. kAuto picks the best one that supports the inputs.
 enum class BackendKind : int { kAuto = 0, kReference = 1, kCuda = 2 };
 
+// Forces a kernel family, configuration or tile shape (experiments, the autotuner). A choice the
+// call cannot use is an error with the reason, never a silent fallback.
+struct KernelChoice {
+  std::string family;                    // "" = automatic; else "sm90", "sm80", "generic", "reference"
+  std::vector<int> config_ids;           // rows of kernel_configs(), at most one per kernel role
+  std::array<int, 3> own_tile{0, 0, 0};  // forward/dQ query box per axis (powers of two whose
+  std::array<int, 3> walk_tile{0, 0, 0}; // product is the config's block); 0s = chosen by the plan
+  bool empty() const {
+    return family.empty() && config_ids.empty() && own_tile == std::array<int, 3>{0, 0, 0} &&
+           walk_tile == std::array<int, 3>{0, 0, 0};
+  }
+};
+
+// Device scratch (backward Delta, layout copies). Without one, CUDA calls allocate with
+// cudaMallocAsync on the call's stream. `allocate` returns nullptr on failure.
+struct WorkspaceAllocator {
+  void* (*allocate)(size_t bytes, void* ctx) = nullptr;
+  void (*release)(void* ptr, void* ctx) = nullptr;
+  void* ctx = nullptr;
+};
+
 struct Options {
   BackendKind backend = BackendKind::kAuto;
   void* stream = nullptr;      // cudaStream_t for device backends; ignored on CPU
   bool deterministic = false;  // backward: bitwise reproducible results (the reference always is)
+  KernelChoice choice;
+  WorkspaceAllocator workspace;
 };
 
 struct ForwardTensors {
@@ -43,6 +69,15 @@ Status attention_forward(const AttentionProblem& problem, const ForwardTensors& 
                          const Options& options = {});
 Status attention_backward(const AttentionProblem& problem, const BackwardTensors& t,
                           const Options& options = {});
+
+// The plan a call would run (family, configuration, tiles, copies, workspace, and why each other
+// family was not chosen), without running anything. Validates like the calls themselves.
+Status explain_forward(const Problem& problem, const ForwardTensors& t, const Options& options, Plan* plan);
+Status explain_backward(const Problem& problem, const BackwardTensors& t, const Options& options, Plan* plan);
+Status explain_attention_forward(const AttentionProblem& problem, const ForwardTensors& t,
+                                 const Options& options, Plan* plan);
+Status explain_attention_backward(const AttentionProblem& problem, const BackwardTensors& t,
+                                  const Options& options, Plan* plan);
 
 // Merges partial attentions over disjoint key sets into one softmax:
 //   lse = log(sum_i exp(lse_i)),  out = sum_i exp(lse_i - lse) * out_i.

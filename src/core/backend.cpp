@@ -1,24 +1,10 @@
-// Layer: core. Backend registry and choice.
+// Layer: core. Backend choice.
 #include "core/backend.h"
 
+#include <algorithm>
 #include <string>
 
-#include "cpu/reference.h"
-#ifdef NATTN_WITH_CUDA
-#include "cuda/backend.h"
-#endif
-
 namespace nattn {
-
-const std::vector<const Backend*>& registry() {
-  static const std::vector<const Backend*> list = {
-#ifdef NATTN_WITH_CUDA
-      &cuda_backend(),
-#endif
-      &reference_backend(),
-  };
-  return list;
-}
 
 const char* backend_name(BackendKind kind) {
   switch (kind) {
@@ -43,11 +29,40 @@ std::vector<BackendInfo> backends() {
   return out;
 }
 
-Status choose_backend(const Problem& p, DType dtype, Device device, bool backward,
-                      BackendKind requested, const Backend** chosen) {
-  std::string reasons;
+std::vector<KernelConfigInfo> kernel_configs() {
+  std::vector<KernelConfigInfo> out;
   for (const Backend* b : registry()) {
-    if (requested != BackendKind::kAuto && b->kind() != requested) continue;
+    const std::vector<KernelConfigInfo> rows = b->kernel_configs();
+    out.insert(out.end(), rows.begin(), rows.end());
+  }
+  return out;
+}
+
+namespace {
+bool has_family(const Backend& b, const std::string& family) {
+  const std::vector<std::string> f = b.families();
+  return std::find(f.begin(), f.end(), family) != f.end();
+}
+
+std::string known_families() {
+  std::string all;
+  for (const Backend* b : registry())
+    for (const std::string& f : b->families()) all += (all.empty() ? "" : ", ") + f;
+  return all;
+}
+}  // namespace
+
+Status choose_backend(const Problem& p, DType dtype, Device device, bool backward, const Options& o,
+                      const Backend** chosen) {
+  const std::string& family = o.choice.family;
+  std::string reasons;
+  bool family_known = family.empty();
+  for (const Backend* b : registry()) {
+    if (o.backend != BackendKind::kAuto && b->kind() != o.backend) continue;
+    if (!family.empty()) {
+      if (!has_family(*b, family)) continue;
+      family_known = true;
+    }
     Status s = b->available();
     if (s.ok()) s = b->supports(p, dtype, device, backward);
     if (s.ok()) {
@@ -56,11 +71,14 @@ Status choose_backend(const Problem& p, DType dtype, Device device, bool backwar
     }
     reasons += std::string(reasons.empty() ? "" : "; ") + b->name() + ": " + s.message();
   }
+  if (!family_known)
+    return Status::Invalid("choice.family = \"" + family + "\" is invalid: must be empty (automatic) or one of " +
+                           known_families() + " (the kernel families of this build)");
   if (reasons.empty())
-    return Status::Unsupported(std::string("backend = ") + backend_name(requested) +
-                               " is not built into this library");
-  return Status::Unsupported(std::string("no backend can run this call (backend = ") +
-                             backend_name(requested) + "): " + reasons);
+    return Status::Unsupported(std::string("backend = ") + backend_name(o.backend) +
+                               (family.empty() ? "" : " with family " + family) + " is not built into this library");
+  return Status::Unsupported(std::string("no backend can run this call (backend = ") + backend_name(o.backend) +
+                             (family.empty() ? "" : ", family = " + family) + "): " + reasons);
 }
 
 }  // namespace nattn

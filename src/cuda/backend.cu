@@ -1,18 +1,22 @@
-// Layer: cuda. The CUDA backend: converts validated views to kernel parameters and picks the
-// kernel: forward runs the fused tensor-core kernel (sm80+, fp16/bf16, unit-stride rows) when it
-// can implement the call and the generic exact kernel otherwise (fp32, fp64, odd layouts);
-// backward likewise (the fused backward takes head dims up to 128).
+// Layer: cuda. The CUDA backend: plans each call once (cuda/planner.h: family, configuration,
+// copies, workspace), then per call only looks the plan up, binds the tensors to kernel
+// parameters, runs the layout copies and the family's launches.
 #include "cuda/backend.h"
 
+#include <array>
 #include <string>
 
 #include "cuda/check.h"
-#include "cuda/generic/generic.h"
-#include "cuda/params.h"
-#include "cuda/sm80/device/fna.h"
+#include "cuda/common/delta.h"
+#include "cuda/common/layout_copy.h"
+#include "cuda/common/params.h"
+#include "cuda/planner.h"
 
 namespace nattn {
 namespace {
+
+using cuda::CudaPlan;
+using cuda::Slot;
 
 // Restores the caller's current device on scope exit.
 class DeviceGuard {
@@ -21,9 +25,43 @@ class DeviceGuard {
     cudaGetDevice(&previous_);
     if (previous_ != index) cudaSetDevice(index);
   }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
+  ~DeviceGuard() {
+    int now = previous_;
+    cudaGetDevice(&now);
+    if (now != previous_) cudaSetDevice(previous_);
+  }
+
  private:
   int previous_ = 0;
+};
+
+// Device scratch for one call, from the caller's allocator or stream-ordered cudaMallocAsync.
+class Workspace {
+ public:
+  Workspace(const WorkspaceAllocator& a, cudaStream_t s) : alloc_(a), stream_(s) {}
+  Status acquire(size_t bytes) {
+    if (bytes == 0) return Status::Ok();
+    bytes_ = bytes;
+    if (alloc_.allocate != nullptr) {
+      ptr_ = alloc_.allocate(bytes, alloc_.ctx);
+      if (ptr_ == nullptr)
+        return Status::Runtime("workspace allocator returned null for " + std::to_string(bytes) + " bytes");
+      return Status::Ok();
+    }
+    return cuda::check(cudaMallocAsync(&ptr_, bytes, stream_), "allocating the workspace");
+  }
+  ~Workspace() {
+    if (ptr_ == nullptr) return;
+    if (alloc_.release != nullptr) alloc_.release(ptr_, alloc_.ctx);
+    else cudaFreeAsync(ptr_, stream_);
+  }
+  char* at(size_t offset) const { return static_cast<char*>(ptr_) + offset; }
+
+ private:
+  WorkspaceAllocator alloc_;
+  cudaStream_t stream_;
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
 };
 
 cuda::Strides strides_of(const TensorView& t, int rank) {
@@ -52,26 +90,40 @@ cuda::Strides contiguous_lse_strides(const Problem& p) {
   return s;
 }
 
-cuda::Geometry geometry(const Problem& p) {
-  cuda::Geometry g;
-  g.rank = p.rank;
-  for (int a = 0; a < 3; ++a) {
-    const bool used = a < p.rank;
-    g.extent[a] = used ? p.extent[a] : 1;
-    g.kernel[a] = used ? p.window.kernel_size[a] : 1;
-    g.stride[a] = used ? p.window.stride[a] : 1;
-    g.dilation[a] = used ? p.window.dilation[a] : 1;
-    g.causal[a] = used && p.window.is_causal[a];
+// The call's tensors with copied ones rebound to their dense buffers; inputs are copied in.
+template <size_t N>
+Status bind_copies(const CudaPlan& plan, const std::vector<Slot>& slots, const Workspace& ws, cudaStream_t s,
+                   std::array<TensorView, N>* views) {
+  for (const CudaPlan::Copy& c : plan.copies) {
+    const TensorView& original = *slots[size_t(c.slot)].view;
+    TensorView& dense = (*views)[size_t(c.slot)];
+    dense.data = ws.at(c.offset);
+    cuda::dense_strides(original, dense.stride);
+    if (!slots[size_t(c.slot)].output) NATTN_RETURN_IF_ERROR(cuda::copy_to_dense(original, dense.data, s));
   }
-  g.batch = p.batch;
-  g.heads_q = p.heads_q;
-  g.heads_kv = p.heads_kv;
-  g.head_dim = p.head_dim;
-  g.head_dim_v = p.head_dim_v;
-  g.num_additional = p.num_additional;
-  g.tokens = p.tokens();
-  g.scale = float(p.effective_scale());
-  return g;
+  return Status::Ok();
+}
+
+Status copy_outputs(const CudaPlan& plan, const std::vector<Slot>& slots, const Workspace& ws, cudaStream_t s) {
+  for (const CudaPlan::Copy& c : plan.copies)
+    if (slots[size_t(c.slot)].output)
+      NATTN_RETURN_IF_ERROR(cuda::copy_from_dense(ws.at(c.offset), *slots[size_t(c.slot)].view, s));
+  return Status::Ok();
+}
+
+std::vector<Slot> forward_slots(const ForwardTensors& t) {
+  return {{"q", &t.q, false, true},          {"k", &t.k, false, true},   {"v", &t.v, false, true},
+          {"additional_k", &t.additional_k, false, true}, {"additional_v", &t.additional_v, false, true},
+          {"out", &t.out, true, true},        {"lse", &t.lse, true, false}};
+}
+
+std::vector<Slot> backward_slots(const BackwardTensors& t) {
+  return {{"q", &t.q, false, true},        {"k", &t.k, false, true},       {"v", &t.v, false, true},
+          {"additional_k", &t.additional_k, false, true}, {"additional_v", &t.additional_v, false, true},
+          {"out", &t.out, false, false},   {"lse", &t.lse, false, false},  {"dout", &t.dout, false, true},
+          {"dlse", &t.dlse, false, false}, {"dq", &t.dq, true, true},     {"dk", &t.dk, true, true},
+          {"dv", &t.dv, true, true},       {"d_additional_k", &t.d_additional_k, true, true},
+          {"d_additional_v", &t.d_additional_v, true, true}};
 }
 
 class CudaBackend final : public Backend {
@@ -79,15 +131,25 @@ class CudaBackend final : public Backend {
   BackendKind kind() const override { return BackendKind::kCuda; }
   const char* name() const override { return "cuda"; }
 
+  std::vector<std::string> families() const override {
+    std::vector<std::string> out;
+    for (const cuda::KernelFamily* f : cuda::kernel_families()) out.push_back(f->name());
+    return out;
+  }
+
+  // Asked once per process: the device count does not change under a running process.
   Status available() const override {
-    int n = 0;
-    const cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess) {
-      cudaGetLastError();  // clear the sticky "no device" error
-      return Status::Unsupported(std::string("no usable CUDA device (") + cudaGetErrorString(e) + ")");
-    }
-    if (n == 0) return Status::Unsupported("no CUDA device present");
-    return Status::Ok();
+    static const Status s = [] {
+      int n = 0;
+      const cudaError_t e = cudaGetDeviceCount(&n);
+      if (e != cudaSuccess) {
+        cudaGetLastError();  // clear the sticky "no device" error
+        return Status::Unsupported(std::string("no usable CUDA device (") + cudaGetErrorString(e) + ")");
+      }
+      if (n == 0) return Status::Unsupported("no CUDA device present");
+      return Status::Ok();
+    }();
+    return s;
   }
 
   Status supports(const Problem&, DType, Device device, bool) const override {
@@ -96,48 +158,107 @@ class CudaBackend final : public Backend {
     return Status::Ok();
   }
 
+  std::vector<KernelConfigInfo> kernel_configs() const override;
+
+  Status explain_forward(const Problem& p, const ForwardTensors& t, const Options& o, Plan* out) const override {
+    DeviceGuard guard(t.q.device.index);
+    return explain(p, t.q.dtype, false, o, forward_slots(t), out);
+  }
+
+  Status explain_backward(const Problem& p, const BackwardTensors& t, const Options& o, Plan* out) const override {
+    DeviceGuard guard(t.q.device.index);
+    return explain(p, t.q.dtype, true, o, backward_slots(t), out);
+  }
+
   Status forward(const Problem& p, const ForwardTensors& t, const Options& o) const override {
     DeviceGuard guard(t.q.device.index);
+    const std::vector<Slot> slots = forward_slots(t);
+    std::shared_ptr<const CudaPlan> plan;
+    bool cached = false;
+    NATTN_RETURN_IF_ERROR(cuda::plan_call(p, t.q.dtype, false, o, slots, &plan, &cached));
+    const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
+    Workspace ws(o.workspace, s);
+    NATTN_RETURN_IF_ERROR(ws.acquire(plan->workspace));
+    std::array<TensorView, 7> v{t.q, t.k, t.v, t.additional_k, t.additional_v, t.out, t.lse};
+    NATTN_RETURN_IF_ERROR(bind_copies(*plan, slots, ws, s, &v));
     cuda::ForwardParams fp;
-    fp.g = geometry(p);
-    fp.q = t.q.data; fp.k = t.k.data; fp.v = t.v.data;
-    fp.ka = t.additional_k.data; fp.va = t.additional_v.data;
-    fp.out = t.out.data;
-    fp.lse = t.lse.defined() ? static_cast<float*>(t.lse.data) : nullptr;
-    fp.sq = strides_of(t.q, p.rank); fp.sk = strides_of(t.k, p.rank); fp.sv = strides_of(t.v, p.rank);
-    fp.so = strides_of(t.out, p.rank); fp.slse = strides_of(t.lse, p.rank);
-    fp.ska = additional_strides(t.additional_k); fp.sva = additional_strides(t.additional_v);
-    if (cuda::sm80::can_forward(fp, t.q.dtype).ok()) return cuda::sm80::forward(p, fp, t.q.dtype, o.stream);
-    return cuda::generic::forward(fp, t.q.dtype, o.stream);
+    fp.g = cuda::geometry_of(p);
+    fp.q = v[0].data; fp.k = v[1].data; fp.v = v[2].data;
+    fp.ka = v[3].data; fp.va = v[4].data;
+    fp.out = v[5].data;
+    fp.lse = v[6].defined() ? static_cast<float*>(v[6].data) : nullptr;
+    fp.sq = strides_of(v[0], p.rank); fp.sk = strides_of(v[1], p.rank); fp.sv = strides_of(v[2], p.rank);
+    fp.so = strides_of(v[5], p.rank); fp.slse = strides_of(v[6], p.rank);
+    fp.ska = additional_strides(v[3]); fp.sva = additional_strides(v[4]);
+    NATTN_RETURN_IF_ERROR(plan->family->forward(plan->kernels, fp, t.q.dtype, s));
+    return copy_outputs(*plan, slots, ws, s);
   }
 
   Status backward(const Problem& p, const BackwardTensors& t, const Options& o) const override {
     DeviceGuard guard(t.q.device.index);
-    cuda::BackwardParams bp;
-    bp.g = geometry(p);
-    bp.q = t.q.data; bp.k = t.k.data; bp.v = t.v.data;
-    bp.ka = t.additional_k.data; bp.va = t.additional_v.data;
-    bp.out = t.out.data; bp.dout = t.dout.data;
-    bp.lse = static_cast<const float*>(t.lse.data);
-    bp.dlse = t.dlse.defined() ? static_cast<const float*>(t.dlse.data) : nullptr;
-    bp.dq = t.dq.data; bp.dk = t.dk.data; bp.dv = t.dv.data;
-    bp.dka = t.d_additional_k.data; bp.dva = t.d_additional_v.data;
-    bp.sq = strides_of(t.q, p.rank); bp.sk = strides_of(t.k, p.rank); bp.sv = strides_of(t.v, p.rank);
-    bp.so = strides_of(t.out, p.rank); bp.sdo = strides_of(t.dout, p.rank);
-    bp.slse = strides_of(t.lse, p.rank); bp.sdlse = strides_of(t.dlse, p.rank);
-    bp.sdq = strides_of(t.dq, p.rank); bp.sdk = strides_of(t.dk, p.rank); bp.sdv = strides_of(t.dv, p.rank);
-    bp.ska = additional_strides(t.additional_k); bp.sva = additional_strides(t.additional_v);
-    bp.sdka = additional_strides(t.d_additional_k); bp.sdva = additional_strides(t.d_additional_v);
+    const std::vector<Slot> slots = backward_slots(t);
+    std::shared_ptr<const CudaPlan> plan;
+    bool cached = false;
+    NATTN_RETURN_IF_ERROR(cuda::plan_call(p, t.q.dtype, true, o, slots, &plan, &cached));
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
-    const size_t bytes = size_t(p.batch * p.tokens() * p.heads_q) * sizeof(float);
-    NATTN_CUDA_TRY(cudaMallocAsync(reinterpret_cast<void**>(&bp.delta), bytes, s), "allocating the backward workspace");
+    Workspace ws(o.workspace, s);
+    NATTN_RETURN_IF_ERROR(ws.acquire(plan->workspace));
+    std::array<TensorView, 14> v{t.q,   t.k,    t.v,  t.additional_k, t.additional_v, t.out, t.lse,
+                                 t.dout, t.dlse, t.dq, t.dk,           t.dv,           t.d_additional_k,
+                                 t.d_additional_v};
+    NATTN_RETURN_IF_ERROR(bind_copies(*plan, slots, ws, s, &v));
+    cuda::BackwardParams bp;
+    bp.g = cuda::geometry_of(p);
+    bp.q = v[0].data; bp.k = v[1].data; bp.v = v[2].data;
+    bp.ka = v[3].data; bp.va = v[4].data;
+    bp.out = v[5].data; bp.dout = v[7].data;
+    bp.lse = static_cast<const float*>(v[6].data);
+    bp.dlse = v[8].defined() ? static_cast<const float*>(v[8].data) : nullptr;
+    bp.dq = v[9].data; bp.dk = v[10].data; bp.dv = v[11].data;
+    bp.dka = v[12].data; bp.dva = v[13].data;
+    bp.sq = strides_of(v[0], p.rank); bp.sk = strides_of(v[1], p.rank); bp.sv = strides_of(v[2], p.rank);
+    bp.so = strides_of(v[5], p.rank); bp.sdo = strides_of(v[7], p.rank);
+    bp.slse = strides_of(v[6], p.rank); bp.sdlse = strides_of(v[8], p.rank);
+    bp.sdq = strides_of(v[9], p.rank); bp.sdk = strides_of(v[10], p.rank); bp.sdv = strides_of(v[11], p.rank);
+    bp.ska = additional_strides(v[3]); bp.sva = additional_strides(v[4]);
+    bp.sdka = additional_strides(v[12]); bp.sdva = additional_strides(v[13]);
+    bp.delta = reinterpret_cast<float*>(ws.at(plan->delta_offset));
     bp.sdelta = contiguous_lse_strides(p);
-    Status st = cuda::sm80::can_backward(bp, t.q.dtype).ok() ? cuda::sm80::backward(p, bp, t.q.dtype, o.stream)
-                                                            : cuda::generic::backward(bp, t.q.dtype, o.stream);
-    const Status freed = cuda::check(cudaFreeAsync(bp.delta, s), "freeing the backward workspace");
-    return st.ok() ? freed : st;
+    NATTN_RETURN_IF_ERROR(cuda::run_delta(bp, t.q.dtype, s));
+    NATTN_RETURN_IF_ERROR(plan->family->backward(plan->kernels, bp, t.q.dtype, s));
+    return copy_outputs(*plan, slots, ws, s);
+  }
+
+ private:
+  static Status explain(const Problem& p, DType dtype, bool backward, const Options& o, const std::vector<Slot>& slots,
+                        Plan* out) {
+    std::shared_ptr<const CudaPlan> plan;
+    bool cached = false;
+    NATTN_RETURN_IF_ERROR(cuda::plan_call(p, dtype, backward, o, slots, &plan, &cached));
+    *out = plan->explained;
+    out->cached = cached;
+    return Status::Ok();
   }
 };
+
+std::vector<KernelConfigInfo> CudaBackend::kernel_configs() const {
+  std::vector<KernelConfigInfo> out;
+  for (const cuda::KernelConfig& c : cuda::kKernelConfigs) {
+    KernelConfigInfo i;
+    i.id = c.id;
+    i.family = cuda::family_name(c.family);
+    i.role = cuda::role_name(c.role);
+    i.dtype = cuda::elem_name(c.elem);
+    i.head_dim = c.head_dim;
+    i.block_q = c.block_q;
+    i.block_kv = c.block_kv;
+    i.warps = c.warps;
+    i.stages = c.stages;
+    i.built = cuda::config_built(c.id);
+    out.push_back(i);
+  }
+  return out;
+}
 
 }  // namespace
 

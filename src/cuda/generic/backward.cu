@@ -1,8 +1,8 @@
-// Layer: cuda. Generic backward, as gathers (deterministic, no atomics), the same formulas as
+// Layer: cuda/generic. Generic backward, as gathers (deterministic, no atomics), the same formulas as
 // the CPU reference: Delta_i = do_i.o_i - dlse_i, P = exp(scale q.k - lse),
-// dS = P (do.v - Delta); dq = scale sum dS k; dk = scale sum dS q; dv = sum P do.
+// dS = P (do.v - Delta) (Delta from the common pre-pass, cuda/common/delta.h); dq = scale sum dS k; dk = scale sum dS q; dv = sum P do.
 #include "cuda/check.h"
-#include "cuda/generic/element.cuh"
+#include "cuda/common/element.cuh"
 #include "cuda/generic/generic.h"
 
 namespace nattn::cuda::generic {
@@ -36,19 +36,6 @@ struct Bwd {
     *ds = *prob * (dot<T, A>(r.dout, p.sdo.dim, v, vs, g.head_dim_v) - r.delta);
   }
 };
-
-template <class T>
-__global__ void delta_kernel(BackwardParams p) {
-  using A = Acc<T>;
-  const Geometry& g = p.g;
-  GridItem it;
-  if (!grid_item(g, g.heads_q, &it)) return;
-  const T* o = row_of<const T>(g, p.out, p.so, it.b, it.c, it.h);
-  const T* dO = row_of<const T>(g, p.dout, p.sdo, it.b, it.c, it.h);
-  A d = dot<T, A>(o, p.so.dim, dO, p.sdo.dim, g.head_dim_v);
-  if (p.dlse) d -= A(*row_of<const float>(g, p.dlse, p.sdlse, it.b, it.c, it.h));
-  p.delta[(it.b * g.tokens + it.token) * g.heads_q + it.h] = float(d);
-}
 
 template <class T>
 __global__ void dq_kernel(BackwardParams p) {
@@ -148,15 +135,8 @@ constexpr int kThreads = 128;
 unsigned blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
 
 template <class T>
-Status run_delta(const BackwardParams& p, cudaStream_t s) {
-  delta_kernel<T><<<blocks_for(p.g.batch * p.g.tokens * p.g.heads_q), kThreads, 0, s>>>(p);
-  return check_launch("backward delta");
-}
-
-template <class T>
 Status run(const BackwardParams& p, cudaStream_t s) {
   const int64_t nq = p.g.batch * p.g.tokens * p.g.heads_q;
-  NATTN_RETURN_IF_ERROR(run_delta<T>(p, s));
   dq_kernel<T><<<blocks_for(nq), kThreads, 0, s>>>(p);
   NATTN_RETURN_IF_ERROR(check_launch("generic backward dq"));
   dkdv_kernel<T><<<blocks_for(p.g.batch * p.g.tokens * p.g.heads_kv), kThreads, 0, s>>>(p);
@@ -169,17 +149,6 @@ Status run(const BackwardParams& p, cudaStream_t s) {
 }
 
 }  // namespace
-
-Status backward_delta(const BackwardParams& p, DType dtype, void* stream) {
-  const cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (dtype) {
-    case DType::kFloat32: return run_delta<float>(p, s);
-    case DType::kFloat64: return run_delta<double>(p, s);
-    case DType::kFloat16: return run_delta<__half>(p, s);
-    case DType::kBFloat16: return run_delta<__nv_bfloat16>(p, s);
-  }
-  return Status::Invalid("dtype is invalid");
-}
 
 Status backward(const BackwardParams& p, DType dtype, void* stream) {
   const cudaStream_t s = static_cast<cudaStream_t>(stream);

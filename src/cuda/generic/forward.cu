@@ -1,7 +1,7 @@
 // Layer: cuda. Generic forward: one thread per (batch, query, head); two passes over the
 // neighborhood (max/sum, then weighted values in chunks of output dims).
 #include "cuda/check.h"
-#include "cuda/generic/element.cuh"
+#include "cuda/common/element.cuh"
 #include "cuda/generic/generic.h"
 
 namespace nattn::cuda::generic {

@@ -1,16 +1,14 @@
-// Layer: cuda. The generic (SIMT) kernels: exact for every dtype, head dim and stride; the
+// Layer: cuda/generic. The generic (SIMT) kernels: exact for every dtype, head dim and stride; the
 // CUDA backend uses them where no fused tensor-core kernel applies (fp32, fp64, odd layouts).
 #pragma once
-#include "cuda/params.h"
+#include "cuda/common/params.h"
 #include "nattn/status.h"
 #include "nattn/tensor.h"
 
 namespace nattn::cuda::generic {
 
 Status forward(const ForwardParams& p, DType dtype, void* stream);
-// Needs p.delta: a [B, N, Hq] float workspace on the device.
+// Needs p.delta filled by the Delta pre-pass (cuda/common/delta.h).
 Status backward(const BackwardParams& p, DType dtype, void* stream);
-// Only Delta_i = dout_i . out_i - dlse_i into p.delta (the fused backward's first step).
-Status backward_delta(const BackwardParams& p, DType dtype, void* stream);
 
 }  // namespace nattn::cuda::generic

@@ -6,9 +6,9 @@
 #pragma once
 #include <cstdint>
 
-#include "cuda/params.h"
+#include "cuda/common/params.h"
 #include "cuda/sm80/collective/smem_tile.cuh"
-#include "cuda/sm80/collective/tile_walk.cuh"
+#include "cuda/common/tile_walk.h"
 
 namespace nattn::cuda::sm80 {
 

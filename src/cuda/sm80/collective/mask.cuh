@@ -7,7 +7,7 @@
 #include <cmath>
 
 #include "core/window.h"
-#include "cuda/sm80/collective/tile_walk.cuh"
+#include "cuda/common/tile_walk.h"
 
 namespace nattn::cuda::sm80 {
 

@@ -12,11 +12,11 @@
 
 #include <cmath>
 
-#include "cuda/params.h"
+#include "cuda/common/params.h"
 #include "cuda/sm80/collective/box_rows.cuh"
 #include "cuda/sm80/collective/mask.cuh"
 #include "cuda/sm80/collective/smem_tile.cuh"
-#include "cuda/sm80/collective/tile_walk.cuh"
+#include "cuda/common/tile_walk.h"
 #include "cuda/sm80/collective/warp_mma.cuh"
 #include "cuda/sm80/kernel/traits.cuh"
 
@@ -28,15 +28,16 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
   constexpr int HD = Tr::HD, BM = Tr::BM, BN = Tr::BN, MI = Tr::MI, NI = Tr::NI, OI = Tr::OI;
   constexpr int kThreads = Tr::kThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  Element* sK = reinterpret_cast<Element*>(smem_raw);
-  Element* sV = sK + Tr::kOwn;
-  Element* sQ = sV + Tr::kOwn;         // [2][BN * HD]
-  Element* sdO = sQ + 2 * Tr::kWalk;   // [2][BN * HD]
-  int64_t* rel_q = reinterpret_cast<int64_t*>(sdO + 2 * Tr::kWalk);
-  int64_t* rel_do = rel_q + BN;
-  int2* win = reinterpret_cast<int2*>(rel_do + BN);  // [2][3][BN]
-  float* s_lse = reinterpret_cast<float*>(win + 2 * 3 * BN);  // [2][BN], log2 domain
-  float* s_delta = s_lse + 2 * BN;                             // [2][BN]
+  auto& ss = *reinterpret_cast<typename Tr::DkdvStorage*>(smem_raw);
+  Element* sK = ss.k;
+  Element* sV = ss.v;
+  Element* sQ = ss.q[0];      // [2][BN * HD]
+  Element* sdO = ss.dout[0];  // [2][BN * HD]
+  int64_t* rel_q = ss.rel_q;
+  int64_t* rel_do = ss.rel_dout;
+  int2* win = ss.win[0][0];      // [2][3][BN]
+  float* s_lse = ss.lse[0];      // [2][BN], log2 domain
+  float* s_delta = ss.delta[0];  // [2][BN]
 
   const Geometry& g = p.g;
   const int hk = blockIdx.y;
@@ -44,8 +45,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
   const int group_heads = int(g.heads_q / g.heads_kv);
   const bool additional = blockIdx.x >= tl.neighborhood_ctas;
   const int64_t j0 = additional ? (int64_t(blockIdx.x) - tl.neighborhood_ctas) * BM : 0;
-  __shared__ __align__(16) unsigned char walk_storage[sizeof(TileWalk)];
-  TileWalk& w = *reinterpret_cast<TileWalk*>(walk_storage);
+  TileWalk& w = ss.walk;
   if (threadIdx.x == 0) {
     // Additional keys are attended by every query: walk all of them in token order.
     if (additional) w.init_extra_only(int((g.tokens + BN - 1) / BN), BN);

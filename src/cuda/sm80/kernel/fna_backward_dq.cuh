@@ -8,11 +8,11 @@
 
 #include <cmath>
 
-#include "cuda/params.h"
+#include "cuda/common/params.h"
 #include "cuda/sm80/collective/box_rows.cuh"
 #include "cuda/sm80/collective/mask.cuh"
 #include "cuda/sm80/collective/smem_tile.cuh"
-#include "cuda/sm80/collective/tile_walk.cuh"
+#include "cuda/common/tile_walk.h"
 #include "cuda/sm80/collective/warp_mma.cuh"
 #include "cuda/sm80/kernel/traits.cuh"
 
@@ -24,22 +24,22 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
   constexpr int HD = Tr::HD, BM = Tr::BM, BN = Tr::BN, MI = Tr::MI, NI = Tr::NI, OI = Tr::OI;
   constexpr int kThreads = Tr::kThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  Element* sQ = reinterpret_cast<Element*>(smem_raw);
-  Element* sdO = sQ + Tr::kOwn;
-  Element* sK = sdO + Tr::kOwn;       // [2][BN * HD]
-  Element* sV = sK + 2 * Tr::kWalk;   // [2][BN * HD]
-  int64_t* rel_k = reinterpret_cast<int64_t*>(sV + 2 * Tr::kWalk);
-  int64_t* rel_v = rel_k + BN;
-  int2* win = reinterpret_cast<int2*>(rel_v + BN);  // [3][BM]
-  float* s_lse = reinterpret_cast<float*>(win + 3 * BM);
-  float* s_delta = s_lse + BM;
+  auto& ss = *reinterpret_cast<typename Tr::DqStorage*>(smem_raw);
+  Element* sQ = ss.q;
+  Element* sdO = ss.dout;
+  Element* sK = ss.k[0];  // [2][BN * HD]
+  Element* sV = ss.v[0];  // [2][BN * HD]
+  int64_t* rel_k = ss.rel_k;
+  int64_t* rel_v = ss.rel_v;
+  int2* win = ss.win[0];  // [3][BM]
+  float* s_lse = ss.lse;
+  float* s_delta = ss.delta;
 
   const Geometry& g = p.g;
   const int h = blockIdx.y;
   const int64_t b = blockIdx.z;
   const int64_t hk = h / (g.heads_q / g.heads_kv);
-  __shared__ __align__(16) unsigned char walk_storage[sizeof(TileWalk)];
-  TileWalk& w = *reinterpret_cast<TileWalk*>(walk_storage);
+  TileWalk& w = ss.walk;
   if (threadIdx.x == 0) {
     w.init(g, tl, blockIdx.x, false, int((g.num_additional + BN - 1) / BN), BN);
     w.begin(1, g.num_additional);

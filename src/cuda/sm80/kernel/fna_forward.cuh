@@ -10,11 +10,11 @@
 #include <cfloat>
 #include <cmath>
 
-#include "cuda/params.h"
+#include "cuda/common/params.h"
 #include "cuda/sm80/collective/box_rows.cuh"
 #include "cuda/sm80/collective/mask.cuh"
 #include "cuda/sm80/collective/smem_tile.cuh"
-#include "cuda/sm80/collective/tile_walk.cuh"
+#include "cuda/common/tile_walk.h"
 #include "cuda/sm80/collective/warp_mma.cuh"
 #include "cuda/sm80/kernel/traits.cuh"
 
@@ -26,12 +26,13 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   constexpr int HD = Tr::HD, BM = Tr::BM, BN = Tr::BN, MI = Tr::MI, NI = Tr::NI, OI = Tr::OI;
   constexpr int kThreads = Tr::kThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  Element* sQ = reinterpret_cast<Element*>(smem_raw);
-  Element* sK = sQ + Tr::kOwn;       // [2][BN * HD]
-  Element* sV = sK + 2 * Tr::kWalk;  // [2][BN * HD]
-  int64_t* rel_k = reinterpret_cast<int64_t*>(sV + 2 * Tr::kWalk);
-  int64_t* rel_v = rel_k + BN;
-  int2* win = reinterpret_cast<int2*>(rel_v + BN);  // [3][BM]
+  auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_raw);
+  Element* sQ = ss.q;
+  Element* sK = ss.k[0];  // [2][BN * HD]
+  Element* sV = ss.v[0];  // [2][BN * HD]
+  int64_t* rel_k = ss.rel_k;
+  int64_t* rel_v = ss.rel_v;
+  int2* win = ss.win[0];  // [3][BM]
 
   const Geometry& g = p.g;
   const int h = blockIdx.y;
@@ -40,8 +41,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   const int add_tiles = int((g.num_additional + BN - 1) / BN);
   // The walk lives in shared memory: it is loop-invariant and would otherwise hold ~40
   // registers that the accumulators need.
-  __shared__ __align__(16) unsigned char walk_storage[sizeof(TileWalk)];
-  TileWalk& w = *reinterpret_cast<TileWalk*>(walk_storage);
+  TileWalk& w = ss.walk;
   if (threadIdx.x == 0) {
     w.init(g, tl, blockIdx.x, false, add_tiles, BN);
     w.begin(1, g.num_additional);

@@ -7,7 +7,7 @@
 #pragma once
 #include "core/tiles.h"
 #include "core/window.h"
-#include "cuda/params.h"
+#include "cuda/common/params.h"
 
 namespace nattn::cuda::sm80 {
 

@@ -7,7 +7,7 @@
 #include <type_traits>
 
 #include "core/window.h"
-#include "cuda/params.h"
+#include "cuda/common/params.h"
 
 namespace nattn::cuda::generic {
 

@@ -1,0 +1,137 @@
+// Layer: cuda/common. The kernel configuration table: the one source of the fused kernels'
+// variants. It drives the explicit instantiation files (cuda/<family>/instantiate/, one per
+// head dim), dispatch (a launcher per row id), nattn::kernel_configs() (Python:
+// nattn.kernel_configs()) and the tests' parametrisation. Host and device code; no CUDA types.
+//
+// A row is one kernel: family, role, element type, padded head dim (max(D, Dv) rounds up to
+// it), tile rows, warps and pipeline depth. Keep the variant count small: an axis that costs
+// little at run time (rank, causal, dilation, grouped heads) is a run-time parameter.
+#pragma once
+
+namespace nattn::cuda {
+
+enum class Family : int { kSm90 = 0, kSm80 = 1, kGeneric = 2 };
+inline constexpr int kNumFamilies = 3;
+
+enum class Role : int { kForward = 0, kBackwardDq = 1, kBackwardDkdv = 2 };
+inline constexpr int kNumRoles = 3;
+
+enum class Elem : int { kHalf = 0, kBFloat16 = 1, kAny = 2 };
+
+struct KernelConfig {
+  int id;
+  Family family;
+  Role role;
+  Elem elem;
+  int head_dim;  // padded head dim; 0 = any (generic)
+  int block_q;   // query rows per tile: owned (forward, dQ) or walked (dK/dV)
+  int block_kv;  // key rows per tile: walked (forward, dQ) or owned (dK/dV)
+  int warps;
+  int stages;    // walked-tile buffers in flight
+};
+
+namespace config_rows {
+using F = Family;
+using R = Role;
+using E = Elem;
+
+// sm80 forward: 16 query rows per warp keep S and O in registers. Measured on the H100
+// (2026-11-26): 128 rows x 8 warps beat 64 x 4 by 1.25-1.33x; 128-key boxes at d128 were 3-10%
+// slower than 64 (flux-2d-s16 197 vs 203 TFLOP/s, hunyuan-3d 118 vs 130, img-2d 89 vs 94).
+// sm80 backward: dQ owns 128 queries and walks 64-key tiles; dK/dV owns 128 keys and walks
+// 64-query tiles (32 at d128, where dK and dV accumulators take 128 registers and 64 spilled).
+// generic: exact SIMT kernels for everything no fused row covers (fp32, fp64, head dims past
+// the fused limits); head_dim 0 and kAny mean any.
+inline constexpr KernelConfig kKernelConfigs[] = {
+    {0, F::kSm80, R::kForward, E::kHalf, 32, 128, 128, 8, 2},
+    {1, F::kSm80, R::kForward, E::kBFloat16, 32, 128, 128, 8, 2},
+    {2, F::kSm80, R::kForward, E::kHalf, 64, 128, 128, 8, 2},
+    {3, F::kSm80, R::kForward, E::kBFloat16, 64, 128, 128, 8, 2},
+    {4, F::kSm80, R::kForward, E::kHalf, 128, 128, 64, 8, 2},
+    {5, F::kSm80, R::kForward, E::kBFloat16, 128, 128, 64, 8, 2},
+    {6, F::kSm80, R::kForward, E::kHalf, 256, 64, 64, 4, 2},
+    {7, F::kSm80, R::kForward, E::kBFloat16, 256, 64, 64, 4, 2},
+    {8, F::kSm80, R::kBackwardDq, E::kHalf, 32, 128, 64, 8, 2},
+    {9, F::kSm80, R::kBackwardDq, E::kBFloat16, 32, 128, 64, 8, 2},
+    {10, F::kSm80, R::kBackwardDq, E::kHalf, 64, 128, 64, 8, 2},
+    {11, F::kSm80, R::kBackwardDq, E::kBFloat16, 64, 128, 64, 8, 2},
+    {12, F::kSm80, R::kBackwardDq, E::kHalf, 128, 128, 64, 8, 2},
+    {13, F::kSm80, R::kBackwardDq, E::kBFloat16, 128, 128, 64, 8, 2},
+    {14, F::kSm80, R::kBackwardDkdv, E::kHalf, 32, 64, 128, 8, 2},
+    {15, F::kSm80, R::kBackwardDkdv, E::kBFloat16, 32, 64, 128, 8, 2},
+    {16, F::kSm80, R::kBackwardDkdv, E::kHalf, 64, 64, 128, 8, 2},
+    {17, F::kSm80, R::kBackwardDkdv, E::kBFloat16, 64, 64, 128, 8, 2},
+    {18, F::kSm80, R::kBackwardDkdv, E::kHalf, 128, 32, 128, 8, 2},
+    {19, F::kSm80, R::kBackwardDkdv, E::kBFloat16, 128, 32, 128, 8, 2},
+    {20, F::kGeneric, R::kForward, E::kAny, 0, 1, 1, 4, 1},
+    {21, F::kGeneric, R::kBackwardDq, E::kAny, 0, 1, 1, 4, 1},
+    {22, F::kGeneric, R::kBackwardDkdv, E::kAny, 0, 1, 1, 4, 1},
+};
+}  // namespace config_rows
+using config_rows::kKernelConfigs;
+inline constexpr int kNumConfigs = int(sizeof(kKernelConfigs) / sizeof(kKernelConfigs[0]));
+
+constexpr bool ids_are_positions() {
+  for (int i = 0; i < kNumConfigs; ++i)
+    if (kKernelConfigs[i].id != i) return false;
+  return true;
+}
+static_assert(ids_are_positions(), "a row's id is its position: dispatch indexes the table by id");
+
+inline const char* family_name(Family f) {
+  switch (f) {
+    case Family::kSm90: return "sm90";
+    case Family::kSm80: return "sm80";
+    case Family::kGeneric: return "generic";
+  }
+  return "?";
+}
+
+inline const char* role_name(Role r) {
+  switch (r) {
+    case Role::kForward: return "forward";
+    case Role::kBackwardDq: return "backward_dq";
+    case Role::kBackwardDkdv: return "backward_dkdv";
+  }
+  return "?";
+}
+
+inline const char* elem_name(Elem e) {
+  switch (e) {
+    case Elem::kHalf: return "float16";
+    case Elem::kBFloat16: return "bfloat16";
+    case Elem::kAny: return "any";
+  }
+  return "?";
+}
+
+// The largest padded head dim a family's rows of a role cover (0 if it has none).
+constexpr int max_head_dim(Family f, Role r) {
+  int m = 0;
+  for (int i = 0; i < kNumConfigs; ++i)
+    if (kKernelConfigs[i].family == f && kKernelConfigs[i].role == r && kKernelConfigs[i].head_dim > m)
+      m = kKernelConfigs[i].head_dim;
+  return m;
+}
+
+// max(D, Dv) rounded up to the smallest head dim of a family's rows of a role (0 if none).
+constexpr int padded_head_dim(Family f, Role r, int head_dim) {
+  int best = 0;
+  for (int i = 0; i < kNumConfigs; ++i) {
+    const KernelConfig& c = kKernelConfigs[i];
+    if (c.family == f && c.role == r && c.head_dim >= head_dim && (best == 0 || c.head_dim < best)) best = c.head_dim;
+  }
+  return best;
+}
+
+// The row of (family, role, element, padded head dim), or -1.
+constexpr int find_config(Family f, Role r, Elem e, int padded) {
+  for (int i = 0; i < kNumConfigs; ++i) {
+    const KernelConfig& c = kKernelConfigs[i];
+    if (c.family == f && c.role == r && (c.elem == e || c.elem == Elem::kAny) && (c.head_dim == padded || c.head_dim == 0))
+      return i;
+  }
+  return -1;
+}
+
+}  // namespace nattn::cuda

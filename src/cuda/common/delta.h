@@ -1,0 +1,15 @@
+// Layer: cuda/common. The backward's pre-pass, shared by every family:
+// Delta_i = dout_i . out_i - dlse_i for every query row, into p.delta ([B, N, Hq] float,
+// contiguous; p.sdelta describes it as a [B, X1..Xr, Hq] tensor).
+#pragma once
+#include <cuda_runtime.h>
+
+#include "cuda/common/params.h"
+#include "nattn/status.h"
+#include "nattn/tensor.h"
+
+namespace nattn::cuda {
+
+Status run_delta(const BackwardParams& p, DType dtype, cudaStream_t stream);
+
+}  // namespace nattn::cuda

@@ -1,0 +1,82 @@
+// Layer: cuda. A kernel family of the CUDA backend (sm90, sm80, generic): what it can implement
+// (and why not), which layouts its kernels read in place, its plan for a call (configuration
+// rows, tiles, grids, shared memory) and its launches. The planner (cuda/planner.h) walks the
+// families in order and keeps the first that can implement the call.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <array>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "cuda/common/configs.h"
+#include "cuda/common/params.h"
+#include "nattn/api.h"
+
+namespace nattn::cuda {
+
+// Attributes of one device, read once per process.
+struct DeviceInfo {
+  int index = 0;
+  int major = 0, minor = 0;
+  int sm_count = 0;
+  size_t smem_optin = 0;  // dynamic shared memory a block may opt into
+};
+const DeviceInfo& device_info(int index);
+
+// One planned kernel launch.
+struct KernelLaunch {
+  int config_id = -1;
+  Role role = Role::kForward;
+  Tiling tiling;
+  unsigned grid[3] = {1, 1, 1};
+  int threads = 0;
+  size_t smem = 0;
+  std::array<int, 3> own{1, 1, 1}, walk{1, 1, 1};
+  double walked_tiles = 0;
+};
+
+// What a family sees of a validated call.
+struct Call {
+  const Problem& problem;
+  const Geometry& g;
+  DType dtype;
+  bool backward;
+  const DeviceInfo& device;
+  const KernelChoice& choice;
+};
+
+class KernelFamily {
+ public:
+  virtual ~KernelFamily() = default;
+  virtual Family id() const = 0;
+  const char* name() const { return family_name(id()); }
+  // Ok when the family's kernels compute this call (layouts aside); otherwise why not.
+  virtual Status can_implement(const Call& call) const = 0;
+  // Ok when its kernels read (or write) this 16-bit tensor in place; otherwise the plan copies it.
+  virtual Status reads_in_place(const TensorView& t) const = 0;
+  // The launches for a call it can implement, honouring the call's KernelChoice.
+  virtual Status plan(const Call& call, std::vector<KernelLaunch>* kernels) const = 0;
+  virtual Status forward(const std::vector<KernelLaunch>& kernels, const ForwardParams& p, DType dtype,
+                         cudaStream_t stream) const = 0;
+  // p.delta holds the Delta pre-pass (run by the backend before this).
+  virtual Status backward(const std::vector<KernelLaunch>& kernels, const BackwardParams& p, DType dtype,
+                          cudaStream_t stream) const = 0;
+};
+
+// The families, best first.
+const std::vector<const KernelFamily*>& kernel_families();
+
+const KernelFamily& sm90_family();
+const KernelFamily& sm80_family();
+const KernelFamily& generic_family();
+
+// Whether configuration row `id` is compiled into this library.
+bool config_built(int id);
+
+// The configuration rows of a family and role that a forced choice names (or an error naming
+// the id and the rule); -1 in *id when the choice names none for this role.
+Status forced_config(const KernelChoice& choice, Family family, Role role, int* id);
+
+}  // namespace nattn::cuda

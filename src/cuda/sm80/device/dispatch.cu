@@ -1,0 +1,34 @@
+// Layer: cuda/sm80 device. The launcher table (see dispatch.h). Each NATTN_SM80_HD<N> is
+// defined by CMake when instantiate/hd<N>.cu is compiled in.
+#include "cuda/sm80/device/dispatch.h"
+
+namespace nattn::cuda::sm80 {
+namespace {
+
+struct Table {
+  Launcher rows[kNumConfigs] = {};
+  Table() {
+#ifdef NATTN_SM80_HD32
+    register_head_dim<32>(rows);
+#endif
+#ifdef NATTN_SM80_HD64
+    register_head_dim<64>(rows);
+#endif
+#ifdef NATTN_SM80_HD128
+    register_head_dim<128>(rows);
+#endif
+#ifdef NATTN_SM80_HD256
+    register_head_dim<256>(rows);
+#endif
+  }
+};
+
+}  // namespace
+
+const Launcher* launcher(int id) {
+  static const Table table;
+  if (id < 0 || id >= kNumConfigs || table.rows[id].launch == nullptr) return nullptr;
+  return &table.rows[id];
+}
+
+}  // namespace nattn::cuda::sm80

@@ -1,0 +1,186 @@
+// Layer: cuda/sm80 device. The sm80 family (fused mma.sync kernels for sm80 and newer): what it
+// implements, which layouts it reads in place, and its plan: one configuration row per kernel
+// role (forward; or backward dQ and dK/dV), box shapes chosen by exact tile count
+// (core/tile_shapes.h) unless forced, grids, shared memory.
+#include <array>
+#include <string>
+
+#include "core/tile_shapes.h"
+#include "cuda/check.h"
+#include "cuda/family.h"
+#include "cuda/sm80/device/dispatch.h"
+
+namespace nattn::cuda {
+namespace {
+
+constexpr std::array<int, 3> kAuto{0, 0, 0};
+
+// Launch tiling for power-of-two box shapes: `own` is the box each CTA owns (queries for
+// forward/dQ, keys for dK/dV), `walk` the boxes it walks.
+Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, const std::array<int, 3>& walk) {
+  Tiling t;
+  t.neighborhood_ctas = 1;
+  for (int a = 0; a < 3; ++a) {
+    t.fixed_shift[a] = log2_ceil(own[a]);
+    t.walk_shift[a] = log2_ceil(walk[a]);
+    const int64_t longest = (g.extent[a] + g.dilation[a] - 1) / g.dilation[a];  // group 0 is the longest
+    t.fixed_tiles[a] = (longest + own[a] - 1) / own[a];
+    t.neighborhood_ctas *= t.fixed_tiles[a] * g.dilation[a];
+  }
+  return t;
+}
+
+// A forced box shape: powers of two over the problem's axes (1 past them) whose product is `rows`.
+Status check_tile(const char* name, const std::array<int, 3>& tile, int rank, int rows) {
+  int product = 1;
+  for (int a = 0; a < 3; ++a) {
+    const int t = tile[a];
+    const bool ok = a < rank ? (t > 0 && (t & (t - 1)) == 0) : (t == 0 || t == 1);
+    if (!ok)
+      return Status::Invalid(std::string("choice.") + name + "[" + std::to_string(a) + "] = " + std::to_string(t) +
+                             " is invalid: must be a power of two on the problem's axes and 0 or 1 past them");
+    product *= a < rank ? t : 1;
+  }
+  if (product != rows)
+    return Status::Invalid(std::string("choice.") + name + " = " + std::to_string(tile[0]) + "x" +
+                           std::to_string(tile[1]) + "x" + std::to_string(tile[2]) + " is invalid: its rows (" +
+                           std::to_string(product) + ") must equal the configuration's " + std::to_string(rows));
+  return Status::Ok();
+}
+
+std::array<int, 3> ones_past_rank(std::array<int, 3> t, int rank) {
+  for (int a = rank; a < 3; ++a) t[a] = 1;
+  return t;
+}
+
+bool is_zero(const std::array<int, 3>& t) { return t == kAuto; }
+
+class Sm80Family final : public KernelFamily {
+ public:
+  Family id() const override { return Family::kSm80; }
+
+  Status can_implement(const Call& call) const override {
+    const Geometry& g = call.g;
+    if (call.dtype != DType::kFloat16 && call.dtype != DType::kBFloat16)
+      return Status::Unsupported(std::string("fused kernels take float16/bfloat16 (got ") + dtype_name(call.dtype) + ")");
+    if (call.device.major < 8)
+      return Status::Unsupported("fused kernels need compute capability 8.0 or newer (device is sm" +
+                                 std::to_string(call.device.major) + std::to_string(call.device.minor) + ")");
+    if (g.head_dim % 8 != 0 || g.head_dim_v % 8 != 0)
+      return Status::Unsupported("fused kernels need head dims that are multiples of 8 (got " +
+                                 std::to_string(g.head_dim) + ", " + std::to_string(g.head_dim_v) + ")");
+    for (int a = 0; a < 3; ++a)
+      if (g.extent[a] >= (int64_t(1) << 30)) return Status::Unsupported("fused kernels need extents < 2^30");
+    if (g.heads_q > 65535 || g.batch > 65535) return Status::Unsupported("fused kernels need batch and heads <= 65535");
+    for (const Role r : roles(call)) {
+      int id = -1;
+      NATTN_RETURN_IF_ERROR(config_for(call, r, &id));
+      const sm80::Launcher* l = sm80::launcher(id);
+      if (l->smem > call.device.smem_optin)
+        return Status::Unsupported(std::string("the fused ") + role_name(r) + " kernel (config " + std::to_string(id) +
+                                   ") needs " + std::to_string(l->smem) + " bytes of shared memory per block; this device allows " +
+                                   std::to_string(call.device.smem_optin));
+    }
+    return Status::Ok();
+  }
+
+  // Rows are read with 16-byte cp.async (and written with 4-byte stores): unit-stride head
+  // dim, 16-byte aligned base and every stride of a dim longer than 1 a multiple of 8 elements.
+  Status reads_in_place(const TensorView& t) const override {
+    const bool aligned = reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+    bool strides_ok = t.ndim > 0 && (t.stride[t.ndim - 1] == 1 || t.shape[t.ndim - 1] == 1);
+    for (int i = 0; i + 1 < t.ndim; ++i) strides_ok &= t.shape[i] == 1 || t.stride[i] % 8 == 0;
+    if (aligned && strides_ok) return Status::Ok();
+    return Status::Unsupported(!aligned ? "its rows are not 16-byte aligned"
+                                        : "fused kernels need a unit-stride head dim and row strides that are multiples of 8 elements");
+  }
+
+  Status plan(const Call& call, std::vector<KernelLaunch>* kernels) const override {
+    kernels->clear();
+    const Problem& p = call.problem;
+    const Geometry& g = call.g;
+    for (const Role r : roles(call)) {
+      KernelLaunch k;
+      k.role = r;
+      NATTN_RETURN_IF_ERROR(config_for(call, r, &k.config_id));
+      const KernelConfig& c = kKernelConfigs[k.config_id];
+      const sm80::Launcher* l = sm80::launcher(k.config_id);
+      const bool keys_owned = r == Role::kBackwardDkdv;
+      TileShapes shapes;
+      if (!keys_owned && !(is_zero(call.choice.own_tile) && is_zero(call.choice.walk_tile))) {
+        NATTN_RETURN_IF_ERROR(check_tile("own_tile", call.choice.own_tile, p.rank, c.block_q));
+        NATTN_RETURN_IF_ERROR(check_tile("walk_tile", call.choice.walk_tile, p.rank, c.block_kv));
+        shapes.q = ones_past_rank(call.choice.own_tile, p.rank);
+        shapes.k = ones_past_rank(call.choice.walk_tile, p.rank);
+        shapes.key_tiles = count_key_tiles(p, shapes.q, shapes.k);
+      } else {
+        shapes = choose_tile_shapes(p, c.block_q, c.block_kv, keys_owned ? TileRole::kKeysFixed : TileRole::kQueriesFixed);
+      }
+      k.own = keys_owned ? shapes.k : shapes.q;
+      k.walk = keys_owned ? shapes.q : shapes.k;
+      k.walked_tiles = shapes.key_tiles;
+      k.tiling = make_tiling(g, k.own, k.walk);
+      int64_t ctas = k.tiling.neighborhood_ctas;
+      if (keys_owned) ctas += (g.num_additional + c.block_kv - 1) / c.block_kv;  // tiles of additional keys
+      if (ctas > INT32_MAX) return Status::Unsupported("too many tiles for one launch (" + std::to_string(ctas) + ")");
+      k.grid[0] = unsigned(ctas);
+      k.grid[1] = unsigned(keys_owned ? g.heads_kv : g.heads_q);
+      k.grid[2] = unsigned(g.batch);
+      k.threads = l->threads;
+      k.smem = l->smem;
+      NATTN_RETURN_IF_ERROR(l->prepare());
+      kernels->push_back(k);
+    }
+    return Status::Ok();
+  }
+
+  Status forward(const std::vector<KernelLaunch>& kernels, const ForwardParams& p, DType, cudaStream_t s) const override {
+    return sm80::launcher(kernels[0].config_id)->launch(kernels[0], &p, s);
+  }
+
+  Status backward(const std::vector<KernelLaunch>& kernels, const BackwardParams& p, DType,
+                  cudaStream_t s) const override {
+    for (const KernelLaunch& k : kernels) NATTN_RETURN_IF_ERROR(sm80::launcher(k.config_id)->launch(k, &p, s));
+    return Status::Ok();
+  }
+
+ private:
+  static std::vector<Role> roles(const Call& call) {
+    if (call.backward) return {Role::kBackwardDq, Role::kBackwardDkdv};
+    return {Role::kForward};
+  }
+
+  // The row for a role: forced by the choice, or the smallest head dim covering max(D, Dv).
+  static Status config_for(const Call& call, Role r, int* id) {
+    NATTN_RETURN_IF_ERROR(forced_config(call.choice, Family::kSm80, r, id));
+    const Elem e = call.dtype == DType::kBFloat16 ? Elem::kBFloat16 : Elem::kHalf;
+    const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
+    if (*id >= 0) {
+      const KernelConfig& c = kKernelConfigs[*id];
+      if (c.elem != e || c.head_dim < hd)
+        return Status::Invalid("choice.config_ids has " + std::to_string(*id) + ", which is invalid for this call: it is a " +
+                               elem_name(c.elem) + " row of head dim " + std::to_string(c.head_dim) + "; the call is " +
+                               dtype_name(call.dtype) + " with max(head_dim, head_dim_v) = " + std::to_string(hd));
+    } else {
+      const int limit = max_head_dim(Family::kSm80, r);
+      if (hd > limit)
+        return Status::Unsupported(std::string("the fused ") + role_name(r) + " kernels take head dims up to " +
+                                   std::to_string(limit) + " (got " + std::to_string(hd) + ")");
+      *id = find_config(Family::kSm80, r, e, padded_head_dim(Family::kSm80, r, int(hd)));
+    }
+    if (sm80::launcher(*id) == nullptr)
+      return Status::Unsupported("configuration " + std::to_string(*id) + " (sm80 " + role_name(r) + ", head dim " +
+                                 std::to_string(kKernelConfigs[*id].head_dim) +
+                                 ") is not built into this library (CMake NATTN_HEAD_DIMS)");
+    return Status::Ok();
+  }
+};
+
+}  // namespace
+
+const KernelFamily& sm80_family() {
+  static const Sm80Family f;
+  return f;
+}
+
+}  // namespace nattn::cuda
