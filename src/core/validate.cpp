@@ -72,6 +72,7 @@ struct Spec {
   std::vector<int64_t> shape;
   bool is_output;
   bool float32_only;  // lse / dlse
+  std::string layout = {};  // the dims' names, for a wrong number of dims ("[batch, X1, heads_q, head_dim]")
 };
 
 std::string shape_of(const std::vector<int64_t>& s) {
@@ -82,7 +83,8 @@ std::string shape_of(const std::vector<int64_t>& s) {
   return o.str();
 }
 
-Status check_one(const Spec& s, DType dtype, const char* dtype_from, Device device, const char* device_from) {
+Status check_one(const Spec& s, DType dtype, const char* dtype_from, Device device, const char* device_from,
+                 Validation v) {
   const TensorView& t = *s.view;
   const std::string name = s.name;
   if (t.ndim != int(s.shape.size()))
@@ -107,19 +109,20 @@ Status check_one(const Spec& s, DType dtype, const char* dtype_from, Device devi
   int64_t off = 0;
   if (!max_offset(t, &off) || off > INT64_MAX / 8)
     return invalid(name + ".shape", shape_string(t), "element offsets overflow 64-bit arithmetic");
-  if (!is_empty(t) && t.data == nullptr)
+  if (v == Validation::kFull && !is_empty(t) && t.data == nullptr)
     return invalid(name + ".data", "null", "a non-empty tensor needs a data pointer");
   if (s.is_output && self_overlapping(t))
     return invalid(name + ".stride", shape_string(t) + " strides", "an output must not map two indices to one element");
   return Status::Ok();
 }
 
-Status check_all(const std::vector<Spec>& specs) {
+Status check_all(const std::vector<Spec>& specs, Validation v) {
   // dtype and device are taken from the first tensor that is not float32-only.
   const Spec* ref = nullptr;
   for (const Spec& s : specs) if (!s.float32_only) { ref = &s; break; }
   for (const Spec& s : specs)
-    NATTN_RETURN_IF_ERROR(check_one(s, ref->view->dtype, ref->name, ref->view->device, ref->name));
+    NATTN_RETURN_IF_ERROR(check_one(s, ref->view->dtype, ref->name, ref->view->device, ref->name, v));
+  if (v == Validation::kShapes) return Status::Ok();  // aliasing needs real addresses
   for (size_t i = 0; i < specs.size(); ++i) {
     if (!specs[i].is_output) continue;
     const ByteRange a = byte_range(*specs[i].view);
@@ -144,6 +147,52 @@ std::vector<int64_t> grid_shape(const Problem& p, int64_t heads, int64_t dim) {
   return s;
 }
 
+// The names of a grid tensor's dims: "[batch, X1, X2, heads_q, head_dim]" (dense: "[batch,
+// seq_len, ...]"); `dim` null for lse-like tensors.
+std::string grid_layout(const Problem& p, bool dense, const char* heads, const char* dim) {
+  std::string s = "[batch, ";
+  if (dense) {
+    s += "seq_len, ";
+  } else {
+    for (int a = 0; a < p.rank; ++a) s += std::string("X") + std::to_string(a + 1) + ", ";
+  }
+  s += heads;
+  if (dim != nullptr) s += std::string(", ") + dim;
+  return s + "]";
+}
+
+Spec grid_spec(const char* name, const TensorView* t, const Problem& p, bool dense, bool heads_q, bool value,
+               bool is_output) {
+  const int64_t heads = heads_q ? p.heads_q : p.heads_kv;
+  const int64_t dim = value ? p.head_dim_v : p.head_dim;
+  return {name, t, grid_shape(p, heads, dim), is_output, false,
+          grid_layout(p, dense, heads_q ? "heads_q" : "heads_kv", value ? "head_dim_v" : "head_dim")};
+}
+
+Spec lse_spec(const char* name, const TensorView* t, const Problem& p, bool dense, bool is_output) {
+  return {name, t, grid_shape(p, p.heads_q, -1), is_output, true, grid_layout(p, dense, "heads_q", nullptr)};
+}
+
+Spec additional_spec(const char* name, const TensorView* t, const Problem& p, bool value, bool is_output) {
+  return {name, t, {p.batch, p.num_additional, p.heads_kv, value ? p.head_dim_v : p.head_dim}, is_output, false,
+          value ? "[batch, num_additional, heads_kv, head_dim_v]" : "[batch, num_additional, heads_kv, head_dim]"};
+}
+
+// Each tensor's number of dims first: the other rules read the problem off the tensors'
+// shapes in a binding, and mean little when a tensor has the wrong rank.
+Status check_ndims(const std::vector<Spec>& specs) {
+  for (const Spec& s : specs)
+    if (s.view->ndim != int(s.shape.size()))
+      return invalid(std::string(s.name) + ".ndim", s.view->ndim,
+                     "expected " + std::to_string(s.shape.size()) + " dimensions " + s.layout);
+  return Status::Ok();
+}
+
+Status validate_rank(const Problem& p) {
+  if (p.rank < 1 || p.rank > 3) return invalid("rank", p.rank, "must be 1, 2 or 3");
+  return Status::Ok();
+}
+
 Status check_additional_present(const Problem& p, const TensorView& t, const char* name) {
   if (p.num_additional > 0 && !t.defined())
     return invalid(name, "absent", "required when num_additional = " + std::to_string(p.num_additional) + " > 0");
@@ -155,7 +204,7 @@ Status check_additional_present(const Problem& p, const TensorView& t, const cha
 }  // namespace
 
 Status validate_problem(const Problem& p, bool dense) {
-  if (p.rank < 1 || p.rank > 3) return invalid("rank", p.rank, "must be 1, 2 or 3");
+  NATTN_RETURN_IF_ERROR(validate_rank(p));
   if (p.batch < 0) return invalid("batch", p.batch, "must be >= 0");
   for (int a = 0; a < p.rank; ++a)
     if (p.extent[a] < 1) return invalid(axis_name("extent", a), p.extent[a], "must be >= 1");
@@ -192,56 +241,58 @@ Status validate_attention_problem(const AttentionProblem& d) {
   return Status::Ok();
 }
 
-Status validate_forward(const Problem& p, const ForwardTensors& t, bool dense) {
-  NATTN_RETURN_IF_ERROR(validate_problem(p, dense));
+Status validate_forward(const Problem& p, const ForwardTensors& t, bool dense, Validation v) {
+  NATTN_RETURN_IF_ERROR(validate_rank(p));
   NATTN_RETURN_IF_ERROR(check_additional_present(p, t.additional_k, "additional_k"));
   NATTN_RETURN_IF_ERROR(check_additional_present(p, t.additional_v, "additional_v"));
   std::vector<Spec> specs{
-      {"q", &t.q, grid_shape(p, p.heads_q, p.head_dim), false, false},
-      {"k", &t.k, grid_shape(p, p.heads_kv, p.head_dim), false, false},
-      {"v", &t.v, grid_shape(p, p.heads_kv, p.head_dim_v), false, false},
-      {"out", &t.out, grid_shape(p, p.heads_q, p.head_dim_v), true, false},
+      grid_spec("q", &t.q, p, dense, true, false, false),
+      grid_spec("k", &t.k, p, dense, false, false, false),
+      grid_spec("v", &t.v, p, dense, false, true, false),
+      grid_spec("out", &t.out, p, dense, true, true, true),
   };
-  if (t.lse.defined()) specs.push_back({"lse", &t.lse, grid_shape(p, p.heads_q, -1), true, true});
+  if (t.lse.defined()) specs.push_back(lse_spec("lse", &t.lse, p, dense, true));
   if (p.num_additional > 0) {
-    specs.push_back({"additional_k", &t.additional_k, {p.batch, p.num_additional, p.heads_kv, p.head_dim}, false, false});
-    specs.push_back({"additional_v", &t.additional_v, {p.batch, p.num_additional, p.heads_kv, p.head_dim_v}, false, false});
+    specs.push_back(additional_spec("additional_k", &t.additional_k, p, false, false));
+    specs.push_back(additional_spec("additional_v", &t.additional_v, p, true, false));
   }
-  return check_all(specs);
+  NATTN_RETURN_IF_ERROR(check_ndims(specs));
+  NATTN_RETURN_IF_ERROR(validate_problem(p, dense));
+  return check_all(specs, v);
 }
 
-Status validate_backward(const Problem& p, const BackwardTensors& t, bool dense) {
-  NATTN_RETURN_IF_ERROR(validate_problem(p, dense));
+Status validate_backward(const Problem& p, const BackwardTensors& t, bool dense, Validation v) {
+  NATTN_RETURN_IF_ERROR(validate_rank(p));
   NATTN_RETURN_IF_ERROR(check_additional_present(p, t.additional_k, "additional_k"));
   NATTN_RETURN_IF_ERROR(check_additional_present(p, t.additional_v, "additional_v"));
   NATTN_RETURN_IF_ERROR(check_additional_present(p, t.d_additional_k, "d_additional_k"));
   NATTN_RETURN_IF_ERROR(check_additional_present(p, t.d_additional_v, "d_additional_v"));
   if (!t.lse.defined()) return invalid("lse", "absent", "backward needs forward's logsumexp");
   std::vector<Spec> specs{
-      {"q", &t.q, grid_shape(p, p.heads_q, p.head_dim), false, false},
-      {"k", &t.k, grid_shape(p, p.heads_kv, p.head_dim), false, false},
-      {"v", &t.v, grid_shape(p, p.heads_kv, p.head_dim_v), false, false},
-      {"out", &t.out, grid_shape(p, p.heads_q, p.head_dim_v), false, false},
-      {"dout", &t.dout, grid_shape(p, p.heads_q, p.head_dim_v), false, false},
-      {"lse", &t.lse, grid_shape(p, p.heads_q, -1), false, true},
-      {"dq", &t.dq, grid_shape(p, p.heads_q, p.head_dim), true, false},
-      {"dk", &t.dk, grid_shape(p, p.heads_kv, p.head_dim), true, false},
-      {"dv", &t.dv, grid_shape(p, p.heads_kv, p.head_dim_v), true, false},
+      grid_spec("q", &t.q, p, dense, true, false, false),
+      grid_spec("k", &t.k, p, dense, false, false, false),
+      grid_spec("v", &t.v, p, dense, false, true, false),
+      grid_spec("out", &t.out, p, dense, true, true, false),
+      grid_spec("dout", &t.dout, p, dense, true, true, false),
+      lse_spec("lse", &t.lse, p, dense, false),
+      grid_spec("dq", &t.dq, p, dense, true, false, true),
+      grid_spec("dk", &t.dk, p, dense, false, false, true),
+      grid_spec("dv", &t.dv, p, dense, false, true, true),
   };
-  if (t.dlse.defined()) specs.push_back({"dlse", &t.dlse, grid_shape(p, p.heads_q, -1), false, true});
+  if (t.dlse.defined()) specs.push_back(lse_spec("dlse", &t.dlse, p, dense, false));
   if (p.num_additional > 0) {
-    const std::vector<int64_t> ks{p.batch, p.num_additional, p.heads_kv, p.head_dim};
-    const std::vector<int64_t> vs{p.batch, p.num_additional, p.heads_kv, p.head_dim_v};
-    specs.push_back({"additional_k", &t.additional_k, ks, false, false});
-    specs.push_back({"additional_v", &t.additional_v, vs, false, false});
-    specs.push_back({"d_additional_k", &t.d_additional_k, ks, true, false});
-    specs.push_back({"d_additional_v", &t.d_additional_v, vs, true, false});
+    specs.push_back(additional_spec("additional_k", &t.additional_k, p, false, false));
+    specs.push_back(additional_spec("additional_v", &t.additional_v, p, true, false));
+    specs.push_back(additional_spec("d_additional_k", &t.d_additional_k, p, false, true));
+    specs.push_back(additional_spec("d_additional_v", &t.d_additional_v, p, true, true));
   }
-  return check_all(specs);
+  NATTN_RETURN_IF_ERROR(check_ndims(specs));
+  NATTN_RETURN_IF_ERROR(validate_problem(p, dense));
+  return check_all(specs, v);
 }
 
 Status validate_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
-                      const TensorView& out, const TensorView& lse) {
+                      const TensorView& out, const TensorView& lse, Validation v) {
   if (outs.empty()) return invalid("outs", "an empty list", "needs at least one partial");
   if (outs.size() != lses.size())
     return invalid("lses", std::to_string(lses.size()) + " tensors",
@@ -263,7 +314,7 @@ Status validate_merge(const std::vector<TensorView>& outs, const std::vector<Ten
   }
   specs.push_back({"out", &out, oshape, true, false});
   specs.push_back({"lse", &lse, lshape, true, true});
-  return check_all(specs);
+  return check_all(specs, v);
 }
 
 }  // namespace nattn
