@@ -10,8 +10,10 @@
 
 #if defined(__CUDACC__)
 #define NATTN_HD __host__ __device__ __forceinline__
+#define NATTN_HD_CALL __host__ __device__  // host+device, inlined at the compiler's discretion
 #else
 #define NATTN_HD inline
+#define NATTN_HD_CALL inline
 #endif
 
 namespace nattn::window {

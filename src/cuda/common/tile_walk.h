@@ -1,4 +1,5 @@
-// Layer: cuda/sm80 collective. What one CTA works on: its own box of positions inside one
+// Layer: cuda/common (host and device; the step sequence is unit-tested on the host).
+// What one CTA works on: its own box of positions inside one
 // dilation group per axis, and the walk over the boxes covering the union of what that box
 // meets: key boxes over its queries' windows (forward, dQ) or query boxes over the queries
 // whose windows contain its keys (dK/dV). Each walked box is classified as full (no masking),
@@ -7,17 +8,10 @@
 #pragma once
 #include "core/tiles.h"
 #include "core/window.h"
+#include "cuda/common/box_index.h"
 #include "cuda/common/params.h"
 
-namespace nattn::cuda::sm80 {
-
-// Splits row r of a box whose extents are 1 << shift[a] into per-axis coordinates (axis 2
-// fastest), with shifts only: the division this replaces dominated the kernels' instructions.
-__device__ __forceinline__ void box_local(int r, const int (&shift)[3], int (&l)[3]) {
-  l[2] = r & ((1 << shift[2]) - 1);
-  l[1] = (r >> shift[2]) & ((1 << shift[1]) - 1);
-  l[0] = r >> (shift[1] + shift[2]);
-}
+namespace nattn::cuda {
 
 // One step of a walk: a walked box (or an extra tile: additional keys, or a run of queries in
 // token order) and how it must be treated.
@@ -30,17 +24,10 @@ struct Step {
   int valid;     // 0 past the end of the walk
 };
 
-// Group positions of row r of a box starting at start[a].
-__device__ __forceinline__ void box_position(int r, const int (&shift)[3], const int (&start)[3], int (&pos)[3]) {
-  box_local(r, shift, pos);
-#pragma unroll
-  for (int a = 0; a < 3; ++a) pos[a] += start[a];
-}
-
 // Walk steps rotate through TileWalk::ring: slot k is computed, ring_next(k) is loading, and
 // thread 0 fills ring_next(ring_next(k)) after the barrier that starts step k (nobody reads
 // that slot any more).
-__device__ __forceinline__ int ring_next(int slot) { return slot == 2 ? 0 : slot + 1; }
+NATTN_HD int ring_next(int slot) { return slot == 2 ? 0 : slot + 1; }
 
 struct TileWalk {
   int group[3];           // dilation group per axis
@@ -63,7 +50,7 @@ struct TileWalk {
   unsigned char axis_cov[3][kMaxAxisTiles];
 
   // One thread: decodes own box `linear` (row-major over [groups..., tiles...]).
-  __device__ void init(const Geometry& g, const Tiling& t, int64_t linear, bool walks_queries_, int add_tiles_,
+  NATTN_HD_CALL void init(const Geometry& g, const Tiling& t, int64_t linear, bool walks_queries_, int add_tiles_,
                        int block_rows_) {
     int64_t idx = linear;
     int tile[3];
@@ -104,7 +91,7 @@ struct TileWalk {
   }
 
   // One thread: a walk of `tiles` extra tiles only (dK/dV of additional keys: every query).
-  __device__ void init_extra_only(int tiles, int block_rows_) {
+  NATTN_HD_CALL void init_extra_only(int tiles, int block_rows_) {
     empty = false;
     tabled = true;
     nbr_tiles = 0;
@@ -114,7 +101,7 @@ struct TileWalk {
 
   // Rows left in the group from a box start, per axis (a box row is inside iff every
   // coordinate is below these).
-  __device__ void rows_left(const int (&start)[3], int (&count)[3]) const {
+  NATTN_HD_CALL void rows_left(const int (&start)[3], int (&count)[3]) const {
 #pragma unroll
     for (int a = 0; a < 3; ++a) count[a] = lg[a] - start[a];
   }
@@ -122,7 +109,7 @@ struct TileWalk {
   // Coverage along axis a of walked box i. Walked key boxes are classified unclipped: keys past
   // the group are attended by nobody, so such a box is partial and gets masked. Walked query
   // boxes are clipped: rows past the group carry lse = +inf and contribute nothing.
-  __device__ tiles::Coverage axis_coverage(int a, int i) const {
+  NATTN_HD_CALL tiles::Coverage axis_coverage(int a, int i) const {
     const int s = walk_begin[a] + (i << walk_shift[a]);
     const int e = s + (1 << walk_shift[a]);
     if (walks_queries) {
@@ -133,7 +120,7 @@ struct TileWalk {
   }
 
   // All threads: fills the per-axis coverage tables (after init, before any coverage call).
-  __device__ void fill_tables(int thread, int threads) {
+  NATTN_HD_CALL void fill_tables(int thread, int threads) {
     for (int a = 0; a < 3; ++a)
       for (int i = thread; i < n_walk[a] && tabled; i += threads) axis_cov[a][i] = (unsigned char)axis_coverage(a, i);
   }
@@ -148,7 +135,7 @@ struct TileWalk {
   Step ring[3];           // current, next and the one after (see the kernels' loops)
 
   // One thread, after init: prepares the walk over `heads_` heads.
-  __device__ void begin(int heads_, int64_t extra_limit_) {
+  NATTN_HD_CALL void begin(int heads_, int64_t extra_limit_) {
     heads = heads_;
     extra_limit = extra_limit_;
     cur_head = 0;
@@ -157,13 +144,13 @@ struct TileWalk {
   }
 
   // One thread, after begin() and fill_tables(): the first two steps of the ring.
-  __device__ void start_ring() {
+  NATTN_HD_CALL void start_ring() {
     ring[0] = advance();
     ring[1] = advance();
   }
 
   // One thread: the next walked box that is not fully outside (valid == 0 past the end).
-  __device__ Step advance() {
+  NATTN_HD_CALL Step advance() {
     Step st{};
     while (cur_head < heads) {
       while (cur_t < nbr_tiles) {
@@ -208,4 +195,4 @@ struct TileWalk {
   }
 };
 
-}  // namespace nattn::cuda::sm80
+}  // namespace nattn::cuda

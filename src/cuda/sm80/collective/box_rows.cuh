@@ -8,41 +8,16 @@
 
 #include "cuda/common/params.h"
 #include "cuda/sm80/collective/smem_tile.cuh"
+#include "cuda/common/box_index.h"
 #include "cuda/common/tile_walk.h"
 
 namespace nattn::cuda::sm80 {
-
-// Element offset (from the (batch, head) base) of the token at group positions pos.
-__device__ __forceinline__ int64_t token_offset(const int (&pos)[3], const int (&group)[3], const Geometry& g,
-                                                const Strides& s) {
-  int64_t off = 0;
-#pragma unroll
-  for (int a = 0; a < 3; ++a) off += int64_t(pos[a] * int(g.dilation[a]) + group[a]) * s.axis[a];
-  return off;
-}
-
-// Offset of row r of a box from its first token.
-__device__ __forceinline__ int64_t row_offset(int r, const int (&shift)[3], const Geometry& g, const Strides& s) {
-  int l[3];
-  box_local(r, shift, l);
-  int64_t off = 0;
-#pragma unroll
-  for (int a = 0; a < 3; ++a) off += int64_t(l[a]) * g.dilation[a] * s.axis[a];
-  return off;
-}
 
 // All threads: rel[r] = row_offset(r) for the ROWS rows of a box.
 template <int ROWS>
 __device__ __forceinline__ void fill_row_offsets(int64_t* rel, const int (&shift)[3], const Geometry& g,
                                                  const Strides& s) {
   for (int r = threadIdx.x; r < ROWS; r += blockDim.x) rel[r] = row_offset(r, shift, g, s);
-}
-
-// True when row r of a box lies inside its group: count[a] = group length - box start.
-__device__ __forceinline__ bool row_inside(int r, const int (&shift)[3], const int (&count)[3]) {
-  int l[3];
-  box_local(r, shift, l);
-  return l[0] < count[0] && l[1] < count[1] && l[2] < count[2];
 }
 
 // Loads a box's rows into a swizzled tile (rows outside the group zero-filled): `first` points
@@ -66,18 +41,6 @@ __device__ __forceinline__ void load_own_box(Element* tile, const Element* base,
   load_rows<HD, ROWS, THREADS>(tile, [&](int r) -> const Element* {
     return row_inside(r, shift, count) ? first + row_offset(r, shift, g, s) : nullptr;
   }, dims, base);
-}
-
-// Element offset of flat token n (row-major over the full extents) for strides s: walks that
-// cover every query in token order (dK/dV of additional keys) use it.
-__device__ __forceinline__ int64_t flat_token_offset(int64_t n, const Geometry& g, const Strides& s) {
-  int64_t off = 0;
-#pragma unroll
-  for (int a = 2; a >= 0; --a) {
-    off += (n % g.extent[a]) * s.axis[a];
-    n /= g.extent[a];
-  }
-  return off;
 }
 
 // Where a walk over key tiles reads its K and V rows (already offset to batch and head):

@@ -7,17 +7,10 @@
 #include <cmath>
 
 #include "core/window.h"
+#include "cuda/common/box_index.h"
 #include "cuda/common/tile_walk.h"
 
 namespace nattn::cuda::sm80 {
-
-// Coordinate along axis A of row r of a box with extents 1 << shift[a].
-template <int A>
-__device__ __forceinline__ int box_coord(int r, const int (&shift)[3]) {
-  if (A == 2) return r & ((1 << shift[2]) - 1);
-  if (A == 1) return (r >> shift[2]) & ((1 << shift[1]) - 1);
-  return r >> (shift[1] + shift[2]);
-}
 
 // All threads: win[a * stride + l] = the window (keys, group positions) of query position
 // start[a] + l, for l < 1 << shift[a]; positions past the group are clamped (their rows are
@@ -34,51 +27,56 @@ __device__ __forceinline__ void fill_axis_windows(int2* win, int stride, const i
 }
 
 namespace detail {
-template <int A, int MI, int NI>
-__device__ __forceinline__ void mask_axis_rows_are_queries(float (&s)[MI][NI][4], const int2* win, const int (&q_shift)[3],
-                                                           const int (&k_shift)[3], int k_start, int row0, int lane) {
-  int lo[MI][2];
-  unsigned len[MI][2];
+// Along axis A, scores of (query, key) pairs whose key lies outside the query's window become
+// -inf. Rows are the CTA's own box and columns the walked box; kRowsAreQueries says which of
+// them holds the queries (forward, dQ) and which the keys (dK/dV). win[l] is the window of
+// query coordinate l; keys are at k_start + their coordinate. The row side's quantity (a
+// query's window relative to the key box, or a key's position) is hoisted out of the column loop.
+template <int A, bool kRowsAreQueries, int MI, int NI>
+__device__ __forceinline__ void mask_axis(float (&s)[MI][NI][4], const int2* win, const int (&row_shift)[3],
+                                          const int (&col_shift)[3], int k_start, int row0, int lane) {
+  int lo[MI][2];        // queries as rows: window start - k_start; keys as rows: key position
+  unsigned len[MI][2];  // queries as rows: window length
 #pragma unroll
   for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      const int2 w = win[box_coord<A>(row0 + mi * 16 + hr * 8 + lane / 4, q_shift)];
-      lo[mi][hr] = w.x - k_start;
-      len[mi][hr] = unsigned(w.y - w.x);
+      const int rc = box_coord<A>(row0 + mi * 16 + hr * 8 + lane / 4, row_shift);
+      if constexpr (kRowsAreQueries) {
+        const int2 w = win[rc];
+        lo[mi][hr] = w.x - k_start;
+        len[mi][hr] = unsigned(w.y - w.x);
+      } else {
+        lo[mi][hr] = k_start + rc;
+        len[mi][hr] = 0;
+      }
     }
 #pragma unroll
   for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
-      const int lk = box_coord<A>(ni * 8 + 2 * (lane % 4) + c, k_shift);
+      const int cc = box_coord<A>(ni * 8 + 2 * (lane % 4) + c, col_shift);
+      int2 w = make_int2(0, 0);
+      if constexpr (!kRowsAreQueries) w = win[cc];
 #pragma unroll
       for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-        for (int hr = 0; hr < 2; ++hr)
-          if (unsigned(lk - lo[mi][hr]) >= len[mi][hr]) s[mi][ni][2 * hr + c] = -INFINITY;
+        for (int hr = 0; hr < 2; ++hr) {
+          // key in [window begin, window end) as one unsigned compare
+          const bool outside = kRowsAreQueries ? unsigned(cc - lo[mi][hr]) >= len[mi][hr]
+                                               : unsigned(lo[mi][hr] - w.x) >= unsigned(w.y - w.x);
+          if (outside) s[mi][ni][2 * hr + c] = -INFINITY;
+        }
     }
 }
 
-template <int A, int MI, int NI>
-__device__ __forceinline__ void mask_axis_rows_are_keys(float (&s)[MI][NI][4], const int2* win, const int (&k_shift)[3],
-                                                        const int (&q_shift)[3], int k_start, int row0, int lane) {
-  int kp[MI][2];
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) kp[mi][hr] = k_start + box_coord<A>(row0 + mi * 16 + hr * 8 + lane / 4, k_shift);
-#pragma unroll
-  for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {
-      const int2 w = win[box_coord<A>(ni * 8 + 2 * (lane % 4) + c, q_shift)];
-#pragma unroll
-      for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr)
-          if (unsigned(kp[mi][hr] - w.x) >= unsigned(w.y - w.x)) s[mi][ni][2 * hr + c] = -INFINITY;
-    }
+template <bool kRowsAreQueries, int MI, int NI>
+__device__ __forceinline__ void mask_axes(float (&s)[MI][NI][4], int partial_axes, const int2* win, int stride,
+                                          const int (&row_shift)[3], const int (&col_shift)[3], const int (&k_start)[3],
+                                          int row0, int lane) {
+  if (partial_axes & 1) mask_axis<0, kRowsAreQueries>(s, win, row_shift, col_shift, k_start[0], row0, lane);
+  if (partial_axes & 2) mask_axis<1, kRowsAreQueries>(s, win + stride, row_shift, col_shift, k_start[1], row0, lane);
+  if (partial_axes & 4) mask_axis<2, kRowsAreQueries>(s, win + 2 * stride, row_shift, col_shift, k_start[2], row0, lane);
 }
 }  // namespace detail
 
@@ -88,20 +86,16 @@ template <int MI, int NI>
 __device__ __forceinline__ void mask_rows_are_queries(float (&s)[MI][NI][4], int partial_axes, const int2* win,
                                                       int stride, const int (&q_shift)[3], const int (&k_shift)[3],
                                                       const int (&k_start)[3], int row0, int lane) {
-  if (partial_axes & 1) detail::mask_axis_rows_are_queries<0>(s, win, q_shift, k_shift, k_start[0], row0, lane);
-  if (partial_axes & 2) detail::mask_axis_rows_are_queries<1>(s, win + stride, q_shift, k_shift, k_start[1], row0, lane);
-  if (partial_axes & 4) detail::mask_axis_rows_are_queries<2>(s, win + 2 * stride, q_shift, k_shift, k_start[2], row0, lane);
+  detail::mask_axes<true>(s, partial_axes, win, stride, q_shift, k_shift, k_start, row0, lane);
 }
 
 // Rows are the CTA's own keys (box starting at k_start), columns the queries of the walked
-// box (windows in win[a * stride + l]): the transposed test of mask_rows_are_queries.
+// box (windows in win[a * stride + l]): the transposed orientation of the same test.
 template <int MI, int NI>
 __device__ __forceinline__ void mask_rows_are_keys(float (&s)[MI][NI][4], int partial_axes, const int2* win, int stride,
                                                    const int (&k_shift)[3], const int (&q_shift)[3],
                                                    const int (&k_start)[3], int row0, int lane) {
-  if (partial_axes & 1) detail::mask_axis_rows_are_keys<0>(s, win, k_shift, q_shift, k_start[0], row0, lane);
-  if (partial_axes & 2) detail::mask_axis_rows_are_keys<1>(s, win + stride, k_shift, q_shift, k_start[1], row0, lane);
-  if (partial_axes & 4) detail::mask_axis_rows_are_keys<2>(s, win + 2 * stride, k_shift, q_shift, k_start[2], row0, lane);
+  detail::mask_axes<false>(s, partial_axes, win, stride, k_shift, q_shift, k_start, row0, lane);
 }
 
 // Columns at or past `valid` (additional keys past Na) become -inf.

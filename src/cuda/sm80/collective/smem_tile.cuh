@@ -52,28 +52,6 @@ __device__ __forceinline__ void load_rows(Element* tile, RowPtr&& row_ptr, int d
   }
 }
 
-// 2^x with one MUFU.EX2 (flushing results below 2^-126 to zero, which a softmax weight that
-// small is anyway next to the row's largest weight 1); exp2f() adds range fix-ups around it.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// Kernels fold the softmax scale into one FFMA with exp2, which needs scale > 0 for the row
-// maximum of raw scores to be the maximum of scaled ones. A non-positive scale is applied to
-// one operand tile instead, exactly: a negative scale flips the tile's signs (its magnitude
-// stays in the FFMA), a zero scale zeroes the tile (every score is then exactly 0).
-// Returns the positive factor, in the log2 domain, that the kernel multiplies raw scores by.
-template <int ELEMENTS, int THREADS, class Element>
-__device__ __forceinline__ float fold_scale_sign(Element* tile, float scale) {
-  if (scale > 0.f) return scale * 1.4426950408889634f;
-  uint32_t* w = reinterpret_cast<uint32_t*>(tile);
-  const uint32_t flip = scale < 0.f ? 0x80008000u : 0u;
-  for (int i = threadIdx.x; i < ELEMENTS / 2; i += THREADS) w[i] = scale < 0.f ? (w[i] ^ flip) : 0u;
-  return scale < 0.f ? -scale * 1.4426950408889634f : 1.4426950408889634f;
-}
-
 __device__ __forceinline__ void cp_async_commit() { cute::cp_async_fence(); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { cute::cp_async_wait<N>(); }

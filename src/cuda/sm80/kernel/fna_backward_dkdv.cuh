@@ -13,10 +13,13 @@
 #include <cmath>
 
 #include "cuda/common/params.h"
+#include "cuda/common/tile_walk.h"
 #include "cuda/sm80/collective/box_rows.cuh"
+#include "cuda/sm80/collective/epilogue.cuh"
 #include "cuda/sm80/collective/mask.cuh"
 #include "cuda/sm80/collective/smem_tile.cuh"
-#include "cuda/common/tile_walk.h"
+#include "cuda/sm80/collective/softmax.cuh"
+#include "cuda/sm80/collective/walk_pipeline.cuh"
 #include "cuda/sm80/collective/warp_mma.cuh"
 #include "cuda/sm80/kernel/traits.cuh"
 
@@ -103,7 +106,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
         return n0 + r < g.tokens ? do_h + flat_token_offset(n0 + r, g, p.sdo) : nullptr;
       }, Dv, do_h);
       if (threadIdx.x < BN && n0 + threadIdx.x < g.tokens) {
-        lse2 = lse_h[flat_token_offset(n0 + threadIdx.x, g, p.slse)] * 1.4426950408889634f;
+        lse2 = lse_h[flat_token_offset(n0 + threadIdx.x, g, p.slse)] * kLog2e;
         delta = delta_h[flat_token_offset(n0 + threadIdx.x, g, p.sdelta)];
       }
     } else {
@@ -116,7 +119,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
       if (threadIdx.x < BN && row_inside(threadIdx.x, tl.walk_shift, count)) {
         int pos[3];
         box_position(threadIdx.x, tl.walk_shift, start, pos);
-        lse2 = lse_h[token_offset(pos, w.group, g, p.slse)] * 1.4426950408889634f;
+        lse2 = lse_h[token_offset(pos, w.group, g, p.slse)] * kLog2e;
         delta = delta_h[token_offset(pos, w.group, g, p.sdelta)];
       }
       if (!st.full)
@@ -134,18 +137,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
   zero(dk);
   zero(dv);
 
-  // Walk steps rotate through w.ring (see ring_next).
+  // Walk steps rotate through w.ring (run_walk).
   __syncthreads();  // the sign fold of K and the first walk steps
-  if (w.ring[0].valid) load_step(w.ring[0], 0);
-  cp_async_commit();
-  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = ring_next(slot), buf ^= 1) {
-    cp_async_wait<0>();
-    __syncthreads();  // this step landed in `buf`; everyone is done with the other buffer
-    const int slot1 = ring_next(slot), slot2 = ring_next(slot1);
-    if (w.ring[slot1].valid) load_step(w.ring[slot1], buf ^ 1);
-    cp_async_commit();
-    if (threadIdx.x == 0) w.ring[slot2] = w.advance();
-    const Step& st = w.ring[slot];
+  run_walk(w, load_step, [&](const Step& st, int buf) {
     const Element* q = sQ + buf * Tr::kWalk;
     const Element* dout = sdO + buf * Tr::kWalk;
     const float* lse2 = s_lse + buf * BN;
@@ -182,46 +176,28 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
     }
     pack_a<Element>(s, f);
     gemm_pv<Element, HD, MI, BN>(dk, f, q);
-  }
+  });
 
   // Epilogue: each own key row's dK (scaled) and dV, written once.
-  Element* dk_out;
-  Element* dv_out;
-  if (additional) {
-    dk_out = static_cast<Element*>(p.dka) + b * p.sdka.batch + hk * p.sdka.head;
-    dv_out = static_cast<Element*>(p.dva) + b * p.sdva.batch + hk * p.sdva.head;
-  } else {
-    dk_out = static_cast<Element*>(p.dk) + b * p.sdk.batch + hk * p.sdk.head;
-    dv_out = static_cast<Element*>(p.dv) + b * p.sdv.batch + hk * p.sdv.head;
-  }
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int r = row0 + mi * 16 + hr * 8 + lane / 4;
-      Element* dst_k;
-      Element* dst_v;
-      if (additional) {
-        if (j0 + r >= g.num_additional) continue;
-        dst_k = dk_out + (j0 + r) * p.sdka.axis[0];
-        dst_v = dv_out + (j0 + r) * p.sdva.axis[0];
-      } else {
-        if (!row_inside(r, tl.fixed_shift, own_count)) continue;
-        int pos[3];
-        box_position(r, tl.fixed_shift, w.fixed_start, pos);
-        dst_k = dk_out + token_offset(pos, w.group, g, p.sdk);
-        dst_v = dv_out + token_offset(pos, w.group, g, p.sdv);
-      }
-#pragma unroll
-      for (int oi = 0; oi < OI; ++oi) {
-        const int col = oi * 8 + 2 * (lane % 4);
-        if (col < D)
-          *reinterpret_cast<uint32_t*>(dst_k + col) =
-              Mma<Element>::pack(dk[mi][oi][2 * hr] * g.scale, dk[mi][oi][2 * hr + 1] * g.scale);
-        if (col < Dv)
-          *reinterpret_cast<uint32_t*>(dst_v + col) = Mma<Element>::pack(dv[mi][oi][2 * hr], dv[mi][oi][2 * hr + 1]);
-      }
-    }
+  const int64_t batch_k = b * (additional ? p.sdka.batch : p.sdk.batch) + hk * (additional ? p.sdka.head : p.sdk.head);
+  const int64_t batch_v = b * (additional ? p.sdva.batch : p.sdv.batch) + hk * (additional ? p.sdva.head : p.sdv.head);
+  Element* dk_out = static_cast<Element*>(additional ? p.dka : p.dk) + batch_k;
+  Element* dv_out = static_cast<Element*>(additional ? p.dva : p.dv) + batch_v;
+  // Row r's destination in a [B, X.., H, D] gradient (own box) or a [B, Na, H, D] one (additional keys).
+  auto row_of = [&](Element* base, const Strides& grid, const Strides& extra) {
+    return [&, base, grid, extra](int r) -> Element* {
+      if (additional) return j0 + r < g.num_additional ? base + (j0 + r) * extra.axis[0] : nullptr;
+      if (!row_inside(r, tl.fixed_shift, own_count)) return nullptr;
+      int pos[3];
+      box_position(r, tl.fixed_shift, w.fixed_start, pos);
+      return base + token_offset(pos, w.group, g, grid);
+    };
+  };
+  float factor[MI][2];
+  fill_factor(factor, g.scale);
+  store_rows<Element>(dk, factor, row0, lane, D, row_of(dk_out, p.sdk, p.sdka));
+  fill_factor(factor, 1.f);
+  store_rows<Element>(dv, factor, row0, lane, Dv, row_of(dv_out, p.sdv, p.sdva));
 }
 
 }  // namespace nattn::cuda::sm80

@@ -9,10 +9,13 @@
 #include <cmath>
 
 #include "cuda/common/params.h"
+#include "cuda/common/tile_walk.h"
 #include "cuda/sm80/collective/box_rows.cuh"
+#include "cuda/sm80/collective/epilogue.cuh"
 #include "cuda/sm80/collective/mask.cuh"
 #include "cuda/sm80/collective/smem_tile.cuh"
-#include "cuda/common/tile_walk.h"
+#include "cuda/sm80/collective/softmax.cuh"
+#include "cuda/sm80/collective/walk_pipeline.cuh"
 #include "cuda/sm80/collective/warp_mma.cuh"
 #include "cuda/sm80/kernel/traits.cuh"
 
@@ -65,7 +68,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
     if (row_inside(r, tl.fixed_shift, q_count)) {
       int pos[3];
       box_position(r, tl.fixed_shift, w.fixed_start, pos);
-      lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] * 1.4426950408889634f;
+      lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] * kLog2e;
       delta = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.group, g, p.sdelta)];
     }
     s_lse[r] = lse2;
@@ -96,22 +99,13 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
 
   float dq[MI][OI][4];
   zero(dq);
-  // Walk steps rotate through w.ring (see ring_next).
-  if (w.ring[0].valid) load_walked_kv<HD, BN, kThreads>(sK, sV, w.ring[0], w, tl, g, kv);
-  cp_async_commit();
-
-  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = ring_next(slot), buf ^= 1) {
-    cp_async_wait<0>();
-    __syncthreads();  // this step's tile landed in `buf`; everyone is done with the other buffer
-    const int slot1 = ring_next(slot), slot2 = ring_next(slot1);
-    if (w.ring[slot1].valid)
-      load_walked_kv<HD, BN, kThreads>(sK + (buf ^ 1) * Tr::kWalk, sV + (buf ^ 1) * Tr::kWalk, w.ring[slot1], w, tl, g, kv);
-    cp_async_commit();
-    if (threadIdx.x == 0) w.ring[slot2] = w.advance();
-    const Step& st = w.ring[slot];
+  // Walk steps rotate through w.ring (run_walk).
+  auto load_kv = [&](const Step& st, int buf) {
+    load_walked_kv<HD, BN, kThreads>(sK + buf * Tr::kWalk, sV + buf * Tr::kWalk, st, w, tl, g, kv);
+  };
+  run_walk(w, load_kv, [&](const Step& st, int buf) {
     const Element* k = sK + buf * Tr::kWalk;
     const Element* v = sV + buf * Tr::kWalk;
-
     float s[MI][NI][4], dp[MI][NI][4];
     zero(s);
     gemm_abT<Element, HD, MI, NI>(s, sQ, row0, k);
@@ -131,26 +125,17 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
     uint32_t dsf[MI][BN / 16][4];
     pack_a<Element>(s, dsf);
     gemm_pv<Element, HD, MI, BN>(dq, dsf, k);
-  }
+  });
 
   Element* dq_base = static_cast<Element*>(p.dq) + b * p.sdq.batch + h * p.sdq.head;
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int r = row0 + mi * 16 + hr * 8 + lane / 4;
-      if (!row_inside(r, tl.fixed_shift, q_count)) continue;
-      int pos[3];
-      box_position(r, tl.fixed_shift, w.fixed_start, pos);
-      Element* dst = dq_base + token_offset(pos, w.group, g, p.sdq);
-#pragma unroll
-      for (int oi = 0; oi < OI; ++oi) {
-        const int col = oi * 8 + 2 * (lane % 4);
-        if (col < D)
-          *reinterpret_cast<uint32_t*>(dst + col) =
-              Mma<Element>::pack(dq[mi][oi][2 * hr] * g.scale, dq[mi][oi][2 * hr + 1] * g.scale);
-      }
-    }
+  float scale[MI][2];
+  fill_factor(scale, g.scale);
+  store_rows<Element>(dq, scale, row0, lane, D, [&](int r) -> Element* {
+    if (!row_inside(r, tl.fixed_shift, q_count)) return nullptr;
+    int pos[3];
+    box_position(r, tl.fixed_shift, w.fixed_start, pos);
+    return dq_base + token_offset(pos, w.group, g, p.sdq);
+  });
 }
 
 }  // namespace nattn::cuda::sm80

@@ -2,8 +2,8 @@
 // one CTA = one box of BM query positions of one (batch, head, dilation group); it walks the
 // key boxes covering its queries' windows (TileWalk), computing S = Q K^T on tensor cores,
 // masking only partial boxes along their partial axes, an online softmax in registers and
-// O += P V. Each warp owns 16*MI query rows. K/V tiles are double-buffered: tile t+1 streams
-// in while tile t is computed, with one barrier per tile.
+// O += P V. Each warp owns 16*MI query rows. K/V tiles are double-buffered (run_walk): tile
+// t+1 streams in while tile t is computed, with one barrier per tile.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -11,10 +11,13 @@
 #include <cmath>
 
 #include "cuda/common/params.h"
+#include "cuda/common/tile_walk.h"
 #include "cuda/sm80/collective/box_rows.cuh"
+#include "cuda/sm80/collective/epilogue.cuh"
 #include "cuda/sm80/collective/mask.cuh"
 #include "cuda/sm80/collective/smem_tile.cuh"
-#include "cuda/common/tile_walk.h"
+#include "cuda/sm80/collective/softmax.cuh"
+#include "cuda/sm80/collective/walk_pipeline.cuh"
 #include "cuda/sm80/collective/warp_mma.cuh"
 #include "cuda/sm80/kernel/traits.cuh"
 
@@ -78,110 +81,51 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   const int row0 = warp * 16 * MI;
 
   float o[MI][OI][4];
-  float row_ref[MI][2], row_sum[MI][2];  // reference max (log2 units) and sum of weights
   zero(o);
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi) {
-    row_ref[mi][0] = row_ref[mi][1] = -INFINITY;
-    row_sum[mi][0] = row_sum[mi][1] = 0.f;
-  }
+  OnlineSoftmax<MI> softmax;
+  softmax.init();
 
-  // Walk steps rotate through w.ring (see ring_next). This barrier orders the sign fold of Q and
-  // the first steps before any read.
+  // This barrier orders the sign fold of Q and the first walk steps before any read.
   __syncthreads();
-  if (w.ring[0].valid) load_kv(w.ring[0], 0);
-  cp_async_commit();
-
-  for (int slot = 0, buf = 0; w.ring[slot].valid; slot = ring_next(slot), buf ^= 1) {
-    cp_async_wait<0>();
-    __syncthreads();  // this step's tile landed in `buf`; everyone is done with the other buffer
-    const int slot1 = ring_next(slot), slot2 = ring_next(slot1);
-    if (w.ring[slot1].valid) load_kv(w.ring[slot1], buf ^ 1);
-    cp_async_commit();
-    if (threadIdx.x == 0) w.ring[slot2] = w.advance();
-    const Step& st = w.ring[slot];
-
+  run_walk(w, load_kv, [&](const Step& st, int buf) {
     float s[MI][NI][4];
     zero(s);
     gemm_abT<Element, HD, MI, NI>(s, sQ, row0, sK + buf * Tr::kWalk);
     if (!st.full) mask_walked_keys<BN>(s, st, w, g.num_additional, win, BM, tl, row0, lane);
-
-    // Online softmax in the log2 domain, the scale folded into one FFMA per score; rows
-    // (mi, hr) live in the 4 lanes of a quad. A row's reference max only moves (rescaling O
-    // and the sum) when a tile's max exceeds it by more than 2^kSlack, and only if some row of
-    // the warp needs it: weights then reach at most 2^kSlack, harmless in fp32 and bf16/fp16,
-    // and the result is the same softmax (numerator and denominator share the reference).
-    constexpr float kSlack = 8.f;
-    float tile_max[MI][2];
-    bool move = false;
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni) mx = fmaxf(mx, fmaxf(s[mi][ni][2 * hr], s[mi][ni][2 * hr + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        tile_max[mi][hr] = mx * c;
-        move |= tile_max[mi][hr] > row_ref[mi][hr] + kSlack;
-      }
-    if (__any_sync(0xffffffffu, move)) {
-#pragma unroll
-      for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-          const float ref = fmaxf(row_ref[mi][hr], tile_max[mi][hr]);
-          const float corr = ref == -INFINITY ? 1.f : fast_exp2(row_ref[mi][hr] - ref);
-          row_ref[mi][hr] = ref;
-          row_sum[mi][hr] *= corr;
-#pragma unroll
-          for (int oi = 0; oi < OI; ++oi) { o[mi][oi][2 * hr] *= corr; o[mi][oi][2 * hr + 1] *= corr; }
-        }
-    }
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const float m = row_ref[mi][hr] == -INFINITY ? 0.f : row_ref[mi][hr];
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni) {
-          s[mi][ni][2 * hr] = fast_exp2(fmaf(s[mi][ni][2 * hr], c, -m));
-          s[mi][ni][2 * hr + 1] = fast_exp2(fmaf(s[mi][ni][2 * hr + 1], c, -m));
-          row_sum[mi][hr] += s[mi][ni][2 * hr] + s[mi][ni][2 * hr + 1];
-        }
-      }
+    softmax.weigh(s, c, o);
     uint32_t pf[MI][BN / 16][4];
     pack_a<Element>(s, pf);
     gemm_pv<Element, HD, MI, BN>(o, pf, sV + buf * Tr::kWalk);
-  }
+  });
 
-  // Epilogue: normalise, store O rows (pairs of elements) and the logsumexp.
-  Element* o_base = static_cast<Element*>(p.out) + b * p.so.batch + h * p.so.head;
+  // Epilogue: O normalised by each row's total weight, and the logsumexp.
+  float total[MI][2], inv[MI][2];
 #pragma unroll
   for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
-      float sum = row_sum[mi][hr];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const int r = row0 + mi * 16 + hr * 8 + lane / 4;
-      if (!row_inside(r, tl.fixed_shift, q_count)) continue;
-      int pos[3];
-      box_position(r, tl.fixed_shift, w.fixed_start, pos);
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
-      Element* dst = o_base + token_offset(pos, w.group, g, p.so);
-#pragma unroll
-      for (int oi = 0; oi < OI; ++oi) {
-        const int col = oi * 8 + 2 * (lane % 4);
-        if (col < Dv)
-          *reinterpret_cast<uint32_t*>(dst + col) = Mma<Element>::pack(o[mi][oi][2 * hr] * inv, o[mi][oi][2 * hr + 1] * inv);
-      }
-      if (p.lse != nullptr && lane % 4 == 0) {
-        const float m = row_ref[mi][hr] == -INFINITY ? 0.f : row_ref[mi][hr];
-        p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] = (m + log2f(sum)) * float(M_LN2);
-      }
+      total[mi][hr] = softmax.row_total(mi, hr);
+      inv[mi][hr] = total[mi][hr] > 0.f ? 1.f / total[mi][hr] : 0.f;
     }
+  Element* o_base = static_cast<Element*>(p.out) + b * p.so.batch + h * p.so.head;
+  store_rows<Element>(o, inv, row0, lane, Dv, [&](int r) -> Element* {
+    if (!row_inside(r, tl.fixed_shift, q_count)) return nullptr;
+    int pos[3];
+    box_position(r, tl.fixed_shift, w.fixed_start, pos);
+    return o_base + token_offset(pos, w.group, g, p.so);
+  });
+  if (p.lse != nullptr && lane % 4 == 0) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const int r = row0 + mi * 16 + hr * 8 + lane / 4;
+        if (!row_inside(r, tl.fixed_shift, q_count)) continue;
+        int pos[3];
+        box_position(r, tl.fixed_shift, w.fixed_start, pos);
+        p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] = softmax.lse(mi, hr, total[mi][hr]);
+      }
+  }
 }
 
 }  // namespace nattn::cuda::sm80

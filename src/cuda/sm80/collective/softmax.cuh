@@ -1,0 +1,116 @@
+// Layer: cuda/sm80 collective. Softmax pieces of the fused kernels, in the log2 domain with the
+// scale folded into one FFMA per score: the fast exp2, the scale fold, the online softmax of
+// the forward (rows in the mma.sync accumulator layout: row (mi, hr) lives in the 4 lanes of a
+// quad) and the recomputation of P from the forward's logsumexp in the backward.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace nattn::cuda::sm80 {
+
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kLn2 = 0.6931471805599453f;
+
+// 2^x with one MUFU.EX2 (flushing results below 2^-126 to zero, which a softmax weight that
+// small is anyway next to the row's largest weight 1); exp2f() adds range fix-ups around it.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Kernels fold the softmax scale into one FFMA with exp2, which needs scale > 0 for the row
+// maximum of raw scores to be the maximum of scaled ones. A non-positive scale is applied to
+// one operand tile instead, exactly: a negative scale flips the tile's signs (its magnitude
+// stays in the FFMA), a zero scale zeroes the tile (every score is then exactly 0).
+// Returns the positive factor, in the log2 domain, that the kernel multiplies raw scores by.
+template <int ELEMENTS, int THREADS, class Element>
+__device__ __forceinline__ float fold_scale_sign(Element* tile, float scale) {
+  if (scale > 0.f) return scale * kLog2e;
+  uint32_t* w = reinterpret_cast<uint32_t*>(tile);
+  const uint32_t flip = scale < 0.f ? 0x80008000u : 0u;
+  for (int i = threadIdx.x; i < ELEMENTS / 2; i += THREADS) w[i] = scale < 0.f ? (w[i] ^ flip) : 0u;
+  return scale < 0.f ? -scale * kLog2e : kLog2e;
+}
+
+// The forward's running softmax of 16*MI rows per warp. A row's reference max only moves
+// (rescaling O and the sum) when a tile's max exceeds it by more than 2^kSlack, and only if
+// some row of the warp needs it: weights then reach at most 2^kSlack, harmless in fp32 and
+// bf16/fp16, and the result is the same softmax (numerator and denominator share the reference).
+template <int MI>
+struct OnlineSoftmax {
+  static constexpr float kSlack = 8.f;
+  float ref[MI][2];  // reference max per row, log2 units
+  float sum[MI][2];  // this lane's part of the row's sum of weights
+
+  __device__ __forceinline__ void init() {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi) {
+      ref[mi][0] = ref[mi][1] = -INFINITY;
+      sum[mi][0] = sum[mi][1] = 0.f;
+    }
+  }
+
+  // Scores s (raw, times c = scale * log2 e) become weights 2^(c s - ref); O is rescaled when
+  // a reference moves.
+  template <int NI, int OI>
+  __device__ __forceinline__ void weigh(float (&s)[MI][NI][4], float c, float (&o)[MI][OI][4]) {
+    float tile_max[MI][2];
+    bool move = false;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) mx = fmaxf(mx, fmaxf(s[mi][ni][2 * hr], s[mi][ni][2 * hr + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        tile_max[mi][hr] = mx * c;
+        move |= tile_max[mi][hr] > ref[mi][hr] + kSlack;
+      }
+    if (__any_sync(0xffffffffu, move)) {
+#pragma unroll
+      for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+          const float next = fmaxf(ref[mi][hr], tile_max[mi][hr]);
+          const float corr = next == -INFINITY ? 1.f : fast_exp2(ref[mi][hr] - next);
+          ref[mi][hr] = next;
+          sum[mi][hr] *= corr;
+#pragma unroll
+          for (int oi = 0; oi < OI; ++oi) { o[mi][oi][2 * hr] *= corr; o[mi][oi][2 * hr + 1] *= corr; }
+        }
+    }
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const float m = ref[mi][hr] == -INFINITY ? 0.f : ref[mi][hr];
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+          s[mi][ni][2 * hr] = fast_exp2(fmaf(s[mi][ni][2 * hr], c, -m));
+          s[mi][ni][2 * hr + 1] = fast_exp2(fmaf(s[mi][ni][2 * hr + 1], c, -m));
+          sum[mi][hr] += s[mi][ni][2 * hr] + s[mi][ni][2 * hr + 1];
+        }
+      }
+  }
+
+  // All lanes: the row's total weight (summed over its quad).
+  __device__ __forceinline__ float row_total(int mi, int hr) const {
+    float t = sum[mi][hr];
+    t += __shfl_xor_sync(0xffffffffu, t, 1);
+    t += __shfl_xor_sync(0xffffffffu, t, 2);
+    return t;
+  }
+
+  // The natural-log logsumexp of a row whose total weight is `total`.
+  __device__ __forceinline__ float lse(int mi, int hr, float total) const {
+    const float m = ref[mi][hr] == -INFINITY ? 0.f : ref[mi][hr];
+    return (m + log2f(total)) * kLn2;
+  }
+};
+
+}  // namespace nattn::cuda::sm80
