@@ -4,10 +4,12 @@ Tensors are heads-last: query [B, *X, Hq, D], key [B, *X, Hkv, D], value [B, *X,
 """
 from . import _lib
 from . import _ops  # noqa: F401  (registers torch.ops.nattn.na_forward / na_backward)
+from ._choice import kernel_choice
 from .backends import BackendInfo, backends
 from .functional import attention, na1d, na2d, na3d
 from .merge import merge_attentions
 from .modules import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
+from .plans import FamilyVerdict, KernelConfig, Plan, explain, kernel_configs
 
 __version__ = "0.1.0"
 library_version = _lib.version()
@@ -16,4 +18,5 @@ library_path = _lib.LIBRARY_PATH
 __all__ = [
     "na1d", "na2d", "na3d", "attention", "merge_attentions", "backends", "BackendInfo",
     "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D",
+    "explain", "kernel_configs", "kernel_choice", "Plan", "FamilyVerdict", "KernelConfig",
 ]

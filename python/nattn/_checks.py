@@ -1,19 +1,19 @@
-"""Argument checks shared by the functional API, merge_attentions and the modules.
+"""Python-type checks shared by the functional API, merge_attentions, explain and the modules.
 
-Messages follow the library's form: "<argument> = <value> is invalid: <rule>". TypeError is for
-wrong Python types, ValueError for wrong values.
+Only what the C library cannot judge is checked here: Python types, and values the C ABI cannot
+represent (per-axis tuples of the wrong length, devices other than cpu/cuda, ints past 64 bits).
+Every value rule is the library's (nattn_check_*_shapes, run by the ops). Messages follow the
+library's form: "<argument> = <value> is invalid: <rule>".
 """
-import math
 import numbers
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor
 
 from . import _lib
 
 
-def shape_str(x: Tensor) -> str:
+def shape_str(x: torch.Tensor) -> str:
     return "[" + ", ".join(str(n) for n in x.shape) + "]"
 
 
@@ -27,15 +27,6 @@ def check_tensor(name: str, x) -> None:
         raise ValueError(f"{name}.device = {x.device} is invalid: must be a cpu or cuda device")
 
 
-def check_same(name: str, x: Tensor, ref_name: str, ref: Tensor) -> None:
-    if x.dtype != ref.dtype:
-        raise ValueError(f"{name}.dtype = {x.dtype} is invalid: must match {ref_name}.dtype "
-                         f"({ref.dtype})")
-    if x.device != ref.device:
-        raise ValueError(f"{name}.device = {x.device} is invalid: must match {ref_name}.device "
-                         f"({ref.device})")
-
-
 def is_int(v) -> bool:
     # bool is an int subclass; True as a kernel size is a mistake, not 1.
     return isinstance(v, (numbers.Integral, torch.SymInt)) and not isinstance(v, bool)
@@ -44,32 +35,36 @@ def is_int(v) -> bool:
 def per_axis(name: str, value, rank: int, want_bool: bool = False) -> Tuple:
     """An int (bool) for every axis, or a tuple/list with one per axis."""
     kind = "bool" if want_bool else "int"
+    a_kind = "a bool" if want_bool else "an int"
     ok = (lambda v: isinstance(v, bool)) if want_bool else is_int
     if ok(value):
-        return (value,) * rank
-    if isinstance(value, (tuple, list)):
+        values = (value,) * rank
+    elif isinstance(value, (tuple, list)):
         if len(value) != rank:
             raise ValueError(f"{name} = {value!r} is invalid: needs one value per spatial axis "
                              f"({rank}), got {len(value)}")
         for a, v in enumerate(value):
             if not ok(v):
-                raise TypeError(f"{name}[{a}] = {v!r} is invalid: must be a {kind}, not "
+                raise TypeError(f"{name}[{a}] = {v!r} is invalid: must be {a_kind}, not "
                                 f"{type(v).__name__}")
-        return tuple(value)
-    raise TypeError(f"{name} = {value!r} is invalid: must be a {kind} or a tuple of {rank} "
-                    f"{kind}s, not {type(value).__name__}")
+        values = tuple(value)
+    else:
+        raise TypeError(f"{name} = {value!r} is invalid: must be {a_kind} or a tuple of {rank} "
+                        f"{kind}s, not {type(value).__name__}")
+    for a, v in enumerate(values):
+        if isinstance(v, numbers.Integral) and not -2**63 <= v < 2**63:
+            raise ValueError(f"{name}[{a}] = {v} is invalid: must fit in 64 bits")
+    return values
 
 
 def check_scale(scale) -> Optional[float]:
+    """None (the library uses 1/sqrt(head_dim)) or a float; the library checks it is finite."""
     if scale is None:
-        return None  # the library uses 1/sqrt(head_dim)
+        return None
     if isinstance(scale, bool) or not isinstance(scale, (numbers.Real, torch.SymFloat)):
         raise TypeError(f"scale = {scale!r} is invalid: must be None or a float, not "
                         f"{type(scale).__name__}")
-    scale = float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale = {scale!r} is invalid: must be finite")
-    return scale  # 0.0 included: an explicit scale is used as given
+    return float(scale)  # 0.0 included: an explicit scale is used as given
 
 
 def check_bool(name: str, value) -> None:

@@ -5,8 +5,13 @@ formula) is what lets torch.compile(fullgraph=True) trace through nattn without 
 break. One op pair serves neighborhood and dense attention: `dense=True` calls the C ABI's
 attention entry points, which ignore the window parameters.
 
-The ops take already-validated arguments (functional.py checks them in Python terms); the C
-library validates everything again before any kernel runs.
+Value rules live in the C library alone: the op and its fake implementation both run the
+library's check without memory (nattn_check_*_shapes) before allocating anything, so eager
+calls and traced calls fail with the same message. The functional API checks Python types only.
+
+A forced kernel choice (nattn.kernel_choice) arrives as arguments (`family`, `config_ids`,
+`tiles`), never as a global read inside the op, so a compiled graph records the choice it was
+traced with.
 
 Annotations stay real types (no `from __future__ import annotations`): older torch versions
 infer the op schema from them.
@@ -28,9 +33,28 @@ def _poisoned(t: Tensor) -> Tensor:
     return t
 
 
-def _out_shapes(query: Tensor, value: Tensor) -> Tuple[List[int], List[int]]:
+def _where(dense: bool, is_causal: List[bool], backward: bool = False) -> str:
+    name = "nattn.attention" if dense else f"nattn.na{len(is_causal)}d"
+    return name + (" backward" if backward else "")
+
+
+def _out_shapes(query: Tensor, value: Tensor) -> Tuple[List, List]:
     spatial = list(query.shape[:-1])  # [B, X.., Hq]
-    return spatial + [value.shape[-1]], spatial
+    return spatial + [value.shape[-1] if value.dim() else 1], spatial
+
+
+def _forward_check(query, key, value, additional_keys, additional_values, kernel_size, stride,
+                   dilation, is_causal, scale, dense, data):
+    """The library's forward checks on the inputs and the outputs to be allocated; returns the
+    problem and the C views (outputs without memory yet)."""
+    out_shape, lse_shape = _out_shapes(query, value)
+    p = _lib.problem(query, key, value, additional_keys, additional_values, kernel_size, stride,
+                     dilation, is_causal, scale, dense)
+    out = _lib.planned(out_shape, query.dtype, query.device)
+    lse = _lib.planned(lse_shape, torch.float32, query.device)
+    arr = _lib.slots([query, key, value, additional_keys, additional_values, out, lse], data)
+    _lib.check_forward(dense, p, arr, _where(dense, is_causal))
+    return p, arr, out_shape, lse_shape
 
 
 @torch.library.custom_op("nattn::na_forward", mutates_args=())
@@ -39,48 +63,33 @@ def na_forward(
     additional_keys: Optional[Tensor], additional_values: Optional[Tensor],
     kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool],
     scale: Optional[float], dense: bool, backend: int,
+    family: str, config_ids: List[int], tiles: List[int],
 ) -> Tuple[Tensor, Tensor]:
     """Returns (out [B, X.., Hq, Dv] contiguous, lse [B, X.., Hq] float32)."""
-    out_shape, lse_shape = _out_shapes(query, value)
+    p, arr, out_shape, lse_shape = _forward_check(
+        query, key, value, additional_keys, additional_values, kernel_size, stride, dilation,
+        is_causal, scale, dense, data=True)
     out = _poisoned(query.new_empty(out_shape))
     lse = _poisoned(query.new_empty(lse_shape, dtype=torch.float32))
-    p = _lib.problem(query, key, value, additional_keys, kernel_size, stride, dilation,
-                     is_causal, scale, dense)
+    _lib.attach(arr[_lib.FWD_OUT], out)
+    _lib.attach(arr[_lib.FWD_LSE], lse)
     # The stream in the options is torch's current stream of the tensors' device; the CUDA
     # backend makes that device current itself.
-    _lib.forward(dense, p, [query, key, value, additional_keys, additional_values, out, lse],
-                 _lib.options(backend, query.device))
+    _lib.forward(dense, p, arr, _lib.options(backend, query.device, family, config_ids, tiles),
+                 _where(dense, is_causal))
     return out, lse
 
 
 @na_forward.register_fake
 def _(query, key, value, additional_keys, additional_values, kernel_size, stride, dilation,
-      is_causal, scale, dense, backend):
+      is_causal, scale, dense, backend, family, config_ids, tiles):
+    try:
+        _forward_check(query, key, value, additional_keys, additional_values, kernel_size,
+                       stride, dilation, is_causal, scale, dense, data=False)
+    except _lib.Symbolic:
+        pass  # a size without a value yet: the real op checks it
     out_shape, lse_shape = _out_shapes(query, value)
     return query.new_empty(out_shape), query.new_empty(lse_shape, dtype=torch.float32)
-
-
-@torch.library.custom_op("nattn::na_backward", mutates_args=())
-def na_backward(
-    query: Tensor, key: Tensor, value: Tensor,
-    additional_keys: Optional[Tensor], additional_values: Optional[Tensor],
-    out: Tensor, lse: Tensor, dout: Tensor, dlse: Optional[Tensor],
-    kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool],
-    scale: Optional[float], dense: bool, backend: int,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (dq, dk, dv, d_additional_keys, d_additional_values); the last two are empty
-    tensors when there are no additional keys (ops cannot return None)."""
-    dq, dk, dv, dak, dav = (_poisoned(g) for g in _grad_buffers(query, key, value, additional_keys,
-                                                                  additional_values))
-    p = _lib.problem(query, key, value, additional_keys, kernel_size, stride, dilation,
-                     is_causal, scale, dense)
-    has_additional = additional_keys is not None
-    _lib.backward(dense, p, [query, key, value, additional_keys, additional_values, out, lse,
-                             dout, dlse, dq, dk, dv,
-                             dak if has_additional else None,
-                             dav if has_additional else None],
-                  _lib.options(backend, query.device))
-    return dq, dk, dv, dak, dav
 
 
 def _grad_buffers(query, key, value, additional_keys, additional_values):
@@ -91,18 +100,63 @@ def _grad_buffers(query, key, value, additional_keys, additional_values):
     return grads
 
 
+def _backward_check(query, key, value, additional_keys, additional_values, out, lse, dout,
+                    dlse, kernel_size, stride, dilation, is_causal, scale, dense, data):
+    p = _lib.problem(query, key, value, additional_keys, additional_values, kernel_size, stride,
+                     dilation, is_causal, scale, dense)
+    grads = [None if x is None else _lib.planned(x.shape, query.dtype, query.device)
+             for x in (query, key, value, additional_keys, additional_values)]
+    arr = _lib.slots([query, key, value, additional_keys, additional_values, out, lse, dout,
+                      dlse] + grads, data)
+    _lib.check_backward(dense, p, arr, _where(dense, is_causal, backward=True))
+    return p, arr
+
+
+@torch.library.custom_op("nattn::na_backward", mutates_args=())
+def na_backward(
+    query: Tensor, key: Tensor, value: Tensor,
+    additional_keys: Optional[Tensor], additional_values: Optional[Tensor],
+    out: Tensor, lse: Tensor, dout: Tensor, dlse: Optional[Tensor],
+    kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool],
+    scale: Optional[float], dense: bool, backend: int,
+    family: str, config_ids: List[int], tiles: List[int],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dq, dk, dv, d_additional_keys, d_additional_values); the last two are empty
+    tensors when there are no additional keys (ops cannot return None)."""
+    p, arr = _backward_check(query, key, value, additional_keys, additional_values, out, lse,
+                             dout, dlse, kernel_size, stride, dilation, is_causal, scale, dense,
+                             data=True)
+    grads = [_poisoned(g) for g in _grad_buffers(query, key, value, additional_keys,
+                                                   additional_values)]
+    slots = [_lib.BWD_DQ, _lib.BWD_DK, _lib.BWD_DV]
+    if additional_keys is not None:
+        slots += [_lib.BWD_DAK, _lib.BWD_DAV]
+    for slot, g in zip(slots, grads):
+        _lib.attach(arr[slot], g)
+    _lib.backward(dense, p, arr, _lib.options(backend, query.device, family, config_ids, tiles),
+                  _where(dense, is_causal, backward=True))
+    return tuple(grads)
+
+
 @na_backward.register_fake
 def _(query, key, value, additional_keys, additional_values, out, lse, dout, dlse, kernel_size,
-      stride, dilation, is_causal, scale, dense, backend):
+      stride, dilation, is_causal, scale, dense, backend, family, config_ids, tiles):
+    try:
+        _backward_check(query, key, value, additional_keys, additional_values, out, lse, dout,
+                        dlse, kernel_size, stride, dilation, is_causal, scale, dense, data=False)
+    except _lib.Symbolic:
+        pass
     return tuple(_grad_buffers(query, key, value, additional_keys, additional_values))
 
 
 def _setup_context(ctx, inputs, output):
     (query, key, value, ak, av, kernel_size, stride, dilation, is_causal, scale, dense,
-     backend) = inputs
+     backend, family, config_ids, tiles) = inputs
     out, lse = output
     ctx.save_for_backward(query, key, value, ak, av, out, lse)
-    ctx.params = (kernel_size, stride, dilation, is_causal, scale, dense, backend)
+    # The backward runs with the forward's kernel choice (config ids are per kernel role).
+    ctx.params = (kernel_size, stride, dilation, is_causal, scale, dense, backend, family,
+                  config_ids, tiles)
 
 
 def _backward(ctx, dout, dlse):
@@ -115,7 +169,7 @@ def _backward(ctx, dout, dlse):
                                        *ctx.params)
     if ak is None:
         dak = dav = None
-    return dq, dk, dv, dak, dav, None, None, None, None, None, None, None
+    return (dq, dk, dv, dak, dav) + (None,) * 10
 
 
 na_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -1,108 +1,90 @@
 """The functional API: na1d, na2d, na3d and attention, on heads-last tensors [B, *X, H, D].
 
-Arguments are checked here in Python terms (argument names such as `kernel_size` and `query`,
-TypeError for wrong Python types) before any kernel runs; the C library checks everything
-again. Rules and semantics: SPEC.md (docs/python.md for the Python API).
+Python checks Python types here (TypeError for a non-tensor, an unsupported dtype, a float or
+bool where an int belongs, ...) and what the C ABI cannot represent (a per-axis tuple of the
+wrong length, a device other than cpu/cuda). Every value rule (shapes, ranks, dtypes and devices
+agreeing, the window rules of SPEC.md) is the C library's: the ops run its check before any
+allocation and raise ValueError with its message, which names the library's argument (q, k, v,
+additional_k, kernel_size[0], extent[0], heads_q, ...), its value and the rule.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 from torch import Tensor
 
-from . import _ops
-from ._checks import check_bool, check_same, check_scale, check_tensor, per_axis, shape_str
+from . import _choice, _ops
+from ._checks import check_bool, check_scale, check_tensor, per_axis
 from .backends import backend_kind
 
 IntOrTuple = Union[int, Sequence[int]]
 BoolOrTuple = Union[bool, Sequence[bool]]
 
-_AXES = {1: "[batch, X, heads, head_dim]", 2: "[batch, X1, X2, heads, head_dim]",
-         3: "[batch, X1, X2, X3, heads, head_dim]"}
+
+class Call(NamedTuple):
+    """The arguments of one na_forward call, types checked."""
+    query: Tensor
+    key: Tensor
+    value: Tensor
+    additional_keys: Optional[Tensor]
+    additional_values: Optional[Tensor]
+    kernel_size: list
+    stride: list
+    dilation: list
+    is_causal: list
+    scale: Optional[float]
+    dense: bool
+    backend: int
+
+    def op_args(self, choice: _choice.Choice) -> Tuple:
+        return tuple(self) + (choice.family, list(choice.config_ids), list(choice.tiles))
 
 
-def _check_qkv(fn: str, rank: int, query, key, value, layout: Optional[str] = None) -> None:
-    for name, x in (("query", query), ("key", key), ("value", value)):
-        check_tensor(name, x)
-    for name, x in (("query", query), ("key", key), ("value", value)):
-        if x.dim() != rank + 3:
-            raise ValueError(f"{name}.shape = {shape_str(x)} is invalid: {fn} expects "
-                             f"{layout or _AXES[rank]} ({rank + 3} dims), got {x.dim()} dims")
-    check_same("key", key, "query", query)
-    check_same("value", value, "query", query)
-    grid = tuple(query.shape[:-2])
-    if tuple(key.shape[:-2]) != grid or key.shape[-1] != query.shape[-1]:
-        raise ValueError(f"key.shape = {shape_str(key)} is invalid: must be [batch, *X, heads_kv, "
-                         f"head_dim] with batch, X and head_dim of query.shape = {shape_str(query)}")
-    if tuple(value.shape[:-1]) != tuple(key.shape[:-1]):
-        raise ValueError(f"value.shape = {shape_str(value)} is invalid: must be [batch, *X, heads_kv, "
-                         f"head_dim_v] with batch, X and heads_kv of key.shape = {shape_str(key)}")
-    hq, hkv = query.shape[-2], key.shape[-2]
-    if hq < 1 or hkv < 1 or hq % hkv != 0:
-        raise ValueError(f"query.shape[-2] = {hq} (heads) is invalid: must be a positive "
-                         f"multiple of key.shape[-2] = {hkv} (key/value heads, grouped-query "
-                         "attention)")
-    if query.shape[-1] < 1 or value.shape[-1] < 1:
-        raise ValueError(f"head_dim = {query.shape[-1]}, head_dim_v = {value.shape[-1]} is "
-                         "invalid: both must be >= 1")
-
-
-def _check_additional(query: Tensor, key: Tensor, value: Tensor, ak, av):
-    if ak is None and av is None:
-        return None, None
-    if ak is None or av is None:
-        missing = "additional_keys" if ak is None else "additional_values"
-        raise ValueError(f"{missing} = None is invalid: additional_keys and additional_values "
-                         "must be given together")
-    check_tensor("additional_keys", ak)
-    check_tensor("additional_values", av)
-    check_same("additional_keys", ak, "query", query)
-    check_same("additional_values", av, "query", query)
-    b, hkv, d, dv = query.shape[0], key.shape[-2], query.shape[-1], value.shape[-1]
-    if ak.dim() != 4 or ak.shape[0] != b or ak.shape[2] != hkv or ak.shape[3] != d:
-        raise ValueError(f"additional_keys.shape = {shape_str(ak)} is invalid: must be [batch, Na, "
-                         f"heads_kv, head_dim] = [{b}, Na, {hkv}, {d}]")
-    if av.dim() != 4 or tuple(av.shape[:3]) != tuple(ak.shape[:3]) or av.shape[3] != dv:
-        raise ValueError(f"additional_values.shape = {shape_str(av)} is invalid: must be [batch, Na, "
-                         f"heads_kv, head_dim_v] = [{b}, {ak.shape[1]}, {hkv}, {dv}]")
-    if ak.shape[1] == 0:
+def _check_additional(ak, av) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    if ak is not None:
+        check_tensor("additional_keys", ak)
+    if av is not None:
+        check_tensor("additional_values", av)
+    if (ak is not None and av is not None and ak.dim() >= 2 and av.dim() >= 2
+            and ak.shape[1] == 0 and av.shape[1] == 0):
         return None, None  # no extra keys: the same as passing none
     return ak, av
 
 
-def _check_window(rank: int, extents, kernel_size, stride, dilation, is_causal):
+def neighborhood_call(rank: int, query, key, value, kernel_size, stride, dilation, is_causal,
+                      scale, additional_keys, additional_values, backend) -> Call:
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        check_tensor(name, x)
     ks = per_axis("kernel_size", kernel_size, rank)
     st = per_axis("stride", stride, rank)
     dil = per_axis("dilation", dilation, rank)
     causal = per_axis("is_causal", is_causal, rank, want_bool=True)
-    for a in range(rank):
-        k, s, d, x = ks[a], st[a], dil[a], extents[a]
-        if k < 2:
-            raise ValueError(f"kernel_size = {kernel_size!r} is invalid: kernel_size[{a}] = {k} "
-                             "must be >= 2")
-        if d < 1:
-            raise ValueError(f"dilation = {dilation!r} is invalid: dilation[{a}] = {d} must be >= 1")
-        if s < 1 or s > k:
-            raise ValueError(f"stride = {stride!r} is invalid: stride[{a}] = {s} must satisfy "
-                             f"1 <= stride <= kernel_size (kernel_size[{a}] = {k})")
-        if k * d > x:
-            raise ValueError(f"kernel_size = {kernel_size!r} is invalid: kernel_size[{a}] * "
-                             f"dilation[{a}] = {k} * {d} = {k * d} must be <= the extent of "
-                             f"spatial axis {a} (query.shape[{a + 1}] = {x})")
-    return [int(k) for k in ks], [int(s) for s in st], [int(d) for d in dil], list(causal)
-
-
-def _neighborhood(fn: str, rank: int, query, key, value, kernel_size, stride, dilation,
-                  is_causal, scale, additional_keys, additional_values, return_lse, backend):
-    _check_qkv(fn, rank, query, key, value)
-    ks, st, dil, causal = _check_window(rank, tuple(query.shape[1:1 + rank]), kernel_size,
-                                        stride, dilation, is_causal)
     scale = check_scale(scale)
-    ak, av = _check_additional(query, key, value, additional_keys, additional_values)
+    ak, av = _check_additional(additional_keys, additional_values)
+    return Call(query, key, value, ak, av, list(ks), list(st), list(dil), list(causal), scale,
+                False, backend_kind(backend))
+
+
+def attention_call(query, key, value, is_causal, scale, backend) -> Call:
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        check_tensor(name, x)
+    check_bool("is_causal", is_causal)
+    scale = check_scale(scale)
+    return Call(query, key, value, None, None, [], [], [], [is_causal], scale, True,
+                backend_kind(backend))
+
+
+def _run(call: Call, return_lse):
     check_bool("return_lse", return_lse)
-    kind = backend_kind(backend)
-    out, lse = _ops.na_forward(query, key, value, ak, av, ks, st, dil, causal, scale, False, kind)
+    out, lse = _ops.na_forward(*call.op_args(_choice.current()))
     return (out, lse) if return_lse else out
+
+
+def _neighborhood(rank: int, query, key, value, kernel_size, stride, dilation, is_causal, scale,
+                  additional_keys, additional_values, return_lse, backend):
+    call = neighborhood_call(rank, query, key, value, kernel_size, stride, dilation, is_causal,
+                             scale, additional_keys, additional_values, backend)
+    return _run(call, return_lse)
 
 
 def na1d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple,
@@ -111,7 +93,7 @@ def na1d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple,
          additional_values: Optional[Tensor] = None, return_lse: bool = False,
          backend: Optional[str] = None):
     """1-D neighborhood attention on [B, X, H, D]. Returns out [B, X, Hq, Dv], or (out, lse)."""
-    return _neighborhood("na1d", 1, query, key, value, kernel_size, stride, dilation, is_causal,
+    return _neighborhood(1, query, key, value, kernel_size, stride, dilation, is_causal,
                          scale, additional_keys, additional_values, return_lse, backend)
 
 
@@ -121,7 +103,7 @@ def na2d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple,
          additional_values: Optional[Tensor] = None, return_lse: bool = False,
          backend: Optional[str] = None):
     """2-D neighborhood attention on [B, X1, X2, H, D]. Returns out, or (out, lse)."""
-    return _neighborhood("na2d", 2, query, key, value, kernel_size, stride, dilation, is_causal,
+    return _neighborhood(2, query, key, value, kernel_size, stride, dilation, is_causal,
                          scale, additional_keys, additional_values, return_lse, backend)
 
 
@@ -131,7 +113,7 @@ def na3d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple,
          additional_values: Optional[Tensor] = None, return_lse: bool = False,
          backend: Optional[str] = None):
     """3-D neighborhood attention on [B, X1, X2, X3, H, D]. Returns out, or (out, lse)."""
-    return _neighborhood("na3d", 3, query, key, value, kernel_size, stride, dilation, is_causal,
+    return _neighborhood(3, query, key, value, kernel_size, stride, dilation, is_causal,
                          scale, additional_keys, additional_values, return_lse, backend)
 
 
@@ -139,11 +121,4 @@ def attention(query: Tensor, key: Tensor, value: Tensor, is_causal: bool = False
               scale: Optional[float] = None, return_lse: bool = False,
               backend: Optional[str] = None):
     """Dense (optionally causal) attention on [B, N, H, D]. Returns out, or (out, lse)."""
-    _check_qkv("attention", 1, query, key, value, layout="[batch, N, heads, head_dim]")
-    check_bool("is_causal", is_causal)
-    scale = check_scale(scale)
-    check_bool("return_lse", return_lse)
-    kind = backend_kind(backend)
-    out, lse = _ops.na_forward(query, key, value, None, None, [], [], [], [is_causal], scale,
-                               True, kind)
-    return (out, lse) if return_lse else out
+    return _run(attention_call(query, key, value, is_causal, scale, backend), return_lse)

@@ -1,17 +1,101 @@
 """merge_attentions: one softmax from partial attentions over disjoint key sets.
 
-Plain differentiable torch ops (no custom op needed): with lse = logsumexp_i(lse_i), the
-merged output is sum_i exp(lse_i - lse) * out_i. Gradients flow into every out_i and lse_i,
+The merge itself is the C library's (nattn_merge_on_stream, on every device), registered as the
+custom op `nattn::merge` with a fake implementation (which runs the library's shape check) and
+an autograd formula. With lse = logsumexp_i(lse_i) and w_i = exp(lse_i - lse):
+
+    out = sum_i w_i * out_i
+    d out_i = w_i * d out
+    d lse_i = w_i * (sum over Dv of d out * (out_i - out)) + w_i * d lse
+
 so a partial produced by na*d(..., return_lse=True) gets the right gradient through its lse.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from ._checks import check_same, check_tensor, shape_str
+from . import _lib
+from ._checks import check_tensor
+
+
+def _shapes(outs: List[Tensor]):
+    # The merged shapes are the first partial's; the library checks every other against them.
+    if not outs:
+        return [], []
+    shape = list(outs[0].shape)
+    return shape, shape[:-1]
+
+
+def _check(outs: List[Tensor], lses: List[Tensor], data: bool):
+    out_shape, lse_shape = _shapes(outs)
+    dtype = outs[0].dtype if outs else torch.float32
+    device = outs[0].device if outs else torch.device("cpu")
+    outs_arr, lses_arr = _lib.merge_arrays(outs, lses, data)
+    out = _lib.planned(out_shape, dtype, device)
+    lse = _lib.planned(lse_shape, torch.float32, device)
+    _lib.check_merge(outs_arr, lses_arr, len(outs), out, lse, "nattn.merge_attentions")
+    return outs_arr, lses_arr, out, lse
+
+
+@torch.library.custom_op("nattn::merge", mutates_args=())
+def merge_op(outs: List[Tensor], lses: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    """(out [..., H, Dv] contiguous in the partials' dtype, lse [..., H] float32)."""
+    outs_arr, lses_arr, out_view, lse_view = _check(outs, lses, data=True)
+    out_shape, lse_shape = _shapes(outs)
+    out = outs[0].new_empty(out_shape)
+    lse = outs[0].new_empty(lse_shape, dtype=torch.float32)
+    _lib.attach(out_view, out)
+    _lib.attach(lse_view, lse)
+    _lib.merge(outs_arr, lses_arr, len(outs), out_view, lse_view,
+               _lib.options(_lib.BACKEND_AUTO, out.device), "nattn.merge_attentions")
+    return out, lse
+
+
+@merge_op.register_fake
+def _(outs, lses):
+    try:
+        _check(outs, lses, data=False)
+    except _lib.Symbolic:
+        pass  # a size without a value yet: the real op checks it
+    out_shape, lse_shape = _shapes(outs)
+    return outs[0].new_empty(out_shape), outs[0].new_empty(lse_shape, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    outs, lses = inputs
+    out, lse = output
+    ctx.n = len(outs)
+    ctx.save_for_backward(*outs, *lses, out, lse)
+
+
+def _backward(ctx, dout, dlse):
+    saved = ctx.saved_tensors
+    outs, lses, (out, lse) = saved[:ctx.n], saved[ctx.n:2 * ctx.n], saved[2 * ctx.n:]
+    acc = torch.promote_types(out.dtype, torch.float32)  # float32 at least, float64 stays
+    lse_acc = lse.to(acc)
+    finite = torch.isfinite(lse_acc)  # rows where every partial is empty: lse = -inf, w_i = 0
+    shift = torch.where(finite, lse_acc, torch.zeros_like(lse_acc))
+    out_acc = out.to(acc)
+    dout_acc = dout.to(acc) if dout is not None else None
+    d_outs, d_lses = [], []
+    for o, l in zip(outs, lses):
+        w = torch.where(finite, torch.exp(l.to(acc) - shift), torch.zeros_like(shift))
+        g = torch.zeros_like(w)
+        if dout_acc is not None:
+            d_outs.append((w.unsqueeze(-1) * dout_acc).to(o.dtype))
+            g = w * (dout_acc * (o.to(acc) - out_acc)).sum(-1)
+        else:
+            d_outs.append(torch.zeros_like(o))
+        if dlse is not None:
+            g = g + w * dlse.to(acc)
+        d_lses.append(g.to(l.dtype))
+    return d_outs, d_lses
+
+
+merge_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def merge_attentions(outputs: Sequence[Tensor], lses: Sequence[Tensor]) -> Tuple[Tensor, Tensor]:
@@ -20,49 +104,15 @@ def merge_attentions(outputs: Sequence[Tensor], lses: Sequence[Tensor]) -> Tuple
     Partials whose lse is -inf contribute nothing; where every lse is -inf, out is 0 and lse
     is -inf. out has the partials' dtype; lse is float32.
     """
-    _check_partials(outputs, lses)
-    lse_all = torch.stack(list(lses))  # [n, ..., H]
-    # A finite shift keeps exp() in range and makes all -inf rows come out as 0 / -inf, not NaN.
-    shift = lse_all.amax(dim=0)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    weights = torch.exp(lse_all - shift)  # [n, ..., H]
-    total = weights.sum(dim=0)
-    empty = total == 0
-    safe_total = torch.where(empty, torch.ones_like(total), total)
-    lse = torch.where(empty, torch.full_like(total, float("-inf")), shift + torch.log(safe_total))
-    # Accumulate in float32 at least (float64 stays float64), return the partials' dtype.
-    acc = torch.promote_types(outputs[0].dtype, torch.float32)
-    weights = (weights / safe_total).unsqueeze(-1).to(acc)  # [n, ..., H, 1]
-    out = sum(w * o.to(acc) for w, o in zip(weights.unbind(0), outputs))
-    return out.to(outputs[0].dtype), lse
-
-
-def _check_partials(outputs, lses) -> None:
     for name, seq in (("outputs", outputs), ("lses", lses)):
         if isinstance(seq, torch.Tensor) or not isinstance(seq, (list, tuple)):
             raise TypeError(f"{name} = {type(seq).__name__} object is invalid: must be a list or "
                             "tuple of tensors")
-    if len(outputs) == 0:
-        raise ValueError("outputs = [] is invalid: needs at least one partial")
+    # The C ABI takes one count for both lists.
     if len(lses) != len(outputs):
-        raise ValueError(f"lses has {len(lses)} tensors, which is invalid: needs one per output "
+        raise ValueError(f"lses = {len(lses)} tensors is invalid: needs one per output "
                          f"({len(outputs)})")
-    ref = outputs[0]
     for i, (o, l) in enumerate(zip(outputs, lses)):
         check_tensor(f"outputs[{i}]", o)
         check_tensor(f"lses[{i}]", l)
-        if o.dim() < 2:
-            raise ValueError(f"outputs[{i}].shape = {shape_str(o)} is invalid: must be [..., heads, "
-                             "head_dim_v]")
-        if o.shape != ref.shape:
-            raise ValueError(f"outputs[{i}].shape = {shape_str(o)} is invalid: must match "
-                             f"outputs[0].shape = {shape_str(ref)}")
-        check_same(f"outputs[{i}]", o, "outputs[0]", ref)
-        if l.dtype != torch.float32:
-            raise ValueError(f"lses[{i}].dtype = {l.dtype} is invalid: must be torch.float32")
-        if l.device != ref.device:
-            raise ValueError(f"lses[{i}].device = {l.device} is invalid: must match "
-                             f"outputs[0].device ({ref.device})")
-        if l.shape != ref.shape[:-1]:
-            raise ValueError(f"lses[{i}].shape = {shape_str(l)} is invalid: must be outputs[0].shape "
-                             f"without its last dim, {list(ref.shape[:-1])}")
+    return merge_op(list(outputs), list(lses))

@@ -105,3 +105,46 @@ def test_merge_single_partial_is_identity():
     out, lse = nattn.merge_attentions([o], [l])
     torch.testing.assert_close(out, o)
     torch.testing.assert_close(lse, l)
+
+
+def torch_merge(outs, lses):
+    """The merge formula in plain torch ops (float64), an oracle for values and gradients."""
+    lse = torch.logsumexp(torch.stack(lses), 0)
+    out = sum(torch.exp(l - lse).unsqueeze(-1) * o for o, l in zip(outs, lses))
+    return out, lse
+
+
+def test_merge_gradients_match_the_formula():
+    # d out_i = w_i dout; d lse_i = w_i (<dout, out_i - out> + dlse), against autograd through
+    # plain torch in float64 (the library's lse inputs are float32 by contract).
+    outs = [rand(2, 5, 3, 4) for _ in range(3)]
+    lses32 = [torch.randn(2, 5, 3, requires_grad=True) for _ in range(3)]
+    lses64 = [l.detach().double().requires_grad_() for l in lses32]
+    out, lse = nattn.merge_attentions(outs, lses32)
+    ref, ref_lse = torch_merge(outs, lses64)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(lse, ref_lse.float())
+    dout, dlse = torch.randn_like(out), torch.randn_like(lse)
+    got = torch.autograd.grad((out, lse), outs + lses32, (dout, dlse))
+    want = torch.autograd.grad((ref, ref_lse), outs + lses64, (dout, dlse.double()))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, atol=1e-5, rtol=1e-4)
+
+
+def test_merge_strided_partials():
+    # Partials are read with their strides (views of one packed tensor, permuted lse).
+    packed = torch.randn(2, 6, 2, 3, 5)  # [B, X, n, H, Dv]
+    outs = list(packed.unbind(2))
+    lses = list(torch.randn(2, 3, 6, 2).permute(0, 2, 1, 3).unbind(-1))  # [B, X, H], strided
+    assert not lses[0].is_contiguous()
+    out, lse = nattn.merge_attentions(outs, lses)
+    ref, ref_lse = torch_merge([o.double() for o in outs], [l.double() for l in lses])
+    assert out.is_contiguous() and lse.is_contiguous()
+    torch.testing.assert_close(out, ref.float())
+    torch.testing.assert_close(lse, ref_lse.float())
+
+
+def test_merge_op_is_registered_with_fake_and_autograd():
+    outs = [rand(2, 3, 2, 4) for _ in range(2)]
+    lses = [torch.randn(2, 3, 2) for _ in range(2)]
+    torch.library.opcheck(torch.ops.nattn.merge.default, (outs, lses))
