@@ -116,25 +116,25 @@ def _load() -> ctypes.CDLL:
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    P, T, O = ctypes.POINTER(Problem), ctypes.POINTER(Tensor), ctypes.POINTER(Options)
+    P, T, Opt = ctypes.POINTER(Problem), ctypes.POINTER(Tensor), ctypes.POINTER(Options)
     i32, i64p, size, text = ctypes.c_int32, ctypes.POINTER(ctypes.c_int64), ctypes.c_size_t, ctypes.c_char_p
     err = [text, size]
     signatures = {
-        "nattn_forward": [P, T, O] + err,
-        "nattn_backward": [P, T, O] + err,
-        "nattn_attention_forward": [P, T, O] + err,
-        "nattn_attention_backward": [P, T, O] + err,
-        "nattn_explain_forward": [P, T, O, text, size] + err,
-        "nattn_explain_backward": [P, T, O, text, size] + err,
-        "nattn_explain_attention_forward": [P, T, O, text, size] + err,
-        "nattn_explain_attention_backward": [P, T, O, text, size] + err,
+        "nattn_forward": [P, T, Opt] + err,
+        "nattn_backward": [P, T, Opt] + err,
+        "nattn_attention_forward": [P, T, Opt] + err,
+        "nattn_attention_backward": [P, T, Opt] + err,
+        "nattn_explain_forward": [P, T, Opt, text, size] + err,
+        "nattn_explain_backward": [P, T, Opt, text, size] + err,
+        "nattn_explain_attention_forward": [P, T, Opt, text, size] + err,
+        "nattn_explain_attention_backward": [P, T, Opt, text, size] + err,
         "nattn_kernel_configs": [text, size] + err,
         "nattn_check_problem": [P] + err,
         "nattn_check_forward_shapes": [P, T, i32] + err,
         "nattn_check_backward_shapes": [P, T, i32] + err,
         "nattn_check_merge_shapes": [i32, T, T, T, T] + err,
         "nattn_merge": [i32, T, T, T, T] + err,
-        "nattn_merge_on_stream": [i32, T, T, T, T, O] + err,
+        "nattn_merge_on_stream": [i32, T, T, T, T, Opt] + err,
         "nattn_struct_layout": [text, i64p, ctypes.POINTER(i32), i64p, i64p, i32, text, size] + err,
         "nattn_backend_available": [i32] + err,
     }

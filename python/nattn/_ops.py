@@ -153,6 +153,9 @@ def _setup_context(ctx, inputs, output):
     (query, key, value, ak, av, kernel_size, stride, dilation, is_causal, scale, dense,
      backend, family, config_ids, tiles) = inputs
     out, lse = output
+    # An output that fed nothing gets None, not zeros: the backward then skips its term (and
+    # explain(backward=True) with grad_lse absent plans the backward that runs).
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(query, key, value, ak, av, out, lse)
     # The backward runs with the forward's kernel choice (config ids are per kernel role).
     ctx.params = (kernel_size, stride, dilation, is_causal, scale, dense, backend, family,
@@ -163,8 +166,8 @@ def _backward(ctx, dout, dlse):
     query, key, value, ak, av, out, lse = ctx.saved_tensors
     if dout is None:  # only lse fed the loss
         dout = torch.zeros_like(out)
-    # dlse is None, or zeros when autograd materializes it, if lse fed nothing; either way the
-    # backward adds its term (dS = P * (dP - (do.o - dlse))), so gradients through lse are exact.
+    # dlse is None when lse fed nothing; otherwise the backward adds its term
+    # (dS = P * (dP - (do.o - dlse))), so gradients through lse are exact.
     dq, dk, dv, dak, dav = na_backward(query, key, value, ak, av, out, lse, dout, dlse,
                                        *ctx.params)
     if ak is None:

@@ -67,6 +67,7 @@ def _(outs, lses):
 def _setup_context(ctx, inputs, output):
     outs, lses = inputs
     out, lse = output
+    ctx.set_materialize_grads(False)  # an output that fed nothing: None, and its term is skipped
     ctx.n = len(outs)
     ctx.save_for_backward(*outs, *lses, out, lse)
 
@@ -81,8 +82,8 @@ def _backward(ctx, dout, dlse):
     out_acc = out.to(acc)
     dout_acc = dout.to(acc) if dout is not None else None
     d_outs, d_lses = [], []
-    for o, l in zip(outs, lses):
-        w = torch.where(finite, torch.exp(l.to(acc) - shift), torch.zeros_like(shift))
+    for o, lse_i in zip(outs, lses):
+        w = torch.where(finite, torch.exp(lse_i.to(acc) - shift), torch.zeros_like(shift))
         g = torch.zeros_like(w)
         if dout_acc is not None:
             d_outs.append((w.unsqueeze(-1) * dout_acc).to(o.dtype))
@@ -91,7 +92,7 @@ def _backward(ctx, dout, dlse):
             d_outs.append(torch.zeros_like(o))
         if dlse is not None:
             g = g + w * dlse.to(acc)
-        d_lses.append(g.to(l.dtype))
+        d_lses.append(g.to(lse_i.dtype))
     return d_outs, d_lses
 
 
@@ -112,7 +113,7 @@ def merge_attentions(outputs: Sequence[Tensor], lses: Sequence[Tensor]) -> Tuple
     if len(lses) != len(outputs):
         raise ValueError(f"lses = {len(lses)} tensors is invalid: needs one per output "
                          f"({len(outputs)})")
-    for i, (o, l) in enumerate(zip(outputs, lses)):
+    for i, (o, lse_i) in enumerate(zip(outputs, lses)):
         check_tensor(f"outputs[{i}]", o)
-        check_tensor(f"lses[{i}]", l)
+        check_tensor(f"lses[{i}]", lse_i)
     return merge_op(list(outputs), list(lses))

@@ -167,7 +167,7 @@ def _explain(call: Call, choice: _choice.Choice, backward: bool, grad_out: Optio
     if not backward:
         arr = _lib.slots([q, k, v, ak, av, out, lse])
     else:
-        dout = grad_out if grad_out is not None else torch.empty_like(out, memory_format=torch.contiguous_format)
+        dout = grad_out if grad_out is not None else torch.empty_like(out)  # out is contiguous
         dq, dk, dv, dak, dav = _ops._grad_buffers(q, k, v, ak, av)
         if ak is None:
             dak = dav = None

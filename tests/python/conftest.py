@@ -29,6 +29,18 @@ def _seed(request):
     torch.manual_seed(_BASE_SEED ^ zlib.crc32(request.node.nodeid.encode()))
 
 
+@pytest.fixture
+def cuda_backend():
+    """For tests that need nattn's CUDA backend: skips when this build has none, unless
+    NATTN_REQUIRE_CUDA=1 (set it where the CUDA backend must be tested), which fails instead."""
+    import nattn
+    info = {b.name: b for b in nattn.backends()}["cuda"]
+    if not info.available:
+        if os.environ.get("NATTN_REQUIRE_CUDA") == "1":
+            pytest.fail(f"NATTN_REQUIRE_CUDA=1 but the CUDA backend is unavailable: {info.reason}")
+        pytest.skip(f"nattn CUDA backend unavailable: {info.reason}")
+
+
 def pytest_collection_modifyitems(config, items):
     # CUDA tests need torch.cuda; with NATTN_REQUIRE_CUDA=1 (the GPU machine) a missing
     # CUDA backend fails them instead of skipping.

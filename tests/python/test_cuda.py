@@ -1,6 +1,7 @@
-"""CUDA tensors. Skipped without torch.cuda. Tests that need nattn's CUDA backend skip when this
-build has none, unless NATTN_REQUIRE_CUDA=1 (set it where the CUDA backend must be tested)."""
-import os
+"""CUDA tensors. Skipped without torch.cuda. Tests that need nattn's CUDA backend (the
+`cuda_backend` fixture, conftest.py) skip when this build has none, unless NATTN_REQUIRE_CUDA=1
+(set it where the CUDA backend must be tested)."""
+import math
 
 import pytest
 import torch
@@ -11,15 +12,6 @@ from na_reference import reference_na
 pytestmark = pytest.mark.cuda
 
 CUDA_INFO = {b.name: b for b in nattn.backends()}["cuda"]
-
-
-@pytest.fixture
-def cuda_backend():
-    if not CUDA_INFO.available:
-        if os.environ.get("NATTN_REQUIRE_CUDA") == "1":
-            pytest.fail(f"NATTN_REQUIRE_CUDA=1 but the CUDA backend is unavailable: "
-                        f"{CUDA_INFO.reason}")
-        pytest.skip(f"nattn CUDA backend unavailable: {CUDA_INFO.reason}")
 
 
 # Tolerances against the float64 oracle on the same rounded inputs.
@@ -76,7 +68,7 @@ LARGE = [  # (extents, kernel_size, stride, dilation, is_causal, hq, hkv, d, add
 def test_cuda_fused_large_grids(cuda_backend, dtype, extents, ks, st, dil, causal, hq, hkv, d, na):
     fn = {1: nattn.na1d, 2: nattn.na2d, 3: nattn.na3d}[len(extents)]
     q, k, v = qkv(extents, hq, hkv, d, dtype, b=1)
-    extra, ref_extra = {}, {}
+    extra = {}
     if na:
         ak = torch.randn(1, na, hkv, d, device="cuda", dtype=dtype, requires_grad=True)
         av = torch.randn(1, na, hkv, d, device="cuda", dtype=dtype, requires_grad=True)
@@ -175,8 +167,55 @@ def test_cuda_second_device(cuda_backend):
 def test_cuda_device_mismatch_is_value_error():
     q = torch.randn(1, 8, 2, 64, device="cuda")
     k = torch.randn(1, 8, 2, 64)
-    with pytest.raises(ValueError, match=r"key.device = cpu is invalid: must match query.device"):
+    with pytest.raises(ValueError, match=r"k.device = cpu is invalid: must match q.device \(cuda:0\)"):
         nattn.na1d(q, k, k, 3)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2),
+                                       (torch.float32, 1e-5)])
+def test_cuda_merge_attentions(cuda_backend, dtype, tol):
+    # The library's CUDA merge against its CPU merge: strided partials, empty (-inf) partials
+    # and rows, and more partials than one launch takes (merged in rounds).
+    for n in (3, 20):
+        packed = torch.randn(2, 50, n, 4, 64, device="cuda", dtype=dtype)
+        outs = list(packed.unbind(2))
+        lses = list(torch.randn(n, 2, 4, 50, device="cuda").transpose(-1, -2).unbind(0))
+        lses[1][0, :3] = -math.inf
+        for partial in lses:
+            partial[1, 0] = -math.inf
+        out, lse = nattn.merge_attentions(outs, lses)
+        ref, ref_lse = nattn.merge_attentions([o.cpu() for o in outs], [x.cpu() for x in lses])
+        assert out.device == outs[0].device and out.dtype == dtype and lse.dtype == torch.float32
+        torch.testing.assert_close(out.cpu(), ref, atol=tol, rtol=tol)
+        torch.testing.assert_close(lse.cpu(), ref_lse, atol=1e-5, rtol=1e-5)
+        assert torch.all(out[1, 0] == 0) and torch.all(lse[1, 0] == -math.inf)
+
+
+def test_cuda_merge_gradients(cuda_backend):
+    outs = [torch.randn(2, 9, 3, 32, device="cuda", requires_grad=True) for _ in range(2)]
+    lses = [torch.randn(2, 9, 3, device="cuda", requires_grad=True) for _ in range(2)]
+    out, lse = nattn.merge_attentions(outs, lses)
+    cpu_outs = [o.detach().cpu().requires_grad_() for o in outs]
+    cpu_lses = [x.detach().cpu().requires_grad_() for x in lses]
+    ref, ref_lse = nattn.merge_attentions(cpu_outs, cpu_lses)
+    dout, dlse = torch.randn_like(ref), torch.randn_like(ref_lse)
+    got = torch.autograd.grad((out, lse), outs + lses, (dout.cuda(), dlse.cuda()))
+    want = torch.autograd.grad((ref, ref_lse), cpu_outs + cpu_lses, (dout, dlse))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.cpu(), w, atol=1e-5, rtol=1e-5)
+
+
+def test_cuda_workspace_comes_from_torch_and_goes_back(cuda_backend):
+    from nattn import _lib
+    ptr = _lib.WORKSPACE_ALLOCATE(1000, 0)
+    assert ptr and _lib._WORKSPACE[ptr].device.type == "cuda" and _lib._WORKSPACE[ptr].numel() == 1000
+    _lib.WORKSPACE_RELEASE(ptr, 0)
+    assert _lib._WORKSPACE == {}
+    # A backward with a layout copy takes workspace (Delta rows, the copied dout) and returns it.
+    q, k, v = qkv((16, 16), 2, 2, 64, torch.float16)
+    nattn.na2d(q, k, v, 5).sum().backward()
+    torch.cuda.synchronize()
+    assert _lib._WORKSPACE == {}
 
 
 def test_cuda_tensors_refused_by_reference_backend():

@@ -22,15 +22,19 @@ def _config(rng: random.Random):
         d = rng.choice([1, 1, 1, 2, 3])
         k = rng.randint(2, max(2, min(9, budget // d)))
         x = rng.randint(k * d, k * d + rng.choice([0, 3, budget]))
-        extent.append(x); kernel.append(k); dilation.append(d)
-        stride.append(rng.randint(1, k)); causal.append(rng.random() < 0.3)
+        extent.append(x)
+        kernel.append(k)
+        dilation.append(d)
+        stride.append(rng.randint(1, k))
+        causal.append(rng.random() < 0.3)
     hkv = rng.choice([1, 2])
     hq = hkv * rng.choice([1, 2, 3])
     dim = rng.choice([32, 64, 128, 64, 128, 8 * rng.randint(1, 32), rng.randint(1, 40)])
     dim_v = dim if rng.random() < 0.7 else rng.choice([32, 64, 8 * rng.randint(1, 16)])
     return dict(rank=rank, extent=extent, kernel=kernel, stride=stride, dilation=dilation,
                 causal=causal, batch=rng.choice([1, 2]), hq=hq, hkv=hkv, dim=dim, dim_v=dim_v,
-                na=rng.choice([0, 0, 0, 3, 17]), dtype=rng.choice([torch.bfloat16, torch.float16, torch.float32]),
+                na=rng.choice([0, 0, 0, 3, 17]),
+                dtype=rng.choice([torch.bfloat16, torch.float16, torch.float32]),
                 strided=rng.random() < 0.25)
 
 
@@ -60,8 +64,11 @@ def test_random_config_forward_backward(seed):
     v = _make(grid + [c["hkv"], c["dim_v"]], c["dtype"], c["strided"])
     extra = {}
     if c["na"]:
-        extra = dict(additional_keys=torch.randn(c["batch"], c["na"], c["hkv"], c["dim"], device="cuda", dtype=c["dtype"]),
-                     additional_values=torch.randn(c["batch"], c["na"], c["hkv"], c["dim_v"], device="cuda", dtype=c["dtype"]))
+        extra = dict(
+            additional_keys=torch.randn(c["batch"], c["na"], c["hkv"], c["dim"], device="cuda",
+                                        dtype=c["dtype"]),
+            additional_values=torch.randn(c["batch"], c["na"], c["hkv"], c["dim_v"], device="cuda",
+                                          dtype=c["dtype"]))
     args = dict(kernel_size=tuple(c["kernel"]), stride=tuple(c["stride"]), dilation=tuple(c["dilation"]),
                 is_causal=tuple(c["causal"]), return_lse=True)
     ins = [q, k, v] + list(extra.values())
@@ -82,7 +89,8 @@ def test_random_config_forward_backward(seed):
 
     dout = torch.randn_like(ref_out)
     dlse = torch.randn_like(ref_lse)
-    g_gpu = torch.autograd.grad((out.double() * dout.cuda()).sum() + (lse.double() * dlse.cuda()).sum(), gpu_in)
+    g_gpu = torch.autograd.grad((out.double() * dout.cuda()).sum() + (lse.double() * dlse.cuda()).sum(),
+                                gpu_in)
     g_ref = torch.autograd.grad((ref_out * dout).sum() + (ref_lse * dlse).sum(), cpu_in)
     names = ["dq", "dk", "dv", "d_additional_k", "d_additional_v"]
     for name, a, b in zip(names, g_gpu, g_ref):

@@ -128,7 +128,8 @@ CASES = {
     "backend-not-str": (na2d(backend=1), TypeError, ["backend = 1"]),
     # dense attention
     "attention-rank": (lambda: nattn.attention(Q2, K2, V2), ValueError,
-                       ["nattn.attention", "q.ndim = 5", "expected 4 dimensions [batch, seq_len, heads_q, head_dim]"]),
+                       ["nattn.attention", "q.ndim = 5",
+                        "expected 4 dimensions [batch, seq_len, heads_q, head_dim]"]),
     "attention-causal-tuple": (lambda: nattn.attention(Q1, K1, V1, is_causal=(True,)), TypeError,
                                ["is_causal = (True,)"]),
     "attention-key-length": (lambda: nattn.attention(Q1, t(2, 9, 2, 8), t(2, 9, 2, 6)),

@@ -81,36 +81,36 @@ def test_merge_neg_inf_partials():
 
 def test_merge_gradients_stay_finite_with_empty_rows():
     o = [torch.randn(3, 2, 4, requires_grad=True) for _ in range(2)]
-    l = [torch.full((3, 2), -math.inf, requires_grad=True) for _ in range(2)]
-    out, lse = nattn.merge_attentions(o, l)
+    ls = [torch.full((3, 2), -math.inf, requires_grad=True) for _ in range(2)]
+    out, lse = nattn.merge_attentions(o, ls)
     (out.sum() + lse.masked_fill(torch.isinf(lse), 0).sum()).backward()
-    for x in o + l:
+    for x in o + ls:
         assert torch.isfinite(x.grad).all()
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
 def test_merge_low_precision(dtype, tol):
     o = [torch.randn(2, 5, 3, 8, dtype=dtype) for _ in range(2)]
-    l = [torch.randn(2, 5, 3) for _ in range(2)]
-    out, lse = nattn.merge_attentions(o, l)
+    ls = [torch.randn(2, 5, 3) for _ in range(2)]
+    out, lse = nattn.merge_attentions(o, ls)
     assert out.dtype == dtype and lse.dtype == torch.float32
-    w = torch.softmax(torch.stack(l), 0).unsqueeze(-1)
+    w = torch.softmax(torch.stack(ls), 0).unsqueeze(-1)
     ref = (w[0] * o[0].float() + w[1] * o[1].float()).to(dtype)
     torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
-    torch.testing.assert_close(lse, torch.logsumexp(torch.stack(l), 0))
+    torch.testing.assert_close(lse, torch.logsumexp(torch.stack(ls), 0))
 
 
 def test_merge_single_partial_is_identity():
-    o, l = torch.randn(2, 3, 4), torch.randn(2, 3)
-    out, lse = nattn.merge_attentions([o], [l])
+    o, ls = torch.randn(2, 3, 4), torch.randn(2, 3)
+    out, lse = nattn.merge_attentions([o], [ls])
     torch.testing.assert_close(out, o)
-    torch.testing.assert_close(lse, l)
+    torch.testing.assert_close(lse, ls)
 
 
 def torch_merge(outs, lses):
     """The merge formula in plain torch ops (float64), an oracle for values and gradients."""
     lse = torch.logsumexp(torch.stack(lses), 0)
-    out = sum(torch.exp(l - lse).unsqueeze(-1) * o for o, l in zip(outs, lses))
+    out = sum(torch.exp(ls - lse).unsqueeze(-1) * o for o, ls in zip(outs, lses))
     return out, lse
 
 
@@ -119,7 +119,7 @@ def test_merge_gradients_match_the_formula():
     # plain torch in float64 (the library's lse inputs are float32 by contract).
     outs = [rand(2, 5, 3, 4) for _ in range(3)]
     lses32 = [torch.randn(2, 5, 3, requires_grad=True) for _ in range(3)]
-    lses64 = [l.detach().double().requires_grad_() for l in lses32]
+    lses64 = [ls.detach().double().requires_grad_() for ls in lses32]
     out, lse = nattn.merge_attentions(outs, lses32)
     ref, ref_lse = torch_merge(outs, lses64)
     torch.testing.assert_close(out, ref)
@@ -138,7 +138,7 @@ def test_merge_strided_partials():
     lses = list(torch.randn(2, 3, 6, 2).permute(0, 2, 1, 3).unbind(-1))  # [B, X, H], strided
     assert not lses[0].is_contiguous()
     out, lse = nattn.merge_attentions(outs, lses)
-    ref, ref_lse = torch_merge([o.double() for o in outs], [l.double() for l in lses])
+    ref, ref_lse = torch_merge([o.double() for o in outs], [ls.double() for ls in lses])
     assert out.is_contiguous() and lse.is_contiguous()
     torch.testing.assert_close(out, ref.float())
     torch.testing.assert_close(lse, ref_lse.float())
