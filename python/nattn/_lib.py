@@ -227,10 +227,15 @@ def concrete(n) -> int:
 
 def _describe(t: Tensor, shape, strides, dtype: torch.dtype, device: torch.device) -> None:
     t.dtype = DTYPES[dtype]
-    t.ndim = len(shape)  # more than MAX_DIMS: the library refuses it, naming the slot
-    for i, (n, s) in enumerate(zip(shape[:MAX_DIMS], strides)):
-        t.shape[i] = concrete(n)
-        t.stride[i] = concrete(s)
+    n = len(shape)
+    t.ndim = n  # more than MAX_DIMS: the library refuses it, naming the slot
+    m = min(n, MAX_DIMS)
+    try:
+        t.shape[:m] = shape[:m]
+        t.stride[:m] = strides[:m]
+    except TypeError:  # traced sizes (SymInts)
+        t.shape[:m] = [concrete(x) for x in shape[:m]]
+        t.stride[:m] = [concrete(x) for x in strides[:m]]
     t.device_type = DEVICES[device.type]
     t.device_index = device.index or 0
 
