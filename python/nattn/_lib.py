@@ -382,9 +382,8 @@ def backward(dense: bool, p: Problem, arr, o: Options, where: str) -> None:
     _call(fn, where, ctypes.byref(p), arr, ctypes.byref(o))
 
 
-def _json(fn, where: str, *args):
+def _json(fn, where: str, *args, size: int = 1 << 16):
     """Calls fn(*args, text, text_len, err, err_len), growing the buffer if the text needs it."""
-    size = 1 << 16
     while True:
         text, err = ctypes.create_string_buffer(size), ctypes.create_string_buffer(_ERR_LEN)
         code = fn(*args, text, size, err, _ERR_LEN)

@@ -75,6 +75,17 @@ def test_kernel_configs_rows():
     assert len({r.id for r in rows}) == len(rows)
 
 
+def test_json_buffer_grows_to_what_the_text_needs():
+    assert _lib._json(_lib.LIB.nattn_kernel_configs, "nattn.kernel_configs", size=1) == \
+        _lib.kernel_configs()
+    q, k, v = qkv(6, 7)
+    arr = _lib.slots([q, k, v, None, None, torch.empty(2, 6, 7, 4, 6), torch.empty(2, 6, 7, 4)])
+    p = _lib.problem(q, k, v, None, None, [3, 3], [1, 1], [1, 1], [False, False], None, False)
+    plan = _lib._json(_lib.LIB.nattn_explain_forward, "x", ctypes.byref(p), arr,
+                      ctypes.byref(_lib.options(0, q.device)), size=8)
+    assert plan["family"] == "reference"
+
+
 def test_kernel_choice_reaches_forward_and_backward(monkeypatch):
     # The choice travels as op arguments: the forward's options carry it, and the backward runs
     # with the forward's choice even when called outside the block.
