@@ -26,7 +26,10 @@ bool add_overflows(int64_t a, int64_t b, int64_t* out) { return __builtin_add_ov
 bool max_offset(const TensorView& t, int64_t* out) {
   int64_t off = 0;
   for (int i = 0; i < t.ndim; ++i) {
-    if (t.shape[i] == 0) { *out = 0; return true; }
+    if (t.shape[i] == 0) {
+      *out = 0;
+      return true;
+    }
     int64_t term;
     if (mul_overflows(t.shape[i] - 1, t.stride[i], &term) || add_overflows(off, term, &off)) return false;
   }
@@ -36,12 +39,16 @@ bool max_offset(const TensorView& t, int64_t* out) {
 
 // True when some dimension is 0 (computed without the product, which could overflow).
 bool is_empty(const TensorView& t) {
-  for (int i = 0; i < t.ndim; ++i) if (t.shape[i] == 0) return true;
+  for (int i = 0; i < t.ndim; ++i)
+    if (t.shape[i] == 0) return true;
   return false;
 }
 
 // Byte range [lo, hi) a view touches; empty views touch nothing.
-struct ByteRange { uintptr_t lo = 0, hi = 0; bool empty() const { return hi <= lo; } };
+struct ByteRange {
+  uintptr_t lo = 0, hi = 0;
+  bool empty() const { return hi <= lo; }
+};
 ByteRange byte_range(const TensorView& t) {
   int64_t off = 0;
   if (!t.defined() || is_empty(t) || !max_offset(t, &off)) return {};
@@ -54,7 +61,8 @@ ByteRange byte_range(const TensorView& t) {
 bool self_overlapping(const TensorView& t) {
   int idx[kMaxDims];
   int n = 0;
-  for (int i = 0; i < t.ndim; ++i) if (t.shape[i] > 1) idx[n++] = i;
+  for (int i = 0; i < t.ndim; ++i)
+    if (t.shape[i] > 1) idx[n++] = i;
   for (int i = 1; i < n; ++i)  // insertion sort by stride (n <= 6)
     for (int j = i; j > 0 && t.stride[idx[j]] < t.stride[idx[j - 1]]; --j) std::swap(idx[j], idx[j - 1]);
   int64_t span = 1;  // elements covered by the faster dims so far
@@ -71,7 +79,7 @@ struct Spec {
   const TensorView* view;
   std::vector<int64_t> shape;
   bool is_output;
-  bool float32_only;  // lse / dlse
+  bool float32_only;        // lse / dlse
   std::string layout = {};  // the dims' names, for a wrong number of dims ("[batch, X1, heads_q, head_dim]")
 };
 
@@ -88,17 +96,15 @@ Status check_one(const Spec& s, DType dtype, const char* dtype_from, Device devi
   const TensorView& t = *s.view;
   const std::string name = s.name;
   if (t.ndim != int(s.shape.size()))
-    return invalid(name + ".ndim", t.ndim, "expected " + std::to_string(s.shape.size()) +
-                   " dimensions, shape " + shape_of(s.shape));
+    return invalid(name + ".ndim", t.ndim,
+                   "expected " + std::to_string(s.shape.size()) + " dimensions, shape " + shape_of(s.shape));
   for (int i = 0; i < t.ndim; ++i) {
-    if (t.shape[i] != s.shape[i])
-      return invalid(name + ".shape", shape_string(t), "expected " + shape_of(s.shape));
+    if (t.shape[i] != s.shape[i]) return invalid(name + ".shape", shape_string(t), "expected " + shape_of(s.shape));
     if (t.stride[i] < 0)
       return invalid(name + ".stride[" + std::to_string(i) + "]", t.stride[i], "strides must be >= 0");
   }
   if (s.float32_only) {
-    if (t.dtype != DType::kFloat32)
-      return invalid(name + ".dtype", dtype_name(t.dtype), "must be float32");
+    if (t.dtype != DType::kFloat32) return invalid(name + ".dtype", dtype_name(t.dtype), "must be float32");
   } else if (t.dtype != dtype) {
     return invalid(name + ".dtype", dtype_name(t.dtype),
                    std::string("must match ") + dtype_from + ".dtype (" + dtype_name(dtype) + ")");
@@ -119,7 +125,11 @@ Status check_one(const Spec& s, DType dtype, const char* dtype_from, Device devi
 Status check_all(const std::vector<Spec>& specs, Validation v) {
   // dtype and device are taken from the first tensor that is not float32-only.
   const Spec* ref = nullptr;
-  for (const Spec& s : specs) if (!s.float32_only) { ref = &s; break; }
+  for (const Spec& s : specs)
+    if (!s.float32_only) {
+      ref = &s;
+      break;
+    }
   for (const Spec& s : specs)
     NATTN_RETURN_IF_ERROR(check_one(s, ref->view->dtype, ref->name, ref->view->device, ref->name, v));
   if (v == Validation::kShapes) return Status::Ok();  // aliasing needs real addresses
@@ -165,8 +175,8 @@ Spec grid_spec(const char* name, const TensorView* t, const Problem& p, bool den
                bool is_output) {
   const int64_t heads = heads_q ? p.heads_q : p.heads_kv;
   const int64_t dim = value ? p.head_dim_v : p.head_dim;
-  return {name, t, grid_shape(p, heads, dim), is_output, false,
-          grid_layout(p, dense, heads_q ? "heads_q" : "heads_kv", value ? "head_dim_v" : "head_dim")};
+  return {name,      t,     grid_shape(p, heads, dim),
+          is_output, false, grid_layout(p, dense, heads_q ? "heads_q" : "heads_kv", value ? "head_dim_v" : "head_dim")};
 }
 
 Spec lse_spec(const char* name, const TensorView* t, const Problem& p, bool dense, bool is_output) {
@@ -174,7 +184,11 @@ Spec lse_spec(const char* name, const TensorView* t, const Problem& p, bool dens
 }
 
 Spec additional_spec(const char* name, const TensorView* t, const Problem& p, bool value, bool is_output) {
-  return {name, t, {p.batch, p.num_additional, p.heads_kv, value ? p.head_dim_v : p.head_dim}, is_output, false,
+  return {name,
+          t,
+          {p.batch, p.num_additional, p.heads_kv, value ? p.head_dim_v : p.head_dim},
+          is_output,
+          false,
           value ? "[batch, num_additional, heads_kv, head_dim_v]" : "[batch, num_additional, heads_kv, head_dim]"};
 }
 
@@ -225,13 +239,15 @@ Status validate_problem(const Problem& p, bool dense) {
     if (k < (dense ? 1 : 2)) return invalid(axis_name("kernel_size", a), k, dense ? "must be >= 1" : "must be >= 2");
     if (d < 1) return invalid(axis_name("dilation", a), d, "must be >= 1");
     if (s < 1 || s > k)
-      return invalid(axis_name("stride", a), s, "must satisfy 1 <= stride <= kernel_size (kernel_size[" +
-                     std::to_string(a) + "] = " + std::to_string(k) + ")");
+      return invalid(axis_name("stride", a), s,
+                     "must satisfy 1 <= stride <= kernel_size (kernel_size[" + std::to_string(a) +
+                         "] = " + std::to_string(k) + ")");
     int64_t span;
     if (__builtin_mul_overflow(k, d, &span) || span > p.extent[a])
-      return invalid(axis_name("kernel_size", a), k, "kernel_size * dilation must be <= extent (dilation[" +
-                     std::to_string(a) + "] = " + std::to_string(d) + ", extent[" + std::to_string(a) +
-                     "] = " + std::to_string(p.extent[a]) + ")");
+      return invalid(axis_name("kernel_size", a), k,
+                     "kernel_size * dilation must be <= extent (dilation[" + std::to_string(a) +
+                         "] = " + std::to_string(d) + ", extent[" + std::to_string(a) +
+                         "] = " + std::to_string(p.extent[a]) + ")");
   }
   return Status::Ok();
 }
@@ -269,14 +285,10 @@ Status validate_backward(const Problem& p, const BackwardTensors& t, bool dense,
   NATTN_RETURN_IF_ERROR(check_additional_present(p, t.d_additional_v, "d_additional_v"));
   if (!t.lse.defined()) return invalid("lse", "absent", "backward needs forward's logsumexp");
   std::vector<Spec> specs{
-      grid_spec("q", &t.q, p, dense, true, false, false),
-      grid_spec("k", &t.k, p, dense, false, false, false),
-      grid_spec("v", &t.v, p, dense, false, true, false),
-      grid_spec("out", &t.out, p, dense, true, true, false),
-      grid_spec("dout", &t.dout, p, dense, true, true, false),
-      lse_spec("lse", &t.lse, p, dense, false),
-      grid_spec("dq", &t.dq, p, dense, true, false, true),
-      grid_spec("dk", &t.dk, p, dense, false, false, true),
+      grid_spec("q", &t.q, p, dense, true, false, false),      grid_spec("k", &t.k, p, dense, false, false, false),
+      grid_spec("v", &t.v, p, dense, false, true, false),      grid_spec("out", &t.out, p, dense, true, true, false),
+      grid_spec("dout", &t.dout, p, dense, true, true, false), lse_spec("lse", &t.lse, p, dense, false),
+      grid_spec("dq", &t.dq, p, dense, true, false, true),     grid_spec("dk", &t.dk, p, dense, false, false, true),
       grid_spec("dv", &t.dv, p, dense, false, true, true),
   };
   if (t.dlse.defined()) specs.push_back(lse_spec("dlse", &t.dlse, p, dense, false));
@@ -291,8 +303,8 @@ Status validate_backward(const Problem& p, const BackwardTensors& t, bool dense,
   return check_all(specs, v);
 }
 
-Status validate_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
-                      const TensorView& out, const TensorView& lse, Validation v) {
+Status validate_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
+                      const TensorView& lse, Validation v) {
   if (outs.empty()) return invalid("outs", "an empty list", "needs at least one partial");
   if (outs.size() != lses.size())
     return invalid("lses", std::to_string(lses.size()) + " tensors",

@@ -22,7 +22,7 @@ Status validate_forward(const Problem& p, const ForwardTensors& t, bool dense = 
                         Validation v = Validation::kFull);
 Status validate_backward(const Problem& p, const BackwardTensors& t, bool dense = false,
                          Validation v = Validation::kFull);
-Status validate_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
-                      const TensorView& out, const TensorView& lse, Validation v = Validation::kFull);
+Status validate_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
+                      const TensorView& lse, Validation v = Validation::kFull);
 
 }  // namespace nattn

@@ -25,9 +25,9 @@ struct Partial {
 };
 
 struct MergeParams {
-  int n;          // partials merged by this launch
-  int row_dims;   // out.ndim - 1: the dims of a row [..., H]
-  int64_t rows;   // product of the row dims
+  int n;         // partials merged by this launch
+  int row_dims;  // out.ndim - 1: the dims of a row [..., H]
+  int64_t rows;  // product of the row dims
   int64_t dv;
   int64_t shape[kMaxDims];
   Partial in[kMaxPartials];
