@@ -83,8 +83,9 @@ Status explain_attention_backward(const AttentionProblem& problem, const Backwar
 //   lse = log(sum_i exp(lse_i)),  out = sum_i exp(lse_i - lse) * out_i.
 // outs[i]: [..., H, Dv] (same shape, dtype, device), lses[i]: [..., H] float32.
 // Partials whose lse is -inf contribute nothing; if all are -inf, out = 0 and lse = -inf.
+// Runs on the backend of out's device (Options::stream orders it on CUDA).
 Status merge_attentions(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
-                        const TensorView& out, const TensorView& lse);
+                        const TensorView& out, const TensorView& lse, const Options& options = {});
 
 // What each backend built into this library can do here, and why not when it can't.
 struct BackendInfo {

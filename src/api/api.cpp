@@ -1,8 +1,9 @@
 // Layer: api. Public entry points: validate, pick a backend, plan (cached) and run or explain.
+#include <string>
+
 #include "core/axes.h"
 #include "core/backend.h"
 #include "core/validate.h"
-#include "cpu/reference.h"
 #include "nattn/api.h"
 
 namespace nattn {
@@ -74,12 +75,17 @@ Status explain_attention_backward(const AttentionProblem& d, const BackwardTenso
 }
 
 Status merge_attentions(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
-                        const TensorView& out, const TensorView& lse) {
+                        const TensorView& out, const TensorView& lse, const Options& o) {
   NATTN_RETURN_IF_ERROR(validate_merge(outs, lses, out, lse));
-  if (out.device.type != DeviceType::kCPU)
-    return Status::Unsupported("merge_attentions: out.device = " + device_name(out.device) +
-                               " is not supported yet: only CPU tensors can be merged by the C++ API");
-  return reference_merge(outs, lses, out, lse);
+  std::string reasons;
+  for (const Backend* b : registry()) {
+    if (o.backend != BackendKind::kAuto && b->kind() != o.backend) continue;
+    Status s = b->available();
+    if (s.ok()) s = b->supports(Problem{}, out.dtype, out.device, false);
+    if (s.ok()) return b->merge(outs, lses, out, lse, o);
+    reasons += std::string(reasons.empty() ? "" : "; ") + b->name() + ": " + s.message();
+  }
+  return Status::Unsupported("merge_attentions: no backend can merge these tensors: " + reasons);
 }
 
 }  // namespace nattn

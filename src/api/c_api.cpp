@@ -387,7 +387,7 @@ int nattn_merge_on_stream(int32_t n, const nattn_tensor* outs, const nattn_tenso
     MergeViews m;
     NATTN_RETURN_IF_ERROR(check_options(o));
     NATTN_RETURN_IF_ERROR(merge_views(n, outs, lses, out, lse, &m));
-    return merge_attentions(m.outs, m.lses, m.out, m.lse);
+    return merge_attentions(m.outs, m.lses, m.out, m.lse, to_options(o));
   });
 }
 

@@ -26,6 +26,9 @@ class Backend {
   virtual Status explain_backward(const Problem& p, const BackwardTensors& t, const Options& o, Plan* plan) const = 0;
   virtual Status forward(const Problem& p, const ForwardTensors& t, const Options& o) const = 0;
   virtual Status backward(const Problem& p, const BackwardTensors& t, const Options& o) const = 0;
+  // merge_attentions of validated views on this backend's device.
+  virtual Status merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
+                       const TensorView& lse, const Options& o) const = 0;
   // Rows of this backend's kernel configuration table (none for backends without one).
   virtual std::vector<KernelConfigInfo> kernel_configs() const { return {}; }
 };

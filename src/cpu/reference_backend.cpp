@@ -21,6 +21,10 @@ class ReferenceBackend final : public Backend {
   Status explain_backward(const Problem&, const BackwardTensors&, const Options& o, Plan* plan) const override {
     return explain(o, "backward", plan);
   }
+  Status merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
+               const TensorView& lse, const Options&) const override {
+    return reference_merge(outs, lses, out, lse);
+  }
   Status forward(const Problem& p, const ForwardTensors& t, const Options& o) const override {
     NATTN_RETURN_IF_ERROR(check_choice(o));
     return reference_forward(p, t);

@@ -9,6 +9,7 @@
 #include "cuda/check.h"
 #include "cuda/common/delta.h"
 #include "cuda/common/layout_copy.h"
+#include "cuda/common/merge.h"
 #include "cuda/common/params.h"
 #include "cuda/planner.h"
 
@@ -159,6 +160,12 @@ class CudaBackend final : public Backend {
   }
 
   std::vector<KernelConfigInfo> kernel_configs() const override;
+
+  Status merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
+               const TensorView& lse, const Options& o) const override {
+    DeviceGuard guard(out.device.index);
+    return cuda_merge(outs, lses, out, lse, o.stream);
+  }
 
   Status explain_forward(const Problem& p, const ForwardTensors& t, const Options& o, Plan* out) const override {
     DeviceGuard guard(t.q.device.index);

@@ -160,28 +160,10 @@ Status launch_rounds(const std::vector<TensorView>& outs, const std::vector<Tens
   return Status::Ok();
 }
 
-// Restores the caller's current device on scope exit.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int index) {
-    cudaGetDevice(&previous_);
-    if (previous_ != index) cudaSetDevice(index);
-  }
-  ~DeviceGuard() {
-    int now = previous_;
-    cudaGetDevice(&now);
-    if (now != previous_) cudaSetDevice(previous_);
-  }
-
- private:
-  int previous_ = 0;
-};
-
 }  // namespace
 
 Status cuda_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
                   const TensorView& lse, void* stream) {
-  DeviceGuard guard(out.device.index);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (out.dtype) {
     case DType::kFloat32: return launch_rounds<float>(outs, lses, out, lse, s);

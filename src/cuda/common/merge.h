@@ -10,8 +10,8 @@ namespace nattn {
 
 // outs[i] [..., H, Dv] and lses[i] [..., H] (float32) on one CUDA device, already validated
 // (validate_merge); writes out and lse. Any strides and dtype; accumulates in float (double for
-// float64). Runs on `stream` (a cudaStream_t; null = the legacy default stream) with out's
-// device made current for the call. More than 16 partials merge in rounds through out and lse,
+// float64). Runs on `stream` (a cudaStream_t; null = the legacy default stream) on the current
+// device (the caller makes out's device current). More than 16 partials merge in rounds through out and lse,
 // which rounds the running result to out's dtype between rounds.
 Status cuda_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
                   const TensorView& lse, void* stream);
