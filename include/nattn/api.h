@@ -18,10 +18,10 @@ enum class BackendKind : int { kAuto = 0, kReference = 1, kCuda = 2 };
 // Forces a kernel family, configuration or tile shape (experiments, the autotuner). A choice the
 // call cannot use is an error with the reason, never a silent fallback.
 struct KernelChoice {
-  std::string family;                    // "" = automatic; else "sm90", "sm80", "generic", "reference"
-  std::vector<int> config_ids;           // rows of kernel_configs(), at most one per kernel role
-  std::array<int, 3> own_tile{0, 0, 0};  // forward/dQ query box per axis (powers of two whose
-  std::array<int, 3> walk_tile{0, 0, 0}; // product is the config's block); 0s = chosen by the plan
+  std::string family;                     // "" = automatic; else "sm90", "sm80", "generic", "reference"
+  std::vector<int> config_ids;            // rows of kernel_configs(), at most one per kernel role
+  std::array<int, 3> own_tile{0, 0, 0};   // forward/dQ query box per axis (powers of two whose
+  std::array<int, 3> walk_tile{0, 0, 0};  // product is the config's block); 0s = chosen by the plan
   bool empty() const {
     return family.empty() && config_ids.empty() && own_tile == std::array<int, 3>{0, 0, 0} &&
            walk_tile == std::array<int, 3>{0, 0, 0};
@@ -65,27 +65,25 @@ Status forward(const Problem& problem, const ForwardTensors& t, const Options& o
 Status backward(const Problem& problem, const BackwardTensors& t, const Options& options = {});
 
 // Dense attention over [B, N, H, D] tensors (additional_* must be absent).
-Status attention_forward(const AttentionProblem& problem, const ForwardTensors& t,
-                         const Options& options = {});
-Status attention_backward(const AttentionProblem& problem, const BackwardTensors& t,
-                          const Options& options = {});
+Status attention_forward(const AttentionProblem& problem, const ForwardTensors& t, const Options& options = {});
+Status attention_backward(const AttentionProblem& problem, const BackwardTensors& t, const Options& options = {});
 
 // The plan a call would run (family, configuration, tiles, copies, workspace, and why each other
 // family was not chosen), without running anything. Validates like the calls themselves.
 Status explain_forward(const Problem& problem, const ForwardTensors& t, const Options& options, Plan* plan);
 Status explain_backward(const Problem& problem, const BackwardTensors& t, const Options& options, Plan* plan);
-Status explain_attention_forward(const AttentionProblem& problem, const ForwardTensors& t,
-                                 const Options& options, Plan* plan);
-Status explain_attention_backward(const AttentionProblem& problem, const BackwardTensors& t,
-                                  const Options& options, Plan* plan);
+Status explain_attention_forward(const AttentionProblem& problem, const ForwardTensors& t, const Options& options,
+                                 Plan* plan);
+Status explain_attention_backward(const AttentionProblem& problem, const BackwardTensors& t, const Options& options,
+                                  Plan* plan);
 
 // Merges partial attentions over disjoint key sets into one softmax:
 //   lse = log(sum_i exp(lse_i)),  out = sum_i exp(lse_i - lse) * out_i.
 // outs[i]: [..., H, Dv] (same shape, dtype, device), lses[i]: [..., H] float32.
 // Partials whose lse is -inf contribute nothing; if all are -inf, out = 0 and lse = -inf.
 // Runs on the backend of out's device (Options::stream orders it on CUDA).
-Status merge_attentions(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
-                        const TensorView& out, const TensorView& lse, const Options& options = {});
+Status merge_attentions(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
+                        const TensorView& lse, const Options& options = {});
 
 // What each backend built into this library can do here, and why not when it can't.
 struct BackendInfo {

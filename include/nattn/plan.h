@@ -22,14 +22,14 @@ struct FamilyVerdict {
 
 // One kernel launch of a plan.
 struct PlannedKernel {
-  std::string role;                        // "forward", "backward_dq", "backward_dkdv", "delta", "copy q", ...
-  int config_id = -1;                      // row of kernel_configs(); -1 for kernels outside the table
-  std::array<int, 3> own_tile{1, 1, 1};    // box a CTA owns, per axis (queries, or keys for dK/dV)
-  std::array<int, 3> walk_tile{1, 1, 1};   // boxes it walks, per axis
+  std::string role;                       // "forward", "backward_dq", "backward_dkdv", "delta", "copy q", ...
+  int config_id = -1;                     // row of kernel_configs(); -1 for kernels outside the table
+  std::array<int, 3> own_tile{1, 1, 1};   // box a CTA owns, per axis (queries, or keys for dK/dV)
+  std::array<int, 3> walk_tile{1, 1, 1};  // boxes it walks, per axis
   std::array<int64_t, 3> grid{0, 0, 0};
   int threads = 0;
   int64_t smem_bytes = 0;
-  double walked_tiles = 0;                 // walked boxes per (batch, head), the tensor-core work
+  double walked_tiles = 0;  // walked boxes per (batch, head), the tensor-core work
 };
 
 struct Plan {

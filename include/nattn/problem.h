@@ -16,8 +16,7 @@ struct Window {
   std::array<bool, kMaxRank> is_causal{false, false, false};
 
   // The same parameters on every axis ("an int applies to every axis").
-  static Window uniform(int64_t kernel_size, int64_t stride = 1, int64_t dilation = 1,
-                        bool is_causal = false) {
+  static Window uniform(int64_t kernel_size, int64_t stride = 1, int64_t dilation = 1, bool is_causal = false) {
     Window w;
     w.kernel_size.fill(kernel_size);
     w.stride.fill(stride);
@@ -59,9 +58,9 @@ struct AttentionProblem {
 };
 
 // Work counts (SPEC.md "Counting work"). Pairs include the additional keys.
-int64_t attended_pairs(const Problem& p);           // per (batch, query head)
-double forward_flops(const Problem& p);             // 4 * B * Hq * D * pairs  (2*D for QK^T, 2*Dv for PV)
-double dense_forward_flops(const Problem& p);       // same with every key attended
-double flopwise_speedup_limit(const Problem& p);    // dense / useful
+int64_t attended_pairs(const Problem& p);         // per (batch, query head)
+double forward_flops(const Problem& p);           // 4 * B * Hq * D * pairs  (2*D for QK^T, 2*Dv for PV)
+double dense_forward_flops(const Problem& p);     // same with every key attended
+double flopwise_speedup_limit(const Problem& p);  // dense / useful
 
 }  // namespace nattn

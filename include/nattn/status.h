@@ -34,8 +34,8 @@ class Status {
 }  // namespace nattn
 
 // Propagates a non-ok Status to the caller.
-#define NATTN_RETURN_IF_ERROR(expr)            \
-  do {                                         \
-    ::nattn::Status nattn_status_ = (expr);    \
+#define NATTN_RETURN_IF_ERROR(expr)                \
+  do {                                             \
+    ::nattn::Status nattn_status_ = (expr);        \
     if (!nattn_status_.ok()) return nattn_status_; \
   } while (0)

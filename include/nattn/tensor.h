@@ -41,8 +41,7 @@ struct TensorView {
     return n;
   }
   // A row-major view of `data`.
-  static TensorView contiguous(void* data, DType dtype, std::initializer_list<int64_t> shape,
-                               Device device = {}) {
+  static TensorView contiguous(void* data, DType dtype, std::initializer_list<int64_t> shape, Device device = {}) {
     TensorView t;
     t.data = data;
     t.dtype = dtype;

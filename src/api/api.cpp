@@ -1,10 +1,11 @@
 // Layer: api. Public entry points: validate, pick a backend, plan (cached) and run or explain.
+#include "nattn/api.h"
+
 #include <string>
 
 #include "core/axes.h"
 #include "core/backend.h"
 #include "core/validate.h"
-#include "nattn/api.h"
 
 namespace nattn {
 namespace {
@@ -67,15 +68,14 @@ Status explain_attention_forward(const AttentionProblem& d, const ForwardTensors
   return run_forward(as_neighborhood(d), t, o, true, plan);
 }
 
-Status explain_attention_backward(const AttentionProblem& d, const BackwardTensors& t, const Options& o,
-                                  Plan* plan) {
+Status explain_attention_backward(const AttentionProblem& d, const BackwardTensors& t, const Options& o, Plan* plan) {
   NATTN_RETURN_IF_ERROR(need_plan(plan));
   NATTN_RETURN_IF_ERROR(validate_attention_problem(d));
   return run_backward(as_neighborhood(d), t, o, true, plan);
 }
 
-Status merge_attentions(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
-                        const TensorView& out, const TensorView& lse, const Options& o) {
+Status merge_attentions(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
+                        const TensorView& lse, const Options& o) {
   NATTN_RETURN_IF_ERROR(validate_merge(outs, lses, out, lse));
   std::string reasons;
   for (const Backend* b : registry()) {

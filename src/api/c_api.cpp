@@ -40,7 +40,10 @@ Status to_view(const nattn_tensor& c, const char* slot, TensorView* out) {
   v.data = c.data;
   v.dtype = DType(c.dtype);
   v.ndim = c.ndim;
-  for (int i = 0; i < c.ndim; ++i) { v.shape[i] = c.shape[i]; v.stride[i] = c.stride[i]; }
+  for (int i = 0; i < c.ndim; ++i) {
+    v.shape[i] = c.shape[i];
+    v.stride[i] = c.stride[i];
+  }
   v.device = {DeviceType(c.device_type), c.device_index};
   *out = v;
   return Status::Ok();
@@ -114,10 +117,10 @@ std::string configs_json() {
   bool first = true;
   for (const KernelConfigInfo& c : kernel_configs()) {
     j += std::string(first ? "" : ", ") + "{\"id\": " + std::to_string(c.id) + ", \"family\": \"" + c.family +
-         "\", \"role\": \"" + c.role + "\", \"dtype\": \"" + c.dtype + "\", \"head_dim\": " +
-         std::to_string(c.head_dim) + ", \"block_q\": " + std::to_string(c.block_q) + ", \"block_kv\": " +
-         std::to_string(c.block_kv) + ", \"warps\": " + std::to_string(c.warps) + ", \"stages\": " +
-         std::to_string(c.stages) + ", \"built\": " + (c.built ? "true" : "false") + "}";
+         "\", \"role\": \"" + c.role + "\", \"dtype\": \"" + c.dtype +
+         "\", \"head_dim\": " + std::to_string(c.head_dim) + ", \"block_q\": " + std::to_string(c.block_q) +
+         ", \"block_kv\": " + std::to_string(c.block_kv) + ", \"warps\": " + std::to_string(c.warps) +
+         ", \"stages\": " + std::to_string(c.stages) + ", \"built\": " + (c.built ? "true" : "false") + "}";
     first = false;
   }
   return j + "]";
@@ -132,8 +135,8 @@ Status check_options(const nattn_options* o) {
 }
 
 const char* const kFwdNames[] = {"q", "k", "v", "additional_k", "additional_v", "out", "lse"};
-const char* const kBwdNames[] = {"q", "k", "v", "additional_k", "additional_v", "out", "lse",
-                                 "dout", "dlse", "dq", "dk", "dv", "d_additional_k", "d_additional_v"};
+const char* const kBwdNames[] = {"q",    "k",  "v",  "additional_k", "additional_v",   "out",           "lse", "dout",
+                                 "dlse", "dq", "dk", "dv",           "d_additional_k", "d_additional_v"};
 
 Status forward_tensors(const nattn_tensor* c, ForwardTensors* t) {
   TensorView* slots[] = {&t->q, &t->k, &t->v, &t->additional_k, &t->additional_v, &t->out, &t->lse};
@@ -142,8 +145,9 @@ Status forward_tensors(const nattn_tensor* c, ForwardTensors* t) {
 }
 
 Status backward_tensors(const nattn_tensor* c, BackwardTensors* t) {
-  TensorView* slots[] = {&t->q, &t->k, &t->v, &t->additional_k, &t->additional_v, &t->out, &t->lse,
-                         &t->dout, &t->dlse, &t->dq, &t->dk, &t->dv, &t->d_additional_k, &t->d_additional_v};
+  TensorView* slots[] = {
+      &t->q,    &t->k,  &t->v,  &t->additional_k, &t->additional_v,   &t->out,           &t->lse, &t->dout,
+      &t->dlse, &t->dq, &t->dk, &t->dv,           &t->d_additional_k, &t->d_additional_v};
   for (int i = 0; i < NATTN_BWD_COUNT; ++i) NATTN_RETURN_IF_ERROR(to_view(c[i], kBwdNames[i], slots[i]));
   return Status::Ok();
 }
@@ -189,7 +193,8 @@ struct Field {
   const char* name;
   size_t offset, size, align;
 };
-#define NATTN_FIELD(S, f) Field{#f, offsetof(S, f), sizeof(S::f), alignof(decltype(S::f))}
+#define NATTN_FIELD(S, f) \
+  Field { #f, offsetof(S, f), sizeof(S::f), alignof(decltype(S::f)) }
 
 template <size_t N>
 constexpr bool covers(const std::array<Field, N>& fields, size_t size, size_t align) {
@@ -202,8 +207,8 @@ constexpr bool covers(const std::array<Field, N>& fields, size_t size, size_t al
 }
 
 constexpr std::array<Field, 7> kTensorFields{
-    NATTN_FIELD(nattn_tensor, data),   NATTN_FIELD(nattn_tensor, dtype),       NATTN_FIELD(nattn_tensor, ndim),
-    NATTN_FIELD(nattn_tensor, shape),  NATTN_FIELD(nattn_tensor, stride),      NATTN_FIELD(nattn_tensor, device_type),
+    NATTN_FIELD(nattn_tensor, data),        NATTN_FIELD(nattn_tensor, dtype),  NATTN_FIELD(nattn_tensor, ndim),
+    NATTN_FIELD(nattn_tensor, shape),       NATTN_FIELD(nattn_tensor, stride), NATTN_FIELD(nattn_tensor, device_type),
     NATTN_FIELD(nattn_tensor, device_index)};
 constexpr std::array<Field, 14> kProblemFields{
     NATTN_FIELD(nattn_problem, rank),        NATTN_FIELD(nattn_problem, is_causal),
@@ -213,12 +218,16 @@ constexpr std::array<Field, 14> kProblemFields{
     NATTN_FIELD(nattn_problem, kernel_size), NATTN_FIELD(nattn_problem, stride),
     NATTN_FIELD(nattn_problem, dilation),    NATTN_FIELD(nattn_problem, has_scale),
     NATTN_FIELD(nattn_problem, scale),       NATTN_FIELD(nattn_problem, num_additional)};
-constexpr std::array<Field, 10> kOptionsFields{
-    NATTN_FIELD(nattn_options, backend),           NATTN_FIELD(nattn_options, deterministic),
-    NATTN_FIELD(nattn_options, stream),            NATTN_FIELD(nattn_options, family),
-    NATTN_FIELD(nattn_options, config_ids),        NATTN_FIELD(nattn_options, own_tile),
-    NATTN_FIELD(nattn_options, walk_tile),         NATTN_FIELD(nattn_options, workspace_allocate),
-    NATTN_FIELD(nattn_options, workspace_release), NATTN_FIELD(nattn_options, workspace_ctx)};
+constexpr std::array<Field, 10> kOptionsFields{NATTN_FIELD(nattn_options, backend),
+                                               NATTN_FIELD(nattn_options, deterministic),
+                                               NATTN_FIELD(nattn_options, stream),
+                                               NATTN_FIELD(nattn_options, family),
+                                               NATTN_FIELD(nattn_options, config_ids),
+                                               NATTN_FIELD(nattn_options, own_tile),
+                                               NATTN_FIELD(nattn_options, walk_tile),
+                                               NATTN_FIELD(nattn_options, workspace_allocate),
+                                               NATTN_FIELD(nattn_options, workspace_release),
+                                               NATTN_FIELD(nattn_options, workspace_ctx)};
 #undef NATTN_FIELD
 static_assert(covers(kTensorFields, sizeof(nattn_tensor), alignof(nattn_tensor)), "kTensorFields misses a field");
 static_assert(covers(kProblemFields, sizeof(nattn_problem), alignof(nattn_problem)), "kProblemFields misses a field");
@@ -296,8 +305,8 @@ int nattn_backward(const nattn_problem* p, const nattn_tensor* tensors, const na
   });
 }
 
-int nattn_attention_forward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o,
-                            char* err, size_t err_len) {
+int nattn_attention_forward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o, char* err,
+                            size_t err_len) {
   return guarded(err, err_len, [&] {
     ForwardTensors t;
     NATTN_RETURN_IF_ERROR(check_options(o));
@@ -306,8 +315,8 @@ int nattn_attention_forward(const nattn_problem* p, const nattn_tensor* tensors,
   });
 }
 
-int nattn_attention_backward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o,
-                             char* err, size_t err_len) {
+int nattn_attention_backward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o, char* err,
+                             size_t err_len) {
   return guarded(err, err_len, [&] {
     BackwardTensors t;
     NATTN_RETURN_IF_ERROR(check_options(o));
@@ -316,8 +325,8 @@ int nattn_attention_backward(const nattn_problem* p, const nattn_tensor* tensors
   });
 }
 
-int nattn_explain_forward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o,
-                          char* plan_json, size_t plan_len, char* err, size_t err_len) {
+int nattn_explain_forward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o, char* plan_json,
+                          size_t plan_len, char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
     ForwardTensors t;
     Plan plan;
@@ -328,8 +337,8 @@ int nattn_explain_forward(const nattn_problem* p, const nattn_tensor* tensors, c
   });
 }
 
-int nattn_explain_backward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o,
-                           char* plan_json, size_t plan_len, char* err, size_t err_len) {
+int nattn_explain_backward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o, char* plan_json,
+                           size_t plan_len, char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
     BackwardTensors t;
     Plan plan;
@@ -420,15 +429,17 @@ int nattn_check_merge_shapes(int32_t n, const nattn_tensor* outs, const nattn_te
 
 int nattn_struct_layout(const char* name, int64_t* size, int32_t* num_fields, int64_t* offsets, int64_t* sizes,
                         int32_t max_fields, char* names, size_t names_len, char* err, size_t err_len) {
-  return guarded(err, err_len, [&] {
-    return struct_layout(name, size, num_fields, offsets, sizes, max_fields, names, names_len);
-  });
+  return guarded(err, err_len,
+                 [&] { return struct_layout(name, size, num_fields, offsets, sizes, max_fields, names, names_len); });
 }
 
 int nattn_backend_available(int32_t kind, char* reason, size_t reason_len) {
   for (const BackendInfo& b : backends()) {
     if (int(b.kind) != kind) continue;
-    if (b.available) { report(Status::Ok(), reason, reason_len); return 1; }
+    if (b.available) {
+      report(Status::Ok(), reason, reason_len);
+      return 1;
+    }
     report(Status::Unsupported(b.reason), reason, reason_len);
     return 0;
   }

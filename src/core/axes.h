@@ -6,8 +6,7 @@
 namespace nattn {
 
 inline window::Axis axis(const Problem& p, int a) {
-  return {p.extent[a], p.window.kernel_size[a], p.window.stride[a], p.window.dilation[a],
-          p.window.is_causal[a]};
+  return {p.extent[a], p.window.kernel_size[a], p.window.stride[a], p.window.dilation[a], p.window.is_causal[a]};
 }
 
 // Dense attention is neighborhood attention whose window is the whole sequence.

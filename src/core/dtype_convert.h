@@ -6,11 +6,23 @@
 
 namespace nattn::convert {
 
-struct half_bits { uint16_t bits; };
-struct bf16_bits { uint16_t bits; };
+struct half_bits {
+  uint16_t bits;
+};
+struct bf16_bits {
+  uint16_t bits;
+};
 
-inline float bits_to_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
-inline uint32_t float_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+inline float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
 
 inline double to_double(float x) { return x; }
 inline double to_double(double x) { return x; }
@@ -40,23 +52,32 @@ inline float to_float_odd(double x) {
   return f;
 }
 
-template <class T> T from_double(double x);
-template <> inline float from_double<float>(double x) { return float(x); }
-template <> inline double from_double<double>(double x) { return x; }
-template <> inline bf16_bits from_double<bf16_bits>(double x) {
+template <class T>
+T from_double(double x);
+template <>
+inline float from_double<float>(double x) {
+  return float(x);
+}
+template <>
+inline double from_double<double>(double x) {
+  return x;
+}
+template <>
+inline bf16_bits from_double<bf16_bits>(double x) {
   const uint32_t u = float_to_bits(to_float_odd(x));
   if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t((u >> 16) | 0x40)};  // quiet nan
   const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u);
   return {uint16_t(rounded >> 16)};
 }
-template <> inline half_bits from_double<half_bits>(double x) {
+template <>
+inline half_bits from_double<half_bits>(double x) {
   const float f = to_float_odd(x);
   const uint32_t u = float_to_bits(f);
   const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
   const uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return {uint16_t(sign | 0x7e00u)};
   if (a >= 0x477ff000u) return {uint16_t(sign | 0x7c00u)};  // rounds past 65504: inf
-  if (a < 0x38800000u) {  // below the smallest normal half: subnormal or zero
+  if (a < 0x38800000u) {                                    // below the smallest normal half: subnormal or zero
     const double m = std::nearbyint(std::ldexp(double(bits_to_float(a)), 24));  // ties-to-even
     return {uint16_t(sign | uint16_t(m))};
   }

@@ -1,8 +1,8 @@
 // Layer: core. Plan serialisation (the C ABI and Python read plans as JSON).
+#include "nattn/plan.h"
+
 #include <cstdio>
 #include <string>
-
-#include "nattn/plan.h"
 
 namespace nattn {
 namespace {
@@ -37,7 +37,8 @@ std::string Plan::to_json() const {
   std::string j = "{\"backend\": " + quoted(backend) + ", \"family\": " + quoted(family) + ", \"families\": [";
   for (size_t i = 0; i < families.size(); ++i)
     j += std::string(i ? ", " : "") + "{\"family\": " + quoted(families[i].family) +
-         ", \"chosen\": " + (families[i].chosen ? "true" : "false") + ", \"reason\": " + quoted(families[i].reason) + "}";
+         ", \"chosen\": " + (families[i].chosen ? "true" : "false") + ", \"reason\": " + quoted(families[i].reason) +
+         "}";
   j += "], \"copies\": [";
   for (size_t i = 0; i < copies.size(); ++i) j += (i ? ", " : "") + quoted(copies[i]);
   j += "], \"kernels\": [";
@@ -45,12 +46,14 @@ std::string Plan::to_json() const {
     const PlannedKernel& k = kernels[i];
     char walked[32];
     std::snprintf(walked, sizeof walked, "%.17g", k.walked_tiles);
-    j += std::string(i ? ", " : "") + "{\"role\": " + quoted(k.role) + ", \"config_id\": " + std::to_string(k.config_id) +
-         ", \"own_tile\": " + array(k.own_tile) + ", \"walk_tile\": " + array(k.walk_tile) +
-         ", \"grid\": " + array(k.grid) + ", \"threads\": " + std::to_string(k.threads) +
-         ", \"smem_bytes\": " + std::to_string(k.smem_bytes) + ", \"walked_tiles\": " + walked + "}";
+    j += std::string(i ? ", " : "") + "{\"role\": " + quoted(k.role) +
+         ", \"config_id\": " + std::to_string(k.config_id) + ", \"own_tile\": " + array(k.own_tile) +
+         ", \"walk_tile\": " + array(k.walk_tile) + ", \"grid\": " + array(k.grid) +
+         ", \"threads\": " + std::to_string(k.threads) + ", \"smem_bytes\": " + std::to_string(k.smem_bytes) +
+         ", \"walked_tiles\": " + walked + "}";
   }
-  j += "], \"workspace_bytes\": " + std::to_string(workspace_bytes) + ", \"cached\": " + (cached ? "true" : "false") + "}";
+  j += "], \"workspace_bytes\": " + std::to_string(workspace_bytes) + ", \"cached\": " + (cached ? "true" : "false") +
+       "}";
   return j;
 }
 

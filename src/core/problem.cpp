@@ -1,15 +1,14 @@
 // Layer: core. Problem helpers: default scale and work counts (SPEC.md "Counting work").
+#include "nattn/problem.h"
+
 #include <cmath>
 
 #include "core/axes.h"
 #include "core/window.h"
-#include "nattn/problem.h"
 
 namespace nattn {
 
-double Problem::effective_scale() const {
-  return scale.has_value() ? *scale : 1.0 / std::sqrt(double(head_dim));
-}
+double Problem::effective_scale() const { return scale.has_value() ? *scale : 1.0 / std::sqrt(double(head_dim)); }
 
 int64_t Problem::tokens() const {
   int64_t n = 1;

@@ -1,7 +1,7 @@
 // Layer: core. Names and sizes of dtypes and devices, shape printing.
-#include <sstream>
-
 #include "nattn/tensor.h"
+
+#include <sstream>
 
 namespace nattn {
 

@@ -29,9 +29,15 @@ double axis_walked_tiles(const window::Axis& ax, int64_t g, int q, int k, TileRo
 // All ways to write 2^log2n as a product of `rank` powers of two (unused axes get 1).
 void splits(int rank, int log2n, std::vector<std::array<int, 3>>* out) {
   out->clear();
-  if (rank == 1) { out->push_back({1 << log2n, 1, 1}); return; }
+  if (rank == 1) {
+    out->push_back({1 << log2n, 1, 1});
+    return;
+  }
   for (int a = 0; a <= log2n; ++a) {
-    if (rank == 2) { out->push_back({1 << a, 1 << (log2n - a), 1}); continue; }
+    if (rank == 2) {
+      out->push_back({1 << a, 1 << (log2n - a), 1});
+      continue;
+    }
     for (int b = 0; a + b <= log2n; ++b) out->push_back({1 << a, 1 << b, 1 << (log2n - a - b)});
   }
 }
@@ -86,7 +92,11 @@ TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRo
         if (own[a] > 1 && (own[a] / 2) >= window::group_length(axis(p, a), 0)) useful = false;
       if (!useful) continue;
       const double c = cost(q, k);
-      if (best.key_tiles < 0 || c < best.key_tiles) { best.q = q; best.k = k; best.key_tiles = c; }
+      if (best.key_tiles < 0 || c < best.key_tiles) {
+        best.q = q;
+        best.k = k;
+        best.key_tiles = c;
+      }
     }
   }
   if (best.key_tiles < 0) {  // every box overshoots some axis: take the last-axis-major one

@@ -20,18 +20,15 @@ enum class Coverage : int { kOutside = 0, kPartial = 1, kFull = 2 };
 
 // Union of the windows of query positions q (non-empty) in a group of length Lg.
 NATTN_HD constexpr Range key_union(Range q, int64_t Lg, int64_t k, int64_t s, bool causal) {
-  return {window::group_window(q.begin, Lg, k, s, causal).begin,
-          window::group_window(q.end - 1, Lg, k, s, causal).end};
+  return {window::group_window(q.begin, Lg, k, s, causal).begin, window::group_window(q.end - 1, Lg, k, s, causal).end};
 }
 
 // Keys that every query of q attends to (may be empty).
 NATTN_HD constexpr Range key_intersection(Range q, int64_t Lg, int64_t k, int64_t s, bool causal) {
-  return {window::group_window(q.end - 1, Lg, k, s, causal).begin,
-          window::group_window(q.begin, Lg, k, s, causal).end};
+  return {window::group_window(q.end - 1, Lg, k, s, causal).begin, window::group_window(q.begin, Lg, k, s, causal).end};
 }
 
-NATTN_HD constexpr Coverage classify(Range q, Range keys, int64_t Lg, int64_t k, int64_t s,
-                                     bool causal) {
+NATTN_HD constexpr Coverage classify(Range q, Range keys, int64_t Lg, int64_t k, int64_t s, bool causal) {
   const Range u = key_union(q, Lg, k, s, causal);
   if (keys.end <= u.begin || keys.begin >= u.end) return Coverage::kOutside;
   const Range x = key_intersection(q, Lg, k, s, causal);

@@ -29,18 +29,16 @@ struct Range {
 
 // The window parameters of one axis (SPEC.md).
 struct Axis {
-  int64_t extent = 1;  // L
-  int64_t kernel = 2;  // k
-  int64_t stride = 1;  // s
+  int64_t extent = 1;    // L
+  int64_t kernel = 2;    // k
+  int64_t stride = 1;    // s
   int64_t dilation = 1;  // d
   bool causal = false;
 };
 
 NATTN_HD constexpr int64_t group_of(const Axis& a, int64_t i) { return i % a.dilation; }
 NATTN_HD constexpr int64_t position_of(const Axis& a, int64_t i) { return i / a.dilation; }
-NATTN_HD constexpr int64_t index_of(const Axis& a, int64_t group, int64_t pos) {
-  return pos * a.dilation + group;
-}
+NATTN_HD constexpr int64_t index_of(const Axis& a, int64_t group, int64_t pos) { return pos * a.dilation + group; }
 // Lg: the number of axis indices in dilation group g.
 NATTN_HD constexpr int64_t group_length(const Axis& a, int64_t g) {
   return a.extent / a.dilation + (g < a.extent % a.dilation ? 1 : 0);
@@ -77,13 +75,20 @@ NATTN_HD constexpr Range group_inverse(int64_t t, int64_t Lg, int64_t k, int64_t
   int64_t lo = 0, hi = Lg;  // first p with end(p) > t
   while (lo < hi) {
     int64_t mid = lo + (hi - lo) / 2;
-    if (group_window(mid, Lg, k, s, causal).end > t) hi = mid; else lo = mid + 1;
+    if (group_window(mid, Lg, k, s, causal).end > t)
+      hi = mid;
+    else
+      lo = mid + 1;
   }
   const int64_t first = lo;
-  lo = 0; hi = Lg;  // first p with start(p) > t
+  lo = 0;
+  hi = Lg;  // first p with start(p) > t
   while (lo < hi) {
     int64_t mid = lo + (hi - lo) / 2;
-    if (group_window(mid, Lg, k, s, causal).begin > t) hi = mid; else lo = mid + 1;
+    if (group_window(mid, Lg, k, s, causal).begin > t)
+      hi = mid;
+    else
+      lo = mid + 1;
   }
   const int64_t last_plus_one = lo;
   return {first, last_plus_one > first ? last_plus_one : first};

@@ -19,7 +19,10 @@ template <class F>
 void parallel_for(int64_t n, F&& body) {
   if (n <= 0) return;
   const int64_t workers = std::min<int64_t>(worker_count(), n);
-  if (workers <= 1) { body(int64_t(0), n); return; }
+  if (workers <= 1) {
+    body(int64_t(0), n);
+    return;
+  }
   std::vector<std::thread> threads;
   threads.reserve(size_t(workers - 1));
   const int64_t chunk = (n + workers - 1) / workers;

@@ -12,7 +12,7 @@ const Backend& reference_backend();
 
 Status reference_forward(const Problem& p, const ForwardTensors& t);
 Status reference_backward(const Problem& p, const BackwardTensors& t);
-Status reference_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
-                       const TensorView& out, const TensorView& lse);
+Status reference_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
+                       const TensorView& lse);
 
 }  // namespace nattn

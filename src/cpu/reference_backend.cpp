@@ -39,8 +39,9 @@ class ReferenceBackend final : public Backend {
   static Status check_choice(const Options& o) {
     if (!o.choice.config_ids.empty() || o.choice.own_tile != std::array<int, 3>{0, 0, 0} ||
         o.choice.walk_tile != std::array<int, 3>{0, 0, 0})
-      return Status::Invalid("choice = a kernel configuration or tile shape is invalid for the reference backend: "
-                             "it has no configurations");
+      return Status::Invalid(
+          "choice = a kernel configuration or tile shape is invalid for the reference backend: "
+          "it has no configurations");
     return Status::Ok();
   }
 

@@ -29,9 +29,25 @@ struct BackwardRun {
   std::vector<double> delta;  // [B, N, Hq]
 
   BackwardRun(const Problem& p_, const BackwardTensors& t_)
-      : p(p_), t(t_), grid(p_), r(p_.rank), D(p_.head_dim), Dv(p_.head_dim_v), Na(p_.num_additional),
-        group(p_.heads_q / p_.heads_kv), N(grid.tokens()), scale(p_.effective_scale()),
-        q(t_.q), k(t_.k), v(t_.v), o(t_.out), dout(t_.dout), lse(t_.lse), dq(t_.dq), dk(t_.dk), dv(t_.dv) {
+      : p(p_),
+        t(t_),
+        grid(p_),
+        r(p_.rank),
+        D(p_.head_dim),
+        Dv(p_.head_dim_v),
+        Na(p_.num_additional),
+        group(p_.heads_q / p_.heads_kv),
+        N(grid.tokens()),
+        scale(p_.effective_scale()),
+        q(t_.q),
+        k(t_.k),
+        v(t_.v),
+        o(t_.out),
+        dout(t_.dout),
+        lse(t_.lse),
+        dq(t_.dq),
+        dk(t_.dk),
+        dv(t_.dv) {
     if (Na) {
       ka = cpu::Strided<const T>(t.additional_k);
       va = cpu::Strided<const T>(t.additional_v);
@@ -42,11 +58,12 @@ struct BackwardRun {
   }
 
   // Element offsets of the row (b, coords, h) of a [B, X.., H, *] tensor, and of a token's lse.
-  template <class S> int64_t row(const S& x, int64_t b, const std::array<int64_t, 3>& c, int64_t h) const {
+  template <class S>
+  int64_t row(const S& x, int64_t b, const std::array<int64_t, 3>& c, int64_t h) const {
     return b * x.stride[0] + grid.spatial_offset(c, x.stride) + h * x.stride[r + 1];
   }
-  double dot(const cpu::Strided<const T>& x, int64_t xo, int64_t xs, const cpu::Strided<const T>& y,
-             int64_t yo, int64_t ys, int64_t n) const {
+  double dot(const cpu::Strided<const T>& x, int64_t xo, int64_t xs, const cpu::Strided<const T>& y, int64_t yo,
+             int64_t ys, int64_t n) const {
     double s = 0;
     for (int64_t d = 0; d < n; ++d) s += x.load(xo + d * xs) * y.load(yo + d * ys);
     return s;
@@ -61,7 +78,8 @@ struct BackwardRun {
         const auto c = grid.coords(item % N);
         for (int64_t h = 0; h < p.heads_q; ++h) {
           double s = dot(dout, row(dout, b, c, h), dout.stride[r + 2], o, row(o, b, c, h), o.stride[r + 2], Dv);
-          if (t.dlse.defined()) s -= dlse.load(b * dlse.stride[0] + grid.spatial_offset(c, dlse.stride) + h * dlse.stride[r + 1]);
+          if (t.dlse.defined())
+            s -= dlse.load(b * dlse.stride[0] + grid.spatial_offset(c, dlse.stride) + h * dlse.stride[r + 1]);
           delta[size_t(item * p.heads_q + h)] = s;
         }
       }
@@ -86,8 +104,8 @@ struct BackwardRun {
           const int64_t qo = row(q, b, c, h), doo = row(dout, b, c, h);
           const double li = lse_at(b, c, h), di = delta[size_t(item * p.heads_q + h)];
           std::fill(acc.begin(), acc.end(), 0.0);
-          auto add_key = [&](const cpu::Strided<const T>& kk, int64_t ko, int64_t kst,
-                             const cpu::Strided<const T>& vv, int64_t vo, int64_t vst) {
+          auto add_key = [&](const cpu::Strided<const T>& kk, int64_t ko, int64_t kst, const cpu::Strided<const T>& vv,
+                             int64_t vo, int64_t vst) {
             const double pij = p_of(dot(q, qo, q.stride[r + 2], kk, ko, kst, D), li);
             const double ds = pij * (dot(dout, doo, dout.stride[r + 2], vv, vo, vst, Dv) - di);
             for (int64_t d = 0; d < D; ++d) acc[size_t(d)] += ds * kk.load(ko + d * kst);
@@ -96,8 +114,8 @@ struct BackwardRun {
           for (size_t j = 0; j < koff.size(); ++j)
             add_key(k, kb + koff[j], k.stride[r + 2], v, vb + voff[j], v.stride[r + 2]);
           for (int64_t j = 0; j < Na; ++j)
-            add_key(ka, b * ka.stride[0] + j * ka.stride[1] + hk * ka.stride[2], ka.stride[3],
-                    va, b * va.stride[0] + j * va.stride[1] + hk * va.stride[2], va.stride[3]);
+            add_key(ka, b * ka.stride[0] + j * ka.stride[1] + hk * ka.stride[2], ka.stride[3], va,
+                    b * va.stride[0] + j * va.stride[1] + hk * va.stride[2], va.stride[3]);
           const int64_t out = row(dq, b, c, h);
           for (int64_t d = 0; d < D; ++d) dq.store(out + d * dq.stride[r + 2], scale * acc[size_t(d)]);
         }
@@ -108,9 +126,9 @@ struct BackwardRun {
   // dk/dv of one key row (ko/vo offsets in k-like/v-like tensors) from a list of query
   // (batch, coords) items; `for_each_query` enumerates them.
   template <class ForEachQuery>
-  void key_grads(const cpu::Strided<const T>& kk, int64_t ko, int64_t kst, const cpu::Strided<const T>& vv,
-                 int64_t vo, int64_t vst, int64_t b, int64_t hk, ForEachQuery&& for_each_query,
-                 std::vector<double>* gk, std::vector<double>* gv) const {
+  void key_grads(const cpu::Strided<const T>& kk, int64_t ko, int64_t kst, const cpu::Strided<const T>& vv, int64_t vo,
+                 int64_t vst, int64_t b, int64_t hk, ForEachQuery&& for_each_query, std::vector<double>* gk,
+                 std::vector<double>* gv) const {
     std::fill(gk->begin(), gk->end(), 0.0);
     std::fill(gv->begin(), gv->end(), 0.0);
     for_each_query([&](const std::array<int64_t, 3>& c, int64_t token) {

@@ -55,7 +55,10 @@ void forward_typed(const Problem& p, const ForwardTensors& t) {
           m = std::max(m, s);
         }
         double sum = 0;
-        for (double& s : score) { s = std::exp(s - m); sum += s; }
+        for (double& s : score) {
+          s = std::exp(s - m);
+          sum += s;
+        }
         std::fill(acc.begin(), acc.end(), 0.0);
         const int64_t vb = b * v.stride[0] + hk * v.stride[r + 1];
         for (int64_t j = 0; j < nk + Na; ++j) {

@@ -22,8 +22,8 @@ int64_t row_offset(const TensorView& x, const TensorView& shape_of, int ndim, in
 }
 
 template <class T>
-void merge_typed(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
-                 const TensorView& out, const TensorView& lse) {
+void merge_typed(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
+                 const TensorView& lse) {
   const int nd = out.ndim - 1;  // row dims = [..., H]
   const int64_t Dv = out.shape[nd];
   int64_t rows = 1;
@@ -40,7 +40,10 @@ void merge_typed(const std::vector<TensorView>& outs, const std::vector<TensorVi
       double total = m;
       if (std::isfinite(m)) {
         double sum = 0;
-        for (double& x : w) { x = std::exp(x - m); sum += x; }
+        for (double& x : w) {
+          x = std::exp(x - m);
+          sum += x;
+        }
         total = m + std::log(sum);
         for (size_t i = 0; i < outs.size(); ++i) {
           if (w[i] == 0) continue;
@@ -59,8 +62,8 @@ void merge_typed(const std::vector<TensorView>& outs, const std::vector<TensorVi
 
 }  // namespace
 
-Status reference_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses,
-                       const TensorView& out, const TensorView& lse) {
+Status reference_merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
+                       const TensorView& lse) {
   cpu::with_storage(out.dtype, [&](auto tag) { merge_typed<decltype(tag)>(outs, lses, out, lse); });
   return Status::Ok();
 }

@@ -13,11 +13,24 @@
 namespace nattn::cpu {
 
 // The storage type of each DType.
-template <DType> struct storage;
-template <> struct storage<DType::kFloat32> { using type = float; };
-template <> struct storage<DType::kFloat64> { using type = double; };
-template <> struct storage<DType::kFloat16> { using type = convert::half_bits; };
-template <> struct storage<DType::kBFloat16> { using type = convert::bf16_bits; };
+template <DType>
+struct storage;
+template <>
+struct storage<DType::kFloat32> {
+  using type = float;
+};
+template <>
+struct storage<DType::kFloat64> {
+  using type = double;
+};
+template <>
+struct storage<DType::kFloat16> {
+  using type = convert::half_bits;
+};
+template <>
+struct storage<DType::kBFloat16> {
+  using type = convert::bf16_bits;
+};
 
 // Calls f(T{}) with T the storage type of `dtype`.
 template <class F>
@@ -58,7 +71,10 @@ struct Grid {
   }
   std::array<int64_t, 3> coords(int64_t token) const {
     std::array<int64_t, 3> c{0, 0, 0};
-    for (int a = rank - 1; a >= 0; --a) { c[a] = token % extent[a]; token /= extent[a]; }
+    for (int a = rank - 1; a >= 0; --a) {
+      c[a] = token % extent[a];
+      token /= extent[a];
+    }
     return c;
   }
   // Spatial element offset of coordinates for a tensor whose axis a has stride st[1 + a].
@@ -87,8 +103,8 @@ struct Grid {
 
 // Cartesian product of per-axis index lists, as spatial element offsets for two tensors
 // (e.g. k and v, whose strides may differ).
-inline void product_offsets(int rank, const std::vector<int64_t> (&lists)[3], const int64_t* st_a,
-                            const int64_t* st_b, std::vector<int64_t>* off_a, std::vector<int64_t>* off_b) {
+inline void product_offsets(int rank, const std::vector<int64_t> (&lists)[3], const int64_t* st_a, const int64_t* st_b,
+                            std::vector<int64_t>* off_a, std::vector<int64_t>* off_b) {
   off_a->clear();
   off_b->clear();
   const size_t n1 = rank > 1 ? lists[1].size() : 1, n2 = rank > 2 ? lists[2].size() : 1;
@@ -96,8 +112,14 @@ inline void product_offsets(int rank, const std::vector<int64_t> (&lists)[3], co
     for (size_t j1 = 0; j1 < n1; ++j1)
       for (size_t j2 = 0; j2 < n2; ++j2) {
         int64_t oa = i0 * st_a[1], ob = i0 * st_b[1];
-        if (rank > 1) { oa += lists[1][j1] * st_a[2]; ob += lists[1][j1] * st_b[2]; }
-        if (rank > 2) { oa += lists[2][j2] * st_a[3]; ob += lists[2][j2] * st_b[3]; }
+        if (rank > 1) {
+          oa += lists[1][j1] * st_a[2];
+          ob += lists[1][j1] * st_b[2];
+        }
+        if (rank > 2) {
+          oa += lists[2][j2] * st_a[3];
+          ob += lists[2][j2] * st_b[3];
+        }
         off_a->push_back(oa);
         off_b->push_back(ob);
       }

@@ -1,11 +1,10 @@
 // Layer: cuda. The CUDA backend: plans each call once (cuda/planner.h: family, configuration,
 // copies, workspace), then per call only looks the plan up, binds the tensors to kernel
 // parameters, runs the layout copies and the family's launches.
-#include "cuda/backend.h"
-
 #include <array>
 #include <string>
 
+#include "cuda/backend.h"
 #include "cuda/check.h"
 #include "cuda/common/delta.h"
 #include "cuda/common/layout_copy.h"
@@ -53,8 +52,10 @@ class Workspace {
   }
   ~Workspace() {
     if (ptr_ == nullptr) return;
-    if (alloc_.release != nullptr) alloc_.release(ptr_, alloc_.ctx);
-    else cudaFreeAsync(ptr_, stream_);
+    if (alloc_.release != nullptr)
+      alloc_.release(ptr_, alloc_.ctx);
+    else
+      cudaFreeAsync(ptr_, stream_);
   }
   char* at(size_t offset) const { return static_cast<char*>(ptr_) + offset; }
 
@@ -113,17 +114,29 @@ Status copy_outputs(const CudaPlan& plan, const std::vector<Slot>& slots, const 
 }
 
 std::vector<Slot> forward_slots(const ForwardTensors& t) {
-  return {{"q", &t.q, false, true},          {"k", &t.k, false, true},   {"v", &t.v, false, true},
-          {"additional_k", &t.additional_k, false, true}, {"additional_v", &t.additional_v, false, true},
-          {"out", &t.out, true, true},        {"lse", &t.lse, true, false}};
+  return {{"q", &t.q, false, true},
+          {"k", &t.k, false, true},
+          {"v", &t.v, false, true},
+          {"additional_k", &t.additional_k, false, true},
+          {"additional_v", &t.additional_v, false, true},
+          {"out", &t.out, true, true},
+          {"lse", &t.lse, true, false}};
 }
 
 std::vector<Slot> backward_slots(const BackwardTensors& t) {
-  return {{"q", &t.q, false, true},        {"k", &t.k, false, true},       {"v", &t.v, false, true},
-          {"additional_k", &t.additional_k, false, true}, {"additional_v", &t.additional_v, false, true},
-          {"out", &t.out, false, false},   {"lse", &t.lse, false, false},  {"dout", &t.dout, false, true},
-          {"dlse", &t.dlse, false, false}, {"dq", &t.dq, true, true},     {"dk", &t.dk, true, true},
-          {"dv", &t.dv, true, true},       {"d_additional_k", &t.d_additional_k, true, true},
+  return {{"q", &t.q, false, true},
+          {"k", &t.k, false, true},
+          {"v", &t.v, false, true},
+          {"additional_k", &t.additional_k, false, true},
+          {"additional_v", &t.additional_v, false, true},
+          {"out", &t.out, false, false},
+          {"lse", &t.lse, false, false},
+          {"dout", &t.dout, false, true},
+          {"dlse", &t.dlse, false, false},
+          {"dq", &t.dq, true, true},
+          {"dk", &t.dk, true, true},
+          {"dv", &t.dv, true, true},
+          {"d_additional_k", &t.d_additional_k, true, true},
           {"d_additional_v", &t.d_additional_v, true, true}};
 }
 
@@ -190,13 +203,20 @@ class CudaBackend final : public Backend {
     NATTN_RETURN_IF_ERROR(bind_copies(*plan, slots, ws, s, &v));
     cuda::ForwardParams fp;
     fp.g = cuda::geometry_of(p);
-    fp.q = v[0].data; fp.k = v[1].data; fp.v = v[2].data;
-    fp.ka = v[3].data; fp.va = v[4].data;
+    fp.q = v[0].data;
+    fp.k = v[1].data;
+    fp.v = v[2].data;
+    fp.ka = v[3].data;
+    fp.va = v[4].data;
     fp.out = v[5].data;
     fp.lse = v[6].defined() ? static_cast<float*>(v[6].data) : nullptr;
-    fp.sq = strides_of(v[0], p.rank); fp.sk = strides_of(v[1], p.rank); fp.sv = strides_of(v[2], p.rank);
-    fp.so = strides_of(v[5], p.rank); fp.slse = strides_of(v[6], p.rank);
-    fp.ska = additional_strides(v[3]); fp.sva = additional_strides(v[4]);
+    fp.sq = strides_of(v[0], p.rank);
+    fp.sk = strides_of(v[1], p.rank);
+    fp.sv = strides_of(v[2], p.rank);
+    fp.so = strides_of(v[5], p.rank);
+    fp.slse = strides_of(v[6], p.rank);
+    fp.ska = additional_strides(v[3]);
+    fp.sva = additional_strides(v[4]);
     NATTN_RETURN_IF_ERROR(plan->family->forward(plan->kernels, fp, t.q.dtype, s));
     return copy_outputs(*plan, slots, ws, s);
   }
@@ -210,25 +230,39 @@ class CudaBackend final : public Backend {
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
     Workspace ws(o.workspace, s);
     NATTN_RETURN_IF_ERROR(ws.acquire(plan->workspace));
-    std::array<TensorView, 14> v{t.q,   t.k,    t.v,  t.additional_k, t.additional_v, t.out, t.lse,
-                                 t.dout, t.dlse, t.dq, t.dk,           t.dv,           t.d_additional_k,
-                                 t.d_additional_v};
+    std::array<TensorView, 14> v{t.q,    t.k,  t.v,  t.additional_k, t.additional_v,   t.out,           t.lse, t.dout,
+                                 t.dlse, t.dq, t.dk, t.dv,           t.d_additional_k, t.d_additional_v};
     NATTN_RETURN_IF_ERROR(bind_copies(*plan, slots, ws, s, &v));
     cuda::BackwardParams bp;
     bp.g = cuda::geometry_of(p);
-    bp.q = v[0].data; bp.k = v[1].data; bp.v = v[2].data;
-    bp.ka = v[3].data; bp.va = v[4].data;
-    bp.out = v[5].data; bp.dout = v[7].data;
+    bp.q = v[0].data;
+    bp.k = v[1].data;
+    bp.v = v[2].data;
+    bp.ka = v[3].data;
+    bp.va = v[4].data;
+    bp.out = v[5].data;
+    bp.dout = v[7].data;
     bp.lse = static_cast<const float*>(v[6].data);
     bp.dlse = v[8].defined() ? static_cast<const float*>(v[8].data) : nullptr;
-    bp.dq = v[9].data; bp.dk = v[10].data; bp.dv = v[11].data;
-    bp.dka = v[12].data; bp.dva = v[13].data;
-    bp.sq = strides_of(v[0], p.rank); bp.sk = strides_of(v[1], p.rank); bp.sv = strides_of(v[2], p.rank);
-    bp.so = strides_of(v[5], p.rank); bp.sdo = strides_of(v[7], p.rank);
-    bp.slse = strides_of(v[6], p.rank); bp.sdlse = strides_of(v[8], p.rank);
-    bp.sdq = strides_of(v[9], p.rank); bp.sdk = strides_of(v[10], p.rank); bp.sdv = strides_of(v[11], p.rank);
-    bp.ska = additional_strides(v[3]); bp.sva = additional_strides(v[4]);
-    bp.sdka = additional_strides(v[12]); bp.sdva = additional_strides(v[13]);
+    bp.dq = v[9].data;
+    bp.dk = v[10].data;
+    bp.dv = v[11].data;
+    bp.dka = v[12].data;
+    bp.dva = v[13].data;
+    bp.sq = strides_of(v[0], p.rank);
+    bp.sk = strides_of(v[1], p.rank);
+    bp.sv = strides_of(v[2], p.rank);
+    bp.so = strides_of(v[5], p.rank);
+    bp.sdo = strides_of(v[7], p.rank);
+    bp.slse = strides_of(v[6], p.rank);
+    bp.sdlse = strides_of(v[8], p.rank);
+    bp.sdq = strides_of(v[9], p.rank);
+    bp.sdk = strides_of(v[10], p.rank);
+    bp.sdv = strides_of(v[11], p.rank);
+    bp.ska = additional_strides(v[3]);
+    bp.sva = additional_strides(v[4]);
+    bp.sdka = additional_strides(v[12]);
+    bp.sdva = additional_strides(v[13]);
     bp.delta = reinterpret_cast<float*>(ws.at(plan->delta_offset));
     bp.sdelta = contiguous_lse_strides(p);
     NATTN_RETURN_IF_ERROR(cuda::run_delta(bp, t.q.dtype, s));

@@ -1,12 +1,11 @@
 // Layer: cuda. See planner.h.
-#include "cuda/planner.h"
-
 #include <cstring>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 
 #include "cuda/check.h"
+#include "cuda/planner.h"
 
 namespace nattn::cuda {
 namespace {
@@ -36,13 +35,27 @@ class Key {
 std::string make_key(const Problem& p, DType dtype, bool backward, int device, const Options& o,
                      const std::vector<Slot>& slots) {
   Key k;
-  k.add(p.rank); k.add(p.batch); k.add(p.extent); k.add(p.heads_q); k.add(p.heads_kv);
-  k.add(p.head_dim); k.add(p.head_dim_v); k.add(p.window.kernel_size); k.add(p.window.stride);
-  k.add(p.window.dilation); k.add(p.window.is_causal); k.add(p.effective_scale()); k.add(p.num_additional);
-  k.add(dtype); k.add(backward); k.add(device); k.add(o.deterministic);
+  k.add(p.rank);
+  k.add(p.batch);
+  k.add(p.extent);
+  k.add(p.heads_q);
+  k.add(p.heads_kv);
+  k.add(p.head_dim);
+  k.add(p.head_dim_v);
+  k.add(p.window.kernel_size);
+  k.add(p.window.stride);
+  k.add(p.window.dilation);
+  k.add(p.window.is_causal);
+  k.add(p.effective_scale());
+  k.add(p.num_additional);
+  k.add(dtype);
+  k.add(backward);
+  k.add(device);
+  k.add(o.deterministic);
   k.add_string(o.choice.family);
   for (int id : o.choice.config_ids) k.add(id);
-  k.add(o.choice.own_tile); k.add(o.choice.walk_tile);
+  k.add(o.choice.own_tile);
+  k.add(o.choice.walk_tile);
   for (const Slot& s : slots) {
     const TensorView& v = *s.view;
     k.add(v.ndim);
@@ -113,7 +126,8 @@ Status make_plan(const Problem& p, DType dtype, bool backward, int device, const
   const std::string& forced = o.choice.family;
   for (const KernelFamily* f : kernel_families()) {
     if (plan->family != nullptr) {
-      plan->explained.families.push_back({f->name(), false, std::string("not needed: ") + plan->family->name() + " runs the call"});
+      plan->explained.families.push_back(
+          {f->name(), false, std::string("not needed: ") + plan->family->name() + " runs the call"});
       continue;
     }
     if (!forced.empty() && forced != f->name()) {
@@ -147,8 +161,10 @@ Status make_plan(const Problem& p, DType dtype, bool backward, int device, const
     if (in_place.ok()) continue;
     plan->copies.push_back({i, ws});
     ws += aligned(size_t(s.view->numel()) * size_t(dtype_size(s.view->dtype)));
-    plan->explained.copies.push_back(std::string(s.name) + (s.output ? ": written to a dense buffer, then copied out (" : ": copied into a dense buffer (") +
-                                     in_place.message() + ")");
+    plan->explained.copies.push_back(
+        std::string(s.name) +
+        (s.output ? ": written to a dense buffer, then copied out (" : ": copied into a dense buffer (") +
+        in_place.message() + ")");
   }
   if (backward) {
     plan->delta_offset = ws;

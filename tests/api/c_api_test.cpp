@@ -1,11 +1,12 @@
 // Layer: tests. The C ABI (c_api.h): results, enum checks, error messages, nothing written on error.
+#include "nattn/c_api.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <string>
 #include <vector>
 
-#include "nattn/c_api.h"
 #include "support/call_check.h"
 #include "support/problems.h"
 
@@ -153,7 +154,7 @@ TEST_F(CApi, MessagesAreCopiedAndTruncated) {
   std::memset(err, 'x', sizeof err);
   EXPECT_EQ(nattn_check_problem(&p, err, 10), int(nattn::StatusCode::kInvalidArgument));
   EXPECT_EQ(std::string(err), full.substr(0, 9));  // 9 characters and the NUL
-  EXPECT_EQ(err[10], 'x');                          // nothing past err_len
+  EXPECT_EQ(err[10], 'x');                         // nothing past err_len
   EXPECT_EQ(nattn_check_problem(&p, nullptr, 0), int(nattn::StatusCode::kInvalidArgument));
   err[0] = 'x';
   EXPECT_EQ(nattn_check_problem(&p, err, 1), int(nattn::StatusCode::kInvalidArgument));
@@ -167,8 +168,9 @@ TEST_F(CApi, ErrorsWriteNothing) {
   nattn_problem p = to_c(c.problem);
   p.heads_kv = 3;  // 2 % 3 != 0
   const nattn::BackwardTensors v = t.backward_views();
-  const nattn::TensorView views[NATTN_BWD_COUNT] = {v.q, v.k, v.v, v.additional_k, v.additional_v, v.out, v.lse,
-                                                    v.dout, v.dlse, v.dq, v.dk, v.dv, v.d_additional_k, v.d_additional_v};
+  const nattn::TensorView views[NATTN_BWD_COUNT] = {
+      v.q,    v.k,  v.v,  v.additional_k, v.additional_v,   v.out,           v.lse, v.dout,
+      v.dlse, v.dq, v.dk, v.dv,           v.d_additional_k, v.d_additional_v};
   std::vector<nattn_tensor> slots;
   for (const nattn::TensorView& x : views) slots.push_back(to_c(x));
   char err[256] = "";

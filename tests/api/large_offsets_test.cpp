@@ -62,7 +62,8 @@ TEST_F(LargeOffsets, ForwardInputsPast2To31) {
   far.q = far_view(big.get(), t.q, 0, true);  // inputs may share one buffer
   far.k = far_view(big.get(), t.k, 8192, true);
   far.v = far_view(big.get(), t.v, 16384, true);
-  TestTensor out(t.out.shape(), c.dtype, Layout::kContiguous, rng), lse(t.lse.shape(), DType::kFloat32, Layout::kContiguous, rng);
+  TestTensor out(t.out.shape(), c.dtype, Layout::kContiguous, rng),
+      lse(t.lse.shape(), DType::kFloat32, Layout::kContiguous, rng);
   far.out = out.view();
   far.lse = lse.view();
   const nattn::Status s = nattn::forward(c.problem, far);

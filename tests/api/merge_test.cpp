@@ -63,7 +63,8 @@ TEST_F(Merge, NeighborhoodPlusDenseOverAdditionalKeysIsOneSoftmax) {
   dense.head_dim = 4;
   dense.head_dim_v = 3;
   dense.scale = 0.7;
-  TestTensor out2({2, 15, 4, 3}, DType::kFloat32, Layout::kPermuted, rng), lse2({2, 15, 4}, DType::kFloat32, Layout::kPadded, rng);
+  TestTensor out2({2, 15, 4, 3}, DType::kFloat32, Layout::kPermuted, rng),
+      lse2({2, 15, 4}, DType::kFloat32, Layout::kPadded, rng);
   nattn::ForwardTensors dv;
   dv.q = flat_tokens(t.q.view(), 2);
   dv.k = t.ka.view();
@@ -73,10 +74,11 @@ TEST_F(Merge, NeighborhoodPlusDenseOverAdditionalKeysIsOneSoftmax) {
   const nattn::Status ds = nattn::attention_forward(dense, dv);
   ASSERT_TRUE(ds.ok()) << ds.message();
 
-  TestTensor merged({2, 15, 4, 3}, DType::kFloat32, Layout::kPadded, rng), merged_lse({2, 15, 4}, DType::kFloat32, Layout::kPermuted, rng);
-  const nattn::Status ms = nattn::merge_attentions({flat_tokens(part.out.view(), 2), out2.view()},
-                                                   {flat_tokens(part.lse.view(), 2), lse2.view()}, merged.view(),
-                                                   merged_lse.view());
+  TestTensor merged({2, 15, 4, 3}, DType::kFloat32, Layout::kPadded, rng),
+      merged_lse({2, 15, 4}, DType::kFloat32, Layout::kPermuted, rng);
+  const nattn::Status ms =
+      nattn::merge_attentions({flat_tokens(part.out.view(), 2), out2.view()},
+                              {flat_tokens(part.lse.view(), 2), lse2.view()}, merged.view(), merged_lse.view());
   ASSERT_TRUE(ms.ok()) << ms.message();
   expect_fully_written(merged, "out");
   expect_fully_written(merged_lse, "lse");
@@ -131,7 +133,8 @@ void check_merge_formula(int n, DType dtype, Rng& rng) {
         for (int64_t d = 0; d < dv; ++d) want_out[size_t(r * dv + d)] += w * o[size_t(i)][size_t(r * dv + d)];
     }
   }
-  TestTensor out(oshape, dtype, random_layout(rng, true), rng), lse(lshape, DType::kFloat32, random_layout(rng, true), rng);
+  TestTensor out(oshape, dtype, random_layout(rng, true), rng),
+      lse(lshape, DType::kFloat32, random_layout(rng, true), rng);
   const nattn::Status s = nattn::merge_attentions(ov, lv, out.view(), lse.view());
   ASSERT_TRUE(s.ok()) << s.message();
   expect_fully_written(out, "out");
@@ -139,7 +142,8 @@ void check_merge_formula(int n, DType dtype, Rng& rng) {
   std::vector<double> got_lse = lse.read();
   for (int64_t r = 0; r < rows; ++r)
     if (std::isinf(want_lse[size_t(r)])) {
-      EXPECT_TRUE(std::isinf(got_lse[size_t(r)]) && got_lse[size_t(r)] < 0) << "row " << r << ": " << got_lse[size_t(r)];
+      EXPECT_TRUE(std::isinf(got_lse[size_t(r)]) && got_lse[size_t(r)] < 0)
+          << "row " << r << ": " << got_lse[size_t(r)];
       got_lse[size_t(r)] = want_lse[size_t(r)] = 0;
     }
   expect_close(out.read(), want_out, storage_tolerance(dtype), "out");
@@ -148,7 +152,8 @@ void check_merge_formula(int n, DType dtype, Rng& rng) {
 
 TEST_F(Merge, FormulaWithInfinitePartialsAndStridedViews) {
   for (int n : {1, 2, 3, 5})
-    for (DType dt : {DType::kFloat32, DType::kFloat64, DType::kFloat16, DType::kBFloat16}) check_merge_formula(n, dt, rng);
+    for (DType dt : {DType::kFloat32, DType::kFloat64, DType::kFloat16, DType::kBFloat16})
+      check_merge_formula(n, dt, rng);
 }
 
 }  // namespace

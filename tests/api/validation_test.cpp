@@ -21,7 +21,8 @@ using nattn::StatusCode;
 void expect_invalid(const nattn::Status& s, const std::vector<std::string>& parts) {
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.message();
   for (const std::string& part : parts)
-    EXPECT_NE(s.message().find(part), std::string::npos) << "message \"" << s.message() << "\" lacks \"" << part << "\"";
+    EXPECT_NE(s.message().find(part), std::string::npos)
+        << "message \"" << s.message() << "\" lacks \"" << part << "\"";
 }
 
 // A valid forward and backward call (rank 2, grouped heads, Dv != D, additional keys).
@@ -56,61 +57,96 @@ std::vector<Case> forward_cases() {
       {"zero head_dim", {"head_dim = 0", ">= 1"}, [](Problem& p, F&) { p.head_dim = 0; }},
       {"zero head_dim_v", {"head_dim_v = 0", ">= 1"}, [](Problem& p, F&) { p.head_dim_v = 0; }},
       {"kernel 1", {"kernel_size[0] = 1", ">= 2"}, [](Problem& p, F&) { p.window.kernel_size[0] = 1; }},
-      {"kernel past extent", {"kernel_size[1] = 7", "<= extent", "extent[1] = 6"},
-       [](Problem& p, F&) { p.window.kernel_size[1] = 7; p.window.stride[1] = 1; }},
-      {"kernel * dilation past extent", {"kernel_size[1] = 3", "dilation[1] = 3", "extent[1] = 6"},
+      {"kernel past extent",
+       {"kernel_size[1] = 7", "<= extent", "extent[1] = 6"},
+       [](Problem& p, F&) {
+         p.window.kernel_size[1] = 7;
+         p.window.stride[1] = 1;
+       }},
+      {"kernel * dilation past extent",
+       {"kernel_size[1] = 3", "dilation[1] = 3", "extent[1] = 6"},
        [](Problem& p, F&) { p.window.dilation[1] = 3; }},
       {"stride 0", {"stride[0] = 0", "1 <= stride <= kernel_size"}, [](Problem& p, F&) { p.window.stride[0] = 0; }},
       {"stride past kernel", {"stride[1] = 4", "kernel_size[1] = 3"}, [](Problem& p, F&) { p.window.stride[1] = 4; }},
       {"dilation 0", {"dilation[1] = 0", ">= 1"}, [](Problem& p, F&) { p.window.dilation[1] = 0; }},
       {"nan scale", {"scale = nan", "finite"}, [](Problem& p, F&) { p.scale = std::nan(""); }},
-      {"infinite scale", {"scale = inf", "finite"},
+      {"infinite scale",
+       {"scale = inf", "finite"},
        [](Problem& p, F&) { p.scale = std::numeric_limits<double>::infinity(); }},
-      {"negative num_additional", {"num_additional = -1", ">= 0"},
-       [](Problem& p, F& t) { p.num_additional = -1; t.additional_k = t.additional_v = {}; }},
-      {"additional keys missing", {"additional_k = absent", "num_additional = 2"},
+      {"negative num_additional",
+       {"num_additional = -1", ">= 0"},
+       [](Problem& p, F& t) {
+         p.num_additional = -1;
+         t.additional_k = t.additional_v = {};
+       }},
+      {"additional keys missing",
+       {"additional_k = absent", "num_additional = 2"},
        [](Problem&, F& t) { t.additional_k = {}; }},
-      {"additional values missing", {"additional_v = absent", "num_additional = 2"},
+      {"additional values missing",
+       {"additional_v = absent", "num_additional = 2"},
        [](Problem&, F& t) { t.additional_v = {}; }},
-      {"additional tensors without num_additional", {"additional_k", "must be absent when num_additional = 0"},
+      {"additional tensors without num_additional",
+       {"additional_k", "must be absent when num_additional = 0"},
        [](Problem& p, F&) { p.num_additional = 0; }},
       {"wrong ndim", {"q.ndim = 4", "expected 5 dimensions"}, [](Problem&, F& t) { t.q.ndim = 4; }},
-      {"wrong q shape", {"q.shape = [2, 5, 6, 4, 5]", "expected [2, 5, 6, 4, 4]"}, [](Problem&, F& t) { t.q.shape[4] = 5; }},
+      {"wrong q shape",
+       {"q.shape = [2, 5, 6, 4, 5]", "expected [2, 5, 6, 4, 4]"},
+       [](Problem&, F& t) { t.q.shape[4] = 5; }},
       {"wrong k shape", {"k.shape", "expected [2, 5, 6, 2, 4]"}, [](Problem&, F& t) { t.k.shape[3] = 4; }},
       {"wrong v shape", {"v.shape", "expected [2, 5, 6, 2, 3]"}, [](Problem&, F& t) { t.v.shape[4] = 4; }},
       {"wrong out shape", {"out.shape", "expected [2, 5, 6, 4, 3]"}, [](Problem&, F& t) { t.out.shape[1] = 6; }},
       {"wrong lse shape", {"lse.shape", "expected [2, 5, 6, 4]"}, [](Problem&, F& t) { t.lse.shape[0] = 1; }},
-      {"wrong additional_k shape", {"additional_k.shape", "expected [2, 2, 2, 4]"},
+      {"wrong additional_k shape",
+       {"additional_k.shape", "expected [2, 2, 2, 4]"},
        [](Problem&, F& t) { t.additional_k.shape[1] = 3; }},
-      {"wrong additional_v shape", {"additional_v.shape", "expected [2, 2, 2, 3]"},
+      {"wrong additional_v shape",
+       {"additional_v.shape", "expected [2, 2, 2, 3]"},
        [](Problem&, F& t) { t.additional_v.shape[3] = 4; }},
-      {"dtype mismatch", {"k.dtype = float64", "must match q.dtype (float32)"},
+      {"dtype mismatch",
+       {"k.dtype = float64", "must match q.dtype (float32)"},
        [](Problem&, F& t) { t.k.dtype = DType::kFloat64; }},
-      {"out dtype mismatch", {"out.dtype = bfloat16", "must match q.dtype"},
+      {"out dtype mismatch",
+       {"out.dtype = bfloat16", "must match q.dtype"},
        [](Problem&, F& t) { t.out.dtype = DType::kBFloat16; }},
-      {"lse not float32", {"lse.dtype = float16", "must be float32"}, [](Problem&, F& t) { t.lse.dtype = DType::kFloat16; }},
-      {"device mismatch", {"v.device = cuda:0", "must match q.device (cpu)"},
+      {"lse not float32",
+       {"lse.dtype = float16", "must be float32"},
+       [](Problem&, F& t) { t.lse.dtype = DType::kFloat16; }},
+      {"device mismatch",
+       {"v.device = cuda:0", "must match q.device (cpu)"},
        [](Problem&, F& t) { t.v.device = {nattn::DeviceType::kCUDA, 0}; }},
-      {"device index mismatch", {"out.device = cuda:1", "must match q.device (cuda:0)"},
+      {"device index mismatch",
+       {"out.device = cuda:1", "must match q.device (cuda:0)"},
        [](Problem&, F& t) {
          for (nattn::TensorView* v : {&t.q, &t.k, &t.v, &t.out, &t.lse, &t.additional_k, &t.additional_v})
            v->device = {nattn::DeviceType::kCUDA, 0};
          t.out.device.index = 1;
        }},
-      {"cpu index mismatch", {"k.device = cpu:1", "must match q.device (cpu)"},
+      {"cpu index mismatch",
+       {"k.device = cpu:1", "must match q.device (cpu)"},
        [](Problem&, F& t) { t.k.device.index = 1; }},
       {"null data", {"k.data = null", "data pointer"}, [](Problem&, F& t) { t.k.data = nullptr; }},
       {"negative stride", {"q.stride[2] = -1", ">= 0"}, [](Problem&, F& t) { t.q.stride[2] = -1; }},
-      {"output stride 0", {"out.stride", "must not map two indices to one element"},
+      {"output stride 0",
+       {"out.stride", "must not map two indices to one element"},
        [](Problem&, F& t) { t.out.stride[1] = 0; }},
-      {"lse overlapping itself", {"lse.stride", "must not map two indices to one element"},
+      {"lse overlapping itself",
+       {"lse.stride", "must not map two indices to one element"},
        [](Problem&, F& t) { t.lse.stride[3] = 0; }},
-      {"output aliasing an input", {"out.data = overlapping q", "must not share memory"},
+      {"output aliasing an input",
+       {"out.data = overlapping q", "must not share memory"},
        [](Problem&, F& t) { t.out.data = t.q.data; }},
-      {"output aliasing another output", {"overlapping", "out", "lse"}, [](Problem&, F& t) { t.lse.data = t.out.data; }},
-      {"64-bit offset overflow", {"q.shape", "overflow 64-bit"},
-       [huge](Problem& p, F& t) { p.batch = huge; t.q.shape[0] = huge; t.q.stride[0] = huge * 8; }},
-      {"64-bit offset overflow in an output", {"out.shape", "overflow 64-bit"},
+      {"output aliasing another output",
+       {"overlapping", "out", "lse"},
+       [](Problem&, F& t) { t.lse.data = t.out.data; }},
+      {"64-bit offset overflow",
+       {"q.shape", "overflow 64-bit"},
+       [huge](Problem& p, F& t) {
+         p.batch = huge;
+         t.q.shape[0] = huge;
+         t.q.stride[0] = huge * 8;
+       }},
+      {"64-bit offset overflow in an output",
+       {"out.shape", "overflow 64-bit"},
        [huge](Problem& p, F& t) {
          p.batch = huge;
          for (nattn::TensorView* v : {&t.q, &t.k, &t.v, &t.out, &t.lse, &t.additional_k, &t.additional_v}) {
@@ -177,12 +213,15 @@ std::vector<std::pair<Case, std::function<void(Problem&, nattn::BackwardTensors&
        [](Problem&, B& t) { t.lse.dtype = DType::kFloat64; }},
       {{"dlse not float32", {"dlse.dtype = bfloat16", "must be float32"}, none},
        [](Problem&, B& t) { t.dlse.dtype = DType::kBFloat16; }},
-      {{"wrong dout shape", {"dout.shape", "expected [2, 5, 6, 4, 3]"}, none}, [](Problem&, B& t) { t.dout.shape[4] = 4; }},
-      {{"wrong dlse shape", {"dlse.shape", "expected [2, 5, 6, 4]"}, none}, [](Problem&, B& t) { t.dlse.shape[3] = 2; }},
+      {{"wrong dout shape", {"dout.shape", "expected [2, 5, 6, 4, 3]"}, none},
+       [](Problem&, B& t) { t.dout.shape[4] = 4; }},
+      {{"wrong dlse shape", {"dlse.shape", "expected [2, 5, 6, 4]"}, none},
+       [](Problem&, B& t) { t.dlse.shape[3] = 2; }},
       {{"wrong dk shape", {"dk.shape", "expected [2, 5, 6, 2, 4]"}, none}, [](Problem&, B& t) { t.dk.shape[3] = 4; }},
       {{"wrong dq shape", {"dq.shape", "expected [2, 5, 6, 4, 4]"}, none}, [](Problem&, B& t) { t.dq.shape[2] = 5; }},
       {{"wrong dv shape", {"dv.shape", "expected [2, 5, 6, 2, 3]"}, none}, [](Problem&, B& t) { t.dv.shape[4] = 2; }},
-      {{"wrong out shape", {"out.shape", "expected [2, 5, 6, 4, 3]"}, none}, [](Problem&, B& t) { t.out.shape[0] = 3; }},
+      {{"wrong out shape", {"out.shape", "expected [2, 5, 6, 4, 3]"}, none},
+       [](Problem&, B& t) { t.out.shape[0] = 3; }},
       {{"wrong lse shape", {"lse.shape", "expected [2, 5, 6, 4]"}, none}, [](Problem&, B& t) { t.lse.shape[1] = 4; }},
       {{"wrong additional_v shape", {"additional_v.shape", "expected [2, 2, 2, 3]"}, none},
        [](Problem&, B& t) { t.additional_v.shape[1] = 1; }},
@@ -199,7 +238,8 @@ std::vector<std::pair<Case, std::function<void(Problem&, nattn::BackwardTensors&
       {{"gradient aliasing an input", {"dq.data = overlapping q"}, none}, [](Problem&, B& t) { t.dq.data = t.q.data; }},
       {{"gradient aliasing forward's out", {"dv.data = overlapping out"}, none},
        [](Problem&, B& t) { t.dv.data = t.out.data; }},
-      {{"gradients aliasing each other", {"overlapping", "dk", "dv"}, none}, [](Problem&, B& t) { t.dv.data = t.dk.data; }},  // dv is the smaller: it stays inside dk
+      {{"gradients aliasing each other", {"overlapping", "dk", "dv"}, none},
+       [](Problem&, B& t) { t.dv.data = t.dk.data; }},  // dv is the smaller: it stays inside dk
       {{"gradient stride 0", {"d_additional_v.stride", "must not map two indices"}, none},
        [](Problem&, B& t) { t.d_additional_v.stride[1] = 0; }},
       {{"null gradient", {"dk.data = null"}, none}, [](Problem&, B& t) { t.dk.data = nullptr; }},
@@ -218,7 +258,8 @@ TEST_F(Validation, EveryBackwardErrorNamesArgumentValueAndRule) {
     nattn::BackwardTensors views = t.backward_views();
     mutate(p, views);
     expect_invalid(nattn::backward(p, views), c.message);
-    for (const TestTensor* x : {&t.dq, &t.dk, &t.dv, &t.dka, &t.dva}) EXPECT_TRUE(x->all_poisoned()) << "a gradient was written";
+    for (const TestTensor* x : {&t.dq, &t.dk, &t.dv, &t.dka, &t.dva})
+      EXPECT_TRUE(x->all_poisoned()) << "a gradient was written";
   }
 }
 
@@ -226,9 +267,13 @@ TEST_F(Validation, DenseAttentionErrors) {
   using F = nattn::ForwardTensors;
   const std::vector<Case> cases = {
       {"zero length", {"seq_len = 0", ">= 1"}, [](Problem& p, F&) { p.extent[0] = 0; }},
-      {"additional tensors", {"additional_k", "must be absent"},
-       [](Problem&, F& t) { t.additional_k = t.q; }},
-      {"heads not divisible", {"heads_q = 3", "multiple of heads_kv"}, [](Problem& p, F&) { p.heads_q = 3; p.heads_kv = 2; }},
+      {"additional tensors", {"additional_k", "must be absent"}, [](Problem&, F& t) { t.additional_k = t.q; }},
+      {"heads not divisible",
+       {"heads_q = 3", "multiple of heads_kv"},
+       [](Problem& p, F&) {
+         p.heads_q = 3;
+         p.heads_kv = 2;
+       }},
       {"wrong k shape", {"k.shape", "expected [1, 7, 1, 4]"}, [](Problem&, F& t) { t.k.shape[1] = 6; }},
   };
   for (const Case& c : cases) expect_forward_rejected(rng, c, /*dense=*/true);
@@ -245,8 +290,8 @@ TEST_F(Validation, UnsupportedBackendWritesNothing) {
   nattn::Status s = nattn::forward(c.problem, t.forward_views(), o);
   EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.message();
   nattn::ForwardTensors on_gpu = t.forward_views();
-  for (nattn::TensorView* v : {&on_gpu.q, &on_gpu.k, &on_gpu.v, &on_gpu.additional_k, &on_gpu.additional_v,
-                               &on_gpu.out, &on_gpu.lse})
+  for (nattn::TensorView* v :
+       {&on_gpu.q, &on_gpu.k, &on_gpu.v, &on_gpu.additional_k, &on_gpu.additional_v, &on_gpu.out, &on_gpu.lse})
     v->device = {nattn::DeviceType::kCUDA, 0};
   s = nattn::forward(c.problem, on_gpu);
   EXPECT_EQ(s.code(), StatusCode::kUnsupported) << s.message();
@@ -279,25 +324,42 @@ TEST_F(Validation, MergeErrors) {
     std::function<void(V&, V&, nattn::TensorView&, nattn::TensorView&)> mutate;
   };
   const std::vector<MergeCase> cases = {
-      {"no partials", {"outs = an empty list", "at least one"}, [](V& o, V& l, auto&, auto&) { o.clear(); l.clear(); }},
-      {"count mismatch", {"lses = 1 tensors", "one per partial output (2)"}, [](V&, V& l, auto&, auto&) { l.pop_back(); }},
+      {"no partials",
+       {"outs = an empty list", "at least one"},
+       [](V& o, V& l, auto&, auto&) {
+         o.clear();
+         l.clear();
+       }},
+      {"count mismatch",
+       {"lses = 1 tensors", "one per partial output (2)"},
+       [](V&, V& l, auto&, auto&) { l.pop_back(); }},
       {"ndim 1", {"outs[0].ndim = 1", ">= 2"}, [](V& o, V&, auto&, auto&) { o[0].ndim = 1; }},
-      {"shape mismatch", {"outs[1].shape = [2, 3, 2, 5]", "expected [2, 3, 2, 4]"},
+      {"shape mismatch",
+       {"outs[1].shape = [2, 3, 2, 5]", "expected [2, 3, 2, 4]"},
        [](V& o, V&, auto&, auto&) { o[1].shape[3] = 5; }},
-      {"lse shape mismatch", {"lses[0].shape", "expected [2, 3, 2]"}, [](V&, V& l, auto&, auto&) { l[0].shape[2] = 1; }},
-      {"dtype mismatch", {"outs[1].dtype = float16", "must match outs[0].dtype"},
+      {"lse shape mismatch",
+       {"lses[0].shape", "expected [2, 3, 2]"},
+       [](V&, V& l, auto&, auto&) { l[0].shape[2] = 1; }},
+      {"dtype mismatch",
+       {"outs[1].dtype = float16", "must match outs[0].dtype"},
        [](V& o, V&, auto&, auto&) { o[1].dtype = DType::kFloat16; }},
-      {"lse not float32", {"lses[1].dtype = float64", "must be float32"},
+      {"lse not float32",
+       {"lses[1].dtype = float64", "must be float32"},
        [](V&, V& l, auto&, auto&) { l[1].dtype = DType::kFloat64; }},
-      {"out lse not float32", {"lse.dtype = bfloat16", "must be float32"},
+      {"out lse not float32",
+       {"lse.dtype = bfloat16", "must be float32"},
        [](V&, V&, auto&, nattn::TensorView& lse) { lse.dtype = DType::kBFloat16; }},
-      {"device mismatch", {"out.device = cuda:0", "must match outs[0].device (cpu)"},
+      {"device mismatch",
+       {"out.device = cuda:0", "must match outs[0].device (cpu)"},
        [](V&, V&, nattn::TensorView& out, auto&) { out.device = {nattn::DeviceType::kCUDA, 0}; }},
-      {"out aliasing a partial", {"out.data = overlapping outs[0]"},
+      {"out aliasing a partial",
+       {"out.data = overlapping outs[0]"},
        [](V& o, V&, nattn::TensorView& out, auto&) { out.data = o[0].data; }},
-      {"lse aliasing out", {"overlapping", "out", "lse"},
+      {"lse aliasing out",
+       {"overlapping", "out", "lse"},
        [](V&, V&, nattn::TensorView& out, nattn::TensorView& lse) { lse.data = out.data; }},
-      {"out stride 0", {"out.stride", "must not map two indices"},
+      {"out stride 0",
+       {"out.stride", "must not map two indices"},
        [](V&, V&, nattn::TensorView& out, auto&) { out.stride[2] = 0; }},
       {"null partial", {"outs[0].data = null"}, [](V& o, V&, auto&, auto&) { o[0].data = nullptr; }},
   };

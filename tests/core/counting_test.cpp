@@ -77,7 +77,10 @@ TEST(Counting, ValueHeadDimCountsSeparately) {
 
 // Benchmark-sized grids: the per-axis brute counts multiply (the neighborhood is a product).
 TEST(Counting, BenchmarkSizedProblems) {
-  struct Case { int rank; std::array<int64_t, 3> extent, kernel, stride; };
+  struct Case {
+    int rank;
+    std::array<int64_t, 3> extent, kernel, stride;
+  };
   const Case cases[] = {
       {1, {8192, 1, 1}, {2048, 2, 2}, {256, 1, 1}},
       {2, {256, 256, 1}, {80, 80, 2}, {16, 16, 1}},

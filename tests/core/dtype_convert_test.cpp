@@ -2,12 +2,13 @@
 // Every binary16/bfloat16 bit pattern decodes to its value, and doubles round to the nearest
 // representable value, ties to even. The test helpers store through these conversions too,
 // so they are checked here against an independent decoding.
+#include "core/dtype_convert.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdint>
 
-#include "core/dtype_convert.h"
 #include "support/test_tensor.h"
 
 namespace nattn_test {

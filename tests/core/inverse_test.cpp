@@ -24,8 +24,8 @@ TEST(Inverse, MatchesBruteForceForEveryAxisUpTo40) {
         if (spec_attends(c.spec, c.L, i, j)) want.push_back(i);
       for (int64_t p = r.begin; p < r.end; ++p) got.push_back(nattn::window::index_of(a, g, p));
       if (got != want) {
-        ADD_FAILURE() << c.describe() << " key " << j << ": inverse [" << r.begin << ", " << r.end << ") in group "
-                      << g << ", " << want.size() << " queries attend it";
+        ADD_FAILURE() << c.describe() << " key " << j << ": inverse [" << r.begin << ", " << r.end << ") in group " << g
+                      << ", " << want.size() << " queries attend it";
         return;
       }
     }

@@ -1,10 +1,11 @@
 // Layer: tests. Tile-shape choice of fused kernels: the factorised key-tile count against a
 // brute-force count built from SPEC.md's mask.
+#include "core/tile_shapes.h"
+
 #include <gtest/gtest.h>
 
 #include <random>
 
-#include "core/tile_shapes.h"
 #include "support/problems.h"
 #include "support/spec_mask.h"
 
@@ -28,7 +29,10 @@ double brute_axis(const nattn::Problem& p, int a, int own, int walk, bool keys_f
       for (int64_t po = o0; po < std::min(Lg, o0 + own); ++po)
         for (int64_t pw = 0; pw < Lg; ++pw) {
           const int64_t q = keys_fixed ? pw : po, k = keys_fixed ? po : pw;
-          if (spec_attends(ax, L, q * d + g, k * d + g)) { lo = std::min(lo, pw); hi = std::max(hi, pw); }
+          if (spec_attends(ax, L, q * d + g, k * d + g)) {
+            lo = std::min(lo, pw);
+            hi = std::max(hi, pw);
+          }
         }
       total += hi < lo ? 0.0 : double((hi - lo + 1 + walk - 1) / walk);
     }
@@ -88,8 +92,10 @@ TEST(TileShapes, ChosenBoxesHaveTheRightVolumeAndExactCounts) {
     for (int a = 0; a < 3; ++a) {
       qv *= t.q[a];
       kv *= t.k[a];
-      if (a < rank) brute *= brute_axis(p, a, t.q[a], t.k[a], false);
-      else EXPECT_EQ(t.q[a] * t.k[a], 1);
+      if (a < rank)
+        brute *= brute_axis(p, a, t.q[a], t.k[a], false);
+      else
+        EXPECT_EQ(t.q[a] * t.k[a], 1);
     }
     EXPECT_EQ(qv, bm);
     EXPECT_EQ(kv, bn);

@@ -1,12 +1,13 @@
 // Layer: tests. Tile-range helpers (src/core/tiles.h) against brute force over SPEC.md's neighborhoods.
 // Per axis: every configuration up to L = 24 with random query/key ranges; boxes of ranks 1-3.
+#include "core/tiles.h"
+
 #include <gtest/gtest.h>
 
 #include <array>
 #include <string>
 #include <vector>
 
-#include "core/tiles.h"
 #include "support/axis_sweep.h"
 #include "support/spec_mask.h"
 #include "support/test_tensor.h"
@@ -36,9 +37,7 @@ Range random_range(Rng& rng, int64_t n) {
   return {b, rng.integer(b + 1, n)};
 }
 
-const char* name(Coverage c) {
-  return c == Coverage::kFull ? "full" : c == Coverage::kOutside ? "outside" : "partial";
-}
+const char* name(Coverage c) { return c == Coverage::kFull ? "full" : c == Coverage::kOutside ? "outside" : "partial"; }
 
 // kFull: every pair attends; kOutside: none does; kPartial: some pair does and some does not.
 Coverage brute_coverage(int64_t pairs_attended, int64_t pairs) {
@@ -46,8 +45,8 @@ Coverage brute_coverage(int64_t pairs_attended, int64_t pairs) {
 }
 
 std::string ranges(Range q, Range k) {
-  return "queries [" + std::to_string(q.begin) + ", " + std::to_string(q.end) + ") keys [" +
-         std::to_string(k.begin) + ", " + std::to_string(k.end) + ")";
+  return "queries [" + std::to_string(q.begin) + ", " + std::to_string(q.end) + ") keys [" + std::to_string(k.begin) +
+         ", " + std::to_string(k.end) + ")";
 }
 
 TEST(Tiles, PerAxisHelpersMatchBruteForce) {
@@ -65,12 +64,15 @@ TEST(Tiles, PerAxisHelpersMatchBruteForce) {
       const Range qu = nattn::tiles::query_union(keys, A.Lg, k, s, causal);
       for (int64_t t = 0; t < A.Lg; ++t) {
         bool any = false, all = true, seen = false;
-        for (int64_t p = q.begin; p < q.end; ++p) { any |= A(p, t); all &= A(p, t); }
+        for (int64_t p = q.begin; p < q.end; ++p) {
+          any |= A(p, t);
+          all &= A(p, t);
+        }
         for (int64_t kk = keys.begin; kk < keys.end; ++kk) seen |= A(t, kk);
         if (u.contains(t) != any || x.contains(t) != all || qu.contains(t) != seen) {
-          ADD_FAILURE() << c.describe() << " group " << g << " " << ranges(q, keys) << " position " << t
-                        << ": union " << u.contains(t) << "/" << any << ", intersection " << x.contains(t) << "/"
-                        << all << ", query union " << qu.contains(t) << "/" << seen;
+          ADD_FAILURE() << c.describe() << " group " << g << " " << ranges(q, keys) << " position " << t << ": union "
+                        << u.contains(t) << "/" << any << ", intersection " << x.contains(t) << "/" << all
+                        << ", query union " << qu.contains(t) << "/" << seen;
           return;
         }
       }
@@ -122,24 +124,30 @@ void check_boxes(Rng& rng) {
         std::vector<std::array<int64_t, R>> next;
         const Range r = box ? box->r[a] : Range{0, A[size_t(a)].Lg};
         for (const auto& pt : pts)
-          for (int64_t x = r.begin; x < r.end; ++x) { auto n = pt; n[size_t(a)] = x; next.push_back(n); }
+          for (int64_t x = r.begin; x < r.end; ++x) {
+            auto n = pt;
+            n[size_t(a)] = x;
+            next.push_back(n);
+          }
         pts.swap(next);
       }
       return pts;
     };
     auto attends = [&](const std::array<int64_t, R>& q, const std::array<int64_t, R>& k) {
-      for (int a = 0; a < R; ++a) if (!A[size_t(a)](q[size_t(a)], k[size_t(a)])) return false;
+      for (int a = 0; a < R; ++a)
+        if (!A[size_t(a)](q[size_t(a)], k[size_t(a)])) return false;
       return true;
     };
     auto in_box = [](const nattn::tiles::Box<R>& b, const std::array<int64_t, R>& x) {
-      for (int a = 0; a < R; ++a) if (!b.r[a].contains(x[size_t(a)])) return false;
+      for (int a = 0; a < R; ++a)
+        if (!b.r[a].contains(x[size_t(a)])) return false;
       return true;
     };
     const auto qpts = points(&qb), kpts = points(&kb), all = points(nullptr);
     int64_t attended = 0;
-    for (const auto& q : qpts) for (const auto& k : kpts) attended += attends(q, k);
-    EXPECT_EQ(nattn::tiles::classify_box<R>(qb, kb, geo),
-              brute_coverage(attended, int64_t(qpts.size() * kpts.size())));
+    for (const auto& q : qpts)
+      for (const auto& k : kpts) attended += attends(q, k);
+    EXPECT_EQ(nattn::tiles::classify_box<R>(qb, kb, geo), brute_coverage(attended, int64_t(qpts.size() * kpts.size())));
     const auto key_box = nattn::tiles::key_box<R>(qb, geo);
     const auto query_box = nattn::tiles::query_box<R>(kb, geo);
     for (const auto& x : all) {
@@ -152,9 +160,21 @@ void check_boxes(Rng& rng) {
   }
 }
 
-TEST(Tiles, Rank1BoxesMatchBruteForce) { Rng rng; SCOPED_TRACE(rng.trace()); check_boxes<1>(rng); }
-TEST(Tiles, Rank2BoxesMatchBruteForce) { Rng rng; SCOPED_TRACE(rng.trace()); check_boxes<2>(rng); }
-TEST(Tiles, Rank3BoxesMatchBruteForce) { Rng rng; SCOPED_TRACE(rng.trace()); check_boxes<3>(rng); }
+TEST(Tiles, Rank1BoxesMatchBruteForce) {
+  Rng rng;
+  SCOPED_TRACE(rng.trace());
+  check_boxes<1>(rng);
+}
+TEST(Tiles, Rank2BoxesMatchBruteForce) {
+  Rng rng;
+  SCOPED_TRACE(rng.trace());
+  check_boxes<2>(rng);
+}
+TEST(Tiles, Rank3BoxesMatchBruteForce) {
+  Rng rng;
+  SCOPED_TRACE(rng.trace());
+  check_boxes<3>(rng);
+}
 
 }  // namespace
 }  // namespace nattn_test

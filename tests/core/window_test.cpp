@@ -1,10 +1,11 @@
 // Layer: tests. src/core/window.h against SPEC.md's worked examples and spec_mask for all L <= 40.
+#include "core/window.h"
+
 #include <gtest/gtest.h>
 
 #include <vector>
 
 #include "core/axes.h"
-#include "core/window.h"
 #include "support/axis_sweep.h"
 #include "support/spec_mask.h"
 
@@ -40,14 +41,13 @@ struct Example {
 const std::vector<Example>& worked_examples() {
   static const std::vector<Example> ex = [] {
     std::vector<Example> e = {
-        {{3, 1, 1, false}, 0, {0, 1, 2}}, {{3, 1, 1, false}, 5, {4, 5, 6}}, {{3, 1, 1, false}, 9, {7, 8, 9}},
+        {{3, 1, 1, false}, 0, {0, 1, 2}},    {{3, 1, 1, false}, 5, {4, 5, 6}},    {{3, 1, 1, false}, 9, {7, 8, 9}},
         {{4, 1, 1, false}, 5, {3, 4, 5, 6}}, {{4, 1, 1, false}, 0, {0, 1, 2, 3}}, {{4, 1, 1, false}, 9, {6, 7, 8, 9}},
-        {{4, 2, 1, false}, 4, {3, 4, 5, 6}}, {{4, 2, 1, false}, 5, {3, 4, 5, 6}},
-        {{4, 2, 1, false}, 8, {6, 7, 8, 9}}, {{4, 2, 1, false}, 9, {6, 7, 8, 9}},
-        {{3, 1, 2, false}, 0, {0, 2, 4}}, {{3, 1, 2, false}, 1, {1, 3, 5}},
-        {{3, 1, 2, false}, 8, {4, 6, 8}}, {{3, 1, 2, false}, 9, {5, 7, 9}},
-        {{3, 1, 1, true}, 0, {0}}, {{3, 1, 1, true}, 1, {0, 1}}, {{3, 1, 1, true}, 5, {3, 4, 5}},
-        {{4, 2, 1, true}, 4, {2, 3, 4}}, {{4, 2, 1, true}, 5, {2, 3, 4, 5}},
+        {{4, 2, 1, false}, 4, {3, 4, 5, 6}}, {{4, 2, 1, false}, 5, {3, 4, 5, 6}}, {{4, 2, 1, false}, 8, {6, 7, 8, 9}},
+        {{4, 2, 1, false}, 9, {6, 7, 8, 9}}, {{3, 1, 2, false}, 0, {0, 2, 4}},    {{3, 1, 2, false}, 1, {1, 3, 5}},
+        {{3, 1, 2, false}, 8, {4, 6, 8}},    {{3, 1, 2, false}, 9, {5, 7, 9}},    {{3, 1, 1, true}, 0, {0}},
+        {{3, 1, 1, true}, 1, {0, 1}},        {{3, 1, 1, true}, 5, {3, 4, 5}},     {{4, 2, 1, true}, 4, {2, 3, 4}},
+        {{4, 2, 1, true}, 5, {2, 3, 4, 5}},
     };
     for (int64_t i = 0; i < 5; ++i) e.push_back({{5, 5, 1, false}, i, {0, 1, 2, 3, 4}});
     for (int64_t i = 5; i < 10; ++i) e.push_back({{5, 5, 1, false}, i, {5, 6, 7, 8, 9}});

@@ -96,25 +96,41 @@ TokenMask mask_of(const CallConfig& c) {
 
 nattn::ForwardTensors CallTensors::forward_views() const {
   nattn::ForwardTensors f;
-  f.q = q.view(); f.k = k.view(); f.v = v.view();
-  f.additional_k = ka.view(); f.additional_v = va.view();
-  f.out = out.view(); f.lse = lse.view();
+  f.q = q.view();
+  f.k = k.view();
+  f.v = v.view();
+  f.additional_k = ka.view();
+  f.additional_v = va.view();
+  f.out = out.view();
+  f.lse = lse.view();
   return f;
 }
 
 nattn::BackwardTensors CallTensors::backward_views() const {
   nattn::BackwardTensors b;
-  b.q = q.view(); b.k = k.view(); b.v = v.view();
-  b.additional_k = ka.view(); b.additional_v = va.view();
-  b.out = out.view(); b.lse = lse.view(); b.dout = dout.view(); b.dlse = dlse.view();
-  b.dq = dq.view(); b.dk = dk.view(); b.dv = dv.view();
-  b.d_additional_k = dka.view(); b.d_additional_v = dva.view();
+  b.q = q.view();
+  b.k = k.view();
+  b.v = v.view();
+  b.additional_k = ka.view();
+  b.additional_v = va.view();
+  b.out = out.view();
+  b.lse = lse.view();
+  b.dout = dout.view();
+  b.dlse = dlse.view();
+  b.dq = dq.view();
+  b.dk = dk.view();
+  b.dv = dv.view();
+  b.d_additional_k = dka.view();
+  b.d_additional_v = dva.view();
   return b;
 }
 
 DenseInputs CallTensors::dense_inputs() const {
   DenseInputs in{q.read(), k.read(), v.read(), {}, {}};
-  if (ka.defined()) { in.ka = ka.read(); in.va = va.read(); }
+  if (ka.defined()) {
+    in.ka = ka.read();
+    in.va = va.read();
+  }
   return in;
 }
 
@@ -122,7 +138,7 @@ std::string CallTensors::describe() const {
   std::ostringstream o;
   o << "layouts:";
   const std::pair<const char*, const TestTensor*> all[] = {
-      {"q", &q}, {"k", &k}, {"v", &v}, {"ka", &ka}, {"va", &va}, {"out", &out}, {"lse", &lse},
+      {"q", &q},       {"k", &k},       {"v", &v},   {"ka", &ka}, {"va", &va}, {"out", &out}, {"lse", &lse},
       {"dout", &dout}, {"dlse", &dlse}, {"dq", &dq}, {"dk", &dk}, {"dv", &dv}, {"dka", &dka}, {"dva", &dva}};
   for (const auto& [name, t] : all)
     if (t->defined()) o << " " << name << "=" << layout_name(t->layout());

@@ -26,10 +26,10 @@ DenseSizes sizes_of(const CallConfig& c);
 TokenMask mask_of(const CallConfig& c);
 
 struct CallTensors {
-  TestTensor q, k, v, ka, va;         // inputs
-  TestTensor out, lse;                // forward outputs; backward inputs
-  TestTensor dout, dlse;              // backward inputs
-  TestTensor dq, dk, dv, dka, dva;    // backward outputs
+  TestTensor q, k, v, ka, va;       // inputs
+  TestTensor out, lse;              // forward outputs; backward inputs
+  TestTensor dout, dlse;            // backward inputs
+  TestTensor dq, dk, dv, dka, dva;  // backward outputs
   nattn::ForwardTensors forward_views() const;
   nattn::BackwardTensors backward_views() const;
   DenseInputs dense_inputs() const;  // the stored (rounded) input values

@@ -26,10 +26,26 @@ uint64_t fresh_seed() {
 double load(const unsigned char* p, nattn::DType t) {
   using namespace nattn::convert;
   switch (t) {
-    case nattn::DType::kFloat32: { float x; std::memcpy(&x, p, 4); return x; }
-    case nattn::DType::kFloat64: { double x; std::memcpy(&x, p, 8); return x; }
-    case nattn::DType::kFloat16: { half_bits x; std::memcpy(&x.bits, p, 2); return to_double(x); }
-    case nattn::DType::kBFloat16: { bf16_bits x; std::memcpy(&x.bits, p, 2); return to_double(x); }
+    case nattn::DType::kFloat32: {
+      float x;
+      std::memcpy(&x, p, 4);
+      return x;
+    }
+    case nattn::DType::kFloat64: {
+      double x;
+      std::memcpy(&x, p, 8);
+      return x;
+    }
+    case nattn::DType::kFloat16: {
+      half_bits x;
+      std::memcpy(&x.bits, p, 2);
+      return to_double(x);
+    }
+    case nattn::DType::kBFloat16: {
+      bf16_bits x;
+      std::memcpy(&x.bits, p, 2);
+      return to_double(x);
+    }
   }
   return NAN;
 }
@@ -37,10 +53,22 @@ double load(const unsigned char* p, nattn::DType t) {
 void store(unsigned char* p, nattn::DType t, double v) {
   using namespace nattn::convert;
   switch (t) {
-    case nattn::DType::kFloat32: { const float x = float(v); std::memcpy(p, &x, 4); return; }
+    case nattn::DType::kFloat32: {
+      const float x = float(v);
+      std::memcpy(p, &x, 4);
+      return;
+    }
     case nattn::DType::kFloat64: std::memcpy(p, &v, 8); return;
-    case nattn::DType::kFloat16: { const half_bits x = from_double<half_bits>(v); std::memcpy(p, &x.bits, 2); return; }
-    case nattn::DType::kBFloat16: { const bf16_bits x = from_double<bf16_bits>(v); std::memcpy(p, &x.bits, 2); return; }
+    case nattn::DType::kFloat16: {
+      const half_bits x = from_double<half_bits>(v);
+      std::memcpy(p, &x.bits, 2);
+      return;
+    }
+    case nattn::DType::kBFloat16: {
+      const bf16_bits x = from_double<bf16_bits>(v);
+      std::memcpy(p, &x.bits, 2);
+      return;
+    }
   }
 }
 
@@ -139,13 +167,15 @@ int64_t TestTensor::offset_of(int64_t linear) const { return origin_ + view_offs
 std::vector<double> read_view(const nattn::TensorView& v) {
   std::vector<double> out(static_cast<size_t>(v.numel()));
   const auto* base = static_cast<const unsigned char*>(v.data);
-  for (int64_t i = 0; i < v.numel(); ++i) out[size_t(i)] = load(base + view_offset(v, i) * nattn::dtype_size(v.dtype), v.dtype);
+  for (int64_t i = 0; i < v.numel(); ++i)
+    out[size_t(i)] = load(base + view_offset(v, i) * nattn::dtype_size(v.dtype), v.dtype);
   return out;
 }
 
 void write_view(const nattn::TensorView& v, const std::vector<double>& values) {
   auto* base = static_cast<unsigned char*>(v.data);
-  for (int64_t i = 0; i < v.numel(); ++i) store(base + view_offset(v, i) * nattn::dtype_size(v.dtype), v.dtype, values[size_t(i)]);
+  for (int64_t i = 0; i < v.numel(); ++i)
+    store(base + view_offset(v, i) * nattn::dtype_size(v.dtype), v.dtype, values[size_t(i)]);
 }
 
 std::vector<double> TestTensor::read() const { return read_view(view()); }
@@ -177,8 +207,7 @@ int64_t TestTensor::unwritten_elements() const {
 bool TestTensor::padding_poisoned() const {
   const int es = nattn::dtype_size(dtype_);
   std::vector<char> in_view(storage_.size(), 0);
-  for (int64_t i = 0; i < numel(); ++i)
-    std::fill_n(in_view.begin() + offset_of(i) * es, es, 1);
+  for (int64_t i = 0; i < numel(); ++i) std::fill_n(in_view.begin() + offset_of(i) * es, es, 1);
   for (size_t b = 0; b < storage_.size(); ++b)
     if (!in_view[b] && storage_[b] != kPoison) return false;
   return true;
@@ -189,9 +218,9 @@ Tolerance storage_tolerance(nattn::DType dtype) {
   // relative) and double summation order (atol, for sums that cancel).
   switch (dtype) {
     case nattn::DType::kFloat64: return {1e-12, 1e-12};
-    case nattn::DType::kFloat32: return {1e-10, 1.5e-7};         // 2^-24 = 6.0e-8
-    case nattn::DType::kFloat16: return {1e-10, 6e-4, 3.5e-8};   // 2^-11 = 4.9e-4; subnormals 2^-25
-    case nattn::DType::kBFloat16: return {1e-10, 4.5e-3};        // 2^-8 = 3.9e-3
+    case nattn::DType::kFloat32: return {1e-10, 1.5e-7};        // 2^-24 = 6.0e-8
+    case nattn::DType::kFloat16: return {1e-10, 6e-4, 3.5e-8};  // 2^-11 = 4.9e-4; subnormals 2^-25
+    case nattn::DType::kBFloat16: return {1e-10, 4.5e-3};       // 2^-8 = 3.9e-3
   }
   return {0, 0};
 }
@@ -211,7 +240,8 @@ bool expect_close(const std::vector<double>& actual, const std::vector<double>& 
   for (size_t i = 0; i < actual.size(); ++i) {
     const double err = std::fabs(actual[i] - expected[i]);
     if (err <= tol.atol * scale + tol.rtol * std::fabs(expected[i]) + tol.floor) continue;  // NaN fails
-    if (bad++ < 5) msg << "\n  [" << i << "] actual " << actual[i] << " expected " << expected[i] << " (err " << err << ")";
+    if (bad++ < 5)
+      msg << "\n  [" << i << "] actual " << actual[i] << " expected " << expected[i] << " (err " << err << ")";
   }
   if (bad == 0) return true;
   ADD_FAILURE() << what << ": " << bad << " of " << actual.size() << " values differ (atol " << tol.atol

@@ -1,11 +1,11 @@
 // Layer: tests. Seeded randomness, strided host tensors of any dtype, poisoning, comparison.
 #pragma once
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <random>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "nattn/tensor.h"
 
@@ -24,7 +24,9 @@ class Rng {
   double uniform(double lo, double hi);
   bool coin(double p_true = 0.5);
   template <class T>
-  const T& pick(const std::vector<T>& v) { return v[size_t(integer(0, int64_t(v.size()) - 1))]; }
+  const T& pick(const std::vector<T>& v) {
+    return v[size_t(integer(0, int64_t(v.size()) - 1))];
+  }
 
  private:
   uint64_t seed_;
@@ -78,9 +80,9 @@ class TestTensor {
 
   // Every storage byte, in and around the view, set to 0xFF: a NaN in every dtype.
   void poison();
-  bool all_poisoned() const;          // nothing was written anywhere
+  bool all_poisoned() const;           // nothing was written anywhere
   int64_t unwritten_elements() const;  // elements of the view still holding the poison
-  bool padding_poisoned() const;      // no byte outside the view was written
+  bool padding_poisoned() const;       // no byte outside the view was written
   const std::vector<unsigned char>& bytes() const { return storage_; }
 
  private:

@@ -40,8 +40,7 @@ NATTN_HD bool row_inside(int r, const int (&shift)[3], const int (&count)[3]) {
 }
 
 // Element offset (from the (batch, head) base) of the token at group positions pos.
-NATTN_HD int64_t token_offset(const int (&pos)[3], const int (&group)[3], const Geometry& g,
-                                                const Strides& s) {
+NATTN_HD int64_t token_offset(const int (&pos)[3], const int (&group)[3], const Geometry& g, const Strides& s) {
   int64_t off = 0;
 #pragma unroll
   for (int a = 0; a < 3; ++a) off += int64_t(pos[a] * int(g.dilation[a]) + group[a]) * s.axis[a];

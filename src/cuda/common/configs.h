@@ -27,7 +27,7 @@ struct KernelConfig {
   int block_q;   // query rows per tile: owned (forward, dQ) or walked (dK/dV)
   int block_kv;  // key rows per tile: walked (forward, dQ) or owned (dK/dV)
   int warps;
-  int stages;    // walked-tile buffers in flight
+  int stages;  // walked-tile buffers in flight
 };
 
 namespace config_rows {
@@ -128,7 +128,8 @@ constexpr int padded_head_dim(Family f, Role r, int head_dim) {
 constexpr int find_config(Family f, Role r, Elem e, int padded) {
   for (int i = 0; i < kNumConfigs; ++i) {
     const KernelConfig& c = kKernelConfigs[i];
-    if (c.family == f && c.role == r && (c.elem == e || c.elem == Elem::kAny) && (c.head_dim == padded || c.head_dim == 0))
+    if (c.family == f && c.role == r && (c.elem == e || c.elem == Elem::kAny) &&
+        (c.head_dim == padded || c.head_dim == 0))
       return i;
   }
   return -1;

@@ -11,20 +11,44 @@
 
 namespace nattn::cuda::generic {
 
-template <class T> __device__ __forceinline__ float to_acc(T x);
-template <> __device__ __forceinline__ float to_acc(float x) { return x; }
-template <> __device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-template <> __device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T>
+__device__ __forceinline__ float to_acc(T x);
+template <>
+__device__ __forceinline__ float to_acc(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ float to_acc(__half x) {
+  return __half2float(x);
+}
+template <>
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
 __device__ __forceinline__ double to_acc(double x) { return x; }
 
-template <class T, class A> __device__ __forceinline__ T from_acc(A x);
-template <> __device__ __forceinline__ float from_acc<float>(float x) { return x; }
-template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <> __device__ __forceinline__ double from_acc<double>(double x) { return x; }
+template <class T, class A>
+__device__ __forceinline__ T from_acc(A x);
+template <>
+__device__ __forceinline__ float from_acc<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ double from_acc<double>(double x) {
+  return x;
+}
 
 // Accumulate fp64 in double, everything else in float.
-template <class T> using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
+template <class T>
+using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 __device__ __forceinline__ window::Axis axis_of(const Geometry& g, int a) {
   return {g.extent[a], g.kernel[a], g.stride[a], g.dilation[a], g.causal[a]};
@@ -32,7 +56,10 @@ __device__ __forceinline__ window::Axis axis_of(const Geometry& g, int a) {
 
 __device__ __forceinline__ void coords_of(const Geometry& g, int64_t token, int64_t c[3]) {
   c[0] = c[1] = c[2] = 0;
-  for (int a = g.rank - 1; a >= 0; --a) { c[a] = token % g.extent[a]; token /= g.extent[a]; }
+  for (int a = g.rank - 1; a >= 0; --a) {
+    c[a] = token % g.extent[a];
+    token /= g.extent[a];
+  }
 }
 
 __device__ __forceinline__ int64_t spatial(const Geometry& g, const Strides& s, const int64_t c[3]) {
@@ -80,7 +107,11 @@ struct Ranges {
 
 __device__ __forceinline__ Ranges ranges_of(const Geometry& g, const int64_t c[3], bool inverse) {
   Ranges out;
-  for (int a = 0; a < 3; ++a) { out.r[a] = {0, 1}; out.group[a] = 0; out.dil[a] = 1; }
+  for (int a = 0; a < 3; ++a) {
+    out.r[a] = {0, 1};
+    out.group[a] = 0;
+    out.dil[a] = 1;
+  }
   for (int a = 0; a < g.rank; ++a) {
     const window::Axis ax = axis_of(g, a);
     const int64_t grp = window::group_of(ax, c[a]);

@@ -21,8 +21,10 @@ __global__ void copy_kernel(const Word* src, Word* dst, CopyDims d) {
       off += (rest % d.shape[k]) * d.strided[k];
       rest /= d.shape[k];
     }
-    if (kToDense) dst[i] = src[off];
-    else dst[off] = src[i];
+    if (kToDense)
+      dst[i] = src[off];
+    else
+      dst[off] = src[i];
   }
 }
 
@@ -31,15 +33,27 @@ Status copy(const void* src, void* dst, const TensorView& view, cudaStream_t s) 
   CopyDims d;
   d.ndim = view.ndim;
   d.count = view.numel();
-  for (int k = 0; k < view.ndim; ++k) { d.shape[k] = view.shape[k]; d.strided[k] = view.stride[k]; }
+  for (int k = 0; k < view.ndim; ++k) {
+    d.shape[k] = view.shape[k];
+    d.strided[k] = view.stride[k];
+  }
   if (d.count == 0) return Status::Ok();
   constexpr int kThreads = 256;
   const int64_t blocks64 = (d.count + kThreads - 1) / kThreads;
   const unsigned blocks = unsigned(blocks64 < 65536 * 16 ? blocks64 : 65536 * 16);
   switch (dtype_size(view.dtype)) {
-    case 2: copy_kernel<uint16_t, kToDense><<<blocks, kThreads, 0, s>>>(static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst), d); break;
-    case 4: copy_kernel<uint32_t, kToDense><<<blocks, kThreads, 0, s>>>(static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst), d); break;
-    default: copy_kernel<uint64_t, kToDense><<<blocks, kThreads, 0, s>>>(static_cast<const uint64_t*>(src), static_cast<uint64_t*>(dst), d); break;
+    case 2:
+      copy_kernel<uint16_t, kToDense>
+          <<<blocks, kThreads, 0, s>>>(static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst), d);
+      break;
+    case 4:
+      copy_kernel<uint32_t, kToDense>
+          <<<blocks, kThreads, 0, s>>>(static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst), d);
+      break;
+    default:
+      copy_kernel<uint64_t, kToDense>
+          <<<blocks, kThreads, 0, s>>>(static_cast<const uint64_t*>(src), static_cast<uint64_t*>(dst), d);
+      break;
   }
   return check_launch(kToDense ? "layout copy to a dense buffer" : "layout copy from a dense buffer");
 }

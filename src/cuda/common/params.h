@@ -27,8 +27,11 @@ struct Geometry {
 
 struct ForwardParams {
   Geometry g;
-  const void* q = nullptr; const void* k = nullptr; const void* v = nullptr;
-  const void* ka = nullptr; const void* va = nullptr;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* ka = nullptr;
+  const void* va = nullptr;
   void* out = nullptr;
   float* lse = nullptr;  // may be null
   Strides sq, sk, sv, ska, sva, so, slse;
@@ -36,21 +39,30 @@ struct ForwardParams {
 
 struct BackwardParams {
   Geometry g;
-  const void* q = nullptr; const void* k = nullptr; const void* v = nullptr;
-  const void* ka = nullptr; const void* va = nullptr;
-  const void* out = nullptr; const void* dout = nullptr;
-  const float* lse = nullptr; const float* dlse = nullptr;
-  void* dq = nullptr; void* dk = nullptr; void* dv = nullptr; void* dka = nullptr; void* dva = nullptr;
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* ka = nullptr;
+  const void* va = nullptr;
+  const void* out = nullptr;
+  const void* dout = nullptr;
+  const float* lse = nullptr;
+  const float* dlse = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  void* dka = nullptr;
+  void* dva = nullptr;
   float* delta = nullptr;  // workspace [B, N, Hq], contiguous
   Strides sq, sk, sv, ska, sva, so, sdo, slse, sdlse, sdq, sdk, sdv, sdka, sdva;
-  Strides sdelta;          // delta's strides as a [B, X1..Xr, Hq] tensor (set by the backend)
+  Strides sdelta;  // delta's strides as a [B, X1..Xr, Hq] tensor (set by the backend)
 };
 
 // Box shapes of one fused-kernel launch, in group positions (one dilation group per axis).
 // Every extent is a power of two so kernels split a box row into coordinates with shifts.
 struct Tiling {
-  int fixed_shift[3] = {0, 0, 0};    // log2 of each CTA's own box: queries (forward, dQ) or keys (dK/dV)
-  int walk_shift[3] = {0, 0, 0};     // log2 of the boxes it walks over its union
+  int fixed_shift[3] = {0, 0, 0};      // log2 of each CTA's own box: queries (forward, dQ) or keys (dK/dV)
+  int walk_shift[3] = {0, 0, 0};       // log2 of the boxes it walks over its union
   int64_t fixed_tiles[3] = {1, 1, 1};  // own boxes per axis per dilation group
   int64_t neighborhood_ctas = 1;       // own boxes over every dilation group
 };

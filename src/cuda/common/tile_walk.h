@@ -30,20 +30,20 @@ struct Step {
 NATTN_HD int ring_next(int slot) { return slot == 2 ? 0 : slot + 1; }
 
 struct TileWalk {
-  int group[3];           // dilation group per axis
-  int lg[3];              // group length per axis
-  int fixed_start[3];     // first position of the own box (unclipped), per axis
+  int group[3];        // dilation group per axis
+  int lg[3];           // group length per axis
+  int fixed_start[3];  // first position of the own box (unclipped), per axis
   int fixed_shift[3], walk_shift[3];
-  tiles::Box<3> fixed;    // the own box clipped to the group
+  tiles::Box<3> fixed;  // the own box clipped to the group
   tiles::GroupGeometry<3> geo;
-  int walk_begin[3];      // first walked position (the union's first), per axis
-  int n_walk[3];          // walked boxes per axis
-  int nbr_tiles;          // neighborhood boxes walked in total
-  int add_tiles;          // extra tiles after them: additional keys (forward, dQ) or queries in token order
-  int block_rows;         // rows per extra tile
-  bool walks_queries;     // dK/dV: the own box holds keys, the walk covers queries
-  bool empty;             // the own box holds no position of its group
-  bool tabled;            // the per-axis coverage tables hold every walked box
+  int walk_begin[3];   // first walked position (the union's first), per axis
+  int n_walk[3];       // walked boxes per axis
+  int nbr_tiles;       // neighborhood boxes walked in total
+  int add_tiles;       // extra tiles after them: additional keys (forward, dQ) or queries in token order
+  int block_rows;      // rows per extra tile
+  bool walks_queries;  // dK/dV: the own box holds keys, the walk covers queries
+  bool empty;          // the own box holds no position of its group
+  bool tabled;         // the per-axis coverage tables hold every walked box
   // Per-axis coverage of each walked box (tiles::Coverage values). A box's coverage is the
   // minimum over its axes (outside < partial < full), so the walk needs no window math.
   static constexpr int kMaxAxisTiles = 1024;
@@ -51,13 +51,19 @@ struct TileWalk {
 
   // One thread: decodes own box `linear` (row-major over [groups..., tiles...]).
   NATTN_HD_CALL void init(const Geometry& g, const Tiling& t, int64_t linear, bool walks_queries_, int add_tiles_,
-                       int block_rows_) {
+                          int block_rows_) {
     int64_t idx = linear;
     int tile[3];
 #pragma unroll
-    for (int a = 2; a >= 0; --a) { tile[a] = int(idx % t.fixed_tiles[a]); idx /= t.fixed_tiles[a]; }
+    for (int a = 2; a >= 0; --a) {
+      tile[a] = int(idx % t.fixed_tiles[a]);
+      idx /= t.fixed_tiles[a];
+    }
 #pragma unroll
-    for (int a = 2; a >= 0; --a) { group[a] = int(idx % g.dilation[a]); idx /= g.dilation[a]; }
+    for (int a = 2; a >= 0; --a) {
+      group[a] = int(idx % g.dilation[a]);
+      idx /= g.dilation[a];
+    }
     walks_queries = walks_queries_;
     empty = false;
 #pragma unroll
@@ -129,10 +135,10 @@ struct TileWalk {
   // Per-thread tile decoding (a division and a modulo per axis per tile, several times per
   // tile) was a third of the kernels' instructions; one thread stepping an odometer costs
   // a few table reads per tile instead.
-  int heads;              // query heads walked per kv head (dK/dV); 1 otherwise
-  int64_t extra_limit;    // extra tiles: rows at or past this count are masked (Na), or none
+  int heads;            // query heads walked per kv head (dK/dV); 1 otherwise
+  int64_t extra_limit;  // extra tiles: rows at or past this count are masked (Na), or none
   int cur_head, cur_t, cur_i[3];
-  Step ring[3];           // current, next and the one after (see the kernels' loops)
+  Step ring[3];  // current, next and the one after (see the kernels' loops)
 
   // One thread, after init: prepares the walk over `heads_` heads.
   NATTN_HD_CALL void begin(int heads_, int64_t extra_limit_) {
@@ -167,7 +173,10 @@ struct TileWalk {
         ++cur_t;
         if (++cur_i[2] == n_walk[2]) {
           cur_i[2] = 0;
-          if (++cur_i[1] == n_walk[1]) { cur_i[1] = 0; ++cur_i[0]; }
+          if (++cur_i[1] == n_walk[1]) {
+            cur_i[1] = 0;
+            ++cur_i[0];
+          }
         }
         if (c != int(tiles::Coverage::kOutside)) {
           st.head = cur_head;

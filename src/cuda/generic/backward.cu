@@ -1,6 +1,7 @@
 // Layer: cuda/generic. Generic backward, as gathers (deterministic, no atomics), the same formulas as
 // the CPU reference: Delta_i = do_i.o_i - dlse_i, P = exp(scale q.k - lse),
-// dS = P (do.v - Delta) (Delta from the common pre-pass, cuda/common/delta.h); dq = scale sum dS k; dk = scale sum dS q; dv = sum P do.
+// dS = P (do.v - Delta) (Delta from the common pre-pass, cuda/common/delta.h); dq = scale sum dS k; dk = scale sum dS
+// q; dv = sum P do.
 #include "cuda/check.h"
 #include "cuda/common/element.cuh"
 #include "cuda/generic/generic.h"
@@ -27,8 +28,7 @@ struct Bwd {
 
   __device__ QueryRow<T> query_row(int64_t b, const int64_t* c, int64_t token, int64_t h) const {
     return {row_of<const T>(g, p.q, p.sq, b, c, h), row_of<const T>(g, p.dout, p.sdo, b, c, h),
-            A(*row_of<const float>(g, p.lse, p.slse, b, c, h)),
-            A(p.delta[(b * g.tokens + token) * g.heads_q + h])};
+            A(*row_of<const float>(g, p.lse, p.slse, b, c, h)), A(p.delta[(b * g.tokens + token) * g.heads_q + h])};
   }
   // P and dS of a query row against key row k / value row v.
   __device__ void p_ds(const QueryRow<T>& r, const T* k, int64_t ks, const T* v, int64_t vs, A* prob, A* ds) const {
@@ -59,19 +59,23 @@ __global__ void dq_kernel(BackwardParams p) {
     auto add = [&](const T* k, int64_t ks, const T* v, int64_t vs) {
       A prob, ds;
       w.p_ds(row, k, ks, v, vs, &prob, &ds);
-      for (int i = 0; i < kChunk; ++i) if (i < n) acc[i] += ds * A(to_acc(k[(c0 + i) * ks]));
+      for (int i = 0; i < kChunk; ++i)
+        if (i < n) acc[i] += ds * A(to_acc(k[(c0 + i) * ks]));
     };
-    for_each(rg, [&](const int64_t* kc) { add(kb + spatial(g, p.sk, kc), p.sk.dim, vb + spatial(g, p.sv, kc), p.sv.dim); });
-    for (int64_t j = 0; j < g.num_additional; ++j) add(ka + j * p.ska.axis[0], p.ska.dim, va + j * p.sva.axis[0], p.sva.dim);
-    for (int i = 0; i < kChunk; ++i) if (i < n) dq[(c0 + i) * p.sdq.dim] = from_acc<T>(A(g.scale) * acc[i]);
+    for_each(rg,
+             [&](const int64_t* kc) { add(kb + spatial(g, p.sk, kc), p.sk.dim, vb + spatial(g, p.sv, kc), p.sv.dim); });
+    for (int64_t j = 0; j < g.num_additional; ++j)
+      add(ka + j * p.ska.axis[0], p.ska.dim, va + j * p.sva.axis[0], p.sva.dim);
+    for (int i = 0; i < kChunk; ++i)
+      if (i < n) dq[(c0 + i) * p.sdq.dim] = from_acc<T>(A(g.scale) * acc[i]);
   }
 }
 
 // dk/dv of one key row from the queries `for_queries` enumerates as (coords, token), over all
 // query heads of hk.
 template <class T, class ForQueries>
-__device__ void key_grads(const Bwd<T>& w, int64_t b, int64_t hk, const T* k, int64_t ks, const T* v, int64_t vs,
-                          T* dk, int64_t dks, T* dv, int64_t dvs, ForQueries&& for_queries) {
+__device__ void key_grads(const Bwd<T>& w, int64_t b, int64_t hk, const T* k, int64_t ks, const T* v, int64_t vs, T* dk,
+                          int64_t dks, T* dv, int64_t dvs, ForQueries&& for_queries) {
   using A = Acc<T>;
   const Geometry& g = w.g;
   const int64_t group = g.heads_q / g.heads_kv;
@@ -122,12 +126,18 @@ __global__ void additional_kernel(BackwardParams p) {
   const Geometry& g = p.g;
   const int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (item >= g.batch * g.num_additional * g.heads_kv) return;
-  const int64_t hk = item % g.heads_kv, j = (item / g.heads_kv) % g.num_additional, b = item / (g.heads_kv * g.num_additional);
-  auto row = [&](const void* base, const Strides& s) { return const_cast<T*>(head_of<T>(base, s, b, hk) + j * s.axis[0]); };
+  const int64_t hk = item % g.heads_kv, j = (item / g.heads_kv) % g.num_additional,
+                b = item / (g.heads_kv * g.num_additional);
+  auto row = [&](const void* base, const Strides& s) {
+    return const_cast<T*>(head_of<T>(base, s, b, hk) + j * s.axis[0]);
+  };
   key_grads<T>(w, b, hk, row(p.ka, p.ska), p.ska.dim, row(p.va, p.sva), p.sva.dim, row(p.dka, p.sdka), p.sdka.dim,
                row(p.dva, p.sdva), p.sdva.dim, [&](auto&& f) {
                  int64_t c[3];
-                 for (int64_t t = 0; t < g.tokens; ++t) { coords_of(g, t, c); f(c, t); }
+                 for (int64_t t = 0; t < g.tokens; ++t) {
+                   coords_of(g, t, c);
+                   f(c, t);
+                 }
                });
 }
 

@@ -45,9 +45,11 @@ __global__ void forward_kernel(ForwardParams p) {
     const int64_t n = g.head_dim_v - c0 < kChunk ? g.head_dim_v - c0 : kChunk;
     for_keys([&](A s, const T* v) {
       const A w = exp(s - m) / sum;
-      for (int i = 0; i < kChunk; ++i) if (i < n) acc[i] += w * A(to_acc(v[(c0 + i) * p.sv.dim]));
+      for (int i = 0; i < kChunk; ++i)
+        if (i < n) acc[i] += w * A(to_acc(v[(c0 + i) * p.sv.dim]));
     });
-    for (int i = 0; i < kChunk; ++i) if (i < n) out[(c0 + i) * p.so.dim] = from_acc<T>(acc[i]);
+    for (int i = 0; i < kChunk; ++i)
+      if (i < n) out[(c0 + i) * p.so.dim] = from_acc<T>(acc[i]);
   }
   if (p.lse) *row_of<float>(g, p.lse, p.slse, b, c, h) = float(m + log(sum));
 }

@@ -6,10 +6,10 @@
 #pragma once
 #include <cstdint>
 
-#include "cuda/common/params.h"
-#include "cuda/sm80/collective/smem_tile.cuh"
 #include "cuda/common/box_index.h"
+#include "cuda/common/params.h"
 #include "cuda/common/tile_walk.h"
+#include "cuda/sm80/collective/smem_tile.cuh"
 
 namespace nattn::cuda::sm80 {
 
@@ -23,11 +23,11 @@ __device__ __forceinline__ void fill_row_offsets(int64_t* rel, const int (&shift
 // Loads a box's rows into a swizzled tile (rows outside the group zero-filled): `first` points
 // at the box's first token, rel[] is the row-offset table.
 template <int HD, int ROWS, int THREADS, class Element>
-__device__ __forceinline__ void load_box(Element* tile, const Element* first, const int64_t* rel,
-                                         const int (&shift)[3], const int (&count)[3], int dims) {
-  load_rows<HD, ROWS, THREADS>(tile, [&](int r) -> const Element* {
-    return row_inside(r, shift, count) ? first + rel[r] : nullptr;
-  }, dims, first);
+__device__ __forceinline__ void load_box(Element* tile, const Element* first, const int64_t* rel, const int (&shift)[3],
+                                         const int (&count)[3], int dims) {
+  load_rows<HD, ROWS, THREADS>(
+      tile, [&](int r) -> const Element* { return row_inside(r, shift, count) ? first + rel[r] : nullptr; }, dims,
+      first);
 }
 
 // Loads the CTA's own box (first position `start`, extents 1 << shift[a], rows past the
@@ -38,9 +38,12 @@ __device__ __forceinline__ void load_own_box(Element* tile, const Element* base,
                                              const int (&group)[3], const int (&shift)[3], const int (&count)[3],
                                              const Geometry& g, const Strides& s, int dims) {
   const Element* first = base + token_offset(start, group, g, s);
-  load_rows<HD, ROWS, THREADS>(tile, [&](int r) -> const Element* {
-    return row_inside(r, shift, count) ? first + row_offset(r, shift, g, s) : nullptr;
-  }, dims, base);
+  load_rows<HD, ROWS, THREADS>(
+      tile,
+      [&](int r) -> const Element* {
+        return row_inside(r, shift, count) ? first + row_offset(r, shift, g, s) : nullptr;
+      },
+      dims, base);
 }
 
 // Where a walk over key tiles reads its K and V rows (already offset to batch and head):
@@ -65,12 +68,14 @@ __device__ __forceinline__ void load_walked_kv(Element* dk, Element* dv, const S
   const int D = int(g.head_dim), Dv = int(g.head_dim_v);
   if (st.tile >= w.nbr_tiles) {
     const int64_t j0 = int64_t(st.tile - w.nbr_tiles) * BN;
-    load_rows<HD, BN, THREADS>(dk, [&](int r) -> const Element* {
-      return j0 + r < g.num_additional ? src.ka + (j0 + r) * src.ka_row : nullptr;
-    }, D, src.k);
-    load_rows<HD, BN, THREADS>(dv, [&](int r) -> const Element* {
-      return j0 + r < g.num_additional ? src.va + (j0 + r) * src.va_row : nullptr;
-    }, Dv, src.v);
+    load_rows<HD, BN, THREADS>(
+        dk,
+        [&](int r) -> const Element* { return j0 + r < g.num_additional ? src.ka + (j0 + r) * src.ka_row : nullptr; },
+        D, src.k);
+    load_rows<HD, BN, THREADS>(
+        dv,
+        [&](int r) -> const Element* { return j0 + r < g.num_additional ? src.va + (j0 + r) * src.va_row : nullptr; },
+        Dv, src.v);
     return;
   }
   int start[3], count[3];

@@ -22,7 +22,8 @@ __device__ __forceinline__ void store_rows(const float (&acc)[MI][OI][4], const 
       for (int oi = 0; oi < OI; ++oi) {
         const int col = oi * 8 + 2 * (lane % 4);
         if (col < cols)
-          *reinterpret_cast<uint32_t*>(dst + col) = Mma<Element>::pack(acc[mi][oi][2 * hr] * f, acc[mi][oi][2 * hr + 1] * f);
+          *reinterpret_cast<uint32_t*>(dst + col) =
+              Mma<Element>::pack(acc[mi][oi][2 * hr] * f, acc[mi][oi][2 * hr + 1] * f);
       }
     }
 }

@@ -76,7 +76,8 @@ __device__ __forceinline__ void mask_axes(float (&s)[MI][NI][4], int partial_axe
                                           int row0, int lane) {
   if (partial_axes & 1) mask_axis<0, kRowsAreQueries>(s, win, row_shift, col_shift, k_start[0], row0, lane);
   if (partial_axes & 2) mask_axis<1, kRowsAreQueries>(s, win + stride, row_shift, col_shift, k_start[1], row0, lane);
-  if (partial_axes & 4) mask_axis<2, kRowsAreQueries>(s, win + 2 * stride, row_shift, col_shift, k_start[2], row0, lane);
+  if (partial_axes & 4)
+    mask_axis<2, kRowsAreQueries>(s, win + 2 * stride, row_shift, col_shift, k_start[2], row0, lane);
 }
 }  // namespace detail
 

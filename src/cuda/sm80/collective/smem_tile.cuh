@@ -54,6 +54,8 @@ __device__ __forceinline__ void load_rows(Element* tile, RowPtr&& row_ptr, int d
 
 __device__ __forceinline__ void cp_async_commit() { cute::cp_async_fence(); }
 template <int N>
-__device__ __forceinline__ void cp_async_wait() { cute::cp_async_wait<N>(); }
+__device__ __forceinline__ void cp_async_wait() {
+  cute::cp_async_wait<N>();
+}
 
 }  // namespace nattn::cuda::sm80

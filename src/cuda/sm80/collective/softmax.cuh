@@ -81,7 +81,10 @@ struct OnlineSoftmax {
           ref[mi][hr] = next;
           sum[mi][hr] *= corr;
 #pragma unroll
-          for (int oi = 0; oi < OI; ++oi) { o[mi][oi][2 * hr] *= corr; o[mi][oi][2 * hr + 1] *= corr; }
+          for (int oi = 0; oi < OI; ++oi) {
+            o[mi][oi][2 * hr] *= corr;
+            o[mi][oi][2 * hr + 1] *= corr;
+          }
         }
     }
 #pragma unroll

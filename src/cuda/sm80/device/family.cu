@@ -62,7 +62,8 @@ class Sm80Family final : public KernelFamily {
   Status can_implement(const Call& call) const override {
     const Geometry& g = call.g;
     if (call.dtype != DType::kFloat16 && call.dtype != DType::kBFloat16)
-      return Status::Unsupported(std::string("fused kernels take float16/bfloat16 (got ") + dtype_name(call.dtype) + ")");
+      return Status::Unsupported(std::string("fused kernels take float16/bfloat16 (got ") + dtype_name(call.dtype) +
+                                 ")");
     if (call.device.major < 8)
       return Status::Unsupported("fused kernels need compute capability 8.0 or newer (device is sm" +
                                  std::to_string(call.device.major) + std::to_string(call.device.minor) + ")");
@@ -78,7 +79,8 @@ class Sm80Family final : public KernelFamily {
       const sm80::Launcher* l = sm80::launcher(id);
       if (l->smem > call.device.smem_optin)
         return Status::Unsupported(std::string("the fused ") + role_name(r) + " kernel (config " + std::to_string(id) +
-                                   ") needs " + std::to_string(l->smem) + " bytes of shared memory per block; this device allows " +
+                                   ") needs " + std::to_string(l->smem) +
+                                   " bytes of shared memory per block; this device allows " +
                                    std::to_string(call.device.smem_optin));
     }
     return Status::Ok();
@@ -91,8 +93,9 @@ class Sm80Family final : public KernelFamily {
     bool strides_ok = t.ndim > 0 && (t.stride[t.ndim - 1] == 1 || t.shape[t.ndim - 1] == 1);
     for (int i = 0; i + 1 < t.ndim; ++i) strides_ok &= t.shape[i] == 1 || t.stride[i] % 8 == 0;
     if (aligned && strides_ok) return Status::Ok();
-    return Status::Unsupported(!aligned ? "its rows are not 16-byte aligned"
-                                        : "fused kernels need a unit-stride head dim and row strides that are multiples of 8 elements");
+    return Status::Unsupported(
+        !aligned ? "its rows are not 16-byte aligned"
+                 : "fused kernels need a unit-stride head dim and row strides that are multiples of 8 elements");
   }
 
   Status plan(const Call& call, std::vector<KernelLaunch>* kernels) const override {
@@ -114,7 +117,8 @@ class Sm80Family final : public KernelFamily {
         shapes.k = ones_past_rank(call.choice.walk_tile, p.rank);
         shapes.key_tiles = count_key_tiles(p, shapes.q, shapes.k);
       } else {
-        shapes = choose_tile_shapes(p, c.block_q, c.block_kv, keys_owned ? TileRole::kKeysFixed : TileRole::kQueriesFixed);
+        shapes =
+            choose_tile_shapes(p, c.block_q, c.block_kv, keys_owned ? TileRole::kKeysFixed : TileRole::kQueriesFixed);
       }
       k.own = keys_owned ? shapes.k : shapes.q;
       k.walk = keys_owned ? shapes.q : shapes.k;
@@ -134,7 +138,8 @@ class Sm80Family final : public KernelFamily {
     return Status::Ok();
   }
 
-  Status forward(const std::vector<KernelLaunch>& kernels, const ForwardParams& p, DType, cudaStream_t s) const override {
+  Status forward(const std::vector<KernelLaunch>& kernels, const ForwardParams& p, DType,
+                 cudaStream_t s) const override {
     return sm80::launcher(kernels[0].config_id)->launch(kernels[0], &p, s);
   }
 
@@ -158,9 +163,10 @@ class Sm80Family final : public KernelFamily {
     if (*id >= 0) {
       const KernelConfig& c = kKernelConfigs[*id];
       if (c.elem != e || c.head_dim < hd)
-        return Status::Invalid("choice.config_ids has " + std::to_string(*id) + ", which is invalid for this call: it is a " +
-                               elem_name(c.elem) + " row of head dim " + std::to_string(c.head_dim) + "; the call is " +
-                               dtype_name(call.dtype) + " with max(head_dim, head_dim_v) = " + std::to_string(hd));
+        return Status::Invalid("choice.config_ids has " + std::to_string(*id) +
+                               ", which is invalid for this call: it is a " + elem_name(c.elem) + " row of head dim " +
+                               std::to_string(c.head_dim) + "; the call is " + dtype_name(call.dtype) +
+                               " with max(head_dim, head_dim_v) = " + std::to_string(hd));
     } else {
       const int limit = max_head_dim(Family::kSm80, r);
       if (hd > limit)

@@ -30,14 +30,20 @@ struct Row {
   using Backward = BackwardTraits<Element, c.head_dim, kOwn, kWalk, c.warps>;
 
   static constexpr auto kernel() {
-    if constexpr (c.role == Role::kForward) return &fna_forward_kernel<Forward>;
-    else if constexpr (c.role == Role::kBackwardDq) return &fna_backward_dq_kernel<Backward>;
-    else return &fna_backward_dkdv_kernel<Backward>;
+    if constexpr (c.role == Role::kForward)
+      return &fna_forward_kernel<Forward>;
+    else if constexpr (c.role == Role::kBackwardDq)
+      return &fna_backward_dq_kernel<Backward>;
+    else
+      return &fna_backward_dkdv_kernel<Backward>;
   }
   static constexpr size_t smem() {
-    if constexpr (c.role == Role::kForward) return sizeof(typename Forward::SharedStorage);
-    else if constexpr (c.role == Role::kBackwardDq) return sizeof(typename Backward::DqStorage);
-    else return sizeof(typename Backward::DkdvStorage);
+    if constexpr (c.role == Role::kForward)
+      return sizeof(typename Forward::SharedStorage);
+    else if constexpr (c.role == Role::kBackwardDq)
+      return sizeof(typename Backward::DqStorage);
+    else
+      return sizeof(typename Backward::DkdvStorage);
   }
   static constexpr int kThreads = c.warps * 32;
 

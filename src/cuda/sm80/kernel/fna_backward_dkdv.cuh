@@ -51,8 +51,10 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
   TileWalk& w = ss.walk;
   if (threadIdx.x == 0) {
     // Additional keys are attended by every query: walk all of them in token order.
-    if (additional) w.init_extra_only(int((g.tokens + BN - 1) / BN), BN);
-    else w.init(g, tl, blockIdx.x, true, 0, BN);
+    if (additional)
+      w.init_extra_only(int((g.tokens + BN - 1) / BN), BN);
+    else
+      w.init(g, tl, blockIdx.x, true, 0, BN);
     w.begin(group_heads, INT64_MAX);  // extra tiles here are never masked
   }
   __syncthreads();
@@ -68,12 +70,14 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
   if (additional) {
     const Element* ka = static_cast<const Element*>(p.ka) + b * p.ska.batch + hk * p.ska.head;
     const Element* va = static_cast<const Element*>(p.va) + b * p.sva.batch + hk * p.sva.head;
-    load_rows<HD, BM, kThreads>(sK, [&](int r) -> const Element* {
-      return j0 + r < g.num_additional ? ka + (j0 + r) * p.ska.axis[0] : nullptr;
-    }, D, k_base);
-    load_rows<HD, BM, kThreads>(sV, [&](int r) -> const Element* {
-      return j0 + r < g.num_additional ? va + (j0 + r) * p.sva.axis[0] : nullptr;
-    }, Dv, v_base);
+    load_rows<HD, BM, kThreads>(
+        sK,
+        [&](int r) -> const Element* { return j0 + r < g.num_additional ? ka + (j0 + r) * p.ska.axis[0] : nullptr; }, D,
+        k_base);
+    load_rows<HD, BM, kThreads>(
+        sV,
+        [&](int r) -> const Element* { return j0 + r < g.num_additional ? va + (j0 + r) * p.sva.axis[0] : nullptr; },
+        Dv, v_base);
   } else {
     w.rows_left(w.fixed_start, own_count);
     load_own_box<HD, BM, kThreads>(sK, k_base, w.fixed_start, w.group, tl.fixed_shift, own_count, g, p.sk, D);
@@ -99,12 +103,18 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
     float lse2 = INFINITY, delta = 0.f;
     if (additional) {
       const int64_t n0 = int64_t(st.tile) * BN;
-      load_rows<HD, BN, kThreads>(dq, [&](int r) -> const Element* {
-        return n0 + r < g.tokens ? q_h + flat_token_offset(n0 + r, g, p.sq) : nullptr;
-      }, D, q_h);
-      load_rows<HD, BN, kThreads>(ddo, [&](int r) -> const Element* {
-        return n0 + r < g.tokens ? do_h + flat_token_offset(n0 + r, g, p.sdo) : nullptr;
-      }, Dv, do_h);
+      load_rows<HD, BN, kThreads>(
+          dq,
+          [&](int r) -> const Element* {
+            return n0 + r < g.tokens ? q_h + flat_token_offset(n0 + r, g, p.sq) : nullptr;
+          },
+          D, q_h);
+      load_rows<HD, BN, kThreads>(
+          ddo,
+          [&](int r) -> const Element* {
+            return n0 + r < g.tokens ? do_h + flat_token_offset(n0 + r, g, p.sdo) : nullptr;
+          },
+          Dv, do_h);
       if (threadIdx.x < BN && n0 + threadIdx.x < g.tokens) {
         lse2 = lse_h[flat_token_offset(n0 + threadIdx.x, g, p.slse)] * kLog2e;
         delta = delta_h[flat_token_offset(n0 + threadIdx.x, g, p.sdelta)];
@@ -122,8 +132,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
         lse2 = lse_h[token_offset(pos, w.group, g, p.slse)] * kLog2e;
         delta = delta_h[token_offset(pos, w.group, g, p.sdelta)];
       }
-      if (!st.full)
-        fill_axis_windows(win + buf * 3 * BN, BN, start, tl.walk_shift, w, threadIdx.x, kThreads);
+      if (!st.full) fill_axis_windows(win + buf * 3 * BN, BN, start, tl.walk_shift, w, threadIdx.x, kThreads);
     }
     if (threadIdx.x < BN) {
       s_lse[buf * BN + threadIdx.x] = lse2;

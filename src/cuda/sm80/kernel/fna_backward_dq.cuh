@@ -95,7 +95,8 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
   const Element* v_base = static_cast<const Element*>(p.v) + b * p.sv.batch + hk * p.sv.head;
   const Element* ka_base = static_cast<const Element*>(p.ka) + b * p.ska.batch + hk * p.ska.head;
   const Element* va_base = static_cast<const Element*>(p.va) + b * p.sva.batch + hk * p.sva.head;
-  const KvSource<Element> kv{k_base, v_base, ka_base, va_base, &p.sk, &p.sv, p.ska.axis[0], p.sva.axis[0], rel_k, rel_v};
+  const KvSource<Element> kv{k_base, v_base,        ka_base,       va_base, &p.sk,
+                             &p.sv,  p.ska.axis[0], p.sva.axis[0], rel_k,   rel_v};
 
   float dq[MI][OI][4];
   zero(dq);

@@ -72,7 +72,8 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   const float c = fold_scale_sign<BM * HD, kThreads>(sQ, g.scale);
   if (threadIdx.x == 0) w.start_ring();
 
-  const KvSource<Element> kv{k_base, v_base, ka_base, va_base, &p.sk, &p.sv, p.ska.axis[0], p.sva.axis[0], rel_k, rel_v};
+  const KvSource<Element> kv{k_base, v_base,        ka_base,       va_base, &p.sk,
+                             &p.sv,  p.ska.axis[0], p.sva.axis[0], rel_k,   rel_v};
   auto load_kv = [&](const Step& st, int buf) {
     load_walked_kv<HD, BN, kThreads>(sK + buf * Tr::kWalk, sV + buf * Tr::kWalk, st, w, tl, g, kv);
   };
@@ -123,7 +124,8 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
         if (!row_inside(r, tl.fixed_shift, q_count)) continue;
         int pos[3];
         box_position(r, tl.fixed_shift, w.fixed_start, pos);
-        p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] = softmax.lse(mi, hr, total[mi][hr]);
+        p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] =
+            softmax.lse(mi, hr, total[mi][hr]);
       }
   }
 }

@@ -27,12 +27,12 @@ template <class Element, int HD, int BM, int BN, int WARPS>
 struct ForwardTraits : BlockShape<Element, HD, BM, BN, WARPS> {
   using B = BlockShape<Element, HD, BM, BN, WARPS>;
   struct SharedStorage {
-    alignas(128) Element q[B::kOwn];     // the own query box
-    alignas(128) Element k[2][B::kWalk]; // double-buffered walked key and value tiles
+    alignas(128) Element q[B::kOwn];      // the own query box
+    alignas(128) Element k[2][B::kWalk];  // double-buffered walked key and value tiles
     alignas(128) Element v[2][B::kWalk];
-    int64_t rel_k[BN], rel_v[BN];        // row offsets of a walked box in K and V
-    int2 win[3][BM];                     // each own query's window per axis
-    TileWalk walk;                       // the walk (loop-invariant: kept out of registers)
+    int64_t rel_k[BN], rel_v[BN];  // row offsets of a walked box in K and V
+    int2 win[3][BM];               // each own query's window per axis
+    TileWalk walk;                 // the walk (loop-invariant: kept out of registers)
   };
 };
 
@@ -41,23 +41,23 @@ struct BackwardTraits : BlockShape<Element, HD, BM, BN, WARPS> {
   using B = BlockShape<Element, HD, BM, BN, WARPS>;
   static_assert(BN <= B::kThreads && BM <= B::kThreads, "one thread per row fills the per-row tables");
   struct DqStorage {
-    alignas(128) Element q[B::kOwn];      // the own query box and its output gradient
+    alignas(128) Element q[B::kOwn];  // the own query box and its output gradient
     alignas(128) Element dout[B::kOwn];
     alignas(128) Element k[2][B::kWalk];  // double-buffered walked key and value tiles
     alignas(128) Element v[2][B::kWalk];
     int64_t rel_k[BN], rel_v[BN];
     int2 win[3][BM];
-    float lse[BM], delta[BM];             // per own query: lse (log2 domain) and Delta
+    float lse[BM], delta[BM];  // per own query: lse (log2 domain) and Delta
     TileWalk walk;
   };
   struct DkdvStorage {
-    alignas(128) Element k[B::kOwn];         // the own key box and its values
+    alignas(128) Element k[B::kOwn];  // the own key box and its values
     alignas(128) Element v[B::kOwn];
-    alignas(128) Element q[2][B::kWalk];     // double-buffered walked queries and output gradients
+    alignas(128) Element q[2][B::kWalk];  // double-buffered walked queries and output gradients
     alignas(128) Element dout[2][B::kWalk];
     int64_t rel_q[BN], rel_dout[BN];
-    int2 win[2][3][BN];                      // per buffer: the walked queries' windows
-    float lse[2][BN], delta[2][BN];          // per buffer: walked queries' lse (log2) and Delta
+    int2 win[2][3][BN];              // per buffer: the walked queries' windows
+    float lse[2][BN], delta[2][BN];  // per buffer: walked queries' lse (log2) and Delta
     TileWalk walk;
   };
 };

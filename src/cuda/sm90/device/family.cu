@@ -13,12 +13,11 @@ class Sm90Family final : public KernelFamily {
     if (call.device.major != 9)
       return Status::Unsupported("needs an sm90 (Hopper) device (this one is sm" + std::to_string(call.device.major) +
                                  std::to_string(call.device.minor) + ")");
-    return Status::Unsupported("no sm90 kernels are built yet (the Hopper family is planned; sm80 kernels run on Hopper)");
+    return Status::Unsupported(
+        "no sm90 kernels are built yet (the Hopper family is planned; sm80 kernels run on Hopper)");
   }
   Status reads_in_place(const TensorView&) const override { return Status::Unsupported("no sm90 kernels"); }
-  Status plan(const Call&, std::vector<KernelLaunch>*) const override {
-    return Status::Unsupported("no sm90 kernels");
-  }
+  Status plan(const Call&, std::vector<KernelLaunch>*) const override { return Status::Unsupported("no sm90 kernels"); }
   Status forward(const std::vector<KernelLaunch>&, const ForwardParams&, DType, cudaStream_t) const override {
     return Status::Unsupported("no sm90 kernels");
   }
