@@ -149,8 +149,6 @@ def run_anchor(anchor, iters, backward):
         got, want = fb(), fb_flex()
         row["grad_err"] = max(((a.flatten(1, -3).transpose(1, 2).float() - b.float()).norm() / b.float().norm()).item()
                               for a, b in zip(got, want))
-    del q, k, v, qt, kt, vt
-    torch.cuda.empty_cache()
     return row
 
 
@@ -166,6 +164,7 @@ def main():
         if a.only and x[0] not in a.only:
             continue
         rows.append(run_anchor(x, a.iters, a.backward))
+        torch.cuda.empty_cache()  # the anchor's tensors died with run_anchor
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
         if a.out:  # keep what finished even if a later anchor fails
             with open(a.out + ".rows", "a") as f:

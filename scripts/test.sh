@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every test: builds the library (and, where nvcc exists, compiles the CUDA backend), runs the
+# Every test: format/lint checks (scripts/lint.sh), builds the library (and, where nvcc exists, compiles the CUDA backend), runs the
 # C++ suite through CTest, installs the Python package with pip and runs its pytest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 bash scripts/setup.sh --python
+bash scripts/lint.sh
 
 cmake -S . -B build -G Ninja >/dev/null
 cmake --build build -j"$(nproc)"

@@ -2,8 +2,10 @@
 
 Tensors are heads-last: query [B, *X, Hq, D], key [B, *X, Hkv, D], value [B, *X, Hkv, Dv].
 """
-from . import _lib
-from . import _ops  # noqa: F401  (registers torch.ops.nattn.na_forward / na_backward)
+from . import (
+    _lib,
+    _ops,  # noqa: F401  (registers torch.ops.nattn.na_forward / na_backward)
+)
 from ._choice import kernel_choice
 from .backends import BackendInfo, backends
 from .functional import attention, na1d, na2d, na3d
