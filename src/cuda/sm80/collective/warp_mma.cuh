@@ -10,6 +10,7 @@
 
 #include <type_traits>
 
+#include "cuda/common/fragment/pack.cuh"
 #include "cuda/sm80/collective/smem_tile.cuh"
 
 namespace nattn::cuda::sm80 {
@@ -19,18 +20,12 @@ struct Mma;
 template <>
 struct Mma<__nv_bfloat16> {
   using Atom = cute::SM80_16x8x16_F32BF16BF16F32_TN;
-  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) { return pack2<__nv_bfloat16>(lo, hi); }
 };
 template <>
 struct Mma<__half> {
   using Atom = cute::SM80_16x8x16_F32F16F16F32_TN;
-  __device__ __forceinline__ static uint32_t pack(float lo, float hi) {
-    __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-  }
+  __device__ __forceinline__ static uint32_t pack(float lo, float hi) { return pack2<__half>(lo, hi); }
 };
 
 template <class Element>
@@ -52,20 +47,6 @@ __device__ __forceinline__ void zero(float (&acc)[A][B][4]) {
   for (int i = 0; i < A; ++i)
 #pragma unroll
     for (int j = 0; j < B; ++j) acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
-}
-
-// Packs accumulator tiles [MI][N/8][4] into mma A fragments [MI][N/16][4] (bf16/fp16 pairs).
-template <class Element, int MI, int NI>
-__device__ __forceinline__ void pack_a(const float (&x)[MI][NI][4], uint32_t (&f)[MI][NI / 2][4]) {
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int kk = 0; kk < NI / 2; ++kk) {
-      f[mi][kk][0] = Mma<Element>::pack(x[mi][2 * kk][0], x[mi][2 * kk][1]);
-      f[mi][kk][1] = Mma<Element>::pack(x[mi][2 * kk][2], x[mi][2 * kk][3]);
-      f[mi][kk][2] = Mma<Element>::pack(x[mi][2 * kk + 1][0], x[mi][2 * kk + 1][1]);
-      f[mi][kk][3] = Mma<Element>::pack(x[mi][2 * kk + 1][2], x[mi][2 * kk + 1][3]);
-    }
 }
 
 // acc[mi][ni][4] += A(rows row0 + 16*mi .., HD) . B(rows of `b`, HD)^T, over the head dim.

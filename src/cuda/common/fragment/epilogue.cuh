@@ -1,10 +1,13 @@
-// Layer: cuda/sm80 collective. Stores of a warp's [16*MI x HD] fp32 accumulator (mma.sync
+// Layer: cuda/common (fragment pieces shared by the sm80 and sm90 families: mma.sync and
+// wgmma give each warp the same m16n8 accumulator layout). Stores of a warp's [16*MI x HD] fp32 accumulator (mma.sync
 // layout: row 16*mi + 8*hr + lane/4, columns 8*oi + 2*(lane%4) + {0,1}) to global rows, two
 // elements per 32-bit store: O in the forward, dQ, dK and dV in the backward.
 #pragma once
-#include "cuda/sm80/collective/warp_mma.cuh"
+#include <cstdint>
 
-namespace nattn::cuda::sm80 {
+#include "cuda/common/fragment/pack.cuh"
+
+namespace nattn::cuda {
 
 // row_dst(r) returns row r's destination (nullptr: not stored), factor[mi][hr] scales the
 // row, columns at or past `cols` (head-dim padding) are not stored. Call with all lanes.
@@ -23,7 +26,7 @@ __device__ __forceinline__ void store_rows(const float (&acc)[MI][OI][4], const 
         const int col = oi * 8 + 2 * (lane % 4);
         if (col < cols)
           *reinterpret_cast<uint32_t*>(dst + col) =
-              Mma<Element>::pack(acc[mi][oi][2 * hr] * f, acc[mi][oi][2 * hr + 1] * f);
+              pack2<Element>(acc[mi][oi][2 * hr] * f, acc[mi][oi][2 * hr + 1] * f);
       }
     }
 }
@@ -35,4 +38,4 @@ __device__ __forceinline__ void fill_factor(float (&factor)[MI][2], float f) {
   for (int mi = 0; mi < MI; ++mi) factor[mi][0] = factor[mi][1] = f;
 }
 
-}  // namespace nattn::cuda::sm80
+}  // namespace nattn::cuda

@@ -1,4 +1,5 @@
-// Layer: cuda/sm80 collective. Masking of partial tiles in the mma.sync accumulator layout
+// Layer: cuda/common (fragment pieces shared by the sm80 and sm90 families: mma.sync and
+// wgmma give each warp the same m16n8 accumulator layout). Masking of partial tiles in the mma.sync accumulator layout
 // (row = 16*mi + 8*hr + lane/4, column = 8*ni + 2*(lane%4) + c, element [mi][ni][2*hr + c]).
 // A box pair is partial only along some axes (TileWalk::coverage reports which), and the
 // window test separates per axis, so each partial axis costs one subtract-and-compare per
@@ -10,7 +11,7 @@
 #include "cuda/common/box_index.h"
 #include "cuda/common/tile_walk.h"
 
-namespace nattn::cuda::sm80 {
+namespace nattn::cuda {
 
 // All threads: win[a * stride + l] = the window (keys, group positions) of query position
 // start[a] + l, for l < 1 << shift[a]; positions past the group are clamped (their rows are
@@ -127,4 +128,4 @@ __device__ __forceinline__ void mask_walked_keys(float (&s)[MI][NI][4], const St
   mask_rows_are_queries(s, st.partial, win, stride, tl.fixed_shift, tl.walk_shift, start, row0, lane);
 }
 
-}  // namespace nattn::cuda::sm80
+}  // namespace nattn::cuda

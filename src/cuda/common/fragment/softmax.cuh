@@ -1,14 +1,15 @@
-// Layer: cuda/sm80 collective. Softmax pieces of the fused kernels, in the log2 domain with the
-// scale folded into one FFMA per score: the fast exp2, the scale fold, the online softmax of
-// the forward (rows in the mma.sync accumulator layout: row (mi, hr) lives in the 4 lanes of a
-// quad) and the recomputation of P from the forward's logsumexp in the backward.
+// Layer: cuda/common (fragment pieces shared by the sm80 and sm90 families: mma.sync and
+// wgmma give each warp the same m16n8 accumulator layout). Softmax pieces of the fused kernels, in the log2 domain with
+// the scale folded into one FFMA per score: the fast exp2, the scale fold, the online softmax of the forward (rows in
+// the mma.sync accumulator layout: row (mi, hr) lives in the 4 lanes of a quad) and the recomputation of P from the
+// forward's logsumexp in the backward.
 #pragma once
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
 
-namespace nattn::cuda::sm80 {
+namespace nattn::cuda {
 
 inline constexpr float kLog2e = 1.4426950408889634f;
 inline constexpr float kLn2 = 0.6931471805599453f;
@@ -116,4 +117,4 @@ struct OnlineSoftmax {
   }
 };
 
-}  // namespace nattn::cuda::sm80
+}  // namespace nattn::cuda
