@@ -102,7 +102,7 @@ std::vector<int64_t> Buffers::shape(Slot s) const {
   }
 }
 
-Buffers::Buffers(const Problem& p, DType dtype, BackendKind backend)
+Buffers::Buffers(const Problem& p, DType dtype, BackendKind backend, bool fill)
     : p_(p), dtype_(dtype), device_(backend == BackendKind::kCuda) {
 #ifdef NATTN_WITH_CUDA
   if (device_) cuda_check(cudaStreamCreate(reinterpret_cast<cudaStream_t*>(&stream_)), "cudaStreamCreate");
@@ -118,6 +118,13 @@ Buffers::Buffers(const Problem& p, DType dtype, BackendKind backend)
     const DType t = s == kLse ? DType::kFloat32 : dtype;
     const int64_t n = count(shape(Slot(s)));
     const size_t bytes = size_t(std::max<int64_t>(n, 1)) * size_t(dtype_size(t));
+    if (!fill) {
+#ifdef NATTN_WITH_CUDA
+      if (device_) { cuda_check(cudaMalloc(&data_[s], bytes), "cudaMalloc"); continue; }
+#endif
+      data_[s] = std::malloc(bytes);
+      continue;
+    }
     std::vector<unsigned char> host(bytes);
     // Inputs get random values; outputs a NaN poison so unwritten elements show up.
     const bool input = s <= kAV || s == kDout;

@@ -18,7 +18,8 @@ struct Errors {
 
 class Buffers {
  public:
-  Buffers(const Problem& p, DType dtype, BackendKind backend);
+  // `fill` = false allocates without writing anything (for plans only: `nattn-bench --explain`).
+  Buffers(const Problem& p, DType dtype, BackendKind backend, bool fill = true);
   ~Buffers();
   Buffers(const Buffers&) = delete;
   Buffers& operator=(const Buffers&) = delete;

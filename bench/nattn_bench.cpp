@@ -2,7 +2,10 @@
 // times it, optionally verifies it against the float64 reference, and prints time, useful
 // TFLOP/s (SPEC.md counting), the FLOP-wise speedup limit and the max error.
 // With no arguments it runs an embedded default 2-D problem on the best backend present.
+// --explain prints the plan (family, configuration rows, tiles, copies, workspace) as JSON
+// instead; --family/--config/--tile force a kernel choice (Options::choice).
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -25,6 +28,8 @@ struct Args {
   nattn::BackendKind backend = nattn::BackendKind::kAuto;
   std::string mode = "fwd";  // fwd, bwd (forward + backward timed separately), both
   bool verify = true;
+  bool explain = false;  // print the plans as JSON, run nothing
+  nattn::KernelChoice choice;
   int warmup = 1, iters = 3;
 };
 
@@ -41,7 +46,14 @@ const char* kUsage =
     "  --backend auto|reference|cuda                                   default auto\n"
     "  --mode fwd|bwd     bwd times forward and backward               default fwd\n"
     "  --no-verify        skip the float64 reference check\n"
-    "  --warmup N --iters N\n";
+    "  --warmup N --iters N\n"
+    "  --explain          print the plan as JSON ({\"forward\": plan} or, with --mode bwd,\n"
+    "                     {\"forward\": plan, \"backward\": plan}) and exit without running\n"
+    "  --family NAME      force a kernel family (sm90, sm80, generic, reference)\n"
+    "  --config ID[,ID]   force configuration rows (ids of the kernel configuration table,\n"
+    "                     at most one per kernel role: forward; backward_dq, backward_dkdv)\n"
+    "  --tile AxB..:AxB.. force the forward/dQ own (query) box and walked (key) box per axis\n"
+    "                     (powers of two whose products are the configuration's blocks)\n";
 
 [[noreturn]] void usage_error(const std::string& msg) {
   std::fprintf(stderr, "nattn-bench: %s\n%s", msg.c_str(), kUsage);
@@ -56,6 +68,24 @@ int64_t parse_int(const std::string& flag, const std::string& s) {
   return v;
 }
 
+// "3,11" -> {3, 11}: configuration row ids that this library's table has.
+std::vector<int> parse_configs(const std::string& flag, const std::string& s) {
+  std::vector<int> ids;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = s.find(',', start);
+    const std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const int64_t id = parse_int(flag, item);
+    bool known = false;
+    for (const nattn::KernelConfigInfo& c : nattn::kernel_configs()) known |= c.id == id;
+    if (!known) usage_error(flag + " = '" + s + "': " + item + " is not a configuration row id of this library");
+    ids.push_back(int(id));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return ids;
+}
+
 // "7" -> {7}, "7x9" -> {7, 9}
 std::vector<int64_t> parse_axes(const std::string& flag, const std::string& s) {
   std::vector<int64_t> out;
@@ -68,6 +98,23 @@ std::vector<int64_t> parse_axes(const std::string& flag, const std::string& s) {
   }
   if (out.size() > 3) usage_error(flag + " = '" + s + "' has more than 3 axes");
   return out;
+}
+
+// "8x16:64x1" -> own {8, 16, 1}, walk {64, 1, 1}: box extents per axis (1 past those given).
+void parse_tiles(const std::string& flag, const std::string& s, nattn::KernelChoice* choice) {
+  const size_t colon = s.find(':');
+  if (colon == std::string::npos || s.find(':', colon + 1) != std::string::npos)
+    usage_error(flag + " = '" + s + "' must be OWN:WALK, e.g. 8x16:8x8");
+  std::array<int, 3>* dst[2] = {&choice->own_tile, &choice->walk_tile};
+  const std::string parts[2] = {s.substr(0, colon), s.substr(colon + 1)};
+  for (int i = 0; i < 2; ++i) {
+    const std::vector<int64_t> v = parse_axes(flag, parts[i]);
+    for (int a = 0; a < 3; ++a) {
+      const int64_t x = a < int(v.size()) ? v[size_t(a)] : 1;
+      if (x < 1 || x > (1 << 20)) usage_error(flag + " = '" + s + "': box extents must be >= 1");
+      (*dst[i])[size_t(a)] = int(x);
+    }
+  }
 }
 
 void set_axes(const std::string& flag, const std::vector<int64_t>& v, int rank, std::array<int64_t, 3>* dst) {
@@ -127,6 +174,12 @@ Args parse(int argc, char** argv) {
       a.mode = value();
       if (a.mode != "fwd" && a.mode != "bwd") usage_error("--mode = '" + a.mode + "' must be fwd or bwd");
     } else if (f == "--no-verify") a.verify = false;
+    else if (f == "--explain") a.explain = true;
+    else if (f == "--family") {
+      a.choice.family = value();
+      if (a.choice.family.empty()) usage_error("--family needs a family name");
+    } else if (f == "--config") a.choice.config_ids = parse_configs(f, value());
+    else if (f == "--tile") parse_tiles(f, value(), &a.choice);
     else if (f == "--warmup") a.warmup = int(parse_int(f, value()));
     else if (f == "--iters") a.iters = int(parse_int(f, value()));
     else usage_error("unknown option '" + f + "'");
@@ -173,6 +226,14 @@ void check(const nattn::Status& s, const char* what) {
   }
 }
 
+// "sm80 config 3" / "sm80 config 11,17": the family and the configuration rows of a plan.
+std::string plan_summary(const nattn::Plan& plan) {
+  std::string ids;
+  for (const nattn::PlannedKernel& k : plan.kernels)
+    if (k.config_id >= 0) ids += (ids.empty() ? "" : ",") + std::to_string(k.config_id);
+  return plan.family + " config " + (ids.empty() ? "-" : ids);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -189,17 +250,32 @@ int main(int argc, char** argv) {
     a.iters = 20;
     a.warmup = 3;
   }
-  nattn::bench::Buffers buf(a.p, a.dtype, best.kind);
+  // Plans need tensors (their layouts and alignment) but no values: --explain fills nothing.
+  nattn::bench::Buffers buf(a.p, a.dtype, best.kind, !a.explain);
   nattn::Options opt;
   opt.backend = a.backend;
   opt.stream = buf.stream();
+  opt.choice = a.choice;
 
-  std::printf("nattn-bench: %d-D extent %s kernel %s stride %s dilation %s causal %s | B=%lld Hq=%lld Hkv=%lld D=%lld Dv=%lld Na=%lld | %s | backend %s\n",
+  nattn::Plan fwd_plan, bwd_plan;
+  check(nattn::explain_forward(a.p, buf.forward_tensors(), opt, &fwd_plan), "explain forward");
+  if (a.mode == "bwd") check(nattn::explain_backward(a.p, buf.backward_tensors(), opt, &bwd_plan), "explain backward");
+  if (a.explain) {
+    std::printf("{\"forward\": %s", fwd_plan.to_json().c_str());
+    if (a.mode == "bwd") std::printf(", \"backward\": %s", bwd_plan.to_json().c_str());
+    std::printf("}\n");
+    return 0;
+  }
+
+  std::string plans = "fwd " + plan_summary(fwd_plan);
+  if (a.mode == "bwd") plans += " | bwd " + plan_summary(bwd_plan);
+  std::printf("nattn-bench: %d-D extent %s kernel %s stride %s dilation %s causal %s | B=%lld Hq=%lld Hkv=%lld D=%lld Dv=%lld Na=%lld | %s | backend %s | %s\n",
               a.p.rank, axes_string(a.p.extent, a.p.rank).c_str(), axes_string(a.p.window.kernel_size, a.p.rank).c_str(),
               axes_string(a.p.window.stride, a.p.rank).c_str(), axes_string(a.p.window.dilation, a.p.rank).c_str(),
               axes_string({a.p.window.is_causal[0], a.p.window.is_causal[1], a.p.window.is_causal[2]}, a.p.rank).c_str(),
               (long long)a.p.batch, (long long)a.p.heads_q, (long long)a.p.heads_kv, (long long)a.p.head_dim,
-              (long long)a.p.head_dim_v, (long long)a.p.num_additional, nattn::dtype_name(a.dtype), best.name.c_str());
+              (long long)a.p.head_dim_v, (long long)a.p.num_additional, nattn::dtype_name(a.dtype), best.name.c_str(),
+              plans.c_str());
 
   const double fwd_ms = time_ms(a, buf, [&] { check(nattn::forward(a.p, buf.forward_tensors(), opt), "forward"); });
   double bwd_ms = -1;
