@@ -28,8 +28,12 @@ void store(DType t, void* base, int64_t i, double x) {
   switch (t) {
     case DType::kFloat32: static_cast<float*>(base)[i] = float(x); break;
     case DType::kFloat64: static_cast<double*>(base)[i] = x; break;
-    case DType::kFloat16: static_cast<convert::half_bits*>(base)[i] = convert::from_double<convert::half_bits>(x); break;
-    case DType::kBFloat16: static_cast<convert::bf16_bits*>(base)[i] = convert::from_double<convert::bf16_bits>(x); break;
+    case DType::kFloat16:
+      static_cast<convert::half_bits*>(base)[i] = convert::from_double<convert::half_bits>(x);
+      break;
+    case DType::kBFloat16:
+      static_cast<convert::bf16_bits*>(base)[i] = convert::from_double<convert::bf16_bits>(x);
+      break;
   }
 }
 
@@ -56,7 +60,11 @@ TensorView make_view(void* data, DType t, const std::vector<int64_t>& shape, Dev
   v.device = dev;
   v.ndim = int(shape.size());
   int64_t st = 1;
-  for (int d = v.ndim - 1; d >= 0; --d) { v.shape[d] = shape[size_t(d)]; v.stride[d] = st; st *= shape[size_t(d)]; }
+  for (int d = v.ndim - 1; d >= 0; --d) {
+    v.shape[d] = shape[size_t(d)];
+    v.stride[d] = st;
+    st *= shape[size_t(d)];
+  }
   return v;
 }
 
@@ -87,17 +95,28 @@ BackendInfo best_backend(BackendKind requested) {
 std::vector<int64_t> Buffers::shape(Slot s) const {
   std::vector<int64_t> grid{p_.batch};
   for (int a = 0; a < p_.rank; ++a) grid.push_back(p_.extent[a]);
-  auto g = [&](int64_t h, int64_t d) { auto v = grid; v.push_back(h); if (d > 0) v.push_back(d); return v; };
+  auto g = [&](int64_t h, int64_t d) {
+    auto v = grid;
+    v.push_back(h);
+    if (d > 0) v.push_back(d);
+    return v;
+  };
   const std::vector<int64_t> ak{p_.batch, p_.num_additional, p_.heads_kv, p_.head_dim};
   const std::vector<int64_t> av{p_.batch, p_.num_additional, p_.heads_kv, p_.head_dim_v};
   switch (s) {
-    case kQ: case kDq: return g(p_.heads_q, p_.head_dim);
-    case kK: case kDk: return g(p_.heads_kv, p_.head_dim);
-    case kV: case kDv: return g(p_.heads_kv, p_.head_dim_v);
-    case kOut: case kDout: return g(p_.heads_q, p_.head_dim_v);
+    case kQ:
+    case kDq: return g(p_.heads_q, p_.head_dim);
+    case kK:
+    case kDk: return g(p_.heads_kv, p_.head_dim);
+    case kV:
+    case kDv: return g(p_.heads_kv, p_.head_dim_v);
+    case kOut:
+    case kDout: return g(p_.heads_q, p_.head_dim_v);
     case kLse: return g(p_.heads_q, 0);
-    case kAK: case kDak: return ak;
-    case kAV: case kDav: return av;
+    case kAK:
+    case kDak: return ak;
+    case kAV:
+    case kDav: return av;
     default: return {};
   }
 }
@@ -110,7 +129,9 @@ Buffers::Buffers(const Problem& p, DType dtype, BackendKind backend, bool fill)
   // A fast generator (large problems have ~10^9 elements): uniform in [-1.7, 1.7), unit variance.
   uint64_t state = std::random_device{}() | 1;
   auto uniform = [&state] {
-    state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
     return (double(state >> 11) * 0x1.0p-53 * 2.0 - 1.0) * 1.7320508;
   };
   for (int s = 0; s < kSlots; ++s) {
@@ -120,7 +141,10 @@ Buffers::Buffers(const Problem& p, DType dtype, BackendKind backend, bool fill)
     const size_t bytes = size_t(std::max<int64_t>(n, 1)) * size_t(dtype_size(t));
     if (!fill) {
 #ifdef NATTN_WITH_CUDA
-      if (device_) { cuda_check(cudaMalloc(&data_[s], bytes), "cudaMalloc"); continue; }
+      if (device_) {
+        cuda_check(cudaMalloc(&data_[s], bytes), "cudaMalloc");
+        continue;
+      }
 #endif
       data_[s] = std::malloc(bytes);
       continue;
@@ -145,7 +169,10 @@ Buffers::~Buffers() {
   for (void* d : data_) {
     if (!d) continue;
 #ifdef NATTN_WITH_CUDA
-    if (device_) { cudaFree(d); continue; }
+    if (device_) {
+      cudaFree(d);
+      continue;
+    }
 #endif
     std::free(d);
   }
@@ -168,19 +195,31 @@ TensorView Buffers::view(Slot s) const {
 
 ForwardTensors Buffers::forward_tensors() const {
   ForwardTensors t;
-  t.q = view(kQ); t.k = view(kK); t.v = view(kV);
-  t.additional_k = view(kAK); t.additional_v = view(kAV);
-  t.out = view(kOut); t.lse = view(kLse);
+  t.q = view(kQ);
+  t.k = view(kK);
+  t.v = view(kV);
+  t.additional_k = view(kAK);
+  t.additional_v = view(kAV);
+  t.out = view(kOut);
+  t.lse = view(kLse);
   return t;
 }
 
 BackwardTensors Buffers::backward_tensors() const {
   BackwardTensors t;
-  t.q = view(kQ); t.k = view(kK); t.v = view(kV);
-  t.additional_k = view(kAK); t.additional_v = view(kAV);
-  t.out = view(kOut); t.lse = view(kLse); t.dout = view(kDout);
-  t.dq = view(kDq); t.dk = view(kDk); t.dv = view(kDv);
-  t.d_additional_k = view(kDak); t.d_additional_v = view(kDav);
+  t.q = view(kQ);
+  t.k = view(kK);
+  t.v = view(kV);
+  t.additional_k = view(kAK);
+  t.additional_v = view(kAV);
+  t.out = view(kOut);
+  t.lse = view(kLse);
+  t.dout = view(kDout);
+  t.dq = view(kDq);
+  t.dk = view(kDk);
+  t.dv = view(kDv);
+  t.d_additional_k = view(kDak);
+  t.d_additional_v = view(kDav);
   return t;
 }
 
@@ -210,22 +249,42 @@ Errors Buffers::verify(bool backward) const {
   // The same slots as the buffers under test (additional ones only with Na > 0).
   auto v = [&](Slot s) { return data_[s] ? make_view(ref[s].data(), DType::kFloat64, shape(s), {}) : TensorView{}; };
   ForwardTensors f;
-  f.q = v(kQ); f.k = v(kK); f.v = v(kV); f.additional_k = v(kAK); f.additional_v = v(kAV);
+  f.q = v(kQ);
+  f.k = v(kK);
+  f.v = v(kV);
+  f.additional_k = v(kAK);
+  f.additional_v = v(kAV);
   f.out = v(kOut);
   f.lse = make_view(lse_ref.data(), DType::kFloat32, shape(kLse), {});
   Options ref_opt;
   ref_opt.backend = BackendKind::kReference;
   Status st = forward(p_, f, ref_opt);
-  if (!st.ok()) { std::fprintf(stderr, "nattn-bench: reference forward failed: %s\n", st.message().c_str()); std::exit(1); }
+  if (!st.ok()) {
+    std::fprintf(stderr, "nattn-bench: reference forward failed: %s\n", st.message().c_str());
+    std::exit(1);
+  }
   Errors e;
   e.forward = max_abs_diff(read(kOut), ref[kOut]);
   if (!backward) return e;
   BackwardTensors b;
-  b.q = f.q; b.k = f.k; b.v = f.v; b.additional_k = f.additional_k; b.additional_v = f.additional_v;
-  b.out = f.out; b.lse = f.lse; b.dout = v(kDout);
-  b.dq = v(kDq); b.dk = v(kDk); b.dv = v(kDv); b.d_additional_k = v(kDak); b.d_additional_v = v(kDav);
+  b.q = f.q;
+  b.k = f.k;
+  b.v = f.v;
+  b.additional_k = f.additional_k;
+  b.additional_v = f.additional_v;
+  b.out = f.out;
+  b.lse = f.lse;
+  b.dout = v(kDout);
+  b.dq = v(kDq);
+  b.dk = v(kDk);
+  b.dv = v(kDv);
+  b.d_additional_k = v(kDak);
+  b.d_additional_v = v(kDav);
   st = nattn::backward(p_, b, ref_opt);
-  if (!st.ok()) { std::fprintf(stderr, "nattn-bench: reference backward failed: %s\n", st.message().c_str()); std::exit(1); }
+  if (!st.ok()) {
+    std::fprintf(stderr, "nattn-bench: reference backward failed: %s\n", st.message().c_str());
+    std::exit(1);
+  }
   for (Slot s : {kDq, kDk, kDv, kDak, kDav})
     if (data_[s]) e.backward = std::max(e.backward, max_abs_diff(read(s), ref[s]));
   return e;

@@ -137,21 +137,35 @@ Args parse(int argc, char** argv) {
       if (i + 1 >= argc) usage_error(f + " needs a value");
       return argv[++i];
     };
-    if (f == "--help" || f == "-h") { std::printf("%s", kUsage); std::exit(0); }
-    else if (f == "--extent") {
+    if (f == "--help" || f == "-h") {
+      std::printf("%s", kUsage);
+      std::exit(0);
+    } else if (f == "--extent") {
       const auto e = parse_axes(f, value());
       a.p.rank = int(e.size());
       for (int ax = 0; ax < 3; ++ax) a.p.extent[ax] = ax < a.p.rank ? e[ax] : 1;
-    } else if (f == "--kernel") kernel = parse_axes(f, value());
-    else if (f == "--stride") stride = parse_axes(f, value());
-    else if (f == "--dilation") dilation = parse_axes(f, value());
-    else if (f == "--causal") causal = parse_axes(f, value());
-    else if (f == "--batch") a.p.batch = parse_int(f, value());
-    else if (f == "--heads") a.p.heads_q = parse_int(f, value());
-    else if (f == "--kv-heads") { a.p.heads_kv = parse_int(f, value()); kv_set = true; }
-    else if (f == "--dim") a.p.head_dim = parse_int(f, value());
-    else if (f == "--dim-v") { a.p.head_dim_v = parse_int(f, value()); dim_v_set = true; }
-    else if (f == "--additional") a.p.num_additional = parse_int(f, value());
+    } else if (f == "--kernel")
+      kernel = parse_axes(f, value());
+    else if (f == "--stride")
+      stride = parse_axes(f, value());
+    else if (f == "--dilation")
+      dilation = parse_axes(f, value());
+    else if (f == "--causal")
+      causal = parse_axes(f, value());
+    else if (f == "--batch")
+      a.p.batch = parse_int(f, value());
+    else if (f == "--heads")
+      a.p.heads_q = parse_int(f, value());
+    else if (f == "--kv-heads") {
+      a.p.heads_kv = parse_int(f, value());
+      kv_set = true;
+    } else if (f == "--dim")
+      a.p.head_dim = parse_int(f, value());
+    else if (f == "--dim-v") {
+      a.p.head_dim_v = parse_int(f, value());
+      dim_v_set = true;
+    } else if (f == "--additional")
+      a.p.num_additional = parse_int(f, value());
     else if (f == "--scale") {
       const std::string s = value();
       char* end = nullptr;
@@ -159,30 +173,46 @@ Args parse(int argc, char** argv) {
       if (s.empty() || *end != '\0') usage_error("--scale = '" + s + "' is not a number");
     } else if (f == "--dtype") {
       const std::string s = value();
-      if (s == "fp32") a.dtype = DType::kFloat32;
-      else if (s == "fp16") a.dtype = DType::kFloat16;
-      else if (s == "bf16") a.dtype = DType::kBFloat16;
-      else if (s == "fp64") a.dtype = DType::kFloat64;
-      else usage_error("--dtype = '" + s + "' must be fp32, fp16, bf16 or fp64");
+      if (s == "fp32")
+        a.dtype = DType::kFloat32;
+      else if (s == "fp16")
+        a.dtype = DType::kFloat16;
+      else if (s == "bf16")
+        a.dtype = DType::kBFloat16;
+      else if (s == "fp64")
+        a.dtype = DType::kFloat64;
+      else
+        usage_error("--dtype = '" + s + "' must be fp32, fp16, bf16 or fp64");
     } else if (f == "--backend") {
       const std::string s = value();
-      if (s == "auto") a.backend = nattn::BackendKind::kAuto;
-      else if (s == "reference") a.backend = nattn::BackendKind::kReference;
-      else if (s == "cuda") a.backend = nattn::BackendKind::kCuda;
-      else usage_error("--backend = '" + s + "' must be auto, reference or cuda");
+      if (s == "auto")
+        a.backend = nattn::BackendKind::kAuto;
+      else if (s == "reference")
+        a.backend = nattn::BackendKind::kReference;
+      else if (s == "cuda")
+        a.backend = nattn::BackendKind::kCuda;
+      else
+        usage_error("--backend = '" + s + "' must be auto, reference or cuda");
     } else if (f == "--mode") {
       a.mode = value();
       if (a.mode != "fwd" && a.mode != "bwd") usage_error("--mode = '" + a.mode + "' must be fwd or bwd");
-    } else if (f == "--no-verify") a.verify = false;
-    else if (f == "--explain") a.explain = true;
+    } else if (f == "--no-verify")
+      a.verify = false;
+    else if (f == "--explain")
+      a.explain = true;
     else if (f == "--family") {
       a.choice.family = value();
       if (a.choice.family.empty()) usage_error("--family needs a family name");
-    } else if (f == "--config") a.choice.config_ids = parse_configs(f, value());
-    else if (f == "--tile") parse_tiles(f, value(), &a.choice);
-    else if (f == "--warmup") a.warmup = int(parse_int(f, value()));
-    else if (f == "--iters") a.iters = int(parse_int(f, value()));
-    else usage_error("unknown option '" + f + "'");
+    } else if (f == "--config")
+      a.choice.config_ids = parse_configs(f, value());
+    else if (f == "--tile")
+      parse_tiles(f, value(), &a.choice);
+    else if (f == "--warmup")
+      a.warmup = int(parse_int(f, value()));
+    else if (f == "--iters")
+      a.iters = int(parse_int(f, value()));
+    else
+      usage_error("unknown option '" + f + "'");
   }
   if (!kv_set) a.p.heads_kv = a.p.heads_q;
   if (!dim_v_set) a.p.head_dim_v = a.p.head_dim;
@@ -269,13 +299,15 @@ int main(int argc, char** argv) {
 
   std::string plans = "fwd " + plan_summary(fwd_plan);
   if (a.mode == "bwd") plans += " | bwd " + plan_summary(bwd_plan);
-  std::printf("nattn-bench: %d-D extent %s kernel %s stride %s dilation %s causal %s | B=%lld Hq=%lld Hkv=%lld D=%lld Dv=%lld Na=%lld | %s | backend %s | %s\n",
-              a.p.rank, axes_string(a.p.extent, a.p.rank).c_str(), axes_string(a.p.window.kernel_size, a.p.rank).c_str(),
-              axes_string(a.p.window.stride, a.p.rank).c_str(), axes_string(a.p.window.dilation, a.p.rank).c_str(),
-              axes_string({a.p.window.is_causal[0], a.p.window.is_causal[1], a.p.window.is_causal[2]}, a.p.rank).c_str(),
-              (long long)a.p.batch, (long long)a.p.heads_q, (long long)a.p.heads_kv, (long long)a.p.head_dim,
-              (long long)a.p.head_dim_v, (long long)a.p.num_additional, nattn::dtype_name(a.dtype), best.name.c_str(),
-              plans.c_str());
+  std::printf(
+      "nattn-bench: %d-D extent %s kernel %s stride %s dilation %s causal %s | B=%lld Hq=%lld Hkv=%lld D=%lld Dv=%lld "
+      "Na=%lld | %s | backend %s | %s\n",
+      a.p.rank, axes_string(a.p.extent, a.p.rank).c_str(), axes_string(a.p.window.kernel_size, a.p.rank).c_str(),
+      axes_string(a.p.window.stride, a.p.rank).c_str(), axes_string(a.p.window.dilation, a.p.rank).c_str(),
+      axes_string({a.p.window.is_causal[0], a.p.window.is_causal[1], a.p.window.is_causal[2]}, a.p.rank).c_str(),
+      (long long)a.p.batch, (long long)a.p.heads_q, (long long)a.p.heads_kv, (long long)a.p.head_dim,
+      (long long)a.p.head_dim_v, (long long)a.p.num_additional, nattn::dtype_name(a.dtype), best.name.c_str(),
+      plans.c_str());
 
   const double fwd_ms = time_ms(a, buf, [&] { check(nattn::forward(a.p, buf.forward_tensors(), opt), "forward"); });
   double bwd_ms = -1;
@@ -294,7 +326,10 @@ int main(int argc, char** argv) {
     char s[64];
     std::snprintf(s, sizeof s, "%.3e", e.forward);
     fwd_err = s;
-    if (a.mode == "bwd") { std::snprintf(s, sizeof s, "%.3e", e.backward); bwd_err = s; }
+    if (a.mode == "bwd") {
+      std::snprintf(s, sizeof s, "%.3e", e.backward);
+      bwd_err = s;
+    }
   }
   row("forward", fwd_ms, flops, fwd_err);
   if (a.mode == "bwd") row("backward", bwd_ms, 2.5 * flops, bwd_err);

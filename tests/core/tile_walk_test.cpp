@@ -11,6 +11,8 @@
 //    dK/dV: walked query rows past the group carry lse = +inf, so only rows inside count);
 //  - masking only the `partial` axes (per-axis window test) leaves exactly the attended pairs;
 //  - extra tiles (additional keys) follow the neighborhood boxes, masked past the limit.
+#include "cuda/common/tile_walk.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,7 +23,6 @@
 #include <vector>
 
 #include "core/tile_shapes.h"
-#include "cuda/common/tile_walk.h"
 #include "support/spec_mask.h"
 #include "support/test_tensor.h"
 
@@ -30,8 +31,8 @@ namespace {
 
 using nattn::cuda::Geometry;
 using nattn::cuda::Step;
-using nattn::cuda::Tiling;
 using nattn::cuda::TileWalk;
+using nattn::cuda::Tiling;
 
 struct WalkCase {
   int rank = 1;
@@ -40,7 +41,7 @@ struct WalkCase {
   int own[3] = {1, 1, 1};   // own box per axis (powers of two)
   int walk[3] = {1, 1, 1};  // walked box per axis
   bool walks_queries = false;
-  int heads = 1;            // query heads per kv head walked (dK/dV)
+  int heads = 1;  // query heads per kv head walked (dK/dV)
   int64_t num_additional = 0;
 
   std::string describe() const {
@@ -115,9 +116,7 @@ struct AxisOracle {
   int64_t Lg = 1;
   int64_t own_begin = 0, own_end = 1;  // own positions inside the group
   std::vector<char> table;             // [(o - own_begin) * Lg + w]
-  bool attends(int64_t o, int64_t w) const {
-    return w >= 0 && w < Lg && table[size_t((o - own_begin) * Lg + w)] != 0;
-  }
+  bool attends(int64_t o, int64_t w) const { return w >= 0 && w < Lg && table[size_t((o - own_begin) * Lg + w)] != 0; }
 };
 
 AxisOracle axis_oracle(const WalkCase& c, int a, int64_t group, int64_t own_begin, int64_t own_end) {
@@ -135,8 +134,8 @@ AxisOracle axis_oracle(const WalkCase& c, int a, int64_t group, int64_t own_begi
   for (int64_t p = own_begin; p < own_end; ++p)
     for (int64_t w = 0; w < o.Lg; ++w) {
       const int64_t own_index = p * d + group, walk_index = w * d + group;
-      o.table[size_t((p - own_begin) * o.Lg + w)] = c.walks_queries ? spec_attends(ax, L, walk_index, own_index)
-                                                                   : spec_attends(ax, L, own_index, walk_index);
+      o.table[size_t((p - own_begin) * o.Lg + w)] =
+          c.walks_queries ? spec_attends(ax, L, walk_index, own_index) : spec_attends(ax, L, own_index, walk_index);
     }
   return o;
 }
@@ -198,8 +197,14 @@ bool check_case(const WalkCase& c, Rng& rng) {
     SCOPED_TRACE("own box " + std::to_string(linear));
     // Decode the CTA index independently: row-major over [dilation groups..., own boxes...].
     int64_t idx = linear, tile[3], group[3];
-    for (int a = 2; a >= 0; --a) { tile[a] = idx % t.fixed_tiles[a]; idx /= t.fixed_tiles[a]; }
-    for (int a = 2; a >= 0; --a) { group[a] = idx % g.dilation[a]; idx /= g.dilation[a]; }
+    for (int a = 2; a >= 0; --a) {
+      tile[a] = idx % t.fixed_tiles[a];
+      idx /= t.fixed_tiles[a];
+    }
+    for (int a = 2; a >= 0; --a) {
+      group[a] = idx % g.dilation[a];
+      idx /= g.dilation[a];
+    }
     AxisOracle ax[3];
     bool empty = false;
     for (int a = 0; a < 3; ++a) {
@@ -263,8 +268,8 @@ bool check_case(const WalkCase& c, Rng& rng) {
       for (int a = 0; a < 3; ++a)
         if (w.walk_begin[a] != lo[a] || w.n_walk[a] != n_walk[a]) {
           ADD_FAILURE() << "axis " << a << ": walk begins at " << w.walk_begin[a] << " with " << w.n_walk[a]
-                        << " boxes; the attended partners span [" << lo[a] << ", " << hi[a] << "] ("
-                        << n_walk[a] << " boxes of " << c.walk[a] << ")";
+                        << " boxes; the attended partners span [" << lo[a] << ", " << hi[a] << "] (" << n_walk[a]
+                        << " boxes of " << c.walk[a] << ")";
           return false;
         }
       if (w.nbr_tiles != nbr) {
@@ -357,8 +362,8 @@ bool check_case(const WalkCase& c, Rng& rng) {
           const bool needs_mask = per_axis_attended[a] != per_axis_pairs[a];
           if (((s.partial >> a) & 1) != int(needs_mask)) {
             ADD_FAILURE() << "partial bit of axis " << a << " is " << ((s.partial >> a) & 1) << " but the axis "
-                          << (needs_mask ? "needs" : "does not need") << " masking (" << per_axis_attended[a]
-                          << " of " << per_axis_pairs[a] << " pairs attended)";
+                          << (needs_mask ? "needs" : "does not need") << " masking (" << per_axis_attended[a] << " of "
+                          << per_axis_pairs[a] << " pairs attended)";
             return false;
           }
         }
@@ -382,8 +387,8 @@ bool check_case(const WalkCase& c, Rng& rng) {
                     for (int a = 0; a < 3; ++a)
                       if ((s.partial >> a) & 1) kept &= att[a];
                     if (kept != attended) {
-                      ADD_FAILURE() << "own (" << o0 << "," << o1 << "," << o2 << ") walked (" << x0 << "," << x1
-                                    << "," << x2 << "): attended " << attended << " but masking the partial axes "
+                      ADD_FAILURE() << "own (" << o0 << "," << o1 << "," << o2 << ") walked (" << x0 << "," << x1 << ","
+                                    << x2 << "): attended " << attended << " but masking the partial axes "
                                     << (kept ? "keeps" : "drops") << " it";
                       return false;
                     }
@@ -393,8 +398,8 @@ bool check_case(const WalkCase& c, Rng& rng) {
       }
       // Every walked position with an attended partner (a partner on every axis) lies in
       // exactly one emitted box.
-      const int64_t own_volume = (ax[0].own_end - ax[0].own_begin) * (ax[1].own_end - ax[1].own_begin) *
-                                 (ax[2].own_end - ax[2].own_begin);
+      const int64_t own_volume =
+          (ax[0].own_end - ax[0].own_begin) * (ax[1].own_end - ax[1].own_begin) * (ax[2].own_end - ax[2].own_begin);
       for (int64_t x0 = 0; x0 < ax[0].Lg; ++x0)
         for (int64_t x1 = 0; x1 < ax[1].Lg; ++x1)
           for (int64_t x2 = 0; x2 < ax[2].Lg; ++x2) {
@@ -452,26 +457,54 @@ TEST_F(TileWalkTest, EdgeConfigurations) {
   std::vector<WalkCase> cases;
   {
     WalkCase c;  // full attention along one axis, walked boxes wider than the group
-    c.rank = 1; c.extent[0] = 10; c.axis[0] = {10, 1, 1, false}; c.own[0] = 4; c.walk[0] = 16;
+    c.rank = 1;
+    c.extent[0] = 10;
+    c.axis[0] = {10, 1, 1, false};
+    c.own[0] = 4;
+    c.walk[0] = 16;
     cases.push_back(c);
   }
   {
     WalkCase c;  // blocked attention, own box = block
-    c.rank = 2; c.extent[0] = 12; c.extent[1] = 9; c.axis[0] = {4, 4, 1, false}; c.axis[1] = {3, 3, 1, false};
-    c.own[0] = 4; c.own[1] = 4; c.walk[0] = 2; c.walk[1] = 8; c.num_additional = 64;
+    c.rank = 2;
+    c.extent[0] = 12;
+    c.extent[1] = 9;
+    c.axis[0] = {4, 4, 1, false};
+    c.axis[1] = {3, 3, 1, false};
+    c.own[0] = 4;
+    c.own[1] = 4;
+    c.walk[0] = 2;
+    c.walk[1] = 8;
+    c.num_additional = 64;
     cases.push_back(c);
   }
   {
     WalkCase c;  // long causal axis with stride and dilation, single-position own box
-    c.rank = 1; c.extent[0] = 61; c.axis[0] = {7, 3, 2, true}; c.own[0] = 1; c.walk[0] = 4; c.num_additional = 5;
+    c.rank = 1;
+    c.extent[0] = 61;
+    c.axis[0] = {7, 3, 2, true};
+    c.own[0] = 1;
+    c.walk[0] = 4;
+    c.num_additional = 5;
     cases.push_back(c);
   }
   {
     WalkCase c;  // 3-D, dK/dV over 4 heads, every axis causal
-    c.rank = 3; c.extent[0] = 5; c.extent[1] = 7; c.extent[2] = 9;
-    c.axis[0] = {2, 1, 1, true}; c.axis[1] = {3, 2, 2, true}; c.axis[2] = {4, 4, 1, true};
-    c.own[0] = 2; c.own[1] = 2; c.own[2] = 4; c.walk[0] = 1; c.walk[1] = 4; c.walk[2] = 2;
-    c.walks_queries = true; c.heads = 4;
+    c.rank = 3;
+    c.extent[0] = 5;
+    c.extent[1] = 7;
+    c.extent[2] = 9;
+    c.axis[0] = {2, 1, 1, true};
+    c.axis[1] = {3, 2, 2, true};
+    c.axis[2] = {4, 4, 1, true};
+    c.own[0] = 2;
+    c.own[1] = 2;
+    c.own[2] = 4;
+    c.walk[0] = 1;
+    c.walk[1] = 4;
+    c.walk[2] = 2;
+    c.walks_queries = true;
+    c.heads = 4;
     cases.push_back(c);
   }
   for (const WalkCase& c : cases)

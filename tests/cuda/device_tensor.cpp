@@ -82,8 +82,7 @@ DeviceTensor::DeviceTensor(std::vector<int64_t> shape, nattn::DType dtype, Layou
   allocate_and_upload();
 }
 
-DeviceTensor::DeviceTensor(std::vector<int64_t> shape, nattn::DType dtype, std::vector<int64_t> strides,
-                           int64_t origin)
+DeviceTensor::DeviceTensor(std::vector<int64_t> shape, nattn::DType dtype, std::vector<int64_t> strides, int64_t origin)
     : shape_(std::move(shape)), stride_(std::move(strides)), dtype_(dtype), origin_(origin) {
   int64_t max_off = 0;
   for (size_t d = 0; d < shape_.size(); ++d) max_off += std::max<int64_t>(shape_[d] - 1, 0) * stride_[d];
@@ -275,8 +274,8 @@ DeviceTensor output(std::vector<int64_t> shape, nattn::DType dtype, bool strided
   return DeviceTensor(std::move(shape), dtype, strided ? random_layout(rng, true) : Layout::kContiguous, rng);
 }
 
-void make_inputs(const nattn::Problem& p, nattn::DType dtype, bool strided, Rng& rng, DeviceTensor* q,
-                 DeviceTensor* k, DeviceTensor* v, DeviceTensor* ka, DeviceTensor* va) {
+void make_inputs(const nattn::Problem& p, nattn::DType dtype, bool strided, Rng& rng, DeviceTensor* q, DeviceTensor* k,
+                 DeviceTensor* v, DeviceTensor* ka, DeviceTensor* va) {
   *q = input(grid_shape(p, p.heads_q, p.head_dim), dtype, strided, rng);
   *k = input(grid_shape(p, p.heads_kv, p.head_dim), dtype, strided, rng);
   *v = input(grid_shape(p, p.heads_kv, p.head_dim_v), dtype, strided, rng);
@@ -313,9 +312,13 @@ ReferenceForward reference_forward(const nattn::Problem& p, const DeviceTensor& 
   ReferenceForward r{HostTensor(grid_shape(p, p.heads_q, p.head_dim_v), nattn::DType::kFloat64),
                      HostTensor(grid_shape(p, p.heads_q, 0), nattn::DType::kFloat32)};
   nattn::ForwardTensors t;
-  t.q = hq.view(); t.k = hk.view(); t.v = hv.view();
-  t.additional_k = hka.view(); t.additional_v = hva.view();
-  t.out = r.out.view(); t.lse = r.lse.view();
+  t.q = hq.view();
+  t.k = hk.view();
+  t.v = hv.view();
+  t.additional_k = hka.view();
+  t.additional_v = hva.view();
+  t.out = r.out.view();
+  t.lse = r.lse.view();
   const nattn::Status s = nattn::forward(p, t, reference_options());
   if (!s.ok()) throw std::runtime_error("reference forward failed: " + s.message());
   return r;
@@ -331,9 +334,13 @@ void expect_written(const DeviceTensor& t, const char* name) {
 
 nattn::ForwardTensors DeviceForward::views() const {
   nattn::ForwardTensors t;
-  t.q = q.view(); t.k = k.view(); t.v = v.view();
-  t.additional_k = ka.view(); t.additional_v = va.view();
-  t.out = out.view(); t.lse = lse.view();
+  t.q = q.view();
+  t.k = k.view();
+  t.v = v.view();
+  t.additional_k = ka.view();
+  t.additional_v = va.view();
+  t.out = out.view();
+  t.lse = lse.view();
   return t;
 }
 
@@ -368,11 +375,20 @@ void expect_forward_matches_reference(DeviceForward& c) {
 
 nattn::BackwardTensors DeviceBackward::views() const {
   nattn::BackwardTensors t;
-  t.q = q.view(); t.k = k.view(); t.v = v.view();
-  t.additional_k = ka.view(); t.additional_v = va.view();
-  t.out = out.view(); t.lse = lse.view(); t.dout = dout.view(); t.dlse = dlse.view();
-  t.dq = dq.view(); t.dk = dk.view(); t.dv = dv.view();
-  t.d_additional_k = dka.view(); t.d_additional_v = dva.view();
+  t.q = q.view();
+  t.k = k.view();
+  t.v = v.view();
+  t.additional_k = ka.view();
+  t.additional_v = va.view();
+  t.out = out.view();
+  t.lse = lse.view();
+  t.dout = dout.view();
+  t.dlse = dlse.view();
+  t.dq = dq.view();
+  t.dk = dk.view();
+  t.dv = dv.view();
+  t.d_additional_k = dka.view();
+  t.d_additional_v = dva.view();
   return t;
 }
 
@@ -380,8 +396,8 @@ std::string DeviceBackward::describe() const {
   return describe_problem(problem) + ", " + nattn::dtype_name(dtype) + (dlse.defined() ? ", dlse" : "");
 }
 
-DeviceBackward make_device_backward(const nattn::Problem& p, nattn::DType dtype, bool strided, bool with_dlse,
-                                    Rng& rng, DeviceTensor* dout) {
+DeviceBackward make_device_backward(const nattn::Problem& p, nattn::DType dtype, bool strided, bool with_dlse, Rng& rng,
+                                    DeviceTensor* dout) {
   DeviceBackward c;
   c.problem = p;
   c.dtype = dtype;
@@ -392,8 +408,10 @@ DeviceBackward make_device_backward(const nattn::Problem& p, nattn::DType dtype,
   c.out.write(f.out.read());
   c.lse = output(grid_shape(p, p.heads_q, 0), nattn::DType::kFloat32, strided, rng);
   c.lse.write(f.lse.read());
-  if (dout != nullptr) c.dout = std::move(*dout);
-  else c.dout = input(grid_shape(p, p.heads_q, p.head_dim_v), dtype, strided, rng);
+  if (dout != nullptr)
+    c.dout = std::move(*dout);
+  else
+    c.dout = input(grid_shape(p, p.heads_q, p.head_dim_v), dtype, strided, rng);
   if (with_dlse) c.dlse = input(grid_shape(p, p.heads_q, 0), nattn::DType::kFloat32, strided, rng);
   c.dq = output(grid_shape(p, p.heads_q, p.head_dim), dtype, strided, rng);
   c.dk = output(grid_shape(p, p.heads_kv, p.head_dim), dtype, strided, rng);
@@ -425,11 +443,20 @@ void expect_backward_matches_reference(DeviceBackward& c) {
   HostTensor rdq = host_like(c.dq), rdk = host_like(c.dk), rdv = host_like(c.dv), rdka = host_like(c.dka),
              rdva = host_like(c.dva);
   nattn::BackwardTensors t;
-  t.q = hq.view(); t.k = hk.view(); t.v = hv.view();
-  t.additional_k = hka.view(); t.additional_v = hva.view();
-  t.out = hout.view(); t.lse = hlse.view(); t.dout = hdout.view(); t.dlse = hdlse.view();
-  t.dq = rdq.view(); t.dk = rdk.view(); t.dv = rdv.view();
-  t.d_additional_k = rdka.view(); t.d_additional_v = rdva.view();
+  t.q = hq.view();
+  t.k = hk.view();
+  t.v = hv.view();
+  t.additional_k = hka.view();
+  t.additional_v = hva.view();
+  t.out = hout.view();
+  t.lse = hlse.view();
+  t.dout = hdout.view();
+  t.dlse = hdlse.view();
+  t.dq = rdq.view();
+  t.dk = rdk.view();
+  t.dv = rdv.view();
+  t.d_additional_k = rdka.view();
+  t.d_additional_v = rdva.view();
   const nattn::Status s = nattn::backward(c.problem, t, reference_options());
   ASSERT_TRUE(s.ok()) << "reference backward failed: " << s.message();
   const Tolerance tol = gradient_tolerance(c.dtype);

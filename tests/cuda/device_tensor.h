@@ -2,12 +2,12 @@
 // layouts, values), float64 host copies for the CPU reference backend, and the fixture that
 // skips every CUDA test on a machine without a CUDA device.
 #pragma once
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 #include "nattn/nattn.h"
 #include "support/test_tensor.h"
@@ -126,7 +126,7 @@ struct DeviceBackward {
 // Random inputs and dout (dlse when `with_dlse`), out/lse from the reference forward (stored
 // in the call's dtypes), poisoned gradients. `dout`, when given, replaces the random dout.
 DeviceBackward make_device_backward(const nattn::Problem& p, nattn::DType dtype, bool strided, bool with_dlse, Rng& rng,
-                                DeviceTensor* dout = nullptr);
+                                    DeviceTensor* dout = nullptr);
 void expect_backward_matches_reference(DeviceBackward& c);
 
 // Short description of a problem for traces.

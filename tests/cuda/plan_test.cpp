@@ -22,10 +22,12 @@ int built_sm80_head_dim(const std::string& dtype, bool backward) {
   int best = 0;
   const std::vector<nattn::KernelConfigInfo> rows = nattn::kernel_configs();
   for (const nattn::KernelConfigInfo& r : rows) {
-    if (r.family != "sm80" || r.dtype != dtype || !r.built || r.role != (backward ? "backward_dq" : "forward")) continue;
+    if (r.family != "sm80" || r.dtype != dtype || !r.built || r.role != (backward ? "backward_dq" : "forward"))
+      continue;
     bool pair = !backward;
     for (const nattn::KernelConfigInfo& o : rows)
-      pair |= o.family == "sm80" && o.dtype == dtype && o.built && o.role == "backward_dkdv" && o.head_dim == r.head_dim;
+      pair |=
+          o.family == "sm80" && o.dtype == dtype && o.built && o.role == "backward_dkdv" && o.head_dim == r.head_dim;
     if (pair && (best == 0 || r.head_dim < best)) best = r.head_dim;
   }
   return best;
@@ -42,8 +44,9 @@ nattn::Problem small_problem(int rank, int64_t head_dim) {
   nattn::Problem p;
   p.rank = rank;
   p.batch = 2;
-  p.extent = rank == 1 ? std::array<int64_t, 3>{40, 1, 1} : rank == 2 ? std::array<int64_t, 3>{12, 10, 1}
-                                                                       : std::array<int64_t, 3>{5, 6, 7};
+  p.extent = rank == 1   ? std::array<int64_t, 3>{40, 1, 1}
+             : rank == 2 ? std::array<int64_t, 3>{12, 10, 1}
+                         : std::array<int64_t, 3>{5, 6, 7};
   p.window = nattn::Window::uniform(3);
   if (rank >= 2) {
     p.window.kernel_size[1] = 5;
@@ -64,8 +67,8 @@ bool has_copy_of(const nattn::Plan& plan, const std::string& tensor) {
 }
 
 // Fused-family tests need compute capability 8.0 and the sm80 rows of a dtype.
-#define NATTN_REQUIRE_SM80(hd, dtype, backward)                                                          \
-  const int hd = built_sm80_head_dim(dtype, backward);                                                   \
+#define NATTN_REQUIRE_SM80(hd, dtype, backward)                                                           \
+  const int hd = built_sm80_head_dim(dtype, backward);                                                    \
   if (cuda_compute_capability() < 80) GTEST_SKIP() << "needs compute capability 8.0 for the sm80 family"; \
   if (hd == 0) GTEST_SKIP() << "no " << dtype << " sm80 rows are built into this library"
 
@@ -237,12 +240,12 @@ TEST_F(CudaPlan, InvalidForcedChoiceIsAnErrorAndWritesNothing) {
     nattn::Plan plan;
     nattn::Status s = nattn::explain_forward(p, c.views(), o, &plan);
     EXPECT_FALSE(s.ok()) << "explain accepted it: " << plan.to_json();
-    EXPECT_NE(s.message().find(b.names), std::string::npos) << "explain's message does not name " << b.names << ": "
-                                                            << s.message();
+    EXPECT_NE(s.message().find(b.names), std::string::npos)
+        << "explain's message does not name " << b.names << ": " << s.message();
     s = nattn::forward(p, c.views(), o);
     EXPECT_FALSE(s.ok());
-    EXPECT_NE(s.message().find(b.names), std::string::npos) << "the message does not name " << b.names << ": "
-                                                            << s.message();
+    EXPECT_NE(s.message().find(b.names), std::string::npos)
+        << "the message does not name " << b.names << ": " << s.message();
     c.out.download();
     c.lse.download();
     EXPECT_TRUE(c.out.all_poisoned()) << "out was written";
