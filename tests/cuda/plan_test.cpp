@@ -60,6 +60,9 @@ nattn::Problem small_problem(int rank, int64_t head_dim) {
   return p;
 }
 
+// sm80 today; sm90 where its kernels implement the call.
+bool is_fused(const std::string& family) { return family == "sm80" || family == "sm90"; }
+
 bool has_copy_of(const nattn::Plan& plan, const std::string& tensor) {
   for (const std::string& c : plan.copies)
     if (c.rfind(tensor + ":", 0) == 0) return true;
@@ -75,7 +78,8 @@ bool has_copy_of(const nattn::Plan& plan, const std::string& tensor) {
 class CudaPlan : public CudaTest {};
 
 // (a) An expanded gradient (every stride 0, as autograd passes for sum().backward()) cannot be
-// read by the fused kernels' row loads: the plan copies it and sm80 still runs the call.
+// read by the fused kernels' row loads: the plan copies it and a fused family (sm80) still runs
+// the call instead of the generic kernels.
 TEST_F(CudaPlan, ExpandedDoutIsCopiedAndRunsFused) {
   NATTN_REQUIRE_SM80(hd, "bfloat16", true);
   for (int rank = 1; rank <= 3; ++rank) {
@@ -91,7 +95,7 @@ TEST_F(CudaPlan, ExpandedDoutIsCopiedAndRunsFused) {
     nattn::Status s = nattn::explain_backward(p, c.views(), cuda_options(), &plan);
     ASSERT_TRUE(s.ok()) << s.message();
     SCOPED_TRACE(plan.to_json());
-    EXPECT_EQ(plan.family, "sm80");
+    EXPECT_TRUE(is_fused(plan.family)) << "the copy should keep the call on a fused family";
     EXPECT_TRUE(has_copy_of(plan, "dout")) << "no copy of dout in the plan";
     EXPECT_GT(plan.workspace_bytes, 0);
     s = nattn::backward(p, c.views(), cuda_options());
@@ -101,7 +105,8 @@ TEST_F(CudaPlan, ExpandedDoutIsCopiedAndRunsFused) {
   }
 }
 
-// (b) q with a head-dim stride of 2, or a base that is not 16-byte aligned: copied, run by sm80.
+// (b) q with a head-dim stride of 2, or a base that is not 16-byte aligned: copied, run by a
+// fused family (sm80).
 TEST_F(CudaPlan, OddStrideOrUnalignedQIsCopiedAndRunsFused) {
   NATTN_REQUIRE_SM80(hd, "bfloat16", false);
   for (const bool unaligned : {false, true}) {
@@ -121,7 +126,7 @@ TEST_F(CudaPlan, OddStrideOrUnalignedQIsCopiedAndRunsFused) {
     nattn::Status s = nattn::explain_forward(p, c.views(), cuda_options(), &plan);
     ASSERT_TRUE(s.ok()) << s.message();
     SCOPED_TRACE(plan.to_json());
-    EXPECT_EQ(plan.family, "sm80");
+    EXPECT_TRUE(is_fused(plan.family)) << "the copy should keep the call on a fused family";
     EXPECT_TRUE(has_copy_of(plan, "q")) << "no copy of q in the plan";
     EXPECT_FALSE(has_copy_of(plan, "k")) << "k is row-major and aligned: no copy expected";
     s = nattn::forward(p, c.views(), cuda_options());
