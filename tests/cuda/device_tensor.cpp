@@ -396,12 +396,9 @@ std::string DeviceBackward::describe() const {
   return describe_problem(problem) + ", " + nattn::dtype_name(dtype) + (dlse.defined() ? ", dlse" : "");
 }
 
-DeviceBackward make_device_backward(const nattn::Problem& p, nattn::DType dtype, bool strided, bool with_dlse, Rng& rng,
-                                    DeviceTensor* dout) {
-  DeviceBackward c;
-  c.problem = p;
-  c.dtype = dtype;
-  make_inputs(p, dtype, strided, rng, &c.q, &c.k, &c.v, &c.ka, &c.va);
+void finish_device_backward(DeviceBackward& c, bool strided, bool with_dlse, Rng& rng, DeviceTensor* dout) {
+  const nattn::Problem& p = c.problem;
+  const nattn::DType dtype = c.dtype;
   // out and lse hold one forward's results (stored in their dtypes): output layouts, no broadcast.
   const ReferenceForward f = reference_forward(p, c.q, c.k, c.v, c.ka, c.va);
   c.out = output(grid_shape(p, p.heads_q, p.head_dim_v), dtype, strided, rng);
@@ -412,7 +409,7 @@ DeviceBackward make_device_backward(const nattn::Problem& p, nattn::DType dtype,
     c.dout = std::move(*dout);
   else
     c.dout = input(grid_shape(p, p.heads_q, p.head_dim_v), dtype, strided, rng);
-  if (with_dlse) c.dlse = input(grid_shape(p, p.heads_q, 0), nattn::DType::kFloat32, strided, rng);
+  c.dlse = with_dlse ? input(grid_shape(p, p.heads_q, 0), nattn::DType::kFloat32, strided, rng) : DeviceTensor();
   c.dq = output(grid_shape(p, p.heads_q, p.head_dim), dtype, strided, rng);
   c.dk = output(grid_shape(p, p.heads_kv, p.head_dim), dtype, strided, rng);
   c.dv = output(grid_shape(p, p.heads_kv, p.head_dim_v), dtype, strided, rng);
@@ -420,6 +417,15 @@ DeviceBackward make_device_backward(const nattn::Problem& p, nattn::DType dtype,
     c.dka = output({p.batch, p.num_additional, p.heads_kv, p.head_dim}, dtype, strided, rng);
     c.dva = output({p.batch, p.num_additional, p.heads_kv, p.head_dim_v}, dtype, strided, rng);
   }
+}
+
+DeviceBackward make_device_backward(const nattn::Problem& p, nattn::DType dtype, bool strided, bool with_dlse, Rng& rng,
+                                    DeviceTensor* dout) {
+  DeviceBackward c;
+  c.problem = p;
+  c.dtype = dtype;
+  make_inputs(p, dtype, strided, rng, &c.q, &c.k, &c.v, &c.ka, &c.va);
+  finish_device_backward(c, strided, with_dlse, rng, dout);
   return c;
 }
 

@@ -127,6 +127,9 @@ struct DeviceBackward {
 // in the call's dtypes), poisoned gradients. `dout`, when given, replaces the random dout.
 DeviceBackward make_device_backward(const nattn::Problem& p, nattn::DType dtype, bool strided, bool with_dlse, Rng& rng,
                                     DeviceTensor* dout = nullptr);
+// The rest of a backward call for the inputs c already holds (q, k, v, ka, va, perhaps replaced
+// after make_device_backward): out/lse from the reference forward, dout, dlse, poisoned gradients.
+void finish_device_backward(DeviceBackward& c, bool strided, bool with_dlse, Rng& rng, DeviceTensor* dout = nullptr);
 void expect_backward_matches_reference(DeviceBackward& c);
 
 // Short description of a problem for traces.
