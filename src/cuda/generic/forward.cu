@@ -25,28 +25,30 @@ __global__ void forward_kernel(ForwardParams p) {
   const Ranges rg = ranges_of(g, c, false);
   const A scale = A(g.scale);
 
-  // Calls f(score, value pointer) for every attended key.
+  // Calls f(score, value row, its element stride) for every attended key (additional values
+  // have their own layout).
   auto for_keys = [&](auto&& f) {
     for_each(rg, [&](const int64_t* kc) {
       const T* k = kb + spatial(g, p.sk, kc);
-      f(scale * dot<T, A>(q, p.sq.dim, k, p.sk.dim, g.head_dim), vb + spatial(g, p.sv, kc));
+      f(scale * dot<T, A>(q, p.sq.dim, k, p.sk.dim, g.head_dim), vb + spatial(g, p.sv, kc), p.sv.dim);
     });
     for (int64_t j = 0; j < g.num_additional; ++j)
-      f(scale * dot<T, A>(q, p.sq.dim, ka + j * p.ska.axis[0], p.ska.dim, g.head_dim), va + j * p.sva.axis[0]);
+      f(scale * dot<T, A>(q, p.sq.dim, ka + j * p.ska.axis[0], p.ska.dim, g.head_dim), va + j * p.sva.axis[0],
+        p.sva.dim);
   };
   A m = -INFINITY;
-  for_keys([&](A s, const T*) { m = s > m ? s : m; });
+  for_keys([&](A s, const T*, int64_t) { m = s > m ? s : m; });
   A sum = 0;
-  for_keys([&](A s, const T*) { sum += exp(s - m); });
+  for_keys([&](A s, const T*, int64_t) { sum += exp(s - m); });
   T* out = row_of<T>(g, p.out, p.so, b, c, h);
   for (int64_t c0 = 0; c0 < g.head_dim_v; c0 += kChunk) {
     A acc[kChunk];
     for (int i = 0; i < kChunk; ++i) acc[i] = 0;
     const int64_t n = g.head_dim_v - c0 < kChunk ? g.head_dim_v - c0 : kChunk;
-    for_keys([&](A s, const T* v) {
+    for_keys([&](A s, const T* v, int64_t vs) {
       const A w = exp(s - m) / sum;
       for (int i = 0; i < kChunk; ++i)
-        if (i < n) acc[i] += w * A(to_acc(v[(c0 + i) * p.sv.dim]));
+        if (i < n) acc[i] += w * A(to_acc(v[(c0 + i) * vs]));
     });
     for (int i = 0; i < kChunk; ++i)
       if (i < n) out[(c0 + i) * p.so.dim] = from_acc<T>(acc[i]);
