@@ -127,8 +127,8 @@ if has sanitize; then
     done
     record "sanitize $tool" "$([ "$clean" -eq "$runs" ] && echo 0 || echo 1)" "$clean/$runs nattn-bench runs clean, log: $log"
   done
-  # A few configuration rows (forward and backward, sm80 and generic) and the copy paths.
-  filter="${NATTN_SANITIZE_FILTER:-Rows/*c03_sm80_forward*:Rows/*c17_sm80_backward_dkdv*:Rows/*c20_generic_forward*:CudaPlan.ExpandedDout*:CudaPlan.OddStride*}"
+  # A few configuration rows (forward and backward, sm90, sm80 and generic) and the copy paths.
+  filter="${NATTN_SANITIZE_FILTER:-Rows/*c03_sm80_forward*:Rows/*c26_sm90_forward*:Rows/*c17_sm80_backward_dkdv*:Rows/*c20_generic_forward*:CudaPlan.ExpandedDout*:CudaPlan.OddStride*}"
   log="$out/sanitize-memcheck-cuda-tests.log"
   if [ -x "$build/tests/nattn_cuda_tests" ]; then
     compute-sanitizer --tool memcheck --error-exitcode 9 "./$build/tests/nattn_cuda_tests" --gtest_brief=1 \

@@ -64,7 +64,8 @@ double count_key_tiles(const Problem& p, const std::array<int, 3>& q, const std:
   return total;
 }
 
-TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRole role) {
+TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRole role,
+                              const std::array<int, 3>& max_box) {
   std::vector<std::array<int, 3>> qs, ks;
   splits(p.rank, log2_ceil(block_q), &qs);
   splits(p.rank, log2_ceil(block_k), &ks);
@@ -81,30 +82,34 @@ TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRo
     }
     return total;
   };
+  auto fits = [&](const std::array<int, 3>& q, const std::array<int, 3>& k) {
+    for (int a = 0; a < p.rank; ++a)
+      if (max_box[a] > 0 && (q[a] > max_box[a] || k[a] > max_box[a])) return false;
+    return true;
+  };
+  // An owned box far longer than its axis only adds empty rows: such shapes are a last resort.
+  auto useful = [&](const std::array<int, 3>& q, const std::array<int, 3>& k) {
+    const auto& own = role == TileRole::kQueriesFixed ? q : k;
+    for (int a = 0; a < p.rank; ++a)
+      if (own[a] > 1 && (own[a] / 2) >= window::group_length(axis(p, a), 0)) return false;
+    return true;
+  };
   TileShapes best;
   best.key_tiles = -1;
-  for (const auto& q : qs) {
-    for (const auto& k : ks) {
-      // An owned box far longer than its axis only adds empty rows.
-      const auto& own = role == TileRole::kQueriesFixed ? q : k;
-      bool useful = true;
-      for (int a = 0; a < p.rank; ++a)
-        if (own[a] > 1 && (own[a] / 2) >= window::group_length(axis(p, a), 0)) useful = false;
-      if (!useful) continue;
-      const double c = cost(q, k);
-      if (best.key_tiles < 0 || c < best.key_tiles) {
-        best.q = q;
-        best.k = k;
-        best.key_tiles = c;
+  for (const bool need_useful : {true, false}) {
+    for (const auto& q : qs)
+      for (const auto& k : ks) {
+        if (!fits(q, k) || (need_useful && !useful(q, k))) continue;
+        const double c = cost(q, k);
+        if (best.key_tiles < 0 || c < best.key_tiles) {
+          best.q = q;
+          best.k = k;
+          best.key_tiles = c;
+        }
       }
-    }
+    if (best.key_tiles >= 0) return best;
   }
-  if (best.key_tiles < 0) {  // every box overshoots some axis: take the last-axis-major one
-    best.q = qs.back();
-    best.k = ks.back();
-    best.key_tiles = cost(best.q, best.k);
-  }
-  return best;
+  return best;  // only caps can leave no shape: key_tiles = -1
 }
 
 }  // namespace nattn

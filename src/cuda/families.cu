@@ -3,10 +3,62 @@
 #include <string>
 #include <vector>
 
+#include "core/tile_shapes.h"
 #include "cuda/family.h"
 #include "cuda/sm80/device/dispatch.h"
+#include "cuda/sm90/device/dispatch.h"
 
 namespace nattn::cuda {
+namespace {
+
+// A forced box shape: powers of two over the problem's axes (1 past them) whose product is `rows`.
+Status check_tile(const char* name, const std::array<int, 3>& tile, int rank, int rows) {
+  int product = 1;
+  for (int a = 0; a < 3; ++a) {
+    const int t = tile[a];
+    const bool ok = a < rank ? (t > 0 && (t & (t - 1)) == 0) : (t == 0 || t == 1);
+    if (!ok)
+      return Status::Invalid(std::string("choice.") + name + "[" + std::to_string(a) + "] = " + std::to_string(t) +
+                             " is invalid: must be a power of two on the problem's axes and 0 or 1 past them");
+    product *= a < rank ? t : 1;
+  }
+  if (product != rows)
+    return Status::Invalid(std::string("choice.") + name + " = " + std::to_string(tile[0]) + "x" +
+                           std::to_string(tile[1]) + "x" + std::to_string(tile[2]) + " is invalid: its rows (" +
+                           std::to_string(product) + ") must equal the configuration's " + std::to_string(rows));
+  return Status::Ok();
+}
+
+std::array<int, 3> ones_past_rank(std::array<int, 3> t, int rank) {
+  for (int a = rank; a < 3; ++a) t[a] = 1;
+  return t;
+}
+
+}  // namespace
+
+// Launch tiling for power-of-two box shapes: `own` is the box each CTA owns (queries for
+// forward/dQ, keys for dK/dV), `walk` the boxes it walks.
+Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, const std::array<int, 3>& walk) {
+  Tiling t;
+  t.neighborhood_ctas = 1;
+  for (int a = 0; a < 3; ++a) {
+    t.fixed_shift[a] = log2_ceil(own[a]);
+    t.walk_shift[a] = log2_ceil(walk[a]);
+    const int64_t longest = (g.extent[a] + g.dilation[a] - 1) / g.dilation[a];  // group 0 is the longest
+    t.fixed_tiles[a] = (longest + own[a] - 1) / own[a];
+    t.neighborhood_ctas *= t.fixed_tiles[a] * g.dilation[a];
+  }
+  return t;
+}
+
+Status forced_tiles(const KernelChoice& choice, const Problem& p, int block_q, int block_kv, TileShapes* shapes) {
+  NATTN_RETURN_IF_ERROR(check_tile("own_tile", choice.own_tile, p.rank, block_q));
+  NATTN_RETURN_IF_ERROR(check_tile("walk_tile", choice.walk_tile, p.rank, block_kv));
+  shapes->q = ones_past_rank(choice.own_tile, p.rank);
+  shapes->k = ones_past_rank(choice.walk_tile, p.rank);
+  shapes->key_tiles = count_key_tiles(p, shapes->q, shapes->k);
+  return Status::Ok();
+}
 
 const std::vector<const KernelFamily*>& kernel_families() {
   static const std::vector<const KernelFamily*> list = {&sm90_family(), &sm80_family(), &generic_family()};
@@ -36,7 +88,7 @@ bool config_built(int id) {
   switch (kKernelConfigs[id].family) {
     case Family::kGeneric: return true;
     case Family::kSm80: return sm80::launcher(id) != nullptr;
-    case Family::kSm90: return false;  // the family has no kernels yet
+    case Family::kSm90: return sm90::launcher(id) != nullptr;
   }
   return false;
 }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/tile_shapes.h"
 #include "cuda/common/configs.h"
 #include "cuda/common/params.h"
 #include "nattn/api.h"
@@ -26,6 +27,18 @@ struct DeviceInfo {
 const DeviceInfo& device_info(int index);
 
 // One planned kernel launch.
+struct KernelLaunch;
+
+// A compiled configuration row of a fused family: filled by the family's instantiation files,
+// found by row id (each family keeps a table of kNumConfigs launchers; null = not built).
+struct Launcher {
+  // Sets the kernel's dynamic shared-memory limit on the current device (once per plan).
+  Status (*prepare)();
+  // params: the family's parameters for the row's role.
+  Status (*launch)(const KernelLaunch& k, const void* params, cudaStream_t stream);
+  size_t smem;  // bytes of dynamic shared memory: sizeof the kernel's SharedStorage
+  int threads;
+};
 struct KernelLaunch {
   int config_id = -1;
   Role role = Role::kForward;
@@ -71,6 +84,19 @@ const std::vector<const KernelFamily*>& kernel_families();
 const KernelFamily& sm90_family();
 const KernelFamily& sm80_family();
 const KernelFamily& generic_family();
+
+// Launch tiling for power-of-two box shapes: `own` is the box each CTA owns (queries for
+// forward/dQ, keys for dK/dV), `walk` the boxes it walks.
+Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, const std::array<int, 3>& walk);
+
+// Whether the choice forces tile shapes.
+inline bool tiles_forced(const KernelChoice& c) {
+  return c.own_tile != std::array<int, 3>{0, 0, 0} || c.walk_tile != std::array<int, 3>{0, 0, 0};
+}
+
+// A forced box pair (KernelChoice::own_tile / walk_tile) for kernels that own query boxes of
+// block_q rows and walk key boxes of block_kv rows, or an error naming the rule.
+Status forced_tiles(const KernelChoice& choice, const Problem& p, int block_q, int block_kv, TileShapes* shapes);
 
 // Whether configuration row `id` is compiled into this library.
 bool config_built(int id);

@@ -106,7 +106,14 @@ nattn::Problem random_problem(const KernelConfigInfo& row, Rng& rng) {
   p.heads_q = p.heads_kv * rng.integer(1, 3);  // grouped-query heads
   p.num_additional = rng.coin(0.4) ? rng.integer(1, 70) : 0;
   if (rng.coin(0.2)) p.scale = rng.uniform(0.05, 0.5);
-  if (row.head_dim > 0) {
+  if (row.family == "sm90") {
+    // The sm90 forward: D == Dv == the row's head dim, no additional keys, and a TMA box of
+    // 128 query rows x dilation within 256 elements on a 1-D grid.
+    p.head_dim = p.head_dim_v = row.head_dim;
+    p.num_additional = 0;
+    if (p.rank == 1) p.window.dilation[0] = std::min<int64_t>(p.window.dilation[0], 2);
+    p.extent[0] = std::max(p.extent[0], p.window.kernel_size[0] * p.window.dilation[0]);
+  } else if (row.head_dim > 0) {
     // Fused rows: multiples of 8 with max(D, Dv) in (next smaller row, row].
     const int lo = next_smaller_head_dim(row) / 8 + 1, hi = row.head_dim / 8;
     const int64_t padded = 8 * rng.integer(lo, hi);

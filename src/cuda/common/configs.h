@@ -40,6 +40,9 @@ using E = Elem;
 // slower than 64 (flux-2d-s16 197 vs 203 TFLOP/s, hunyuan-3d 118 vs 130, img-2d 89 vs 94).
 // sm80 backward: dQ owns 128 queries and walks 64-key tiles; dK/dV owns 128 keys and walks
 // 64-query tiles (32 at d128, where dK and dV accumulators take 128 registers and 64 spilled).
+// sm90 forward: TMA box loads, one producer warp and two consumer warpgroups of 64 query rows
+// (12 warps), S = Q K^T from shared memory and O += P V with P from registers (wgmma); K and
+// V stages in flight as shared memory allows (4 at d64, 2 at d128).
 // generic: exact SIMT kernels for everything no fused row covers (fp32, fp64, head dims past
 // the fused limits); head_dim 0 and kAny mean any.
 inline constexpr KernelConfig kKernelConfigs[] = {
@@ -66,6 +69,10 @@ inline constexpr KernelConfig kKernelConfigs[] = {
     {20, F::kGeneric, R::kForward, E::kAny, 0, 1, 1, 4, 1},
     {21, F::kGeneric, R::kBackwardDq, E::kAny, 0, 1, 1, 4, 1},
     {22, F::kGeneric, R::kBackwardDkdv, E::kAny, 0, 1, 1, 4, 1},
+    {23, F::kSm90, R::kForward, E::kHalf, 64, 128, 128, 12, 4},
+    {24, F::kSm90, R::kForward, E::kBFloat16, 64, 128, 128, 12, 4},
+    {25, F::kSm90, R::kForward, E::kHalf, 128, 128, 128, 12, 2},
+    {26, F::kSm90, R::kForward, E::kBFloat16, 128, 128, 128, 12, 2},
 };
 }  // namespace config_rows
 using config_rows::kKernelConfigs;

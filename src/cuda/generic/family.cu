@@ -10,13 +10,12 @@ class GenericFamily final : public KernelFamily {
  public:
   Family id() const override { return Family::kGeneric; }
   Status can_implement(const Call& call) const override {
-    if (!call.choice.config_ids.empty() || call.choice.own_tile != std::array<int, 3>{0, 0, 0} ||
-        call.choice.walk_tile != std::array<int, 3>{0, 0, 0}) {
+    for (const Role r : {Role::kForward, Role::kBackwardDq, Role::kBackwardDkdv}) {
       int id = -1;
-      NATTN_RETURN_IF_ERROR(forced_config(call.choice, Family::kGeneric, Role::kForward, &id));
-      if (call.choice.own_tile != std::array<int, 3>{0, 0, 0} || call.choice.walk_tile != std::array<int, 3>{0, 0, 0})
-        return Status::Invalid("choice.own_tile/walk_tile = set is invalid for the generic family: it has no tiles");
+      NATTN_RETURN_IF_ERROR(forced_config(call.choice, Family::kGeneric, r, &id));
     }
+    if (tiles_forced(call.choice))
+      return Status::Invalid("choice.own_tile/walk_tile = set is invalid for the generic family: it has no tiles");
     return Status::Ok();
   }
   Status reads_in_place(const TensorView&) const override { return Status::Ok(); }

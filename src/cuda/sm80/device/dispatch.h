@@ -10,15 +10,6 @@
 
 namespace nattn::cuda::sm80 {
 
-struct Launcher {
-  // Sets the kernel's dynamic shared-memory limit on the current device (once per plan).
-  Status (*prepare)();
-  // params: ForwardParams (forward) or BackwardParams (dQ, dK/dV).
-  Status (*launch)(const KernelLaunch& k, const void* params, cudaStream_t stream);
-  size_t smem;  // bytes of dynamic shared memory: sizeof the kernel's SharedStorage
-  int threads;
-};
-
 // The launcher of row `id`, or null when the row is not an sm80 row or not built.
 const Launcher* launcher(int id);
 

@@ -13,48 +13,6 @@
 namespace nattn::cuda {
 namespace {
 
-constexpr std::array<int, 3> kAuto{0, 0, 0};
-
-// Launch tiling for power-of-two box shapes: `own` is the box each CTA owns (queries for
-// forward/dQ, keys for dK/dV), `walk` the boxes it walks.
-Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, const std::array<int, 3>& walk) {
-  Tiling t;
-  t.neighborhood_ctas = 1;
-  for (int a = 0; a < 3; ++a) {
-    t.fixed_shift[a] = log2_ceil(own[a]);
-    t.walk_shift[a] = log2_ceil(walk[a]);
-    const int64_t longest = (g.extent[a] + g.dilation[a] - 1) / g.dilation[a];  // group 0 is the longest
-    t.fixed_tiles[a] = (longest + own[a] - 1) / own[a];
-    t.neighborhood_ctas *= t.fixed_tiles[a] * g.dilation[a];
-  }
-  return t;
-}
-
-// A forced box shape: powers of two over the problem's axes (1 past them) whose product is `rows`.
-Status check_tile(const char* name, const std::array<int, 3>& tile, int rank, int rows) {
-  int product = 1;
-  for (int a = 0; a < 3; ++a) {
-    const int t = tile[a];
-    const bool ok = a < rank ? (t > 0 && (t & (t - 1)) == 0) : (t == 0 || t == 1);
-    if (!ok)
-      return Status::Invalid(std::string("choice.") + name + "[" + std::to_string(a) + "] = " + std::to_string(t) +
-                             " is invalid: must be a power of two on the problem's axes and 0 or 1 past them");
-    product *= a < rank ? t : 1;
-  }
-  if (product != rows)
-    return Status::Invalid(std::string("choice.") + name + " = " + std::to_string(tile[0]) + "x" +
-                           std::to_string(tile[1]) + "x" + std::to_string(tile[2]) + " is invalid: its rows (" +
-                           std::to_string(product) + ") must equal the configuration's " + std::to_string(rows));
-  return Status::Ok();
-}
-
-std::array<int, 3> ones_past_rank(std::array<int, 3> t, int rank) {
-  for (int a = rank; a < 3; ++a) t[a] = 1;
-  return t;
-}
-
-bool is_zero(const std::array<int, 3>& t) { return t == kAuto; }
-
 class Sm80Family final : public KernelFamily {
  public:
   Family id() const override { return Family::kSm80; }
@@ -76,7 +34,7 @@ class Sm80Family final : public KernelFamily {
     for (const Role r : roles(call)) {
       int id = -1;
       NATTN_RETURN_IF_ERROR(config_for(call, r, &id));
-      const sm80::Launcher* l = sm80::launcher(id);
+      const Launcher* l = sm80::launcher(id);
       if (l->smem > call.device.smem_optin)
         return Status::Unsupported(std::string("the fused ") + role_name(r) + " kernel (config " + std::to_string(id) +
                                    ") needs " + std::to_string(l->smem) +
@@ -107,15 +65,11 @@ class Sm80Family final : public KernelFamily {
       k.role = r;
       NATTN_RETURN_IF_ERROR(config_for(call, r, &k.config_id));
       const KernelConfig& c = kKernelConfigs[k.config_id];
-      const sm80::Launcher* l = sm80::launcher(k.config_id);
+      const Launcher* l = sm80::launcher(k.config_id);
       const bool keys_owned = r == Role::kBackwardDkdv;
       TileShapes shapes;
-      if (!keys_owned && !(is_zero(call.choice.own_tile) && is_zero(call.choice.walk_tile))) {
-        NATTN_RETURN_IF_ERROR(check_tile("own_tile", call.choice.own_tile, p.rank, c.block_q));
-        NATTN_RETURN_IF_ERROR(check_tile("walk_tile", call.choice.walk_tile, p.rank, c.block_kv));
-        shapes.q = ones_past_rank(call.choice.own_tile, p.rank);
-        shapes.k = ones_past_rank(call.choice.walk_tile, p.rank);
-        shapes.key_tiles = count_key_tiles(p, shapes.q, shapes.k);
+      if (!keys_owned && tiles_forced(call.choice)) {
+        NATTN_RETURN_IF_ERROR(forced_tiles(call.choice, p, c.block_q, c.block_kv, &shapes));
       } else {
         shapes =
             choose_tile_shapes(p, c.block_q, c.block_kv, keys_owned ? TileRole::kKeysFixed : TileRole::kQueriesFixed);

@@ -1,0 +1,52 @@
+// Layer: cuda/sm90 device. A configuration row turned into its kernel (see the sm80 twin):
+// traits from the row's fields, the launch with its tensor maps, and the shared-memory set-up.
+#pragma once
+#include <type_traits>
+#include <utility>
+
+#include "cuda/check.h"
+#include "cuda/sm90/device/dispatch.h"
+#include "cuda/sm90/kernel/fna_forward.cuh"
+
+namespace nattn::cuda::sm90 {
+
+template <Elem E>
+using ElementOf = std::conditional_t<E == Elem::kBFloat16, cutlass::bfloat16_t, cutlass::half_t>;
+
+template <int kId>
+struct Row {
+  static constexpr KernelConfig c = kKernelConfigs[kId];
+  static_assert(c.family == Family::kSm90 && c.role == Role::kForward && c.block_q == 128 && c.warps == 12,
+                "sm90 rows: forward, 128 query rows in two consumer warpgroups and a producer");
+  using Traits = ForwardTraits<ElementOf<c.elem>, c.head_dim, c.block_kv, c.stages>;
+  static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
+
+  static Status prepare() {
+    return check(
+        cudaFuncSetAttribute(fna_forward_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem())),
+        "sm90: setting a kernel's shared memory size");
+  }
+  static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
+    const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);
+    fna_forward_kernel<Traits><<<grid, Traits::kThreads, smem(), stream>>>(*static_cast<const ForwardArgs*>(args));
+    return check_launch("sm90 forward");
+  }
+};
+
+template <int HD, int... kIds>
+void register_rows(Launcher* table, std::integer_sequence<int, kIds...>) {
+  auto one = [&](auto id) {
+    constexpr int kId = decltype(id)::value;
+    constexpr KernelConfig c = kKernelConfigs[kId];
+    if constexpr (c.family == Family::kSm90 && c.head_dim == HD)
+      table[kId] = Launcher{&Row<kId>::prepare, &Row<kId>::launch, Row<kId>::smem(), Row<kId>::Traits::kThreads};
+  };
+  (one(std::integral_constant<int, kIds>{}), ...);
+}
+
+template <int HD>
+void register_head_dim(Launcher* table) {
+  register_rows<HD>(table, std::make_integer_sequence<int, kNumConfigs>{});
+}
+
+}  // namespace nattn::cuda::sm90
