@@ -59,28 +59,12 @@ struct OnlineSoftmax {
   template <int NI, int OI>
   __device__ __forceinline__ void weigh(float (&s)[MI][NI][4], float c, float (&o)[MI][OI][4]) {
     float tile_max[MI][2];
-    bool move = false;
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni) mx = fmaxf(mx, fmaxf(s[mi][ni][2 * hr], s[mi][ni][2 * hr + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        tile_max[mi][hr] = mx * c;
-        move |= tile_max[mi][hr] > ref[mi][hr] + kSlack;
-      }
-    if (__any_sync(0xffffffffu, move)) {
+    if (__any_sync(0xffffffffu, max_moves(s, c, tile_max))) {
 #pragma unroll
       for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
-          const float next = fmaxf(ref[mi][hr], tile_max[mi][hr]);
-          const float corr = next == -INFINITY ? 1.f : fast_exp2(ref[mi][hr] - next);
-          ref[mi][hr] = next;
-          sum[mi][hr] *= corr;
+          const float corr = move_reference(mi, hr, tile_max[mi][hr]);
 #pragma unroll
           for (int oi = 0; oi < OI; ++oi) {
             o[mi][oi][2 * hr] *= corr;
@@ -88,18 +72,35 @@ struct OnlineSoftmax {
           }
         }
     }
+    exponentiate(s, c);
+  }
+
+  // weigh() for a mainloop that is still accumulating into O (an asynchronous P V product): the
+  // factors O must be multiplied by once that product is done go to corr (rescale()); returns
+  // whether any is not 1.
+  template <int NI>
+  __device__ __forceinline__ bool weigh_deferred(float (&s)[MI][NI][4], float c, float (&corr)[MI][2]) {
+    float tile_max[MI][2];
+    const bool moved = __any_sync(0xffffffffu, max_moves(s, c, tile_max));
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const float m = ref[mi][hr] == -INFINITY ? 0.f : ref[mi][hr];
+      for (int hr = 0; hr < 2; ++hr) corr[mi][hr] = moved ? move_reference(mi, hr, tile_max[mi][hr]) : 1.f;
+    exponentiate(s, c);
+    return moved;
+  }
+
+  template <int OI>
+  __device__ __forceinline__ static void rescale(float (&o)[MI][OI][4], const float (&corr)[MI][2]) {
 #pragma unroll
-        for (int ni = 0; ni < NI; ++ni) {
-          s[mi][ni][2 * hr] = fast_exp2(fmaf(s[mi][ni][2 * hr], c, -m));
-          s[mi][ni][2 * hr + 1] = fast_exp2(fmaf(s[mi][ni][2 * hr + 1], c, -m));
-          sum[mi][hr] += s[mi][ni][2 * hr] + s[mi][ni][2 * hr + 1];
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr)
+#pragma unroll
+        for (int oi = 0; oi < OI; ++oi) {
+          o[mi][oi][2 * hr] *= corr[mi][hr];
+          o[mi][oi][2 * hr + 1] *= corr[mi][hr];
         }
-      }
   }
 
   // All lanes: the row's total weight (summed over its quad).
@@ -114,6 +115,52 @@ struct OnlineSoftmax {
   __device__ __forceinline__ float lse(int mi, int hr, float total) const {
     const float m = ref[mi][hr] == -INFINITY ? 0.f : ref[mi][hr];
     return (m + log2f(total)) * kLn2;
+  }
+
+ private:
+  // Each row's tile max (log2 units) into tile_max; true when some row of this lane's must move
+  // its reference.
+  template <int NI>
+  __device__ __forceinline__ bool max_moves(const float (&s)[MI][NI][4], float c, float (&tile_max)[MI][2]) const {
+    bool move = false;
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) mx = fmaxf(mx, fmaxf(s[mi][ni][2 * hr], s[mi][ni][2 * hr + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        tile_max[mi][hr] = mx * c;
+        move |= tile_max[mi][hr] > ref[mi][hr] + kSlack;
+      }
+    return move;
+  }
+
+  // Moves row (mi, hr)'s reference to include tile_max; returns the factor for what was summed.
+  __device__ __forceinline__ float move_reference(int mi, int hr, float tile_max) {
+    const float next = fmaxf(ref[mi][hr], tile_max);
+    const float corr = next == -INFINITY ? 1.f : fast_exp2(ref[mi][hr] - next);
+    ref[mi][hr] = next;
+    sum[mi][hr] *= corr;
+    return corr;
+  }
+
+  template <int NI>
+  __device__ __forceinline__ void exponentiate(float (&s)[MI][NI][4], float c) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const float m = ref[mi][hr] == -INFINITY ? 0.f : ref[mi][hr];
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+          s[mi][ni][2 * hr] = fast_exp2(fmaf(s[mi][ni][2 * hr], c, -m));
+          s[mi][ni][2 * hr + 1] = fast_exp2(fmaf(s[mi][ni][2 * hr + 1], c, -m));
+          sum[mi][hr] += s[mi][ni][2 * hr] + s[mi][ni][2 * hr + 1];
+        }
+      }
   }
 };
 

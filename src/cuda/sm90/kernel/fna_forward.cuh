@@ -86,23 +86,28 @@ __device__ __forceinline__ void produce(typename Tr::SharedStorage& ss, TileWalk
   uint32_t phase = 0;
   for (;;) {
     const Step st = w.advance();
-    Barrier::wait(&ss.kv_empty[stage], phase ^ 1);  // the first pass over the stages does not wait
+    Barrier::wait(&ss.k_empty[stage], phase ^ 1);  // the first pass over the stages does not wait
     ss.steps[stage] = st;
     if (!st.valid) {
-      Barrier::arrive(&ss.kv_full[stage]);  // consumers read the end of the walk
+      Barrier::arrive(&ss.k_full[stage]);  // consumers read the end of the walk
       return;
     }
-    TxBarrier::arrive_and_expect_tx(&ss.kv_full[stage], 2 * BN * HD * sizeof(Element));
     box_coords(st.start, w, g, c);
+    TxBarrier::arrive_and_expect_tx(&ss.k_full[stage], BN * HD * sizeof(Element));
     Element* k = ss.k + stage * BN * HD;
-    Element* v = ss.v + stage * BN * HD;
 #pragma unroll
     for (int pnl = 0; pnl < Tr::kPanels; ++pnl) {
       head_coords(args.heads_inner[1], g.heads_kv, g.head_dim, b, hk, pnl, c0, c4);
-      cute::SM90_TMA_LOAD_5D::copy(&args.tma_k, &ss.kv_full[stage], kShared, k + pnl * BN * 64, c0, c[2], c[1], c[0],
+      cute::SM90_TMA_LOAD_5D::copy(&args.tma_k, &ss.k_full[stage], kShared, k + pnl * BN * 64, c0, c[2], c[1], c[0],
                                    c4);
+    }
+    Barrier::wait(&ss.v_empty[stage], phase ^ 1);
+    TxBarrier::arrive_and_expect_tx(&ss.v_full[stage], BN * HD * sizeof(Element));
+    Element* v = ss.v + stage * BN * HD;
+#pragma unroll
+    for (int pnl = 0; pnl < Tr::kPanels; ++pnl) {
       head_coords(args.heads_inner[2], g.heads_kv, g.head_dim, b, hk, pnl, c0, c4);
-      cute::SM90_TMA_LOAD_5D::copy(&args.tma_v, &ss.kv_full[stage], kShared, v + pnl * BN * 64, c0, c[2], c[1], c[0],
+      cute::SM90_TMA_LOAD_5D::copy(&args.tma_v, &ss.v_full[stage], kShared, v + pnl * BN * 64, c0, c[2], c[1], c[0],
                                    c4);
     }
     if (++stage == Tr::kStages) {
@@ -111,6 +116,19 @@ __device__ __forceinline__ void produce(typename Tr::SharedStorage& ss, TileWalk
     }
   }
 }
+
+// A stage index and its barrier phase, advanced together.
+template <int kStages>
+struct StageCursor {
+  int stage = 0;
+  uint32_t phase = 0;
+  __device__ __forceinline__ void next() {
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1;
+    }
+  }
+};
 
 template <class Tr>
 __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const TileWalk& w, const ForwardArgs& args,
@@ -152,34 +170,67 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
     cutlass::arch::NamedBarrier::sync(256, 1);
   }
 
+  using Barrier = cutlass::arch::ClusterBarrier;
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
   OnlineSoftmax<1> softmax;
   softmax.init();
-  int stage = 0;
-  uint32_t phase = 0;
-  for (;;) {
-    cutlass::arch::ClusterTransactionBarrier::wait(&ss.kv_full[stage], phase);
-    const Step st = ss.steps[stage];
-    if (!st.valid) break;
-    Tensor tSrS = partition_fragment_C(mma_s, Shape<Int<BM>, Int<BN>>{});
-    wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, stage), tSrS);
-    warpgroup_wait<0>();
-    float(&s)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrS.data()));
-    if (!st.full) {
-      int start[3] = {st.start[0], st.start[1], st.start[2]};
-      mask_rows_are_queries(s, st.partial, &ss.win[0][0], BM, tl.fixed_shift, tl.walk_shift, start, row0, lane);
-    }
-    softmax.weigh(s, c, o);
-    Tensor rP = make_tensor_like<Element>(tSrS);
+  // S of the current tile and P of the previous one, in registers.
+  Tensor tSrS = partition_fragment_C(mma_s, Shape<Int<BM>, Int<BN>>{});
+  Tensor rP = make_tensor_like<Element>(tSrS);
+  Tensor tOrP = make_tensor(rP.data(), accumulator_as_a(tSrS.layout()));
+  float(&s)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrS.data()));
+  auto to_p = [&] {
 #pragma unroll
     for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
-    Tensor tOrP = make_tensor(rP.data(), accumulator_as_a(tSrS.layout()));
-    wgmma<false>(mma_o, tOrP, tOrV(_, _, _, stage), tOrO);
+  };
+  auto mask = [&](const Step& st) {
+    if (st.full) return;
+    int start[3] = {st.start[0], st.start[1], st.start[2]};
+    mask_rows_are_queries(s, st.partial, &ss.win[0][0], BM, tl.fixed_shift, tl.walk_shift, start, row0, lane);
+  };
+
+  // Software pipeline within the warpgroup (FlashAttention-3's intra-warpgroup overlap): tile j's
+  // S = Q K_j^T and the previous tile's O += P V_{j-1} are issued back to back; the softmax of S
+  // runs while the P V product is still on the tensor cores, and O takes the softmax's rescale
+  // once that product is done.
+  StageCursor<Tr::kStages> k_at, v_at;
+  TxBarrier::wait(&ss.k_full[k_at.stage], k_at.phase);
+  Step st = ss.steps[k_at.stage];
+  bool have_p = false;
+  if (st.valid) {
+    wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, k_at.stage), tSrS);
     warpgroup_wait<0>();
-    cutlass::arch::ClusterBarrier::arrive(&ss.kv_empty[stage]);
-    if (++stage == Tr::kStages) {
-      stage = 0;
-      phase ^= 1;
+    Barrier::arrive(&ss.k_empty[k_at.stage]);
+    mask(st);
+    softmax.weigh(s, c, o);
+    to_p();
+    have_p = true;
+    k_at.next();
+    for (;;) {
+      TxBarrier::wait(&ss.k_full[k_at.stage], k_at.phase);
+      st = ss.steps[k_at.stage];
+      if (!st.valid) break;
+      wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, k_at.stage), tSrS);
+      TxBarrier::wait(&ss.v_full[v_at.stage], v_at.phase);
+      wgmma<false>(mma_o, tOrP, tOrV(_, _, _, v_at.stage), tOrO);
+      warpgroup_wait<1>();  // S is done; P V may still run
+      Barrier::arrive(&ss.k_empty[k_at.stage]);
+      mask(st);
+      float corr[1][2];
+      const bool moved = softmax.weigh_deferred(s, c, corr);
+      warpgroup_wait<0>();
+      Barrier::arrive(&ss.v_empty[v_at.stage]);
+      if (moved) softmax.rescale(o, corr);
+      to_p();
+      k_at.next();
+      v_at.next();
     }
+  }
+  if (have_p) {
+    TxBarrier::wait(&ss.v_full[v_at.stage], v_at.phase);
+    wgmma<false>(mma_o, tOrP, tOrV(_, _, _, v_at.stage), tOrO);
+    warpgroup_wait<0>();
+    Barrier::arrive(&ss.v_empty[v_at.stage]);
   }
 
   // Epilogue: O normalised by each row's total weight, and the logsumexp.
@@ -224,8 +275,10 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fna_forward_kernel(const __gr
     w.begin(1, 0);
     cutlass::arch::ClusterTransactionBarrier::init(&ss.q_full, 1);
     for (int s = 0; s < Tr::kStages; ++s) {
-      cutlass::arch::ClusterTransactionBarrier::init(&ss.kv_full[s], 1);
-      cutlass::arch::ClusterBarrier::init(&ss.kv_empty[s], 128 * Tr::kConsumers);
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.k_full[s], 1);
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.v_full[s], 1);
+      cutlass::arch::ClusterBarrier::init(&ss.k_empty[s], 128 * Tr::kConsumers);
+      cutlass::arch::ClusterBarrier::init(&ss.v_empty[s], 128 * Tr::kConsumers);
     }
     cutlass::arch::fence_barrier_init();
   }

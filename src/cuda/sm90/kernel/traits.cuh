@@ -58,11 +58,15 @@ struct ForwardTraits {
     alignas(1024) Element q[cute::cosize_v<SmemQ>];
     alignas(1024) Element k[cute::cosize_v<SmemK>];
     alignas(1024) Element v[cute::cosize_v<SmemK>];
+    // K and V of a stage have their own barriers: K is free once S = Q K^T is done, V only after
+    // O += P V, which the mainloop issues one tile later.
     alignas(8) uint64_t q_full;
-    uint64_t kv_full[kStages];   // the producer's TMA of stage s landed (and steps[s] is set)
-    uint64_t kv_empty[kStages];  // every consumer thread is done with stage s
-    Step steps[kStages];         // the walk step loaded into each stage
-    int2 win[3][BM];             // each own query's window per axis
+    uint64_t k_full[kStages];   // the TMA of stage s's K landed (and steps[s] is set)
+    uint64_t k_empty[kStages];  // every consumer thread is done with stage s's K
+    uint64_t v_full[kStages];
+    uint64_t v_empty[kStages];
+    Step steps[kStages];  // the walk step loaded into each stage
+    int2 win[3][BM];      // each own query's window per axis
     TileWalk walk;
   };
 };
