@@ -3,12 +3,19 @@ on nattn's CUDA backend, beside dense cuDNN SDPA and FlexAttention with the same
 one run on one card; nattn's output is checked against FlexAttention's (an explicit NA mask
 written from SPEC.md here, independent of nattn's window code).
 
-usage: python bench/anchors.py [--only NAME ...] [--backward] [--iters N] [--out FILE.md]
+usage: python bench/anchors.py [--only NAME ...] [--backward] [--iters N] [--out FILE.md] [--json FILE.json]
+                              [--commit SHA]
+The JSON has the card, commit, command and a row per anchor (anchor, family, config, fwd_ms,
+fwd_useful_tflops, cudnn_fwd_ms, flex_fwd_ms, ...; with --backward also mode, fwd_bwd_ms,
+fwd_bwd_useful_tflops, cudnn_fwd_bwd_ms, flex_fwd_bwd_ms). The device machine's checkout may
+report a stale `git rev-parse HEAD`: pass --commit from the machine that sent the tree.
 """
 import argparse
 import datetime
+import json
 import math
 import subprocess
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +42,11 @@ ANCHORS = [
     ("hunyuan-3d-s", 1, 24, (30, 48, 80), (18, 24, 24), (16, 8, 8), (1, 1, 1)),
     ("cosmos-3d", 1, 32, (16, 44, 80), (12, 32, 32), (1, 1, 1), (1, 1, 1)),
     ("cosmos-3d-s", 1, 32, (16, 44, 80), (12, 32, 32), (8, 22, 16), (1, 1, 1)),
+    # The dense case: window = grid (8192 tokens), against cuDNN on the same work.
+    ("dense-8k-d128", 2, 16, (8192,), (8192,), (1,), (1,)),
+    ("dense-8k-d64", 2, 16, (8192,), (8192,), (1,), (1,), 64),
 ]
-DIM = 128
+DIM = 128  # unless an anchor names its head dim
 
 
 def axis_window(i, L, k, s, d, causal=False):
@@ -96,17 +106,21 @@ def bench(fn, iters):
 
 
 def run_anchor(anchor, iters, backward):
-    name, B, H, extent, kernel, stride, dilation = anchor
+    name, B, H, extent, kernel, stride, dilation = anchor[:7]
+    dim = anchor[7] if len(anchor) > 7 else DIM
     N = math.prod(extent)
-    q, k, v = (torch.randn(B, *extent, H, DIM, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(B, *extent, H, dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     fn = {1: nattn.na1d, 2: nattn.na2d, 3: nattn.na3d}[len(extent)]
     pairs = attended_pairs(extent, kernel, stride, dilation)
-    useful = 4.0 * B * H * DIM * pairs
+    useful = 4.0 * B * H * dim * pairs
     limit = N * N / pairs
     row = dict(name=name, tokens="x".join(map(str, extent)), window="x".join(map(str, kernel)),
                stride="x".join(map(str, stride)), dilation="x".join(map(str, dilation)), limit=limit)
 
     na = lambda: fn(q, k, v, kernel, stride=stride, dilation=dilation)  # noqa: E731
+    plan = nattn.explain(q, k, v, kernel_size=kernel, stride=stride, dilation=dilation)
+    row["family"] = plan.family
+    row["config"] = ",".join(str(kk["config_id"]) for kk in plan.kernels if kk["config_id"] >= 0)
     row["nattn_ms"] = bench(na, iters)
     row["tflops"] = useful / row["nattn_ms"] / 1e9
 
@@ -158,6 +172,8 @@ def main():
     ap.add_argument("--backward", action="store_true")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--out")
+    ap.add_argument("--json")
+    ap.add_argument("--commit", help="the commit the tree was sent from (the device checkout may be stale)")
     a = ap.parse_args()
     rows = []
     for x in ANCHORS:
@@ -169,15 +185,17 @@ def main():
         if a.out:  # keep what finished even if a later anchor fails
             with open(a.out + ".rows", "a") as f:
                 f.write(repr(rows[-1]) + "\n")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = a.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                        text=True).stdout.strip()
+    command = "python bench/anchors.py " + " ".join(sys.argv[1:])
     lines = [f"card: {torch.cuda.get_device_name()}  date: {datetime.date.today()}  commit: {commit or 'n/a'}  "
-             f"torch {torch.__version__}  command: python bench/anchors.py {' '.join(__import__('sys').argv[1:])}", "",
-             "| anchor | tokens | window | stride | dil | nattn ms | useful TFLOP/s | cuDNN SDPA ms | x SDPA | Flex ms | x Flex | FLOP-wise limit | rel err vs Flex |"
+             f"torch {torch.__version__}  command: {command}", "",
+             "| anchor | family (config) | tokens | window | stride | dil | nattn ms | useful TFLOP/s | cuDNN SDPA ms | x SDPA | Flex ms | x Flex | FLOP-wise limit | rel err vs Flex |"
              + (" fwd+bwd ms | fwd+bwd TFLOP/s | SDPA fwd+bwd ms | x SDPA | Flex fwd+bwd ms | x Flex | grad rel err vs Flex |"
                 if a.backward else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|---|---|---|" if a.backward else "")]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|---|---|---|" if a.backward else "")]
     for r in rows:
-        line = (f"| {r['name']} | {r['tokens']} | {r['window']} | {r['stride']} | {r['dilation']} | {r['nattn_ms']:.3f} | "
+        line = (f"| {r['name']} | {r['family']} ({r['config']}) | {r['tokens']} | {r['window']} | {r['stride']} | {r['dilation']} | {r['nattn_ms']:.3f} | "
                 f"{r['tflops']:.1f} | {r['sdpa_ms']:.3f} | {r['sdpa_ms'] / r['nattn_ms']:.2f} | {r['flex_ms']:.3f} | "
                 f"{r['flex_ms'] / r['nattn_ms']:.2f} | {r['limit']:.2f} | {r['err']:.2e} |")
         if a.backward:
@@ -189,6 +207,21 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             f.write(text + "\n")
+    if a.json:
+        out_rows = []
+        for r in rows:
+            j = {"anchor": r["name"], "family": r["family"], "config": r["config"], "tokens": r["tokens"],
+                 "window": r["window"], "stride": r["stride"], "dilation": r["dilation"], "fwd_ms": r["nattn_ms"],
+                 "fwd_useful_tflops": r["tflops"], "cudnn_fwd_ms": r["sdpa_ms"], "flex_fwd_ms": r["flex_ms"],
+                 "flopwise_limit": r["limit"], "rel_err_vs_flex": r["err"]}
+            if a.backward:
+                j.update({"mode": "deterministic", "fwd_bwd_ms": r["fb_ms"], "fwd_bwd_useful_tflops": r["fb_tflops"],
+                          "cudnn_fwd_bwd_ms": r["sdpa_fb_ms"], "flex_fwd_bwd_ms": r["flex_fb_ms"],
+                          "grad_rel_err_vs_flex": r["grad_err"]})
+            out_rows.append(j)
+        with open(a.json, "w") as f:
+            json.dump({"card": torch.cuda.get_device_name(), "date": str(datetime.date.today()), "commit": commit,
+                       "torch": torch.__version__, "command": command, "rows": out_rows}, f, indent=1)
 
 
 if __name__ == "__main__":

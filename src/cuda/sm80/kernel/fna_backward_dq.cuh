@@ -8,13 +8,13 @@
 
 #include <cmath>
 
+#include "cuda/common/fragment/epilogue.cuh"
+#include "cuda/common/fragment/mask.cuh"
+#include "cuda/common/fragment/softmax.cuh"
 #include "cuda/common/params.h"
 #include "cuda/common/tile_walk.h"
 #include "cuda/sm80/collective/box_rows.cuh"
-#include "cuda/common/fragment/epilogue.cuh"
-#include "cuda/common/fragment/mask.cuh"
 #include "cuda/sm80/collective/smem_tile.cuh"
-#include "cuda/common/fragment/softmax.cuh"
 #include "cuda/sm80/collective/walk_pipeline.cuh"
 #include "cuda/sm80/collective/warp_mma.cuh"
 #include "cuda/sm80/kernel/traits.cuh"
