@@ -36,7 +36,8 @@ def main():
         m = re.search(r"Compiling entry function '(\S+)' for '(\S+)'", line)
         if m:
             function, arch = m.group(1), m.group(2)
-        m = re.search(r"Function properties for (\S+)", line)
+        m = re.search(r"Function properties for (\S+)", line) or \
+            re.search(r"Registers are spilled to local memory in function '(\S+)'", line)
         if m:
             function = m.group(1)
         m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)

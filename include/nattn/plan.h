@@ -53,8 +53,9 @@ struct KernelConfigInfo {
   int block_q = 0;     // query rows per tile (owned for forward/dQ, walked for dK/dV)
   int block_kv = 0;    // key rows per tile (walked for forward/dQ, owned for dK/dV)
   int warps = 0;
-  int stages = 0;      // walked-tile buffers in flight
-  bool built = false;  // compiled into this library (CMake NATTN_HEAD_DIMS drops rows)
+  int stages = 0;         // walked-tile buffers in flight
+  bool pingpong = false;  // consumer warpgroups take turns issuing their products (sm90)
+  bool built = false;     // compiled into this library (CMake NATTN_HEAD_DIMS drops rows)
 };
 std::vector<KernelConfigInfo> kernel_configs();
 

@@ -89,6 +89,7 @@ class KernelConfig:
     block_kv: int   # key rows per tile
     warps: int
     stages: int     # walked-tile buffers in flight
+    pingpong: bool  # consumer warpgroups take turns issuing their products (sm90)
     built: bool     # compiled into this library
 
     @property

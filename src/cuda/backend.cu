@@ -295,6 +295,7 @@ std::vector<KernelConfigInfo> CudaBackend::kernel_configs() const {
     i.block_kv = c.block_kv;
     i.warps = c.warps;
     i.stages = c.stages;
+    i.pingpong = c.pingpong;
     i.built = cuda::config_built(c.id);
     out.push_back(i);
   }

@@ -27,7 +27,8 @@ struct KernelConfig {
   int block_q;   // query rows per tile: owned (forward, dQ) or walked (dK/dV)
   int block_kv;  // key rows per tile: walked (forward, dQ) or owned (dK/dV)
   int warps;
-  int stages;  // walked-tile buffers in flight
+  int stages;             // walked-tile buffers in flight
+  bool pingpong = false;  // sm90: the consumer warpgroups take turns issuing their products
 };
 
 namespace config_rows {
@@ -42,7 +43,11 @@ using E = Elem;
 // 64-query tiles (32 at d128, where dK and dV accumulators take 128 registers and 64 spilled).
 // sm90 forward: TMA box loads, one producer warp and two consumer warpgroups of 64 query rows
 // (12 warps), S = Q K^T from shared memory and O += P V with P from registers (wgmma); K and
-// V stages in flight as shared memory allows (4 at d64, 2 at d128).
+// V stages in flight as shared memory allows (4 at d64, 2 at d128). The ping-pong rows make the
+// two consumer warpgroups take turns issuing their products; measured on the H100 (2026-11-27,
+// bench/results/raw/2026-11-27-h100-families-v{2,3}.md) it is faster where the softmax is heavy
+// relative to the products (d64 dense 377 vs 346 TFLOP/s, 1d-32k 438 vs 339, img-2d 190 vs 175)
+// and slower on unmasked d128 walks (dense 560 vs 614, hunyuan-3d-s 583 vs 606).
 // generic: exact SIMT kernels for everything no fused row covers (fp32, fp64, head dims past
 // the fused limits); head_dim 0 and kAny mean any.
 inline constexpr KernelConfig kKernelConfigs[] = {
@@ -73,6 +78,10 @@ inline constexpr KernelConfig kKernelConfigs[] = {
     {24, F::kSm90, R::kForward, E::kBFloat16, 64, 128, 128, 12, 4},
     {25, F::kSm90, R::kForward, E::kHalf, 128, 128, 128, 12, 2},
     {26, F::kSm90, R::kForward, E::kBFloat16, 128, 128, 128, 12, 2},
+    {27, F::kSm90, R::kForward, E::kHalf, 64, 128, 128, 12, 4, true},
+    {28, F::kSm90, R::kForward, E::kBFloat16, 64, 128, 128, 12, 4, true},
+    {29, F::kSm90, R::kForward, E::kHalf, 128, 128, 128, 12, 2, true},
+    {30, F::kSm90, R::kForward, E::kBFloat16, 128, 128, 128, 12, 2, true},
 };
 }  // namespace config_rows
 using config_rows::kKernelConfigs;
@@ -131,12 +140,12 @@ constexpr int padded_head_dim(Family f, Role r, int head_dim) {
   return best;
 }
 
-// The row of (family, role, element, padded head dim), or -1.
-constexpr int find_config(Family f, Role r, Elem e, int padded) {
+// The row of (family, role, element, padded head dim, schedule), or -1.
+constexpr int find_config(Family f, Role r, Elem e, int padded, bool pingpong = false) {
   for (int i = 0; i < kNumConfigs; ++i) {
     const KernelConfig& c = kKernelConfigs[i];
     if (c.family == f && c.role == r && (c.elem == e || c.elem == Elem::kAny) &&
-        (c.head_dim == padded || c.head_dim == 0))
+        (c.head_dim == padded || c.head_dim == 0) && c.pingpong == pingpong)
       return i;
   }
   return -1;

@@ -94,6 +94,18 @@ std::array<int, 3> box_caps(const Geometry& g) {
   return caps;
 }
 
+// Where the ping-pong schedule measured faster (configs.h): head dim 64 (the softmax is heavy
+// next to the products), and 1-D/2-D windows with masked tiles on every walk (stride below the
+// kernel size, window smaller than the grid).
+bool pingpong_pays(const Problem& p) {
+  if (p.head_dim == 64) return true;
+  if (p.rank > 2) return false;
+  for (int a = 0; a < p.rank; ++a)
+    if (p.window.stride[a] < p.window.kernel_size[a] && p.window.kernel_size[a] * p.window.dilation[a] < p.extent[a])
+      return true;
+  return false;
+}
+
 class Sm90Family final : public KernelFamily {
  public:
   Family id() const override { return Family::kSm90; }
@@ -213,7 +225,7 @@ class Sm90Family final : public KernelFamily {
                                std::to_string(c.head_dim) + "; the call is " + dtype_name(call.dtype) +
                                " with head_dim " + std::to_string(call.g.head_dim));
     } else {
-      *id = find_config(Family::kSm90, Role::kForward, e, int(call.g.head_dim));
+      *id = find_config(Family::kSm90, Role::kForward, e, int(call.g.head_dim), pingpong_pays(call.problem));
     }
     if (*id < 0 || sm90::launcher(*id) == nullptr)
       return Status::Unsupported("the sm90 configuration for head dim " + std::to_string(call.g.head_dim) +

@@ -193,12 +193,28 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
   // S = Q K_j^T and the previous tile's O += P V_{j-1} are issued back to back; the softmax of S
   // runs while the P V product is still on the tensor cores, and O takes the softmax's rescale
   // once that product is done.
+  // Ping-pong rows (Tr::kPingPong; configs.h says where it pays off): the consumer warpgroups
+  // (as in FlashAttention-3) take turns issuing their
+  // products, so one warpgroup's softmax runs while the other's products hold the tensor cores.
+  // Named barrier 2 + w opens warpgroup w's turn; the other warpgroup arrives on it after issuing.
+  // Both walk the same steps, so turns pair up; the last pass is left unawaited at exit.
+  const int wg = ctid / 128;
+  auto take_turn = [&] {
+    if constexpr (Tr::kPingPong) cutlass::arch::NamedBarrier::sync(256, 2 + wg);
+  };
+  auto pass_turn = [&] {
+    if constexpr (Tr::kPingPong) cutlass::arch::NamedBarrier::arrive(256, 2 + (wg ^ 1));
+  };
+  if (wg == 1) pass_turn();  // warpgroup 0 goes first
+
   StageCursor<Tr::kStages> k_at, v_at;
   TxBarrier::wait(&ss.k_full[k_at.stage], k_at.phase);
   Step st = ss.steps[k_at.stage];
   bool have_p = false;
   if (st.valid) {
+    take_turn();
     wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, k_at.stage), tSrS);
+    pass_turn();
     warpgroup_wait<0>();
     Barrier::arrive(&ss.k_empty[k_at.stage]);
     mask(st);
@@ -210,9 +226,17 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
       TxBarrier::wait(&ss.k_full[k_at.stage], k_at.phase);
       st = ss.steps[k_at.stage];
       if (!st.valid) break;
-      wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, k_at.stage), tSrS);
-      TxBarrier::wait(&ss.v_full[v_at.stage], v_at.phase);
-      wgmma<false>(mma_o, tOrP, tOrV(_, _, _, v_at.stage), tOrO);
+      if constexpr (Tr::kPingPong) {  // take the turn with both operands ready
+        TxBarrier::wait(&ss.v_full[v_at.stage], v_at.phase);
+        take_turn();
+        wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, k_at.stage), tSrS);
+        wgmma<false>(mma_o, tOrP, tOrV(_, _, _, v_at.stage), tOrO);
+        pass_turn();
+      } else {  // S starts while V may still be landing
+        wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, k_at.stage), tSrS);
+        TxBarrier::wait(&ss.v_full[v_at.stage], v_at.phase);
+        wgmma<false>(mma_o, tOrP, tOrV(_, _, _, v_at.stage), tOrO);
+      }
       warpgroup_wait<1>();  // S is done; P V may still run
       Barrier::arrive(&ss.k_empty[k_at.stage]);
       mask(st);
@@ -228,7 +252,9 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
   }
   if (have_p) {
     TxBarrier::wait(&ss.v_full[v_at.stage], v_at.phase);
+    take_turn();
     wgmma<false>(mma_o, tOrP, tOrV(_, _, _, v_at.stage), tOrO);
+    pass_turn();
     warpgroup_wait<0>();
     Barrier::arrive(&ss.v_empty[v_at.stage]);
   }

@@ -30,10 +30,11 @@ __device__ __forceinline__ void head_coords(bool heads_inner, int64_t heads, int
   c4 = heads_inner ? b : b * int(heads) + h;
 }
 
-template <class Element_, int HD_, int BN_, int STAGES_>
+template <class Element_, int HD_, int BN_, int STAGES_, bool PINGPONG_>
 struct ForwardTraits {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   static constexpr int HD = HD_, BM = 128, BN = BN_, kStages = STAGES_;
+  static constexpr bool kPingPong = PINGPONG_;
   static constexpr int kConsumers = 2;  // warpgroups, 64 query rows each
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kPanels = HD / 64;
