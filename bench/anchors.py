@@ -23,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import nattn
+from timing import bench
 
 # One compiled flex_attention serves every anchor shape: allow a recompile per anchor instead
 # of the default limit of 8, past which dynamo falls back to eager (dense math, out of memory).
@@ -87,22 +88,6 @@ def attended_pairs(extent, kernel, stride, dilation):
         _, s, e = axis_window(i, extent[a], kernel[a], stride[a], dilation[a])
         pairs *= int((e - s).sum())
     return pairs
-
-
-def bench(fn, iters):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def run_anchor(anchor, iters, backward):

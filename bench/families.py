@@ -7,13 +7,13 @@ usage: python bench/families.py [--families sm90,sm80] [--only NAME ...] [--iter
 import argparse
 import json
 import math
-import statistics
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import nattn
+from timing import bench
 
 # name, batch, heads, extent, kernel, stride, dilation, head dim (bf16)
 ANCHORS = [
@@ -28,21 +28,6 @@ ANCHORS = [
     ("hunyuan-3d-s", 1, 24, (30, 48, 80), (18, 24, 24), (16, 8, 8), (1, 1, 1), 128),
     ("cosmos-3d-s", 1, 32, (16, 44, 80), (12, 32, 32), (8, 22, 16), (1, 1, 1), 128),
 ]
-
-
-def bench(fn, iters):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def pairs_of(extent, kernel):

@@ -78,6 +78,22 @@ class KernelFamily {
                           cudaStream_t stream) const = 0;
 };
 
+// A family's launcher of row `id` from its table, which `fill(rows)` (the family's instantiation
+// files' registrations) fills once; null when the row is not built.
+template <class Fill>
+const Launcher* table_launcher(int id, Fill&& fill) {
+  struct Table {
+    Launcher rows[kNumConfigs] = {};
+  };
+  static const Table table = [&] {
+    Table t;
+    fill(t.rows);
+    return t;
+  }();
+  if (id < 0 || id >= kNumConfigs || table.rows[id].launch == nullptr) return nullptr;
+  return &table.rows[id];
+}
+
 // The families, best first.
 const std::vector<const KernelFamily*>& kernel_families();
 

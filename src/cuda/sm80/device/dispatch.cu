@@ -3,11 +3,9 @@
 #include "cuda/sm80/device/dispatch.h"
 
 namespace nattn::cuda::sm80 {
-namespace {
 
-struct Table {
-  Launcher rows[kNumConfigs] = {};
-  Table() {
+const Launcher* launcher(int id) {
+  return table_launcher(id, [](Launcher* rows) {
 #ifdef NATTN_SM80_HD32
     register_head_dim<32>(rows);
 #endif
@@ -20,15 +18,8 @@ struct Table {
 #ifdef NATTN_SM80_HD256
     register_head_dim<256>(rows);
 #endif
-  }
-};
-
-}  // namespace
-
-const Launcher* launcher(int id) {
-  static const Table table;
-  if (id < 0 || id >= kNumConfigs || table.rows[id].launch == nullptr) return nullptr;
-  return &table.rows[id];
+    (void)rows;
+  });
 }
 
 }  // namespace nattn::cuda::sm80
