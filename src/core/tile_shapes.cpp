@@ -13,12 +13,12 @@ namespace {
 // union: key tiles over a query tile's windows, or query tiles over a key tile's inverse.
 double axis_walked_tiles(const window::Axis& ax, int64_t g, int q, int k, TileRole role) {
   const int64_t Lg = window::group_length(ax, g);
-  const int own = role == TileRole::kQueriesFixed ? q : k;
-  const int walk = role == TileRole::kQueriesFixed ? k : q;
+  const int own = role == TileRole::kQueriesOwned ? q : k;
+  const int walk = role == TileRole::kQueriesOwned ? k : q;
   double total = 0;
   for (int64_t o0 = 0; o0 < Lg; o0 += own) {
     const window::Range r{o0, o0 + own < Lg ? o0 + own : Lg};
-    const window::Range u = role == TileRole::kQueriesFixed
+    const window::Range u = role == TileRole::kQueriesOwned
                                 ? tiles::key_union(r, Lg, ax.kernel, ax.stride, ax.causal)
                                 : tiles::query_union(r, Lg, ax.kernel, ax.stride, ax.causal);
     total += double((u.size() + walk - 1) / walk);
@@ -89,7 +89,7 @@ TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRo
   };
   // An owned box far longer than its axis only adds empty rows: such shapes are a last resort.
   auto useful = [&](const std::array<int, 3>& q, const std::array<int, 3>& k) {
-    const auto& own = role == TileRole::kQueriesFixed ? q : k;
+    const auto& own = role == TileRole::kQueriesOwned ? q : k;
     for (int a = 0; a < p.rank; ++a)
       if (own[a] > 1 && (own[a] / 2) >= window::group_length(axis(p, a), 0)) return false;
     return true;

@@ -24,20 +24,20 @@ struct TileShapes {
 // union of its windows; the dK/dV kernel owns a key box and walks query boxes over the union
 // of the queries that attend it (the inverse windows). The walked-tile count factorises per
 // axis either way.
-enum class TileRole { kQueriesFixed, kKeysFixed };
+enum class TileRole { kQueriesOwned, kKeysOwned };
 
 // ceil(log2(x)) for x >= 1: the shift of a power-of-two box extent.
 int log2_ceil(int x);
 
-// Pass a problem with rank 1..3; BM and BN powers of two. With kKeysFixed, `block_k` is the
+// Pass a problem with rank 1..3; BM and BN powers of two. With kKeysOwned, `block_k` is the
 // owned key box and `block_q` the walked query box. `max_box[a]` > 0 caps both boxes' extent
 // along axis a (a TMA box spans at most 256 elements, box x dilation); when no pair of shapes
 // fits the caps, key_tiles is -1.
-TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRole role = TileRole::kQueriesFixed,
+TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRole role = TileRole::kQueriesOwned,
                               const std::array<int, 3>& max_box = {0, 0, 0});
 
 // Walked tiles visited for given shapes (per batch and head, all dilation groups).
 double count_key_tiles(const Problem& p, const std::array<int, 3>& q, const std::array<int, 3>& k,
-                       TileRole role = TileRole::kQueriesFixed);
+                       TileRole role = TileRole::kQueriesOwned);
 
 }  // namespace nattn

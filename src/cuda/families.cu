@@ -42,11 +42,11 @@ Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, const std::
   Tiling t;
   t.neighborhood_ctas = 1;
   for (int a = 0; a < 3; ++a) {
-    t.fixed_shift[a] = log2_ceil(own[a]);
+    t.own_shift[a] = log2_ceil(own[a]);
     t.walk_shift[a] = log2_ceil(walk[a]);
     const int64_t longest = (g.extent[a] + g.dilation[a] - 1) / g.dilation[a];  // group 0 is the longest
-    t.fixed_tiles[a] = (longest + own[a] - 1) / own[a];
-    t.neighborhood_ctas *= t.fixed_tiles[a] * g.dilation[a];
+    t.own_tiles[a] = (longest + own[a] - 1) / own[a];
+    t.neighborhood_ctas *= t.own_tiles[a] * g.dilation[a];
   }
   return t;
 }

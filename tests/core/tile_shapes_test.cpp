@@ -54,7 +54,7 @@ nattn::Problem random_problem(std::mt19937& rng) {
   return nattn_test::make_problem(rank, extent, w);
 }
 
-TEST(TileShapes, KeysFixedBoxesHaveExactQueryTileCounts) {
+TEST(TileShapes, KeysOwnedBoxesHaveExactQueryTileCounts) {
   std::mt19937 rng(std::random_device{}());
   const unsigned seed = rng();
   SCOPED_TRACE("seed " + std::to_string(seed));
@@ -62,7 +62,7 @@ TEST(TileShapes, KeysFixedBoxesHaveExactQueryTileCounts) {
   for (int trial = 0; trial < 40; ++trial) {
     const nattn::Problem p = random_problem(rng);
     const int bq = 8, bk = 16;
-    const nattn::TileShapes t = nattn::choose_tile_shapes(p, bq, bk, nattn::TileRole::kKeysFixed);
+    const nattn::TileShapes t = nattn::choose_tile_shapes(p, bq, bk, nattn::TileRole::kKeysOwned);
     int qv = 1, kv = 1;
     double brute = 1;
     for (int a = 0; a < 3; ++a) {
@@ -73,7 +73,7 @@ TEST(TileShapes, KeysFixedBoxesHaveExactQueryTileCounts) {
     EXPECT_EQ(qv, bq);
     EXPECT_EQ(kv, bk);
     EXPECT_DOUBLE_EQ(t.key_tiles, brute);
-    EXPECT_DOUBLE_EQ(nattn::count_key_tiles(p, t.q, t.k, nattn::TileRole::kKeysFixed), brute);
+    EXPECT_DOUBLE_EQ(nattn::count_key_tiles(p, t.q, t.k, nattn::TileRole::kKeysOwned), brute);
   }
 }
 

@@ -101,11 +101,11 @@ Tiling tiling(const WalkCase& c, const Geometry& g) {
   Tiling t;
   t.neighborhood_ctas = 1;
   for (int a = 0; a < 3; ++a) {
-    t.fixed_shift[a] = nattn::log2_ceil(c.own[a]);
+    t.own_shift[a] = nattn::log2_ceil(c.own[a]);
     t.walk_shift[a] = nattn::log2_ceil(c.walk[a]);
     const int64_t longest = (g.extent[a] + g.dilation[a] - 1) / g.dilation[a];
-    t.fixed_tiles[a] = (longest + c.own[a] - 1) / c.own[a];
-    t.neighborhood_ctas *= t.fixed_tiles[a] * g.dilation[a];
+    t.own_tiles[a] = (longest + c.own[a] - 1) / c.own[a];
+    t.neighborhood_ctas *= t.own_tiles[a] * g.dilation[a];
   }
   return t;
 }
@@ -198,8 +198,8 @@ bool check_case(const WalkCase& c, Rng& rng) {
     // Decode the CTA index independently: row-major over [dilation groups..., own boxes...].
     int64_t idx = linear, tile[3], group[3];
     for (int a = 2; a >= 0; --a) {
-      tile[a] = idx % t.fixed_tiles[a];
-      idx /= t.fixed_tiles[a];
+      tile[a] = idx % t.own_tiles[a];
+      idx /= t.own_tiles[a];
     }
     for (int a = 2; a >= 0; --a) {
       group[a] = idx % g.dilation[a];
@@ -223,10 +223,9 @@ bool check_case(const WalkCase& c, Rng& rng) {
     }
     if (empty) continue;
     for (int a = 0; a < 3; ++a) {
-      if (w.group[a] != group[a] || w.fixed_start[a] != tile[a] * c.own[a] || w.lg[a] != ax[a].Lg) {
-        ADD_FAILURE() << "axis " << a << ": group " << w.group[a] << "/" << group[a] << ", own start "
-                      << w.fixed_start[a] << "/" << tile[a] * c.own[a] << ", group length " << w.lg[a] << "/"
-                      << ax[a].Lg;
+      if (w.group[a] != group[a] || w.own_start[a] != tile[a] * c.own[a] || w.lg[a] != ax[a].Lg) {
+        ADD_FAILURE() << "axis " << a << ": group " << w.group[a] << "/" << group[a] << ", own start " << w.own_start[a]
+                      << "/" << tile[a] * c.own[a] << ", group length " << w.lg[a] << "/" << ax[a].Lg;
         return false;
       }
     }

@@ -61,10 +61,10 @@ struct BackwardParams {
 // Box shapes of one fused-kernel launch, in group positions (one dilation group per axis).
 // Every extent is a power of two so kernels split a box row into coordinates with shifts.
 struct Tiling {
-  int fixed_shift[3] = {0, 0, 0};      // log2 of each CTA's own box: queries (forward, dQ) or keys (dK/dV)
-  int walk_shift[3] = {0, 0, 0};       // log2 of the boxes it walks over its union
-  int64_t fixed_tiles[3] = {1, 1, 1};  // own boxes per axis per dilation group
-  int64_t neighborhood_ctas = 1;       // own boxes over every dilation group
+  int own_shift[3] = {0, 0, 0};      // log2 of each CTA's own box: queries (forward, dQ) or keys (dK/dV)
+  int walk_shift[3] = {0, 0, 0};     // log2 of the boxes it walks over its union
+  int64_t own_tiles[3] = {1, 1, 1};  // own boxes per axis per dilation group
+  int64_t neighborhood_ctas = 1;     // own boxes over every dilation group
 };
 
 }  // namespace nattn::cuda

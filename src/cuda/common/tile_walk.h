@@ -30,11 +30,11 @@ struct Step {
 NATTN_HD int ring_next(int slot) { return slot == 2 ? 0 : slot + 1; }
 
 struct TileWalk {
-  int group[3];        // dilation group per axis
-  int lg[3];           // group length per axis
-  int fixed_start[3];  // first position of the own box (unclipped), per axis
-  int fixed_shift[3], walk_shift[3];
-  tiles::Box<3> fixed;  // the own box clipped to the group
+  int group[3];      // dilation group per axis
+  int lg[3];         // group length per axis
+  int own_start[3];  // first position of the own box (unclipped), per axis
+  int own_shift[3], walk_shift[3];
+  tiles::Box<3> own;  // the own box clipped to the group
   tiles::GroupGeometry<3> geo;
   int walk_begin[3];   // first walked position (the union's first), per axis
   int n_walk[3];       // walked boxes per axis
@@ -56,8 +56,8 @@ struct TileWalk {
     int tile[3];
 #pragma unroll
     for (int a = 2; a >= 0; --a) {
-      tile[a] = int(idx % t.fixed_tiles[a]);
-      idx /= t.fixed_tiles[a];
+      tile[a] = int(idx % t.own_tiles[a]);
+      idx /= t.own_tiles[a];
     }
 #pragma unroll
     for (int a = 2; a >= 0; --a) {
@@ -70,12 +70,12 @@ struct TileWalk {
     for (int a = 0; a < 3; ++a) {
       const window::Axis ax{g.extent[a], g.kernel[a], g.stride[a], g.dilation[a], g.causal[a]};
       lg[a] = int(window::group_length(ax, group[a]));
-      fixed_shift[a] = t.fixed_shift[a];
+      own_shift[a] = t.own_shift[a];
       walk_shift[a] = t.walk_shift[a];
-      fixed_start[a] = tile[a] << fixed_shift[a];
-      const int end = fixed_start[a] + (1 << fixed_shift[a]);
-      if (fixed_start[a] >= lg[a]) empty = true;
-      fixed.r[a] = {fixed_start[a], end < lg[a] ? end : lg[a]};
+      own_start[a] = tile[a] << own_shift[a];
+      const int end = own_start[a] + (1 << own_shift[a]);
+      if (own_start[a] >= lg[a]) empty = true;
+      own.r[a] = {own_start[a], end < lg[a] ? end : lg[a]};
       geo.Lg[a] = lg[a];
       geo.kernel[a] = g.kernel[a];
       geo.stride[a] = g.stride[a];
@@ -85,7 +85,7 @@ struct TileWalk {
     add_tiles = add_tiles_;
     block_rows = block_rows_;
     if (empty) return;
-    const tiles::Box<3> u = walks_queries ? tiles::query_box(fixed, geo) : tiles::key_box(fixed, geo);
+    const tiles::Box<3> u = walks_queries ? tiles::query_box(own, geo) : tiles::key_box(own, geo);
     nbr_tiles = 1;
 #pragma unroll
     for (int a = 0; a < 3; ++a) {
@@ -120,9 +120,9 @@ struct TileWalk {
     const int e = s + (1 << walk_shift[a]);
     if (walks_queries) {
       const window::Range q{s, e < lg[a] ? e : lg[a]};
-      return tiles::classify(q, fixed.r[a], geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
+      return tiles::classify(q, own.r[a], geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
     }
-    return tiles::classify(fixed.r[a], window::Range{s, e}, geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
+    return tiles::classify(own.r[a], window::Range{s, e}, geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
   }
 
   // All threads: fills the per-axis coverage tables (after init, before any coverage call).

@@ -125,7 +125,7 @@ __device__ __forceinline__ void mask_walked_keys(float (&s)[MI][NI][4], const St
   int start[3];
 #pragma unroll
   for (int a = 0; a < 3; ++a) start[a] = st.start[a];
-  mask_rows_are_queries(s, st.partial, win, stride, tl.fixed_shift, tl.walk_shift, start, row0, lane);
+  mask_rows_are_queries(s, st.partial, win, stride, tl.own_shift, tl.walk_shift, start, row0, lane);
 }
 
 }  // namespace nattn::cuda

@@ -72,7 +72,7 @@ class Sm80Family final : public KernelFamily {
         NATTN_RETURN_IF_ERROR(forced_tiles(call.choice, p, c.block_q, c.block_kv, &shapes));
       } else {
         shapes =
-            choose_tile_shapes(p, c.block_q, c.block_kv, keys_owned ? TileRole::kKeysFixed : TileRole::kQueriesFixed);
+            choose_tile_shapes(p, c.block_q, c.block_kv, keys_owned ? TileRole::kKeysOwned : TileRole::kQueriesOwned);
       }
       k.own = keys_owned ? shapes.k : shapes.q;
       k.walk = keys_owned ? shapes.q : shapes.k;

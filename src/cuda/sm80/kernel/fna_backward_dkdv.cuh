@@ -79,9 +79,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
         [&](int r) -> const Element* { return j0 + r < g.num_additional ? va + (j0 + r) * p.sva.axis[0] : nullptr; },
         Dv, v_base);
   } else {
-    w.rows_left(w.fixed_start, own_count);
-    load_own_box<HD, BM, kThreads>(sK, k_base, w.fixed_start, w.group, tl.fixed_shift, own_count, g, p.sk, D);
-    load_own_box<HD, BM, kThreads>(sV, v_base, w.fixed_start, w.group, tl.fixed_shift, own_count, g, p.sv, Dv);
+    w.rows_left(w.own_start, own_count);
+    load_own_box<HD, BM, kThreads>(sK, k_base, w.own_start, w.group, tl.own_shift, own_count, g, p.sk, D);
+    load_own_box<HD, BM, kThreads>(sV, v_base, w.own_start, w.group, tl.own_shift, own_count, g, p.sv, Dv);
   }
   cp_async_commit();
   cp_async_wait<0>();
@@ -158,8 +158,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
     zero(s);
     gemm_abT<Element, HD, MI, NI>(s, sK, row0, q);
     if (!st.full)  // (extra tiles are always full: queries past the grid carry lse = +inf)
-      mask_rows_are_keys(s, st.partial, win + buf * 3 * BN, BN, tl.fixed_shift, tl.walk_shift, w.fixed_start, row0,
-                         lane);
+      mask_rows_are_keys(s, st.partial, win + buf * 3 * BN, BN, tl.own_shift, tl.walk_shift, w.own_start, row0, lane);
 #pragma unroll
     for (int ni = 0; ni < NI; ++ni) {
       const float2 l = *reinterpret_cast<const float2*>(lse2 + ni * 8 + 2 * (lane % 4));
@@ -196,9 +195,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
   auto row_of = [&](Element* base, const Strides& grid, const Strides& extra) {
     return [&, base, grid, extra](int r) -> Element* {
       if (additional) return j0 + r < g.num_additional ? base + (j0 + r) * extra.axis[0] : nullptr;
-      if (!row_inside(r, tl.fixed_shift, own_count)) return nullptr;
+      if (!row_inside(r, tl.own_shift, own_count)) return nullptr;
       int pos[3];
-      box_position(r, tl.fixed_shift, w.fixed_start, pos);
+      box_position(r, tl.own_shift, w.own_start, pos);
       return base + token_offset(pos, w.group, g, grid);
     };
   };

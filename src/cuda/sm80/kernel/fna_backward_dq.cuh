@@ -52,22 +52,22 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
   w.fill_tables(threadIdx.x, kThreads);
   fill_row_offsets<BN>(rel_k, tl.walk_shift, g, p.sk);
   fill_row_offsets<BN>(rel_v, tl.walk_shift, g, p.sv);
-  fill_axis_windows(win, BM, w.fixed_start, tl.fixed_shift, w, threadIdx.x, kThreads);
+  fill_axis_windows(win, BM, w.own_start, tl.own_shift, w, threadIdx.x, kThreads);
 
   const Element* q_base = static_cast<const Element*>(p.q) + b * p.sq.batch + h * p.sq.head;
   const Element* do_base = static_cast<const Element*>(p.dout) + b * p.sdo.batch + h * p.sdo.head;
   const int D = int(g.head_dim), Dv = int(g.head_dim_v);
   int q_count[3];
-  w.rows_left(w.fixed_start, q_count);
-  load_own_box<HD, BM, kThreads>(sQ, q_base, w.fixed_start, w.group, tl.fixed_shift, q_count, g, p.sq, D);
-  load_own_box<HD, BM, kThreads>(sdO, do_base, w.fixed_start, w.group, tl.fixed_shift, q_count, g, p.sdo, Dv);
+  w.rows_left(w.own_start, q_count);
+  load_own_box<HD, BM, kThreads>(sQ, q_base, w.own_start, w.group, tl.own_shift, q_count, g, p.sq, D);
+  load_own_box<HD, BM, kThreads>(sdO, do_base, w.own_start, w.group, tl.own_shift, q_count, g, p.sdo, Dv);
   cp_async_commit();
   if (threadIdx.x < BM) {
     const int r = threadIdx.x;
     float lse2 = 0.f, delta = 0.f;
-    if (row_inside(r, tl.fixed_shift, q_count)) {
+    if (row_inside(r, tl.own_shift, q_count)) {
       int pos[3];
-      box_position(r, tl.fixed_shift, w.fixed_start, pos);
+      box_position(r, tl.own_shift, w.own_start, pos);
       lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] * kLog2e;
       delta = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.group, g, p.sdelta)];
     }
@@ -132,9 +132,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
   float scale[MI][2];
   fill_factor(scale, g.scale);
   store_rows<Element>(dq, scale, row0, lane, D, [&](int r) -> Element* {
-    if (!row_inside(r, tl.fixed_shift, q_count)) return nullptr;
+    if (!row_inside(r, tl.own_shift, q_count)) return nullptr;
     int pos[3];
-    box_position(r, tl.fixed_shift, w.fixed_start, pos);
+    box_position(r, tl.own_shift, w.own_start, pos);
     return dq_base + token_offset(pos, w.group, g, p.sdq);
   });
 }

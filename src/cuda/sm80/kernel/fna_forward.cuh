@@ -54,7 +54,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   w.fill_tables(threadIdx.x, kThreads);
   fill_row_offsets<BN>(rel_k, tl.walk_shift, g, p.sk);
   fill_row_offsets<BN>(rel_v, tl.walk_shift, g, p.sv);
-  fill_axis_windows(win, BM, w.fixed_start, tl.fixed_shift, w, threadIdx.x, kThreads);
+  fill_axis_windows(win, BM, w.own_start, tl.own_shift, w, threadIdx.x, kThreads);
 
   const Element* q_base = static_cast<const Element*>(p.q) + b * p.sq.batch + h * p.sq.head;
   const Element* k_base = static_cast<const Element*>(p.k) + b * p.sk.batch + hk * p.sk.head;
@@ -64,8 +64,8 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   const int D = int(g.head_dim), Dv = int(g.head_dim_v);
 
   int q_count[3];
-  w.rows_left(w.fixed_start, q_count);
-  load_own_box<HD, BM, kThreads>(sQ, q_base, w.fixed_start, w.group, tl.fixed_shift, q_count, g, p.sq, D);
+  w.rows_left(w.own_start, q_count);
+  load_own_box<HD, BM, kThreads>(sQ, q_base, w.own_start, w.group, tl.own_shift, q_count, g, p.sq, D);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();  // Q, tables and windows visible
@@ -110,9 +110,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
     }
   Element* o_base = static_cast<Element*>(p.out) + b * p.so.batch + h * p.so.head;
   store_rows<Element>(o, inv, row0, lane, Dv, [&](int r) -> Element* {
-    if (!row_inside(r, tl.fixed_shift, q_count)) return nullptr;
+    if (!row_inside(r, tl.own_shift, q_count)) return nullptr;
     int pos[3];
-    box_position(r, tl.fixed_shift, w.fixed_start, pos);
+    box_position(r, tl.own_shift, w.own_start, pos);
     return o_base + token_offset(pos, w.group, g, p.so);
   });
   if (p.lse != nullptr && lane % 4 == 0) {
@@ -121,9 +121,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
         const int r = row0 + mi * 16 + hr * 8 + lane / 4;
-        if (!row_inside(r, tl.fixed_shift, q_count)) continue;
+        if (!row_inside(r, tl.own_shift, q_count)) continue;
         int pos[3];
-        box_position(r, tl.fixed_shift, w.fixed_start, pos);
+        box_position(r, tl.own_shift, w.own_start, pos);
         p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] =
             softmax.lse(mi, hr, total[mi][hr]);
       }

@@ -165,7 +165,7 @@ class Sm90Family final : public KernelFamily {
     if (tiles_forced(call.choice)) {
       NATTN_RETURN_IF_ERROR(forced_tiles(call.choice, p, c.block_q, c.block_kv, &shapes));
     } else {
-      shapes = choose_tile_shapes(p, c.block_q, c.block_kv, TileRole::kQueriesFixed, box_caps(g));
+      shapes = choose_tile_shapes(p, c.block_q, c.block_kv, TileRole::kQueriesOwned, box_caps(g));
       if (shapes.key_tiles < 0)
         return Status::Unsupported("no box of " + std::to_string(c.block_q) + " queries and " +
                                    std::to_string(c.block_kv) +
@@ -201,7 +201,7 @@ class Sm90Family final : public KernelFamily {
     args.p = p;
     args.tl = k.tiling;
     NATTN_RETURN_IF_ERROR(
-        encode(&args.tma_q, p.q, dtype, p.g, p.g.heads_q, p.sq, k.tiling.fixed_shift, "q", &args.heads_inner[0]));
+        encode(&args.tma_q, p.q, dtype, p.g, p.g.heads_q, p.sq, k.tiling.own_shift, "q", &args.heads_inner[0]));
     NATTN_RETURN_IF_ERROR(
         encode(&args.tma_k, p.k, dtype, p.g, p.g.heads_kv, p.sk, k.tiling.walk_shift, "k", &args.heads_inner[1]));
     NATTN_RETURN_IF_ERROR(

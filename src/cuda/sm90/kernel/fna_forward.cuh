@@ -75,7 +75,7 @@ __device__ __forceinline__ void produce(typename Tr::SharedStorage& ss, TileWalk
   constexpr uint64_t kShared = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
   const Geometry& g = args.p.g;
   int c[3], c0, c4;
-  box_coords(w.fixed_start, w, g, c);
+  box_coords(w.own_start, w, g, c);
   TxBarrier::arrive_and_expect_tx(&ss.q_full, BM * HD * sizeof(Element));
 #pragma unroll
   for (int pnl = 0; pnl < Tr::kPanels; ++pnl) {
@@ -186,7 +186,7 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
   auto mask = [&](const Step& st) {
     if (st.full) return;
     int start[3] = {st.start[0], st.start[1], st.start[2]};
-    mask_rows_are_queries(s, st.partial, &ss.win[0][0], BM, tl.fixed_shift, tl.walk_shift, start, row0, lane);
+    mask_rows_are_queries(s, st.partial, &ss.win[0][0], BM, tl.own_shift, tl.walk_shift, start, row0, lane);
   };
 
   // Software pipeline within the warpgroup (FlashAttention-3's intra-warpgroup overlap): tile j's
@@ -267,21 +267,21 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
     inv[0][hr] = total[0][hr] > 0.f ? 1.f / total[0][hr] : 0.f;
   }
   int q_count[3];
-  w.rows_left(w.fixed_start, q_count);
+  w.rows_left(w.own_start, q_count);
   Out* o_base = static_cast<Out*>(p.out) + b * p.so.batch + h * p.so.head;
   store_rows<Out>(o, inv, row0, lane, int(g.head_dim_v), [&](int r) -> Out* {
-    if (!row_inside(r, tl.fixed_shift, q_count)) return nullptr;
+    if (!row_inside(r, tl.own_shift, q_count)) return nullptr;
     int pos[3];
-    box_position(r, tl.fixed_shift, w.fixed_start, pos);
+    box_position(r, tl.own_shift, w.own_start, pos);
     return o_base + token_offset(pos, w.group, g, p.so);
   });
   if (p.lse != nullptr && lane % 4 == 0) {
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr) {
       const int r = row0 + hr * 8 + lane / 4;
-      if (!row_inside(r, tl.fixed_shift, q_count)) continue;
+      if (!row_inside(r, tl.own_shift, q_count)) continue;
       int pos[3];
-      box_position(r, tl.fixed_shift, w.fixed_start, pos);
+      box_position(r, tl.own_shift, w.own_start, pos);
       p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] =
           softmax.lse(0, hr, total[0][hr]);
     }
@@ -311,7 +311,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fna_forward_kernel(const __gr
   __syncthreads();
   if (w.empty) return;
   w.fill_tables(threadIdx.x, Tr::kThreads);
-  fill_axis_windows(&ss.win[0][0], Tr::BM, w.fixed_start, args.tl.fixed_shift, w, threadIdx.x, Tr::kThreads);
+  fill_axis_windows(&ss.win[0][0], Tr::BM, w.own_start, args.tl.own_shift, w, threadIdx.x, Tr::kThreads);
   __syncthreads();  // tables and windows visible
   if (threadIdx.x < 128) {
     cutlass::arch::warpgroup_reg_dealloc<40>();
