@@ -68,6 +68,23 @@ def backward_kernel_ms(q, k, v, reps=10):
     return total_us / reps / 1e3
 
 
+def c_abi_forward_us(q, k, v):
+    """Host time of nattn's C entry point alone (the binding of 2026-11-27; None for others)."""
+    lib = getattr(nattn, "_lib", None)
+    if lib is None or not all(hasattr(lib, n) for n in ("problem", "slots", "options", "forward")):
+        return None
+    try:
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)
+        p = lib.problem(q, k, v, None, None, [7, 7], [1, 1], [1, 1], [False, False], None, False)
+        arr = lib.slots([q, k, v, None, None, out, lse], True)
+        o = lib.options(lib.BACKEND_AUTO, q.device)
+        return host_us(lambda: lib.forward(False, p, arr, o, "overhead probe"))
+    except (TypeError, AttributeError) as e:  # another binding version: say so, measure nothing
+        print("C ABI probe skipped:", e)
+        return None
+
+
 def family_of(q, k, v, **kw):
     explain = getattr(nattn, "explain", None)
     if explain is None:
@@ -100,6 +117,11 @@ def main():
     rows.append(("small forward+backward, host us/call",
                  host_us(lambda: nattn.na2d(qg, kg, vg, 7).sum().backward(), iters=500),
                  host_us(lambda: F.scaled_dot_product_attention(qsg, ksg, vsg).sum().backward(), iters=500)))
+
+    # The C ABI call alone (validation, plan-cache lookup, launch), through this version's binding.
+    c_abi = c_abi_forward_us(q, k, v)
+    if c_abi is not None:
+        rows.append(("C ABI forward alone (C++ part of a call), host us/call", c_abi, None))
 
     # Expanded gradient: .sum().backward() gives a stride-0 dout.
     q, k, v = (torch.randn(1, 32, 32, 8, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
