@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import Tensor
 
 from . import _choice, _ops
@@ -74,8 +75,27 @@ def attention_call(query, key, value, is_causal, scale, backend) -> Call:
                 backend_kind(backend))
 
 
+def autocast(call: Call) -> Call:
+    """Inside torch.autocast, the call as torch's scaled_dot_product_attention would see it:
+    floating inputs other than float64 cast to the autocast dtype of their device type (nattn's
+    ops are not on torch's autocast lists, so the functional API does it; gradients flow back to
+    the inputs' own dtype through the casts). Outside autocast the call is unchanged."""
+    device = call.query.device.type
+    if not torch.is_autocast_enabled(device):
+        return call
+    target = torch.get_autocast_dtype(device)
+
+    def cast(x):
+        return x if x is None or x.dtype in (target, torch.float64) else x.to(target)
+
+    return call._replace(query=cast(call.query), key=cast(call.key), value=cast(call.value),
+                         additional_keys=cast(call.additional_keys),
+                         additional_values=cast(call.additional_values))
+
+
 def _run(call: Call, return_lse):
     check_bool("return_lse", return_lse)
+    call = autocast(call)
     out, lse = _ops.na_forward(*call.op_args(_choice.current()))
     return (out, lse) if return_lse else out
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from . import _choice, _lib, _ops
 from ._checks import check_bool, check_tensor
-from .functional import Call, attention_call, neighborhood_call
+from .functional import Call, attention_call, autocast, neighborhood_call
 
 
 class FamilyVerdict(NamedTuple):
@@ -149,7 +149,7 @@ def explain(query: Tensor, key: Tensor, value: Tensor, kernel_size=None, stride=
         choice = _choice.make(family, config, tile)
     if grad_out is not None:
         check_tensor("grad_out", grad_out)
-    return _explain(call, choice, backward, grad_out)
+    return _explain(autocast(call), choice, backward, grad_out)
 
 
 def _explain(call: Call, choice: _choice.Choice, backward: bool, grad_out: Optional[Tensor]) -> Plan:
