@@ -64,9 +64,11 @@ nattn_cuda_objects(nattn_cuda_sm80 "${NATTN_SM80_ARCHS}" ${sm80_sources})
 target_compile_definitions(nattn_cuda_sm80 PRIVATE ${sm80_defs})
 
 set(NATTN_CUDA_OBJECT_LIBS nattn_cuda nattn_cuda_sm80)
+# The sm90 family's host side is always built; its kernels only when NATTN_SM90_ARCHS is set
+# (empty, e.g. for a quick build for a non-Hopper GPU: its rows are then "not built").
+set(sm90_sources src/cuda/sm90/device/dispatch.cu src/cuda/sm90/device/family.cu)
+set(sm90_defs "")
 if(NATTN_SM90_ARCHS)
-  set(sm90_sources src/cuda/sm90/device/dispatch.cu src/cuda/sm90/device/family.cu)
-  set(sm90_defs "")
   foreach(hd IN LISTS NATTN_HEAD_DIMS)
     if(hd MATCHES "^(64|128)$")
       list(APPEND sm90_sources src/cuda/sm90/instantiate/hd${hd}.cu)
@@ -74,12 +76,11 @@ if(NATTN_SM90_ARCHS)
     endif()
   endforeach()
   nattn_cuda_objects(nattn_cuda_sm90 "${NATTN_SM90_ARCHS}" ${sm90_sources})
-  target_compile_definitions(nattn_cuda_sm90 PRIVATE ${sm90_defs})
-  list(APPEND NATTN_CUDA_OBJECT_LIBS nattn_cuda_sm90)
 else()
-  # Without the sm90 objects the family list still names the slot: a stub says why.
-  message(FATAL_ERROR "NATTN_SM90_ARCHS must not be empty (the sm90 family slot is compiled for 90a)")
+  nattn_cuda_objects(nattn_cuda_sm90 "${NATTN_CUDA_ARCHS}" ${sm90_sources})
 endif()
+target_compile_definitions(nattn_cuda_sm90 PRIVATE ${sm90_defs})
+list(APPEND NATTN_CUDA_OBJECT_LIBS nattn_cuda_sm90)
 
 target_compile_definitions(nattn_objects PUBLIC NATTN_WITH_CUDA)
 # Static cudart: the Python package loads libnattn.so with ctypes, with no RPATH to a toolkit.
