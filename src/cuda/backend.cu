@@ -41,7 +41,6 @@ class Workspace {
   Workspace(const WorkspaceAllocator& a, cudaStream_t s) : alloc_(a), stream_(s) {}
   Status acquire(size_t bytes) {
     if (bytes == 0) return Status::Ok();
-    bytes_ = bytes;
     if (alloc_.allocate != nullptr) {
       ptr_ = alloc_.allocate(bytes, alloc_.ctx);
       if (ptr_ == nullptr)
@@ -63,7 +62,6 @@ class Workspace {
   WorkspaceAllocator alloc_;
   cudaStream_t stream_;
   void* ptr_ = nullptr;
-  size_t bytes_ = 0;
 };
 
 cuda::Strides strides_of(const TensorView& t, int rank) {

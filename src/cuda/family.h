@@ -8,6 +8,8 @@
 #include <array>
 #include <cstddef>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/tile_shapes.h"
@@ -92,6 +94,23 @@ const Launcher* table_launcher(int id, Fill&& fill) {
   }();
   if (id < 0 || id >= kNumConfigs || table.rows[id].launch == nullptr) return nullptr;
   return &table.rows[id];
+}
+
+// Fills table[id] for every row of `kFamily` with padded head dim HD from Row<id> (static
+// prepare, launch, smem() and kThreads): what a family's instantiation file for HD runs.
+template <Family kFamily, int HD, template <int> class Row, int... kIds>
+void register_rows(Launcher* table, std::integer_sequence<int, kIds...>) {
+  auto one = [&](auto id) {
+    constexpr int kId = decltype(id)::value;
+    if constexpr (kKernelConfigs[kId].family == kFamily && kKernelConfigs[kId].head_dim == HD)
+      table[kId] = Launcher{&Row<kId>::prepare, &Row<kId>::launch, Row<kId>::smem(), Row<kId>::kThreads};
+  };
+  (one(std::integral_constant<int, kIds>{}), ...);
+}
+
+template <Family kFamily, int HD, template <int> class Row>
+void register_rows(Launcher* table) {
+  register_rows<kFamily, HD, Row>(table, std::make_integer_sequence<int, kNumConfigs>{});
 }
 
 // The families, best first.

@@ -1,10 +1,8 @@
 // Layer: cuda. See planner.h.
-#include <cstring>
 #include <mutex>
 #include <string>
 #include <unordered_map>
 
-#include "cuda/check.h"
 #include "cuda/planner.h"
 
 namespace nattn::cuda {
@@ -26,7 +24,8 @@ class Key {
     add(s.size());
     bytes_ += s;
   }
-  const std::string& bytes() const { return bytes_; }
+  void reserve(size_t n) { bytes_.reserve(n); }
+  std::string take() { return std::move(bytes_); }
 
  private:
   std::string bytes_;
@@ -35,6 +34,7 @@ class Key {
 std::string make_key(const Problem& p, DType dtype, bool backward, int device, const Options& o,
                      const std::vector<Slot>& slots) {
   Key k;
+  k.reserve(512);
   k.add(p.rank);
   k.add(p.batch);
   k.add(p.extent);
@@ -46,13 +46,13 @@ std::string make_key(const Problem& p, DType dtype, bool backward, int device, c
   k.add(p.window.stride);
   k.add(p.window.dilation);
   k.add(p.window.is_causal);
-  k.add(p.effective_scale());
-  k.add(p.num_additional);
+  k.add(p.num_additional);  // (the scale is not part of a plan: kernels take it per call)
   k.add(dtype);
   k.add(backward);
   k.add(device);
   k.add(o.deterministic);
   k.add_string(o.choice.family);
+  k.add(o.choice.config_ids.size());
   for (int id : o.choice.config_ids) k.add(id);
   k.add(o.choice.own_tile);
   k.add(o.choice.walk_tile);
@@ -62,7 +62,7 @@ std::string make_key(const Problem& p, DType dtype, bool backward, int device, c
     for (int i = 0; i < v.ndim; ++i) k.add(v.stride[i]);
     k.add(bool(reinterpret_cast<uintptr_t>(v.data) % 16 == 0));
   }
-  return k.bytes();
+  return k.take();
 }
 
 // Bounded: a process that plans more distinct calls than this starts over.

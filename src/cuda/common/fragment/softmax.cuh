@@ -27,13 +27,19 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // one operand tile instead, exactly: a negative scale flips the tile's signs (its magnitude
 // stays in the FFMA), a zero scale zeroes the tile (every score is then exactly 0).
 // Returns the positive factor, in the log2 domain, that the kernel multiplies raw scores by.
+// `thread` numbers the THREADS threads that share the tile (threadIdx.x when all of the CTA).
 template <int ELEMENTS, int THREADS, class Element>
-__device__ __forceinline__ float fold_scale_sign(Element* tile, float scale) {
+__device__ __forceinline__ float fold_scale_sign(Element* tile, float scale, int thread) {
   if (scale > 0.f) return scale * kLog2e;
   uint32_t* w = reinterpret_cast<uint32_t*>(tile);
   const uint32_t flip = scale < 0.f ? 0x80008000u : 0u;
-  for (int i = threadIdx.x; i < ELEMENTS / 2; i += THREADS) w[i] = scale < 0.f ? (w[i] ^ flip) : 0u;
+  for (int i = thread; i < ELEMENTS / 2; i += THREADS) w[i] = scale < 0.f ? (w[i] ^ flip) : 0u;
   return scale < 0.f ? -scale * kLog2e : kLog2e;
+}
+
+template <int ELEMENTS, int THREADS, class Element>
+__device__ __forceinline__ float fold_scale_sign(Element* tile, float scale) {
+  return fold_scale_sign<ELEMENTS, THREADS>(tile, scale, int(threadIdx.x));
 }
 
 // The forward's running softmax of 16*MI rows per warp. A row's reference max only moves

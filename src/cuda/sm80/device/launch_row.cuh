@@ -5,7 +5,6 @@
 #include <cuda_fp16.h>
 
 #include <type_traits>
-#include <utility>
 
 #include "cuda/check.h"
 #include "cuda/sm80/device/dispatch.h"
@@ -61,20 +60,9 @@ struct Row {
   }
 };
 
-template <int HD, int... kIds>
-void register_rows(Launcher* table, std::integer_sequence<int, kIds...>) {
-  auto one = [&](auto id) {
-    constexpr int kId = decltype(id)::value;
-    constexpr KernelConfig c = kKernelConfigs[kId];
-    if constexpr (c.family == Family::kSm80 && c.head_dim == HD)
-      table[kId] = Launcher{&Row<kId>::prepare, &Row<kId>::launch, Row<kId>::smem(), Row<kId>::kThreads};
-  };
-  (one(std::integral_constant<int, kIds>{}), ...);
-}
-
 template <int HD>
 void register_head_dim(Launcher* table) {
-  register_rows<HD>(table, std::make_integer_sequence<int, kNumConfigs>{});
+  register_rows<Family::kSm80, HD, Row>(table);
 }
 
 }  // namespace nattn::cuda::sm80

@@ -2,7 +2,6 @@
 // traits from the row's fields, the launch with its tensor maps, and the shared-memory set-up.
 #pragma once
 #include <type_traits>
-#include <utility>
 
 #include "cuda/check.h"
 #include "cuda/sm90/device/dispatch.h"
@@ -20,6 +19,7 @@ struct Row {
                 "sm90 rows: forward, 128 query rows in two consumer warpgroups and a producer");
   using Traits = ForwardTraits<ElementOf<c.elem>, c.head_dim, c.block_kv, c.stages, c.pingpong>;
   static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
+  static constexpr int kThreads = Traits::kThreads;
 
   static Status prepare() {
     return check(
@@ -28,25 +28,14 @@ struct Row {
   }
   static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
     const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);
-    fna_forward_kernel<Traits><<<grid, Traits::kThreads, smem(), stream>>>(*static_cast<const ForwardArgs*>(args));
+    fna_forward_kernel<Traits><<<grid, kThreads, smem(), stream>>>(*static_cast<const ForwardArgs*>(args));
     return check_launch("sm90 forward");
   }
 };
 
-template <int HD, int... kIds>
-void register_rows(Launcher* table, std::integer_sequence<int, kIds...>) {
-  auto one = [&](auto id) {
-    constexpr int kId = decltype(id)::value;
-    constexpr KernelConfig c = kKernelConfigs[kId];
-    if constexpr (c.family == Family::kSm90 && c.head_dim == HD)
-      table[kId] = Launcher{&Row<kId>::prepare, &Row<kId>::launch, Row<kId>::smem(), Row<kId>::Traits::kThreads};
-  };
-  (one(std::integral_constant<int, kIds>{}), ...);
-}
-
 template <int HD>
 void register_head_dim(Launcher* table) {
-  register_rows<HD>(table, std::make_integer_sequence<int, kNumConfigs>{});
+  register_rows<Family::kSm90, HD, Row>(table);
 }
 
 }  // namespace nattn::cuda::sm90

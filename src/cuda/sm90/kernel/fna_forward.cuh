@@ -160,12 +160,10 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
   float(&o)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tOrO.data()));
 
   cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, 0);
-  // The scale is folded into exp2 (fold_scale_sign): a non-positive scale is applied to Q exactly.
-  float c = g.scale * kLog2e;
+  // The scale is folded into exp2: a non-positive scale is applied to Q exactly (both consumer
+  // warpgroups share the Q tile).
+  const float c = fold_scale_sign<BM * HD, 256>(ss.q, g.scale, ctid);
   if (g.scale <= 0.f) {
-    uint32_t* q = reinterpret_cast<uint32_t*>(ss.q);
-    for (int i = ctid; i < BM * HD / 2; i += 256) q[i] = g.scale < 0.f ? (q[i] ^ 0x80008000u) : 0u;
-    c = g.scale < 0.f ? -g.scale * kLog2e : kLog2e;
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
     cutlass::arch::NamedBarrier::sync(256, 1);
   }
