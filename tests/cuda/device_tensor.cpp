@@ -5,24 +5,15 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 #include <sstream>
 #include <stdexcept>
 
 namespace nattn_test {
 namespace {
 
-constexpr unsigned char kPoison = 0xFF;
-
 // A CUDA failure inside a helper: gtest reports the exception as the test's failure.
 void cuda_ok(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-std::vector<double> random_values(int64_t n, Rng& rng) {
-  std::vector<double> v(static_cast<size_t>(n));
-  for (double& x : v) x = rng.uniform(-1.0, 1.0);
-  return v;
 }
 
 }  // namespace
@@ -72,118 +63,65 @@ void CudaTest::TearDown() {
 // ---- DeviceTensor
 
 DeviceTensor::DeviceTensor(std::vector<int64_t> shape, nattn::DType dtype, Layout layout, Rng& rng)
-    : shape_(std::move(shape)), dtype_(dtype) {
-  // TestTensor draws the layout; this keeps its strides, origin and storage size.
-  const TestTensor t(shape_, dtype, layout, rng);
-  const nattn::TensorView v = t.view();
-  stride_.assign(v.stride, v.stride + v.ndim);
-  origin_ = (static_cast<const unsigned char*>(v.data) - t.bytes().data()) / nattn::dtype_size(dtype);
-  host_.assign(t.bytes().size(), kPoison);
+    : mirror_(std::move(shape), dtype, layout, rng) {
   allocate_and_upload();
 }
 
 DeviceTensor::DeviceTensor(std::vector<int64_t> shape, nattn::DType dtype, std::vector<int64_t> strides, int64_t origin)
-    : shape_(std::move(shape)), stride_(std::move(strides)), dtype_(dtype), origin_(origin) {
-  int64_t max_off = 0;
-  for (size_t d = 0; d < shape_.size(); ++d) max_off += std::max<int64_t>(shape_[d] - 1, 0) * stride_[d];
-  host_.assign(size_t((origin_ + max_off + 1) * nattn::dtype_size(dtype_)), kPoison);
+    : mirror_(std::move(shape), dtype, std::move(strides), origin) {
   allocate_and_upload();
 }
 
 void DeviceTensor::allocate_and_upload() {
   void* p = nullptr;
-  cuda_ok(cudaMalloc(&p, host_.size()), "cudaMalloc");
+  cuda_ok(cudaMalloc(&p, mirror_.bytes().size()), "cudaMalloc");
   device_ = std::shared_ptr<void>(p, [](void* q) { cudaFree(q); });
   upload();
 }
 
 void DeviceTensor::upload() const {
-  cuda_ok(cudaMemcpy(device_.get(), host_.data(), host_.size(), cudaMemcpyHostToDevice), "cudaMemcpy to device");
+  const std::vector<unsigned char>& host = mirror_.bytes();
+  cuda_ok(cudaMemcpy(device_.get(), host.data(), host.size(), cudaMemcpyHostToDevice), "cudaMemcpy to device");
 }
 
 void DeviceTensor::download() {
+  std::vector<unsigned char>& host = mirror_.mutable_bytes();
   cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize before a download");
-  cuda_ok(cudaMemcpy(host_.data(), device_.get(), host_.size(), cudaMemcpyDeviceToHost), "cudaMemcpy to host");
+  cuda_ok(cudaMemcpy(host.data(), device_.get(), host.size(), cudaMemcpyDeviceToHost), "cudaMemcpy to host");
 }
 
 bool DeviceTensor::device_unchanged() const {
-  std::vector<unsigned char> now(host_.size());
+  std::vector<unsigned char> now(mirror_.bytes().size());
   cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   cuda_ok(cudaMemcpy(now.data(), device_.get(), now.size(), cudaMemcpyDeviceToHost), "cudaMemcpy to host");
-  return now == host_;
-}
-
-int64_t DeviceTensor::numel() const {
-  int64_t n = 1;
-  for (int64_t s : shape_) n *= s;
-  return n;
-}
-
-nattn::TensorView DeviceTensor::host_view() const {
-  nattn::TensorView v;
-  if (!defined()) return v;
-  v.data = const_cast<unsigned char*>(host_.data()) + origin_ * nattn::dtype_size(dtype_);
-  v.dtype = dtype_;
-  v.ndim = int(shape_.size());
-  for (int d = 0; d < v.ndim; ++d) {
-    v.shape[d] = shape_[size_t(d)];
-    v.stride[d] = stride_[size_t(d)];
-  }
-  return v;
+  return now == mirror_.bytes();
 }
 
 nattn::TensorView DeviceTensor::view() const {
-  nattn::TensorView v = host_view();
+  nattn::TensorView v = mirror_.view();
   if (!defined()) return v;
-  v.data = static_cast<unsigned char*>(device_.get()) + origin_ * nattn::dtype_size(dtype_);
+  // The same element offsets, into the device copy of the storage.
+  v.data =
+      static_cast<unsigned char*>(device_.get()) + (static_cast<const unsigned char*>(v.data) - mirror_.bytes().data());
   v.device = {nattn::DeviceType::kCUDA, 0};
   return v;
 }
 
-void DeviceTensor::fill_random(Rng& rng) { write(random_values(numel(), rng)); }
+void DeviceTensor::fill_random(Rng& rng) {
+  mirror_.fill_random(rng);
+  upload();
+}
 
 void DeviceTensor::write(const std::vector<double>& values) {
-  write_view(host_view(), values);
+  mirror_.write(values);
   upload();
 }
 
-std::vector<double> DeviceTensor::read() const { return read_view(host_view()); }
+std::vector<double> DeviceTensor::read() const { return mirror_.read(); }
 
 void DeviceTensor::poison() {
-  std::fill(host_.begin(), host_.end(), kPoison);
+  mirror_.poison();
   upload();
-}
-
-int64_t DeviceTensor::offset_of(int64_t linear) const {
-  int64_t off = origin_;
-  for (size_t d = shape_.size(); d-- > 0;) {
-    off += (linear % shape_[d]) * stride_[d];
-    linear /= shape_[d];
-  }
-  return off;
-}
-
-int64_t DeviceTensor::unwritten_elements() const {
-  const int es = nattn::dtype_size(dtype_);
-  int64_t n = 0;
-  for (int64_t i = 0; i < numel(); ++i) {
-    const unsigned char* p = &host_[size_t(offset_of(i) * es)];
-    n += std::all_of(p, p + es, [](unsigned char b) { return b == kPoison; });
-  }
-  return n;
-}
-
-bool DeviceTensor::padding_poisoned() const {
-  const int es = nattn::dtype_size(dtype_);
-  std::vector<char> in_view(host_.size(), 0);
-  for (int64_t i = 0; i < numel(); ++i) std::fill_n(in_view.begin() + offset_of(i) * es, es, 1);
-  for (size_t b = 0; b < host_.size(); ++b)
-    if (!in_view[b] && host_[b] != kPoison) return false;
-  return true;
-}
-
-bool DeviceTensor::all_poisoned() const {
-  return std::all_of(host_.begin(), host_.end(), [](unsigned char b) { return b == kPoison; });
 }
 
 // ---- HostTensor

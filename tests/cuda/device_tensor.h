@@ -46,12 +46,12 @@ class DeviceTensor {
   DeviceTensor(DeviceTensor&&) = default;
   DeviceTensor& operator=(DeviceTensor&&) = default;
 
-  bool defined() const { return !shape_.empty(); }
-  const std::vector<int64_t>& shape() const { return shape_; }
-  nattn::DType dtype() const { return dtype_; }
-  int64_t numel() const;
-  nattn::TensorView view() const;       // on the device
-  nattn::TensorView host_view() const;  // on the host mirror
+  bool defined() const { return mirror_.defined(); }
+  const std::vector<int64_t>& shape() const { return mirror_.shape(); }
+  nattn::DType dtype() const { return mirror_.dtype(); }
+  int64_t numel() const { return mirror_.numel(); }
+  nattn::TensorView view() const;                                 // on the device
+  nattn::TensorView host_view() const { return mirror_.view(); }  // on the host mirror
 
   // Uniform values in [-1, 1] into the view (stored in dtype), uploaded; read() gives them back.
   void fill_random(Rng& rng);
@@ -61,21 +61,17 @@ class DeviceTensor {
   void download();                                // device storage -> mirror
 
   // On the mirror: elements of the view still holding the poison; bytes outside it written.
-  int64_t unwritten_elements() const;
-  bool padding_poisoned() const;
-  bool all_poisoned() const;
+  int64_t unwritten_elements() const { return mirror_.unwritten_elements(); }
+  bool padding_poisoned() const { return mirror_.padding_poisoned(); }
+  bool all_poisoned() const { return mirror_.all_poisoned(); }
   // Whether the device storage still equals the mirror (inputs a call must leave alone).
   bool device_unchanged() const;
 
  private:
   void allocate_and_upload();
   void upload() const;
-  int64_t offset_of(int64_t linear) const;  // element offset in storage
 
-  std::vector<int64_t> shape_, stride_;
-  nattn::DType dtype_ = nattn::DType::kFloat32;
-  int64_t origin_ = 0;
-  std::vector<unsigned char> host_;
+  TestTensor mirror_;  // the storage's host image: layout, values, poison checks
   std::shared_ptr<void> device_;
 };
 

@@ -137,6 +137,11 @@ TestTensor::TestTensor(std::vector<int64_t> shape, nattn::DType dtype, Layout la
   allocate();
 }
 
+TestTensor::TestTensor(std::vector<int64_t> shape, nattn::DType dtype, std::vector<int64_t> strides, int64_t origin)
+    : shape_(std::move(shape)), stride_(std::move(strides)), dtype_(dtype), origin_(origin) {
+  allocate();
+}
+
 void TestTensor::allocate() {
   int64_t max_off = 0;
   for (size_t d = 0; d < shape_.size(); ++d) max_off += std::max<int64_t>(shape_[d] - 1, 0) * stride_[d];

@@ -63,6 +63,8 @@ class TestTensor {
  public:
   TestTensor() = default;  // absent (view().ndim == 0)
   TestTensor(std::vector<int64_t> shape, nattn::DType dtype, Layout layout, Rng& rng);
+  // Explicit element strides (any, 0 included) and offset of the first element in storage.
+  TestTensor(std::vector<int64_t> shape, nattn::DType dtype, std::vector<int64_t> strides, int64_t origin);
 
   bool defined() const { return !shape_.empty(); }
   nattn::TensorView view() const;
@@ -84,6 +86,7 @@ class TestTensor {
   int64_t unwritten_elements() const;  // elements of the view still holding the poison
   bool padding_poisoned() const;       // no byte outside the view was written
   const std::vector<unsigned char>& bytes() const { return storage_; }
+  std::vector<unsigned char>& mutable_bytes() { return storage_; }  // e.g. filled from a device copy
 
  private:
   int64_t offset_of(int64_t linear) const;
