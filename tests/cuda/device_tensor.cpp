@@ -8,6 +8,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "support/call_check.h"
+
 namespace nattn_test {
 namespace {
 
@@ -270,17 +272,7 @@ void expect_written(const DeviceTensor& t, const char* name) {
 
 }  // namespace
 
-nattn::ForwardTensors DeviceForward::views() const {
-  nattn::ForwardTensors t;
-  t.q = q.view();
-  t.k = k.view();
-  t.v = v.view();
-  t.additional_k = ka.view();
-  t.additional_v = va.view();
-  t.out = out.view();
-  t.lse = lse.view();
-  return t;
-}
+nattn::ForwardTensors DeviceForward::views() const { return forward_views_of(*this); }
 
 std::string DeviceForward::describe() const {
   return describe_problem(problem) + ", " + nattn::dtype_name(dtype) + (lse.defined() ? ", lse" : "");
@@ -311,24 +303,7 @@ void expect_forward_matches_reference(DeviceForward& c) {
   if (c.lse.defined()) expect_close(c.lse.read(), ref.lse.read(), cuda_lse_tolerance(), "lse");
 }
 
-nattn::BackwardTensors DeviceBackward::views() const {
-  nattn::BackwardTensors t;
-  t.q = q.view();
-  t.k = k.view();
-  t.v = v.view();
-  t.additional_k = ka.view();
-  t.additional_v = va.view();
-  t.out = out.view();
-  t.lse = lse.view();
-  t.dout = dout.view();
-  t.dlse = dlse.view();
-  t.dq = dq.view();
-  t.dk = dk.view();
-  t.dv = dv.view();
-  t.d_additional_k = dka.view();
-  t.d_additional_v = dva.view();
-  return t;
-}
+nattn::BackwardTensors DeviceBackward::views() const { return backward_views_of(*this); }
 
 std::string DeviceBackward::describe() const {
   return describe_problem(problem) + ", " + nattn::dtype_name(dtype) + (dlse.defined() ? ", dlse" : "");

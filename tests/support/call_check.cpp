@@ -94,36 +94,9 @@ TokenMask mask_of(const CallConfig& c) {
   return c.dense ? dense_mask(c.problem.extent[0], c.problem.window.is_causal[0]) : spec_mask(c.problem);
 }
 
-nattn::ForwardTensors CallTensors::forward_views() const {
-  nattn::ForwardTensors f;
-  f.q = q.view();
-  f.k = k.view();
-  f.v = v.view();
-  f.additional_k = ka.view();
-  f.additional_v = va.view();
-  f.out = out.view();
-  f.lse = lse.view();
-  return f;
-}
+nattn::ForwardTensors CallTensors::forward_views() const { return forward_views_of(*this); }
 
-nattn::BackwardTensors CallTensors::backward_views() const {
-  nattn::BackwardTensors b;
-  b.q = q.view();
-  b.k = k.view();
-  b.v = v.view();
-  b.additional_k = ka.view();
-  b.additional_v = va.view();
-  b.out = out.view();
-  b.lse = lse.view();
-  b.dout = dout.view();
-  b.dlse = dlse.view();
-  b.dq = dq.view();
-  b.dk = dk.view();
-  b.dv = dv.view();
-  b.d_additional_k = dka.view();
-  b.d_additional_v = dva.view();
-  return b;
-}
+nattn::BackwardTensors CallTensors::backward_views() const { return backward_views_of(*this); }
 
 DenseInputs CallTensors::dense_inputs() const {
   DenseInputs in{q.read(), k.read(), v.read(), {}, {}};

@@ -25,6 +25,41 @@ nattn::AttentionProblem attention_problem(const CallConfig& c);
 DenseSizes sizes_of(const CallConfig& c);
 TokenMask mask_of(const CallConfig& c);
 
+// The library's tensor slots from any set of tensors with view() and the slots' names
+// (q, k, v, ka, va, out, lse; dout, dlse, dq, dk, dv, dka, dva for the backward).
+template <class T>
+nattn::ForwardTensors forward_views_of(const T& c) {
+  nattn::ForwardTensors f;
+  f.q = c.q.view();
+  f.k = c.k.view();
+  f.v = c.v.view();
+  f.additional_k = c.ka.view();
+  f.additional_v = c.va.view();
+  f.out = c.out.view();
+  f.lse = c.lse.view();
+  return f;
+}
+
+template <class T>
+nattn::BackwardTensors backward_views_of(const T& c) {
+  nattn::BackwardTensors b;
+  b.q = c.q.view();
+  b.k = c.k.view();
+  b.v = c.v.view();
+  b.additional_k = c.ka.view();
+  b.additional_v = c.va.view();
+  b.out = c.out.view();
+  b.lse = c.lse.view();
+  b.dout = c.dout.view();
+  b.dlse = c.dlse.view();
+  b.dq = c.dq.view();
+  b.dk = c.dk.view();
+  b.dv = c.dv.view();
+  b.d_additional_k = c.dka.view();
+  b.d_additional_v = c.dva.view();
+  return b;
+}
+
 struct CallTensors {
   TestTensor q, k, v, ka, va;       // inputs
   TestTensor out, lse;              // forward outputs; backward inputs
