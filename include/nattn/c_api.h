@@ -33,6 +33,13 @@ typedef struct nattn_problem {
   int32_t has_scale;
   double scale;
   int64_t num_additional;
+  /* nattn::Placement (SPEC.md "Placed boxes"); all zeros = not placed. A 0 in global_extent or
+   * key_extent means the query extent on that axis. k/v are [B, key extent.., Hkv, *]. The
+   * attention calls read key_extent[0] alone (the number of keys Nk; 0 = N). */
+  int64_t global_extent[3];
+  int64_t query_origin[3];
+  int64_t key_origin[3];
+  int64_t key_extent[3];
 } nattn_problem;
 
 #define NATTN_C_MAX_CONFIG_IDS 4
@@ -86,7 +93,8 @@ int nattn_forward(const nattn_problem* p, const nattn_tensor* tensors, const nat
                   size_t err_len);
 int nattn_backward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o, char* err,
                    size_t err_len);
-/* Dense attention: p->rank must be 1, extent[0] = N, is_causal[0]; window fields are ignored. */
+/* Dense attention: p->rank must be 1, extent[0] = N (queries), key_extent[0] = Nk (keys; 0 = N),
+ * is_causal[0] (query i sees keys j <= i); window and other placement fields are ignored. */
 int nattn_attention_forward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o, char* err,
                             size_t err_len);
 int nattn_attention_backward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o, char* err,

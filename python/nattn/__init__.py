@@ -8,7 +8,7 @@ from . import (
 )
 from ._choice import kernel_choice
 from .backends import BackendInfo, backends
-from .functional import attention, na1d, na2d, na3d
+from .functional import attention, na1d, na2d, na3d, na_placed
 from .merge import merge_attentions
 from .modules import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 from .plans import FamilyVerdict, KernelConfig, Plan, explain, kernel_configs
@@ -18,7 +18,7 @@ library_version = _lib.version()
 library_path = _lib.LIBRARY_PATH
 
 __all__ = [
-    "na1d", "na2d", "na3d", "attention", "merge_attentions", "backends", "BackendInfo",
+    "na1d", "na2d", "na3d", "na_placed", "attention", "merge_attentions", "backends", "BackendInfo",
     "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D",
     "explain", "kernel_configs", "kernel_choice", "Plan", "FamilyVerdict", "KernelConfig",
 ]

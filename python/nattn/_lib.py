@@ -66,6 +66,10 @@ class Problem(ctypes.Structure):
         ("has_scale", ctypes.c_int32),
         ("scale", ctypes.c_double),
         ("num_additional", ctypes.c_int64),
+        ("global_extent", ctypes.c_int64 * 3),
+        ("query_origin", ctypes.c_int64 * 3),
+        ("key_origin", ctypes.c_int64 * 3),
+        ("key_extent", ctypes.c_int64 * 3),
     ]
 
 
@@ -283,9 +287,11 @@ def _dim(x: Optional[torch.Tensor], index: int, default: int = 1) -> int:
 def problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ak: Optional[torch.Tensor],
             av: Optional[torch.Tensor], kernel_size: Sequence[int], stride: Sequence[int],
             dilation: Sequence[int], is_causal: Sequence[bool], scale: Optional[float],
-            dense: bool) -> Problem:
+            dense: bool, placement: Sequence[int] = ()) -> Problem:
     """The problem read off the tensors' shapes ([B, X.., H, D]) plus the window parameters.
-    The rank is len(is_causal) (dense: 1); the library checks that the shapes agree with it."""
+    The rank is len(is_causal) (dense: 1); the library checks that the shapes agree with it.
+    Dense: the number of keys is k's dim 1. `placement` (SPEC.md "Placed boxes"): () or
+    global_extent[r] + query_origin[r] + key_origin[r], the key box's extents then read off k."""
     p = Problem()
     rank = len(is_causal)
     p.rank = rank
@@ -295,6 +301,14 @@ def problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ak: Optional[torc
         if not dense:
             p.kernel_size[a], p.stride[a], p.dilation[a] = kernel_size[a], stride[a], dilation[a]
         p.is_causal[a] = int(bool(is_causal[a]))
+    if dense:
+        p.key_extent[0] = _dim(k, 1)
+    elif placement:
+        for a in range(min(rank, 3)):
+            p.global_extent[a] = placement[a]
+            p.query_origin[a] = placement[rank + a]
+            p.key_origin[a] = placement[2 * rank + a]
+            p.key_extent[a] = _dim(k, 1 + a)
     p.heads_q, p.head_dim = _dim(q, -2), _dim(q, -1)
     p.heads_kv, p.head_dim_v = _dim(k, -2), _dim(v, -1)
     if scale is not None:

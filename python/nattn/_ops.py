@@ -44,12 +44,12 @@ def _out_shapes(query: Tensor, value: Tensor) -> Tuple[List, List]:
 
 
 def _forward_check(query, key, value, additional_keys, additional_values, kernel_size, stride,
-                   dilation, is_causal, scale, dense, data):
+                   dilation, is_causal, scale, dense, placement, data):
     """The library's forward checks on the inputs and the outputs to be allocated; returns the
     problem and the C views (outputs without memory yet)."""
     out_shape, lse_shape = _out_shapes(query, value)
     p = _lib.problem(query, key, value, additional_keys, additional_values, kernel_size, stride,
-                     dilation, is_causal, scale, dense)
+                     dilation, is_causal, scale, dense, placement)
     out = _lib.planned(out_shape, query.dtype, query.device)
     lse = _lib.planned(lse_shape, torch.float32, query.device)
     arr = _lib.slots([query, key, value, additional_keys, additional_values, out, lse], data)
@@ -62,13 +62,14 @@ def na_forward(
     query: Tensor, key: Tensor, value: Tensor,
     additional_keys: Optional[Tensor], additional_values: Optional[Tensor],
     kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool],
-    scale: Optional[float], dense: bool, backend: int,
+    scale: Optional[float], dense: bool, backend: int, placement: List[int],
     family: str, config_ids: List[int], tiles: List[int],
 ) -> Tuple[Tensor, Tensor]:
-    """Returns (out [B, X.., Hq, Dv] contiguous, lse [B, X.., Hq] float32)."""
+    """Returns (out [B, X.., Hq, Dv] contiguous, lse [B, X.., Hq] float32). `placement`: [] or
+    the placed boxes (_lib.problem); keys may then differ in extent from the queries."""
     p, arr, out_shape, lse_shape = _forward_check(
         query, key, value, additional_keys, additional_values, kernel_size, stride, dilation,
-        is_causal, scale, dense, data=True)
+        is_causal, scale, dense, placement, data=True)
     out = _poisoned(query.new_empty(out_shape))
     lse = _poisoned(query.new_empty(lse_shape, dtype=torch.float32))
     _lib.attach(arr[_lib.FWD_OUT], out)
@@ -82,10 +83,10 @@ def na_forward(
 
 @na_forward.register_fake
 def _(query, key, value, additional_keys, additional_values, kernel_size, stride, dilation,
-      is_causal, scale, dense, backend, family, config_ids, tiles):
+      is_causal, scale, dense, backend, placement, family, config_ids, tiles):
     try:
         _forward_check(query, key, value, additional_keys, additional_values, kernel_size,
-                       stride, dilation, is_causal, scale, dense, data=False)
+                       stride, dilation, is_causal, scale, dense, placement, data=False)
     except _lib.Symbolic:
         pass  # a size without a value yet: the real op checks it
     out_shape, lse_shape = _out_shapes(query, value)
@@ -101,9 +102,9 @@ def _grad_buffers(query, key, value, additional_keys, additional_values):
 
 
 def _backward_check(query, key, value, additional_keys, additional_values, out, lse, dout,
-                    dlse, kernel_size, stride, dilation, is_causal, scale, dense, data):
+                    dlse, kernel_size, stride, dilation, is_causal, scale, dense, placement, data):
     p = _lib.problem(query, key, value, additional_keys, additional_values, kernel_size, stride,
-                     dilation, is_causal, scale, dense)
+                     dilation, is_causal, scale, dense, placement)
     grads = [None if x is None else _lib.planned(x.shape, query.dtype, query.device)
              for x in (query, key, value, additional_keys, additional_values)]
     arr = _lib.slots([query, key, value, additional_keys, additional_values, out, lse, dout,
@@ -118,14 +119,14 @@ def na_backward(
     additional_keys: Optional[Tensor], additional_values: Optional[Tensor],
     out: Tensor, lse: Tensor, dout: Tensor, dlse: Optional[Tensor],
     kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool],
-    scale: Optional[float], dense: bool, backend: int,
+    scale: Optional[float], dense: bool, backend: int, placement: List[int],
     family: str, config_ids: List[int], tiles: List[int],
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (dq, dk, dv, d_additional_keys, d_additional_values); the last two are empty
     tensors when there are no additional keys (ops cannot return None)."""
     p, arr = _backward_check(query, key, value, additional_keys, additional_values, out, lse,
                              dout, dlse, kernel_size, stride, dilation, is_causal, scale, dense,
-                             data=True)
+                             placement, data=True)
     grads = [_poisoned(g) for g in _grad_buffers(query, key, value, additional_keys,
                                                    additional_values)]
     slots = [_lib.BWD_DQ, _lib.BWD_DK, _lib.BWD_DV]
@@ -140,10 +141,11 @@ def na_backward(
 
 @na_backward.register_fake
 def _(query, key, value, additional_keys, additional_values, out, lse, dout, dlse, kernel_size,
-      stride, dilation, is_causal, scale, dense, backend, family, config_ids, tiles):
+      stride, dilation, is_causal, scale, dense, backend, placement, family, config_ids, tiles):
     try:
         _backward_check(query, key, value, additional_keys, additional_values, out, lse, dout,
-                        dlse, kernel_size, stride, dilation, is_causal, scale, dense, data=False)
+                        dlse, kernel_size, stride, dilation, is_causal, scale, dense, placement,
+                        data=False)
     except _lib.Symbolic:
         pass
     return tuple(_grad_buffers(query, key, value, additional_keys, additional_values))
@@ -151,15 +153,15 @@ def _(query, key, value, additional_keys, additional_values, out, lse, dout, dls
 
 def _setup_context(ctx, inputs, output):
     (query, key, value, ak, av, kernel_size, stride, dilation, is_causal, scale, dense,
-     backend, family, config_ids, tiles) = inputs
+     backend, placement, family, config_ids, tiles) = inputs
     out, lse = output
     # An output that fed nothing gets None, not zeros: the backward then skips its term (and
     # explain(backward=True) with grad_lse absent plans the backward that runs).
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(query, key, value, ak, av, out, lse)
     # The backward runs with the forward's kernel choice (config ids are per kernel role).
-    ctx.params = (kernel_size, stride, dilation, is_causal, scale, dense, backend, family,
-                  config_ids, tiles)
+    ctx.params = (kernel_size, stride, dilation, is_causal, scale, dense, backend, placement,
+                  family, config_ids, tiles)
 
 
 def _backward(ctx, dout, dlse):
@@ -172,7 +174,7 @@ def _backward(ctx, dout, dlse):
                                        *ctx.params)
     if ak is None:
         dak = dav = None
-    return (dq, dk, dv, dak, dav) + (None,) * 10
+    return (dq, dk, dv, dak, dav) + (None,) * 11
 
 
 na_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -36,9 +36,11 @@ class Call(NamedTuple):
     scale: Optional[float]
     dense: bool
     backend: int
+    placement: Tuple = ()  # () or the placed boxes: global_extent + query_origin + key_origin
 
     def op_args(self, choice: _choice.Choice) -> Tuple:
-        return tuple(self) + (choice.family, list(choice.config_ids), list(choice.tiles))
+        return tuple(self[:-1]) + (list(self.placement), choice.family, list(choice.config_ids),
+                                   list(choice.tiles))
 
 
 def _check_additional(ak, av) -> Tuple[Optional[Tensor], Optional[Tensor]]:
@@ -140,5 +142,34 @@ def na3d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple,
 def attention(query: Tensor, key: Tensor, value: Tensor, is_causal: bool = False,
               scale: Optional[float] = None, return_lse: bool = False,
               backend: Optional[str] = None):
-    """Dense (optionally causal) attention on [B, N, H, D]. Returns out, or (out, lse)."""
+    """Dense (optionally causal) attention: query [B, N, Hq, D], key [B, Nk, Hkv, D], value
+    [B, Nk, Hkv, Dv] (any Nk >= 1; Hq a multiple of Hkv). Returns out [B, N, Hq, Dv], or
+    (out, lse). is_causal: query i attends to keys j <= i (top-left aligned when Nk != N, as
+    torch's scaled_dot_product_attention)."""
     return _run(attention_call(query, key, value, is_causal, scale, backend), return_lse)
+
+
+def na_placed(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple,
+              global_extent: IntOrTuple, query_origin: IntOrTuple = 0,
+              key_origin: IntOrTuple = 0, stride: IntOrTuple = 1, dilation: IntOrTuple = 1,
+              is_causal: BoolOrTuple = False, scale: Optional[float] = None,
+              additional_keys: Optional[Tensor] = None,
+              additional_values: Optional[Tensor] = None, return_lse: bool = False,
+              backend: Optional[str] = None):
+    """Neighborhood attention of placed boxes (SPEC.md "Placed boxes"), rank query.dim() - 3:
+    query [B, *X, Hq, D] is the box of a global grid of extent `global_extent` starting at
+    `query_origin`, key/value [B, *K, Hkv, *] the box starting at `key_origin`. Windows are
+    those of the global grid; keys outside the key box are not attended (a query left with no
+    key gets out = 0, lse = -inf). The multi-GPU halo mode runs on this. Returns out, or
+    (out, lse)."""
+    check_tensor("query", query)
+    rank = query.dim() - 3
+    if not 1 <= rank <= 3:
+        raise ValueError(f"query.shape = {list(query.shape)} is invalid: the rank is "
+                         "query.dim() - 3, which must be 1, 2 or 3")
+    call = neighborhood_call(rank, query, key, value, kernel_size, stride, dilation, is_causal,
+                             scale, additional_keys, additional_values, backend)
+    placement = (per_axis("global_extent", global_extent, rank)
+                 + per_axis("query_origin", query_origin, rank)
+                 + per_axis("key_origin", key_origin, rank))
+    return _run(call._replace(placement=tuple(int(x) for x in placement)), return_lse)

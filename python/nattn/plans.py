@@ -156,7 +156,7 @@ def _explain(call: Call, choice: _choice.Choice, backward: bool, grad_out: Optio
     q, k, v, ak, av = call.query, call.key, call.value, call.additional_keys, call.additional_values
     where = _ops._where(call.dense, call.is_causal, backward)
     p = _lib.problem(q, k, v, ak, av, call.kernel_size, call.stride, call.dilation,
-                     call.is_causal, call.scale, call.dense)
+                     call.is_causal, call.scale, call.dense, call.placement)
     out_shape, lse_shape = _ops._out_shapes(q, v)
     # The library's checks first, so that a bad call fails before anything is allocated.
     out_view = _lib.planned(out_shape, q.dtype, q.device)

@@ -66,6 +66,12 @@ Problem to_problem(const nattn_problem& c) {
   }
   if (c.has_scale) p.scale = c.scale;
   p.num_additional = c.num_additional;
+  for (int a = 0; a < 3; ++a) {
+    p.placement.global_extent[a] = c.global_extent[a];
+    p.placement.query_origin[a] = c.query_origin[a];
+    p.placement.key_origin[a] = c.key_origin[a];
+    p.placement.key_extent[a] = c.key_extent[a];
+  }
   return p;
 }
 
@@ -73,6 +79,7 @@ AttentionProblem to_attention(const nattn_problem& c) {
   AttentionProblem d;
   d.batch = c.batch;
   d.seq_len = c.extent[0];
+  d.kv_seq_len = c.key_extent[0];
   d.heads_q = c.heads_q;
   d.heads_kv = c.heads_kv;
   d.head_dim = c.head_dim;
@@ -211,14 +218,16 @@ constexpr std::array<Field, 7> kTensorFields{
     NATTN_FIELD(nattn_tensor, data),        NATTN_FIELD(nattn_tensor, dtype),  NATTN_FIELD(nattn_tensor, ndim),
     NATTN_FIELD(nattn_tensor, shape),       NATTN_FIELD(nattn_tensor, stride), NATTN_FIELD(nattn_tensor, device_type),
     NATTN_FIELD(nattn_tensor, device_index)};
-constexpr std::array<Field, 14> kProblemFields{
-    NATTN_FIELD(nattn_problem, rank),        NATTN_FIELD(nattn_problem, is_causal),
-    NATTN_FIELD(nattn_problem, batch),       NATTN_FIELD(nattn_problem, extent),
-    NATTN_FIELD(nattn_problem, heads_q),     NATTN_FIELD(nattn_problem, heads_kv),
-    NATTN_FIELD(nattn_problem, head_dim),    NATTN_FIELD(nattn_problem, head_dim_v),
-    NATTN_FIELD(nattn_problem, kernel_size), NATTN_FIELD(nattn_problem, stride),
-    NATTN_FIELD(nattn_problem, dilation),    NATTN_FIELD(nattn_problem, has_scale),
-    NATTN_FIELD(nattn_problem, scale),       NATTN_FIELD(nattn_problem, num_additional)};
+constexpr std::array<Field, 18> kProblemFields{
+    NATTN_FIELD(nattn_problem, rank),          NATTN_FIELD(nattn_problem, is_causal),
+    NATTN_FIELD(nattn_problem, batch),         NATTN_FIELD(nattn_problem, extent),
+    NATTN_FIELD(nattn_problem, heads_q),       NATTN_FIELD(nattn_problem, heads_kv),
+    NATTN_FIELD(nattn_problem, head_dim),      NATTN_FIELD(nattn_problem, head_dim_v),
+    NATTN_FIELD(nattn_problem, kernel_size),   NATTN_FIELD(nattn_problem, stride),
+    NATTN_FIELD(nattn_problem, dilation),      NATTN_FIELD(nattn_problem, has_scale),
+    NATTN_FIELD(nattn_problem, scale),         NATTN_FIELD(nattn_problem, num_additional),
+    NATTN_FIELD(nattn_problem, global_extent), NATTN_FIELD(nattn_problem, query_origin),
+    NATTN_FIELD(nattn_problem, key_origin),    NATTN_FIELD(nattn_problem, key_extent)};
 constexpr std::array<Field, 10> kOptionsFields{NATTN_FIELD(nattn_options, backend),
                                                NATTN_FIELD(nattn_options, deterministic),
                                                NATTN_FIELD(nattn_options, stream),

@@ -16,9 +16,24 @@ int64_t Problem::tokens() const {
   return n;
 }
 
+int64_t Problem::key_tokens() const {
+  int64_t n = 1;
+  for (int a = 0; a < rank; ++a) n *= key_extent(a);
+  return n;
+}
+
+bool Problem::placed() const {
+  for (int a = 0; a < rank; ++a)
+    if (global_extent(a) != extent[a] || key_extent(a) != extent[a] || placement.query_origin[a] != 0 ||
+        placement.key_origin[a] != 0)
+      return true;
+  return false;
+}
+
 int64_t attended_pairs(const Problem& p) {
   int64_t pairs = 1;
-  for (int a = 0; a < p.rank; ++a) pairs *= window::window_size_sum(axis(p, a));
+  for (int a = 0; a < p.rank; ++a)
+    pairs *= p.placed() ? window::placed_window_size_sum(axis(p, a), boxes(p, a)) : window::window_size_sum(axis(p, a));
   return pairs + p.tokens() * p.num_additional;
 }
 
@@ -30,7 +45,7 @@ double forward_flops(const Problem& p) { return flops_for_pairs(p, double(attend
 
 double dense_forward_flops(const Problem& p) {
   const double n = double(p.tokens());
-  return flops_for_pairs(p, n * (n + double(p.num_additional)));
+  return flops_for_pairs(p, n * (double(p.key_tokens()) + double(p.num_additional)));
 }
 
 double flopwise_speedup_limit(const Problem& p) {

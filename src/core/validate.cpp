@@ -149,9 +149,10 @@ Status check_all(const std::vector<Spec>& specs, Validation v) {
   return Status::Ok();
 }
 
-std::vector<int64_t> grid_shape(const Problem& p, int64_t heads, int64_t dim) {
+// keys: the key box's extents (k, v and their gradients), else the query box's.
+std::vector<int64_t> grid_shape(const Problem& p, int64_t heads, int64_t dim, bool keys = false) {
   std::vector<int64_t> s{p.batch};
-  for (int a = 0; a < p.rank; ++a) s.push_back(p.extent[a]);
+  for (int a = 0; a < p.rank; ++a) s.push_back(keys ? p.key_extent(a) : p.extent[a]);
   s.push_back(heads);
   if (dim >= 0) s.push_back(dim);
   return s;
@@ -159,12 +160,12 @@ std::vector<int64_t> grid_shape(const Problem& p, int64_t heads, int64_t dim) {
 
 // The names of a grid tensor's dims: "[batch, X1, X2, heads_q, head_dim]" (dense: "[batch,
 // seq_len, ...]"); `dim` null for lse-like tensors.
-std::string grid_layout(const Problem& p, bool dense, const char* heads, const char* dim) {
+std::string grid_layout(const Problem& p, bool dense, const char* heads, const char* dim, bool keys = false) {
   std::string s = "[batch, ";
   if (dense) {
-    s += "seq_len, ";
+    s += keys ? "kv_seq_len, " : "seq_len, ";
   } else {
-    for (int a = 0; a < p.rank; ++a) s += std::string("X") + std::to_string(a + 1) + ", ";
+    for (int a = 0; a < p.rank; ++a) s += std::string(keys ? "K" : "X") + std::to_string(a + 1) + ", ";
   }
   s += heads;
   if (dim != nullptr) s += std::string(", ") + dim;
@@ -175,8 +176,14 @@ Spec grid_spec(const char* name, const TensorView* t, const Problem& p, bool den
                bool is_output) {
   const int64_t heads = heads_q ? p.heads_q : p.heads_kv;
   const int64_t dim = value ? p.head_dim_v : p.head_dim;
-  return {name,      t,     grid_shape(p, heads, dim),
-          is_output, false, grid_layout(p, dense, heads_q ? "heads_q" : "heads_kv", value ? "head_dim_v" : "head_dim")};
+  const bool keys = !heads_q;  // k, v, dk, dv live on the key box (named K.. when it differs)
+  return {
+      name,
+      t,
+      grid_shape(p, heads, dim, keys),
+      is_output,
+      false,
+      grid_layout(p, dense, heads_q ? "heads_q" : "heads_kv", value ? "head_dim_v" : "head_dim", keys && p.placed())};
 }
 
 Spec lse_spec(const char* name, const TensorView* t, const Problem& p, bool dense, bool is_output) {
@@ -215,6 +222,38 @@ Status check_additional_present(const Problem& p, const TensorView& t, const cha
   return Status::Ok();
 }
 
+// SPEC.md "Placed boxes": both boxes inside the global grid (0 = default in the extents).
+Status validate_placement(const Problem& p) {
+  const Placement& pl = p.placement;
+  for (int a = 0; a < p.rank; ++a) {
+    if (pl.global_extent[a] < 0)
+      return invalid(axis_name("placement.global_extent", a), pl.global_extent[a],
+                     "must be >= 1 (or 0: the query extent)");
+    if (pl.key_extent[a] < 0)
+      return invalid(axis_name("placement.key_extent", a), pl.key_extent[a], "must be >= 1 (or 0: the query extent)");
+    const int64_t G = p.global_extent(a);
+    const std::string in_grid =
+        " must lie inside the global grid: 0 <= origin and origin + extent <= " + axis_name("global_extent", a) +
+        " = " + std::to_string(G);
+    int64_t end;
+    if (pl.query_origin[a] < 0 || __builtin_add_overflow(pl.query_origin[a], p.extent[a], &end) || end > G)
+      return invalid(axis_name("placement.query_origin", a), pl.query_origin[a],
+                     "the query box (" + axis_name("extent", a) + " = " + std::to_string(p.extent[a]) + ")" + in_grid);
+    if (pl.key_origin[a] < 0 || __builtin_add_overflow(pl.key_origin[a], p.key_extent(a), &end) || end > G)
+      return invalid(
+          axis_name("placement.key_origin", a), pl.key_origin[a],
+          "the key box (" + axis_name("key_extent", a) + " = " + std::to_string(p.key_extent(a)) + ")" + in_grid);
+  }
+  return Status::Ok();
+}
+
+// Dense attention reads the number of keys off k (0 there would mean "seq_len"): say so.
+Status check_some_keys(const TensorView& k, bool dense) {
+  if (dense && k.ndim == 4 && k.shape[1] == 0)
+    return invalid("k.shape", shape_string(k), "attention needs at least one key (kv_seq_len >= 1)");
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status validate_problem(const Problem& p, bool dense) {
@@ -234,6 +273,7 @@ Status validate_problem(const Problem& p, bool dense) {
     v << *p.scale;
     return invalid("scale", v.str(), "must be finite");
   }
+  NATTN_RETURN_IF_ERROR(validate_placement(p));
   for (int a = 0; a < p.rank; ++a) {
     const int64_t k = p.window.kernel_size[a], s = p.window.stride[a], d = p.window.dilation[a];
     if (k < (dense ? 1 : 2)) return invalid(axis_name("kernel_size", a), k, dense ? "must be >= 1" : "must be >= 2");
@@ -243,17 +283,19 @@ Status validate_problem(const Problem& p, bool dense) {
                      "must satisfy 1 <= stride <= kernel_size (kernel_size[" + std::to_string(a) +
                          "] = " + std::to_string(k) + ")");
     int64_t span;
-    if (__builtin_mul_overflow(k, d, &span) || span > p.extent[a])
+    const char* grid = p.placed() ? "global_extent" : "extent";
+    if (__builtin_mul_overflow(k, d, &span) || span > p.global_extent(a))
       return invalid(axis_name("kernel_size", a), k,
-                     "kernel_size * dilation must be <= extent (dilation[" + std::to_string(a) +
-                         "] = " + std::to_string(d) + ", extent[" + std::to_string(a) +
-                         "] = " + std::to_string(p.extent[a]) + ")");
+                     std::string("kernel_size * dilation must be <= ") + grid + " (dilation[" + std::to_string(a) +
+                         "] = " + std::to_string(d) + ", " + grid + "[" + std::to_string(a) +
+                         "] = " + std::to_string(p.global_extent(a)) + ")");
   }
   return Status::Ok();
 }
 
 Status validate_attention_problem(const AttentionProblem& d) {
   if (d.seq_len < 1) return invalid("seq_len", d.seq_len, "must be >= 1");
+  if (d.kv_seq_len < 0) return invalid("kv_seq_len", d.kv_seq_len, "must be >= 1 (or 0: seq_len)");
   return Status::Ok();
 }
 
@@ -273,6 +315,7 @@ Status validate_forward(const Problem& p, const ForwardTensors& t, bool dense, V
     specs.push_back(additional_spec("additional_v", &t.additional_v, p, true, false));
   }
   NATTN_RETURN_IF_ERROR(check_ndims(specs));
+  NATTN_RETURN_IF_ERROR(check_some_keys(t.k, dense));
   NATTN_RETURN_IF_ERROR(validate_problem(p, dense));
   return check_all(specs, v);
 }
@@ -299,6 +342,7 @@ Status validate_backward(const Problem& p, const BackwardTensors& t, bool dense,
     specs.push_back(additional_spec("d_additional_v", &t.d_additional_v, p, true, true));
   }
   NATTN_RETURN_IF_ERROR(check_ndims(specs));
+  NATTN_RETURN_IF_ERROR(check_some_keys(t.k, dense));
   NATTN_RETURN_IF_ERROR(validate_problem(p, dense));
   return check_all(specs, v);
 }

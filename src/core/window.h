@@ -98,6 +98,55 @@ NATTN_HD constexpr Range group_inverse(const Axis& a, int64_t g, int64_t t) {
   return group_inverse(t, group_length(a, g), a.kernel, a.stride, a.causal);
 }
 
+// Floor of n / d for any sign of n (d > 0).
+NATTN_HD constexpr int64_t floor_div(int64_t n, int64_t d) { return n >= 0 ? n / d : -((-n + d - 1) / d); }
+
+NATTN_HD constexpr Range intersect(Range x, Range y) {
+  const int64_t b = x.begin > y.begin ? x.begin : y.begin;
+  const int64_t e = x.end < y.end ? x.end : y.end;
+  return {b, e > b ? e : b};
+}
+
+// The group positions of group g whose axis index lies in [lo, hi) (clipped to the group).
+NATTN_HD constexpr Range group_positions_in(const Axis& a, int64_t g, int64_t lo, int64_t hi) {
+  const int64_t d = a.dilation;
+  return intersect({floor_div(lo - g + d - 1, d), floor_div(hi - g + d - 1, d)}, {0, group_length(a, g)});
+}
+
+// ---- Placed boxes (SPEC.md "Placed boxes"): `Axis` is the global axis (extent = G); the
+// queries are the box [q_origin, q_origin + q_extent) of it, the keys [k_origin, k_origin +
+// k_extent). Windows are evaluated in global coordinates and clipped to the key box.
+struct Boxes {
+  int64_t q_origin = 0, q_extent = 1, k_origin = 0, k_extent = 1;
+};
+
+// The keys (group positions, clipped to the key box) of local query i; *group receives its
+// dilation group. Key position t has local index t * d + group - k_origin.
+NATTN_HD constexpr Range placed_keys(const Axis& a, const Boxes& b, int64_t i, int64_t* group) {
+  const int64_t gi = b.q_origin + i;
+  const int64_t g = group_of(a, gi);
+  *group = g;
+  return intersect(group_window(a, g, position_of(a, gi)),
+                   group_positions_in(a, g, b.k_origin, b.k_origin + b.k_extent));
+}
+
+// The queries (group positions, clipped to the query box) whose window holds local key j.
+// Query position p has local index p * d + group - q_origin.
+NATTN_HD constexpr Range placed_queries(const Axis& a, const Boxes& b, int64_t j, int64_t* group) {
+  const int64_t gj = b.k_origin + j;
+  const int64_t g = group_of(a, gj);
+  *group = g;
+  return intersect(group_inverse(a, g, position_of(a, gj)),
+                   group_positions_in(a, g, b.q_origin, b.q_origin + b.q_extent));
+}
+
+// Keys attended, summed over the queries of the box (the placed form of window_size_sum).
+NATTN_HD constexpr int64_t placed_window_size_sum(const Axis& a, const Boxes& b) {
+  int64_t total = 0, g = 0;
+  for (int64_t i = 0; i < b.q_extent; ++i) total += placed_keys(a, b, i, &g).size();
+  return total;
+}
+
 // Number of keys each query attends to, summed over every query of the axis (used for
 // counting attended pairs: the multi-axis count is the product of the per-axis sums).
 NATTN_HD constexpr int64_t window_size_sum(const Axis& a) {

@@ -144,12 +144,13 @@ struct BackwardRun {
   }
 
   void compute_dkdv() {
-    cpu::parallel_for(p.batch * N, [&](int64_t begin, int64_t end) {
+    const int64_t Nk = grid.key_tokens();
+    cpu::parallel_for(p.batch * Nk, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> lists[3];
       std::vector<double> gk(static_cast<size_t>(D)), gv(static_cast<size_t>(Dv));
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t b = item / N;
-        const auto kc = grid.coords(item % N);
+        const int64_t b = item / Nk;
+        const auto kc = grid.key_coords(item % Nk);
         for (int a = 0; a < r; ++a) grid.queries_along(a, kc[a], &lists[a]);
         auto queries = [&](auto&& fn) {
           const size_t n1 = r > 1 ? lists[1].size() : 1, n2 = r > 2 ? lists[2].size() : 1;
@@ -157,9 +158,7 @@ struct BackwardRun {
             for (size_t j1 = 0; j1 < n1; ++j1)
               for (size_t j2 = 0; j2 < n2; ++j2) {
                 std::array<int64_t, 3> c{i0, r > 1 ? lists[1][j1] : 0, r > 2 ? lists[2][j2] : 0};
-                int64_t token = 0;
-                for (int a = 0; a < r; ++a) token = token * grid.extent[a] + c[a];
-                fn(c, token);
+                fn(c, grid.token_of(c));
               }
         };
         for (int64_t hk = 0; hk < p.heads_kv; ++hk) {

@@ -54,6 +54,7 @@ void forward_typed(const Problem& p, const ForwardTensors& t) {
           score[size_t(j)] = s;
           m = std::max(m, s);
         }
+        // A query with no key at all (placed boxes, SPEC.md) keeps acc = 0 and gets lse = -inf.
         double sum = 0;
         for (double& s : score) {
           s = std::exp(s - m);

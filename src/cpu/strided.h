@@ -55,27 +55,43 @@ struct Strided {
   void store(int64_t off, double x) const { data[off] = convert::from_double<T>(x); }
 };
 
-// Grid geometry of a problem: token coordinates and per-axis neighborhoods.
+// Grid geometry of a problem: token coordinates of the query box and the key box, and
+// per-axis neighborhoods (evaluated on the global grid, clipped to the key box; SPEC.md).
 struct Grid {
   int rank;
-  std::array<int64_t, 3> extent;
+  std::array<int64_t, 3> extent;      // query box
+  std::array<int64_t, 3> key_extent;  // key box
   std::array<window::Axis, 3> axes;
+  std::array<window::Boxes, 3> boxes;
 
-  explicit Grid(const Problem& p) : rank(p.rank), extent(p.extent) {
-    for (int a = 0; a < 3; ++a) axes[a] = a < rank ? axis(p, a) : window::Axis{};
+  explicit Grid(const Problem& p) : rank(p.rank), extent(p.extent), key_extent{1, 1, 1} {
+    for (int a = 0; a < 3; ++a) {
+      axes[a] = a < rank ? axis(p, a) : window::Axis{};
+      boxes[a] = a < rank ? nattn::boxes(p, a) : window::Boxes{};
+      if (a < rank) key_extent[a] = p.key_extent(a);
+    }
   }
-  int64_t tokens() const {
+  static int64_t count(int rank, const std::array<int64_t, 3>& e) {
     int64_t n = 1;
-    for (int a = 0; a < rank; ++a) n *= extent[a];
+    for (int a = 0; a < rank; ++a) n *= e[a];
     return n;
   }
-  std::array<int64_t, 3> coords(int64_t token) const {
+  int64_t tokens() const { return count(rank, extent); }
+  int64_t key_tokens() const { return count(rank, key_extent); }
+  static std::array<int64_t, 3> coords_in(int rank, const std::array<int64_t, 3>& e, int64_t token) {
     std::array<int64_t, 3> c{0, 0, 0};
     for (int a = rank - 1; a >= 0; --a) {
-      c[a] = token % extent[a];
-      token /= extent[a];
+      c[a] = token % e[a];
+      token /= e[a];
     }
     return c;
+  }
+  std::array<int64_t, 3> coords(int64_t token) const { return coords_in(rank, extent, token); }
+  std::array<int64_t, 3> key_coords(int64_t token) const { return coords_in(rank, key_extent, token); }
+  int64_t token_of(const std::array<int64_t, 3>& c) const {
+    int64_t token = 0;
+    for (int a = 0; a < rank; ++a) token = token * extent[a] + c[a];
+    return token;
   }
   // Spatial element offset of coordinates for a tensor whose axis a has stride st[1 + a].
   int64_t spatial_offset(const std::array<int64_t, 3>& c, const int64_t* st) const {
@@ -83,21 +99,21 @@ struct Grid {
     for (int a = 0; a < rank; ++a) off += c[a] * st[1 + a];
     return off;
   }
-  // Axis indices of the keys that query coordinate i attends to along axis a.
+  // Key-box indices of the keys that query coordinate i (query box) attends to along axis a.
   void keys_along(int a, int64_t i, std::vector<int64_t>* out) const {
     const window::Axis& ax = axes[a];
-    const int64_t g = window::group_of(ax, i);
-    const window::Range r = window::group_window(ax, g, window::position_of(ax, i));
+    int64_t g = 0;
+    const window::Range r = window::placed_keys(ax, boxes[a], i, &g);
     out->clear();
-    for (int64_t t = r.begin; t < r.end; ++t) out->push_back(window::index_of(ax, g, t));
+    for (int64_t t = r.begin; t < r.end; ++t) out->push_back(window::index_of(ax, g, t) - boxes[a].k_origin);
   }
-  // Axis indices of the queries whose window holds key coordinate j along axis a.
+  // Query-box indices of the queries whose window holds key coordinate j (key box) along axis a.
   void queries_along(int a, int64_t j, std::vector<int64_t>* out) const {
     const window::Axis& ax = axes[a];
-    const int64_t g = window::group_of(ax, j);
-    const window::Range r = window::group_inverse(ax, g, window::position_of(ax, j));
+    int64_t g = 0;
+    const window::Range r = window::placed_queries(ax, boxes[a], j, &g);
     out->clear();
-    for (int64_t p = r.begin; p < r.end; ++p) out->push_back(window::index_of(ax, g, p));
+    for (int64_t p = r.begin; p < r.end; ++p) out->push_back(window::index_of(ax, g, p) - boxes[a].q_origin);
   }
 };
 

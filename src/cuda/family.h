@@ -69,6 +69,9 @@ class KernelFamily {
   const char* name() const { return family_name(id()); }
   // Ok when the family's kernels compute this call (layouts aside); otherwise why not.
   virtual Status can_implement(const Call& call) const = 0;
+  // Whether its kernels read Geometry's placed boxes (Problem::placement: cross-attention,
+  // halo shards). The planner refuses placed calls, with the reason, to families that don't.
+  virtual bool implements_placement() const { return false; }
   // Ok when its kernels read (or write) this 16-bit tensor in place; otherwise the plan copies it.
   virtual Status reads_in_place(const TensorView& t) const = 0;
   // The launches for a call it can implement, honouring the call's KernelChoice.

@@ -47,6 +47,10 @@ std::string make_key(const Problem& p, DType dtype, bool backward, int device, c
   k.add(p.window.dilation);
   k.add(p.window.is_causal);
   k.add(p.num_additional);  // (the scale is not part of a plan: kernels take it per call)
+  k.add(p.placement.global_extent);
+  k.add(p.placement.query_origin);
+  k.add(p.placement.key_origin);
+  k.add(p.placement.key_extent);
   k.add(dtype);
   k.add(backward);
   k.add(device);
@@ -98,6 +102,16 @@ Geometry geometry_of(const Problem& p) {
   g.num_additional = p.num_additional;
   g.tokens = p.tokens();
   g.scale = float(p.effective_scale());
+  g.placed = p.placed();
+  for (int a = 0; a < 3; ++a) {
+    const bool used = a < p.rank;
+    g.global[a] = used ? p.global_extent(a) : 1;
+    g.query_origin[a] = used ? p.placement.query_origin[a] : 0;
+    g.key_origin[a] = used ? p.placement.key_origin[a] : 0;
+    g.key_extent[a] = used ? p.key_extent(a) : 1;
+  }
+  g.key_tokens = p.key_tokens();
+  // Families without placement see the plain problem's geometry (extent = the whole grid).
   return g;
 }
 
@@ -134,7 +148,12 @@ Status make_plan(const Problem& p, DType dtype, bool backward, int device, const
       plan->explained.families.push_back({f->name(), false, "not chosen: choice.family = " + forced});
       continue;
     }
-    Status s = f->can_implement(call);
+    // Placed boxes (cross-attention, shards of a larger grid) only where the family says so.
+    Status s = !g.placed || f->implements_placement()
+                   ? f->can_implement(call)
+                   : Status::Unsupported(std::string("the ") + f->name() +
+                                         " kernels do not implement placed query/key boxes (cross-attention with a "
+                                         "different number of keys, or a shard of a larger grid)");
     if (s.ok()) s = f->plan(call, &plan->kernels);
     if (!s.ok()) {
       // A forced family, an invalid choice or a runtime failure never falls back to the next family.

@@ -132,8 +132,11 @@ CASES = {
                         "expected 4 dimensions [batch, seq_len, heads_q, head_dim]"]),
     "attention-causal-tuple": (lambda: nattn.attention(Q1, K1, V1, is_causal=(True,)), TypeError,
                                ["is_causal = (True,)"]),
-    "attention-key-length": (lambda: nattn.attention(Q1, t(2, 9, 2, 8), t(2, 9, 2, 6)),
-                             ValueError, ["k.shape = [2, 9, 2, 8]", "expected [2, 10, 2, 8]"]),
+    # any number of keys (cross-attention), but values must match the keys
+    "attention-value-length": (lambda: nattn.attention(Q1, t(2, 9, 2, 8), t(2, 8, 2, 6)),
+                               ValueError, ["v.shape = [2, 8, 2, 6]", "expected [2, 9, 2, 6]"]),
+    "attention-no-keys": (lambda: nattn.attention(Q1, t(2, 0, 2, 8), t(2, 0, 2, 6)),
+                          ValueError, ["k.shape = [2, 0, 2, 8]", "at least one key"]),
     # merge_attentions
     "merge-empty": (lambda: nattn.merge_attentions([], []), ValueError,
                     ["outs = an empty list", "needs at least one partial"]),
@@ -204,7 +207,7 @@ def test_compiled_call_fails_with_the_library_message():
 # The op checks its arguments whoever calls it; its errors map to Python exceptions by status
 # code. Calling the registered op directly skips the Python type checks.
 OP = torch.ops.nattn.na_forward.default
-AUTO = ("", [], [])  # family, config_ids, tiles: automatic
+AUTO = ([], "", [], [])  # placement (none), family, config_ids, tiles: automatic
 
 
 def test_library_invalid_argument_is_value_error():

@@ -212,8 +212,14 @@ def test_ops_are_registered_with_fake_and_autograd():
     # autograd registration and AOT dispatch.
     q, k, v = make_qkv((6, 5), hq=2, hkv=1, d=4, dv=3)
     ak, av = rand(2, 2, 1, 4, requires_grad=True), rand(2, 2, 1, 3, requires_grad=True)
-    args = (q, k, v, ak, av, [3, 2], [1, 2], [2, 1], [False, True], None, False, 0, "", [], [])
+    args = (q, k, v, ak, av, [3, 2], [1, 2], [2, 1], [False, True], None, False, 0, [], "", [], [])
     torch.library.opcheck(torch.ops.nattn.na_forward.default, args)
     dense = (q[:, :, 0], k[:, :, 0], v[:, :, 0], None, None, [], [], [], [True], 0.5, True, 0,
-             "", [], [])
+             [], "", [], [])
     torch.library.opcheck(torch.ops.nattn.na_forward.default, dense)
+    cross = (q[:, :, 0], k[:, :3, 0], v[:, :3, 0], None, None, [], [], [], [True], None, True, 0,
+             [], "", [], [])
+    torch.library.opcheck(torch.ops.nattn.na_forward.default, cross)
+    placed = (q[:, :4], k[:, 1:], v[:, 1:], None, None, [3, 2], [1, 1], [1, 1], [False, True],
+              None, False, 0, [9, 5, 2, 0, 3, 0], "", [], [])
+    torch.library.opcheck(torch.ops.nattn.na_forward.default, placed)

@@ -50,16 +50,18 @@ __device__ __forceinline__ double from_acc<double>(double x) {
 template <class T>
 using Acc = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-__device__ __forceinline__ window::Axis axis_of(const Geometry& g, int a) {
-  return {g.extent[a], g.kernel[a], g.stride[a], g.dilation[a], g.causal[a]};
-}
-
-__device__ __forceinline__ void coords_of(const Geometry& g, int64_t token, int64_t c[3]) {
+// Coordinates of a token of a box with extents e (row-major).
+__device__ __forceinline__ void coords_in(const Geometry& g, const int64_t* e, int64_t token, int64_t c[3]) {
   c[0] = c[1] = c[2] = 0;
   for (int a = g.rank - 1; a >= 0; --a) {
-    c[a] = token % g.extent[a];
-    token /= g.extent[a];
+    c[a] = token % e[a];
+    token /= e[a];
   }
+}
+
+// Coordinates of a query token (the query box).
+__device__ __forceinline__ void coords_of(const Geometry& g, int64_t token, int64_t c[3]) {
+  coords_in(g, g.extent, token, c);
 }
 
 __device__ __forceinline__ int64_t spatial(const Geometry& g, const Strides& s, const int64_t c[3]) {
@@ -87,22 +89,26 @@ struct GridItem {
   int64_t b, token, h;
   int64_t c[3];
 };
-__device__ __forceinline__ bool grid_item(const Geometry& g, int64_t heads, GridItem* it) {
+// keys: items of the key box (dK/dV), else of the query box.
+__device__ __forceinline__ bool grid_item(const Geometry& g, int64_t heads, GridItem* it, bool keys = false) {
   const int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (item >= g.batch * g.tokens * heads) return false;
+  const int64_t tokens = keys ? g.key_tokens : g.tokens;
+  if (item >= g.batch * tokens * heads) return false;
   it->h = item % heads;
-  it->token = (item / heads) % g.tokens;
-  it->b = item / (heads * g.tokens);
-  coords_of(g, it->token, it->c);
+  it->token = (item / heads) % tokens;
+  it->b = item / (heads * tokens);
+  coords_in(g, keys ? g.key_extent : g.extent, it->token, it->c);
   return true;
 }
 
 // Per-axis ranges (group positions + group) of the keys a query sees, or of the queries that
-// see a key (inverse = true).
+// see a key (inverse = true), on the global axis and clipped to the other box (SPEC.md
+// "Placed boxes"); origin: the other box's origin, subtracted to give its local coordinates.
 struct Ranges {
   window::Range r[3];
   int64_t group[3];
   int64_t dil[3];
+  int64_t origin[3];
 };
 
 __device__ __forceinline__ Ranges ranges_of(const Geometry& g, const int64_t c[3], bool inverse) {
@@ -111,28 +117,29 @@ __device__ __forceinline__ Ranges ranges_of(const Geometry& g, const int64_t c[3
     out.r[a] = {0, 1};
     out.group[a] = 0;
     out.dil[a] = 1;
+    out.origin[a] = 0;
   }
   for (int a = 0; a < g.rank; ++a) {
-    const window::Axis ax = axis_of(g, a);
-    const int64_t grp = window::group_of(ax, c[a]);
-    const int64_t pos = window::position_of(ax, c[a]);
-    out.r[a] = inverse ? window::group_inverse(ax, grp, pos) : window::group_window(ax, grp, pos);
-    out.group[a] = grp;
+    const window::Axis ax{g.global[a], g.kernel[a], g.stride[a], g.dilation[a], g.causal[a]};
+    const window::Boxes boxes{g.query_origin[a], g.extent[a], g.key_origin[a], g.key_extent[a]};
+    out.r[a] = inverse ? window::placed_queries(ax, boxes, c[a], &out.group[a])
+                       : window::placed_keys(ax, boxes, c[a], &out.group[a]);
     out.dil[a] = ax.dilation;
+    out.origin[a] = inverse ? g.query_origin[a] : g.key_origin[a];
   }
   return out;
 }
 
-// Calls f(coords) for every token of the product of the ranges.
+// Calls f(coords) for every token of the product of the ranges (local coordinates of its box).
 template <class F>
 __device__ __forceinline__ void for_each(const Ranges& rg, F&& f) {
   int64_t c[3];
   for (int64_t p0 = rg.r[0].begin; p0 < rg.r[0].end; ++p0)
     for (int64_t p1 = rg.r[1].begin; p1 < rg.r[1].end; ++p1)
       for (int64_t p2 = rg.r[2].begin; p2 < rg.r[2].end; ++p2) {
-        c[0] = p0 * rg.dil[0] + rg.group[0];
-        c[1] = p1 * rg.dil[1] + rg.group[1];
-        c[2] = p2 * rg.dil[2] + rg.group[2];
+        c[0] = p0 * rg.dil[0] + rg.group[0] - rg.origin[0];
+        c[1] = p1 * rg.dil[1] + rg.group[1] - rg.origin[1];
+        c[2] = p2 * rg.dil[2] + rg.group[2] - rg.origin[2];
         f(c);
       }
 }

@@ -15,7 +15,7 @@ struct Strides {
 
 struct Geometry {
   int rank = 1;
-  int64_t extent[3] = {1, 1, 1};
+  int64_t extent[3] = {1, 1, 1};  // the query box (the whole grid unless placed)
   int64_t kernel[3] = {1, 1, 1};
   int64_t stride[3] = {1, 1, 1};
   int64_t dilation[3] = {1, 1, 1};
@@ -23,6 +23,16 @@ struct Geometry {
   int64_t batch = 1, heads_q = 1, heads_kv = 1, head_dim = 1, head_dim_v = 1, num_additional = 0;
   int64_t tokens = 1;
   float scale = 1.f;
+  // Placed boxes (SPEC.md "Placed boxes"): windows are evaluated on an axis of extent
+  // global[a]; queries are the box at query_origin (extent[]), keys the box at key_origin
+  // (key_extent[]). Unplaced: global = key_extent = extent, origins 0, placed false. Only
+  // families that implement placement (KernelFamily::implements_placement) read these.
+  bool placed = false;
+  int64_t global[3] = {1, 1, 1};
+  int64_t query_origin[3] = {0, 0, 0};
+  int64_t key_origin[3] = {0, 0, 0};
+  int64_t key_extent[3] = {1, 1, 1};
+  int64_t key_tokens = 1;
 };
 
 struct ForwardParams {

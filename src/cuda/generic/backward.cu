@@ -106,7 +106,7 @@ __global__ void dkdv_kernel(BackwardParams p) {
   const Bwd<T> w(p);
   const Geometry& g = p.g;
   GridItem it;
-  if (!grid_item(g, g.heads_kv, &it)) return;
+  if (!grid_item(g, g.heads_kv, &it, true)) return;
   const int64_t b = it.b, hk = it.h;
   const Ranges rg = ranges_of(g, it.c, true);
   key_grads<T>(w, b, hk, row_of<const T>(g, p.k, p.sk, b, it.c, hk), p.sk.dim,
@@ -149,7 +149,7 @@ Status run(const BackwardParams& p, cudaStream_t s) {
   const int64_t nq = p.g.batch * p.g.tokens * p.g.heads_q;
   dq_kernel<T><<<blocks_for(nq), kThreads, 0, s>>>(p);
   NATTN_RETURN_IF_ERROR(check_launch("generic backward dq"));
-  dkdv_kernel<T><<<blocks_for(p.g.batch * p.g.tokens * p.g.heads_kv), kThreads, 0, s>>>(p);
+  dkdv_kernel<T><<<blocks_for(p.g.batch * p.g.key_tokens * p.g.heads_kv), kThreads, 0, s>>>(p);
   NATTN_RETURN_IF_ERROR(check_launch("generic backward dk/dv"));
   if (p.g.num_additional > 0) {
     additional_kernel<T><<<blocks_for(p.g.batch * p.g.num_additional * p.g.heads_kv), kThreads, 0, s>>>(p);

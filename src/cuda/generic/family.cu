@@ -9,6 +9,7 @@ namespace {
 class GenericFamily final : public KernelFamily {
  public:
   Family id() const override { return Family::kGeneric; }
+  bool implements_placement() const override { return true; }
   Status can_implement(const Call& call) const override {
     for (const Role r : {Role::kForward, Role::kBackwardDq, Role::kBackwardDkdv}) {
       int id = -1;
