@@ -11,16 +11,28 @@ namespace {
 
 // Sum over the owned tiles of one axis' dilation group of the walked tiles covering their
 // union: key tiles over a query tile's windows, or query tiles over a key tile's inverse.
-double axis_walked_tiles(const window::Axis& ax, int64_t g, int q, int k, TileRole role) {
+// Placed boxes (as the kernels' walk, cuda/common/tile_walk.h): own tiles cover the own side's
+// box, and the union is clipped to the other box.
+double axis_walked_tiles(const window::Axis& ax, const window::Boxes& b, bool placed, int64_t g, int q, int k,
+                         TileRole role) {
   const int64_t Lg = window::group_length(ax, g);
-  const int own = role == TileRole::kQueriesOwned ? q : k;
-  const int walk = role == TileRole::kQueriesOwned ? k : q;
+  const bool queries_owned = role == TileRole::kQueriesOwned;
+  const int own = queries_owned ? q : k;
+  const int walk = queries_owned ? k : q;
+  window::Range own_r{0, Lg}, walk_r{0, Lg};
+  if (placed) {
+    const window::Range qr = window::group_positions_in(ax, g, b.q_origin, b.q_origin + b.q_extent);
+    const window::Range kr = window::group_positions_in(ax, g, b.k_origin, b.k_origin + b.k_extent);
+    own_r = queries_owned ? qr : kr;
+    walk_r = queries_owned ? kr : qr;
+  }
   double total = 0;
-  for (int64_t o0 = 0; o0 < Lg; o0 += own) {
-    const window::Range r{o0, o0 + own < Lg ? o0 + own : Lg};
-    const window::Range u = role == TileRole::kQueriesOwned
-                                ? tiles::key_union(r, Lg, ax.kernel, ax.stride, ax.causal)
-                                : tiles::query_union(r, Lg, ax.kernel, ax.stride, ax.causal);
+  for (int64_t o0 = own_r.begin; o0 < own_r.end; o0 += own) {
+    const window::Range r{o0, o0 + own < own_r.end ? o0 + own : own_r.end};
+    const window::Range u =
+        window::intersect(queries_owned ? tiles::key_union(r, Lg, ax.kernel, ax.stride, ax.causal)
+                                        : tiles::query_union(r, Lg, ax.kernel, ax.stride, ax.causal),
+                          walk_r);
     total += double((u.size() + walk - 1) / walk);
   }
   return total;
@@ -45,8 +57,9 @@ void splits(int rank, int log2n, std::vector<std::array<int, 3>>* out) {
 // Key tiles of axis a over all its dilation groups for query boxes of q and key boxes of k.
 double axis_sum(const Problem& p, int a, int q, int k, TileRole role) {
   const window::Axis ax = axis(p, a);
+  const bool placed = p.placed();
   double sum = 0;
-  for (int64_t g = 0; g < ax.dilation; ++g) sum += axis_walked_tiles(ax, g, q, k, role);
+  for (int64_t g = 0; g < ax.dilation; ++g) sum += axis_walked_tiles(ax, boxes(p, a), placed, g, q, k, role);
   return sum;
 }
 
@@ -90,8 +103,13 @@ TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRo
   // An owned box far longer than its axis only adds empty rows: such shapes are a last resort.
   auto useful = [&](const std::array<int, 3>& q, const std::array<int, 3>& k) {
     const auto& own = role == TileRole::kQueriesOwned ? q : k;
-    for (int a = 0; a < p.rank; ++a)
-      if (own[a] > 1 && (own[a] / 2) >= window::group_length(axis(p, a), 0)) return false;
+    for (int a = 0; a < p.rank; ++a) {
+      // The own side's box (its extent: placed, the query or key box), at most ceil(X / d) per group.
+      const int64_t x = role == TileRole::kQueriesOwned ? p.extent[a] : p.key_extent(a);
+      const int64_t longest =
+          p.placed() ? (x + p.window.dilation[a] - 1) / p.window.dilation[a] : window::group_length(axis(p, a), 0);
+      if (own[a] > 1 && (own[a] / 2) >= longest) return false;
+    }
     return true;
   };
   TileShapes best;

@@ -11,6 +11,11 @@
 //    dK/dV: walked query rows past the group carry lse = +inf, so only rows inside count);
 //  - masking only the `partial` axes (per-axis window test) leaves exactly the attended pairs;
 //  - extra tiles (additional keys) follow the neighborhood boxes, masked past the limit.
+// Placed boxes (SPEC.md "Placed boxes"): windows on the global grid, own boxes cover the own
+// side's box (queries, or keys for dK/dV), walked positions outside the other box are never
+// attended (forward: a walked key box reaching past the key box is partial, and the mask's
+// windows, TileWalk::mask_window, are clipped to it; dK/dV: walked query rows past the query
+// box carry lse = +inf), and a query whose window misses the key box gets an empty walk.
 #include "cuda/common/tile_walk.h"
 
 #include <gtest/gtest.h>
@@ -43,13 +48,30 @@ struct WalkCase {
   bool walks_queries = false;
   int heads = 1;  // query heads per kv head walked (dK/dV)
   int64_t num_additional = 0;
+  // Placed boxes: `extent` is the query box; windows live on a grid of `global` indices.
+  bool placed = false;
+  int64_t global[3] = {1, 1, 1};
+  int64_t q_origin[3] = {0, 0, 0};
+  int64_t k_origin[3] = {0, 0, 0};
+  int64_t k_extent[3] = {1, 1, 1};
+
+  int64_t grid(int a) const { return placed ? global[a] : extent[a]; }
+  // The own side's box and the walked side's box along axis a (global indices [origin, origin + extent)).
+  int64_t own_origin(int a) const { return placed ? (walks_queries ? k_origin[a] : q_origin[a]) : 0; }
+  int64_t own_extent(int a) const { return placed ? (walks_queries ? k_extent[a] : extent[a]) : extent[a]; }
+  int64_t walked_origin(int a) const { return placed ? (walks_queries ? q_origin[a] : k_origin[a]) : 0; }
+  int64_t walked_extent(int a) const { return placed ? (walks_queries ? extent[a] : k_extent[a]) : extent[a]; }
 
   std::string describe() const {
     std::ostringstream o;
     o << (walks_queries ? "dK/dV walk" : "forward walk") << ", rank " << rank << ":";
-    for (int a = 0; a < rank; ++a)
+    for (int a = 0; a < rank; ++a) {
       o << " " << extent[a] << "(k" << axis[a].kernel_size << " s" << axis[a].stride << " d" << axis[a].dilation
         << (axis[a].is_causal ? " causal" : "") << ")";
+      if (placed)
+        o << "[global " << global[a] << ", queries at " << q_origin[a] << ", keys " << k_extent[a] << " at "
+          << k_origin[a] << "]";
+    }
     o << ", own " << own[0] << "x" << own[1] << "x" << own[2] << ", walk " << walk[0] << "x" << walk[1] << "x"
       << walk[2] << ", heads " << heads << ", Na " << num_additional;
     return o.str();
@@ -83,6 +105,22 @@ WalkCase random_case(Rng& rng, bool walks_queries) {
   return c;
 }
 
+// A placed case: random boxes of a random global grid (windows valid on the global grid; a
+// key box may miss some queries' windows entirely).
+WalkCase random_placed_case(Rng& rng, bool walks_queries) {
+  WalkCase c = random_case(rng, walks_queries);
+  c.placed = true;
+  for (int a = 0; a < c.rank; ++a) {
+    const int64_t G = c.extent[a];
+    c.global[a] = G;
+    c.extent[a] = rng.integer(1, G);
+    c.k_extent[a] = rng.coin(0.2) ? G : rng.integer(1, G);
+    c.q_origin[a] = rng.integer(0, G - c.extent[a]);
+    c.k_origin[a] = rng.integer(0, G - c.k_extent[a]);
+  }
+  return c;
+}
+
 // The kernels' Geometry (cuda::geometry_of) and Tiling (the sm80 family's make_tiling).
 Geometry geometry(const WalkCase& c) {
   Geometry g;
@@ -94,16 +132,26 @@ Geometry geometry(const WalkCase& c) {
     g.dilation[a] = c.axis[a].dilation;
     g.causal[a] = c.axis[a].is_causal;
   }
+  if (c.placed) {
+    g.placed = true;
+    for (int a = 0; a < c.rank; ++a) {
+      g.global[a] = c.global[a];
+      g.query_origin[a] = c.q_origin[a];
+      g.key_origin[a] = c.k_origin[a];
+      g.key_extent[a] = c.k_extent[a];
+    }
+  }
   return g;
 }
 
+// Own boxes per axis per group: a box of X indices holds at most ceil(X / d) positions of a group.
 Tiling tiling(const WalkCase& c, const Geometry& g) {
   Tiling t;
   t.neighborhood_ctas = 1;
   for (int a = 0; a < 3; ++a) {
     t.own_shift[a] = nattn::log2_ceil(c.own[a]);
     t.walk_shift[a] = nattn::log2_ceil(c.walk[a]);
-    const int64_t longest = (g.extent[a] + g.dilation[a] - 1) / g.dilation[a];
+    const int64_t longest = (c.own_extent(a) + g.dilation[a] - 1) / g.dilation[a];
     t.own_tiles[a] = (longest + c.own[a] - 1) / c.own[a];
     t.neighborhood_ctas *= t.own_tiles[a] * g.dilation[a];
   }
@@ -111,13 +159,43 @@ Tiling tiling(const WalkCase& c, const Geometry& g) {
 }
 
 // One axis of one own box, from SPEC.md: who attends whom in group positions. attends(o, w):
-// own position o (inside the group) and walked position w (any; false past the group).
+// own position o (inside the own side's box) and walked position w (any; false past the
+// group and, placed, outside the walked side's box).
 struct AxisOracle {
   int64_t Lg = 1;
-  int64_t own_begin = 0, own_end = 1;  // own positions inside the group
-  std::vector<char> table;             // [(o - own_begin) * Lg + w]
+  int64_t own_begin = 0, own_end = 1;    // own positions inside the group (and the own side's box)
+  int64_t own_end_of_box = 1;            // own positions of the group inside the own side's box end here
+  int64_t walk_first = 0, walk_end = 1;  // walked positions of the group inside the walked side's box
+  std::vector<char> table;               // [(o - own_begin) * Lg + w]
   bool attends(int64_t o, int64_t w) const { return w >= 0 && w < Lg && table[size_t((o - own_begin) * Lg + w)] != 0; }
 };
+
+// Group length of group g on axis a (the global grid when placed), and the group positions
+// whose index lies in [origin, origin + extent): brute force over the group.
+int64_t group_length(const WalkCase& c, int a, int64_t group) {
+  if (a >= c.rank) return 1;
+  const int64_t L = c.grid(a), d = c.axis[a].dilation;
+  int64_t n = 0;
+  for (int64_t i = group; i < L; i += d) ++n;
+  return n;
+}
+
+void positions_in_box(const WalkCase& c, int a, int64_t group, int64_t origin, int64_t extent, int64_t* first,
+                      int64_t* end) {
+  *first = *end = 0;
+  if (a >= c.rank) {
+    *end = 1;
+    return;
+  }
+  bool any = false;
+  for (int64_t p = 0; p < group_length(c, a, group); ++p) {
+    const int64_t i = p * c.axis[a].dilation + group;
+    if (i < origin || i >= origin + extent) continue;
+    if (!any) *first = p;
+    any = true;
+    *end = p + 1;
+  }
+}
 
 AxisOracle axis_oracle(const WalkCase& c, int a, int64_t group, int64_t own_begin, int64_t own_end) {
   AxisOracle o;
@@ -126,16 +204,20 @@ AxisOracle axis_oracle(const WalkCase& c, int a, int64_t group, int64_t own_begi
     return o;
   }
   const SpecAxis& ax = c.axis[a];
-  const int64_t L = c.extent[a], d = ax.dilation;
-  o.Lg = L / d + (group < L % d ? 1 : 0);
+  const int64_t L = c.grid(a), d = ax.dilation;
+  o.Lg = group_length(c, a, group);
   o.own_begin = own_begin;
   o.own_end = own_end;
+  positions_in_box(c, a, group, c.walked_origin(a), c.walked_extent(a), &o.walk_first, &o.walk_end);
   o.table.assign(size_t((own_end - own_begin) * o.Lg), 0);
   for (int64_t p = own_begin; p < own_end; ++p)
     for (int64_t w = 0; w < o.Lg; ++w) {
       const int64_t own_index = p * d + group, walk_index = w * d + group;
+      const bool walked_in_box =
+          walk_index >= c.walked_origin(a) && walk_index < c.walked_origin(a) + c.walked_extent(a);
       o.table[size_t((p - own_begin) * o.Lg + w)] =
-          c.walks_queries ? spec_attends(ax, L, walk_index, own_index) : spec_attends(ax, L, own_index, walk_index);
+          walked_in_box &&
+          (c.walks_queries ? spec_attends(ax, L, walk_index, own_index) : spec_attends(ax, L, own_index, walk_index));
     }
   return o;
 }
@@ -186,9 +268,12 @@ bool check_case(const WalkCase& c, Rng& rng) {
   const int add_tiles = int((c.num_additional + walk_rows - 1) / walk_rows);
   const int64_t extra_limit = c.walks_queries ? INT64_MAX : c.num_additional;
 
-  // Every (group, position) tuple must be owned by exactly one CTA.
-  int64_t tokens = 1;
-  for (int a = 0; a < 3; ++a) tokens *= g.extent[a];
+  // Every token of the own side's box must be owned by exactly one CTA.
+  int64_t tokens = 1, own_extent[3];
+  for (int a = 0; a < 3; ++a) {
+    own_extent[a] = a < c.rank ? c.own_extent(a) : 1;
+    tokens *= own_extent[a];
+  }
   std::vector<int> owner_count(size_t(tokens), 0);
 
   auto walk = std::make_unique<TileWalk>();
@@ -207,12 +292,14 @@ bool check_case(const WalkCase& c, Rng& rng) {
     }
     AxisOracle ax[3];
     bool empty = false;
+    int64_t own_first[3];
     for (int a = 0; a < 3; ++a) {
-      const int64_t d = g.dilation[a], L = g.extent[a];
-      const int64_t Lg = L / d + (group[a] < L % d ? 1 : 0);
-      const int64_t begin = tile[a] * c.own[a];
-      if (begin >= Lg) empty = true;
-      ax[a] = axis_oracle(c, a, group[a], std::min(begin, Lg), std::min(begin + c.own[a], Lg));
+      int64_t own_end = 0;
+      positions_in_box(c, a, group[a], c.own_origin(a), c.own_extent(a), &own_first[a], &own_end);
+      const int64_t begin = own_first[a] + tile[a] * c.own[a];
+      if (begin >= own_end) empty = true;
+      ax[a] = axis_oracle(c, a, group[a], std::min(begin, own_end), std::min(begin + c.own[a], own_end));
+      ax[a].own_end_of_box = own_end;
     }
 
     TileWalk& w = *walk;
@@ -223,18 +310,44 @@ bool check_case(const WalkCase& c, Rng& rng) {
     }
     if (empty) continue;
     for (int a = 0; a < 3; ++a) {
-      if (w.group[a] != group[a] || w.own_start[a] != tile[a] * c.own[a] || w.lg[a] != ax[a].Lg) {
+      const int64_t start = own_first[a] + tile[a] * c.own[a];
+      if (w.group[a] != group[a] || w.own_start[a] != start || w.lg[a] != ax[a].Lg) {
         ADD_FAILURE() << "axis " << a << ": group " << w.group[a] << "/" << group[a] << ", own start " << w.own_start[a]
-                      << "/" << tile[a] * c.own[a] << ", group length " << w.lg[a] << "/" << ax[a].Lg;
+                      << "/" << start << ", group length " << w.lg[a] << "/" << ax[a].Lg;
+        return false;
+      }
+    }
+    // The kernels' row limits and tensor rows: an own row at position p is row p * d + own_off
+    // of the own side's tensor and exists below own_end; likewise walked rows.
+    int own_left[3], walk_left[3];
+    const int zero[3] = {0, 0, 0};
+    w.own_rows_left(zero, own_left);
+    w.walk_rows_left(zero, walk_left);
+    for (int a = 0; a < 3; ++a) {
+      const int64_t own_off = a < c.rank ? group[a] - c.own_origin(a) : 0;
+      const int64_t walk_off = a < c.rank ? group[a] - c.walked_origin(a) : 0;
+      // (where the group has no walked position, any empty range will do: nothing is walked)
+      const bool walked_any = ax[a].walk_first < ax[a].walk_end;
+      if (own_left[a] != ax[a].own_end_of_box || (walked_any && walk_left[a] != ax[a].walk_end) ||
+          w.own_off[a] != own_off || w.walk_off[a] != walk_off) {
+        ADD_FAILURE() << "axis " << a << ": own rows end at " << own_left[a] << "/" << ax[a].own_end_of_box
+                      << ", walked rows at " << walk_left[a] << "/" << ax[a].walk_end << ", own row offset "
+                      << w.own_off[a] << "/" << own_off << ", walked row offset " << w.walk_off[a] << "/" << walk_off;
         return false;
       }
     }
     for (int64_t p0 = ax[0].own_begin; p0 < ax[0].own_end; ++p0)
       for (int64_t p1 = ax[1].own_begin; p1 < ax[1].own_end; ++p1)
         for (int64_t p2 = ax[2].own_begin; p2 < ax[2].own_end; ++p2) {
-          const int64_t i0 = p0 * g.dilation[0] + group[0], i1 = p1 * g.dilation[1] + group[1],
-                        i2 = p2 * g.dilation[2] + group[2];
-          ++owner_count[size_t((i0 * g.extent[1] + i1) * g.extent[2] + i2)];
+          // Local index in the own side's box.
+          const int64_t i0 = p0 * g.dilation[0] + group[0] - (c.rank > 0 ? c.own_origin(0) : 0);
+          const int64_t i1 = p1 * g.dilation[1] + group[1] - (c.rank > 1 ? c.own_origin(1) : 0);
+          const int64_t i2 = p2 * g.dilation[2] + group[2] - (c.rank > 2 ? c.own_origin(2) : 0);
+          if (i0 < 0 || i0 >= own_extent[0] || i1 < 0 || i1 >= own_extent[1] || i2 < 0 || i2 >= own_extent[2]) {
+            ADD_FAILURE() << "own position (" << p0 << "," << p1 << "," << p2 << ") lies outside the own side's box";
+            return false;
+          }
+          ++owner_count[size_t((i0 * own_extent[1] + i1) * own_extent[2] + i2)];
         }
 
     // Partners per axis (the walked positions attended with some own position) and their
@@ -262,6 +375,10 @@ bool check_case(const WalkCase& c, Rng& rng) {
     for (int a = 0; a < 3 && !none; ++a) {
       n_walk[a] = (hi[a] - lo[a] + 1 + c.walk[a] - 1) / c.walk[a];
       nbr *= n_walk[a];
+    }
+    if (none && w.nbr_tiles != 0) {
+      ADD_FAILURE() << "no walked position has an attended partner, but nbr_tiles is " << w.nbr_tiles;
+      return false;
     }
     if (!none) {
       for (int a = 0; a < 3; ++a)
@@ -333,13 +450,13 @@ bool check_case(const WalkCase& c, Rng& rng) {
             return false;
           }
         // Per axis: pairs (own inside the group) x (walked box: forward unclipped, dK/dV inside
-        // the group) that are attended, and how many pairs there are.
+        // the group and the query box) that are attended, and how many pairs there are.
         int64_t per_axis_attended[3], per_axis_pairs[3];
         for (int a = 0; a < 3; ++a) {
           per_axis_attended[a] = per_axis_pairs[a] = 0;
           for (int64_t o = ax[a].own_begin; o < ax[a].own_end; ++o)
             for (int64_t x = s.start[a]; x < s.start[a] + c.walk[a]; ++x) {
-              if (c.walks_queries && x >= ax[a].Lg) continue;
+              if (c.walks_queries && x >= ax[a].walk_end) continue;
               ++per_axis_pairs[a];
               per_axis_attended[a] += ax[a].attends(o, x);
             }
@@ -371,20 +488,27 @@ bool check_case(const WalkCase& c, Rng& rng) {
                         << " pair of the box is attended";
           return false;
         }
-        // Pair by pair: the per-axis window test on the partial axes only must give exactly
+        // Pair by pair: the kernels' per-axis window test (TileWalk::mask_window: the query's
+        // window, clipped to the key box when placed) on the partial axes only must give exactly
         // the attended pairs (a full box runs unmasked).
+        auto mask_keeps = [&](int a, int64_t o, int64_t x) {
+          const int64_t query = c.walks_queries ? x : o, key = c.walks_queries ? o : x;
+          return w.mask_window(a, int(query)).contains(key);
+        };
         for (int64_t o0 = ax[0].own_begin; o0 < ax[0].own_end; ++o0)
           for (int64_t o1 = ax[1].own_begin; o1 < ax[1].own_end; ++o1)
             for (int64_t o2 = ax[2].own_begin; o2 < ax[2].own_end; ++o2)
               for (int64_t x0 = s.start[0]; x0 < s.start[0] + c.walk[0]; ++x0)
                 for (int64_t x1 = s.start[1]; x1 < s.start[1] + c.walk[1]; ++x1)
                   for (int64_t x2 = s.start[2]; x2 < s.start[2] + c.walk[2]; ++x2) {
-                    if (c.walks_queries && (x0 >= ax[0].Lg || x1 >= ax[1].Lg || x2 >= ax[2].Lg)) continue;
+                    if (c.walks_queries && (x0 >= ax[0].walk_end || x1 >= ax[1].walk_end || x2 >= ax[2].walk_end))
+                      continue;
                     const bool att[3] = {ax[0].attends(o0, x0), ax[1].attends(o1, x1), ax[2].attends(o2, x2)};
                     const bool attended = att[0] && att[1] && att[2];
+                    const int64_t o_[3] = {o0, o1, o2}, x_[3] = {x0, x1, x2};
                     bool kept = true;
                     for (int a = 0; a < 3; ++a)
-                      if ((s.partial >> a) & 1) kept &= att[a];
+                      if ((s.partial >> a) & 1) kept &= mask_keeps(a, o_[a], x_[a]);
                     if (kept != attended) {
                       ADD_FAILURE() << "own (" << o0 << "," << o1 << "," << o2 << ") walked (" << x0 << "," << x1 << ","
                                     << x2 << "): attended " << attended << " but masking the partial axes "
@@ -447,6 +571,75 @@ TEST_F(TileWalkTest, ForwardWalkMatchesBruteForce) {
 TEST_F(TileWalkTest, KeysOwnedWalkOverQueryHeadsMatchesBruteForce) {
   for (int trial = 0; trial < 60; ++trial)
     if (!check_case(random_case(rng, true), rng)) return;
+}
+
+TEST_F(TileWalkTest, PlacedForwardWalkMatchesBruteForce) {
+  for (int trial = 0; trial < 80; ++trial)
+    if (!check_case(random_placed_case(rng, false), rng)) return;
+}
+
+TEST_F(TileWalkTest, PlacedKeysOwnedWalkMatchesBruteForce) {
+  for (int trial = 0; trial < 80; ++trial)
+    if (!check_case(random_placed_case(rng, true), rng)) return;
+}
+
+// Placed configurations that random draws reach rarely: cross-attention (SPEC.md "Dense
+// attention and cross-attention": G = max(N, Nk), k = G, both boxes at 0, causal or not) with
+// more queries than keys and the reverse, a halo shard (query slab inside a wider key box),
+// and a key box that no query's window reaches on one axis (every walk empty: out 0, lse -inf).
+TEST_F(TileWalkTest, PlacedEdgeConfigurations) {
+  std::vector<WalkCase> cases;
+  auto cross = [&](int64_t n, int64_t nk, bool causal, int own, int walk, bool walks_queries) {
+    WalkCase c;
+    c.rank = 1;
+    c.placed = true;
+    c.global[0] = std::max(n, nk);
+    c.extent[0] = n;
+    c.k_extent[0] = nk;
+    c.axis[0] = {c.global[0], 1, 1, causal};
+    c.own[0] = own;
+    c.walk[0] = walk;
+    c.walks_queries = walks_queries;
+    c.heads = walks_queries ? 2 : 1;
+    c.num_additional = walks_queries ? 0 : 3;
+    return c;
+  };
+  for (const bool causal : {false, true})
+    for (const bool wq : {false, true}) {
+      cases.push_back(cross(96, 17, causal, 16, 8, wq));
+      cases.push_back(cross(17, 130, causal, 8, 16, wq));
+      cases.push_back(cross(1, 40, causal, 4, 4, wq));
+      cases.push_back(cross(65, 1, causal, 32, 2, wq));
+    }
+  for (const bool wq : {false, true}) {
+    WalkCase c;  // a 2-D halo shard: queries rows 8..15 of 24, keys rows 5..18 (the slab + its halo)
+    c.rank = 2;
+    c.placed = true;
+    c.global[0] = 24;
+    c.global[1] = 10;
+    c.extent[0] = 8;
+    c.extent[1] = 10;
+    c.q_origin[0] = 8;
+    c.k_extent[0] = 14;
+    c.k_extent[1] = 10;
+    c.k_origin[0] = 5;
+    c.axis[0] = {7, 2, 1, false};
+    c.axis[1] = {3, 1, 2, false};
+    c.own[0] = 4;
+    c.own[1] = 2;
+    c.walk[0] = 2;
+    c.walk[1] = 4;
+    c.walks_queries = wq;
+    c.heads = wq ? 3 : 1;
+    cases.push_back(c);
+    WalkCase far = c;  // keys 0..3 on axis 0: queries 12..15 see none of them
+    far.k_origin[0] = 0;
+    far.k_extent[0] = 4;
+    far.axis[0] = {3, 1, 1, true};
+    cases.push_back(far);
+  }
+  for (const WalkCase& c : cases)
+    if (!check_case(c, rng)) return;
 }
 
 // Worked configurations that random draws reach rarely: a whole-axis window, blocked

@@ -30,8 +30,18 @@ struct Step {
 NATTN_HD int ring_next(int slot) { return slot == 2 ? 0 : slot + 1; }
 
 struct TileWalk {
-  int group[3];      // dilation group per axis
-  int lg[3];         // group length per axis
+  int group[3];  // dilation group per axis
+  int lg[3];     // group length per axis (on the global grid when placed)
+  // Placed boxes (Geometry::placed; SPEC.md "Placed boxes"): positions stay global group
+  // positions, and rows are limited to their box. own_end / walk_end: the first group position
+  // past the own / walked side's box (the group's end unless placed: then the query box's or
+  // the key box's); own_off / walk_off: what token_offset adds to position * dilation to give
+  // the row's index in that side's tensor (the group minus the box's origin; the group unless
+  // placed). key_begin / key_end: the key box's group positions (0 / lg unless placed).
+  bool placed;
+  int own_end[3], walk_end[3];
+  int own_off[3], walk_off[3];
+  int key_begin[3], key_end[3];
   int own_start[3];  // first position of the own box (unclipped), per axis
   int own_shift[3], walk_shift[3];
   tiles::Box<3> own;  // the own box clipped to the group
@@ -66,16 +76,34 @@ struct TileWalk {
     }
     walks_queries = walks_queries_;
     empty = false;
+    placed = g.placed;
+    int walk_lo[3];
 #pragma unroll
     for (int a = 0; a < 3; ++a) {
-      const window::Axis ax{g.extent[a], g.kernel[a], g.stride[a], g.dilation[a], g.causal[a]};
+      const window::Axis ax{placed ? g.global[a] : g.extent[a], g.kernel[a], g.stride[a], g.dilation[a], g.causal[a]};
       lg[a] = int(window::group_length(ax, group[a]));
+      // The query box's and the key box's positions in this group (the whole group unless placed).
+      window::Range qr{0, lg[a]}, kr{0, lg[a]};
+      if (placed) {
+        qr = window::group_positions_in(ax, group[a], g.query_origin[a], g.query_origin[a] + g.extent[a]);
+        kr = window::group_positions_in(ax, group[a], g.key_origin[a], g.key_origin[a] + g.key_extent[a]);
+      }
+      const window::Range own_r = walks_queries ? kr : qr, walk_r = walks_queries ? qr : kr;
+      const int q_off = group[a] - int(placed ? g.query_origin[a] : 0);
+      const int k_off = group[a] - int(placed ? g.key_origin[a] : 0);
+      own_end[a] = int(own_r.end);
+      walk_lo[a] = int(walk_r.begin);
+      walk_end[a] = int(walk_r.end);
+      own_off[a] = walks_queries ? k_off : q_off;
+      walk_off[a] = walks_queries ? q_off : k_off;
+      key_begin[a] = int(kr.begin);
+      key_end[a] = int(kr.end);
       own_shift[a] = t.own_shift[a];
       walk_shift[a] = t.walk_shift[a];
-      own_start[a] = tile[a] << own_shift[a];
+      own_start[a] = int(own_r.begin) + (tile[a] << own_shift[a]);
       const int end = own_start[a] + (1 << own_shift[a]);
-      if (own_start[a] >= lg[a]) empty = true;
-      own.r[a] = {own_start[a], end < lg[a] ? end : lg[a]};
+      if (own_start[a] >= own_end[a]) empty = true;
+      own.r[a] = {own_start[a], end < own_end[a] ? end : own_end[a]};
       geo.Lg[a] = lg[a];
       geo.kernel[a] = g.kernel[a];
       geo.stride[a] = g.stride[a];
@@ -85,7 +113,11 @@ struct TileWalk {
     add_tiles = add_tiles_;
     block_rows = block_rows_;
     if (empty) return;
-    const tiles::Box<3> u = walks_queries ? tiles::query_box(own, geo) : tiles::key_box(own, geo);
+    tiles::Box<3> u = walks_queries ? tiles::query_box(own, geo) : tiles::key_box(own, geo);
+    // Placed: only walked positions inside the walked side's box (an empty range: no box).
+    if (placed) {
+      for (int a = 0; a < 3; ++a) u.r[a] = window::intersect(u.r[a], {walk_lo[a], walk_end[a]});
+    }
     nbr_tiles = 1;
 #pragma unroll
     for (int a = 0; a < 3; ++a) {
@@ -99,6 +131,7 @@ struct TileWalk {
   // One thread: a walk of `tiles` extra tiles only (dK/dV of additional keys: every query).
   NATTN_HD_CALL void init_extra_only(int tiles, int block_rows_) {
     empty = false;
+    placed = false;
     tabled = true;
     nbr_tiles = 0;
     add_tiles = tiles;
@@ -112,17 +145,45 @@ struct TileWalk {
     for (int a = 0; a < 3; ++a) count[a] = lg[a] - start[a];
   }
 
+  // The keys (group positions) that query position p attends along axis a, as the masks test
+  // them (fragment/mask.cuh): its window, clipped to the key box when placed (possibly empty).
+  // Positions past the group are clamped (their rows are never stored, or carry lse = +inf).
+  NATTN_HD_CALL window::Range mask_window(int a, int p) const {
+    const int q = p < lg[a] ? p : lg[a] - 1;
+    const window::Range r = window::group_window(q, geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
+    return placed ? window::intersect(r, {key_begin[a], key_end[a]}) : r;
+  }
+
+  // Own rows left in the own side's box from a box start, per axis (own_start: the own box's
+  // rows; placed problems limit them to the query or key box, rows_left to the group).
+  NATTN_HD_CALL void own_rows_left(const int (&start)[3], int (&count)[3]) const {
+#pragma unroll
+    for (int a = 0; a < 3; ++a) count[a] = own_end[a] - start[a];
+  }
+
+  // The same for a walked box's rows (keys: the key box; queries: the query box).
+  NATTN_HD_CALL void walk_rows_left(const int (&start)[3], int (&count)[3]) const {
+#pragma unroll
+    for (int a = 0; a < 3; ++a) count[a] = walk_end[a] - start[a];
+  }
+
   // Coverage along axis a of walked box i. Walked key boxes are classified unclipped: keys past
-  // the group are attended by nobody, so such a box is partial and gets masked. Walked query
-  // boxes are clipped: rows past the group carry lse = +inf and contribute nothing.
+  // the group are attended by nobody, so such a box is partial and gets masked; placed, keys
+  // past the key box likewise (a box reaching past it is at most partial; the windows the mask
+  // tests are clipped to the key box). Walked query boxes are clipped: rows past the group (the
+  // query box) carry lse = +inf and contribute nothing.
   NATTN_HD_CALL tiles::Coverage axis_coverage(int a, int i) const {
     const int s = walk_begin[a] + (i << walk_shift[a]);
     const int e = s + (1 << walk_shift[a]);
     if (walks_queries) {
-      const window::Range q{s, e < lg[a] ? e : lg[a]};
+      const window::Range q{s, e < walk_end[a] ? e : walk_end[a]};
       return tiles::classify(q, own.r[a], geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
     }
-    return tiles::classify(own.r[a], window::Range{s, e}, geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
+    if (!placed)
+      return tiles::classify(own.r[a], window::Range{s, e}, geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
+    const tiles::Coverage c = tiles::classify(own.r[a], window::Range{s, e < walk_end[a] ? e : walk_end[a]}, geo.Lg[a],
+                                              geo.kernel[a], geo.stride[a], geo.causal[a]);
+    return c == tiles::Coverage::kFull && e > walk_end[a] ? tiles::Coverage::kPartial : c;
   }
 
   // All threads: fills the per-axis coverage tables (after init, before any coverage call).
