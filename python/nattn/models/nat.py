@@ -197,7 +197,8 @@ class NAT(nn.Module):
                              f"dilation per layer of each level (depths = {list(depths)})")
         self.tokenizer = _ConvTokenizer(in_chans, embed_dim)
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)  # stochastic depth grows linearly from 0 to drop_path_rate
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         self.levels = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
         at = 0
