@@ -230,7 +230,8 @@ def run_diffusers(name, case, args, device, dtype, clock):
         with torch.no_grad():
             model(**inputs)
 
-    configs = [("dense SDPA", None)] + list(windows.items())
+    configs = [("dense SDPA", None)] + [(f"{label} ({text})", dict(window, text_keys=text))
+                                        for label, window in windows.items() for text in args.text_keys]
     for label, window in configs:
         nad.remove_neighborhood_attention(model)
         if window is None:
@@ -333,7 +334,10 @@ def markdown(meta, diff_rows, nat_rows) -> str:
                        f"{fmt(r['speedup'], '.2f')} | {fmt(r['attention_ms'])} | {fmt(share, '.0f')}% | "
                        f"{fmt(r['attention_speedup'], '.2f')} | {fmt(r['flop_limit_attention'], '.2f')} |")
         out += ["", "dense SDPA: nattn's dense processors (diffusers' math, mask-free SDPA with cuDNN "
-                "first on a GPU); attention ms: every attention call of the step (CUDA events on a GPU)."]
+                "first on a GPU); attention ms: every attention call of the step (CUDA events on a GPU). "
+                "(additional): text keys as nattn's additional keys of the NA call; (merge): NA without "
+                "them plus attention over the text keys, merged by logsumexp. FLOP-wise limit: dense "
+                "attended pairs / attended pairs."]
     if nat_rows:
         out += ["", "## NAT / DiNAT training step (bf16 autocast, AdamW)", "",
                 "| model | attention | batch | image | step ms | images/s | x nattn's step time |",
@@ -352,6 +356,9 @@ def main():
     p.add_argument("--only", default="hunyuan,flux,nat", help="comma-separated parts: hunyuan, flux, nat")
     p.add_argument("--blocks", default="20,40", help="HunyuanVideo dual,single block counts")
     p.add_argument("--steps", default="1,2", help="warm-up,timed steps for the diffusers models")
+    p.add_argument("--text-keys", default="additional,merge",
+                   help="how NA/GNA visual queries get the text keys: additional (one kernel with "
+                        "additional keys), merge (neighborhood and text apart, merged by lse); both by default")
     p.add_argument("--with-default", action="store_true",
                    help="also time diffusers' own processors (masked SDPA for HunyuanVideo)")
     p.add_argument("--json", action="store_true", help="write bench/results/<date>-<card>-models.{json,md}")
@@ -359,6 +366,7 @@ def main():
     args = p.parse_args()
     args.blocks = tuple(int(v) for v in args.blocks.split(","))
     args.steps = tuple(int(v) for v in args.steps.split(","))
+    args.text_keys = args.text_keys.split(",")
     parts = set(args.only.split(","))
     if not parts <= {"hunyuan", "flux", "nat"}:
         p.error(f"--only {args.only!r}: parts are hunyuan, flux, nat")

@@ -2,7 +2,8 @@
 # Installs what building and testing nattn need on a fresh Debian machine, from Debian's
 # packages and PyPI only. Idempotent: skips what is already there.
 #   scripts/setup.sh            build tools, GoogleTest, CUTLASS headers (when nvcc exists)
-#   scripts/setup.sh --python   also torch (CPU build 2.13.0 where nothing is installed), pytest, scikit-build-core
+#   scripts/setup.sh --python   also torch (CPU build 2.13.0 where nothing is installed), pytest, scikit-build-core,
+#                               scikit-learn and diffusers (model tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,5 +46,8 @@ if [ "${1:-}" = "--python" ]; then
   # (an unpinned torch would pull a multi-GB CUDA build).
   python3 -c "import torch" 2>/dev/null || python3 -m pip install -q "torch==2.13.0"
   python3 -m pip install -q "scikit-build-core>=0.10" pytest numpy
+  # tests of nattn.models (digits training) and nattn.integrations.diffusers (tiny random models;
+  # diffusers pinned to the version the integration's tests were written against); ~20 s.
+  python3 -m pip install -q "scikit-learn>=1.3" "diffusers==0.42.1"
 fi
 echo "setup: done"

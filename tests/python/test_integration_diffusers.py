@@ -153,8 +153,9 @@ WINDOWS = {  # two patched layers with their own windows; the last layer stays d
 }
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_small_windows_equal_masked_original(name):
+@pytest.mark.parametrize("name,text_keys", [("hunyuan", "additional"), ("hunyuan", "merge"),
+                                            ("flux", "merge"), ("wan", "additional")])
+def test_small_windows_equal_masked_original(name, text_keys):
     model, inputs, grid, text_keep = MODELS[name](torch.float32)
     modules = patched_or_attention_modules(model, name)
     originals = [m.processor for m in modules]
@@ -165,8 +166,8 @@ def test_small_windows_equal_masked_original(name):
     ref = run(model, inputs)
     for i in (0, 2):
         modules[i].set_processor(originals[i])
-    apply_neighborhood_attention(model, *w0, layers=[0])
-    apply_neighborhood_attention(model, *w1, layers=[-len(modules) + 2])
+    apply_neighborhood_attention(model, *w0, layers=[0], text_keys=text_keys)
+    apply_neighborhood_attention(model, *w1, layers=[-len(modules) + 2], text_keys=text_keys)
     assert sorted(patched_layers(model)) == [0, 2]
     assert modules[1].processor is originals[1]
     out = run(model, inputs)
@@ -186,8 +187,9 @@ def patched_or_attention_modules(model, name):
 # ---- joint_attention itself, against na_reference -----------------------------------------------
 
 @pytest.mark.parametrize("text_first", [False, True])
-@pytest.mark.parametrize("dense", [False, True])
-def test_joint_attention_matches_reference(text_first, dense):
+@pytest.mark.parametrize("mode", ["additional", "merge", "dense"])
+def test_joint_attention_matches_reference(text_first, mode):
+    dense = mode == "dense"
     grid, nt, B, H, D = (4, 5, 6), 7, 3, 2, 8
     nv = math.prod(grid)
     q, k, v = (torch.randn(B, nv + nt, H, D) for _ in range(3))
@@ -195,8 +197,8 @@ def test_joint_attention_matches_reference(text_first, dense):
     keep[0] = True  # one unpadded prompt, one with no text key at all
     keep[1] = False
     window = ((3, 2, 4), (1, 2, 3), (1, 2, 1))
-    out = joint_attention(q, k, v, grid, nt, text_first, keep,
-                          kernel_size=None if dense else window[0], stride=window[1], dilation=window[2])
+    out = joint_attention(q, k, v, grid, nt, text_first, keep, kernel_size=None if dense else window[0],
+                          stride=window[1], dilation=window[2], text_keys="additional" if dense else mode)
     vis = slice(nt, nv + nt) if text_first else slice(0, nv)
     txt = slice(0, nt) if text_first else slice(nv, nv + nt)
     na = torch.ones(nv, nv, dtype=torch.bool) if dense else neighborhood_mask(grid, *window)
@@ -243,6 +245,8 @@ def test_errors():
         apply_neighborhood_attention(wmodel, 2)
 
     q = torch.randn(1, 12, 1, 8)
+    with pytest.raises(ValueError, match="text_keys = 'extra' is invalid: must be one of"):
+        apply_neighborhood_attention(model, 2, text_keys="extra")
     with pytest.raises(ValueError, match=r"text_length = 3 is invalid: prod\(grid\) = 6"):
         joint_attention(q, q, q, (2, 3), 3, kernel_size=2)
     with pytest.raises(ValueError, match=r"text_mask = .* is invalid: must be a torch.bool tensor of shape .*\[1, 6\]"):

@@ -37,6 +37,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .. import functional as nf
 from .._checks import is_int, per_axis
+from ..merge import merge_attentions
 
 __all__ = ["apply_neighborhood_attention", "apply_dense_attention", "remove_neighborhood_attention",
            "joint_attention", "patched_layers"]
@@ -51,6 +52,10 @@ class _Window(NamedTuple):
     kernel_size: Optional[Tuple[int, ...]]  # None: dense attention for every query (SDPA)
     stride: Tuple[int, ...]
     dilation: Tuple[int, ...]
+    text_keys: str = "additional"
+
+
+_TEXT_KEYS = ("additional", "merge")
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,10 +96,17 @@ def _joint_one(q, k, v, vis: slice, txt: slice, grid, text_first: bool, keep: Op
     if window.kernel_size is None:
         return _sdpa(q, k_all, v_all)
     rank = len(grid)
-    out_vis = _NA[rank](q[:, vis].unflatten(1, grid), k[:, vis].unflatten(1, grid),
-                        v[:, vis].unflatten(1, grid), window.kernel_size, stride=window.stride,
-                        dilation=window.dilation, additional_keys=kt, additional_values=vt)
-    out_vis = out_vis.flatten(1, rank)
+    qv, kv, vv = (t[:, vis].unflatten(1, grid) for t in (q, k, v))
+    na = functools.partial(_NA[rank], qv, kv, vv, window.kernel_size, stride=window.stride,
+                           dilation=window.dilation)
+    if window.text_keys == "additional" or kt.shape[1] == 0:
+        out_vis = na(additional_keys=kt, additional_values=vt).flatten(1, rank)
+    else:
+        # The same softmax in two parts: the neighborhood alone (kernels without additional-key
+        # support serve it) and the text keys alone, combined through their logsumexps.
+        out_na, lse_na = na(return_lse=True)
+        out_t, lse_t = nf.attention(q[:, vis], kt, vt, return_lse=True)
+        out_vis, _ = merge_attentions([out_na.flatten(1, rank), out_t], [lse_na.flatten(1, rank), lse_t])
     if txt.stop == txt.start:
         return out_vis
     out_txt = _dense(q[:, txt], k_all, v_all)
@@ -104,14 +116,17 @@ def _joint_one(q, k, v, vis: slice, txt: slice, grid, text_first: bool, keep: Op
 def joint_attention(query: Tensor, key: Tensor, value: Tensor, grid: Sequence[int],
                     text_length: int = 0, text_first: bool = False,
                     text_mask: Optional[Tensor] = None, kernel_size=None, stride=1,
-                    dilation=1) -> Tensor:
+                    dilation=1, text_keys: str = "additional") -> Tensor:
     """Attention over [B, N, H, D] tensors that hold prod(grid) visual tokens (row-major over
     `grid`) and `text_length` text tokens, the text before the visual tokens if `text_first`,
     else after. Visual queries attend to their neighborhood of the grid (`kernel_size`, `stride`,
     `dilation` as in nattn.na2d/na3d) plus every text token, in one softmax; text queries attend to
     every token. `text_mask` [B, text_length] bool: False marks a padded text token, which no
     query attends to. `kernel_size=None`: every query attends to every (unpadded) token, through
-    torch's scaled_dot_product_attention. Returns [B, N, H, Dv] in the model's token order."""
+    torch's scaled_dot_product_attention. `text_keys`: how visual queries get the text keys:
+    "additional" (nattn's additional keys, one kernel) or "merge" (the neighborhood and the text
+    attended apart, then merged by logsumexp; needs nattn.attention with fewer queries than keys).
+    Returns [B, N, H, Dv] in the model's token order."""
     grid = tuple(int(g) for g in grid)
     if len(grid) not in _NA:
         raise ValueError(f"grid = {list(grid)} is invalid: must have 2 or 3 axes")
@@ -123,12 +138,14 @@ def joint_attention(query: Tensor, key: Tensor, value: Tensor, grid: Sequence[in
     if not is_int(text_length) or text_length < 0 or nv + text_length != N:
         raise ValueError(f"text_length = {text_length!r} is invalid: prod(grid) = {nv} visual plus "
                          f"text_length text tokens must make query.shape[1] = {N}")
+    if text_keys not in _TEXT_KEYS:
+        raise ValueError(f"text_keys = {text_keys!r} is invalid: must be one of {_TEXT_KEYS}")
     if kernel_size is None:
         window = _Window(None, (), ())
     else:
         window = _Window(per_axis("kernel_size", kernel_size, len(grid)),
                          per_axis("stride", stride, len(grid)),
-                         per_axis("dilation", dilation, len(grid)))
+                         per_axis("dilation", dilation, len(grid)), text_keys)
     vis = slice(text_length, N) if text_first else slice(0, nv)
     txt = slice(0, text_length) if text_first else slice(nv, N)
     if text_mask is not None:
@@ -188,12 +205,13 @@ class _Processor:
         mask = _text_mask_from(attention_mask, B, N, vis, txt)
         w = self.window
         return joint_attention(query, key, value, grid, text_length, text_first, mask,
-                               w.kernel_size, w.stride, w.dilation)
+                               w.kernel_size, w.stride, w.dilation, w.text_keys)
 
     def __repr__(self) -> str:
         w = self.window
         what = ("dense" if w.kernel_size is None else
-                f"kernel_size={w.kernel_size}, stride={w.stride}, dilation={w.dilation}")
+                f"kernel_size={w.kernel_size}, stride={w.stride}, dilation={w.dilation}, "
+                f"text_keys={w.text_keys!r}")
         return f"{type(self).__name__}({what})"
 
 
@@ -449,14 +467,16 @@ def _install(transformer, layers, window: _Window) -> nn.Module:
 
 
 def apply_neighborhood_attention(transformer: nn.Module, kernel_size, stride=1, dilation=1,
-                                 layers: Optional[Iterable[int]] = None) -> nn.Module:
+                                 layers: Optional[Iterable[int]] = None,
+                                 text_keys: str = "additional") -> nn.Module:
     """Installs neighborhood attention on `transformer`'s joint attention layers, in place, and
     returns it. `kernel_size`, `stride`, `dilation`: an int or one per grid axis ((T, H, W) for
     video, (H, W) for Flux), as in nattn.na3d/na2d; each must fit the token grid of the inputs.
     `layers`: indices of the layers to patch, counted over the transformer's attention layers in
     execution order (HunyuanVideo/Flux: the dual-stream blocks, then the single-stream blocks;
     Wan: the blocks' self-attention); None patches all. Calling again with other `layers` gives
-    those layers their own window; layers never patched keep diffusers' processor."""
+    those layers their own window; layers never patched keep diffusers' processor. `text_keys`:
+    "additional" (default) or "merge", as in joint_attention: the same result, other kernels."""
     spec = _spec_of(transformer)
     ks = per_axis("kernel_size", kernel_size, spec.rank)
     st = per_axis("stride", stride, spec.rank)
@@ -468,7 +488,9 @@ def apply_neighborhood_attention(transformer: nn.Module, kernel_size, stride=1, 
             raise ValueError(f"stride[{a}] = {st[a]} is invalid: must be in [1, kernel_size[{a}] = {ks[a]}]")
         if dil[a] < 1:
             raise ValueError(f"dilation[{a}] = {dil[a]} is invalid: must be >= 1")
-    return _install(transformer, layers, _Window(ks, st, dil))
+    if text_keys not in _TEXT_KEYS:
+        raise ValueError(f"text_keys = {text_keys!r} is invalid: must be one of {_TEXT_KEYS}")
+    return _install(transformer, layers, _Window(ks, st, dil, text_keys))
 
 
 def apply_dense_attention(transformer: nn.Module, layers: Optional[Iterable[int]] = None) -> nn.Module:
