@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _choice, _lib, _ops
-from ._checks import check_bool, check_tensor
+from ._checks import check_bool, check_tensor, per_axis
 from .functional import Call, attention_call, autocast, neighborhood_call
 
 
@@ -115,7 +115,7 @@ def explain(query: Tensor, key: Tensor, value: Tensor, kernel_size=None, stride=
             backward: bool = False, grad_out: Optional[Tensor] = None,
             backend: Optional[str] = None, family: Optional[str] = None,
             config: Union[None, int, Sequence[int]] = None, tile=None,
-            dense: bool = False) -> Plan:
+            dense: bool = False, global_extent=None, query_origin=0, key_origin=0) -> Plan:
     """The plan nattn would run for na{1,2,3}d(query, key, value, kernel_size, ...) (rank
     query.dim() - 3), or with dense=True and kernel_size None for attention(query, key, value,
     is_causal, ...); with backward=True, for the backward of that call, given `grad_out` (the
@@ -124,11 +124,16 @@ def explain(query: Tensor, key: Tensor, value: Tensor, kernel_size=None, stride=
     allocate them) but not written.
 
     family/config/tile force a kernel choice like nattn.kernel_choice; when all are None, the
-    kernel_choice in force applies. Errors are those the call would raise.
+    kernel_choice in force applies. global_extent (with query_origin, key_origin): the plan of
+    nattn.na_placed(query, key, value, kernel_size, global_extent, query_origin, key_origin,
+    ...) instead. Errors are those the call would raise.
     """
     check_tensor("query", query)
     check_bool("dense", dense)
     check_bool("backward", backward)
+    if dense and global_extent is not None:
+        raise TypeError(f"global_extent = {global_extent!r} is invalid with dense=True: dense "
+                        "attention places its boxes itself (Nk != N is cross-attention)")
     if dense:
         if kernel_size is not None:
             raise TypeError(f"kernel_size = {kernel_size!r} is invalid: must be None with "
@@ -140,9 +145,14 @@ def explain(query: Tensor, key: Tensor, value: Tensor, kernel_size=None, stride=
         if not 4 <= query.dim() <= 6:
             raise ValueError(f"query.shape = {list(query.shape)} is invalid: explain reads the "
                              "rank as query.dim() - 3, which must be 1, 2 or 3")
-        call = neighborhood_call(query.dim() - 3, query, key, value, kernel_size, stride,
-                                 dilation, is_causal, scale, additional_keys, additional_values,
-                                 backend)
+        rank = query.dim() - 3
+        call = neighborhood_call(rank, query, key, value, kernel_size, stride, dilation,
+                                 is_causal, scale, additional_keys, additional_values, backend)
+        if global_extent is not None:
+            placement = (per_axis("global_extent", global_extent, rank)
+                         + per_axis("query_origin", query_origin, rank)
+                         + per_axis("key_origin", key_origin, rank))
+            call = call._replace(placement=tuple(int(x) for x in placement))
     if family is None and config is None and tile is None:
         choice = _choice.current()
     else:

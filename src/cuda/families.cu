@@ -38,13 +38,17 @@ std::array<int, 3> ones_past_rank(std::array<int, 3> t, int rank) {
 
 // Launch tiling for power-of-two box shapes: `own` is the box each CTA owns (queries for
 // forward/dQ, keys for dK/dV), `walk` the boxes it walks.
-Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, const std::array<int, 3>& walk) {
+Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, const std::array<int, 3>& walk, bool keys_owned) {
   Tiling t;
   t.neighborhood_ctas = 1;
   for (int a = 0; a < 3; ++a) {
     t.own_shift[a] = log2_ceil(own[a]);
     t.walk_shift[a] = log2_ceil(walk[a]);
-    const int64_t longest = (g.extent[a] + g.dilation[a] - 1) / g.dilation[a];  // group 0 is the longest
+    // The own side's box: the query box, or the key box when keys are owned (the same unless
+    // placed). A box of X indices holds at most ceil(X / d) positions of any group (group 0's
+    // count when the box starts at 0).
+    const int64_t x = keys_owned && g.placed ? g.key_extent[a] : g.extent[a];
+    const int64_t longest = (x + g.dilation[a] - 1) / g.dilation[a];
     t.own_tiles[a] = (longest + own[a] - 1) / own[a];
     t.neighborhood_ctas *= t.own_tiles[a] * g.dilation[a];
   }

@@ -124,8 +124,10 @@ const KernelFamily& sm80_family();
 const KernelFamily& generic_family();
 
 // Launch tiling for power-of-two box shapes: `own` is the box each CTA owns (queries for
-// forward/dQ, keys for dK/dV), `walk` the boxes it walks.
-Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, const std::array<int, 3>& walk);
+// forward/dQ, keys for dK/dV: then keys_owned, which sizes the own boxes to the key box of a
+// placed problem), `walk` the boxes it walks.
+Tiling make_tiling(const Geometry& g, const std::array<int, 3>& own, const std::array<int, 3>& walk,
+                   bool keys_owned = false);
 
 // Whether the choice forces tile shapes.
 inline bool tiles_forced(const KernelChoice& c) {

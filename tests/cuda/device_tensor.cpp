@@ -161,6 +161,14 @@ std::vector<int64_t> grid_shape(const nattn::Problem& p, int64_t heads, int64_t 
   return s;
 }
 
+std::vector<int64_t> key_grid_shape(const nattn::Problem& p, int64_t heads, int64_t dim) {
+  std::vector<int64_t> s{p.batch};
+  for (int a = 0; a < p.rank; ++a) s.push_back(p.key_extent(a));
+  s.push_back(heads);
+  if (dim > 0) s.push_back(dim);
+  return s;
+}
+
 Tolerance output_tolerance(nattn::DType dtype) {
   switch (dtype) {
     case nattn::DType::kFloat16: return {1e-2, 1e-2};
@@ -190,6 +198,12 @@ std::string describe_problem(const nattn::Problem& p) {
   for (int a = 0; a < p.rank; ++a)
     o << " " << p.extent[a] << "(k" << p.window.kernel_size[a] << " s" << p.window.stride[a] << " d"
       << p.window.dilation[a] << (p.window.is_causal[a] ? " causal" : "") << ")";
+  if (p.placed()) {
+    o << ", placed:";
+    for (int a = 0; a < p.rank; ++a)
+      o << " [global " << p.global_extent(a) << ", queries at " << p.placement.query_origin[a] << ", keys "
+        << p.key_extent(a) << " at " << p.placement.key_origin[a] << "]";
+  }
   o << ", B " << p.batch << ", Hq " << p.heads_q << ", Hkv " << p.heads_kv << ", D " << p.head_dim << ", Dv "
     << p.head_dim_v << ", Na " << p.num_additional;
   if (p.scale) o << ", scale " << *p.scale;
@@ -217,8 +231,8 @@ DeviceTensor output(std::vector<int64_t> shape, nattn::DType dtype, bool strided
 void make_inputs(const nattn::Problem& p, nattn::DType dtype, bool strided, Rng& rng, DeviceTensor* q, DeviceTensor* k,
                  DeviceTensor* v, DeviceTensor* ka, DeviceTensor* va) {
   *q = input(grid_shape(p, p.heads_q, p.head_dim), dtype, strided, rng);
-  *k = input(grid_shape(p, p.heads_kv, p.head_dim), dtype, strided, rng);
-  *v = input(grid_shape(p, p.heads_kv, p.head_dim_v), dtype, strided, rng);
+  *k = input(key_grid_shape(p, p.heads_kv, p.head_dim), dtype, strided, rng);
+  *v = input(key_grid_shape(p, p.heads_kv, p.head_dim_v), dtype, strided, rng);
   if (p.num_additional > 0) {
     *ka = input({p.batch, p.num_additional, p.heads_kv, p.head_dim}, dtype, strided, rng);
     *va = input({p.batch, p.num_additional, p.heads_kv, p.head_dim_v}, dtype, strided, rng);
@@ -324,8 +338,8 @@ void finish_device_backward(DeviceBackward& c, bool strided, bool with_dlse, Rng
     c.dout = input(grid_shape(p, p.heads_q, p.head_dim_v), dtype, strided, rng);
   c.dlse = with_dlse ? input(grid_shape(p, p.heads_q, 0), nattn::DType::kFloat32, strided, rng) : DeviceTensor();
   c.dq = output(grid_shape(p, p.heads_q, p.head_dim), dtype, strided, rng);
-  c.dk = output(grid_shape(p, p.heads_kv, p.head_dim), dtype, strided, rng);
-  c.dv = output(grid_shape(p, p.heads_kv, p.head_dim_v), dtype, strided, rng);
+  c.dk = output(key_grid_shape(p, p.heads_kv, p.head_dim), dtype, strided, rng);
+  c.dv = output(key_grid_shape(p, p.heads_kv, p.head_dim_v), dtype, strided, rng);
   if (p.num_additional > 0) {
     c.dka = output({p.batch, p.num_additional, p.heads_kv, p.head_dim}, dtype, strided, rng);
     c.dva = output({p.batch, p.num_additional, p.heads_kv, p.head_dim_v}, dtype, strided, rng);

@@ -89,6 +89,8 @@ struct HostTensor {
 
 // [B, X1..Xr, heads, dim] (dim <= 0: [B, X1..Xr, heads]).
 std::vector<int64_t> grid_shape(const nattn::Problem& p, int64_t heads, int64_t dim);
+// The same over the key box [B, K1..Kr, heads, dim] (placed problems; = grid_shape unless placed).
+std::vector<int64_t> key_grid_shape(const nattn::Problem& p, int64_t heads, int64_t dim);
 
 // Tolerances against the float64 reference on the same stored inputs, relative to the largest
 // expected magnitude (atol) and to each value (rtol), for outputs and gradients of a dtype.

@@ -1,6 +1,7 @@
 """Cross-attention and placed boxes (SPEC.md "Placed boxes") on the CUDA backend, against the
 float64 references written from SPEC.md (na_reference.placed_mask, torch's SDPA). The generic
-kernels implement placement; the fused families (sm80, sm90) refuse it with a reason."""
+and sm80 kernels implement placement (sm80 forced and asserted through nattn.explain below);
+the sm90 family refuses it with a reason."""
 import random
 
 import pytest
@@ -43,14 +44,31 @@ def test_cuda_cross_attention(cuda_backend, dtype, n, nk, causal, hq, hkv, d):
     check(out, lse, ref, ref_lse, (q, k, v), dtype)
 
 
-def test_cuda_cross_attention_plan_names_the_refusals(cuda_backend):
-    q = torch.randn(1, 96, 2, 64, device="cuda", dtype=torch.float16)
-    k = torch.randn(1, 17, 2, 64, device="cuda", dtype=torch.float16)
-    plan = nattn.explain(q, k, k, dense=True)
-    assert plan.family == "generic", plan
-    for f in plan.families:
-        if f.family in ("sm80", "sm90"):
-            assert "placed" in f.reason, f
+def sm80_head_dims():
+    return sorted({r.head_dim for r in nattn.kernel_configs()
+                   if r.family == "sm80" and r.built and r.role == "forward"})
+
+
+def needs_sm80():
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("the sm80 family needs compute capability 8.0")
+    if not sm80_head_dims():
+        pytest.skip("no sm80 rows are built into this library")
+
+
+def test_cuda_cross_attention_runs_fused(cuda_backend):
+    """Cross-attention (a placed problem) is no longer handed to the generic kernels: sm80 runs
+    it (sm90 refuses placed boxes and says so)."""
+    needs_sm80()
+    d = sm80_head_dims()[0]
+    q = torch.randn(1, 96, 2, d, device="cuda", dtype=torch.float16)
+    k = torch.randn(1, 17, 2, d, device="cuda", dtype=torch.float16)
+    for backward in (False, True):
+        plan = nattn.explain(q, k, k, dense=True, backward=backward)
+        assert plan.family == "sm80", plan
+        if torch.cuda.get_device_capability() == (9, 0):
+            sm90 = [f for f in plan.families if f.family == "sm90"]
+            assert sm90 and "placed" in sm90[0].reason, plan
 
 
 @pytest.mark.parametrize("trial", range(10))
@@ -80,3 +98,96 @@ def test_cuda_placed_boxes(cuda_backend, trial):
     ref, ref_lse = masked_attention(q, k, v, placed_mask(X, K, G, oq, ok, ks, st, dil, cz),
                                     None, ak, av)
     check(out, lse, ref, ref_lse, (q, k, v) + ((ak, av) if extra else ()), dtype)
+
+
+# ---- The sm80 family forced on placed problems (cross-attention and boxes of a global grid).
+
+def sm80_plan(backward, q, k, v, **kw):
+    plan = nattn.explain(q, k, v, backward=backward, family="sm80", **kw)
+    assert plan.family == "sm80", plan
+    return plan
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,nk,causal,hq,hkv", [
+    (96, 17, False, 4, 2), (96, 17, True, 4, 2), (17, 130, True, 2, 1), (17, 130, False, 2, 1),
+    (1, 40, False, 2, 2), (65, 1, True, 3, 1), (300, 77, False, 2, 1), (33, 1000, True, 4, 4),
+    (1000, 333, True, 2, 2)])
+def test_cuda_sm80_cross_attention(cuda_backend, dtype, n, nk, causal, hq, hkv):
+    needs_sm80()
+    for d in sm80_head_dims():
+        q, k, v = rand(2, n, hq, d, dtype=dtype), rand(2, nk, hkv, d, dtype=dtype), \
+            rand(2, nk, hkv, d, dtype=dtype)
+        for backward in (False, True):
+            sm80_plan(backward, q.detach(), k.detach(), v.detach(), dense=True, is_causal=causal)
+        with nattn.kernel_choice(family="sm80"):  # a forced family never falls back
+            out, lse = nattn.attention(q, k, v, is_causal=causal, return_lse=True,
+                                       backend="cuda")
+            ref, ref_lse = masked_attention(q, k, v, None, is_causal_dense=causal)
+            check(out, lse, ref, ref_lse, (q, k, v), dtype)
+
+
+def random_placed(rng, rank, allow_empty):
+    """A random placed problem: per axis (G, X, K, oq, ok, kernel, stride, dilation, causal).
+    With allow_empty the key box may miss some queries' windows (lse -inf rows)."""
+    axes = []
+    for _ in range(rank):
+        g = rng.randint(4, {1: 300, 2: 40, 3: 10}[rank])
+        dd = rng.choice([1, 1, 2, 3]) if g >= 6 else 1
+        k = rng.randint(2, max(2, min(g // dd, {1: 40, 2: 9, 3: 5}[rank])))
+        x, kx = rng.randint(1, g), rng.randint(1, g)
+        oq, ok = rng.randint(0, g - x), rng.randint(0, g - kx)
+        if not allow_empty and rng.random() < 0.7:
+            kx, ok = g, 0  # a key box holding every window (the halo shape)
+        axes.append((g, x, kx, oq, ok, k, rng.randint(1, k), dd, rng.random() < 0.3))
+    return [list(t) for t in zip(*axes)]
+
+
+@pytest.mark.parametrize("trial", range(24))
+def test_cuda_sm80_placed_boxes(cuda_backend, trial):
+    needs_sm80()
+    rng = random.Random(torch.initial_seed() * 31 + trial)
+    dtype = rng.choice([torch.float16, torch.bfloat16])
+    rank = 1 + trial % 3
+    extra = rng.random() < 0.3
+    G, X, K, oq, ok, ks, st, dil, cz = random_placed(rng, rank, allow_empty=not extra
+                                                     or rng.random() < 0.5)
+    d = rng.choice(sm80_head_dims())
+    hkv = rng.choice([1, 2])
+    hq = hkv * rng.choice([1, 2, 3])
+    b = rng.choice([1, 2])
+    q, k, v = rand(b, *X, hq, d, dtype=dtype), rand(b, *K, hkv, d, dtype=dtype), \
+        rand(b, *K, hkv, d, dtype=dtype)
+    na = rng.randint(1, 70)
+    ak, av = (rand(b, na, hkv, d, dtype=dtype), rand(b, na, hkv, d, dtype=dtype)) if extra \
+        else (None, None)
+    kw = dict(stride=st, dilation=dil, is_causal=cz, additional_keys=ak, additional_values=av)
+    for backward in (False, True):
+        sm80_plan(backward, q.detach(), k.detach(), v.detach(), kernel_size=ks, global_extent=G,
+                  query_origin=oq, key_origin=ok, **kw)
+    with nattn.kernel_choice(family="sm80"):  # a forced family never falls back
+        out, lse = nattn.na_placed(q, k, v, ks, G, oq, ok, return_lse=True, backend="cuda", **kw)
+        ref, ref_lse = masked_attention(q, k, v, placed_mask(X, K, G, oq, ok, ks, st, dil, cz),
+                                        None, ak, av)
+        check(out, lse, ref, ref_lse, (q, k, v) + ((ak, av) if extra else ()), dtype)
+
+
+def test_cuda_sm80_queries_without_keys(cuda_backend):
+    """Queries whose windows miss the key box: out = 0, lse = -inf, dq = 0 exactly, and the
+    other queries' results and the key gradients as the reference (SPEC.md)."""
+    needs_sm80()
+    d = sm80_head_dims()[0]
+    # 1-D, causal k=3 on a grid of 200: keys 0..49; queries 40..199 (those past 51 see none).
+    G, X, K, oq, ok = [200], [160], [50], [40], [0]
+    q, k, v = (rand(2, X[0], 2, d, dtype=torch.float16), rand(2, K[0], 1, d, dtype=torch.float16),
+               rand(2, K[0], 1, d, dtype=torch.float16))
+    with nattn.kernel_choice(family="sm80"):
+        out, lse = nattn.na_placed(q, k, v, 3, G, oq, ok, is_causal=True, return_lse=True,
+                                   backend="cuda")
+        empty = torch.arange(X[0], device="cuda") + oq[0] >= K[0] + 2  # window [i-2, i] misses 0..49
+        assert torch.isneginf(lse[:, empty]).all() and (out[:, empty] == 0).all()
+        assert torch.isfinite(lse[:, ~empty]).all()
+        ref, ref_lse = masked_attention(q, k, v, placed_mask(X, K, G, oq, ok, 3, 1, 1, True))
+        check(out, lse, ref, ref_lse, (q, k, v), torch.float16)
+        dq, = torch.autograd.grad(out, q, torch.randn_like(out))
+        assert (dq[:, empty] == 0).all()

@@ -15,14 +15,15 @@ namespace nattn::cuda {
 
 // All threads: win[a * stride + l] = the window (keys, group positions) of query position
 // start[a] + l, for l < 1 << shift[a]; positions past the group are clamped (their rows are
-// never stored, or carry lse = +inf).
+// never stored, or carry lse = +inf). Placed problems clip each window to the key box (an
+// empty window masks every key), so keys outside it are masked like keys outside the window
+// (TileWalk::mask_window, unit-tested on the host).
 __device__ __forceinline__ void fill_axis_windows(int2* win, int stride, const int (&start)[3], const int (&shift)[3],
                                                   const TileWalk& w, int thread, int threads) {
   for (int i = thread; i < 3 * stride; i += threads) {
     const int a = i / stride, l = i % stride;
     if (l >= (1 << shift[a])) continue;
-    const int p = start[a] + l < w.lg[a] ? start[a] + l : w.lg[a] - 1;
-    const window::Range r = window::group_window(p, w.geo.Lg[a], w.geo.kernel[a], w.geo.stride[a], w.geo.causal[a]);
+    const window::Range r = w.mask_window(a, start[a] + l);
     win[i] = make_int2(int(r.begin), int(r.end));
   }
 }

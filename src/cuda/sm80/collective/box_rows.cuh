@@ -81,9 +81,11 @@ __device__ __forceinline__ void load_walked_kv(Element* dk, Element* dv, const S
   int start[3], count[3];
 #pragma unroll
   for (int a = 0; a < 3; ++a) start[a] = st.start[a];
-  w.rows_left(start, count);
-  load_box<HD, BN, THREADS>(dk, src.k + token_offset(start, w.group, g, *src.sk), src.rel_k, tl.walk_shift, count, D);
-  load_box<HD, BN, THREADS>(dv, src.v + token_offset(start, w.group, g, *src.sv), src.rel_v, tl.walk_shift, count, Dv);
+  w.walk_rows_left(start, count);  // (placed: rows past the key box are zero-filled and masked)
+  load_box<HD, BN, THREADS>(dk, src.k + token_offset(start, w.walk_off, g, *src.sk), src.rel_k, tl.walk_shift, count,
+                            D);
+  load_box<HD, BN, THREADS>(dv, src.v + token_offset(start, w.walk_off, g, *src.sv), src.rel_v, tl.walk_shift, count,
+                            Dv);
 }
 
 }  // namespace nattn::cuda::sm80

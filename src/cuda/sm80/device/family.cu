@@ -16,6 +16,9 @@ namespace {
 class Sm80Family final : public KernelFamily {
  public:
   Family id() const override { return Family::kSm80; }
+  // Placed boxes: own boxes cover the query box (keys for dK/dV), walks are clipped to the
+  // other box (common/tile_walk.h), windows to the key box (fragment/mask.cuh).
+  bool implements_placement() const override { return true; }
 
   Status can_implement(const Call& call) const override {
     const Geometry& g = call.g;
@@ -28,8 +31,10 @@ class Sm80Family final : public KernelFamily {
     if (g.head_dim % 8 != 0 || g.head_dim_v % 8 != 0)
       return Status::Unsupported("fused kernels need head dims that are multiples of 8 (got " +
                                  std::to_string(g.head_dim) + ", " + std::to_string(g.head_dim_v) + ")");
+    // Group positions are 32-bit in the walk (placed: positions on the global grid).
     for (int a = 0; a < 3; ++a)
-      if (g.extent[a] >= (int64_t(1) << 30)) return Status::Unsupported("fused kernels need extents < 2^30");
+      if (g.extent[a] >= (int64_t(1) << 30) || (g.placed && g.global[a] >= (int64_t(1) << 30)))
+        return Status::Unsupported("fused kernels need extents < 2^30 (global extents when placed)");
     if (g.heads_q > 65535 || g.batch > 65535) return Status::Unsupported("fused kernels need batch and heads <= 65535");
     for (const Role r : roles(call)) {
       int id = -1;
@@ -77,7 +82,7 @@ class Sm80Family final : public KernelFamily {
       k.own = keys_owned ? shapes.k : shapes.q;
       k.walk = keys_owned ? shapes.q : shapes.k;
       k.walked_tiles = shapes.key_tiles;
-      k.tiling = make_tiling(g, k.own, k.walk);
+      k.tiling = make_tiling(g, k.own, k.walk, keys_owned);
       int64_t ctas = k.tiling.neighborhood_ctas;
       if (keys_owned) ctas += (g.num_additional + c.block_kv - 1) / c.block_kv;  // tiles of additional keys
       if (ctas > INT32_MAX) return Status::Unsupported("too many tiles for one launch (" + std::to_string(ctas) + ")");

@@ -79,9 +79,10 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
         [&](int r) -> const Element* { return j0 + r < g.num_additional ? va + (j0 + r) * p.sva.axis[0] : nullptr; },
         Dv, v_base);
   } else {
-    w.rows_left(w.own_start, own_count);
-    load_own_box<HD, BM, kThreads>(sK, k_base, w.own_start, w.group, tl.own_shift, own_count, g, p.sk, D);
-    load_own_box<HD, BM, kThreads>(sV, v_base, w.own_start, w.group, tl.own_shift, own_count, g, p.sv, Dv);
+    // Own rows: the key box's positions of the group; own_off turns them into rows of k/v/dk/dv.
+    w.own_rows_left(w.own_start, own_count);
+    load_own_box<HD, BM, kThreads>(sK, k_base, w.own_start, w.own_off, tl.own_shift, own_count, g, p.sk, D);
+    load_own_box<HD, BM, kThreads>(sV, v_base, w.own_start, w.own_off, tl.own_shift, own_count, g, p.sv, Dv);
   }
   cp_async_commit();
   cp_async_wait<0>();
@@ -123,17 +124,21 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
       int start[3], count[3];
 #pragma unroll
       for (int a = 0; a < 3; ++a) start[a] = st.start[a];
-      w.rows_left(start, count);
-      load_box<HD, BN, kThreads>(dq, q_h + token_offset(start, w.group, g, p.sq), rel_q, tl.walk_shift, count, D);
-      load_box<HD, BN, kThreads>(ddo, do_h + token_offset(start, w.group, g, p.sdo), rel_do, tl.walk_shift, count, Dv);
+      w.walk_rows_left(start, count);  // (placed: rows past the query box get lse = +inf)
+      load_box<HD, BN, kThreads>(dq, q_h + token_offset(start, w.walk_off, g, p.sq), rel_q, tl.walk_shift, count, D);
+      load_box<HD, BN, kThreads>(ddo, do_h + token_offset(start, w.walk_off, g, p.sdo), rel_do, tl.walk_shift, count,
+                                 Dv);
       if (threadIdx.x < BN && row_inside(threadIdx.x, tl.walk_shift, count)) {
         int pos[3];
         box_position(threadIdx.x, tl.walk_shift, start, pos);
-        lse2 = lse_h[token_offset(pos, w.group, g, p.slse)] * kLog2e;
-        delta = delta_h[token_offset(pos, w.group, g, p.sdelta)];
+        lse2 = lse_h[token_offset(pos, w.walk_off, g, p.slse)] * kLog2e;
+        delta = delta_h[token_offset(pos, w.walk_off, g, p.sdelta)];
       }
       if (!st.full) fill_axis_windows(win + buf * 3 * BN, BN, start, tl.walk_shift, w, threadIdx.x, kThreads);
     }
+    // A query without keys (placed boxes: lse = -inf) contributes nothing: +inf gives P = 0
+    // where -inf would give NaN on its masked scores.
+    if (lse2 == -INFINITY) lse2 = INFINITY;
     if (threadIdx.x < BN) {
       s_lse[buf * BN + threadIdx.x] = lse2;
       s_delta[buf * BN + threadIdx.x] = delta;
@@ -198,7 +203,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
       if (!row_inside(r, tl.own_shift, own_count)) return nullptr;
       int pos[3];
       box_position(r, tl.own_shift, w.own_start, pos);
-      return base + token_offset(pos, w.group, g, grid);
+      return base + token_offset(pos, w.own_off, g, grid);
     };
   };
   float factor[MI][2];

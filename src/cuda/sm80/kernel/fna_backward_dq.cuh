@@ -58,9 +58,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
   const Element* do_base = static_cast<const Element*>(p.dout) + b * p.sdo.batch + h * p.sdo.head;
   const int D = int(g.head_dim), Dv = int(g.head_dim_v);
   int q_count[3];
-  w.rows_left(w.own_start, q_count);
-  load_own_box<HD, BM, kThreads>(sQ, q_base, w.own_start, w.group, tl.own_shift, q_count, g, p.sq, D);
-  load_own_box<HD, BM, kThreads>(sdO, do_base, w.own_start, w.group, tl.own_shift, q_count, g, p.sdo, Dv);
+  w.own_rows_left(w.own_start, q_count);
+  load_own_box<HD, BM, kThreads>(sQ, q_base, w.own_start, w.own_off, tl.own_shift, q_count, g, p.sq, D);
+  load_own_box<HD, BM, kThreads>(sdO, do_base, w.own_start, w.own_off, tl.own_shift, q_count, g, p.sdo, Dv);
   cp_async_commit();
   if (threadIdx.x < BM) {
     const int r = threadIdx.x;
@@ -68,8 +68,11 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
     if (row_inside(r, tl.own_shift, q_count)) {
       int pos[3];
       box_position(r, tl.own_shift, w.own_start, pos);
-      lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] * kLog2e;
-      delta = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.group, g, p.sdelta)];
+      lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.own_off, g, p.slse)] * kLog2e;
+      // A query without keys (placed boxes: lse = -inf) has P = 0: +inf makes every
+      // exp2(s c - lse) 0, masked scores included (-inf - -inf would be NaN).
+      if (lse2 == -INFINITY) lse2 = INFINITY;
+      delta = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.own_off, g, p.sdelta)];
     }
     s_lse[r] = lse2;
     s_delta[r] = delta;
@@ -135,7 +138,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
     if (!row_inside(r, tl.own_shift, q_count)) return nullptr;
     int pos[3];
     box_position(r, tl.own_shift, w.own_start, pos);
-    return dq_base + token_offset(pos, w.group, g, p.sdq);
+    return dq_base + token_offset(pos, w.own_off, g, p.sdq);
   });
 }
 

@@ -63,9 +63,10 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   const Element* va_base = static_cast<const Element*>(p.va) + b * p.sva.batch + hk * p.sva.head;
   const int D = int(g.head_dim), Dv = int(g.head_dim_v);
 
+  // Own rows: the query box's positions of the group; own_off turns them into rows of q/out/lse.
   int q_count[3];
-  w.rows_left(w.own_start, q_count);
-  load_own_box<HD, BM, kThreads>(sQ, q_base, w.own_start, w.group, tl.own_shift, q_count, g, p.sq, D);
+  w.own_rows_left(w.own_start, q_count);
+  load_own_box<HD, BM, kThreads>(sQ, q_base, w.own_start, w.own_off, tl.own_shift, q_count, g, p.sq, D);
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();  // Q, tables and windows visible
@@ -113,7 +114,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
     if (!row_inside(r, tl.own_shift, q_count)) return nullptr;
     int pos[3];
     box_position(r, tl.own_shift, w.own_start, pos);
-    return o_base + token_offset(pos, w.group, g, p.so);
+    return o_base + token_offset(pos, w.own_off, g, p.so);
   });
   if (p.lse != nullptr && lane % 4 == 0) {
 #pragma unroll
@@ -124,7 +125,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
         if (!row_inside(r, tl.own_shift, q_count)) continue;
         int pos[3];
         box_position(r, tl.own_shift, w.own_start, pos);
-        p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] =
+        p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.own_off, g, p.slse)] =
             softmax.lse(mi, hr, total[mi][hr]);
       }
   }
