@@ -109,6 +109,24 @@ def test_whole_grid_window_equals_original(name, dtype):
     torch.testing.assert_close(run(model, inputs), ref, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("text_keys", ["additional", "merge"])
+def test_flux_text_padding_mask(text_keys):
+    """Flux has no text mask of its own; a boolean key mask given through joint_attention_kwargs
+    (text first, then image) is honoured like diffusers' SDPA honours it."""
+    model, inputs, grid, _ = flux(torch.float32)
+    n_text = inputs["encoder_hidden_states"].shape[1]
+    keep = torch.ones(2, n_text + math.prod(grid), dtype=torch.bool)
+    keep[0, 3:n_text] = False
+    keep[1, 1:n_text] = False
+    inputs["joint_attention_kwargs"] = {"attention_mask": keep[:, None, None, :]}
+    ref = run(model, inputs)
+    apply_neighborhood_attention(model, grid, text_keys=text_keys)
+    torch.testing.assert_close(run(model, inputs), ref, atol=2e-5, rtol=1e-4)
+    keep[0, -1] = False  # an image token: not a text padding mask
+    with pytest.raises(ValueError, match="attention_mask is invalid: it masks visual tokens"):
+        run(model, inputs)
+
+
 @pytest.mark.parametrize("name", ["hunyuan", "flux"])
 def test_dense_processors_equal_original(name):
     model, inputs, _, _ = MODELS[name](torch.float32)
@@ -137,10 +155,11 @@ class MaskedOriginal:
         n = hidden_states.shape[1] + (0 if encoder_hidden_states is None else encoder_hidden_states.shape[1])
         nt = n - nv
         keep = self.text_keep if self.text_keep is not None else torch.ones(B, nt, dtype=torch.bool)
-        mask = torch.zeros(B, 1, n, n, dtype=torch.bool)
+        keep = keep.to(hidden_states.device)
+        mask = torch.zeros(B, 1, n, n, dtype=torch.bool, device=hidden_states.device)
         vis = slice(nt, n) if self.text_first else slice(0, nv)
         txt = slice(0, nt) if self.text_first else slice(nv, n)
-        mask[:, :, vis, vis] = self.na_mask
+        mask[:, :, vis, vis] = self.na_mask.to(hidden_states.device)
         mask[:, :, :, txt] = keep[:, None, None, :]
         mask[:, :, txt, vis] = True
         return self.original(attn, hidden_states, encoder_hidden_states, mask, image_rotary_emb)
@@ -182,6 +201,31 @@ def patched_or_attention_modules(model, name):
     if name == "wan":
         return [b.attn1 for b in model.blocks]
     return [b.attn for b in model.transformer_blocks] + [b.attn for b in model.single_transformer_blocks]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_on_the_gpu(name, cuda_backend):
+    """The same two references with the model and nattn on the GPU."""
+    model, inputs, grid, text_keep = MODELS[name](torch.bfloat16)
+    model.cuda()
+    inputs = {k: v.cuda() for k, v in inputs.items()}
+    ref = run(model, inputs)
+    for text_keys in ("additional", "merge"):
+        apply_neighborhood_attention(model, grid, text_keys=text_keys)
+        err = (run(model, inputs).float() - ref.float()).abs().max().item()
+        assert err <= 0.015 * ref.float().abs().max().item(), (text_keys, err)
+        remove_neighborhood_attention(model)
+    model.float()
+    inputs = {k: (v.float() if v.is_floating_point() else v) for k, v in inputs.items()}
+    modules = patched_or_attention_modules(model, name)
+    original = modules[0].processor
+    window = WINDOWS[name][0]
+    modules[0].set_processor(MaskedOriginal(original, grid, window, TEXT_FIRST[name], text_keep))
+    ref = run(model, inputs)
+    modules[0].set_processor(original)
+    apply_neighborhood_attention(model, *window, layers=[0])
+    torch.testing.assert_close(run(model, inputs), ref, atol=2e-3, rtol=2e-3)
 
 
 # ---- joint_attention itself, against na_reference -----------------------------------------------

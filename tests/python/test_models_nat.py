@@ -81,6 +81,21 @@ def test_compile_fullgraph_matches_eager():
     torch.testing.assert_close(g_c, g_e, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.cuda
+def test_flex_and_nattn_agree_on_the_gpu(cuda_backend):
+    """FlexAttention with neighborhood_mask_mod and nattn compute the same layer, with gradients."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    m = NeighborhoodAttention(64, 2, 7, 2).cuda()
+    x = torch.randn(2, 28, 20, 64, device="cuda", requires_grad=True)
+    out = {}
+    for backend in ("nattn", "flex"):
+        m.attention = backend
+        y = m(x)
+        out[backend] = (y, *torch.autograd.grad(y.square().sum(), (x, m.qkv.weight)))
+    for a, b in zip(out["nattn"], out["flex"]):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="attention = 'dense' is invalid: must be one of"):
         NeighborhoodAttention(16, 2, attention="dense")
