@@ -109,7 +109,8 @@ def test_trains_on_digits():
     """A real run: scikit-learn's 8x8 digits upsampled to 32x32, a two-level DiNAT-style model,
     a minute or less on two CPU cores; held-out accuracy must reach 90%."""
     datasets = pytest.importorskip("sklearn.datasets")
-    torch.manual_seed(0)  # a fixed split and initialisation: this checks learning, not luck
+    # Split and initialisation come from the run's seed (conftest.py); 10 epochs reached
+    # 94-97% held-out accuracy over the seeds tried (6 epochs: 90.6-93%).
     d = datasets.load_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
     x = F.interpolate(x, size=32, mode="bilinear", align_corners=False)
