@@ -202,7 +202,15 @@ class _Processor:
         nv = math.prod(grid)
         vis = slice(text_length, N) if text_first else slice(0, nv)
         txt = slice(0, text_length) if text_first else slice(nv, N)
-        mask = _text_mask_from(attention_mask, B, N, vis, txt)
+        # Every block of a forward gets the same mask tensor: read it (a device sync) once.
+        cached = self.state.mask_cache
+        if cached is not None and cached[0] is attention_mask and cached[1] == (B, N, vis, txt):
+            mask = cached[2]
+        else:
+            mask = _text_mask_from(attention_mask, B, N, vis, txt)
+            if mask is not None and bool(mask.all()):
+                mask = None  # nothing padded: one call for the whole batch
+            self.state.mask_cache = (attention_mask, (B, N, vis, txt), mask)
         w = self.window
         return joint_attention(query, key, value, grid, text_length, text_first, mask,
                                w.kernel_size, w.stride, w.dilation, w.text_keys)
@@ -413,12 +421,14 @@ class _State:
     def __init__(self, model: nn.Module, spec: _Spec):
         self.spec = spec
         self.grid: Optional[Tuple[int, ...]] = None
+        self.mask_cache = None  # (attention_mask, layout, text mask) of the current forward
         self.originals: dict = {}
         self.signature = inspect.signature(model.forward)
         self.hook = model.register_forward_pre_hook(self._capture, with_kwargs=True)
 
     def _capture(self, model, args, kwargs):
         self.grid = self.spec.grid(model, self.signature.bind(*args, **kwargs).arguments)
+        self.mask_cache = None
 
 
 def _spec_of(transformer) -> _Spec:
