@@ -368,6 +368,8 @@ def main():
                         "additional keys), merge (neighborhood and text apart, merged by lse); both by default")
     p.add_argument("--with-default", action="store_true",
                    help="also time diffusers' own processors (masked SDPA for HunyuanVideo)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"],
+                   help="diffusers models' dtype (default: bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--json", action="store_true", help="write bench/results/<date>-<card>-models.{json,md}")
     p.add_argument("--out", help="output prefix instead of bench/results/<date>-<card>-models")
     args = p.parse_args()
@@ -381,7 +383,8 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.quick:
         p.error("full sizes need a GPU: use --quick on a CPU")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
+        args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     clock = Clock(device)
     card = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     try:
