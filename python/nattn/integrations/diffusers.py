@@ -60,15 +60,22 @@ _TEXT_KEYS = ("additional", "merge")
 
 @functools.lru_cache(maxsize=None)
 def _nattn_attention_takes_other_key_count(device: str, dtype: torch.dtype, head_dim: int) -> bool:
-    """Whether nattn.attention accepts fewer queries than keys on this device/dtype (a tiny call,
-    once per combination): nattn.attention gained Nq != Nk after this module was written."""
+    """Whether nattn.attention serves fewer queries than keys well on this device/dtype (a tiny
+    call, once per combination): it must accept Nq != Nk (nattn versions before cross-attention
+    do not) and, on a GPU, plan a fused kernel family for it (the exact generic kernels are
+    10-100x slower than torch's fused SDPA kernels)."""
     q = torch.randn(1, 1, 1, head_dim, device=device, dtype=dtype)
     k = torch.randn(1, 2, 1, head_dim, device=device, dtype=dtype)
     try:
         out = nf.attention(q, k, k)
+        if tuple(out.shape) != (1, 1, 1, head_dim):
+            return False
+        if device == "cuda":
+            from ..plans import explain
+            return explain(q, k, k, dense=True).family != "generic"
     except (ValueError, TypeError, RuntimeError, NotImplementedError):
         return False
-    return tuple(out.shape) == (1, 1, 1, head_dim)
+    return True
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -78,11 +85,29 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 def _dense(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Text queries over all keys: nattn.attention where it takes Nq != Nk, else torch SDPA."""
+    """Text queries over all keys: nattn.attention where it serves Nq != Nk with fused kernels,
+    else torch SDPA."""
     if q.shape[1] == k.shape[1] or _nattn_attention_takes_other_key_count(
             q.device.type, q.dtype, q.shape[-1]):
         return nf.attention(q, k, v)
     return _sdpa(q, k, v)
+
+
+def _attention_lse(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    """(out, lse) of dense attention of many queries over few keys (the text), heads-last:
+    nattn.attention where it serves Nq != Nk with fused kernels, else matmuls in chunks of
+    queries (the scores of a chunk are [B, H, chunk, Nk] float32)."""
+    if _nattn_attention_takes_other_key_count(q.device.type, q.dtype, q.shape[-1]):
+        return nf.attention(q, k, v, return_lse=True)
+    scale = q.shape[-1] ** -0.5
+    kt, vt = k.transpose(1, 2).float(), v.transpose(1, 2).float()  # [B, H, Nk, D]
+    outs, lses = [], []
+    for qc in q.split(8192, dim=1):
+        s = (qc.transpose(1, 2).float() @ kt.transpose(-1, -2)) * scale  # [B, H, chunk, Nk]
+        lse = s.logsumexp(dim=-1)
+        outs.append(((s - lse[..., None]).exp() @ vt).transpose(1, 2).to(q.dtype))
+        lses.append(lse.transpose(1, 2))
+    return torch.cat(outs, dim=1), torch.cat(lses, dim=1)
 
 
 def _joint_one(q, k, v, vis: slice, txt: slice, grid, text_first: bool, keep: Optional[Tensor],
@@ -105,7 +130,7 @@ def _joint_one(q, k, v, vis: slice, txt: slice, grid, text_first: bool, keep: Op
         # The same softmax in two parts: the neighborhood alone (kernels without additional-key
         # support serve it) and the text keys alone, combined through their logsumexps.
         out_na, lse_na = na(return_lse=True)
-        out_t, lse_t = nf.attention(q[:, vis], kt, vt, return_lse=True)
+        out_t, lse_t = _attention_lse(q[:, vis], kt, vt)
         out_vis, _ = merge_attentions([out_na.flatten(1, rank), out_t], [lse_na.flatten(1, rank), lse_t])
     if txt.stop == txt.start:
         return out_vis
@@ -125,7 +150,7 @@ def joint_attention(query: Tensor, key: Tensor, value: Tensor, grid: Sequence[in
     query attends to. `kernel_size=None`: every query attends to every (unpadded) token, through
     torch's scaled_dot_product_attention. `text_keys`: how visual queries get the text keys:
     "additional" (nattn's additional keys, one kernel) or "merge" (the neighborhood and the text
-    attended apart, then merged by logsumexp; needs nattn.attention with fewer queries than keys).
+    attended apart, then merged by logsumexp).
     Returns [B, N, H, Dv] in the model's token order."""
     grid = tuple(int(g) for g in grid)
     if len(grid) not in _NA:
