@@ -113,11 +113,10 @@ def _attention_lse(q: Tensor, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
 def _joint_one(q, k, v, vis: slice, txt: slice, grid, text_first: bool, keep: Optional[Tensor],
                window: _Window) -> Tensor:
     kt, vt = k[:, txt], v[:, txt]
+    k_all, v_all = k, v  # every key (the order of keys does not change attention)
     if keep is not None:  # drop padded text keys: no query may attend to them
         kt, vt = kt[:, keep], vt[:, keep]
-    # The order of keys does not change attention, so "all keys" is visual then text.
-    k_all = torch.cat([k[:, vis], kt], dim=1)
-    v_all = torch.cat([v[:, vis], vt], dim=1)
+        k_all, v_all = torch.cat([k[:, vis], kt], dim=1), torch.cat([v[:, vis], vt], dim=1)
     if window.kernel_size is None:
         return _sdpa(q, k_all, v_all)
     rank = len(grid)
