@@ -216,6 +216,23 @@ def attention_pairs(grid, n_text, window) -> float:
     return float(nv * (math.prod(ks) + n_text) + n_text * n)
 
 
+def na_family(model, grid, n_text, window, device, dtype):
+    """The kernel family nattn plans for the visual queries' neighborhood call (nattn.explain:
+    nothing runs), or None for the dense baseline."""
+    if window is None:
+        return None
+    c = model.config
+    q = torch.empty(1, *grid, c.num_attention_heads, c.attention_head_dim, device=device, dtype=dtype)
+    extra = {}
+    if window.get("text_keys", "additional") == "additional" and n_text:
+        t = torch.empty(1, n_text, c.num_attention_heads, c.attention_head_dim, device=device, dtype=dtype)
+        extra = dict(additional_keys=t, additional_values=t)
+    try:
+        return nattn.explain(q, q, q, window["kernel_size"], stride=window.get("stride", 1), **extra).family
+    except Exception as e:  # reported, not fatal
+        return f"explain failed: {type(e).__name__}"
+
+
 def run_diffusers(name, case, args, device, dtype, clock):
     log(f"{name}: building the transformer ({'tiny' if args.quick else 'full size'}, random weights "
         f"on {device})")
@@ -249,7 +266,8 @@ def run_diffusers(name, case, args, device, dtype, clock):
             step_ms = attn_ms = None
             free(device)
         rows.append(dict(model=name, config=label, window=window, blocks=blocks, grid=list(grid),
-                         text_tokens=n_text, step_ms=step_ms, attention_ms=attn_ms,
+                         text_tokens=n_text, na_family=na_family(model, grid, n_text, window, device, dtype),
+                         step_ms=step_ms, attention_ms=attn_ms,
                          attention_share=attn_ms / step_ms if step_ms else None,
                          attention_pairs=attention_pairs(grid, n_text, window) * n_layers))
         if device.type == "cuda":
@@ -257,7 +275,7 @@ def run_diffusers(name, case, args, device, dtype, clock):
     nad.remove_neighborhood_attention(model)
     if args.with_default:
         step_ms, _ = time_steps(step, clock, warmup, reps, f"{name} diffusers default")
-        rows.append(dict(model=name, config="diffusers default processors", window=None, blocks=blocks,
+        rows.append(dict(model=name, config="diffusers default processors", window=None, na_family=None, blocks=blocks,
                          grid=list(grid), text_tokens=n_text, step_ms=step_ms, attention_ms=None,
                          attention_share=None, attention_pairs=attention_pairs(grid, n_text, None) * n_layers))
     base = rows[0]
@@ -331,14 +349,15 @@ def markdown(meta, diff_rows, nat_rows) -> str:
            f"{meta['commit']}. Command: `{meta['command']}`.", ""]
     if diff_rows:
         out += [f"## Transformer step (batch 1, {meta['dtype']}, random weights; one denoising step)", "",
-                "| model | blocks | tokens | config | step ms | x dense | attention ms | attention share | "
+                "| model | blocks | tokens | config | NA family | step ms | x dense | attention ms | attention share | "
                 "x dense (attention) | FLOP-wise limit (attention) |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in diff_rows:
             tokens = "x".join(map(str, r["grid"])) + f" + {r['text_tokens']}"
-            share = None if r["attention_share"] is None else 100 * r["attention_share"]
-            out.append(f"| {r['model']} | {r['blocks']} | {tokens} | {r['config']} | {fmt(r['step_ms'])} | "
-                       f"{fmt(r['speedup'], '.2f')} | {fmt(r['attention_ms'])} | {fmt(share, '.0f')}% | "
+            share = "-" if r["attention_share"] is None else f"{100 * r['attention_share']:.0f}%"
+            out.append(f"| {r['model']} | {r['blocks']} | {tokens} | {r['config']} | {r['na_family'] or '-'} | "
+                       f"{fmt(r['step_ms'])} | "
+                       f"{fmt(r['speedup'], '.2f')} | {fmt(r['attention_ms'])} | {share} | "
                        f"{fmt(r['attention_speedup'], '.2f')} | {fmt(r['flop_limit_attention'], '.2f')} |")
         out += ["", "dense SDPA: nattn's dense processors (diffusers' math, mask-free SDPA with cuDNN "
                 "first on a GPU); attention ms: every attention call of the step (CUDA events on a GPU). "
