@@ -107,13 +107,11 @@ nattn::Problem random_problem(const KernelConfigInfo& row, Rng& rng) {
   p.num_additional = rng.coin(0.4) ? rng.integer(1, 70) : 0;
   if (rng.coin(0.2)) p.scale = rng.uniform(0.05, 0.5);
   if (row.family == "sm90") {
-    // The sm90 forward: D == Dv == the row's head dim, no additional keys, and a TMA box of
-    // 128 query rows x dilation within 256 elements on a 1-D grid.
-    p.head_dim = p.head_dim_v = row.head_dim;
-    p.num_additional = 0;
+    // The sm90 forward: a TMA box of 128 query rows x dilation within 256 elements on a 1-D grid.
     if (p.rank == 1) p.window.dilation[0] = std::min<int64_t>(p.window.dilation[0], 2);
     p.extent[0] = std::max(p.extent[0], p.window.kernel_size[0] * p.window.dilation[0]);
-  } else if (row.head_dim > 0) {
+  }
+  if (row.head_dim > 0) {
     // Fused rows: multiples of 8 with max(D, Dv) in (next smaller row, row].
     const int lo = next_smaller_head_dim(row) / 8 + 1, hi = row.head_dim / 8;
     const int64_t padded = 8 * rng.integer(lo, hi);
@@ -121,6 +119,8 @@ nattn::Problem random_problem(const KernelConfigInfo& row, Rng& rng) {
     const bool d_is_max = rng.coin();
     p.head_dim = d_is_max ? padded : other;
     p.head_dim_v = d_is_max ? other : padded;
+    // sm90: a 3-D grid with batch > 1 has no spare TMA dimension to zero-fill D up to the row's.
+    if (row.family == "sm90" && p.rank == 3 && p.batch > 1) p.head_dim = row.head_dim;
   } else {
     p.head_dim = rng.integer(1, 48);
     p.head_dim_v = rng.coin() ? p.head_dim : rng.integer(1, 48);

@@ -48,6 +48,8 @@ using E = Elem;
 // bench/results/raw/2026-11-27-h100-families-v{2,3}.md) it is faster where the softmax is heavy
 // relative to the products (d64 dense 377 vs 346 TFLOP/s, 1d-32k 438 vs 339, img-2d 190 vs 175)
 // and slower on unmasked d128 walks (dense 560 vs 614, hunyuan-3d-s 583 vs 606).
+// Head dim 32 has ping-pong rows only (the softmax dominates its tiny products); head dim 256
+// walks 64-key tiles (two stages of K and V and one Q buffer fill the shared memory).
 // generic: exact SIMT kernels for everything no fused row covers (fp32, fp64, head dims past
 // the fused limits); head_dim 0 and kAny mean any.
 inline constexpr KernelConfig kKernelConfigs[] = {
@@ -82,6 +84,10 @@ inline constexpr KernelConfig kKernelConfigs[] = {
     {28, F::kSm90, R::kForward, E::kBFloat16, 64, 128, 128, 12, 4, true},
     {29, F::kSm90, R::kForward, E::kHalf, 128, 128, 128, 12, 2, true},
     {30, F::kSm90, R::kForward, E::kBFloat16, 128, 128, 128, 12, 2, true},
+    {31, F::kSm90, R::kForward, E::kHalf, 32, 128, 128, 12, 4, true},
+    {32, F::kSm90, R::kForward, E::kBFloat16, 32, 128, 128, 12, 4, true},
+    {33, F::kSm90, R::kForward, E::kHalf, 256, 128, 64, 12, 2},
+    {34, F::kSm90, R::kForward, E::kBFloat16, 256, 128, 64, 12, 2},
 };
 }  // namespace config_rows
 using config_rows::kKernelConfigs;

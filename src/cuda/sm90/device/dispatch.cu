@@ -6,11 +6,17 @@ namespace nattn::cuda::sm90 {
 
 const Launcher* launcher(int id) {
   return table_launcher(id, [](Launcher* rows) {
+#ifdef NATTN_SM90_HD32
+    register_head_dim<32>(rows);
+#endif
 #ifdef NATTN_SM90_HD64
     register_head_dim<64>(rows);
 #endif
 #ifdef NATTN_SM90_HD128
     register_head_dim<128>(rows);
+#endif
+#ifdef NATTN_SM90_HD256
+    register_head_dim<256>(rows);
 #endif
     (void)rows;
   });

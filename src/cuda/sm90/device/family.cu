@@ -1,10 +1,12 @@
 // Layer: cuda/sm90 device. The Hopper (sm_90a) family: TMA box loads straight from the caller's
-// tensors, wgmma, warp specialisation (cuda/sm90/kernel). Today it runs the forward for fp16 and
-// bf16 with head dim 64 or 128 (D == Dv) and no additional keys; everything else is planned on
-// the sm80 family with the reason recorded.
+// tensors, wgmma, warp specialisation (cuda/sm90/kernel). It runs the forward for fp16 and bf16,
+// head dims (D and Dv) multiples of 8 up to 256 padded to 32/64/128/256, additional keys,
+// dilation up to 8; the backward and everything else is planned on the sm80 family with the
+// reason recorded.
 #include <cuda.h>
 
 #include <array>
+#include <cstdlib>
 #include <string>
 
 #include "core/tile_shapes.h"
@@ -33,54 +35,91 @@ EncodeTiled encode_tiled() {
   return fn;
 }
 
-// How TMA reads a [B, X.., H, D] tensor: heads packed with the head dim ([B, X.., H*D], heads
-// inner) or heads as an outer dimension folded with the batch ([B*H, X.., D], e.g. a
-// [B, H, X.., D] tensor viewed heads-last). -1: neither (the plan copies the tensor).
-int heads_layout(const TensorView& t) {
+// The layouts a [B, X.., H, C] tensor view can have for TMA (MapMode, traits.cuh): unit-stride
+// head dim, 16-byte multiples elsewhere. Apart maps take any head stride but need a spare TMA
+// dimension (no third spatial axis, or batch 1); otherwise heads are packed with the head dim
+// (inner) or folded with the batch. -1: none.
+int map_mode(const TensorView& t) {
   const int n = t.ndim;
-  if (n < 3 || !(t.stride[n - 1] == 1 || t.shape[n - 1] == 1)) return -1;
-  for (int i = 0; i + 2 < n; ++i)
+  if (n < 4 || !(t.stride[n - 1] == 1 || t.shape[n - 1] == 1)) return -1;
+  for (int i = 0; i + 1 < n; ++i)
     if (t.shape[i] != 1 && t.stride[i] % 8 != 0) return -1;
-  if (t.stride[n - 2] == t.shape[n - 1] || t.shape[n - 2] == 1) return 1;
-  if (t.stride[n - 2] % 8 == 0 && (t.shape[0] == 1 || t.stride[0] == t.shape[n - 2] * t.stride[n - 2])) return 0;
+  if (n <= 5 || t.shape[n - 3] == 1) return sm90::kHeadsApart;  // rank <= 2, or X3 == 1
+  if (t.shape[0] == 1) return sm90::kHeadsApartB1;
+  if (t.stride[n - 2] == t.shape[n - 1] || t.shape[n - 2] == 1) return sm90::kHeadsInner;
+  if (t.shape[0] == 1 || t.stride[0] == t.shape[n - 2] * t.stride[n - 2]) return sm90::kHeadsFolded;
   return -1;
 }
 
-int heads_layout(const Strides& s, int64_t heads, int64_t head_dim, int64_t batch) {
-  if (s.head == head_dim || heads == 1) return 1;
-  return batch == 1 || s.batch == heads * s.head ? 0 : -1;
+// A grid (or the additional keys as a 1-D grid) as a tensor map can see it.
+struct MapGrid {
+  int64_t extent[3];
+  int64_t dilation[3];
+  int shift[3];  // log2 of the box per axis, in group positions
+};
+
+// The same choice from a kernel's strides (the plan made the tensor readable: map_mode >= 0).
+int map_mode(const MapGrid& m, const Strides& s, int64_t batch, int64_t heads, int64_t cols) {
+  if (m.extent[2] == 1) return sm90::kHeadsApart;
+  if (batch == 1) return sm90::kHeadsApartB1;
+  if (s.head == cols || heads == 1) return sm90::kHeadsInner;
+  return sm90::kHeadsFolded;
 }
 
-// A rank-5 map with boxes of 64 columns x the given box per axis (unused spatial axes have
-// extent 1); dilation as element strides (the box spans box x dilation elements per axis).
-Status encode(CUtensorMap* map, const void* base, DType dtype, const Geometry& g, int64_t heads, const Strides& s,
-              const int (&shift)[3], const char* name, int* heads_inner) {
+// A rank-5 map with boxes of pw columns x the box per axis (unused axes have extent 1);
+// dilation as element strides (the box spans box x dilation elements per axis).
+Status encode(CUtensorMap* map, const void* base, DType dtype, const MapGrid& m, int64_t batch, int64_t heads,
+              int64_t cols, const Strides& s, int pw, const char* name, int* mode) {
   const EncodeTiled fn = encode_tiled();
   if (fn == nullptr) return Status::Runtime("sm90: cuTensorMapEncodeTiled is not available from the driver");
-  *heads_inner = heads_layout(s, heads, g.head_dim, g.batch);
-  if (*heads_inner < 0) return Status::Runtime(std::string("sm90: ") + name + " has no TMA layout (planner bug)");
+  *mode = map_mode(m, s, batch, heads, cols);
   const cuuint64_t es = 2;
-  const bool inner = *heads_inner == 1;
-  cuuint64_t dims[5] = {cuuint64_t(inner ? heads * g.head_dim : g.head_dim), cuuint64_t(g.extent[2]),
-                        cuuint64_t(g.extent[1]), cuuint64_t(g.extent[0]),
-                        cuuint64_t(inner ? g.batch : g.batch * heads)};
-  const int64_t elem_strides[4] = {s.axis[2], s.axis[1], s.axis[0], inner ? s.batch : s.head};
+  cuuint64_t dims[5];
+  int64_t elem_strides[4];
+  cuuint32_t box[5] = {cuuint32_t(pw), 1, 1, 1, 1};
+  cuuint32_t step[5] = {1, 1, 1, 1, 1};
+  // TMA dimension of spatial axis a (X1 outermost), per mode.
+  int axis_dim[3];
+  switch (*mode) {
+    case sm90::kHeadsInner:
+    case sm90::kHeadsFolded: {
+      const bool inner = *mode == sm90::kHeadsInner;
+      dims[0] = cuuint64_t(inner ? heads * cols : cols);
+      dims[4] = cuuint64_t(inner ? batch : batch * heads);
+      elem_strides[3] = inner ? s.batch : s.head;
+      axis_dim[0] = 3, axis_dim[1] = 2, axis_dim[2] = 1;
+      break;
+    }
+    case sm90::kHeadsApart:
+      dims[0] = cuuint64_t(cols), dims[1] = cuuint64_t(heads), dims[4] = cuuint64_t(batch);
+      elem_strides[0] = s.head, elem_strides[3] = s.batch;
+      axis_dim[0] = 3, axis_dim[1] = 2, axis_dim[2] = -1;
+      break;
+    default:  // kHeadsApartB1
+      dims[0] = cuuint64_t(cols), dims[1] = cuuint64_t(heads);
+      elem_strides[0] = s.head;
+      axis_dim[0] = 4, axis_dim[1] = 3, axis_dim[2] = 2;
+      break;
+  }
+  for (int a = 0; a < 3; ++a) {
+    const int d = axis_dim[a];
+    if (d < 0) continue;
+    dims[d] = cuuint64_t(m.extent[a]);
+    elem_strides[d - 1] = s.axis[a];
+    step[d] = cuuint32_t(m.dilation[a]);
+    box[d] = cuuint32_t((1 << m.shift[a]) * m.dilation[a]);
+  }
   cuuint64_t strides[4];
   cuuint64_t packed = dims[0] * es;  // a dense stride for dims of extent 1, whose stride is never used
   for (int i = 0; i < 4; ++i) {
     strides[i] = dims[i + 1] == 1 ? packed : cuuint64_t(elem_strides[i]) * es;
     packed = strides[i] * dims[i + 1];
   }
-  cuuint32_t box[5] = {64, 1, 1, 1, 1};
-  cuuint32_t step[5] = {1, 1, 1, 1, 1};
-  for (int a = 0; a < 3; ++a) {
-    step[3 - a] = cuuint32_t(g.dilation[a]);
-    box[3 - a] = cuuint32_t((1 << shift[a]) * g.dilation[a]);
-  }
   const CUresult r =
       fn(map, dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 5,
-         const_cast<void*>(base), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-         CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+         const_cast<void*>(base), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+         pw == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     return Status::Runtime(std::string("sm90: encoding the tensor map of ") + name + " failed (CUresult " +
                            std::to_string(int(r)) + ")");
@@ -94,16 +133,34 @@ std::array<int, 3> box_caps(const Geometry& g) {
   return caps;
 }
 
-// Where the ping-pong schedule measured faster (configs.h): head dim 64 (the softmax is heavy
-// next to the products), and 1-D/2-D windows with masked tiles on every walk (stride below the
-// kernel size, window smaller than the grid).
-bool pingpong_pays(const Problem& p) {
-  if (p.head_dim == 64) return true;
-  if (p.rank > 2) return false;
+// Where the ping-pong schedule measured faster (configs.h): head dims 32 and 64 (the softmax is
+// heavy next to the products), and 1-D/2-D windows with masked tiles on every walk (stride below
+// the kernel size, window smaller than the grid). Head dim 256 has no ping-pong rows.
+bool pingpong_pays(const Problem& p, int padded) {
+  if (padded <= 64) return true;
+  if (padded > 128 || p.rank > 2) return false;
   for (int a = 0; a < p.rank; ++a)
     if (p.window.stride[a] < p.window.kernel_size[a] && p.window.kernel_size[a] * p.window.dilation[a] < p.extent[a])
       return true;
   return false;
+}
+
+// Persistent CTAs (one per SM, each running items blockIdx.x, + gridDim.x, ...) overlap one
+// item's tail (last products, epilogue) with the next item's set-up and loads. That pays where
+// items are short; long items amortise it and then lose to the static round-robin's load
+// imbalance. Measured on the H100 (2026-11-27, bench/results/2026-11-27-h100-sm90-forward-v2.md,
+// useful TFLOP/s persistent vs one CTA per item): 1d-32k 564/456 (17 walked tiles per item),
+// 1d-32k-s256 586/486, img-2d 223/213 (13), flux-2d 478/457 (61), dense d64 431/397 (64),
+// hunyuan-3d-s 614/591, but dense d128 660/680 (128), hunyuan-3d 313/321 and cosmos-3d 409/433
+// (hundreds of tiles per item, uneven). NATTN_SM90_PERSISTENT=0/1 forces either (a developer
+// switch for A/B timing; read once).
+bool persistent_pays(double tiles_per_item) {
+  static const int forced = [] {
+    const char* e = std::getenv("NATTN_SM90_PERSISTENT");
+    return e == nullptr ? -1 : std::string(e) == "0" ? 0 : 1;
+  }();
+  if (forced >= 0) return forced == 1;
+  return tiles_per_item <= 96.0;
 }
 
 class Sm90Family final : public KernelFamily {
@@ -120,17 +177,24 @@ class Sm90Family final : public KernelFamily {
     if (call.dtype != DType::kFloat16 && call.dtype != DType::kBFloat16)
       return Status::Unsupported(std::string("sm90 kernels take float16/bfloat16 (got ") + dtype_name(call.dtype) +
                                  ")");
-    if (g.head_dim != g.head_dim_v || (g.head_dim != 64 && g.head_dim != 128))
-      return Status::Unsupported("the sm90 forward takes head_dim == head_dim_v in {64, 128} (got " +
+    const int64_t hd = g.head_dim > g.head_dim_v ? g.head_dim : g.head_dim_v;
+    const int padded = padded_head_dim(Family::kSm90, Role::kForward, int(hd));
+    if (g.head_dim % 8 != 0 || g.head_dim_v % 8 != 0 || padded == 0)
+      return Status::Unsupported("the sm90 forward takes head dims that are multiples of 8 up to " +
+                                 std::to_string(max_head_dim(Family::kSm90, Role::kForward)) + " (got " +
                                  std::to_string(g.head_dim) + ", " + std::to_string(g.head_dim_v) + ")");
-    if (g.num_additional > 0) return Status::Unsupported("the sm90 forward has no additional keys yet");
+    if (g.extent[2] > 1 && g.batch > 1 && g.head_dim != padded)
+      return Status::Unsupported("a 3-D grid with batch > 1 leaves no spare TMA dimension for zero-filling head_dim " +
+                                 std::to_string(g.head_dim) + " up to " + std::to_string(padded) +
+                                 " (the sm90 forward pads head dims with the TMA only for 1-D/2-D grids or batch 1)");
     for (int a = 0; a < 3; ++a) {
       if (g.dilation[a] > 8)
         return Status::Unsupported("the sm90 forward takes dilation <= 8 (TMA element strides; got " +
                                    std::to_string(g.dilation[a]) + ")");
       if (g.extent[a] >= (int64_t(1) << 31)) return Status::Unsupported("the sm90 forward needs extents < 2^31");
     }
-    if (g.heads_q > 65535 || g.batch > 65535) return Status::Unsupported("sm90 kernels need batch and heads <= 65535");
+    if (g.num_additional >= (int64_t(1) << 31))
+      return Status::Unsupported("the sm90 forward needs fewer than 2^31 additional keys");
     int id = -1;
     NATTN_RETURN_IF_ERROR(config_for(call, &id));
     const Launcher* l = sm90::launcher(id);
@@ -142,13 +206,14 @@ class Sm90Family final : public KernelFamily {
   }
 
   // TMA reads rows with a unit-stride head dim from a 16-byte aligned base, every other stride a
-  // multiple of 16 bytes, heads either packed with the head dim or folded with the batch.
+  // multiple of 16 bytes, and heads in one of the MapMode layouts.
   Status reads_in_place(const TensorView& t) const override {
     if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) return Status::Unsupported("its rows are not 16-byte aligned");
-    if (heads_layout(t) < 0)
+    if (map_mode(t) < 0)
       return Status::Unsupported(
-          "TMA boxes need a unit-stride head dim, strides that are multiples of 8 elements and heads either "
-          "packed with the head dim or folded with the batch (batch stride = heads x head stride)");
+          "TMA boxes need a unit-stride head dim and strides that are multiples of 8 elements; with a 3-D grid "
+          "and batch > 1 also heads packed with the head dim or folded with the batch (batch stride = heads x "
+          "head stride)");
     return Status::Ok();
   }
 
@@ -182,11 +247,14 @@ class Sm90Family final : public KernelFamily {
     k.walk = shapes.k;
     k.walked_tiles = shapes.key_tiles;
     k.tiling = make_tiling(g, k.own, k.walk);
-    if (k.tiling.neighborhood_ctas > INT32_MAX)
-      return Status::Unsupported("too many tiles for one launch (" + std::to_string(k.tiling.neighborhood_ctas) + ")");
-    k.grid[0] = unsigned(k.tiling.neighborhood_ctas);
-    k.grid[1] = unsigned(g.heads_q);
-    k.grid[2] = unsigned(g.batch);
+    // Work items: own boxes x heads x batch, one CTA each or persistent CTAs (one per SM: the
+    // shared memory holds one CTA). walked_tiles counts every dilation group's boxes.
+    const int64_t items = k.tiling.neighborhood_ctas * g.heads_q * g.batch;
+    if (items > INT32_MAX)
+      return Status::Unsupported("too many work items for one launch (" + std::to_string(items) + ")");
+    const int64_t sms = call.device.sm_count > 0 ? call.device.sm_count : 1;
+    const bool persistent = persistent_pays(k.walked_tiles / double(k.tiling.neighborhood_ctas));
+    k.grid[0] = unsigned(persistent && items > sms ? sms : items);
     k.threads = l->threads;
     k.smem = l->smem;
     NATTN_RETURN_IF_ERROR(l->prepare());
@@ -200,12 +268,44 @@ class Sm90Family final : public KernelFamily {
     sm90::ForwardArgs args;
     args.p = p;
     args.tl = k.tiling;
-    NATTN_RETURN_IF_ERROR(
-        encode(&args.tma_q, p.q, dtype, p.g, p.g.heads_q, p.sq, k.tiling.own_shift, "q", &args.heads_inner[0]));
-    NATTN_RETURN_IF_ERROR(
-        encode(&args.tma_k, p.k, dtype, p.g, p.g.heads_kv, p.sk, k.tiling.walk_shift, "k", &args.heads_inner[1]));
-    NATTN_RETURN_IF_ERROR(
-        encode(&args.tma_v, p.v, dtype, p.g, p.g.heads_kv, p.sv, k.tiling.walk_shift, "v", &args.heads_inner[2]));
+    args.items = int(k.tiling.neighborhood_ctas * p.g.heads_q * p.g.batch);
+    args.longest_first = p.g.causal[0] || p.g.causal[1] || p.g.causal[2];
+    const int padded = kKernelConfigs[k.config_id].head_dim;
+    const int pw = padded >= 64 ? 64 : padded;
+    MapGrid grid{}, extra{};
+    for (int a = 0; a < 3; ++a) {
+      grid.extent[a] = p.g.extent[a];
+      grid.dilation[a] = p.g.dilation[a];
+      extra.extent[a] = 1;
+      extra.dilation[a] = 1;
+    }
+    extra.extent[0] = p.g.num_additional;
+    for (int bn = kKernelConfigs[k.config_id].block_kv; bn > 1; bn >>= 1) ++extra.shift[0];  // tiles of BN keys
+    struct MapSource {
+      const void* base;
+      const Strides* s;
+      const MapGrid* m;
+      const int* shift;
+      int64_t heads, cols;
+      const char* name;
+    };
+    const MapSource src[sm90::kNumMaps] = {
+        {p.q, &p.sq, &grid, k.tiling.own_shift, p.g.heads_q, p.g.head_dim, "q"},
+        {p.k, &p.sk, &grid, k.tiling.walk_shift, p.g.heads_kv, p.g.head_dim, "k"},
+        {p.v, &p.sv, &grid, k.tiling.walk_shift, p.g.heads_kv, p.g.head_dim_v, "v"},
+        {p.ka, &p.ska, &extra, extra.shift, p.g.heads_kv, p.g.head_dim, "additional_keys"},
+        {p.va, &p.sva, &extra, extra.shift, p.g.heads_kv, p.g.head_dim_v, "additional_values"},
+    };
+    for (int i = 0; i < sm90::kNumMaps; ++i) {
+      const MapSource& m = src[i];
+      args.head_cols[i] = int(m.cols);
+      args.mode[i] = 0;
+      if (i >= sm90::kMapKa && p.g.num_additional == 0) continue;
+      MapGrid mg = *m.m;
+      for (int a = 0; a < 3; ++a) mg.shift[a] = m.shift[a];
+      NATTN_RETURN_IF_ERROR(
+          encode(&args.tma[i], m.base, dtype, mg, p.g.batch, m.heads, m.cols, *m.s, pw, m.name, &args.mode[i]));
+    }
     return sm90::launcher(k.config_id)->launch(k, &args, s);
   }
 
@@ -219,13 +319,17 @@ class Sm90Family final : public KernelFamily {
     const Elem e = call.dtype == DType::kBFloat16 ? Elem::kBFloat16 : Elem::kHalf;
     if (*id >= 0) {
       const KernelConfig& c = kKernelConfigs[*id];
-      if (c.elem != e || c.head_dim != call.g.head_dim)
+      const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
+      if (c.elem != e || c.head_dim != padded_head_dim(Family::kSm90, Role::kForward, int(hd)))
         return Status::Invalid("choice.config_ids has " + std::to_string(*id) +
                                ", which is invalid for this call: it is a " + elem_name(c.elem) + " row of head dim " +
                                std::to_string(c.head_dim) + "; the call is " + dtype_name(call.dtype) +
-                               " with head_dim " + std::to_string(call.g.head_dim));
+                               " with max(head_dim, head_dim_v) = " + std::to_string(hd) + ", padded to " +
+                               std::to_string(padded_head_dim(Family::kSm90, Role::kForward, int(hd))));
     } else {
-      *id = find_config(Family::kSm90, Role::kForward, e, int(call.g.head_dim), pingpong_pays(call.problem));
+      const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
+      const int padded = padded_head_dim(Family::kSm90, Role::kForward, int(hd));
+      *id = find_config(Family::kSm90, Role::kForward, e, padded, pingpong_pays(call.problem, padded));
     }
     if (*id < 0 || sm90::launcher(*id) == nullptr)
       return Status::Unsupported("the sm90 configuration for head dim " + std::to_string(call.g.head_dim) +

@@ -1,10 +1,13 @@
-// Layer: cuda/sm90 kernel. Fused neighborhood-attention forward for Hopper: one CTA = one box of
-// BM = 128 query positions of one (batch, head, dilation group), walking the key boxes that cover
-// its queries' windows (TileWalk, as the sm80 family). Warp-specialised:
-//   * warpgroup 0 (registers given back with setmaxnreg): one thread steps the walk and issues
-//     TMA box loads of Q once and of K and V per walked box straight from the caller's
-//     [B, X1, X2, X3, H*D] tensors (out-of-range rows zero-filled by the TMA unit, dilation as
-//     TMA element strides), into a ring of stages guarded by mbarriers;
+// Layer: cuda/sm90 kernel. Fused neighborhood-attention forward for Hopper. A work item is one box
+// of BM = 128 query positions of one (batch, head, dilation group), walking the key boxes that
+// cover its queries' windows (TileWalk, as the sm80 family) and then the additional-key tiles.
+// CTAs are persistent when the plan says so (grid below the item count): each runs items
+// blockIdx.x, + gridDim.x, ... Warp-specialised:
+//   * warpgroup 0 (registers given back with setmaxnreg): warps 1-3 prepare each item's walk and
+//     window tables (double-buffered), and one thread issues TMA box loads of Q per item and of K and V
+//     per walked box straight from the caller's tensors (cuda/sm90/kernel/traits.cuh MapMode;
+//     out-of-range rows and head-dim padding zero-filled by the TMA unit, dilation as TMA element
+//     strides), into a ring of stages guarded by mbarriers that runs on across items;
 //   * warpgroups 1-2 (64 query rows each): S = Q K^T as SS-wgmma, partial boxes masked along
 //     their partial axes only, the online softmax in registers (scale folded into exp2), and
 //     O += P V as RS-wgmma with P from registers; then O and the logsumexp are stored.
@@ -57,64 +60,35 @@ __device__ __forceinline__ void wgmma(Mma& mma, const TA& a, const TB& b, TC& c)
   warpgroup_fence_operand(c);
 }
 
-// Element coordinates along (X3, X2, X1) of a box starting at group positions start.
+// Element coordinates along (X1, X2, X3) of a box starting at group positions start.
 __device__ __forceinline__ void box_coords(const int (&start)[3], const TileWalk& w, const Geometry& g, int (&c)[3]) {
 #pragma unroll
   for (int a = 0; a < 3; ++a) c[a] = start[a] * int(g.dilation[a]) + w.group[a];
 }
 
+// One thread: TMA loads of every panel of one box (rows x HD) into dst, completing on bar.
 template <class Tr>
-__device__ __forceinline__ void produce(typename Tr::SharedStorage& ss, TileWalk& w, const ForwardArgs& args, int b,
-                                        int h, int hk) {
-  using Element = typename Tr::Element;
-  using Barrier = cutlass::arch::ClusterBarrier;
-  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
-  constexpr int BM = Tr::BM, BN = Tr::BN, HD = Tr::HD;
-  // Q is read by this CTA only; K and V boxes are read again by neighbouring CTAs.
-  constexpr uint64_t kOnce = uint64_t(cute::TMA::CacheHintSm90::EVICT_FIRST);
-  constexpr uint64_t kShared = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
-  const Geometry& g = args.p.g;
-  int c[3], c0, c4;
-  box_coords(w.own_start, w, g, c);
-  TxBarrier::arrive_and_expect_tx(&ss.q_full, BM * HD * sizeof(Element));
+__device__ __forceinline__ void load_box(const ForwardArgs& args, int map, uint64_t* bar, uint64_t hint,
+                                         typename Tr::Element* dst, int rows, int b, int h, const int (&c)[3]) {
+  const int heads = int(map == kMapQ ? args.p.g.heads_q : args.p.g.heads_kv);
 #pragma unroll
   for (int pnl = 0; pnl < Tr::kPanels; ++pnl) {
-    head_coords(args.heads_inner[0], g.heads_q, g.head_dim, b, h, pnl, c0, c4);
-    cute::SM90_TMA_LOAD_5D::copy(&args.tma_q, &ss.q_full, kOnce, ss.q + pnl * BM * 64, c0, c[2], c[1], c[0], c4);
+    int t[5];
+    map_coords(args.mode[map], heads, args.head_cols[map], b, h, pnl, Tr::PW, c, t);
+    cute::SM90_TMA_LOAD_5D::copy(&args.tma[map], bar, hint, dst + pnl * rows * Tr::PW, t[0], t[1], t[2], t[3], t[4]);
   }
-  int stage = 0;
-  uint32_t phase = 0;
-  for (;;) {
-    const Step st = w.advance();
-    Barrier::wait(&ss.k_empty[stage], phase ^ 1);  // the first pass over the stages does not wait
-    ss.steps[stage] = st;
-    if (!st.valid) {
-      Barrier::arrive(&ss.k_full[stage]);  // consumers read the end of the walk
-      return;
-    }
-    box_coords(st.start, w, g, c);
-    TxBarrier::arrive_and_expect_tx(&ss.k_full[stage], BN * HD * sizeof(Element));
-    Element* k = ss.k + stage * BN * HD;
-#pragma unroll
-    for (int pnl = 0; pnl < Tr::kPanels; ++pnl) {
-      head_coords(args.heads_inner[1], g.heads_kv, g.head_dim, b, hk, pnl, c0, c4);
-      cute::SM90_TMA_LOAD_5D::copy(&args.tma_k, &ss.k_full[stage], kShared, k + pnl * BN * 64, c0, c[2], c[1], c[0],
-                                   c4);
-    }
-    Barrier::wait(&ss.v_empty[stage], phase ^ 1);
-    TxBarrier::arrive_and_expect_tx(&ss.v_full[stage], BN * HD * sizeof(Element));
-    Element* v = ss.v + stage * BN * HD;
-#pragma unroll
-    for (int pnl = 0; pnl < Tr::kPanels; ++pnl) {
-      head_coords(args.heads_inner[2], g.heads_kv, g.head_dim, b, hk, pnl, c0, c4);
-      cute::SM90_TMA_LOAD_5D::copy(&args.tma_v, &ss.v_full[stage], kShared, v + pnl * BN * 64, c0, c[2], c[1], c[0],
-                                   c4);
-    }
-    if (++stage == Tr::kStages) {
-      stage = 0;
-      phase ^= 1;
-    }
-  }
+}
+
+// Work item `item` (own boxes fastest, then heads, then batch: CTAs running side by side share
+// a head's key boxes in L2) as (own box, head, batch). Causal walks grow along the grid, so
+// causal problems run the items backwards: longest first, the short ones fill the tail.
+__device__ __forceinline__ void decode_item(int item, const ForwardArgs& args, int& box, int& h, int& b) {
+  if (args.longest_first) item = args.items - 1 - item;
+  const int boxes = int(args.tl.neighborhood_ctas);
+  box = item % boxes;
+  const int rest = item / boxes;
+  h = rest % int(args.p.g.heads_q);
+  b = rest / int(args.p.g.heads_q);
 }
 
 // A stage index and its barrier phase, advanced together.
@@ -130,9 +104,106 @@ struct StageCursor {
   }
 };
 
+// Producer warps 1-3: per work item, its walk and window tables in the item's slot (two slots:
+// the next item is prepared while this one runs). Kept apart from the TMA thread's loop so
+// neither carries the other's state (the producer warpgroup runs on 56 registers).
 template <class Tr>
-__device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const TileWalk& w, const ForwardArgs& args,
-                                        int b, int h) {
+__device__ __forceinline__ void prepare_items(typename Tr::SharedStorage& ss, const ForwardArgs& args) {
+  using Barrier = cutlass::arch::ClusterBarrier;
+  const Geometry& g = args.p.g;
+  const int tid = int(threadIdx.x) - 32;  // 0..95
+  const int add_tiles = int((g.num_additional + Tr::BN - 1) / Tr::BN);
+  int n = 0;
+  for (int item = int(blockIdx.x); item < args.items; item += int(gridDim.x), ++n) {
+    const int slot = n & 1;
+    auto& it = ss.item[slot];
+    Barrier::wait(&ss.item_empty[slot], ((n >> 1) & 1) ^ 1);  // the first use of a slot does not wait
+    if (tid == 0) {
+      int box;
+      decode_item(item, args, box, it.h, it.b);
+      it.walk.init(g, args.tl, box, false, add_tiles, Tr::BN);
+      it.walk.begin(1, g.num_additional);
+    }
+    cutlass::arch::NamedBarrier::sync(96, 4);
+    if (!it.walk.empty) {
+      it.walk.fill_tables(tid, 96);
+      fill_axis_windows(&it.win[0][0], Tr::BM, it.walk.own_start, args.tl.own_shift, it.walk, tid, 96);
+    }
+    cutlass::arch::NamedBarrier::sync(96, 4);
+    if (tid == 0) Barrier::arrive(&ss.item_full[slot]);
+  }
+}
+
+// Producer thread 0: per prepared item, the TMA loads of Q and of the walk's K/V boxes and
+// additional-key tiles, closed by an invalid step. The stage ring runs on across items, so the
+// next item's first boxes load while the consumers finish this one.
+template <class Tr>
+__device__ __forceinline__ void produce(typename Tr::SharedStorage& ss, const ForwardArgs& args) {
+  using Element = typename Tr::Element;
+  using Barrier = cutlass::arch::ClusterBarrier;
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+  constexpr int BM = Tr::BM, BN = Tr::BN;
+  // Q is read by this CTA only; K and V boxes are read again by neighbouring CTAs.
+  constexpr uint64_t kOnce = uint64_t(cute::TMA::CacheHintSm90::EVICT_FIRST);
+  constexpr uint64_t kShared = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
+  constexpr uint32_t kTileBytes = BN * Tr::HD * sizeof(Element);
+  const Geometry& g = args.p.g;
+  const int hpk = int(g.heads_q / g.heads_kv);
+  StageCursor<Tr::kStages> kv;
+  StageCursor<Tr::kQStages> qs;
+  int n = 0;
+  for (int item = int(blockIdx.x); item < args.items; item += int(gridDim.x), ++n) {
+    const int slot = n & 1;
+    Barrier::wait(&ss.item_full[slot], (n >> 1) & 1);
+    TileWalk& w = ss.item[slot].walk;
+    if (w.empty) continue;
+    const int b = ss.item[slot].b, h = ss.item[slot].h, hk = h / hpk;
+    int c[3];
+    Barrier::wait(&ss.q_empty[qs.stage], qs.phase ^ 1);
+    box_coords(w.own_start, w, g, c);
+    TxBarrier::arrive_and_expect_tx(&ss.q_full[qs.stage], BM * Tr::HD * sizeof(Element));
+    load_box<Tr>(args, kMapQ, &ss.q_full[qs.stage], kOnce, ss.q + qs.stage * Tr::kQElems, BM, b, h, c);
+    qs.next();
+    for (;;) {
+      const Step st = w.advance();
+      Barrier::wait(&ss.k_empty[kv.stage], kv.phase ^ 1);  // the first pass over the stages does not wait
+      ss.steps[kv.stage] = st;
+      if (!st.valid) {  // the end of the item: both barriers of the stage pass without data
+        Barrier::arrive(&ss.k_full[kv.stage]);
+        Barrier::wait(&ss.v_empty[kv.stage], kv.phase ^ 1);
+        Barrier::arrive(&ss.v_full[kv.stage]);
+        kv.next();
+        break;
+      }
+      const bool extra = st.tile >= w.nbr_tiles;
+      if (extra) {
+        c[0] = (st.tile - w.nbr_tiles) * BN;
+        c[1] = c[2] = 0;
+      } else {
+        box_coords(st.start, w, g, c);
+      }
+      TxBarrier::arrive_and_expect_tx(&ss.k_full[kv.stage], kTileBytes);
+      load_box<Tr>(args, extra ? kMapKa : kMapK, &ss.k_full[kv.stage], kShared, ss.k + kv.stage * Tr::kKVElems, BN, b,
+                   hk, c);
+      Barrier::wait(&ss.v_empty[kv.stage], kv.phase ^ 1);
+      TxBarrier::arrive_and_expect_tx(&ss.v_full[kv.stage], kTileBytes);
+      load_box<Tr>(args, extra ? kMapVa : kMapV, &ss.v_full[kv.stage], kShared, ss.v + kv.stage * Tr::kKVElems, BN, b,
+                   hk, c);
+      kv.next();
+    }
+  }
+}
+
+// Consumer state that lives across work items: the stage cursors and the ping-pong turns.
+template <class Tr>
+struct ConsumerState {
+  StageCursor<Tr::kStages> k_at, v_at;
+  StageCursor<Tr::kQStages> q_at;
+};
+
+template <class Tr>
+__device__ __forceinline__ void consume_item(typename Tr::SharedStorage& ss, const typename Tr::Item& it,
+                                             const ForwardArgs& args, ConsumerState<Tr>& cs) {
   using namespace cute;
   using Element = typename Tr::Element;
   using Out = GlobalElement<Element>;
@@ -140,11 +211,14 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
   const ForwardParams& p = args.p;
   const Geometry& g = p.g;
   const Tiling& tl = args.tl;
+  const TileWalk& w = it.walk;
+  const int b = it.b, h = it.h;
   const int ctid = int(threadIdx.x) - 128;  // 0..255 over the consumer warpgroups
   const int lane = ctid % 32;
   const int row0 = (ctid / 128) * 64 + ((ctid % 128) / 32) * 16;  // this warp's first query row
 
-  Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemQ{});
+  Element* q_tile = ss.q + cs.q_at.stage * Tr::kQElems;
+  Tensor sQ = make_tensor(make_smem_ptr(q_tile), typename Tr::SmemQ{});
   Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Tr::SmemK{});
   Tensor sVt = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemVt{});
   typename Tr::MmaS mma_s;
@@ -159,17 +233,17 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
   static_assert(decltype(size(tOrO))::value == OI * 4, "O fragment: one m16n8 accumulator row pair per n8 block");
   float(&o)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tOrO.data()));
 
-  cutlass::arch::ClusterTransactionBarrier::wait(&ss.q_full, 0);
+  using Barrier = cutlass::arch::ClusterBarrier;
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+  TxBarrier::wait(&ss.q_full[cs.q_at.stage], cs.q_at.phase);
   // The scale is folded into exp2: a non-positive scale is applied to Q exactly (both consumer
   // warpgroups share the Q tile).
-  const float c = fold_scale_sign<BM * HD, 256>(ss.q, g.scale, ctid);
+  const float c = fold_scale_sign<BM * HD, 256>(q_tile, g.scale, ctid);
   if (g.scale <= 0.f) {
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
     cutlass::arch::NamedBarrier::sync(256, 1);
   }
 
-  using Barrier = cutlass::arch::ClusterBarrier;
-  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
   OnlineSoftmax<1> softmax;
   softmax.init();
   // S of the current tile and P of the previous one, in registers.
@@ -182,9 +256,7 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
     for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
   };
   auto mask = [&](const Step& st) {
-    if (st.full) return;
-    int start[3] = {st.start[0], st.start[1], st.start[2]};
-    mask_rows_are_queries(s, st.partial, &ss.win[0][0], BM, tl.own_shift, tl.walk_shift, start, row0, lane);
+    if (!st.full) mask_walked_keys<BN>(s, st, w, g.num_additional, &it.win[0][0], BM, tl, row0, lane);
   };
 
   // Software pipeline within the warpgroup (FlashAttention-3's intra-warpgroup overlap): tile j's
@@ -192,10 +264,10 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
   // runs while the P V product is still on the tensor cores, and O takes the softmax's rescale
   // once that product is done.
   // Ping-pong rows (Tr::kPingPong; configs.h says where it pays off): the consumer warpgroups
-  // (as in FlashAttention-3) take turns issuing their
-  // products, so one warpgroup's softmax runs while the other's products hold the tensor cores.
-  // Named barrier 2 + w opens warpgroup w's turn; the other warpgroup arrives on it after issuing.
-  // Both walk the same steps, so turns pair up; the last pass is left unawaited at exit.
+  // (as in FlashAttention-3) take turns issuing their products, so one warpgroup's softmax runs
+  // while the other's products hold the tensor cores. Named barrier 2 + w opens warpgroup w's
+  // turn; the other warpgroup arrives on it after issuing. Both walk the same steps of every
+  // item, so turns pair up across items; the last pass is left unawaited at exit.
   const int wg = ctid / 128;
   auto take_turn = [&] {
     if constexpr (Tr::kPingPong) cutlass::arch::NamedBarrier::sync(256, 2 + wg);
@@ -203,12 +275,11 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
   auto pass_turn = [&] {
     if constexpr (Tr::kPingPong) cutlass::arch::NamedBarrier::arrive(256, 2 + (wg ^ 1));
   };
-  if (wg == 1) pass_turn();  // warpgroup 0 goes first
 
-  StageCursor<Tr::kStages> k_at, v_at;
+  auto& k_at = cs.k_at;
+  auto& v_at = cs.v_at;
   TxBarrier::wait(&ss.k_full[k_at.stage], k_at.phase);
   Step st = ss.steps[k_at.stage];
-  bool have_p = false;
   if (st.valid) {
     take_turn();
     wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, k_at.stage), tSrS);
@@ -218,7 +289,6 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
     mask(st);
     softmax.weigh(s, c, o);
     to_p();
-    have_p = true;
     k_at.next();
     for (;;) {
       TxBarrier::wait(&ss.k_full[k_at.stage], k_at.phase);
@@ -247,15 +317,25 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
       k_at.next();
       v_at.next();
     }
-  }
-  if (have_p) {
+    // Every product that reads Q is done: the next item's Q may land.
+    Barrier::arrive(&ss.q_empty[cs.q_at.stage]);
     TxBarrier::wait(&ss.v_full[v_at.stage], v_at.phase);
     take_turn();
     wgmma<false>(mma_o, tOrP, tOrV(_, _, _, v_at.stage), tOrO);
     pass_turn();
     warpgroup_wait<0>();
     Barrier::arrive(&ss.v_empty[v_at.stage]);
+    v_at.next();
+  } else {
+    Barrier::arrive(&ss.q_empty[cs.q_at.stage]);
   }
+  cs.q_at.next();
+  // The item's end marker (k_at): pass both of its barriers.
+  Barrier::arrive(&ss.k_empty[k_at.stage]);
+  TxBarrier::wait(&ss.v_full[v_at.stage], v_at.phase);
+  Barrier::arrive(&ss.v_empty[v_at.stage]);
+  k_at.next();
+  v_at.next();
 
   // Epilogue: O normalised by each row's total weight, and the logsumexp.
   float total[1][2], inv[1][2];
@@ -286,37 +366,52 @@ __device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const Ti
   }
 }
 
+// Consumer warpgroups: every work item of this CTA, in the producer's order.
+template <class Tr>
+__device__ __forceinline__ void consume(typename Tr::SharedStorage& ss, const ForwardArgs& args) {
+  ConsumerState<Tr> cs;
+  if (Tr::kPingPong && threadIdx.x >= 256)
+    cutlass::arch::NamedBarrier::arrive(256, 2);  // warpgroup 0 (threads 128-255) goes first
+  int n = 0;
+  for (int item = int(blockIdx.x); item < args.items; item += int(gridDim.x), ++n) {
+    const int slot = n & 1;
+    cutlass::arch::ClusterBarrier::wait(&ss.item_full[slot], (n >> 1) & 1);
+    if (!ss.item[slot].walk.empty) consume_item<Tr>(ss, ss.item[slot], args, cs);
+    cutlass::arch::ClusterBarrier::arrive(&ss.item_empty[slot]);
+  }
+}
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1) fna_forward_kernel(const __grid_constant__ ForwardArgs args) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_raw);
-  const Geometry& g = args.p.g;
-  const int h = blockIdx.y, b = blockIdx.z;
-  const int hk = h / int(g.heads_q / g.heads_kv);
-  TileWalk& w = ss.walk;
   if (threadIdx.x == 0) {
-    w.init(g, args.tl, blockIdx.x, false, 0, Tr::BN);
-    w.begin(1, 0);
-    cutlass::arch::ClusterTransactionBarrier::init(&ss.q_full, 1);
+    for (int s = 0; s < Tr::kQStages; ++s) {
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.q_full[s], 1);
+      cutlass::arch::ClusterBarrier::init(&ss.q_empty[s], 128 * Tr::kConsumers);
+    }
     for (int s = 0; s < Tr::kStages; ++s) {
       cutlass::arch::ClusterTransactionBarrier::init(&ss.k_full[s], 1);
       cutlass::arch::ClusterTransactionBarrier::init(&ss.v_full[s], 1);
       cutlass::arch::ClusterBarrier::init(&ss.k_empty[s], 128 * Tr::kConsumers);
       cutlass::arch::ClusterBarrier::init(&ss.v_empty[s], 128 * Tr::kConsumers);
     }
+    for (int s = 0; s < 2; ++s) {
+      cutlass::arch::ClusterBarrier::init(&ss.item_full[s], 1);
+      cutlass::arch::ClusterBarrier::init(&ss.item_empty[s], 128 * Tr::kConsumers);
+    }
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
-  if (w.empty) return;
-  w.fill_tables(threadIdx.x, Tr::kThreads);
-  fill_axis_windows(&ss.win[0][0], Tr::BM, w.own_start, args.tl.own_shift, w, threadIdx.x, Tr::kThreads);
-  __syncthreads();  // tables and windows visible
   if (threadIdx.x < 128) {
-    cutlass::arch::warpgroup_reg_dealloc<40>();
-    if (threadIdx.x == 0) produce<Tr>(ss, w, args, b, h, hk);
+    cutlass::arch::warpgroup_reg_dealloc<56>();
+    if (threadIdx.x == 0)
+      produce<Tr>(ss, args);
+    else if (threadIdx.x >= 32)
+      prepare_items<Tr>(ss, args);
   } else {
-    cutlass::arch::warpgroup_reg_alloc<232>();
-    consume<Tr>(ss, w, args, b, h);
+    cutlass::arch::warpgroup_reg_alloc<224>();
+    consume<Tr>(ss, args);
   }
 }
 

@@ -1,0 +1,7 @@
+// Layer: cuda/sm90 instantiation. The sm90 kernels of head dim 256: every row of
+// cuda/common/configs.h with family sm90 and head_dim 256.
+#include "cuda/sm90/device/launch_row.cuh"
+
+namespace nattn::cuda::sm90 {
+template void register_head_dim<256>(Launcher* table);
+}
