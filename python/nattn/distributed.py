@@ -1,38 +1,65 @@
 """Multi-GPU neighborhood attention on torch.distributed (NCCL on GPUs, gloo on CPU).
 
-Every rank of `group` holds a spatial shard of the same problem: q/k/v [B, *local X, H, D], the
-grid split along one spatial axis (`shard_axis`) into contiguous slabs in rank order; slabs may
-differ in size. Calls return the rank's shard of the output (and lse).
+Every rank of `group` holds a box of the same problem: q/k/v [B, *local X, H, D]. The token
+grid is split along one or two spatial axes (`shard_axes`) over a process grid
+(`process_grid`, ranks in row-major order over it; default (P,) for one axis and the squarest
+P0 x P1 with P0 <= P1 for two): rank r = c0 * P1 + c1 holds rows [o0[c0], o0[c0 + 1]) of the
+first shard axis and [o1[c1], o1[c1 + 1]) of the second. Shards may differ in size (DTensor's
+torch.chunk sizes included); each needs at least one row. Calls return the rank's shard of the
+output (and lse).
 
-Modes (docs: ../shared/DISTRIBUTED.md for the arithmetic):
+Modes (../shared/DISTRIBUTED.md has the arithmetic):
 - "heads" (Ulysses): an all-to-all gives each rank every token of H/P heads, the single-device
-  kernels run, a second all-to-all returns the output to the slabs. Bit-identical to one
+  kernels run, a second all-to-all returns the output to the shards. Bit-identical to one
   device. Needs Hq and Hkv divisible by P.
-- "halo": each rank receives from the ranks that own them only the key/value rows its queries'
-  windows reach (SPEC.md's window rule on the global grid, multi-hop when a halo spans several
-  slabs) and runs the placed-box problem (SPEC.md "Placed boxes"). Backward: the key box's
-  gradients are sent back to their owners and summed in rank order (deterministic).
-- "allgather" (baseline): every rank gathers all keys/values, then runs the placed problem.
-- "auto": halo when it moves fewer bytes than heads mode (or heads mode is impossible).
+- "halo": each rank receives from their owners only the key/value rows its queries' windows
+  reach (SPEC.md's window rule on the global grid, shifted windows at the grid ends, stride,
+  dilation, causal; from up to 8 neighbours on a 2-D process grid, several hops away when a
+  halo is wider than a neighbour's shard) and runs the placed-box problem (SPEC.md "Placed
+  boxes": query box = its shard, key box = shard + halo).
+  Backward (`halo_backward="owned"`, the default, issue 12's design): each rank gathers the
+  queries, output gradients, lse and Delta = do.o - dlse (float32) of the queries whose windows
+  reach its own keys, and runs one placed backward with that query box and its forward key box;
+  it keeps dK/dV of its own keys (complete: every query reaching them is in the box, and P is
+  exact from the global lse) and dQ of its own queries (complete: the key box holds their
+  windows). No key gradient crosses ranks; nothing is summed across ranks; deterministic.
+  Cost: the backward kernel also walks the halo queries' pairs (the pairs of a query and a key
+  on different ranks are computed on both; halo-query x halo-key pairs are computed and
+  dropped), about 1.1-1.5x the backward pairs of one shard on the anchors, because the kernels
+  cannot compute dK/dV alone. `halo_backward="sum"` is the other design, for measurement: the
+  backward of the forward (dK/dV of the whole key box) sends the halo's key gradients back to
+  their owners, which add them in rank order (deterministic; the same bytes as the forward's
+  K/V halo; no extra kernel work). bench/distributed.py times both.
+- "allgather" (baseline): every rank gathers all keys/values, then runs the placed problem; the
+  backward is the "sum" design.
+- "auto": the mode moving the fewest bytes per rank (forward, plus backward when an input
+  requires grad), among those that apply (heads needs divisible head counts).
 
-Additional keys/values are the same on every rank (replicated); their gradients are summed
-over ranks in the backward, so each rank receives the gradient of the whole problem.
+Additional keys/values are the same on every rank (replicated). Their gradients are per-rank
+partials (each rank's queries), all-gathered and added in rank order on every rank
+(deterministic, the same on every rank): each rank receives the gradient of the whole problem.
 
 The collectives are torch.library custom ops with autograd formulas, so torch.compile traces
-them as calls; the process group travels as its name.
+them as calls; the process group travels as its name. Under torch.compile pass `shard_sizes`
+(the only call that otherwise needs a collective at plan time, to learn the shard sizes).
+DTensor inputs sharded (Shard) on one or two spatial dims of a 1-D or 2-D device mesh are
+accepted (outputs are DTensors with the same placements).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+import math
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._checks import per_axis
-from .functional import na_placed
+from . import _choice, _ops
+from ._checks import check_tensor, is_int, per_axis
+from .functional import na_placed, neighborhood_call
 
 _MODES = ("auto", "heads", "halo", "allgather")
+_HALO_BACKWARDS = ("owned", "sum")
 
 
 def _group(name: str):
@@ -45,71 +72,132 @@ def _group_name(group) -> str:
     return group.group_name
 
 
-# ---- Heads mode: "slab of every head" <-> "every token of H/P heads" ------------------------
-
-def _scatter_heads(x: Tensor, dim: int, sizes: List[int], group: str) -> Tensor:
-    """[.., local slab along dim, .., H, *] -> [.., whole axis along dim, .., H/P, *]."""
-    P, r = len(sizes), dist.get_rank(_group(group))
-    H = x.shape[-2]
-    xm = x.movedim(dim, 0)  # [slab, .., H, C]
-    parts = xm.unflatten(-2, (P, H // P)).movedim(-3, 0)  # [P, slab, .., H/P, C]
-    send = parts.contiguous().flatten(0, 1)
-    recv = x.new_empty((sum(sizes),) + tuple(send.shape[1:]))
-    dist.all_to_all_single(recv, send, [int(s) for s in sizes], [sizes[r]] * P,
-                           group=_group(group))
-    return recv.movedim(0, dim)
+def _boxes(flat: List[int], r: int, n: int) -> List[Tuple[int, int]]:
+    """Rank r's box from a flat list [rank][shard axis][lo, hi]."""
+    return [(flat[2 * (r * n + i)], flat[2 * (r * n + i) + 1]) for i in range(n)]
 
 
-def _gather_heads(x: Tensor, dim: int, sizes: List[int], group: str) -> Tensor:
-    """The inverse of _scatter_heads."""
-    P, r = len(sizes), dist.get_rank(_group(group))
-    xm = x.movedim(dim, 0).contiguous()  # [whole axis, .., H/P, C]
-    recv = x.new_empty((P * sizes[r],) + tuple(xm.shape[1:]))
-    dist.all_to_all_single(recv, xm, [sizes[r]] * P, [int(s) for s in sizes],
-                           group=_group(group))
-    parts = recv.unflatten(0, (P, sizes[r]))  # [P, slab, .., H/P, C]
-    return parts.movedim(0, -3).flatten(-3, -2).movedim(0, dim)
+def _meet(a, b) -> Optional[List[Tuple[int, int]]]:
+    """The intersection of two boxes (lists of (lo, hi)), or None when empty."""
+    out = [(max(x[0], y[0]), min(x[1], y[1])) for x, y in zip(a, b)]
+    return None if any(hi <= lo for lo, hi in out) else out
+
+
+def _narrow(x: Tensor, dims: List[int], box, origin) -> Tensor:
+    for d, (lo, hi), o in zip(dims, box, origin):
+        x = x.narrow(d, lo - o[0], hi - lo)
+    return x
+
+
+def _shape(x, dims: List[int], box) -> List[int]:
+    """The shape of x (a tensor or a shape) with the box's extents along dims."""
+    shape = list(x.shape if isinstance(x, Tensor) else x)
+    for d, (lo, hi) in zip(dims, box):
+        shape[d] = hi - lo
+    return shape
+
+
+# ---- Heads mode: "box of every head" <-> "every token of H/P heads" -------------------------
+
+def _heads_exchange(x: Tensor, dims: List[int], boxes: List[int], full: List[int], group: str,
+                    scatter: bool) -> Tensor:
+    """scatter: x [B, *own box, H, C] -> [B, *whole grid, H/P, C]; else the inverse. Pure
+    copies through one all_to_all_single of flat buffers (uneven splits allowed)."""
+    pg = _group(group)
+    P, r, n = dist.get_world_size(pg), dist.get_rank(pg), len(dims)
+    mine = _boxes(boxes, r, n)
+    if scatter:
+        h = x.shape[-2] // P
+        send = torch.cat([x[..., s * h:(s + 1) * h, :].contiguous().flatten() for s in range(P)])
+        shape = list(x.shape)
+        shape[-2] = h
+        for d, L in zip(dims, full):
+            shape[d] = L
+        pieces = [_shape(shape, dims, _boxes(boxes, s, n))
+                  for s in range(P)]
+        in_split = [send.numel() // P] * P
+        out_split = [math.prod(p) for p in pieces]
+    else:
+        h = x.shape[-2]
+        send = torch.cat([_narrow(x, dims, _boxes(boxes, s, n), [(0, 0)] * n)
+                          .contiguous().flatten() for s in range(P)])
+        shape = _shape(x, dims, mine)
+        shape[-2] = h * P
+        piece = list(shape)
+        piece[-2] = h
+        pieces = [piece] * P
+        in_split = [math.prod(_shape(x, dims, _boxes(boxes, s, n))) for s in range(P)]
+        out_split = [math.prod(piece)] * P
+    recv = x.new_empty(sum(out_split))
+    dist.all_to_all_single(recv, send, out_split, in_split, group=pg)
+    out = x.new_empty(shape)
+    for s, part in enumerate(recv.split(out_split)):
+        if scatter:
+            _narrow(out, dims, _boxes(boxes, s, n), [(0, 0)] * n).copy_(part.view(pieces[s]))
+        else:
+            out[..., s * h:(s + 1) * h, :].copy_(part.view(pieces[s]))
+    return out
+
+
+def _full(boxes: List[int], n: int) -> List[int]:
+    return [max(boxes[2 * i + 1::2 * n]) for i in range(n)]
 
 
 @torch.library.custom_op("nattn::dist_scatter_heads", mutates_args=())
-def dist_scatter_heads(x: Tensor, dim: int, sizes: List[int], group: str) -> Tensor:
-    return _scatter_heads(x, dim, sizes, group)
+def dist_scatter_heads(x: Tensor, dims: List[int], boxes: List[int], group: str) -> Tensor:
+    return _heads_exchange(x, dims, boxes, _full(boxes, len(dims)), group, scatter=True)
 
 
 @dist_scatter_heads.register_fake
-def _(x, dim, sizes, group):
+def _(x, dims, boxes, group):
     shape = list(x.shape)
-    shape[dim], shape[-2] = sum(sizes), shape[-2] // len(sizes)
+    for d, L in zip(dims, _full(boxes, len(dims))):
+        shape[d] = L
+    shape[-2] //= dist.get_world_size(_group(group))
     return x.new_empty(shape)
 
 
 @torch.library.custom_op("nattn::dist_gather_heads", mutates_args=())
-def dist_gather_heads(x: Tensor, dim: int, sizes: List[int], group: str) -> Tensor:
-    return _gather_heads(x, dim, sizes, group)
+def dist_gather_heads(x: Tensor, dims: List[int], boxes: List[int], group: str) -> Tensor:
+    return _heads_exchange(x, dims, boxes, _full(boxes, len(dims)), group, scatter=False)
 
 
 @dist_gather_heads.register_fake
-def _(x, dim, sizes, group):
-    shape = list(x.shape)
-    shape[dim], shape[-2] = sizes[dist.get_rank(_group(group))], shape[-2] * len(sizes)
+def _(x, dims, boxes, group):
+    pg = _group(group)
+    shape = _shape(x, dims, _boxes(boxes, dist.get_rank(pg), len(dims)))
+    shape[-2] *= dist.get_world_size(pg)
     return x.new_empty(shape)
 
 
 def _save_layout(ctx, inputs, output):
-    _, ctx.dim, ctx.sizes, ctx.group = inputs
+    _, ctx.dims, ctx.boxes, ctx.group = inputs
 
 
 dist_scatter_heads.register_autograd(
-    lambda ctx, g: (dist_gather_heads(g.contiguous(), ctx.dim, ctx.sizes, ctx.group), None, None,
-                    None), setup_context=_save_layout)
+    lambda ctx, g: (dist_gather_heads(g.contiguous(), ctx.dims, ctx.boxes, ctx.group), None,
+                    None, None), setup_context=_save_layout)
 dist_gather_heads.register_autograd(
-    lambda ctx, g: (dist_scatter_heads(g.contiguous(), ctx.dim, ctx.sizes, ctx.group), None, None,
-                    None), setup_context=_save_layout)
+    lambda ctx, g: (dist_scatter_heads(g.contiguous(), ctx.dims, ctx.boxes, ctx.group), None,
+                    None, None), setup_context=_save_layout)
+
+
+def _ordered_sum(x: Tensor, group: str) -> Tensor:
+    """The sum over the ranks of x, added in rank order on every rank (deterministic and the
+    same everywhere, unlike an all-reduce whose order is the library's)."""
+    pg = _group(group)
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(pg))]
+    dist.all_gather(parts, x.contiguous(), group=pg)
+    out = parts[0].clone()
+    for p in parts[1:]:
+        out.add_(p)
+    return out
 
 
 @torch.library.custom_op("nattn::dist_sum_gradients", mutates_args=())
 def dist_sum_gradients(x: Tensor, group: str) -> Tensor:
-    """Identity; its backward sums the gradient over the ranks (inputs replicated on every rank)."""
+    """Identity; its backward sums the gradient over the ranks in rank order (inputs replicated
+    on every rank, such as the additional keys/values)."""
     return x.clone()
 
 
@@ -118,120 +206,110 @@ def _(x, group):
     return torch.empty_like(x)
 
 
-def _sum_backward(ctx, g):
-    g = g.contiguous().clone()
-    dist.all_reduce(g, group=_group(ctx.group))
-    return g, None
+@torch.library.custom_op("nattn::dist_ordered_sum", mutates_args=())
+def dist_ordered_sum(x: Tensor, group: str) -> Tensor:
+    return _ordered_sum(x, group)
+
+
+@dist_ordered_sum.register_fake
+def _(x, group):
+    return torch.empty_like(x)
 
 
 dist_sum_gradients.register_autograd(
-    _sum_backward, setup_context=lambda ctx, inputs, output: setattr(ctx, "group", inputs[1]))
+    lambda ctx, g: (dist_ordered_sum(g, ctx.group), None),
+    setup_context=lambda ctx, inputs, output: setattr(ctx, "group", inputs[1]))
 
 
-# ---- Halo mode: rows of other ranks' slabs ---------------------------------------------------
+# ---- Halo mode: boxes of other ranks' shards -------------------------------------------------
 
-def _exchange(x: Tensor, dim: int, owned: List[int], boxes: List[int], group: str,
-              reverse: bool) -> Tensor:
-    """Forward (reverse=False): x is the rank's slab [owned[r], owned[r+1]) along dim; returns
-    its key box [boxes[2r], boxes[2r+1]) assembled from the owners' slabs. Reverse: x is the key
-    box (a gradient); returns the slab with every rank's rows of it summed in rank order."""
+def _exchange(xs: List[Tensor], dims: List[int], src: List[int], dst: List[int], group: str,
+              reverse: bool) -> List[Tensor]:
+    """Forward (reverse=False): each x is the rank's box src[r] (the boxes src tile the grid);
+    returns its box dst[r], assembled from the owners' boxes. Reverse: each x is box dst[r] (a
+    gradient); returns box src[r] with every rank's rows of it added in rank order."""
     pg = _group(group)
-    P, r = len(owned) - 1, dist.get_rank(pg)
-
-    def overlap(box_rank, slab_rank):  # global rows of box_rank's key box owned by slab_rank
-        lo = max(boxes[2 * box_rank], owned[slab_rank])
-        hi = min(boxes[2 * box_rank + 1], owned[slab_rank + 1])
-        return lo, hi
-
-    ops, recvs = [], {}
-    if not reverse:
-        for s in range(P):  # rows of my slab that rank s's box needs
-            lo, hi = overlap(s, r)
-            if s != r and hi > lo:
-                ops.append(dist.P2POp(dist.isend, x.narrow(dim, lo - owned[r], hi - lo)
+    P, r, n = dist.get_world_size(pg), dist.get_rank(pg), len(dims)
+    have, want = _boxes(src, r, n), _boxes(dst, r, n)
+    if reverse:
+        have, want = want, have
+    # forward: send my src ∩ their dst, receive my dst ∩ their src; reverse: the transpose.
+    outgoing = [_meet(have, _boxes(src if reverse else dst, s, n)) for s in range(P)]
+    incoming = [_meet(want, _boxes(dst if reverse else src, s, n)) for s in range(P)]
+    ops, recvs = [], [dict() for _ in xs]
+    for i, x in enumerate(xs):  # same (tensor, peer) order on both ends of every pair
+        for s in range(P):
+            if s != r and outgoing[s] is not None:
+                ops.append(dist.P2POp(dist.isend, _narrow(x, dims, outgoing[s], have)
                                       .contiguous(), s, pg))
-        for s in range(P):  # rows of my box that rank s owns
-            lo, hi = overlap(r, s)
-            if s != r and hi > lo:
-                shape = list(x.shape)
-                shape[dim] = hi - lo
-                recvs[s] = x.new_empty(shape)
-                ops.append(dist.P2POp(dist.irecv, recvs[s], s, pg))
-    else:
-        for s in range(P):  # my box's rows that rank s owns: back to s
-            lo, hi = overlap(r, s)
-            if s != r and hi > lo:
-                ops.append(dist.P2POp(dist.isend, x.narrow(dim, lo - boxes[2 * r], hi - lo)
-                                      .contiguous(), s, pg))
-        for s in range(P):  # rank s's box rows that I own: their gradients
-            lo, hi = overlap(s, r)
-            if s != r and hi > lo:
-                shape = list(x.shape)
-                shape[dim] = hi - lo
-                recvs[s] = x.new_empty(shape)
-                ops.append(dist.P2POp(dist.irecv, recvs[s], s, pg))
+        for s in range(P):
+            if s != r and incoming[s] is not None:
+                recvs[i][s] = x.new_empty(_shape(x, dims, incoming[s]))
+                ops.append(dist.P2POp(dist.irecv, recvs[i][s], s, pg))
     if ops:
         for req in dist.batch_isend_irecv(ops):
             req.wait()
-    if not reverse:
-        pieces = []
-        for s in range(P):
-            lo, hi = overlap(r, s)
-            if hi > lo:
-                pieces.append(x.narrow(dim, lo - owned[r], hi - lo) if s == r else recvs[s])
-        return torch.cat(pieces, dim)
-    shape = list(x.shape)
-    shape[dim] = owned[r + 1] - owned[r]
-    out = x.new_zeros(shape)
-    for s in range(P):  # fixed order: deterministic sums
-        lo, hi = overlap(s, r)
-        if hi <= lo:
-            continue
-        part = x.narrow(dim, lo - boxes[2 * r], hi - lo) if s == r else recvs[s]
-        out.narrow(dim, lo - owned[r], hi - lo).add_(part)
-    return out
+    outs = []
+    for i, x in enumerate(xs):
+        if not reverse:
+            out = x.new_empty(_shape(x, dims, want))
+            for s in range(P):
+                if incoming[s] is not None:
+                    part = _narrow(x, dims, incoming[s], have) if s == r else recvs[i][s]
+                    _narrow(out, dims, incoming[s], want).copy_(part)
+        else:
+            out = x.new_zeros(_shape(x, dims, want))
+            for s in range(P):  # fixed order: deterministic sums
+                if incoming[s] is not None:
+                    part = _narrow(x, dims, incoming[s], have) if s == r else recvs[i][s]
+                    _narrow(out, dims, incoming[s], want).add_(part)
+        outs.append(out)
+    return outs
 
 
 @torch.library.custom_op("nattn::dist_halo_gather", mutates_args=())
-def dist_halo_gather(x: Tensor, dim: int, owned: List[int], boxes: List[int],
-                     group: str) -> Tensor:
-    return _exchange(x, dim, owned, boxes, group, reverse=False)
+def dist_halo_gather(xs: List[Tensor], dims: List[int], src: List[int], dst: List[int],
+                     group: str) -> List[Tensor]:
+    return _exchange(xs, dims, src, dst, group, reverse=False)
 
 
 @dist_halo_gather.register_fake
-def _(x, dim, owned, boxes, group):
-    r = dist.get_rank(_group(group))
-    shape = list(x.shape)
-    shape[dim] = boxes[2 * r + 1] - boxes[2 * r]
-    return x.new_empty(shape)
+def _(xs, dims, src, dst, group):
+    box = _boxes(dst, dist.get_rank(_group(group)), len(dims))
+    return [x.new_empty(_shape(x, dims, box)) for x in xs]
 
 
 @torch.library.custom_op("nattn::dist_halo_scatter_add", mutates_args=())
-def dist_halo_scatter_add(x: Tensor, dim: int, owned: List[int], boxes: List[int],
-                          group: str) -> Tensor:
-    return _exchange(x, dim, owned, boxes, group, reverse=True)
+def dist_halo_scatter_add(xs: List[Tensor], dims: List[int], src: List[int], dst: List[int],
+                          group: str) -> List[Tensor]:
+    return _exchange(xs, dims, src, dst, group, reverse=True)
 
 
 @dist_halo_scatter_add.register_fake
-def _(x, dim, owned, boxes, group):
-    r = dist.get_rank(_group(group))
-    shape = list(x.shape)
-    shape[dim] = owned[r + 1] - owned[r]
-    return x.new_empty(shape)
-
-
-def _save_exchange(ctx, inputs, output):
-    _, ctx.dim, ctx.owned, ctx.boxes, ctx.group = inputs
+def _(xs, dims, src, dst, group):
+    box = _boxes(src, dist.get_rank(_group(group)), len(dims))
+    return [x.new_empty(_shape(x, dims, box)) for x in xs]
 
 
 dist_halo_gather.register_autograd(
-    lambda ctx, g: (dist_halo_scatter_add(g.contiguous(), ctx.dim, ctx.owned, ctx.boxes,
-                                          ctx.group), None, None, None, None),
-    setup_context=_save_exchange)
+    lambda ctx, gs: (dist_halo_scatter_add(_grads_for(ctx, gs), ctx.dims, ctx.src, ctx.dst,
+                                           ctx.group), None, None, None, None),
+    setup_context=lambda ctx, inputs, output: _save_box_shapes(ctx, inputs, output))
 dist_halo_scatter_add.register_autograd(
-    lambda ctx, g: (dist_halo_gather(g.contiguous(), ctx.dim, ctx.owned, ctx.boxes, ctx.group),
-                    None, None, None, None),
-    setup_context=_save_exchange)
+    lambda ctx, gs: (dist_halo_gather(_grads_for(ctx, gs), ctx.dims, ctx.src, ctx.dst,
+                                      ctx.group), None, None, None, None),
+    setup_context=lambda ctx, inputs, output: _save_box_shapes(ctx, inputs, output))
+
+
+def _save_box_shapes(ctx, inputs, output):
+    _, ctx.dims, ctx.src, ctx.dst, ctx.group = inputs
+    ctx.like = [(y.shape, y.dtype, y.device) for y in output]
+
+
+def _grads_for(ctx, gs):
+    """The output gradients, zeros for an output that fed nothing."""
+    return [g.contiguous() if g is not None else torch.zeros(s, dtype=t, device=d)
+            for g, (s, t, d) in zip(gs, ctx.like)]
 
 
 # ---- Window arithmetic (SPEC.md) ------------------------------------------------------------
@@ -249,96 +327,252 @@ def _group_window(p: int, Lg: int, k: int, s: int, causal: bool) -> Tuple[int, i
     return start, start + k
 
 
+def _groups(lo: int, hi: int, L: int, d: int):
+    """Per dilation group g: (g, Lg, first, last), the group positions inside [lo, hi)."""
+    for g in range(d):
+        Lg = L // d + (1 if g < L % d else 0)
+        first = max((lo - g + d - 1) // d, 0)
+        last = min((hi - 1 - g) // d, Lg - 1) if hi - 1 >= g else -1
+        if last >= first:
+            yield g, Lg, first, last
+
+
 def key_range(lo: int, hi: int, L: int, k: int, s: int = 1, d: int = 1,
               causal: bool = False) -> Tuple[int, int]:
     """The smallest index range [klo, khi) of an axis of extent L holding every key of the
     windows of queries lo..hi-1 (hi > lo). Window ends are monotone in the position within a
     dilation group, so each group's first and last query of the range bound it."""
     klo, khi = L, 0
-    for g in range(d):
-        Lg = L // d + (1 if g < L % d else 0)
-        first = max((lo - g + d - 1) // d, 0)  # group positions inside [lo, hi)
-        last = min((hi - 1 - g) // d, Lg - 1) if hi - 1 >= g else -1
-        if last < first:
-            continue
+    for g, Lg, first, last in _groups(lo, hi, L, d):
         klo = min(klo, _group_window(first, Lg, k, s, causal)[0] * d + g)
         khi = max(khi, (_group_window(last, Lg, k, s, causal)[1] - 1) * d + g + 1)
     return klo, khi
 
 
-def _bytes_per_rank(mode: str, owned: List[int], boxes: List[int], P: int, tokens_other: int,
-                    q_row: int, kv_row: int, o_row: int) -> float:
-    """Forward bytes a rank sends (the most of any rank); rows along the split axis, each of
-    tokens_other tokens of q_row/kv_row/o_row bytes."""
-    if mode == "heads":
-        worst = max(owned[r + 1] - owned[r] for r in range(P))
-        return worst * tokens_other * (q_row + 2 * kv_row + o_row) * (P - 1) / P
-    if mode == "halo":
-        sent = [0] * P
-        for r in range(P):
-            for s in range(P):
-                lo, hi = max(boxes[2 * r], owned[s]), min(boxes[2 * r + 1], owned[s + 1])
-                if s != r and hi > lo:
-                    sent[s] += hi - lo
-        return max(sent) * tokens_other * 2 * kv_row
-    worst = max(owned[r + 1] - owned[r] for r in range(P))
-    return worst * tokens_other * 2 * kv_row * (P - 1)
+def query_range(lo: int, hi: int, L: int, k: int, s: int = 1, d: int = 1,
+                causal: bool = False) -> Tuple[int, int]:
+    """The smallest index range [qlo, qhi) of an axis of extent L holding every query whose
+    window holds a key of lo..hi-1 ((lo, lo) when none does). Window starts and ends are
+    monotone in the group position, so within a group those queries are contiguous: from the
+    first whose window ends past the range's first key to the last whose window starts at or
+    before its last key (binary searches)."""
+    qlo, qhi = L, 0
+    for g, Lg, a, b in _groups(lo, hi, L, d):
+        def first_true(pred):
+            lo_, hi_ = 0, Lg  # pred is False..False True..True over [0, Lg)
+            while lo_ < hi_:
+                mid = (lo_ + hi_) // 2
+                lo_, hi_ = (lo_, mid) if pred(mid) else (mid + 1, hi_)
+            return lo_
+        p0 = first_true(lambda p: _group_window(p, Lg, k, s, causal)[1] > a)
+        p1 = first_true(lambda p: _group_window(p, Lg, k, s, causal)[0] > b) - 1
+        if p0 <= p1:
+            qlo, qhi = min(qlo, p0 * d + g), max(qhi, p1 * d + g + 1)
+    return (qlo, qhi) if qhi > qlo else (lo, lo)
 
 
-# ---- The calls ------------------------------------------------------------------------------
+# ---- The plan -------------------------------------------------------------------------------
 
-def _slabs(x: Tensor, dim: int, group) -> List[int]:
-    """Every rank's slab size along dim (one small all-gather)."""
+class Plan(NamedTuple):
+    """What a call does (see plan())."""
+    mode: str                    # "heads", "halo" or "allgather"
+    shard_axes: Tuple[int, ...]  # spatial axes split over the process grid
+    process_grid: Tuple[int, ...]  # ranks along each shard axis (row-major rank order)
+    sizes: Tuple[Tuple[int, ...], ...]  # shard sizes along each shard axis
+    extent: Tuple[int, ...]      # the global grid (every spatial axis)
+    owned: List[int]             # [rank][shard axis][lo, hi]: the shards (global indices)
+    key_boxes: List[int]         # the same for the forward's key boxes (shard + halo)
+    query_boxes: List[int]       # the queries whose windows reach each shard's keys (+ shard)
+    bytes: dict                  # per mode: bytes sent per rank (the most of any rank)
+    kernel_size: Tuple[int, ...]
+    stride: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    is_causal: Tuple[bool, ...]
+
+
+def _shard_axes(shard_axes, shard_axis, rank: int) -> Tuple[int, ...]:
+    if shard_axis is not None:
+        if shard_axes is not None:
+            raise ValueError(f"shard_axis = {shard_axis!r} is invalid together with shard_axes "
+                             f"= {shard_axes!r}: pass one of them (shard_axes)")
+        shard_axes = shard_axis
+    if shard_axes is None:
+        shard_axes = 0
+    axes = (shard_axes,) if is_int(shard_axes) else shard_axes
+    if (not isinstance(axes, (tuple, list)) or not 1 <= len(axes) <= 2
+            or not all(is_int(a) and 0 <= a < rank for a in axes) or len(set(axes)) != len(axes)):
+        raise ValueError(f"shard_axes = {shard_axes!r} is invalid: must be one spatial axis or "
+                         f"a tuple of one or two distinct spatial axes, each an int in "
+                         f"[0, {rank})")
+    return tuple(int(a) for a in axes)
+
+
+def _process_grid(process_grid, n: int, P: int) -> Tuple[int, ...]:
+    if process_grid is None:
+        if n == 1:
+            return (P,)
+        p0 = max(d for d in range(1, math.isqrt(P) + 1) if P % d == 0)
+        return (p0, P // p0)
+    grid = tuple(process_grid) if isinstance(process_grid, (tuple, list)) else (process_grid,)
+    if (len(grid) != n or not all(is_int(g) and g >= 1 for g in grid)
+            or math.prod(grid) != P):
+        raise ValueError(f"process_grid = {process_grid!r} is invalid: needs one int >= 1 per "
+                         f"shard axis ({n}) with product = the group size ({P})")
+    return tuple(int(g) for g in grid)
+
+
+def _coords(r: int, grid: Sequence[int]) -> List[int]:
+    out = []
+    for g in reversed(grid):
+        out.append(r % g)
+        r //= g
+    return out[::-1]
+
+
+def _exchange_shapes(q: Tensor, k: Tensor, v: Tensor, axes, grid, group) -> List[List[int]]:
+    """Every rank's local shard sizes along the shard axes, from one small all-gather of the
+    shapes, checked for agreement (batch, heads, head dims, the other axes) on every rank."""
     P = dist.get_world_size(group)
-    mine = torch.tensor([x.shape[dim]], dtype=torch.int64,
-                        device=x.device if x.device.type == "cuda" else "cpu")
-    out = [torch.zeros_like(mine) for _ in range(P)]
-    dist.all_gather(out, mine, group=group)
-    return [int(t.item()) for t in out]
+    spatial = list(q.shape[1:-2])
+    row = [q.shape[0], q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]] + spatial
+    mine = torch.tensor(row, dtype=torch.int64,
+                        device=q.device if q.device.type == "cuda" else "cpu")
+    parts = [torch.empty_like(mine) for _ in range(P)]
+    dist.all_gather(parts, mine, group=group)
+    rows = [[int(x) for x in t.tolist()] for t in parts]
+    names = ["batch", "heads_q", "heads_kv", "head_dim", "head_dim_v"]
+    for i, name in enumerate(names):
+        if any(rw[i] != rows[0][i] for rw in rows):
+            raise ValueError(f"{name} = {[rw[i] for rw in rows]} (per rank) is invalid: must be "
+                             "the same on every rank")
+    sizes = []
+    for j, a in enumerate(axes):
+        along = [None] * grid[j]
+        for r, rw in enumerate(rows):
+            c = _coords(r, grid)[j]
+            if along[c] is None:
+                along[c] = rw[5 + a]
+            elif along[c] != rw[5 + a]:
+                raise ValueError(
+                    f"query.shape[{1 + a}] = {[rw[5 + a] for rw in rows]} (per rank) is "
+                    f"invalid: ranks at the same position {c} of process grid axis {j} "
+                    f"({list(grid)}, row-major) must hold the same rows of shard axis {a}")
+        sizes.append(along)
+    for a in range(len(spatial)):
+        if a not in axes and any(rw[5 + a] != rows[0][5 + a] for rw in rows):
+            raise ValueError(f"query.shape[{1 + a}] = {[rw[5 + a] for rw in rows]} (per rank) "
+                             f"is invalid: spatial axis {a} is not sharded (shard_axes = "
+                             f"{list(axes)}), so it must be whole on every rank")
+    return sizes
+
+
+def _bytes_per_rank(pl_boxes, P: int, n: int, axes, extent, shard_tokens: List[int],
+                    rows: dict, needs_grad: bool, halo_backward: str) -> dict:
+    """Bytes each mode sends per rank (the most of any rank): forward, plus the backward when
+    needs_grad. A "row" is one token of B * heads * head dim elements."""
+    owned, kbox, qbox = pl_boxes
+    other = math.prod(L for a, L in enumerate(extent) if a not in axes)
+
+    def sent(dst):  # tokens each rank sends: its shard ∩ the other ranks' boxes
+        worst = 0
+        for r in range(P):
+            mine, t = _boxes(owned, r, n), 0
+            for s in range(P):
+                m = _meet(mine, _boxes(dst, s, n))
+                if s != r and m is not None:
+                    t += math.prod(hi - lo for lo, hi in m)
+            worst = max(worst, t)
+        return worst * other
+
+    q, kv, o, lse = rows["q"], rows["kv"], rows["o"], rows["lse"]
+    worst_shard = max(shard_tokens)
+    heads = worst_shard * (q + 2 * kv + o) * (P - 1) / P
+    kv_halo = sent(kbox) * 2 * kv
+    gather = sent([x for _ in range(P) for a in axes for x in (0, extent[a])]) * 2 * kv
+    cost = dict(heads=heads, halo=kv_halo, allgather=gather)
+    if needs_grad:  # heads: dout in, dq/dk/dv out; halo: the query halo (q, do, lse, Delta)
+        cost["heads"] *= 2
+        cost["halo"] += kv_halo if halo_backward == "sum" else sent(qbox) * (q + o + 2 * lse)
+        cost["allgather"] *= 2
+    return cost
 
 
 def plan(q: Tensor, k: Tensor, kernel_size, stride=1, dilation=1, is_causal=False, group=None,
-         shard_axis: int = 0, mode: str = "auto", sizes: Optional[Sequence[int]] = None) -> dict:
-    """What a call would do: the mode, every rank's slab bounds and key box along the split
-    axis, and the bytes each mode would send per rank (forward)."""
+         shard_axes=None, mode: str = "auto", shard_sizes=None, process_grid=None,
+         shard_axis=None, v: Optional[Tensor] = None, needs_grad: bool = False,
+         halo_backward: str = "owned") -> Plan:
+    """What a call would do: the mode, the shards, the key boxes (forward) and query boxes
+    (halo backward) of every rank, and the bytes each mode would send per rank.
+    `shard_sizes`: per shard axis, the shard sizes along it (one per process grid position);
+    without it one small all-gather learns (and checks) them."""
     if mode not in _MODES:
         raise ValueError(f"mode = {mode!r} is invalid: must be one of {', '.join(_MODES)}")
+    if halo_backward not in _HALO_BACKWARDS:
+        raise ValueError(f"halo_backward = {halo_backward!r} is invalid: must be one of "
+                         f"{', '.join(_HALO_BACKWARDS)}")
+    check_tensor("query", q)
+    check_tensor("key", k)
     rank = q.dim() - 3
     if not 1 <= rank <= 3:
         raise ValueError(f"query.shape = {list(q.shape)} is invalid: the rank is "
                          "query.dim() - 3, which must be 1, 2 or 3")
-    if not isinstance(shard_axis, int) or not 0 <= shard_axis < rank:
-        raise ValueError(f"shard_axis = {shard_axis!r} is invalid: must be an int in "
-                         f"[0, {rank})")
-    ks, st, dil = (per_axis(n, v, rank) for n, v in
+    axes = _shard_axes(shard_axes, shard_axis, rank)
+    ks, st, dil = (per_axis(n, x, rank) for n, x in
                    (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)))
     cz = per_axis("is_causal", is_causal, rank, want_bool=True)
     g = group if group is not None else dist.group.WORLD
     P = dist.get_world_size(g)
-    a, dim = shard_axis, 1 + shard_axis
-    sizes = list(sizes) if sizes is not None else _slabs(q, dim, g)
-    if min(sizes) < 1:
-        raise ValueError(f"slab sizes along shard_axis = {sizes} are invalid: every rank needs "
-                         "at least one position of the split axis")
-    owned = [0]
-    for n in sizes:
-        owned.append(owned[-1] + n)
-    L = owned[-1]
-    boxes = []
+    grid = _process_grid(process_grid, len(axes), P)
+    if shard_sizes is None:
+        sizes = _exchange_shapes(q, k, v if v is not None else k, axes, grid, g)
+    else:
+        sizes = [list(s) for s in shard_sizes] if isinstance(shard_sizes, (tuple, list)) else 0
+        if (not sizes or len(sizes) != len(axes)
+                or any(len(s) != n or not all(is_int(x) for x in s)
+                       for s, n in zip(sizes, grid))):
+            raise ValueError(f"shard_sizes = {shard_sizes!r} is invalid: needs, per shard axis "
+                             f"({list(axes)}), a list of ints, one per process grid position "
+                             f"({list(grid)})")
+        c = _coords(dist.get_rank(g), grid)
+        for j, a in enumerate(axes):
+            if sizes[j][c[j]] != q.shape[1 + a]:
+                raise ValueError(f"shard_sizes[{j}] = {sizes[j]} is invalid: this rank holds "
+                                 f"query.shape[{1 + a}] = {q.shape[1 + a]} rows at position "
+                                 f"{c[j]} of the process grid")
+    for j, a in enumerate(axes):
+        if min(sizes[j]) < 1:
+            raise ValueError(f"shard sizes along shard axis {a} = {sizes[j]} are invalid: "
+                             "every rank needs at least one row of each shard axis")
+    starts = []
+    for s in sizes:
+        o = [0]
+        for x in s:
+            o.append(o[-1] + x)
+        starts.append(o)
+    extent = [q.shape[1 + a] for a in range(rank)]
+    for j, a in enumerate(axes):
+        extent[a] = starts[j][-1]
+    owned, kbox, qbox = [], [], []
     for r in range(P):
-        if sizes[r] == 0:
-            boxes += [owned[r], owned[r]]
-        else:
-            boxes += list(key_range(owned[r], owned[r + 1], L, ks[a], st[a], dil[a], cz[a]))
-    other = 1
-    for b in range(rank):
-        if b != a:
-            other *= q.shape[1 + b]
+        c = _coords(r, grid)
+        for j, a in enumerate(axes):
+            lo, hi = starts[j][c[j]], starts[j][c[j] + 1]
+            w = (extent[a], ks[a], st[a], dil[a], cz[a])
+            klo, khi = key_range(lo, hi, *w)
+            qlo, qhi = query_range(lo, hi, *w)
+            # The halo backward's one placed call needs the shard in both boxes.
+            owned += [lo, hi]
+            kbox += [min(klo, lo), max(khi, hi)]
+            qbox += [min(qlo, lo), max(qhi, hi)]
     B, Hq, D = q.shape[0], q.shape[-2], q.shape[-1]
-    Hkv, Dv, e = k.shape[-2], D, q.element_size()
-    rows = dict(q_row=B * Hq * D * e, kv_row=B * Hkv * D * e, o_row=B * Hq * Dv * e)
-    cost = {m: _bytes_per_rank(m, owned, boxes, P, other, **rows)
-            for m in ("heads", "halo", "allgather")}
+    Hkv = k.shape[-2]
+    Dv = v.shape[-1] if v is not None else D
+    e = q.element_size()
+    rows = dict(q=B * Hq * D * e, kv=B * Hkv * (D + Dv) * e // 2, o=B * Hq * Dv * e, lse=B * Hq * 4)
+    tokens = [math.prod(hi - lo for lo, hi in _boxes(owned, r, len(axes))) for r in range(P)]
+    other = math.prod(L for a, L in enumerate(extent) if a not in axes)
+    cost = _bytes_per_rank((owned, kbox, qbox), P, len(axes), axes, extent,
+                           [t * other for t in tokens], rows, needs_grad, halo_backward)
     heads_ok = Hq % P == 0 and Hkv % P == 0
     chosen = mode
     if mode == "auto":
@@ -346,84 +580,195 @@ def plan(q: Tensor, k: Tensor, kernel_size, stride=1, dilation=1, is_causal=Fals
     if chosen == "heads" and not heads_ok:
         raise ValueError(f"mode = 'heads' is invalid here: heads_q = {Hq} and heads_kv = {Hkv} "
                          f"must both be multiples of the group size ({P})")
-    return dict(mode=chosen, sizes=sizes, owned=owned, boxes=boxes, global_extent=L,
-                bytes=cost, rank=rank, kernel_size=ks, stride=st, dilation=dil, is_causal=cz)
+    return Plan(chosen, axes, grid, tuple(tuple(s) for s in sizes), tuple(extent), owned, kbox,
+                qbox, cost, tuple(ks), tuple(st), tuple(dil), tuple(cz))
+
+
+# ---- Halo attention with the owned-key backward ---------------------------------------------
+
+def _placement(extent, axes, box_q, box_k) -> List[int]:
+    rank = len(extent)
+    qo, ko = [0] * rank, [0] * rank
+    for a, (ql, _), (kl, _) in zip(axes, box_q, box_k):
+        qo[a], ko[a] = ql, kl
+    return list(extent) + qo + ko
+
+
+class _HaloAttention(torch.autograd.Function):
+    """Halo mode, issue 12's backward (module docs): no key gradient leaves its rank."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, ak, av, meta):
+        call, pl, group, r = meta
+        dims = [1 + a for a in pl.shard_axes]
+        n = len(dims)
+        kb, vb = dist_halo_gather([key, value], dims, pl.owned, pl.key_boxes, group)
+        own, kbox = _boxes(pl.owned, r, n), _boxes(pl.key_boxes, r, n)
+        c = call._replace(query=query, key=kb, value=vb, additional_keys=ak,
+                          additional_values=av,
+                          placement=tuple(_placement(pl.extent, pl.shard_axes, own, kbox)))
+        choice = _choice.current()
+        out, lse = _ops.na_forward(*c.op_args(choice))
+        ctx.meta, ctx.choice = meta, choice
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(query, kb, vb, ak, av, out, lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        query, kb, vb, ak, av, out, lse = ctx.saved_tensors
+        call, pl, group, r = ctx.meta
+        dims = [1 + a for a in pl.shard_axes]
+        n = len(dims)
+        own = _boxes(pl.owned, r, n)
+        kbox, qbox = _boxes(pl.key_boxes, r, n), _boxes(pl.query_boxes, r, n)
+        if dout is None:
+            dout = torch.zeros_like(out)
+        # Delta = do.o - dlse per query (float32, as the kernels keep it); the placed backward
+        # gets out = 0 and dlse = -Delta, so it computes the same Delta for halo queries.
+        wide = torch.float64 if out.dtype == torch.float64 else torch.float32
+        delta = (dout.to(wide) * out.to(wide)).sum(-1)
+        if dlse is not None:
+            delta = delta - dlse.to(wide)
+        delta = delta.float()
+        D = query.shape[-1]
+        qdo, ld = dist_halo_gather([torch.cat([query, dout.to(query.dtype)], -1),
+                                    torch.stack([lse, delta], -1)],
+                                   dims, pl.owned, pl.query_boxes, group)
+        q_b, do_b = (x.contiguous() for x in qdo.split([D, qdo.shape[-1] - D], -1))
+        lse_b, delta_b = (x.contiguous() for x in ld.unbind(-1))
+        zero_b = do_b.new_zeros(do_b.shape)
+        c = call._replace(query=q_b, key=kb, value=vb, additional_keys=None,
+                          additional_values=None,
+                          placement=tuple(_placement(pl.extent, pl.shard_axes, qbox, kbox)))
+        a = c.op_args(ctx.choice)
+        dq_b, dk_b, dv_b, _, _ = _ops.na_backward(*a[:5], zero_b, lse_b, do_b, -delta_b, *a[5:])
+        dq = _narrow(dq_b, dims, own, qbox)
+        dk, dv = (_narrow(x, dims, own, kbox) for x in (dk_b, dv_b))
+        dak = dav = None
+        if ak is not None:  # this rank's queries against the additional keys: a dense call
+            B, Hq = query.shape[0], query.shape[-2]
+            flat = [x.reshape(B, -1, *x.shape[-2:]) for x in (query, dout)]
+            d = call._replace(query=flat[0], key=ak, value=av, additional_keys=None,
+                              additional_values=None, kernel_size=[], stride=[], dilation=[],
+                              is_causal=[False], dense=True, placement=())
+            a = d.op_args(ctx.choice)
+            dqa, dak, dav, _, _ = _ops.na_backward(
+                *a[:5], torch.zeros_like(flat[1]), lse.reshape(B, -1, Hq), flat[1],
+                -delta.reshape(B, -1, Hq), *a[5:])
+            dq = dq + dqa.view(dq.shape)
+        return dq.contiguous(), dk.contiguous(), dv.contiguous(), dak, dav, None
+
+
+# ---- The calls ------------------------------------------------------------------------------
+
+def _from_dtensor(x, rank: int):
+    """(local tensor, group, shard_axes, process_grid, shard_sizes, (mesh, placements)) of a
+    DTensor sharded on spatial dims; None for a plain tensor."""
+    try:
+        from torch.distributed.tensor import DTensor, Shard
+    except ImportError:  # pragma: no cover - torch without DTensor
+        return None
+    if not isinstance(x, DTensor):
+        return None
+    mesh, placements = x.device_mesh, tuple(x.placements)
+    axes = []
+    for p in placements:
+        if not isinstance(p, Shard) or not 1 <= p.dim <= rank:
+            raise ValueError(f"query.placements = {placements} is invalid: nattn.distributed "
+                             f"takes DTensors sharded (Shard) on spatial dims 1..{rank}, one "
+                             "per mesh dimension")
+        axes.append(p.dim - 1)
+    if mesh.ndim == 1:
+        group = mesh.get_group()
+    else:
+        ranks = mesh.mesh.flatten().tolist()
+        if ranks != sorted(ranks) or not hasattr(mesh, "_flatten"):
+            raise ValueError(f"query.device_mesh = {mesh} is invalid: a 2-D mesh must list its "
+                             "ranks in increasing row-major order (the process grid's order)")
+        group = mesh._flatten().get_group()
+    grid = tuple(mesh.shape)
+    sizes = [[c.shape[0] for c in torch.empty(x.shape[1 + a], device="meta").chunk(m)]
+             for a, m in zip(axes, grid)]
+    for a, s, m in zip(axes, sizes, grid):
+        if len(s) < m:
+            raise ValueError(f"query.shape[{1 + a}] = {x.shape[1 + a]} is invalid: sharded over "
+                             f"{m} ranks it leaves some rank no row (torch.chunk sizes {s})")
+    return group, tuple(axes), grid, sizes, (mesh, placements)
 
 
 def neighborhood_attention(query: Tensor, key: Tensor, value: Tensor, kernel_size, stride=1,
                            dilation=1, is_causal=False, scale: Optional[float] = None,
                            additional_keys: Optional[Tensor] = None,
                            additional_values: Optional[Tensor] = None, return_lse: bool = False,
-                           group=None, shard_axis: int = 0, mode: str = "auto",
-                           backend: Optional[str] = None):
-    """Neighborhood attention of rank query.dim() - 3 on this rank's shards (module docs)."""
+                           group=None, shard_axes=None, mode: str = "auto",
+                           backend: Optional[str] = None, process_grid=None, shard_sizes=None,
+                           halo_backward: str = "owned", shard_axis=None):
+    """Neighborhood attention of rank query.dim() - 3 on this rank's shards (module docs).
+    `shard_axis` is the one-axis spelling of `shard_axes` (kept for older callers)."""
     if not dist.is_initialized():
         raise RuntimeError("nattn.distributed needs torch.distributed initialized "
                            "(init_process_group)")
-    pl = plan(query, key, kernel_size, stride, dilation, is_causal, group, shard_axis, mode)
+    dt = _from_dtensor(query, query.dim() - 3)
+    if dt is not None:
+        group, shard_axes, process_grid, shard_sizes, (mesh, placements) = dt
+        shard_axis = None
+        query, key, value = (x.to_local() for x in (query, key, value))
+        if additional_keys is not None and hasattr(additional_keys, "full_tensor"):
+            additional_keys, additional_values = (x.full_tensor() for x in
+                                                  (additional_keys, additional_values))
+    inputs = [query, key, value, additional_keys, additional_values]
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(x, Tensor) and x.requires_grad for x in inputs)
+    pl = plan(query, key, kernel_size, stride, dilation, is_causal, group, shard_axes, mode,
+              shard_sizes, process_grid, shard_axis, value, needs_grad, halo_backward)
     g = group if group is not None else dist.group.WORLD
     name, P, r = _group_name(g), dist.get_world_size(g), dist.get_rank(g)
-    rank, dim, sizes = pl["rank"], 1 + shard_axis, pl["sizes"]
-    window = dict(stride=pl["stride"], dilation=pl["dilation"], is_causal=pl["is_causal"],
-                  scale=scale, backend=backend)
+    rank, dims, n = query.dim() - 3, [1 + a for a in pl.shard_axes], len(pl.shard_axes)
+    window = dict(stride=pl.stride, dilation=pl.dilation, is_causal=pl.is_causal, scale=scale,
+                  backend=backend)
     ak, av = additional_keys, additional_values
     if ak is not None and av is not None and P > 1:
         ak, av = dist_sum_gradients(ak, name), dist_sum_gradients(av, name)
-    full = [query.shape[1 + b] for b in range(rank)]
-    full[shard_axis] = pl["global_extent"]
-    if pl["mode"] == "heads":
-        q, k, v = (dist_scatter_heads(x.contiguous(), dim, sizes, name)
+    if pl.mode == "heads":
+        q, k, v = (dist_scatter_heads(x.contiguous(), dims, pl.owned, name)
                    for x in (query, key, value))
         if ak is not None and av is not None:
             hk = key.shape[-2] // P
             ak, av = ak[:, :, r * hk:(r + 1) * hk], av[:, :, r * hk:(r + 1) * hk]
-        out, lse = na_placed(q, k, v, pl["kernel_size"], full, additional_keys=ak,
+        out, lse = na_placed(q, k, v, pl.kernel_size, list(pl.extent), additional_keys=ak,
                              additional_values=av, return_lse=True, **window)
-        out = dist_gather_heads(out, dim, sizes, name)
-        lse = dist_gather_heads(lse.unsqueeze(-1), dim, sizes, name).squeeze(-1) \
+        out = dist_gather_heads(out, dims, pl.owned, name)
+        lse = dist_gather_heads(lse.unsqueeze(-1), dims, pl.owned, name).squeeze(-1) \
             if return_lse else None
+    elif pl.mode == "halo" and halo_backward == "owned":
+        call = neighborhood_call(rank, query, key, value, pl.kernel_size, pl.stride,
+                                 pl.dilation, pl.is_causal, scale, ak, av, backend)
+        ak, av = call.additional_keys, call.additional_values
+        call = call._replace(query=None, key=None, value=None, additional_keys=None,
+                             additional_values=None)  # the tensors travel as arguments
+        out, lse = _HaloAttention.apply(query, key, value, ak, av, (call, pl, name, r))
     else:
-        owned, boxes = pl["owned"], pl["boxes"]
-        if pl["mode"] == "allgather":
-            boxes = [0, pl["global_extent"]] * P
-        k, v = (dist_halo_gather(x, dim, owned, boxes, name) for x in (key, value))
-        q_origin = [0] * rank
-        k_origin = [0] * rank
-        q_origin[shard_axis], k_origin[shard_axis] = owned[r], boxes[2 * r]
-        out, lse = na_placed(query, k, v, pl["kernel_size"], full, q_origin, k_origin,
-                             additional_keys=ak, additional_values=av, return_lse=True,
-                             **window)
+        boxes = pl.key_boxes if pl.mode == "halo" else \
+            [x for _ in range(P) for a in pl.shard_axes for x in (0, pl.extent[a])]
+        k, v = dist_halo_gather([key, value], dims, pl.owned, boxes, name)
+        own, kbox = _boxes(pl.owned, r, n), _boxes(boxes, r, n)
+        pm = _placement(pl.extent, pl.shard_axes, own, kbox)
+        out, lse = na_placed(query, k, v, pl.kernel_size, pm[:rank], pm[rank:2 * rank],
+                             pm[2 * rank:], additional_keys=ak, additional_values=av,
+                             return_lse=True, **window)
+    if dt is not None:
+        from torch.distributed.tensor import DTensor
+        out = DTensor.from_local(out, mesh, placements, run_check=False)
+        lse = DTensor.from_local(lse, mesh, placements, run_check=False) if return_lse else None
     return (out, lse) if return_lse else out
 
 
-def na1d(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
-         additional_keys=None, additional_values=None, return_lse=False, group=None,
-         shard_axis=0, mode="auto", backend=None):
-    """1-D neighborhood attention on local shards [B, local X, H, D] (split along X)."""
-    _need_rank(query, 1)
-    return neighborhood_attention(query, key, value, kernel_size, stride, dilation, is_causal,
-                                  scale, additional_keys, additional_values, return_lse, group,
-                                  shard_axis, mode, backend)
-
-
-def na2d(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
-         additional_keys=None, additional_values=None, return_lse=False, group=None,
-         shard_axis=0, mode="auto", backend=None):
-    """2-D neighborhood attention on local shards [B, X1, X2, H, D] split along shard_axis."""
-    _need_rank(query, 2)
-    return neighborhood_attention(query, key, value, kernel_size, stride, dilation, is_causal,
-                                  scale, additional_keys, additional_values, return_lse, group,
-                                  shard_axis, mode, backend)
-
-
-def na3d(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
-         additional_keys=None, additional_values=None, return_lse=False, group=None,
-         shard_axis=0, mode="auto", backend=None):
-    """3-D neighborhood attention on local shards [B, X1, X2, X3, H, D] split along shard_axis."""
-    _need_rank(query, 3)
-    return neighborhood_attention(query, key, value, kernel_size, stride, dilation, is_causal,
-                                  scale, additional_keys, additional_values, return_lse, group,
-                                  shard_axis, mode, backend)
+def _doc(rank: int) -> str:
+    dims = {1: "X", 2: "X1, X2", 3: "X1, X2, X3"}[rank]
+    return (f"{rank}-D neighborhood attention on local shards [B, {dims} (local), H, D], split "
+            "along `shard_axes` (one or two spatial axes) over `process_grid`; returns the "
+            "local shard of out (and lse). See the module docs for the modes.")
 
 
 def _need_rank(query, rank: int) -> None:
@@ -431,3 +776,23 @@ def _need_rank(query, rank: int) -> None:
         shape = list(query.shape) if isinstance(query, Tensor) else type(query).__name__
         raise ValueError(f"query.shape = {shape} is invalid: na{rank}d takes "
                          f"[B, {rank} spatial dims, H, D]")
+
+
+def _make(rank: int):
+    def fn(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
+           additional_keys=None, additional_values=None, return_lse=False, group=None,
+           shard_axes=None, mode="auto", backend=None, process_grid=None, shard_sizes=None,
+           halo_backward="owned", shard_axis=None):
+        _need_rank(query, rank)
+        return neighborhood_attention(query, key, value, kernel_size, stride, dilation,
+                                      is_causal, scale, additional_keys, additional_values,
+                                      return_lse, group, shard_axes, mode, backend,
+                                      process_grid, shard_sizes, halo_backward, shard_axis)
+    fn.__name__ = fn.__qualname__ = f"na{rank}d"
+    fn.__doc__ = _doc(rank)
+    return fn
+
+
+na1d = _make(1)
+na2d = _make(2)
+na3d = _make(3)

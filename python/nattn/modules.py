@@ -1,4 +1,10 @@
-"""nn.Modules: multi-head neighborhood attention over [B, *X, C] (qkv linear, NA, proj, dropout)."""
+"""nn.Modules: multi-head neighborhood attention over [B, *X, C] (qkv linear, NA, proj, dropout).
+
+With a process group (`group=`, e.g. torch.distributed.group.WORLD) a module runs on this rank's
+shard of the token grid through nattn.distributed (`shard_axes`, `mode`, `process_grid` as
+there): x is the local shard [B, *local X, C], the output the local shard. The linear layers
+are per token, so they run on the shard as they are; their weight gradients are this rank's
+part (sum them over the ranks, as data parallelism does)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -17,7 +23,8 @@ class _NeighborhoodAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, kernel_size, stride=1, dilation=1,
                  is_causal=False, qkv_bias: bool = True, qk_scale: Optional[float] = None,
-                 proj_drop: float = 0.0):
+                 proj_drop: float = 0.0, group=None, shard_axes=0, mode: str = "auto",
+                 process_grid=None):
         super().__init__()
         for name, v in (("embed_dim", embed_dim), ("num_heads", num_heads)):
             if not is_int(v):
@@ -42,6 +49,8 @@ class _NeighborhoodAttention(nn.Module):
         self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)
         self.proj = nn.Linear(embed_dim, embed_dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.group, self.shard_axes, self.mode = group, shard_axes, mode
+        self.process_grid = process_grid
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, torch.Tensor):
@@ -54,14 +63,24 @@ class _NeighborhoodAttention(nn.Module):
         # [B, *X, 3, H, D]; q, k and v are strided views of it, passed to nattn without copies.
         qkv = self.qkv(x).view(*lead, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.unbind(dim=-3)
-        out = _OPS[self.rank](q, k, v, self.kernel_size, stride=self.stride,
-                              dilation=self.dilation, is_causal=self.is_causal, scale=self.scale)
+        if self.group is None:
+            out = _OPS[self.rank](q, k, v, self.kernel_size, stride=self.stride,
+                                  dilation=self.dilation, is_causal=self.is_causal,
+                                  scale=self.scale)
+        else:
+            from . import distributed
+            out = distributed.neighborhood_attention(
+                q, k, v, self.kernel_size, self.stride, self.dilation, self.is_causal,
+                self.scale, group=self.group, shard_axes=self.shard_axes, mode=self.mode,
+                process_grid=self.process_grid)
         return self.proj_drop(self.proj(out.reshape(*lead, self.embed_dim)))
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
                 f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"dilation={self.dilation}, is_causal={self.is_causal}")
+                f"dilation={self.dilation}, is_causal={self.is_causal}"
+                + ("" if self.group is None else
+                   f", shard_axes={self.shard_axes}, mode={self.mode!r}"))
 
 
 class NeighborhoodAttention1D(_NeighborhoodAttention):
