@@ -349,6 +349,15 @@ def key_range(lo: int, hi: int, L: int, k: int, s: int = 1, d: int = 1,
     return klo, khi
 
 
+def _first_true(n: int, pred) -> int:
+    """The first p in [0, n) where pred (False..False True..True) holds; n when none does."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if pred(mid) else (mid + 1, hi)
+    return lo
+
+
 def query_range(lo: int, hi: int, L: int, k: int, s: int = 1, d: int = 1,
                 causal: bool = False) -> Tuple[int, int]:
     """The smallest index range [qlo, qhi) of an axis of extent L holding every query whose
@@ -358,14 +367,8 @@ def query_range(lo: int, hi: int, L: int, k: int, s: int = 1, d: int = 1,
     before its last key (binary searches)."""
     qlo, qhi = L, 0
     for g, Lg, a, b in _groups(lo, hi, L, d):
-        def first_true(pred):
-            lo_, hi_ = 0, Lg  # pred is False..False True..True over [0, Lg)
-            while lo_ < hi_:
-                mid = (lo_ + hi_) // 2
-                lo_, hi_ = (lo_, mid) if pred(mid) else (mid + 1, hi_)
-            return lo_
-        p0 = first_true(lambda p: _group_window(p, Lg, k, s, causal)[1] > a)
-        p1 = first_true(lambda p: _group_window(p, Lg, k, s, causal)[0] > b) - 1
+        p0 = _first_true(Lg, lambda p, Lg=Lg, a=a: _group_window(p, Lg, k, s, causal)[1] > a)
+        p1 = _first_true(Lg, lambda p, Lg=Lg, b=b: _group_window(p, Lg, k, s, causal)[0] > b) - 1
         if p0 <= p1:
             qlo, qhi = min(qlo, p0 * d + g), max(qhi, p1 * d + g + 1)
     return (qlo, qhi) if qhi > qlo else (lo, lo)

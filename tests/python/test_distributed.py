@@ -28,7 +28,8 @@ def random_problem(rng, P, force_two_axes=False, force_multi_hop=False):
     two = rank >= 2 and (force_two_axes or rng.random() < 0.4)
     axes = rng.sample(range(rank), 2 if two else 1)
     if two:
-        p0 = rng.choice([d for d in range(1, P + 1) if P % d == 0])
+        p0 = 2 if force_two_axes and P == 4 else rng.choice([d for d in range(1, P + 1)
+                                                              if P % d == 0])
         grid = [p0, P // p0]
     else:
         grid = [P]
@@ -40,7 +41,7 @@ def random_problem(rng, P, force_two_axes=False, force_multi_hop=False):
                                                parts + 2))
         d = rng.choice([1, 1, 2]) if L >= 4 else 1
         k = rng.randint(2, L // d)
-        if force_multi_hop and b == axes[0]:
+        if force_multi_hop and b in axes:
             k = L // d  # the windows span the axis: halos cross several shards
         X.append(L), ks.append(k), st.append(rng.randint(1, k)), dil.append(d)
         cz.append(rng.random() < 0.3)
@@ -64,7 +65,7 @@ def _coords(r, grid):
 def check_rank(r, P, seed, trials):
     for t in range(trials):
         rng = random.Random(seed + t)
-        c = random_problem(rng, P, force_two_axes=t == 1, force_multi_hop=t == 0)
+        c = random_problem(rng, P, force_two_axes=t == 1, force_multi_hop=t < 2)
         g = torch.Generator().manual_seed(seed + t)
         B, D = 2, 4
 
@@ -92,6 +93,15 @@ def check_rank(r, P, seed, trials):
                 x = x.narrow(1 + a, sum(s[:i]), s[i])
             return x
         heads_ok = c["hq"] % P == 0 and c["hkv"] % P == 0
+        if t < 2:  # the forced trials exchange with far shards (P >= 3) and corners (2 x 2)
+            pl = nd.plan(cut(q), cut(k), c["ks"], c["st"], c["dil"], c["cz"],
+                         shard_axes=tuple(c["axes"]), process_grid=c["grid"])
+            sources = [sum(1 for s in range(P) if s != rr and all(
+                max(a[0], b[0]) < min(a[1], b[1]) for a, b in
+                zip(nd._boxes(pl.key_boxes, rr, len(c["axes"])),
+                    nd._boxes(pl.owned, s, len(c["axes"])))))
+                for rr in range(P)]
+            assert max(sources) == P - 1 or len(c["axes"]) == 1 and P == 2, (sources, c)
         runs = {}
         for mode in [m for m in MODES if m != "heads" or heads_ok] + ["halo"]:
             local = [cut(x).clone().requires_grad_() for x in (q, k, v)]
