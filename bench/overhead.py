@@ -1,13 +1,19 @@
 """Host overhead and layout benchmark (GPU): what a model pays outside the kernels.
 
   * host time of a repeated small call (forward, and forward+backward), beside dense SDPA:
-    wall-clock time per call while the GPU keeps up, so it is the Python + C++ cost of a call;
+    wall-clock time per call while the GPU keeps up, so it is the Python + C++ cost of a call.
+    Where the package has the eager fast path (nattn.op_path()), both paths are measured in the
+    same run: the fast path and the torch.library custom ops (nattn._fast.ENABLED = False);
+  * the C ABI call alone (validation, plan-cache lookup, launch) through nattn._lib;
   * the expanded-gradient backward: `na2d(q, k, v, 7).sum().backward()` hands the backward a
     stride-0 gradient; its GPU kernel time (torch.profiler) shows whether the fused backward
     ran (and, with nattn.explain, which family the plan chose and what it copied).
 
-usage: python bench/overhead.py [--out FILE.json] [--label TEXT]
-Only public APIs are used, so the same script measures the versions before and after a change.
+usage: python bench/overhead.py [--out FILE.json] [--label TEXT] [--device cpu]
+--device cpu measures the host-time rows alone on the reference backend (float32), for
+comparing versions on a machine without a GPU; the kernel then runs inside the call.
+Only public APIs (and, guarded, nattn._lib / nattn._fast) are used, so the same script
+measures the versions before and after a change.
 """
 import argparse
 import json
@@ -20,18 +26,23 @@ import torch.nn.functional as F
 import nattn
 
 
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def host_us(fn, iters=2000, reps=5):
     """Median over reps of the wall-clock microseconds per call of fn() (no sync inside)."""
     for _ in range(50):
         fn()
-    torch.cuda.synchronize()
+    sync()
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
         for _ in range(iters):
             fn()
         t1 = time.perf_counter()
-        torch.cuda.synchronize()
+        sync()
         out.append((t1 - t0) / iters * 1e6)
     return statistics.median(out)
 
@@ -68,21 +79,63 @@ def backward_kernel_ms(q, k, v, reps=10):
     return total_us / reps / 1e3
 
 
-def c_abi_forward_us(q, k, v):
-    """Host time of nattn's C entry point alone (the binding of 2026-11-27; None for others)."""
+def c_abi_forward_us(q, k, v, backend, window):
+    """Host time of nattn's C entry point alone (the binding of 2026-11-27 on; None for others)."""
     lib = getattr(nattn, "_lib", None)
     if lib is None or not all(hasattr(lib, n) for n in ("problem", "slots", "options", "forward")):
         return None
     try:
         out = torch.empty_like(q)
         lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)
-        p = lib.problem(q, k, v, None, None, [7, 7], [1, 1], [1, 1], [False, False], None, False)
+        p = lib.problem(q, k, v, None, None, [window] * 2, [1, 1], [1, 1], [False, False], None, False)
         arr = lib.slots([q, k, v, None, None, out, lse], True)
-        o = lib.options(lib.BACKEND_AUTO, q.device)
+        o = lib.options(backend, q.device)
         return host_us(lambda: lib.forward(False, p, arr, o, "overhead probe"))
     except (TypeError, AttributeError) as e:  # another binding version: say so, measure nothing
         print("C ABI probe skipped:", e)
         return None
+
+
+def op_paths():
+    """(label, fast-path switch value) for each op path this version has: the fast path and the
+    custom ops where nattn._fast exists, else the one path (None: leave it)."""
+    fast = getattr(nattn, "_fast", None)
+    if fast is None or not hasattr(fast, "ENABLED"):
+        return [("", None)]
+    return [(" (fast path)", True), (" (custom ops)", False)]
+
+
+def host_rows(dev, dtype, backend, shape, window):
+    """Host us per call of a small forward and forward+backward, each op path, beside SDPA."""
+    rows = []
+    q, k, v = (torch.randn(*shape, device=dev, dtype=dtype) for _ in range(3))
+    qs, ks, vs = (x.flatten(1, 2).transpose(1, 2).contiguous() for x in (q, k, v))
+    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+    qsg, ksg, vsg = (x.clone().requires_grad_() for x in (qs, ks, vs))
+    sdpa_f = host_us(lambda: F.scaled_dot_product_attention(qs, ks, vs))
+    sdpa_fb = host_us(lambda: F.scaled_dot_product_attention(qsg, ksg, vsg).sum().backward(), iters=500)
+    fast = getattr(nattn, "_fast", None)
+    initial = getattr(fast, "ENABLED", None)
+    try:
+        for label, enabled in op_paths():
+            if enabled is not None:
+                fast.ENABLED = enabled
+            rows.append((f"small forward{label}, host us/call",
+                         host_us(lambda: nattn.na2d(q, k, v, window, backend=backend)), sdpa_f))
+            rows.append((f"small forward+backward{label}, host us/call",
+                         host_us(lambda: nattn.na2d(qg, kg, vg, window, backend=backend).sum().backward(),
+                                 iters=500), sdpa_fb))
+    finally:
+        if initial is not None:
+            fast.ENABLED = initial
+
+    # The C ABI call alone (validation, plan-cache lookup, launch), through this version's binding.
+    lib = getattr(nattn, "_lib", None)
+    kind = getattr(lib, "BACKEND_REFERENCE" if backend == "reference" else "BACKEND_AUTO", 0)
+    c_abi = c_abi_forward_us(q, k, v, kind, window)
+    if c_abi is not None:
+        rows.append(("C ABI forward alone (C++ part of a call), host us/call", c_abi, None))
+    return rows
 
 
 def family_of(q, k, v, **kw):
@@ -102,26 +155,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--label", default="")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = ap.parse_args()
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     torch.manual_seed(0)
-    rows = []
-
+    if dev.type == "cpu":  # host rows alone, reference backend, a problem the kernel does in ~2 us
+        report(args, host_rows(dev, torch.float32, "reference", (1, 4, 4, 1, 8), 3))
+        return
     # Small call: 1 x 16x16 tokens x 2 heads x 32, window 7x7 (NAT-sized, the kernel takes a few us).
-    q, k, v = (torch.randn(1, 16, 16, 2, 32, device=dev, dtype=torch.bfloat16) for _ in range(3))
-    qs, ks, vs = (x.flatten(1, 2).transpose(1, 2).contiguous() for x in (q, k, v))
-    rows.append(("small forward, host us/call", host_us(lambda: nattn.na2d(q, k, v, 7)),
-                 host_us(lambda: F.scaled_dot_product_attention(qs, ks, vs))))
-    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
-    qsg, ksg, vsg = (x.clone().requires_grad_() for x in (qs, ks, vs))
-    rows.append(("small forward+backward, host us/call",
-                 host_us(lambda: nattn.na2d(qg, kg, vg, 7).sum().backward(), iters=500),
-                 host_us(lambda: F.scaled_dot_product_attention(qsg, ksg, vsg).sum().backward(), iters=500)))
-
-    # The C ABI call alone (validation, plan-cache lookup, launch), through this version's binding.
-    c_abi = c_abi_forward_us(q, k, v)
-    if c_abi is not None:
-        rows.append(("C ABI forward alone (C++ part of a call), host us/call", c_abi, None))
+    rows = host_rows(dev, torch.bfloat16, None, (1, 16, 16, 2, 32), 7)
 
     # Expanded gradient: .sum().backward() gives a stride-0 dout.
     q, k, v = (torch.randn(1, 32, 32, 8, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
@@ -134,14 +176,21 @@ def main():
     rows.append((f"expanded-gradient backward 32x32 h8 d64 w7, wall ms (family: {fam})", both - fwd, None))
     rows.append(("expanded-gradient backward, GPU kernel ms (profiler)", backward_kernel_ms(q, k, v), None))
 
-    print(f"| measurement {args.label} | nattn | dense SDPA |")
+    report(args, rows)
+
+
+def report(args, rows):
+    path = getattr(nattn, "op_path", None)
+    if path is not None:
+        print(f"op path: {path().name}: {path().reason}")
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"| measurement {args.label} ({card}) | nattn | dense SDPA |")
     print("|---|---|---|")
     for name, a, b in rows:
         print(f"| {name} | {a:.3f} | {'' if b is None else f'{b:.3f}'} |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"label": args.label, "card": torch.cuda.get_device_name(),
-                       "torch": torch.__version__,
+            json.dump({"label": args.label, "card": card, "torch": torch.__version__,
                        "rows": [{"measurement": n, "nattn": a, "sdpa": b} for n, a, b in rows]}, f, indent=1)
 
 

@@ -7,7 +7,7 @@ from . import (
     _ops,  # noqa: F401  (registers torch.ops.nattn.na_forward / na_backward)
 )
 from ._choice import kernel_choice
-from .backends import BackendInfo, backends
+from .backends import BackendInfo, OpPath, backends, op_path
 from .functional import attention, na1d, na2d, na3d, na_placed
 from .merge import merge_attentions
 from .modules import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
@@ -19,6 +19,7 @@ library_path = _lib.LIBRARY_PATH
 
 __all__ = [
     "na1d", "na2d", "na3d", "na_placed", "attention", "merge_attentions", "backends", "BackendInfo",
+    "op_path", "OpPath",
     "NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D",
     "explain", "kernel_configs", "kernel_choice", "Plan", "FamilyVerdict", "KernelConfig",
 ]

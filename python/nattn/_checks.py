@@ -18,6 +18,8 @@ def shape_str(x: torch.Tensor) -> str:
 
 
 def check_tensor(name: str, x) -> None:
+    if type(x) is torch.Tensor and x.dtype in _lib.DTYPES and x.device.type in _lib.DEVICES:
+        return  # the common case, answered with the fewest attribute reads
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} = {type(x).__name__} object is invalid: must be a torch.Tensor")
     if x.dtype not in _lib.DTYPES:
@@ -28,12 +30,16 @@ def check_tensor(name: str, x) -> None:
 
 
 def is_int(v) -> bool:
-    # bool is an int subclass; True as a kernel size is a mistake, not 1.
-    return isinstance(v, (numbers.Integral, torch.SymInt)) and not isinstance(v, bool)
+    # bool is an int subclass; True as a kernel size is a mistake, not 1. A plain int is
+    # answered first: the ABC check of numbers.Integral costs a microsecond per call.
+    return type(v) is int or (isinstance(v, (numbers.Integral, torch.SymInt))
+                              and not isinstance(v, bool))
 
 
 def per_axis(name: str, value, rank: int, want_bool: bool = False) -> Tuple:
     """An int (bool) for every axis, or a tuple/list with one per axis."""
+    if type(value) is (bool if want_bool else int) and -2**63 <= value < 2**63:
+        return (value,) * rank  # the common case first
     kind = "bool" if want_bool else "int"
     a_kind = "a bool" if want_bool else "an int"
     ok = (lambda v: isinstance(v, bool)) if want_bool else is_int
@@ -52,7 +58,7 @@ def per_axis(name: str, value, rank: int, want_bool: bool = False) -> Tuple:
         raise TypeError(f"{name} = {value!r} is invalid: must be {a_kind} or a tuple of {rank} "
                         f"{kind}s, not {type(value).__name__}")
     for a, v in enumerate(values):
-        if isinstance(v, numbers.Integral) and not -2**63 <= v < 2**63:
+        if (type(v) is int or isinstance(v, numbers.Integral)) and not -2**63 <= v < 2**63:
             raise ValueError(f"{name}[{a}] = {v} is invalid: must fit in 64 bits")
     return values
 

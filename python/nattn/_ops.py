@@ -16,6 +16,7 @@ traced with.
 Annotations stay real types (no `from __future__ import annotations`): older torch versions
 infer the op schema from them.
 """
+import collections
 import os
 from typing import List, Optional, Tuple
 
@@ -23,6 +24,11 @@ import torch
 from torch import Tensor
 
 from . import _lib
+
+# Calls that ran, by path: "op_forward"/"op_backward" (these custom ops: eager calls with the
+# fast path off or not eligible, and compiled graphs at run time) and "fast_forward"/
+# "fast_backward" (_fast.py). For tests and diagnostics; never read by the ops.
+CALLS: collections.Counter = collections.Counter()
 
 
 def _poisoned(t: Tensor) -> Tensor:
@@ -78,6 +84,7 @@ def na_forward(
     # backend makes that device current itself.
     _lib.forward(dense, p, arr, _lib.options(backend, query.device, family, config_ids, tiles),
                  _where(dense, is_causal))
+    CALLS["op_forward"] += 1
     return out, lse
 
 
@@ -136,6 +143,7 @@ def na_backward(
         _lib.attach(arr[slot], g)
     _lib.backward(dense, p, arr, _lib.options(backend, query.device, family, config_ids, tiles),
                   _where(dense, is_causal, backward=True))
+    CALLS["op_backward"] += 1
     return tuple(grads)
 
 

@@ -1,10 +1,11 @@
 """Backend names and availability. The C library chooses among backends (`backend=None`); this
-module only maps names to nattn::BackendKind and asks the library what is available here."""
+module only maps names to nattn::BackendKind and asks the library what is available here, and
+says which op path eager calls take (op_path)."""
 from __future__ import annotations
 
 from typing import List, NamedTuple, Optional
 
-from . import _lib
+from . import _fast, _lib
 
 # Accepted names -> nattn::BackendKind. "cpu" is an alias of the reference backend.
 _KINDS = {
@@ -33,6 +34,21 @@ def backends() -> List[BackendInfo]:
         ok, reason = _AVAILABLE[kind]
         out.append(BackendInfo(name, ok, "" if ok else reason))
     return out
+
+
+class OpPath(NamedTuple):
+    name: str  # "fast" (one C call per op) or "custom_op" (torch.library dispatch)
+    reason: str
+
+
+def op_path() -> OpPath:
+    """The path a plain eager call takes. "fast": one C call, no torch.library dispatch
+    (torch.compile, tracing, fake tensors, tensor subclasses, dispatch/function modes and
+    functorch transforms still take the custom ops `torch.ops.nattn.*`); "custom_op": every
+    call goes through the custom ops (NATTN_FAST_PATH=0). nattn._ops.CALLS counts the calls
+    each path ran."""
+    on, reason = _fast.enabled_reason()
+    return OpPath("fast" if on else "custom_op", reason)
 
 
 def backend_kind(backend: Optional[str]) -> int:

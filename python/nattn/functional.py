@@ -14,11 +14,12 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import _choice, _ops
+from . import _choice, _fast, _ops
 from ._checks import check_bool, check_scale, check_tensor, per_axis
 from .backends import backend_kind
 
 IntOrTuple = Union[int, Sequence[int]]
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 BoolOrTuple = Union[bool, Sequence[bool]]
 
 
@@ -82,6 +83,8 @@ def autocast(call: Call) -> Call:
     floating inputs other than float64 cast to the autocast dtype of their device type (nattn's
     ops are not on torch's autocast lists, so the functional API does it; gradients flow back to
     the inputs' own dtype through the casts). Outside autocast the call is unchanged."""
+    if not torch.compiler.is_compiling() and not _any_autocast():
+        return call  # a cheaper question first (dynamo never traces it)
     device = call.query.device.type
     if not torch.is_autocast_enabled(device):
         return call
@@ -98,7 +101,12 @@ def autocast(call: Call) -> Call:
 def _run(call: Call, return_lse):
     check_bool("return_lse", return_lse)
     call = autocast(call)
-    out, lse = _ops.na_forward(*call.op_args(_choice.current()))
+    choice = _choice.current()
+    # is_compiling() first: dynamo folds it to True and never traces the fast path's checks.
+    if not torch.compiler.is_compiling() and _fast.eligible(call[:5]):
+        out, lse = _fast.na_forward(call, choice)
+    else:
+        out, lse = _ops.na_forward(*call.op_args(choice))
     return (out, lse) if return_lse else out
 
 

@@ -69,10 +69,16 @@ struct BackwardRun {
     return s;
   }
   double p_of(double s_raw, double lse_i) const { return std::exp(scale * s_raw - lse_i); }
+  // Keys in a query's window (the work estimate of parallel_for).
+  int64_t window() const {
+    int64_t n = 1;
+    for (int a = 0; a < r; ++a) n *= p.window.kernel_size[a];
+    return n;
+  }
 
   void compute_delta() {
     delta.assign(size_t(p.batch * N * p.heads_q), 0.0);
-    cpu::parallel_for(p.batch * N, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(p.batch * N, p.heads_q * Dv, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const int64_t b = item / N;
         const auto c = grid.coords(item % N);
@@ -91,7 +97,7 @@ struct BackwardRun {
   }
 
   void compute_dq() {
-    cpu::parallel_for(p.batch * N, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(p.batch * N, p.heads_q * (window() + Na) * (2 * D + Dv), [&](int64_t begin, int64_t end) {
       std::vector<int64_t> lists[3], koff, voff;
       std::vector<double> acc(static_cast<size_t>(D));
       for (int64_t item = begin; item < end; ++item) {
@@ -145,7 +151,7 @@ struct BackwardRun {
 
   void compute_dkdv() {
     const int64_t Nk = grid.key_tokens();
-    cpu::parallel_for(p.batch * Nk, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(p.batch * Nk, p.heads_q * window() * 2 * (D + Dv), [&](int64_t begin, int64_t end) {
       std::vector<int64_t> lists[3];
       std::vector<double> gk(static_cast<size_t>(D)), gv(static_cast<size_t>(Dv));
       for (int64_t item = begin; item < end; ++item) {
@@ -175,7 +181,7 @@ struct BackwardRun {
   // Every query attends to every additional key.
   void compute_additional() {
     if (Na == 0) return;
-    cpu::parallel_for(p.batch * Na * p.heads_kv, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(p.batch * Na * p.heads_kv, group * N * 2 * (D + Dv), [&](int64_t begin, int64_t end) {
       std::vector<double> gk(static_cast<size_t>(D)), gv(static_cast<size_t>(Dv));
       for (int64_t item = begin; item < end; ++item) {
         const int64_t hk = item % p.heads_kv, j = (item / p.heads_kv) % Na, b = item / (p.heads_kv * Na);

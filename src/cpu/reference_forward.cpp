@@ -26,7 +26,10 @@ void forward_typed(const Problem& p, const ForwardTensors& t) {
   const cpu::Strided<const T> va = Na ? cpu::Strided<const T>(t.additional_v) : cpu::Strided<const T>();
   const int64_t N = grid.tokens();
 
-  cpu::parallel_for(p.batch * N, [&](int64_t begin, int64_t end) {
+  int64_t window = 1;
+  for (int a = 0; a < r; ++a) window *= p.window.kernel_size[a];
+  const int64_t work = p.heads_q * (window + Na) * (D + Dv);
+  cpu::parallel_for(p.batch * N, work, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> lists[3], koff, voff;
     std::vector<double> qrow(static_cast<size_t>(D)), acc(static_cast<size_t>(Dv)), score;
     for (int64_t item = begin; item < end; ++item) {

@@ -28,7 +28,7 @@ void merge_typed(const std::vector<TensorView>& outs, const std::vector<TensorVi
   const int64_t Dv = out.shape[nd];
   int64_t rows = 1;
   for (int d = 0; d < nd; ++d) rows *= out.shape[d];
-  cpu::parallel_for(rows, [&](int64_t begin, int64_t end) {
+  cpu::parallel_for(rows, int64_t(outs.size()) * 2 * Dv, [&](int64_t begin, int64_t end) {
     std::vector<double> acc(static_cast<size_t>(Dv)), w(outs.size());
     for (int64_t row = begin; row < end; ++row) {
       double m = -std::numeric_limits<double>::infinity();
