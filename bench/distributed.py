@@ -133,8 +133,10 @@ def parts(lq, lk, lv, kernel, stride, pl, mode, iters):
             def comm_bwd():
                 nd.dist_halo_gather([qdo, ld], dims, pl.owned, pl.query_boxes, group)
             qbox = nd.dist_halo_gather([lq], dims, pl.owned, pl.query_boxes, group)[0]
-            bwd_placement = nd._placement(pl.extent, pl.shard_axes,
-                                          nd._boxes(pl.query_boxes, r, n), kbox)
+            strips = [(nd._narrow(qbox, dims, st, nd._boxes(pl.query_boxes, r, n)).contiguous(),
+                       nd._placement(pl.extent, pl.shard_axes, st, own))
+                      for st in nd._strips(own, nd._boxes(pl.query_boxes, r, n))]
+            k_own, v_own = lk, lv
     call = dict(stride=stride)
 
     def fwd():
@@ -144,18 +146,18 @@ def parts(lq, lk, lv, kernel, stride, pl, mode, iters):
     out, lse = fwd()
     do = torch.randn_like(out)
 
+    def backward(q, k, v, o, ls, do, dls, placement):
+        _ops.na_backward(q, k, v, None, None, o, ls, do, dls, list(kernel), [stride] * rank,
+                         [1] * rank, [False] * rank, None, False, 0, list(placement), "", [],
+                         [])
+
     def fwd_bwd():
         o, ls = fwd()
-        if mode == "halo":  # the owned-key backward: one placed call over the query box
-            ob = torch.zeros_like(qbox)
-            lb = torch.zeros(qbox.shape[:-1], device=qbox.device)
-            _ops.na_backward(qbox, k, v, None, None, ob, lb, qbox, lb, list(kernel),
-                             [stride] * rank, [1] * rank, [False] * rank, None, False, 0,
-                             bwd_placement, "", [], [])
-        else:
-            _ops.na_backward(q, k, v, None, None, o, ls, do, None, list(kernel),
-                             [stride] * rank, [1] * rank, [False] * rank, None, False, 0,
-                             list(placement), "", [], [])
+        backward(q, k, v, o, ls, do, None, placement)
+        if mode == "halo":  # the owned-key backward's strips: other ranks' queries, own keys
+            for qs, pm in strips:
+                z = torch.zeros(qs.shape[:-1], device=qs.device)
+                backward(qs, k_own, v_own, torch.zeros_like(qs), z, qs, z, pm)
 
     return (timed(comm, iters), None if comm_bwd is None else timed(comm_bwd, iters),
             timed(fwd, iters), timed(fwd_bwd, iters))

@@ -18,18 +18,21 @@ Modes (../shared/DISTRIBUTED.md has the arithmetic):
   halo is wider than a neighbour's shard) and runs the placed-box problem (SPEC.md "Placed
   boxes": query box = its shard, key box = shard + halo).
   Backward (`halo_backward="owned"`, the default, issue 12's design): each rank gathers the
-  queries, output gradients, lse and Delta = do.o - dlse (float32) of the queries whose windows
-  reach its own keys, and runs one placed backward with that query box and its forward key box;
-  it keeps dK/dV of its own keys (complete: every query reaching them is in the box, and P is
-  exact from the global lse) and dQ of its own queries (complete: the key box holds their
-  windows). No key gradient crosses ranks; nothing is summed across ranks; deterministic.
-  Cost: the backward kernel also walks the halo queries' pairs (the pairs of a query and a key
-  on different ranks are computed on both; halo-query x halo-key pairs are computed and
-  dropped), about 1.1-1.5x the backward pairs of one shard on the anchors, because the kernels
-  cannot compute dK/dV alone. `halo_backward="sum"` is the other design, for measurement: the
-  backward of the forward (dK/dV of the whole key box) sends the halo's key gradients back to
-  their owners, which add them in rank order (deterministic; the same bytes as the forward's
-  K/V halo; no extra kernel work). bench/distributed.py times both.
+  queries, output gradients, lse and Delta = do.o - dlse (float32, as the kernels keep it) of
+  the other ranks' queries whose windows reach its keys (the query box less its shard: up to
+  two strips per shard axis). One placed backward of its own queries against its key box gives
+  dQ (complete: the key box holds their windows), the additional keys' partials and their part
+  of dK/dV of its own keys; one placed backward per strip against its own keys adds the rest of
+  dK/dV (P exact from the global lse), in a fixed order. No key gradient crosses ranks;
+  deterministic; the key gradients are rounded once, as on one device. Cost over the forward's
+  mirror: the strips' pairs (a query and a key on different ranks) are walked twice, once here
+  and once by the query's owner: 1.08-1.11x the shard's backward pairs at 2 shards on the
+  Hunyuan/Cosmos/Flux anchors, 1.15-1.42x at 4 on a 2 x 2 grid, 1.39-1.60x at 4 on one axis
+  (counted pair by pair from SPEC.md's windows; bench/distributed.py times it).
+  `halo_backward="sum"` is the other design, for measurement: the backward of the forward
+  (dK/dV of the whole key box) sends the halo's key gradients back to their owners, which add
+  them in rank order (deterministic; the same bytes as the forward's K/V halo; no extra kernel
+  work, but key gradients rounded to the input dtype before the sum).
 - "allgather" (baseline): every rank gathers all keys/values, then runs the placed problem; the
   backward is the "sum" design.
 - "auto": the mode moving the fewest bytes per rank (forward, plus backward when an input
@@ -627,40 +630,57 @@ class _HaloAttention(torch.autograd.Function):
         kbox, qbox = _boxes(pl.key_boxes, r, n), _boxes(pl.query_boxes, r, n)
         if dout is None:
             dout = torch.zeros_like(out)
-        # Delta = do.o - dlse per query (float32, as the kernels keep it); the placed backward
-        # gets out = 0 and dlse = -Delta, so it computes the same Delta for halo queries.
+        # Delta = do.o - dlse of every query (float32, as the kernels keep it), for the ranks
+        # whose keys these queries reach: their calls get out = 0 and dlse = -Delta, so they
+        # compute this Delta without the output.
         wide = torch.float64 if out.dtype == torch.float64 else torch.float32
         delta = (dout.to(wide) * out.to(wide)).sum(-1)
         if dlse is not None:
             delta = delta - dlse.to(wide)
-        delta = delta.float()
         D = query.shape[-1]
         qdo, ld = dist_halo_gather([torch.cat([query, dout.to(query.dtype)], -1),
-                                    torch.stack([lse, delta], -1)],
+                                    torch.stack([lse, delta.float()], -1)],
                                    dims, pl.owned, pl.query_boxes, group)
-        q_b, do_b = (x.contiguous() for x in qdo.split([D, qdo.shape[-1] - D], -1))
-        lse_b, delta_b = (x.contiguous() for x in ld.unbind(-1))
-        zero_b = do_b.new_zeros(do_b.shape)
-        c = call._replace(query=q_b, key=kb, value=vb, additional_keys=None,
-                          additional_values=None,
-                          placement=tuple(_placement(pl.extent, pl.shard_axes, qbox, kbox)))
+        # 1. This rank's queries against its key box, as the forward: dQ (complete), the
+        # additional keys' partial gradients, and dK/dV from these queries (kept for own keys).
+        c = call._replace(query=query, key=kb, value=vb, additional_keys=ak,
+                          additional_values=av,
+                          placement=tuple(_placement(pl.extent, pl.shard_axes, own, kbox)))
         a = c.op_args(ctx.choice)
-        dq_b, dk_b, dv_b, _, _ = _ops.na_backward(*a[:5], zero_b, lse_b, do_b, -delta_b, *a[5:])
-        dq = _narrow(dq_b, dims, own, qbox)
-        dk, dv = (_narrow(x, dims, own, kbox) for x in (dk_b, dv_b))
-        dak = dav = None
-        if ak is not None:  # this rank's queries against the additional keys: a dense call
-            B, Hq = query.shape[0], query.shape[-2]
-            flat = [x.reshape(B, -1, *x.shape[-2:]) for x in (query, dout)]
-            d = call._replace(query=flat[0], key=ak, value=av, additional_keys=None,
-                              additional_values=None, kernel_size=[], stride=[], dilation=[],
-                              is_causal=[False], dense=True, placement=())
-            a = d.op_args(ctx.choice)
-            dqa, dak, dav, _, _ = _ops.na_backward(
-                *a[:5], torch.zeros_like(flat[1]), lse.reshape(B, -1, Hq), flat[1],
-                -delta.reshape(B, -1, Hq), *a[5:])
-            dq = dq + dqa.view(dq.shape)
-        return dq.contiguous(), dk.contiguous(), dv.contiguous(), dak, dav, None
+        dq, dk_a, dv_a, dak, dav = _ops.na_backward(*a[:5], out, lse, dout, dlse, *a[5:])
+        dk = _narrow(dk_a, dims, own, kbox).contiguous()
+        dv = _narrow(dv_a, dims, own, kbox).contiguous()
+        # 2. The other ranks' queries that reach this rank's keys (the query box less the
+        # shard, as up to 2 strips per shard axis) against its own keys: their dK/dV terms,
+        # added in a fixed order.
+        k_own, v_own = (_narrow(x, dims, own, kbox) for x in (kb, vb))
+        for strip in _strips(own, qbox):
+            qs, dos = (x.contiguous() for x in
+                       _narrow(qdo, dims, strip, qbox).split([D, qdo.shape[-1] - D], -1))
+            lses, deltas = (x.contiguous() for x in _narrow(ld, dims, strip, qbox).unbind(-1))
+            c = call._replace(query=qs, key=k_own, value=v_own, additional_keys=None,
+                              additional_values=None,
+                              placement=tuple(_placement(pl.extent, pl.shard_axes, strip, own)))
+            a = c.op_args(ctx.choice)
+            _, dks, dvs, _, _ = _ops.na_backward(*a[:5], torch.zeros_like(dos), lses, dos,
+                                                 -deltas, *a[5:])
+            dk.add_(dks)
+            dv.add_(dvs)
+        if ak is None:
+            dak = dav = None
+        return dq, dk, dv, dak, dav, None
+
+
+def _strips(own, box) -> List[List[Tuple[int, int]]]:
+    """box less own (own inside box) as disjoint boxes: per shard axis in order, the parts
+    before and after own's range, spanning what earlier axes have not cut away."""
+    out, inner = [], list(box)
+    for i, ((lo, hi), (blo, bhi)) in enumerate(zip(own, box)):
+        for part in ((blo, lo), (hi, bhi)):
+            if part[1] > part[0]:
+                out.append(inner[:i] + [part] + inner[i + 1:])
+        inner[i] = (lo, hi)
+    return out
 
 
 # ---- The calls ------------------------------------------------------------------------------
