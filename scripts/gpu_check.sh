@@ -12,7 +12,10 @@
 #              on a small subset of nattn_cuda_tests
 #   bench      the anchor benchmark beside cuDNN SDPA and FlexAttention -> bench/results/
 #   perf (not in the default set): quick nattn-bench forward and backward timings of the anchors, no torch needed
-# Stages can be picked: scripts/gpu_check.sh [build] [ctest-cuda] [pytest] [sanitize] [bench] [bench-bwd] [perf]
+#   ncu (not in the default set): Nsight Compute on one forward launch of each problem in
+#              NATTN_NCU_PROBLEMS (';'-separated nattn-bench arguments; default img-2d and hunyuan-3d):
+#              speed of light, warp states, scheduler, compute and memory workload -> $OUT/ncu-<n>.txt
+# Stages can be picked: scripts/gpu_check.sh [build] [ctest-cuda] [pytest] [sanitize] [bench] [bench-bwd] [perf] [ncu]
 # (the build always runs first unless prebuilt, see below).
 #
 # Environment:
@@ -156,6 +159,22 @@ if has perf; then
   perf --extent 30x48x80 --kernel 18x24x24 --heads 24 || perf_rc=1
   perf --extent 128x128 --kernel 128 --heads 16 --batch 2 || perf_rc=1
   record "perf" "$perf_rc"
+fi
+
+# ---- ncu
+if has ncu; then
+  problems="${NATTN_NCU_PROBLEMS:---extent 128x128 --kernel 31 --heads 16 --batch 4;--extent 30x48x80 --kernel 18x24x24 --heads 24}"
+  n=0; ncu_rc=0
+  IFS=';' read -ra list <<< "$problems"
+  for args in "${list[@]}"; do
+    n=$((n + 1))
+    ncu --kernel-name regex:fna_forward --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+      --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+      --section MemoryWorkloadAnalysis --section Occupancy "./$build/nattn-bench" --backend cuda --dtype bf16 \
+      --dim 128 --iters 1 --warmup 1 --no-verify $args > "$out/ncu-$n.txt" 2>&1 || ncu_rc=1
+    echo "$args" >> "$out/ncu-$n.txt"
+  done
+  record "ncu" "$ncu_rc" "$out/ncu-*.txt"
 fi
 
 # ---- bench

@@ -56,6 +56,14 @@ def needs_sm80():
         pytest.skip("no sm80 rows are built into this library")
 
 
+# The sm80 placed kernels are switched off (src/cuda/sm80/device/family.cu): the first H100
+# run (2026-11-27, commit 0d90521) failed these tests with NaN gradients and wrong outputs.
+# Remove this marker together with the fix.
+sm80_placement_off = pytest.mark.skip(
+    reason="sm80 placed kernels are switched off until they pass on the GPU (src/cuda/sm80/device/family.cu)")
+
+
+@sm80_placement_off
 def test_cuda_cross_attention_runs_fused(cuda_backend):
     """Cross-attention (a placed problem) is no longer handed to the generic kernels: sm80 runs
     it (sm90 refuses placed boxes and says so)."""
@@ -108,6 +116,7 @@ def sm80_plan(backward, q, k, v, **kw):
     return plan
 
 
+@sm80_placement_off
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n,nk,causal,hq,hkv", [
     (96, 17, False, 4, 2), (96, 17, True, 4, 2), (17, 130, True, 2, 1), (17, 130, False, 2, 1),
@@ -143,6 +152,7 @@ def random_placed(rng, rank, allow_empty):
     return [list(t) for t in zip(*axes)]
 
 
+@sm80_placement_off
 @pytest.mark.parametrize("trial", range(24))
 def test_cuda_sm80_placed_boxes(cuda_backend, trial):
     needs_sm80()
@@ -172,6 +182,7 @@ def test_cuda_sm80_placed_boxes(cuda_backend, trial):
         check(out, lse, ref, ref_lse, (q, k, v) + ((ak, av) if extra else ()), dtype)
 
 
+@sm80_placement_off
 def test_cuda_sm80_queries_without_keys(cuda_backend):
     """Queries whose windows miss the key box: out = 0, lse = -inf, dq = 0 exactly, and the
     other queries' results and the key gradients as the reference (SPEC.md)."""

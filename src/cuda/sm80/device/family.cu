@@ -17,8 +17,11 @@ class Sm80Family final : public KernelFamily {
  public:
   Family id() const override { return Family::kSm80; }
   // Placed boxes: own boxes cover the query box (keys for dK/dV), walks are clipped to the
-  // other box (common/tile_walk.h), windows to the key box (fragment/mask.cuh).
-  bool implements_placement() const override { return true; }
+  // other box (common/tile_walk.h), windows to the key box (fragment/mask.cuh). Switched off:
+  // the first H100 run (2026-11-27, commit 0d90521) gave NaN dq/dk and wrong outputs on
+  // random placed problems (tests/python/test_cuda_placement.py, CudaSm80Placement.*), so
+  // placed calls run on the generic kernels until those pass.
+  bool implements_placement() const override { return false; }
 
   Status can_implement(const Call& call) const override {
     const Geometry& g = call.g;
