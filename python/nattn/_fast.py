@@ -34,7 +34,16 @@ from torch.autograd import profiler as _profiler
 
 from . import _lib, _ops
 
-ENABLED = os.environ.get("NATTN_FAST_PATH", "1") != "0"
+# torch's own answers to "is anything intercepting this call?"; without one of them (a torch
+# that renamed it) the fast path stays off and op_path() says why.
+_PROBES = {n: getattr(torch._C, n, None) for n in (
+    "_len_torch_dispatch_stack", "_is_torch_function_mode_enabled",
+    "_are_functorch_transforms_active")}
+_MISSING = [n for n, f in _PROBES.items() if f is None]
+ENABLED = os.environ.get("NATTN_FAST_PATH", "1") != "0" and not _MISSING
+_dispatch_modes = _PROBES["_len_torch_dispatch_stack"]
+_function_modes = _PROBES["_is_torch_function_mode_enabled"]
+_transforms = _PROBES["_are_functorch_transforms_active"]
 
 _MAX_ENTRIES = 512  # signatures cached per direction; past that the cache starts over
 _TLS = threading.local()
@@ -43,6 +52,9 @@ _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 def enabled_reason() -> Tuple[bool, str]:
     """Whether eager calls take the fast path, and why not."""
+    if _MISSING:
+        return False, (f"unavailable: this torch ({torch.__version__}) lacks torch._C."
+                       f"{', torch._C.'.join(_MISSING)}; every call goes through the custom ops")
     if not ENABLED:
         return False, ("disabled (NATTN_FAST_PATH=0 or nattn._fast.ENABLED = False): every call "
                        "goes through the torch.library custom ops")
@@ -53,9 +65,7 @@ def enabled_reason() -> Tuple[bool, str]:
 def eligible(tensors) -> bool:
     """True when nothing needs the custom ops' dispatch: see the module docstring. The caller
     checks torch.compiler.is_compiling() first (dynamo folds it, and must not trace this)."""
-    if (not ENABLED or torch._C._len_torch_dispatch_stack()
-            or torch._C._is_torch_function_mode_enabled()
-            or torch._C._are_functorch_transforms_active()
+    if (not ENABLED or _dispatch_modes() or _function_modes() or _transforms()
             or _forward_ad._current_level >= 0):
         return False
     for x in tensors:
@@ -246,7 +256,7 @@ class _Attention(torch.autograd.Function):
 def na_forward(call, choice) -> Tuple[torch.Tensor, torch.Tensor]:
     """(out, lse) of a functional.Call that eligible() accepted, with autograd when an input
     needs it."""
-    tensors, params = tuple(call[:5]), tuple(call[5:])
+    tensors, params = call[:5], call[5:]  # slices of a NamedTuple are tuples
     if _profiler._is_profiler_enabled:  # the custom op's event name
         with torch.profiler.record_function("nattn::na_forward"):
             return _forward(tensors, params, choice)
@@ -254,6 +264,8 @@ def na_forward(call, choice) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def _forward(tensors, params, choice):
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
+    q, k, v, ak, av = tensors
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
+            ak is not None and ak.requires_grad) or (av is not None and av.requires_grad)):
         return _Attention.apply(*tensors, params, choice)
     return run_forward(tensors, params, choice)
