@@ -102,6 +102,7 @@ Geometry geometry_of(const Problem& p) {
   g.num_additional = p.num_additional;
   g.tokens = p.tokens();
   g.scale = float(p.effective_scale());
+  g.scale_exact = p.effective_scale();
   g.placed = p.placed();
   for (int a = 0; a < 3; ++a) {
     const bool used = a < p.rank;

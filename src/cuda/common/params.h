@@ -23,6 +23,10 @@ struct Geometry {
   int64_t batch = 1, heads_q = 1, heads_kv = 1, head_dim = 1, head_dim_v = 1, num_additional = 0;
   int64_t tokens = 1;
   float scale = 1.f;
+  // The scale unrounded (Problem::effective_scale): the generic kernels' float64 path multiplies
+  // by it (float(scale) is off by up to 2^-24 relative, ~3e-8 in a float64 output); the
+  // float paths round it to `scale`, the same value as before.
+  double scale_exact = 1.0;
   // Placed boxes (SPEC.md "Placed boxes"): windows are evaluated on an axis of extent
   // global[a]; queries are the box at query_origin (extent[]), keys the box at key_origin
   // (key_extent[]). Unplaced: global = key_extent = extent, origins 0, placed false. Only

@@ -32,7 +32,7 @@ struct Bwd {
   }
   // P and dS of a query row against key row k / value row v.
   __device__ void p_ds(const QueryRow<T>& r, const T* k, int64_t ks, const T* v, int64_t vs, A* prob, A* ds) const {
-    *prob = exp(A(g.scale) * dot<T, A>(r.q, p.sq.dim, k, ks, g.head_dim) - r.lse);
+    *prob = exp(A(g.scale_exact) * dot<T, A>(r.q, p.sq.dim, k, ks, g.head_dim) - r.lse);
     *ds = *prob * (dot<T, A>(r.dout, p.sdo.dim, v, vs, g.head_dim_v) - r.delta);
   }
 };
@@ -67,7 +67,7 @@ __global__ void dq_kernel(BackwardParams p) {
     for (int64_t j = 0; j < g.num_additional; ++j)
       add(ka + j * p.ska.axis[0], p.ska.dim, va + j * p.sva.axis[0], p.sva.dim);
     for (int i = 0; i < kChunk; ++i)
-      if (i < n) dq[(c0 + i) * p.sdq.dim] = from_acc<T>(A(g.scale) * acc[i]);
+      if (i < n) dq[(c0 + i) * p.sdq.dim] = from_acc<T>(A(g.scale_exact) * acc[i]);
   }
 }
 
@@ -95,7 +95,7 @@ __device__ void key_grads(const Bwd<T>& w, int64_t b, int64_t hk, const T* k, in
       }
     });
     for (int i = 0; i < kChunk; ++i) {
-      if (c0 + i < g.head_dim) dk[(c0 + i) * dks] = from_acc<T>(A(g.scale) * gk[i]);
+      if (c0 + i < g.head_dim) dk[(c0 + i) * dks] = from_acc<T>(A(g.scale_exact) * gk[i]);
       if (c0 + i < g.head_dim_v) dv[(c0 + i) * dvs] = from_acc<T>(gv[i]);
     }
   }

@@ -23,7 +23,7 @@ __global__ void forward_kernel(ForwardParams p) {
   const T* ka = head_of<T>(p.ka, p.ska, b, hk);
   const T* va = head_of<T>(p.va, p.sva, b, hk);
   const Ranges rg = ranges_of(g, c, false);
-  const A scale = A(g.scale);
+  const A scale = A(g.scale_exact);  // (float: the same rounding as g.scale)
 
   // Calls f(score, value row, its element stride) for every attended key (additional values
   // have their own layout).
