@@ -124,13 +124,14 @@ __device__ __forceinline__ void prepare_items(typename Tr::SharedStorage& ss, co
       it.walk.init(g, args.tl, box, false, add_tiles, Tr::BN);
       it.walk.begin(1, g.num_additional);
     }
-    cutlass::arch::NamedBarrier::sync(96, 4);
+    cutlass::arch::NamedBarrier::sync(96, 4);  // the walk is initialised before the tables
     if (!it.walk.empty) {
       it.walk.fill_tables(tid, 96);
       fill_axis_windows(&it.win[0][0], Tr::BM, it.walk.own_start, args.tl.own_shift, it.walk, tid, 96);
     }
-    cutlass::arch::NamedBarrier::sync(96, 4);
-    if (tid == 0) Barrier::arrive(&ss.item_full[slot]);
+    // Every writer arrives itself (count 96): its writes are released to the waiters directly.
+    Barrier::arrive(&ss.item_full[slot]);
+    cutlass::arch::NamedBarrier::sync(96, 4);  // nobody re-initialises the walk while others fill
   }
 }
 
@@ -156,7 +157,10 @@ __device__ __forceinline__ void produce(typename Tr::SharedStorage& ss, const Fo
     const int slot = n & 1;
     Barrier::wait(&ss.item_full[slot], (n >> 1) & 1);
     TileWalk& w = ss.item[slot].walk;
-    if (w.empty) continue;
+    if (w.empty) {
+      Barrier::arrive(&ss.item_empty[slot]);  // this thread is done with the slot (count 257)
+      continue;
+    }
     const int b = ss.item[slot].b, h = ss.item[slot].h, hk = h / hpk;
     int c[3];
     Barrier::wait(&ss.q_empty[qs.stage], qs.phase ^ 1);
@@ -173,6 +177,7 @@ __device__ __forceinline__ void produce(typename Tr::SharedStorage& ss, const Fo
         Barrier::wait(&ss.v_empty[kv.stage], kv.phase ^ 1);
         Barrier::arrive(&ss.v_full[kv.stage]);
         kv.next();
+        Barrier::arrive(&ss.item_empty[slot]);  // the walk is read to its end
         break;
       }
       const bool extra = st.tile >= w.nbr_tiles;
@@ -397,8 +402,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fna_forward_kernel(const __gr
       cutlass::arch::ClusterBarrier::init(&ss.v_empty[s], 128 * Tr::kConsumers);
     }
     for (int s = 0; s < 2; ++s) {
-      cutlass::arch::ClusterBarrier::init(&ss.item_full[s], 1);
-      cutlass::arch::ClusterBarrier::init(&ss.item_empty[s], 128 * Tr::kConsumers);
+      cutlass::arch::ClusterBarrier::init(&ss.item_full[s], 96);  // producer warps 1-3
+      // The consumers and the TMA thread (which steps the walk) release a slot.
+      cutlass::arch::ClusterBarrier::init(&ss.item_empty[s], 128 * Tr::kConsumers + 1);
     }
     cutlass::arch::fence_barrier_init();
   }
