@@ -166,6 +166,12 @@ bool persistent_pays(double tiles_per_item) {
 class Sm90Family final : public KernelFamily {
  public:
   Family id() const override { return Family::kSm90; }
+  // Placed boxes (cross-attention, halo shards): Q rows at the query box's origin, K/V boxes at
+  // the key box's (TileWalk own_off/walk_off), keys outside the key box zero-filled by the TMA
+  // and masked (TileWalk::mask_window). Written 2026-11-27 after the session's device time was
+  // spent: off until tests/python/test_cuda_placement.py's sm90 tests pass on an H100 (then
+  // return true and drop their skip marker).
+  bool implements_placement() const override { return false; }
 
   Status can_implement(const Call& call) const override {
     const Geometry& g = call.g;
@@ -183,7 +189,7 @@ class Sm90Family final : public KernelFamily {
       return Status::Unsupported("the sm90 forward takes head dims that are multiples of 8 up to " +
                                  std::to_string(max_head_dim(Family::kSm90, Role::kForward)) + " (got " +
                                  std::to_string(g.head_dim) + ", " + std::to_string(g.head_dim_v) + ")");
-    if (g.extent[2] > 1 && g.batch > 1 && g.head_dim != padded)
+    if ((g.extent[2] > 1 || g.key_extent[2] > 1) && g.batch > 1 && g.head_dim != padded)
       return Status::Unsupported("a 3-D grid with batch > 1 leaves no spare TMA dimension for zero-filling head_dim " +
                                  std::to_string(g.head_dim) + " up to " + std::to_string(padded) +
                                  " (the sm90 forward pads head dims with the TMA only for 1-D/2-D grids or batch 1)");
@@ -191,7 +197,9 @@ class Sm90Family final : public KernelFamily {
       if (g.dilation[a] > 8)
         return Status::Unsupported("the sm90 forward takes dilation <= 8 (TMA element strides; got " +
                                    std::to_string(g.dilation[a]) + ")");
-      if (g.extent[a] >= (int64_t(1) << 31)) return Status::Unsupported("the sm90 forward needs extents < 2^31");
+      if (g.extent[a] >= (int64_t(1) << 31) || g.key_extent[a] >= (int64_t(1) << 31) ||
+          g.global[a] >= (int64_t(1) << 31))
+        return Status::Unsupported("the sm90 forward needs extents < 2^31");
     }
     if (g.num_additional >= (int64_t(1) << 31))
       return Status::Unsupported("the sm90 forward needs fewer than 2^31 additional keys");
@@ -272,10 +280,12 @@ class Sm90Family final : public KernelFamily {
     args.longest_first = p.g.causal[0] || p.g.causal[1] || p.g.causal[2];
     const int padded = kKernelConfigs[k.config_id].head_dim;
     const int pw = padded >= 64 ? 64 : padded;
-    MapGrid grid{}, extra{};
+    MapGrid grid{}, keys{}, extra{};
     for (int a = 0; a < 3; ++a) {
-      grid.extent[a] = p.g.extent[a];
+      grid.extent[a] = p.g.extent[a];  // the query box
       grid.dilation[a] = p.g.dilation[a];
+      keys.extent[a] = p.g.key_extent[a];  // the key box (the grid unless placed)
+      keys.dilation[a] = p.g.dilation[a];
       extra.extent[a] = 1;
       extra.dilation[a] = 1;
     }
@@ -291,8 +301,8 @@ class Sm90Family final : public KernelFamily {
     };
     const MapSource src[sm90::kNumMaps] = {
         {p.q, &p.sq, &grid, k.tiling.own_shift, p.g.heads_q, p.g.head_dim, "q"},
-        {p.k, &p.sk, &grid, k.tiling.walk_shift, p.g.heads_kv, p.g.head_dim, "k"},
-        {p.v, &p.sv, &grid, k.tiling.walk_shift, p.g.heads_kv, p.g.head_dim_v, "v"},
+        {p.k, &p.sk, &keys, k.tiling.walk_shift, p.g.heads_kv, p.g.head_dim, "k"},
+        {p.v, &p.sv, &keys, k.tiling.walk_shift, p.g.heads_kv, p.g.head_dim_v, "v"},
         {p.ka, &p.ska, &extra, extra.shift, p.g.heads_kv, p.g.head_dim, "additional_keys"},
         {p.va, &p.sva, &extra, extra.shift, p.g.heads_kv, p.g.head_dim_v, "additional_values"},
     };

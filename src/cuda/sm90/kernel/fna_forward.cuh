@@ -60,10 +60,13 @@ __device__ __forceinline__ void wgmma(Mma& mma, const TA& a, const TB& b, TC& c)
   warpgroup_fence_operand(c);
 }
 
-// Element coordinates along (X1, X2, X3) of a box starting at group positions start.
-__device__ __forceinline__ void box_coords(const int (&start)[3], const TileWalk& w, const Geometry& g, int (&c)[3]) {
+// Tensor rows along (X1, X2, X3) of a box starting at group positions start: position x
+// dilation + off, with off = TileWalk::own_off (the query box) or walk_off (the key box): the
+// dilation group, less the box's origin in the global grid when placed. Rows outside the
+// tensor (before a key box's origin, past its end) come back zero from the TMA and are masked.
+__device__ __forceinline__ void box_coords(const int (&start)[3], const int (&off)[3], const Geometry& g, int (&c)[3]) {
 #pragma unroll
-  for (int a = 0; a < 3; ++a) c[a] = start[a] * int(g.dilation[a]) + w.group[a];
+  for (int a = 0; a < 3; ++a) c[a] = start[a] * int(g.dilation[a]) + off[a];
 }
 
 // One thread: TMA loads of every panel of one box (rows x HD) into dst, completing on bar.
@@ -164,7 +167,7 @@ __device__ __forceinline__ void produce(typename Tr::SharedStorage& ss, const Fo
     const int b = ss.item[slot].b, h = ss.item[slot].h, hk = h / hpk;
     int c[3];
     Barrier::wait(&ss.q_empty[qs.stage], qs.phase ^ 1);
-    box_coords(w.own_start, w, g, c);
+    box_coords(w.own_start, w.own_off, g, c);
     TxBarrier::arrive_and_expect_tx(&ss.q_full[qs.stage], BM * Tr::HD * sizeof(Element));
     load_box<Tr>(args, kMapQ, &ss.q_full[qs.stage], kOnce, ss.q + qs.stage * Tr::kQElems, BM, b, h, c);
     qs.next();
@@ -185,7 +188,7 @@ __device__ __forceinline__ void produce(typename Tr::SharedStorage& ss, const Fo
         c[0] = (st.tile - w.nbr_tiles) * BN;
         c[1] = c[2] = 0;
       } else {
-        box_coords(st.start, w, g, c);
+        box_coords(st.start, w.walk_off, g, c);
       }
       TxBarrier::arrive_and_expect_tx(&ss.k_full[kv.stage], kTileBytes);
       load_box<Tr>(args, extra ? kMapKa : kMapK, &ss.k_full[kv.stage], kShared, ss.k + kv.stage * Tr::kKVElems, BN, b,
@@ -350,13 +353,13 @@ __device__ __forceinline__ void consume_item(typename Tr::SharedStorage& ss, con
     inv[0][hr] = total[0][hr] > 0.f ? 1.f / total[0][hr] : 0.f;
   }
   int q_count[3];
-  w.rows_left(w.own_start, q_count);
+  w.own_rows_left(w.own_start, q_count);
   Out* o_base = static_cast<Out*>(p.out) + b * p.so.batch + h * p.so.head;
   store_rows<Out>(o, inv, row0, lane, int(g.head_dim_v), [&](int r) -> Out* {
     if (!row_inside(r, tl.own_shift, q_count)) return nullptr;
     int pos[3];
     box_position(r, tl.own_shift, w.own_start, pos);
-    return o_base + token_offset(pos, w.group, g, p.so);
+    return o_base + token_offset(pos, w.own_off, g, p.so);
   });
   if (p.lse != nullptr && lane % 4 == 0) {
 #pragma unroll
@@ -365,7 +368,7 @@ __device__ __forceinline__ void consume_item(typename Tr::SharedStorage& ss, con
       if (!row_inside(r, tl.own_shift, q_count)) continue;
       int pos[3];
       box_position(r, tl.own_shift, w.own_start, pos);
-      p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.group, g, p.slse)] =
+      p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.own_off, g, p.slse)] =
           softmax.lse(0, hr, total[0][hr]);
     }
   }
