@@ -390,6 +390,7 @@ def main():
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"],
                    help="diffusers models' dtype (default: bf16 on a GPU, fp32 on a CPU)")
     p.add_argument("--json", action="store_true", help="write bench/results/<date>-<card>-models.{json,md}")
+    p.add_argument("--commit", help="the commit the tree was sent from (the device checkout's git may be stale)")
     p.add_argument("--out", help="output prefix instead of bench/results/<date>-<card>-models")
     args = p.parse_args()
     args.blocks = tuple(int(v) for v in args.blocks.split(","))
@@ -412,8 +413,9 @@ def main():
     except ImportError:
         dversion = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+        commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                               text=True, cwd=os.path.dirname(os.path.abspath(__file__))
+                                               ).stdout.strip() or None
     except OSError:
         commit = None
     meta = dict(card=card, date=datetime.date.today().isoformat(), torch=torch.__version__, diffusers=dversion,
