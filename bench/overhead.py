@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import nattn
+from timing import bench
 
 
 def sync():
@@ -44,23 +45,6 @@ def host_us(fn, iters=2000, reps=5):
         t1 = time.perf_counter()
         sync()
         out.append((t1 - t0) / iters * 1e6)
-    return statistics.median(out)
-
-
-def device_ms(fn, iters=20, reps=5):
-    """Median over reps of the event-timed milliseconds per call of fn()."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(iters):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b) / iters)
     return statistics.median(out)
 
 
@@ -168,8 +152,9 @@ def main():
     # Expanded gradient: .sum().backward() gives a stride-0 dout.
     q, k, v = (torch.randn(1, 32, 32, 8, 64, device=dev, dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
-    fwd = device_ms(lambda: nattn.na2d(q, k, v, 7))
-    both = device_ms(lambda: nattn.na2d(q, k, v, 7).sum().backward())
+    # Event-timed ms per call: median of 5 samples of 20 back-to-back calls (bench/timing.py).
+    fwd = bench(lambda: nattn.na2d(q, k, v, 7), 5, calls=20)
+    both = bench(lambda: nattn.na2d(q, k, v, 7).sum().backward(), 5, calls=20)
     out = nattn.na2d(q, k, v, 7)
     dout = torch.ones((), device=dev, dtype=out.dtype).expand_as(out)
     fam = family_of(q, k, v, kernel_size=7, backward=True, grad_out=dout)

@@ -10,7 +10,7 @@
 #include <cfloat>
 #include <cmath>
 
-#include "cuda/common/fragment/epilogue.cuh"
+#include "cuda/common/fragment/forward_epilogue.cuh"
 #include "cuda/common/fragment/mask.cuh"
 #include "cuda/common/fragment/softmax.cuh"
 #include "cuda/common/params.h"
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   const Element* v_base = static_cast<const Element*>(p.v) + b * p.sv.batch + hk * p.sv.head;
   const Element* ka_base = static_cast<const Element*>(p.ka) + b * p.ska.batch + hk * p.ska.head;
   const Element* va_base = static_cast<const Element*>(p.va) + b * p.sva.batch + hk * p.sva.head;
-  const int D = int(g.head_dim), Dv = int(g.head_dim_v);
+  const int D = int(g.head_dim);
 
   // Own rows: the query box's positions of the group; own_off turns them into rows of q/out/lse.
   int q_count[3];
@@ -101,34 +101,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_forward_kernel(const Forward
   });
 
   // Epilogue: O normalised by each row's total weight, and the logsumexp.
-  float total[MI][2], inv[MI][2];
-#pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      total[mi][hr] = softmax.row_total(mi, hr);
-      inv[mi][hr] = total[mi][hr] > 0.f ? 1.f / total[mi][hr] : 0.f;
-    }
-  Element* o_base = static_cast<Element*>(p.out) + b * p.so.batch + h * p.so.head;
-  store_rows<Element>(o, inv, row0, lane, Dv, [&](int r) -> Element* {
-    if (!row_inside(r, tl.own_shift, q_count)) return nullptr;
-    int pos[3];
-    box_position(r, tl.own_shift, w.own_start, pos);
-    return o_base + token_offset(pos, w.own_off, g, p.so);
-  });
-  if (p.lse != nullptr && lane % 4 == 0) {
-#pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-      for (int hr = 0; hr < 2; ++hr) {
-        const int r = row0 + mi * 16 + hr * 8 + lane / 4;
-        if (!row_inside(r, tl.own_shift, q_count)) continue;
-        int pos[3];
-        box_position(r, tl.own_shift, w.own_start, pos);
-        p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.own_off, g, p.slse)] =
-            softmax.lse(mi, hr, total[mi][hr]);
-      }
-  }
+  store_forward_rows<Element>(o, softmax, w, q_count, tl, p, b, h, row0, lane);
 }
 
 }  // namespace nattn::cuda::sm80

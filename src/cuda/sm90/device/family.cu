@@ -234,17 +234,17 @@ class Sm90Family final : public KernelFamily {
     NATTN_RETURN_IF_ERROR(config_for(call, &k.config_id));
     const KernelConfig& c = kKernelConfigs[k.config_id];
     const Launcher* l = sm90::launcher(k.config_id);
+    const std::array<int, 3> caps = box_caps(g);
     TileShapes shapes;
     if (tiles_forced(call.choice)) {
       NATTN_RETURN_IF_ERROR(forced_tiles(call.choice, p, c.block_q, c.block_kv, &shapes));
     } else {
-      shapes = choose_tile_shapes(p, c.block_q, c.block_kv, TileRole::kQueriesOwned, box_caps(g));
+      shapes = choose_tile_shapes(p, c.block_q, c.block_kv, TileRole::kQueriesOwned, caps);
       if (shapes.key_tiles < 0)
         return Status::Unsupported("no box of " + std::to_string(c.block_q) + " queries and " +
                                    std::to_string(c.block_kv) +
                                    " keys fits the TMA limit of 256 elements per axis (box x dilation)");
     }
-    const std::array<int, 3> caps = box_caps(g);
     for (int a = 0; a < 3; ++a)
       if (shapes.q[a] > caps[a] || shapes.k[a] > caps[a])
         return Status::Invalid("choice.own_tile/walk_tile = " + std::to_string(shapes.q[a]) + "/" +
@@ -280,41 +280,38 @@ class Sm90Family final : public KernelFamily {
     args.longest_first = p.g.causal[0] || p.g.causal[1] || p.g.causal[2];
     const int padded = kKernelConfigs[k.config_id].head_dim;
     const int pw = padded >= 64 ? 64 : padded;
-    MapGrid grid{}, keys{}, extra{};
+    // The boxes the maps read: query boxes over the query box, walked key boxes over the key box
+    // (the grid unless placed), additional keys as a 1-D grid of Na tokens in tiles of BN.
+    MapGrid queries{}, keys{}, extra{{p.g.num_additional, 1, 1}, {1, 1, 1}, {0, 0, 0}};
     for (int a = 0; a < 3; ++a) {
-      grid.extent[a] = p.g.extent[a];  // the query box
-      grid.dilation[a] = p.g.dilation[a];
-      keys.extent[a] = p.g.key_extent[a];  // the key box (the grid unless placed)
-      keys.dilation[a] = p.g.dilation[a];
-      extra.extent[a] = 1;
-      extra.dilation[a] = 1;
+      queries.extent[a] = p.g.extent[a];
+      keys.extent[a] = p.g.key_extent[a];
+      queries.dilation[a] = keys.dilation[a] = p.g.dilation[a];
+      queries.shift[a] = k.tiling.own_shift[a];
+      keys.shift[a] = k.tiling.walk_shift[a];
     }
-    extra.extent[0] = p.g.num_additional;
-    for (int bn = kKernelConfigs[k.config_id].block_kv; bn > 1; bn >>= 1) ++extra.shift[0];  // tiles of BN keys
+    extra.shift[0] = log2_ceil(kKernelConfigs[k.config_id].block_kv);
     struct MapSource {
       const void* base;
-      const Strides* s;
-      const MapGrid* m;
-      const int* shift;
+      const Strides& s;
+      const MapGrid& m;
       int64_t heads, cols;
       const char* name;
     };
     const MapSource src[sm90::kNumMaps] = {
-        {p.q, &p.sq, &grid, k.tiling.own_shift, p.g.heads_q, p.g.head_dim, "q"},
-        {p.k, &p.sk, &keys, k.tiling.walk_shift, p.g.heads_kv, p.g.head_dim, "k"},
-        {p.v, &p.sv, &keys, k.tiling.walk_shift, p.g.heads_kv, p.g.head_dim_v, "v"},
-        {p.ka, &p.ska, &extra, extra.shift, p.g.heads_kv, p.g.head_dim, "additional_keys"},
-        {p.va, &p.sva, &extra, extra.shift, p.g.heads_kv, p.g.head_dim_v, "additional_values"},
+        {p.q, p.sq, queries, p.g.heads_q, p.g.head_dim, "q"},
+        {p.k, p.sk, keys, p.g.heads_kv, p.g.head_dim, "k"},
+        {p.v, p.sv, keys, p.g.heads_kv, p.g.head_dim_v, "v"},
+        {p.ka, p.ska, extra, p.g.heads_kv, p.g.head_dim, "additional_keys"},
+        {p.va, p.sva, extra, p.g.heads_kv, p.g.head_dim_v, "additional_values"},
     };
     for (int i = 0; i < sm90::kNumMaps; ++i) {
       const MapSource& m = src[i];
       args.head_cols[i] = int(m.cols);
       args.mode[i] = 0;
       if (i >= sm90::kMapKa && p.g.num_additional == 0) continue;
-      MapGrid mg = *m.m;
-      for (int a = 0; a < 3; ++a) mg.shift[a] = m.shift[a];
       NATTN_RETURN_IF_ERROR(
-          encode(&args.tma[i], m.base, dtype, mg, p.g.batch, m.heads, m.cols, *m.s, pw, m.name, &args.mode[i]));
+          encode(&args.tma[i], m.base, dtype, m.m, p.g.batch, m.heads, m.cols, m.s, pw, m.name, &args.mode[i]));
     }
     return sm90::launcher(k.config_id)->launch(k, &args, s);
   }

@@ -23,7 +23,7 @@
 #include <cmath>
 
 #include "cuda/common/box_index.h"
-#include "cuda/common/fragment/epilogue.cuh"
+#include "cuda/common/fragment/forward_epilogue.cuh"
 #include "cuda/common/fragment/mask.cuh"
 #include "cuda/common/fragment/softmax.cuh"
 #include "cuda/common/tile_walk.h"
@@ -346,32 +346,9 @@ __device__ __forceinline__ void consume_item(typename Tr::SharedStorage& ss, con
   v_at.next();
 
   // Epilogue: O normalised by each row's total weight, and the logsumexp.
-  float total[1][2], inv[1][2];
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    total[0][hr] = softmax.row_total(0, hr);
-    inv[0][hr] = total[0][hr] > 0.f ? 1.f / total[0][hr] : 0.f;
-  }
   int q_count[3];
   w.own_rows_left(w.own_start, q_count);
-  Out* o_base = static_cast<Out*>(p.out) + b * p.so.batch + h * p.so.head;
-  store_rows<Out>(o, inv, row0, lane, int(g.head_dim_v), [&](int r) -> Out* {
-    if (!row_inside(r, tl.own_shift, q_count)) return nullptr;
-    int pos[3];
-    box_position(r, tl.own_shift, w.own_start, pos);
-    return o_base + token_offset(pos, w.own_off, g, p.so);
-  });
-  if (p.lse != nullptr && lane % 4 == 0) {
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      const int r = row0 + hr * 8 + lane / 4;
-      if (!row_inside(r, tl.own_shift, q_count)) continue;
-      int pos[3];
-      box_position(r, tl.own_shift, w.own_start, pos);
-      p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.own_off, g, p.slse)] =
-          softmax.lse(0, hr, total[0][hr]);
-    }
-  }
+  store_forward_rows<Out>(o, softmax, w, q_count, tl, p, b, h, row0, lane);
 }
 
 // Consumer warpgroups: every work item of this CTA, in the producer's order.
@@ -413,13 +390,13 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fna_forward_kernel(const __gr
   }
   __syncthreads();
   if (threadIdx.x < 128) {
-    cutlass::arch::warpgroup_reg_dealloc<56>();
+    cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
     if (threadIdx.x == 0)
       produce<Tr>(ss, args);
     else if (threadIdx.x >= 32)
       prepare_items<Tr>(ss, args);
   } else {
-    cutlass::arch::warpgroup_reg_alloc<224>();
+    cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
     consume<Tr>(ss, args);
   }
 }

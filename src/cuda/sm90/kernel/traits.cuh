@@ -65,6 +65,11 @@ struct ForwardTraits {
   static constexpr bool kPingPong = PINGPONG_;
   static constexpr int kConsumers = 2;  // warpgroups, 64 query rows each
   static constexpr int kThreads = 128 * (kConsumers + 1);
+  // setmaxnreg split (the kernel compiles to 168 per thread: (168 - P) * 128 >= (C - 168) * 256).
+  // 72/216 leaves both roles spill-free up to head dim 128; head dim 256's 64 x 256 O accumulator
+  // needs 224, and then the producer's 56 spill a few per-item values (cmake/spill_allowlist.txt).
+  static constexpr int kProducerRegs = HD > 128 ? 56 : 72;
+  static constexpr int kConsumerRegs = HD > 128 ? 224 : 216;
   static constexpr int kPanels = HD / PW;
   static_assert(HD == 32 || HD % 64 == 0, "padded head dims: 32 or a multiple of 64");
 
