@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -144,8 +145,13 @@ class CudaSm80Placement : public CudaTest {
 constexpr const char* kSm80PlacementOff =
     "sm80 placed kernels are switched off until they pass on the GPU (src/cuda/sm80/device/family.cu)";
 
+bool sm80_placement_on() {
+  const char* e = std::getenv("NATTN_SM80_PLACEMENT");
+  return e != nullptr && std::string(e) == "1";
+}
+
 TEST_F(CudaSm80Placement, RandomPlacedBoxesMatchReference) {
-  GTEST_SKIP() << kSm80PlacementOff;
+  if (!sm80_placement_on()) GTEST_SKIP() << kSm80PlacementOff;
   for (int trial = 0; trial < 40 && !HasFailure() && !IsSkipped(); ++trial) {
     SCOPED_TRACE("trial " + std::to_string(trial));
     run(random_placed(rng));
@@ -153,17 +159,17 @@ TEST_F(CudaSm80Placement, RandomPlacedBoxesMatchReference) {
 }
 
 TEST_F(CudaSm80Placement, CrossAttentionMatchesReference) {
-  GTEST_SKIP() << kSm80PlacementOff;
+  if (!sm80_placement_on()) GTEST_SKIP() << kSm80PlacementOff;
   for (int trial = 0; trial < 16 && !HasFailure() && !IsSkipped(); ++trial) {
     SCOPED_TRACE("trial " + std::to_string(trial));
     run(random_cross(rng));
   }
 }
 
-// Without the choice, a placed call on an sm80-capable device runs fused (not the generic
-// kernels: cross-attention is a common call), with sm90's refusal naming the reason.
+// Without the choice, a placed call runs fused (not the generic kernels: cross-attention is a
+// common call): the forward on sm90 where the device is Hopper, else sm80.
 TEST_F(CudaSm80Placement, PlacedCallsAreNotHandedToGeneric) {
-  GTEST_SKIP() << kSm80PlacementOff;
+  if (!sm80_placement_on()) GTEST_SKIP() << kSm80PlacementOff;
   if (cuda_compute_capability() < 80) GTEST_SKIP() << "the sm80 family needs compute capability 8.0";
   if (sm80_head_dims(DType::kBFloat16).empty()) GTEST_SKIP() << "no bfloat16 sm80 rows are built";
   nattn::Problem p = cross_problem(96, 17, false);
@@ -172,10 +178,8 @@ TEST_F(CudaSm80Placement, PlacedCallsAreNotHandedToGeneric) {
   nattn::Plan plan;
   const nattn::Status s = nattn::explain_forward(p, c.views(), cuda_options(), &plan);
   ASSERT_TRUE(s.ok()) << s.message();
-  EXPECT_EQ(plan.family, "sm80") << plan.to_json();
-  for (const nattn::FamilyVerdict& f : plan.families)
-    if (f.family == "sm90" && cuda_compute_capability() / 10 == 9)
-      EXPECT_NE(f.reason.find("placed"), std::string::npos) << f.reason;
+  EXPECT_NE(plan.family, "generic") << plan.to_json();
+  if (cuda_compute_capability() / 10 != 9) EXPECT_EQ(plan.family, "sm80") << plan.to_json();
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // role (forward; or backward dQ and dK/dV), box shapes chosen by exact tile count
 // (core/tile_shapes.h) unless forced, grids, shared memory.
 #include <array>
+#include <cstdlib>
 #include <string>
 
 #include "core/tile_shapes.h"
@@ -20,8 +21,15 @@ class Sm80Family final : public KernelFamily {
   // other box (common/tile_walk.h), windows to the key box (fragment/mask.cuh). Switched off:
   // the first H100 run (2026-11-27, commit 0d90521) gave NaN dq/dk and wrong outputs on
   // random placed problems (tests/python/test_cuda_placement.py, CudaSm80Placement.*), so
-  // placed calls run on the generic kernels until those pass.
-  bool implements_placement() const override { return false; }
+  // placed calls run on the generic kernels until those pass. NATTN_SM80_PLACEMENT=1 switches
+  // them on for debugging that fault on a GPU (read once; the tests honour it too).
+  bool implements_placement() const override {
+    static const bool on = [] {
+      const char* e = std::getenv("NATTN_SM80_PLACEMENT");
+      return e != nullptr && std::string(e) == "1";
+    }();
+    return on;
+  }
 
   Status can_implement(const Call& call) const override {
     const Geometry& g = call.g;

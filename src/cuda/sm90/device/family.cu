@@ -168,10 +168,9 @@ class Sm90Family final : public KernelFamily {
   Family id() const override { return Family::kSm90; }
   // Placed boxes (cross-attention, halo shards): Q rows at the query box's origin, K/V boxes at
   // the key box's (TileWalk own_off/walk_off), keys outside the key box zero-filled by the TMA
-  // and masked (TileWalk::mask_window). Written 2026-11-27 after the session's device time was
-  // spent: off until tests/python/test_cuda_placement.py's sm90 tests pass on an H100 (then
-  // return true and drop their skip marker).
-  bool implements_placement() const override { return false; }
+  // and masked (TileWalk::mask_window). Checked by tests/python/test_cuda_placement.py's sm90
+  // tests (cross-attention and random placed problems against SPEC-written masks).
+  bool implements_placement() const override { return true; }
 
   Status can_implement(const Call& call) const override {
     const Geometry& g = call.g;
