@@ -100,15 +100,19 @@ TileShapes choose_tile_shapes(const Problem& p, int block_q, int block_k, TileRo
       if (max_box[a] > 0 && (q[a] > max_box[a] || k[a] > max_box[a])) return false;
     return true;
   };
-  // An owned box far longer than its axis only adds empty rows: such shapes are a last resort.
+  // A box far longer than its side's axis only adds empty rows (owned) or empty columns
+  // (walked): such shapes are a last resort. Ties in the tile count otherwise go to the first
+  // split, which for rank 3 puts the whole box on axis 3: with that axis of extent 1, the sm90
+  // tensor maps (which drop an axis of extent 1) could not load the box.
+  auto longest = [&](int a, bool queries) {
+    // The side's box (placed: the query or key box), at most ceil(X / d) positions per group.
+    const int64_t x = queries ? p.extent[a] : p.key_extent(a);
+    return p.placed() ? (x + p.window.dilation[a] - 1) / p.window.dilation[a] : window::group_length(axis(p, a), 0);
+  };
   auto useful = [&](const std::array<int, 3>& q, const std::array<int, 3>& k) {
-    const auto& own = role == TileRole::kQueriesOwned ? q : k;
     for (int a = 0; a < p.rank; ++a) {
-      // The own side's box (its extent: placed, the query or key box), at most ceil(X / d) per group.
-      const int64_t x = role == TileRole::kQueriesOwned ? p.extent[a] : p.key_extent(a);
-      const int64_t longest =
-          p.placed() ? (x + p.window.dilation[a] - 1) / p.window.dilation[a] : window::group_length(axis(p, a), 0);
-      if (own[a] > 1 && (own[a] / 2) >= longest) return false;
+      if (q[a] > 1 && (q[a] / 2) >= longest(a, true)) return false;
+      if (k[a] > 1 && (k[a] / 2) >= longest(a, false)) return false;
     }
     return true;
   };

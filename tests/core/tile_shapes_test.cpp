@@ -104,4 +104,49 @@ TEST(TileShapes, ChosenBoxesHaveTheRightVolumeAndExactCounts) {
   }
 }
 
+// An axis of extent 1 (unplaced, or one side's box when placed) gets boxes of one position:
+// a longer box there covers nothing more, and the sm90 tensor maps drop such axes (a hang if a
+// box spans them). Rank 3 is the case that matters: its first split puts the box on axis 3.
+TEST(TileShapes, AxesOfExtentOneGetBoxesOfOne) {
+  std::mt19937 rng(std::random_device{}());
+  const unsigned seed = rng();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  rng.seed(seed);
+  for (int trial = 0; trial < 60; ++trial) {
+    nattn::Problem p = random_problem(rng);
+    while (p.rank < 2) p = random_problem(rng);  // another axis must be able to take the box
+    const int flat = int(rng() % unsigned(p.rank));
+    const bool placed = trial % 2 == 1;
+    if (placed) {  // keys (or queries) of extent 1 inside a longer global axis
+      for (int a = 0; a < p.rank; ++a) p.placement.global_extent[a] = p.extent[a];
+      const bool keys_flat = rng() % 2 == 0;
+      if (keys_flat) {
+        p.placement.key_extent[flat] = 1;
+        p.placement.key_origin[flat] = int64_t(rng() % uint64_t(p.extent[flat]));
+      } else {
+        p.placement.query_origin[flat] = int64_t(rng() % uint64_t(p.extent[flat]));
+        p.extent[flat] = 1;
+      }
+    } else {
+      p.extent[flat] = 1;
+      p.window.kernel_size[flat] = 1;
+      p.window.stride[flat] = 1;
+      p.window.dilation[flat] = 1;
+      p.window.is_causal[flat] = false;
+    }
+    // Room for a whole box along the other axes, so a useful shape exists.
+    for (int a = 0; a < p.rank; ++a)
+      if (a != flat && p.extent[a] < 64) {
+        p.extent[a] = 64;
+        if (placed) p.placement.global_extent[a] = 64;
+      }
+    SCOPED_TRACE("trial " + std::to_string(trial) + " rank " + std::to_string(p.rank) + " flat axis " +
+                 std::to_string(flat) + (placed ? " placed" : ""));
+    const nattn::TileShapes t = nattn::choose_tile_shapes(p, 16, 16);
+    if (!placed || p.extent[flat] == 1) EXPECT_EQ(t.q[flat], 1);
+    if (!placed || p.key_extent(flat) == 1) EXPECT_EQ(t.k[flat], 1);
+    EXPECT_DOUBLE_EQ(nattn::count_key_tiles(p, t.q, t.k), t.key_tiles);
+  }
+}
+
 }  // namespace

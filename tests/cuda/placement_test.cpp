@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -140,18 +139,7 @@ class CudaSm80Placement : public CudaTest {
   }
 };
 
-// The sm80 placed kernels are switched off (src/cuda/sm80/device/family.cu): the first H100
-// run (2026-11-27) failed these tests (NaN gradients, wrong outputs). Remove this skip with the fix.
-constexpr const char* kSm80PlacementOff =
-    "sm80 placed kernels are switched off until they pass on the GPU (src/cuda/sm80/device/family.cu)";
-
-bool sm80_placement_on() {
-  const char* e = std::getenv("NATTN_SM80_PLACEMENT");
-  return e != nullptr && std::string(e) == "1";
-}
-
 TEST_F(CudaSm80Placement, RandomPlacedBoxesMatchReference) {
-  if (!sm80_placement_on()) GTEST_SKIP() << kSm80PlacementOff;
   for (int trial = 0; trial < 40 && !HasFailure() && !IsSkipped(); ++trial) {
     SCOPED_TRACE("trial " + std::to_string(trial));
     run(random_placed(rng));
@@ -159,7 +147,6 @@ TEST_F(CudaSm80Placement, RandomPlacedBoxesMatchReference) {
 }
 
 TEST_F(CudaSm80Placement, CrossAttentionMatchesReference) {
-  if (!sm80_placement_on()) GTEST_SKIP() << kSm80PlacementOff;
   for (int trial = 0; trial < 16 && !HasFailure() && !IsSkipped(); ++trial) {
     SCOPED_TRACE("trial " + std::to_string(trial));
     run(random_cross(rng));
@@ -169,7 +156,6 @@ TEST_F(CudaSm80Placement, CrossAttentionMatchesReference) {
 // Without the choice, a placed call runs fused (not the generic kernels: cross-attention is a
 // common call): the forward on sm90 where the device is Hopper, else sm80.
 TEST_F(CudaSm80Placement, PlacedCallsAreNotHandedToGeneric) {
-  if (!sm80_placement_on()) GTEST_SKIP() << kSm80PlacementOff;
   if (cuda_compute_capability() < 80) GTEST_SKIP() << "the sm80 family needs compute capability 8.0";
   if (sm80_head_dims(DType::kBFloat16).empty()) GTEST_SKIP() << "no bfloat16 sm80 rows are built";
   nattn::Problem p = cross_problem(96, 17, false);

@@ -1,8 +1,6 @@
 """Cross-attention and placed boxes (SPEC.md "Placed boxes") on the CUDA backend, against the
 float64 references written from SPEC.md (na_reference.placed_mask, torch's SDPA). The generic
-sm80 and sm90 kernels implement placement (forced and asserted through nattn.explain below;
-sm80's is off until its GPU fault is fixed, NATTN_SM80_PLACEMENT=1 turns it on)."""
-import os
+sm80 and sm90 kernels implement placement (forced and asserted through nattn.explain below)."""
 import random
 
 import pytest
@@ -73,14 +71,6 @@ def needs_sm80():
         pytest.skip("no sm80 rows are built into this library")
 
 
-# The sm80 placed kernels are switched off (src/cuda/sm80/device/family.cu): the first H100
-# run (2026-11-27, commit 0d90521) failed these tests with NaN gradients and wrong outputs.
-# Remove this marker together with the fix.
-sm80_placement_off = pytest.mark.skipif(
-    os.environ.get("NATTN_SM80_PLACEMENT") != "1", reason="sm80 placed kernels are switched off until they pass on the GPU (src/cuda/sm80/device/family.cu)")
-
-
-@sm80_placement_off
 def test_cuda_cross_attention_runs_fused(cuda_backend):
     """Cross-attention (a placed problem) is not handed to the generic kernels: the forward runs
     on sm90 on a Hopper device (else sm80), the backward on sm80."""
@@ -131,7 +121,6 @@ def sm80_plan(backward, q, k, v, **kw):
     return plan
 
 
-@sm80_placement_off
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n,nk,causal,hq,hkv", [
     (96, 17, False, 4, 2), (96, 17, True, 4, 2), (17, 130, True, 2, 1), (17, 130, False, 2, 1),
@@ -168,7 +157,6 @@ def random_placed(rng, rank, allow_empty):
     return [list(t) for t in zip(*axes)]
 
 
-@sm80_placement_off
 @pytest.mark.parametrize("trial", range(24))
 def test_cuda_sm80_placed_boxes(cuda_backend, trial):
     needs_sm80()
@@ -199,7 +187,6 @@ def test_cuda_sm80_placed_boxes(cuda_backend, trial):
         check(out, lse, ref, ref_lse, (q, k, v) + ((ak, av) if extra else ()), dtype, backward)
 
 
-@sm80_placement_off
 def test_cuda_sm80_queries_without_keys(cuda_backend):
     """Queries whose windows miss the key box: out = 0, lse = -inf, dq = 0 exactly, and the
     other queries' results and the key gradients as the reference (SPEC.md)."""

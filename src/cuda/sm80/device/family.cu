@@ -3,7 +3,6 @@
 // role (forward; or backward dQ and dK/dV), box shapes chosen by exact tile count
 // (core/tile_shapes.h) unless forced, grids, shared memory.
 #include <array>
-#include <cstdlib>
 #include <string>
 
 #include "core/tile_shapes.h"
@@ -18,18 +17,10 @@ class Sm80Family final : public KernelFamily {
  public:
   Family id() const override { return Family::kSm80; }
   // Placed boxes: own boxes cover the query box (keys for dK/dV), walks are clipped to the
-  // other box (common/tile_walk.h), windows to the key box (fragment/mask.cuh). Switched off:
-  // the first H100 run (2026-11-27, commit 0d90521) gave NaN dq/dk and wrong outputs on
-  // random placed problems (tests/python/test_cuda_placement.py, CudaSm80Placement.*), so
-  // placed calls run on the generic kernels until those pass. NATTN_SM80_PLACEMENT=1 switches
-  // them on for debugging that fault on a GPU (read once; the tests honour it too).
-  bool implements_placement() const override {
-    static const bool on = [] {
-      const char* e = std::getenv("NATTN_SM80_PLACEMENT");
-      return e != nullptr && std::string(e) == "1";
-    }();
-    return on;
-  }
+  // other box (common/tile_walk.h), windows to the key box (fragment/mask.cuh). Checked on an
+  // H100 by tests/python/test_cuda_placement.py and CudaSm80Placement.* (the NaN gradients of
+  // the first run, 2026-11-27 at 0d90521, were the tests' own faults fixed in 7d2da6c).
+  bool implements_placement() const override { return true; }
 
   Status can_implement(const Call& call) const override {
     const Geometry& g = call.g;

@@ -59,8 +59,9 @@ struct MapGrid {
 };
 
 // The same choice from a kernel's strides (the plan made the tensor readable: map_mode >= 0).
+// An apart map drops axis 3, so only boxes of one position along it can use one.
 int map_mode(const MapGrid& m, const Strides& s, int64_t batch, int64_t heads, int64_t cols) {
-  if (m.extent[2] == 1) return sm90::kHeadsApart;
+  if (m.extent[2] == 1 && m.shift[2] == 0) return sm90::kHeadsApart;
   if (batch == 1) return sm90::kHeadsApartB1;
   if (s.head == cols || heads == 1) return sm90::kHeadsInner;
   return sm90::kHeadsFolded;
@@ -250,6 +251,22 @@ class Sm90Family final : public KernelFamily {
                                std::to_string(shapes.k[a]) + " on axis " + std::to_string(a) +
                                " is invalid for sm90: a TMA box spans at most 256 elements (box x dilation " +
                                std::to_string(g.dilation[a]) + ")");
+    // reads_in_place took a tensor whose axis 3 has extent 1 as an apart map (any head stride),
+    // which holds only boxes of one position along it (the chooser avoids longer ones unless
+    // nothing else fits); with batch 1 the maps keep axis 3 and zero-fill past it.
+    for (const bool queries : {true, false}) {
+      const int64_t x3 = queries ? g.extent[2] : g.key_extent[2];
+      const int box3 = queries ? shapes.q[2] : shapes.k[2];
+      if (x3 == 1 && box3 > 1 && g.batch > 1) {
+        const std::string why = std::string("the ") + (queries ? "query" : "key") + " box spans " +
+                                std::to_string(box3) + " positions along axis 3 where the " +
+                                (queries ? "queries" : "keys") +
+                                " have extent 1, which an sm90 tensor map of a batch > 1 cannot load";
+        if (tiles_forced(call.choice))
+          return Status::Invalid("choice.own_tile/walk_tile is invalid for sm90 here: " + why);
+        return Status::Unsupported(why);
+      }
+    }
     k.own = shapes.q;
     k.walk = shapes.k;
     k.walked_tiles = shapes.key_tiles;
