@@ -17,22 +17,26 @@ Modes (../shared/DISTRIBUTED.md has the arithmetic):
   dilation, causal; from up to 8 neighbours on a 2-D process grid, several hops away when a
   halo is wider than a neighbour's shard) and runs the placed-box problem (SPEC.md "Placed
   boxes": query box = its shard, key box = shard + halo).
-  Backward (`halo_backward="owned"`, the default, issue 12's design): each rank gathers the
-  queries, output gradients, lse and Delta = do.o - dlse (float32, as the kernels keep it) of
-  the other ranks' queries whose windows reach its keys (the query box less its shard: up to
-  two strips per shard axis). One placed backward of its own queries against its key box gives
-  dQ (complete: the key box holds their windows), the additional keys' partials and their part
-  of dK/dV of its own keys; one placed backward per strip against its own keys adds the rest of
-  dK/dV (P exact from the global lse), in a fixed order. No key gradient crosses ranks;
-  deterministic; the key gradients are rounded once, as on one device. Cost over the forward's
-  mirror: the strips' pairs (a query and a key on different ranks) are walked twice, once here
-  and once by the query's owner: 1.08-1.11x the shard's backward pairs at 2 shards on the
-  Hunyuan/Cosmos/Flux anchors, 1.15-1.42x at 4 on a 2 x 2 grid, 1.39-1.60x at 4 on one axis
-  (counted pair by pair from SPEC.md's windows; bench/distributed.py times it).
-  `halo_backward="sum"` is the other design, for measurement: the backward of the forward
-  (dK/dV of the whole key box) sends the halo's key gradients back to their owners, which add
-  them in rank order (deterministic; the same bytes as the forward's K/V halo; no extra kernel
-  work, but key gradients rounded to the input dtype before the sum).
+  Backward, two designs (`halo_backward`):
+  - "sum" (the default): the backward of the forward (dK/dV of the whole key box) sends the
+    halo's key gradients back to their owners, which add them in rank order (deterministic;
+    the same bytes as the forward's K/V halo; no extra kernel work, but key gradients rounded
+    to the input dtype before the sum).
+  - "owned" (issue 12's first design): each rank gathers the queries, output gradients, lse
+    and Delta = do.o - dlse (float32, as the kernels keep it) of the other ranks' queries whose
+    windows reach its keys (the query box less its shard: up to two strips per shard axis).
+    One placed backward of its own queries against its key box gives dQ (complete: the key box
+    holds their windows), the additional keys' partials and their part of dK/dV of its own
+    keys; one placed backward per strip against its own keys adds the rest of dK/dV (P exact
+    from the global lse), in a fixed order. No key gradient crosses ranks; deterministic; the
+    key gradients are rounded once, as on one device. Cost over the forward's mirror: the
+    strips' pairs (a query and a key on different ranks) are walked twice, once here and once
+    by the query's owner: 1.08-1.11x the shard's backward pairs at 2 shards on the
+    Hunyuan/Cosmos/Flux anchors, 1.15-1.42x at 4 on a 2 x 2 grid, 1.39-1.60x at 4 on one axis
+    (counted pair by pair from SPEC.md's windows).
+  Measured on 2 and 4 H100s (bench/results/2026-11-28-h100x4-distributed-strong.md), "sum" is
+  faster everywhere: forward+backward 1.11-1.15x at 2 GPUs and 1.23-1.56x at 4 (the extra
+  pairs and the strips' small placed calls cost more kernel time than the bytes they save).
 - "allgather" (baseline): every rank gathers all keys/values, then runs the placed problem; the
   backward is the "sum" design.
 - "auto": the mode moving the fewest bytes per rank (forward, plus backward when an input
@@ -506,7 +510,7 @@ def _bytes_per_rank(pl_boxes, P: int, n: int, axes, extent, shard_tokens: List[i
 def plan(q: Tensor, k: Tensor, kernel_size, stride=1, dilation=1, is_causal=False, group=None,
          shard_axes=None, mode: str = "auto", shard_sizes=None, process_grid=None,
          shard_axis=None, v: Optional[Tensor] = None, needs_grad: bool = False,
-         halo_backward: str = "owned") -> Plan:
+         halo_backward: str = "sum") -> Plan:
     """What a call would do: the mode, the shards, the key boxes (forward) and query boxes
     (halo backward) of every rank, and the bytes each mode would send per rank.
     `shard_sizes`: per shard axis, the shard sizes along it (one per process grid position);
@@ -726,7 +730,7 @@ def neighborhood_attention(query: Tensor, key: Tensor, value: Tensor, kernel_siz
                            additional_values: Optional[Tensor] = None, return_lse: bool = False,
                            group=None, shard_axes=None, mode: str = "auto",
                            backend: Optional[str] = None, process_grid=None, shard_sizes=None,
-                           halo_backward: str = "owned", shard_axis=None):
+                           halo_backward: str = "sum", shard_axis=None):
     """Neighborhood attention of rank query.dim() - 3 on this rank's shards (module docs).
     `shard_axis` is the one-axis spelling of `shard_axes` (kept for older callers)."""
     if not dist.is_initialized():
@@ -805,7 +809,7 @@ def _make(rank: int):
     def fn(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
            additional_keys=None, additional_values=None, return_lse=False, group=None,
            shard_axes=None, mode="auto", backend=None, process_grid=None, shard_sizes=None,
-           halo_backward="owned", shard_axis=None):
+           halo_backward="sum", shard_axis=None):
         _need_rank(query, rank)
         return neighborhood_attention(query, key, value, kernel_size, stride, dilation,
                                       is_causal, scale, additional_keys, additional_values,
