@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -54,15 +55,22 @@ std::string row_name(const ::testing::TestParamInfo<int>& info) {
 
 bool is_backward(const KernelConfigInfo& r) { return r.role == "backward_dq" || r.role == "backward_dkdv"; }
 
-// The backward pair of a backward row: the dQ and dK/dV rows of the same family, dtype and head dim.
+// The backward pair of a backward row: the dQ and dK/dV rows of the same family, dtype and head
+// dim (the sm90 backward's dQ is the sm80 dQ row).
 std::map<std::string, int> forced_rows(const KernelConfigInfo& row) {
   std::map<std::string, int> ids{{row.role, row.id}};
   if (!is_backward(row)) return ids;
   const std::string other = row.role == "backward_dq" ? "backward_dkdv" : "backward_dq";
+  const std::string family = row.family == "sm90" ? "sm80" : row.family;
   for (const KernelConfigInfo& r : nattn::kernel_configs())
-    if (r.family == row.family && r.role == other && r.dtype == row.dtype && r.head_dim == row.head_dim)
-      ids[other] = r.id;
+    if (r.family == family && r.role == other && r.dtype == row.dtype && r.head_dim == row.head_dim) ids[other] = r.id;
   return ids;
+}
+
+// The sm90 backward is planned only with NATTN_SM90_BACKWARD=1 until it has run on a GPU.
+bool sm90_backward_on() {
+  const char* e = std::getenv("NATTN_SM90_BACKWARD");
+  return e != nullptr && std::string(e) == "1";
 }
 
 // The largest head dim of the same family/role/dtype below the row's (0 if none): max(D, Dv)
@@ -110,6 +118,7 @@ nattn::Problem random_problem(const KernelConfigInfo& row, Rng& rng) {
     // The sm90 forward: a TMA box of 128 query rows x dilation within 256 elements on a 1-D grid.
     if (p.rank == 1) p.window.dilation[0] = std::min<int64_t>(p.window.dilation[0], 2);
     p.extent[0] = std::max(p.extent[0], p.window.kernel_size[0] * p.window.dilation[0]);
+    if (is_backward(row)) p.num_additional = 0;  // the sm90 backward takes no additional keys yet
   }
   if (row.head_dim > 0) {
     // Fused rows: multiples of 8 with max(D, Dv) in (next smaller row, row].
@@ -120,7 +129,10 @@ nattn::Problem random_problem(const KernelConfigInfo& row, Rng& rng) {
     p.head_dim = d_is_max ? padded : other;
     p.head_dim_v = d_is_max ? other : padded;
     // sm90: a 3-D grid with batch > 1 has no spare TMA dimension to zero-fill D up to the row's.
-    if (row.family == "sm90" && p.rank == 3 && p.batch > 1) p.head_dim = row.head_dim;
+    if (row.family == "sm90" && p.rank == 3 && p.batch > 1) {
+      p.head_dim = row.head_dim;
+      if (is_backward(row)) p.head_dim_v = row.head_dim;  // (the backward contracts over Dv too)
+    }
   } else {
     p.head_dim = rng.integer(1, 48);
     p.head_dim_v = rng.coin() ? p.head_dim : rng.integer(1, 48);
@@ -137,6 +149,8 @@ TEST_P(CudaConfigRow, MatchesReference) {
   if (!lacks.empty()) GTEST_SKIP() << lacks;
   const std::map<std::string, int> forced = forced_rows(row);
   const bool backward = is_backward(row);
+  if (backward && row.family == "sm90" && !sm90_backward_on())
+    GTEST_SKIP() << "the sm90 backward has not run on a GPU yet: NATTN_SM90_BACKWARD=1 tests it";
   if (backward) {
     ASSERT_EQ(forced.size(), 2u) << "no dQ + dK/dV pair for row " << row.id;
   }

@@ -50,6 +50,9 @@ using E = Elem;
 // and slower on unmasked d128 walks (dense 560 vs 614, hunyuan-3d-s 583 vs 606).
 // Head dim 32 has ping-pong rows only (the softmax dominates its tiny products); head dim 256
 // walks 64-key tiles (two stages of K and V and one Q buffer fill the shared memory).
+// sm90 dK/dV (issue 10, first step): one producer warpgroup (TMA) and two consumer warpgroups of
+// 64 own key rows (128 keys per CTA) walking 64-query boxes, S^T and dP^T as SS-wgmma, dV and dK
+// as RS-wgmma; its dQ runs on the sm80 dQ row until the sm90 dQ kernel exists. Not yet timed.
 // generic: exact SIMT kernels for everything no fused row covers (fp32, fp64, head dims past
 // the fused limits); head_dim 0 and kAny mean any.
 inline constexpr KernelConfig kKernelConfigs[] = {
@@ -88,6 +91,12 @@ inline constexpr KernelConfig kKernelConfigs[] = {
     {32, F::kSm90, R::kForward, E::kBFloat16, 32, 128, 128, 12, 4, true},
     {33, F::kSm90, R::kForward, E::kHalf, 256, 128, 64, 12, 2},
     {34, F::kSm90, R::kForward, E::kBFloat16, 256, 128, 64, 12, 2},
+    {35, F::kSm90, R::kBackwardDkdv, E::kHalf, 32, 64, 128, 12, 4},
+    {36, F::kSm90, R::kBackwardDkdv, E::kBFloat16, 32, 64, 128, 12, 4},
+    {37, F::kSm90, R::kBackwardDkdv, E::kHalf, 64, 64, 128, 12, 4},
+    {38, F::kSm90, R::kBackwardDkdv, E::kBFloat16, 64, 64, 128, 12, 4},
+    {39, F::kSm90, R::kBackwardDkdv, E::kHalf, 128, 64, 128, 12, 2},
+    {40, F::kSm90, R::kBackwardDkdv, E::kBFloat16, 128, 64, 128, 12, 2},
 };
 }  // namespace config_rows
 using config_rows::kKernelConfigs;

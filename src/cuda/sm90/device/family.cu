@@ -1,8 +1,9 @@
 // Layer: cuda/sm90 device. The Hopper (sm_90a) family: TMA box loads straight from the caller's
 // tensors, wgmma, warp specialisation (cuda/sm90/kernel). It runs the forward for fp16 and bf16,
 // head dims (D and Dv) multiples of 8 up to 256 padded to 32/64/128/256, additional keys,
-// dilation up to 8; the backward and everything else is planned on the sm80 family with the
-// reason recorded.
+// dilation up to 8, placed boxes. The backward (behind NATTN_SM90_BACKWARD=1 until it has run on
+// a GPU): the sm90 dK/dV kernel with the sm80 dQ kernel. Everything else is planned on the sm80
+// family with the reason recorded.
 #include <cuda.h>
 
 #include <array>
@@ -13,6 +14,7 @@
 #include "cuda/check.h"
 #include "cuda/family.h"
 #include "cuda/sm90/device/dispatch.h"
+#include "cuda/sm90/kernel/backward_traits.cuh"
 #include "cuda/sm90/kernel/traits.cuh"
 
 namespace nattn::cuda {
@@ -134,6 +136,57 @@ std::array<int, 3> box_caps(const Geometry& g) {
   return caps;
 }
 
+// One tensor map to encode: the tensor, its strides, the boxes it is read in, heads and C.
+struct MapSource {
+  const void* base;
+  const Strides& s;
+  const MapGrid& m;
+  int64_t heads, cols;
+  const char* name;
+};
+
+// Encodes maps[0..n) into tma/mode/cols (a map of an empty tensor, base null, is skipped).
+Status encode_maps(const MapSource* maps, int n, DType dtype, int64_t batch, int padded, CUtensorMap* tma, int* mode,
+                   int* cols) {
+  const int pw = padded >= 64 ? 64 : padded;
+  for (int i = 0; i < n; ++i) {
+    const MapSource& m = maps[i];
+    cols[i] = int(m.cols);
+    mode[i] = 0;
+    if (m.base == nullptr) continue;
+    NATTN_RETURN_IF_ERROR(encode(&tma[i], m.base, dtype, m.m, batch, m.heads, m.cols, m.s, pw, m.name, &mode[i]));
+  }
+  return Status::Ok();
+}
+
+// reads_in_place took a tensor whose axis 3 has extent 1 as an apart map (any head stride),
+// which holds only boxes of one position along it (the chooser avoids longer ones unless
+// nothing else fits); with batch 1 the maps keep axis 3 and zero-fill past it.
+Status check_axis3_boxes(const Geometry& g, const TileShapes& shapes, bool forced) {
+  for (const bool queries : {true, false}) {
+    const int64_t x3 = queries ? g.extent[2] : g.key_extent[2];
+    const int box3 = queries ? shapes.q[2] : shapes.k[2];
+    if (x3 == 1 && box3 > 1 && g.batch > 1) {
+      const std::string why = std::string("the ") + (queries ? "query" : "key") + " box spans " + std::to_string(box3) +
+                              " positions along axis 3 where the " + (queries ? "queries" : "keys") +
+                              " have extent 1, which an sm90 tensor map of a batch > 1 cannot load";
+      if (forced) return Status::Invalid("choice.own_tile/walk_tile is invalid for sm90 here: " + why);
+      return Status::Unsupported(why);
+    }
+  }
+  return Status::Ok();
+}
+
+// The sm90 backward is written but has not run on a GPU yet: NATTN_SM90_BACKWARD=1 plans it
+// (read once), for the GPU session that checks it.
+bool backward_on() {
+  static const bool on = [] {
+    const char* e = std::getenv("NATTN_SM90_BACKWARD");
+    return e != nullptr && std::string(e) == "1";
+  }();
+  return on;
+}
+
 // Where the ping-pong schedule measured faster (configs.h): head dims 32 and 64 (the softmax is
 // heavy next to the products), and 1-D/2-D windows with masked tiles on every walk (stride below
 // the kernel size, window smaller than the grid). Head dim 256 has no ping-pong rows.
@@ -178,36 +231,53 @@ class Sm90Family final : public KernelFamily {
     if (call.device.major != 9)
       return Status::Unsupported("needs an sm90 (Hopper) device (this one is sm" + std::to_string(call.device.major) +
                                  std::to_string(call.device.minor) + ")");
-    if (call.backward)
-      return Status::Unsupported("no sm90 backward kernels yet (the fused sm80 backward runs on Hopper)");
     if (call.dtype != DType::kFloat16 && call.dtype != DType::kBFloat16)
       return Status::Unsupported(std::string("sm90 kernels take float16/bfloat16 (got ") + dtype_name(call.dtype) +
                                  ")");
+    const Role role = call.backward ? Role::kBackwardDkdv : Role::kForward;
+    const char* what = call.backward ? "the sm90 backward" : "the sm90 forward";
+    if (call.backward) {
+      if (!backward_on())
+        return Status::Unsupported(
+            "the sm90 backward (dK/dV kernel, with the sm80 dQ kernel) is written but has not run on a GPU yet: "
+            "NATTN_SM90_BACKWARD=1 plans it (the fused sm80 backward runs on Hopper)");
+      if (g.num_additional > 0) return Status::Unsupported("the sm90 backward takes no additional keys yet");
+    }
     const int64_t hd = g.head_dim > g.head_dim_v ? g.head_dim : g.head_dim_v;
-    const int padded = padded_head_dim(Family::kSm90, Role::kForward, int(hd));
+    const int padded = padded_head_dim(Family::kSm90, role, int(hd));
     if (g.head_dim % 8 != 0 || g.head_dim_v % 8 != 0 || padded == 0)
-      return Status::Unsupported("the sm90 forward takes head dims that are multiples of 8 up to " +
-                                 std::to_string(max_head_dim(Family::kSm90, Role::kForward)) + " (got " +
+      return Status::Unsupported(std::string(what) + " takes head dims that are multiples of 8 up to " +
+                                 std::to_string(max_head_dim(Family::kSm90, role)) + " (got " +
                                  std::to_string(g.head_dim) + ", " + std::to_string(g.head_dim_v) + ")");
-    if ((g.extent[2] > 1 || g.key_extent[2] > 1) && g.batch > 1 && g.head_dim != padded)
-      return Status::Unsupported("a 3-D grid with batch > 1 leaves no spare TMA dimension for zero-filling head_dim " +
-                                 std::to_string(g.head_dim) + " up to " + std::to_string(padded) +
-                                 " (the sm90 forward pads head dims with the TMA only for 1-D/2-D grids or batch 1)");
+    // Packed or folded heads read the next head's columns as padding: the forward's products
+    // contract over D only through Q K^T; the backward's dP^T = V dO^T contracts over Dv too.
+    if ((g.extent[2] > 1 || g.key_extent[2] > 1) && g.batch > 1 &&
+        (g.head_dim != padded || (call.backward && g.head_dim_v != padded)))
+      return Status::Unsupported("a 3-D grid with batch > 1 leaves no spare TMA dimension for zero-filling head dims " +
+                                 std::to_string(g.head_dim) + ", " + std::to_string(g.head_dim_v) + " up to " +
+                                 std::to_string(padded) + " (" + what +
+                                 " pads head dims with the TMA only for 1-D/2-D grids or batch 1)");
     for (int a = 0; a < 3; ++a) {
       if (g.dilation[a] > 8)
-        return Status::Unsupported("the sm90 forward takes dilation <= 8 (TMA element strides; got " +
+        return Status::Unsupported(std::string(what) + " takes dilation <= 8 (TMA element strides; got " +
                                    std::to_string(g.dilation[a]) + ")");
       if (g.extent[a] >= (int64_t(1) << 31) || g.key_extent[a] >= (int64_t(1) << 31) ||
           g.global[a] >= (int64_t(1) << 31))
-        return Status::Unsupported("the sm90 forward needs extents < 2^31");
+        return Status::Unsupported(std::string(what) + " needs extents < 2^31");
     }
     if (g.num_additional >= (int64_t(1) << 31))
       return Status::Unsupported("the sm90 forward needs fewer than 2^31 additional keys");
+    if (call.backward) {
+      // dQ runs on the sm80 dQ kernel.
+      KernelChoice choice;
+      const Status dq = sm80_family().can_implement(sm80_call(call, &choice));
+      if (!dq.ok()) return Status(dq.code(), "the sm80 dQ kernel the sm90 backward runs with: " + dq.message());
+    }
     int id = -1;
-    NATTN_RETURN_IF_ERROR(config_for(call, &id));
+    NATTN_RETURN_IF_ERROR(call.backward ? dkdv_config_for(call, &id) : config_for(call, &id));
     const Launcher* l = sm90::launcher(id);
     if (l->smem > call.device.smem_optin)
-      return Status::Unsupported("the sm90 forward (config " + std::to_string(id) + ") needs " +
+      return Status::Unsupported(std::string(what) + " (config " + std::to_string(id) + ") needs " +
                                  std::to_string(l->smem) + " bytes of shared memory; this device allows " +
                                  std::to_string(call.device.smem_optin));
     return Status::Ok();
@@ -227,6 +297,7 @@ class Sm90Family final : public KernelFamily {
 
   Status plan(const Call& call, std::vector<KernelLaunch>* kernels) const override {
     kernels->clear();
+    if (call.backward) return plan_backward(call, kernels);
     const Problem& p = call.problem;
     const Geometry& g = call.g;
     KernelLaunch k;
@@ -251,22 +322,7 @@ class Sm90Family final : public KernelFamily {
                                std::to_string(shapes.k[a]) + " on axis " + std::to_string(a) +
                                " is invalid for sm90: a TMA box spans at most 256 elements (box x dilation " +
                                std::to_string(g.dilation[a]) + ")");
-    // reads_in_place took a tensor whose axis 3 has extent 1 as an apart map (any head stride),
-    // which holds only boxes of one position along it (the chooser avoids longer ones unless
-    // nothing else fits); with batch 1 the maps keep axis 3 and zero-fill past it.
-    for (const bool queries : {true, false}) {
-      const int64_t x3 = queries ? g.extent[2] : g.key_extent[2];
-      const int box3 = queries ? shapes.q[2] : shapes.k[2];
-      if (x3 == 1 && box3 > 1 && g.batch > 1) {
-        const std::string why = std::string("the ") + (queries ? "query" : "key") + " box spans " +
-                                std::to_string(box3) + " positions along axis 3 where the " +
-                                (queries ? "queries" : "keys") +
-                                " have extent 1, which an sm90 tensor map of a batch > 1 cannot load";
-        if (tiles_forced(call.choice))
-          return Status::Invalid("choice.own_tile/walk_tile is invalid for sm90 here: " + why);
-        return Status::Unsupported(why);
-      }
-    }
+    NATTN_RETURN_IF_ERROR(check_axis3_boxes(g, shapes, tiles_forced(call.choice)));
     k.own = shapes.q;
     k.walk = shapes.k;
     k.walked_tiles = shapes.key_tiles;
@@ -295,7 +351,6 @@ class Sm90Family final : public KernelFamily {
     args.items = int(k.tiling.neighborhood_ctas * p.g.heads_q * p.g.batch);
     args.longest_first = p.g.causal[0] || p.g.causal[1] || p.g.causal[2];
     const int padded = kKernelConfigs[k.config_id].head_dim;
-    const int pw = padded >= 64 ? 64 : padded;
     // The boxes the maps read: query boxes over the query box, walked key boxes over the key box
     // (the grid unless placed), additional keys as a 1-D grid of Na tokens in tiles of BN.
     MapGrid queries{}, keys{}, extra{{p.g.num_additional, 1, 1}, {1, 1, 1}, {0, 0, 0}};
@@ -307,36 +362,123 @@ class Sm90Family final : public KernelFamily {
       keys.shift[a] = k.tiling.walk_shift[a];
     }
     extra.shift[0] = log2_ceil(kKernelConfigs[k.config_id].block_kv);
-    struct MapSource {
-      const void* base;
-      const Strides& s;
-      const MapGrid& m;
-      int64_t heads, cols;
-      const char* name;
-    };
+    const bool extras = p.g.num_additional > 0;
     const MapSource src[sm90::kNumMaps] = {
         {p.q, p.sq, queries, p.g.heads_q, p.g.head_dim, "q"},
         {p.k, p.sk, keys, p.g.heads_kv, p.g.head_dim, "k"},
         {p.v, p.sv, keys, p.g.heads_kv, p.g.head_dim_v, "v"},
-        {p.ka, p.ska, extra, p.g.heads_kv, p.g.head_dim, "additional_keys"},
-        {p.va, p.sva, extra, p.g.heads_kv, p.g.head_dim_v, "additional_values"},
+        {extras ? p.ka : nullptr, p.ska, extra, p.g.heads_kv, p.g.head_dim, "additional_keys"},
+        {extras ? p.va : nullptr, p.sva, extra, p.g.heads_kv, p.g.head_dim_v, "additional_values"},
     };
-    for (int i = 0; i < sm90::kNumMaps; ++i) {
-      const MapSource& m = src[i];
-      args.head_cols[i] = int(m.cols);
-      args.mode[i] = 0;
-      if (i >= sm90::kMapKa && p.g.num_additional == 0) continue;
-      NATTN_RETURN_IF_ERROR(
-          encode(&args.tma[i], m.base, dtype, m.m, p.g.batch, m.heads, m.cols, m.s, pw, m.name, &args.mode[i]));
-    }
+    NATTN_RETURN_IF_ERROR(
+        encode_maps(src, sm90::kNumMaps, dtype, p.g.batch, padded, args.tma, args.mode, args.head_cols));
     return sm90::launcher(k.config_id)->launch(k, &args, s);
   }
 
-  Status backward(const std::vector<KernelLaunch>&, const BackwardParams&, DType, cudaStream_t) const override {
-    return Status::Unsupported("no sm90 backward kernels yet");
+  // The sm80 dQ kernel, then the sm90 dK/dV kernel (independent: both read the forward's lse
+  // and the Delta pre-pass; neither reads the other's output).
+  Status backward(const std::vector<KernelLaunch>& kernels, const BackwardParams& p, DType dtype,
+                  cudaStream_t s) const override {
+    for (const KernelLaunch& k : kernels) {
+      if (kKernelConfigs[k.config_id].family == Family::kSm80) {
+        NATTN_RETURN_IF_ERROR(sm80_family().backward({k}, p, dtype, s));
+        continue;
+      }
+      sm90::DkdvArgs args;
+      args.p = p;
+      args.tl = k.tiling;
+      // Walked query boxes over the query box, own key boxes over the key box.
+      MapGrid queries{}, keys{};
+      for (int a = 0; a < 3; ++a) {
+        queries.extent[a] = p.g.extent[a];
+        keys.extent[a] = p.g.key_extent[a];
+        queries.dilation[a] = keys.dilation[a] = p.g.dilation[a];
+        queries.shift[a] = k.tiling.walk_shift[a];
+        keys.shift[a] = k.tiling.own_shift[a];
+      }
+      const MapSource src[sm90::kNumBackwardMaps] = {
+          {p.q, p.sq, queries, p.g.heads_q, p.g.head_dim, "q"},
+          {p.dout, p.sdo, queries, p.g.heads_q, p.g.head_dim_v, "dout"},
+          {p.k, p.sk, keys, p.g.heads_kv, p.g.head_dim, "k"},
+          {p.v, p.sv, keys, p.g.heads_kv, p.g.head_dim_v, "v"},
+      };
+      NATTN_RETURN_IF_ERROR(encode_maps(src, sm90::kNumBackwardMaps, dtype, p.g.batch,
+                                        kKernelConfigs[k.config_id].head_dim, args.tma, args.mode, args.head_cols));
+      NATTN_RETURN_IF_ERROR(sm90::launcher(k.config_id)->launch(k, &args, s));
+    }
+    return Status::Ok();
   }
 
  private:
+  // dQ: the sm80 family's dQ kernel as it plans it; dK/dV: the sm90 kernel owning boxes of 128
+  // keys and walking boxes of 64 queries (TMA caps per axis as the forward).
+  static Status plan_backward(const Call& call, std::vector<KernelLaunch>* kernels) {
+    std::vector<KernelLaunch> sm80_kernels;
+    KernelChoice choice;
+    NATTN_RETURN_IF_ERROR(sm80_family().plan(sm80_call(call, &choice), &sm80_kernels));
+    for (const KernelLaunch& k : sm80_kernels)
+      if (k.role == Role::kBackwardDq) kernels->push_back(k);
+    const Problem& p = call.problem;
+    const Geometry& g = call.g;
+    KernelLaunch k;
+    k.role = Role::kBackwardDkdv;
+    NATTN_RETURN_IF_ERROR(dkdv_config_for(call, &k.config_id));
+    const KernelConfig& c = kKernelConfigs[k.config_id];
+    const Launcher* l = sm90::launcher(k.config_id);
+    const TileShapes shapes = choose_tile_shapes(p, c.block_q, c.block_kv, TileRole::kKeysOwned, box_caps(g));
+    if (shapes.key_tiles < 0)
+      return Status::Unsupported("no box of " + std::to_string(c.block_kv) + " keys and " + std::to_string(c.block_q) +
+                                 " queries fits the TMA limit of 256 elements per axis (box x dilation)");
+    NATTN_RETURN_IF_ERROR(check_axis3_boxes(g, shapes, false));
+    k.own = shapes.k;
+    k.walk = shapes.q;
+    k.walked_tiles = shapes.key_tiles;
+    k.tiling = make_tiling(g, k.own, k.walk, true);
+    if (k.tiling.neighborhood_ctas > INT32_MAX)
+      return Status::Unsupported("too many key boxes for one launch (" + std::to_string(k.tiling.neighborhood_ctas) +
+                                 ")");
+    k.grid[0] = unsigned(k.tiling.neighborhood_ctas);
+    k.grid[1] = unsigned(g.heads_kv);
+    k.grid[2] = unsigned(g.batch);
+    k.threads = l->threads;
+    k.smem = l->smem;
+    NATTN_RETURN_IF_ERROR(l->prepare());
+    kernels->push_back(k);
+    return Status::Ok();
+  }
+
+  // The call as the sm80 family sees it for the dQ kernel: without the sm90 rows of a forced
+  // choice (which it would take as another family's; choice holds the copy).
+  static Call sm80_call(const Call& call, KernelChoice* choice) {
+    *choice = call.choice;
+    choice->config_ids.clear();
+    for (const int id : call.choice.config_ids)
+      if (id < 0 || id >= kNumConfigs || kKernelConfigs[id].family != Family::kSm90) choice->config_ids.push_back(id);
+    return Call{call.problem, call.g, call.dtype, call.backward, call.device, *choice};
+  }
+
+  static Status dkdv_config_for(const Call& call, int* id) {
+    NATTN_RETURN_IF_ERROR(forced_config(call.choice, Family::kSm90, Role::kBackwardDkdv, id));
+    const Elem e = call.dtype == DType::kBFloat16 ? Elem::kBFloat16 : Elem::kHalf;
+    const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
+    const int padded = padded_head_dim(Family::kSm90, Role::kBackwardDkdv, int(hd));
+    if (*id >= 0) {
+      const KernelConfig& c = kKernelConfigs[*id];
+      if (c.elem != e || c.head_dim != padded)
+        return Status::Invalid("choice.config_ids has " + std::to_string(*id) +
+                               ", which is invalid for this call: it is a " + elem_name(c.elem) + " row of head dim " +
+                               std::to_string(c.head_dim) + "; the call is " + dtype_name(call.dtype) +
+                               " with max(head_dim, head_dim_v) = " + std::to_string(hd) + ", padded to " +
+                               std::to_string(padded));
+    } else {
+      *id = find_config(Family::kSm90, Role::kBackwardDkdv, e, padded);
+    }
+    if (*id < 0 || sm90::launcher(*id) == nullptr)
+      return Status::Unsupported("the sm90 dK/dV configuration for head dim " + std::to_string(hd) +
+                                 " is not built into this library (CMake NATTN_HEAD_DIMS)");
+    return Status::Ok();
+  }
+
   static Status config_for(const Call& call, int* id) {
     NATTN_RETURN_IF_ERROR(forced_config(call.choice, Family::kSm90, Role::kForward, id));
     const Elem e = call.dtype == DType::kBFloat16 ? Elem::kBFloat16 : Elem::kHalf;

@@ -5,6 +5,7 @@
 
 #include "cuda/check.h"
 #include "cuda/sm90/device/dispatch.h"
+#include "cuda/sm90/kernel/fna_backward_dkdv.cuh"
 #include "cuda/sm90/kernel/fna_forward.cuh"
 
 namespace nattn::cuda::sm90 {
@@ -16,7 +17,7 @@ template <int kId>
 struct Row {
   static constexpr KernelConfig c = kKernelConfigs[kId];
   static_assert(c.family == Family::kSm90 && c.role == Role::kForward && c.block_q == 128 && c.warps == 12,
-                "sm90 rows: forward, 128 query rows in two consumer warpgroups and a producer");
+                "sm90 forward rows: 128 query rows in two consumer warpgroups and a producer");
   using Traits = ForwardTraits<ElementOf<c.elem>, c.head_dim, c.block_kv, c.stages, c.pingpong>;
   static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
   static constexpr int kThreads = Traits::kThreads;
@@ -33,9 +34,48 @@ struct Row {
   }
 };
 
+template <int kId>
+struct DkdvRow {
+  static constexpr KernelConfig c = kKernelConfigs[kId];
+  static_assert(c.family == Family::kSm90 && c.role == Role::kBackwardDkdv && c.block_kv == 128 && c.warps == 12,
+                "sm90 dK/dV rows: 128 own keys in two consumer warpgroups and a producer");
+  using Traits = DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages>;
+  static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
+  static constexpr int kThreads = Traits::kThreads;
+
+  static Status prepare() {
+    return check(cudaFuncSetAttribute(fna_backward_dkdv_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      int(smem())),
+                 "sm90: setting a kernel's shared memory size");
+  }
+  static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
+    const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);
+    fna_backward_dkdv_kernel<Traits><<<grid, kThreads, smem(), stream>>>(*static_cast<const DkdvArgs*>(args));
+    return check_launch("sm90 backward dK/dV");
+  }
+};
+
+// The rows of one role and head dim (the forward and backward kernels of a head dim are
+// compiled in separate files, so they build in parallel).
+template <Role kRole, int HD, template <int> class R, int... kIds>
+void register_role_rows(Launcher* table, std::integer_sequence<int, kIds...>) {
+  auto one = [&](auto id) {
+    constexpr int kId = decltype(id)::value;
+    constexpr KernelConfig c = kKernelConfigs[kId];
+    if constexpr (c.family == Family::kSm90 && c.role == kRole && c.head_dim == HD)
+      table[kId] = Launcher{&R<kId>::prepare, &R<kId>::launch, R<kId>::smem(), R<kId>::kThreads};
+  };
+  (one(std::integral_constant<int, kIds>{}), ...);
+}
+
 template <int HD>
 void register_head_dim(Launcher* table) {
-  register_rows<Family::kSm90, HD, Row>(table);
+  register_role_rows<Role::kForward, HD, Row>(table, std::make_integer_sequence<int, kNumConfigs>{});
+}
+
+template <int HD>
+void register_backward_head_dim(Launcher* table) {
+  register_role_rows<Role::kBackwardDkdv, HD, DkdvRow>(table, std::make_integer_sequence<int, kNumConfigs>{});
 }
 
 }  // namespace nattn::cuda::sm90

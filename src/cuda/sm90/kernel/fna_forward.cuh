@@ -27,59 +27,18 @@
 #include "cuda/common/fragment/mask.cuh"
 #include "cuda/common/fragment/softmax.cuh"
 #include "cuda/common/tile_walk.h"
+#include "cuda/sm90/kernel/pieces.cuh"
 #include "cuda/sm90/kernel/traits.cuh"
 
 namespace nattn::cuda::sm90 {
 
-template <class Element>
-using GlobalElement = std::conditional_t<std::is_same_v<Element, cutlass::bfloat16_t>, __nv_bfloat16, __half>;
-
-// The accumulator layout ((2, 2, N/8), M, N) of S read as the A-operand layout
-// ((2, 2, 2), M, N/16) of O += P V: the same registers, 16 key columns per k-slice.
-template <class Layout>
-__device__ __forceinline__ auto accumulator_as_a(Layout acc) {
-  using namespace cute;
-  auto l = logical_divide(get<0, 2>(acc), Tile<_2>{});  // ((2, N/16))
-  return make_layout(make_layout(get<0, 0>(acc), get<0, 1>(acc), get<0, 0>(l)), get<1>(acc),
-                     coalesce(make_layout(get<0, 1>(l), get<2>(acc))));
-}
-
-// Warpgroup-wide C (+)= A B over the k-slices of A and B; kZero starts from C = 0.
-template <bool kZero, class Mma, class TA, class TB, class TC>
-__device__ __forceinline__ void wgmma(Mma& mma, const TA& a, const TB& b, TC& c) {
-  using namespace cute;
-  warpgroup_fence_operand(c);
-  warpgroup_arrive();
-  if constexpr (kZero) mma.accumulate_ = GMMA::ScaleOut::Zero;
-#pragma unroll
-  for (int k = 0; k < size<2>(a); ++k) {
-    gemm(mma, a(_, _, k), b(_, _, k), c);
-    mma.accumulate_ = GMMA::ScaleOut::One;
-  }
-  warpgroup_commit_batch();
-  warpgroup_fence_operand(c);
-}
-
-// Tensor rows along (X1, X2, X3) of a box starting at group positions start: position x
-// dilation + off, with off = TileWalk::own_off (the query box) or walk_off (the key box): the
-// dilation group, less the box's origin in the global grid when placed. Rows outside the
-// tensor (before a key box's origin, past its end) come back zero from the TMA and are masked.
-__device__ __forceinline__ void box_coords(const int (&start)[3], const int (&off)[3], const Geometry& g, int (&c)[3]) {
-#pragma unroll
-  for (int a = 0; a < 3; ++a) c[a] = start[a] * int(g.dilation[a]) + off[a];
-}
-
-// One thread: TMA loads of every panel of one box (rows x HD) into dst, completing on bar.
+// One thread: TMA loads of every panel of one box of map `map` (rows x HD) into dst.
 template <class Tr>
 __device__ __forceinline__ void load_box(const ForwardArgs& args, int map, uint64_t* bar, uint64_t hint,
                                          typename Tr::Element* dst, int rows, int b, int h, const int (&c)[3]) {
-  const int heads = int(map == kMapQ ? args.p.g.heads_q : args.p.g.heads_kv);
-#pragma unroll
-  for (int pnl = 0; pnl < Tr::kPanels; ++pnl) {
-    int t[5];
-    map_coords(args.mode[map], heads, args.head_cols[map], b, h, pnl, Tr::PW, c, t);
-    cute::SM90_TMA_LOAD_5D::copy(&args.tma[map], bar, hint, dst + pnl * rows * Tr::PW, t[0], t[1], t[2], t[3], t[4]);
-  }
+  tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[map], args.mode[map],
+                                    int(map == kMapQ ? args.p.g.heads_q : args.p.g.heads_kv), args.head_cols[map], bar,
+                                    hint, dst, rows, b, h, c);
 }
 
 // Work item `item` (own boxes fastest, then heads, then batch: CTAs running side by side share
@@ -93,19 +52,6 @@ __device__ __forceinline__ void decode_item(int item, const ForwardArgs& args, i
   h = rest % int(args.p.g.heads_q);
   b = rest / int(args.p.g.heads_q);
 }
-
-// A stage index and its barrier phase, advanced together.
-template <int kStages>
-struct StageCursor {
-  int stage = 0;
-  uint32_t phase = 0;
-  __device__ __forceinline__ void next() {
-    if (++stage == kStages) {
-      stage = 0;
-      phase ^= 1;
-    }
-  }
-};
 
 // Producer warps 1-3: per work item, its walk and window tables in the item's slot (two slots:
 // the next item is prepared while this one runs). Kept apart from the TMA thread's loop so

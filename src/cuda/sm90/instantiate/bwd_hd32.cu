@@ -1,0 +1,7 @@
+// Layer: cuda/sm90 instantiation. The sm90 backward kernels of head dim 32: every row of
+// cuda/common/configs.h with family sm90, a backward role and head_dim 32.
+#include "cuda/sm90/device/launch_row.cuh"
+
+namespace nattn::cuda::sm90 {
+template void register_backward_head_dim<32>(Launcher* table);
+}

@@ -1,0 +1,254 @@
+// Layer: cuda/sm90 kernel. Fused neighborhood-attention backward for Hopper, dK and dV (the
+// KV-stationary kernel; dQ comes from its own kernel). One CTA owns a box of BK = 128 key
+// positions of one (batch, kv head, dilation group) and walks the query boxes covering the
+// queries whose windows contain its keys (TileWalk with walks_queries, as the sm80 dK/dV
+// kernel), for every query head sharing the kv head. Keys are rows (transposed orientation):
+//   S^T = K Q^T, P^T = exp2(c S^T - lse2), dV += P^T dO,
+//   dP^T = V dO^T, dS^T = P^T (dP^T - Delta), dK += dS^T Q (times the scale at the store),
+// so P^T and dS^T feed the gradient products straight from registers (RS-wgmma) and lse and
+// Delta are per column. Each dK/dV row is written once: deterministic, no atomics.
+// Warp-specialised:
+//   * warpgroup 0 (registers given back with setmaxnreg): thread 0 issues the TMA loads of the
+//     own K and V boxes once and of the walked Q and dO boxes per step (MapMode tensor maps over
+//     the caller's tensors, as the forward), into a ring of stages guarded by mbarriers;
+//   * warpgroups 1-2 (64 key rows each): per step, the columns' lse, Delta and windows staged in
+//     shared memory per warpgroup, S^T and dP^T as SS-wgmma, the mask and the softmax
+//     gradient in registers, dV and dK as RS-wgmma; then dK and dV are stored.
+#pragma once
+#include <cuda_runtime.h>
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+
+#include <cmath>
+
+#include "cuda/common/box_index.h"
+#include "cuda/common/fragment/epilogue.cuh"
+#include "cuda/common/fragment/mask.cuh"
+#include "cuda/common/fragment/softmax.cuh"
+#include "cuda/common/tile_walk.h"
+#include "cuda/sm90/kernel/backward_traits.cuh"
+#include "cuda/sm90/kernel/pieces.cuh"
+
+namespace nattn::cuda::sm90 {
+
+// Producer thread 0: the own K and V boxes, then per walk step the Q and dO boxes of its query
+// head, closed by an invalid step (the end marker passes the stage's full barrier without data).
+template <class Tr>
+__device__ __forceinline__ void dkdv_produce(typename Tr::SharedStorage& ss, const DkdvArgs& args, int b, int hk) {
+  using Element = typename Tr::Element;
+  using Barrier = cutlass::arch::ClusterBarrier;
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+  // K and V are read by this CTA only; Q and dO boxes again by neighbouring CTAs and heads.
+  constexpr uint64_t kOnce = uint64_t(cute::TMA::CacheHintSm90::EVICT_FIRST);
+  constexpr uint64_t kShared = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
+  const Geometry& g = args.p.g;
+  const int hpk = int(g.heads_q / g.heads_kv);
+  TileWalk& w = ss.walk;
+  int c[3];
+  box_coords(w.own_start, w.own_off, g, c);
+  TxBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * Tr::kKVElems * sizeof(Element));
+  tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[kBMapK], args.mode[kBMapK], int(g.heads_kv), args.head_cols[kBMapK],
+                                    &ss.kv_full, kOnce, ss.k, Tr::BK, b, hk, c);
+  tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[kBMapV], args.mode[kBMapV], int(g.heads_kv), args.head_cols[kBMapV],
+                                    &ss.kv_full, kOnce, ss.v, Tr::BK, b, hk, c);
+  StageCursor<Tr::kStages> at;
+  for (;;) {
+    const Step st = w.advance();
+    Barrier::wait(&ss.empty[at.stage], at.phase ^ 1);  // the first pass over the stages does not wait
+    ss.steps[at.stage] = st;
+    if (!st.valid) {
+      Barrier::arrive(&ss.full[at.stage]);
+      break;
+    }
+    const int h = hk * hpk + st.head;
+    box_coords(st.start, w.walk_off, g, c);
+    TxBarrier::arrive_and_expect_tx(&ss.full[at.stage], 2 * Tr::kQElems * sizeof(Element));
+    tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[kBMapQ], args.mode[kBMapQ], int(g.heads_q), args.head_cols[kBMapQ],
+                                      &ss.full[at.stage], kShared, ss.q + at.stage * Tr::kQElems, Tr::BQ, b, h, c);
+    tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[kBMapDout], args.mode[kBMapDout], int(g.heads_q),
+                                      args.head_cols[kBMapDout], &ss.full[at.stage], kShared,
+                                      ss.dout + at.stage * Tr::kQElems, Tr::BQ, b, h, c);
+    at.next();
+  }
+}
+
+// One consumer warpgroup (128 threads, t = its thread): the columns of walk step st (query
+// head h) into cols: each query's lse in the log2 domain (+inf for rows past the query box
+// and for queries without keys, so P = 0 there) and Delta, and on partial boxes its windows.
+template <class Tr>
+__device__ __forceinline__ void stage_columns(typename Tr::Columns& cols, const Step& st, const TileWalk& w,
+                                              const DkdvArgs& args, int b, int h, int t) {
+  const BackwardParams& p = args.p;
+  const Geometry& g = p.g;
+  if (t < Tr::BQ) {
+    int count[3];
+    w.walk_rows_left(st.start, count);
+    float lse2 = INFINITY, delta = 0.f;
+    if (row_inside(t, args.tl.walk_shift, count)) {
+      int pos[3];
+      box_position(t, args.tl.walk_shift, st.start, pos);
+      lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.walk_off, g, p.slse)] * kLog2e;
+      delta = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.walk_off, g, p.sdelta)];
+      if (lse2 == -INFINITY) lse2 = INFINITY;  // a query without keys (placed boxes)
+    }
+    cols.lse2[t] = lse2;
+    cols.delta[t] = delta;
+  }
+  if (!st.full) fill_axis_windows(&cols.win[0][0], Tr::BQ, st.start, args.tl.walk_shift, w, t, 128);
+}
+
+template <class Tr>
+__device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, const DkdvArgs& args, int b, int hk) {
+  using namespace cute;
+  using Element = typename Tr::Element;
+  using Out = GlobalElement<Element>;
+  using Barrier = cutlass::arch::ClusterBarrier;
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+  constexpr int BQ = Tr::BQ, HD = Tr::HD, NI = BQ / 8, OI = HD / 8;
+  const BackwardParams& p = args.p;
+  const Geometry& g = p.g;
+  const Tiling& tl = args.tl;
+  const TileWalk& w = ss.walk;
+  const int hpk = int(g.heads_q / g.heads_kv);
+  const int ctid = int(threadIdx.x) - 128;  // 0..255 over the consumer warpgroups
+  const int wg = ctid / 128, lane = ctid % 32;
+  const int row0 = wg * 64 + ((ctid % 128) / 32) * 16;  // this warp's first key row
+
+  Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Tr::SmemKV{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemKV{});
+  Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemQ{});
+  Tensor sDo = make_tensor(make_smem_ptr(ss.dout), typename Tr::SmemQ{});
+  Tensor sQt = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemQt{});
+  Tensor sDot = make_tensor(make_smem_ptr(ss.dout), typename Tr::SmemQt{});
+  typename Tr::MmaS mma_s;
+  typename Tr::MmaG mma_g;
+  auto thr_s = mma_s.get_thread_slice(ctid);
+  auto thr_g = mma_g.get_thread_slice(ctid);
+  Tensor tSrK = thr_s.partition_fragment_A(sK);
+  Tensor tSrV = thr_s.partition_fragment_A(sV);
+  Tensor tSrQ = thr_s.partition_fragment_B(sQ);
+  Tensor tSrDo = thr_s.partition_fragment_B(sDo);
+  Tensor tGrQt = thr_g.partition_fragment_B(sQt);
+  Tensor tGrDot = thr_g.partition_fragment_B(sDot);
+  Tensor tGrDk = partition_fragment_C(mma_g, Shape<Int<Tr::BK>, Int<HD>>{});
+  Tensor tGrDv = partition_fragment_C(mma_g, Shape<Int<Tr::BK>, Int<HD>>{});
+  clear(tGrDk);
+  clear(tGrDv);
+  static_assert(decltype(size(tGrDk))::value == OI * 4, "dK fragment: one m16n8 accumulator row pair per n8 block");
+  Tensor tSrS = partition_fragment_C(mma_s, Shape<Int<Tr::BK>, Int<BQ>>{});
+  Tensor tSrDp = partition_fragment_C(mma_s, Shape<Int<Tr::BK>, Int<BQ>>{});
+  static_assert(decltype(size(tSrS))::value == NI * 4, "S^T fragment: one m16n8 accumulator row pair per n8 block");
+  // P^T, then dS^T, as the A operand of the gradient products (the same registers: dV's product
+  // is complete before dS^T is written, which keeps the consumers within their registers).
+  Tensor rP = make_tensor_like<Element>(tSrS);
+  Tensor tGrP = make_tensor(rP.data(), accumulator_as_a(tSrS.layout()));
+  float(&s)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrS.data()));
+  float(&dp)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrDp.data()));
+
+  TxBarrier::wait(&ss.kv_full, 0);
+  // The scale is folded into exp2: a non-positive scale is applied to K exactly (dK takes the
+  // signed scale at the store, as the derivative of S in the true K).
+  const float c = fold_scale_sign<Tr::kKVElems, 256>(ss.k, g.scale, ctid);
+  if (g.scale <= 0.f) {
+    cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
+    cutlass::arch::NamedBarrier::sync(256, 1);
+  }
+
+  StageCursor<Tr::kStages> at;
+  for (int n = 0;; ++n) {
+    TxBarrier::wait(&ss.full[at.stage], at.phase);
+    const Step st = ss.steps[at.stage];
+    if (!st.valid) break;
+    const int h = hk * hpk + st.head;
+    // S^T and dP^T start while the columns are staged.
+    wgmma<true>(mma_s, tSrK, tSrQ(_, _, _, at.stage), tSrS);
+    wgmma<true>(mma_s, tSrV, tSrDo(_, _, _, at.stage), tSrDp);
+    typename Tr::Columns& cols = ss.cols[wg][n & 1];
+    stage_columns<Tr>(cols, st, w, args, b, h, ctid % 128);
+    // Parity-buffered columns: one barrier per step (a thread writing step n + 1's buffer has
+    // passed this barrier of step n, so every reader of step n - 1's copy is done with it).
+    cutlass::arch::NamedBarrier::sync(128, 5 + wg);
+    warpgroup_wait<1>();  // S^T is done
+    warpgroup_fence_operand(tSrS);
+    if (!st.full)
+      mask_rows_are_keys(s, st.partial, &cols.win[0][0], BQ, tl.own_shift, tl.walk_shift, w.own_start, row0, lane);
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+      const float2 l = *reinterpret_cast<const float2*>(cols.lse2 + ni * 8 + 2 * (lane % 4));
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[0][ni][e] = fast_exp2(fmaf(s[0][ni][e], c, -((e & 1) ? l.y : l.x)));
+    }
+#pragma unroll
+    for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
+    wgmma<false>(mma_g, tGrP, tGrDot(_, _, _, at.stage), tGrDv);
+    warpgroup_wait<0>();  // dP^T is done, and dV's product has read P^T
+    warpgroup_fence_operand(tSrDp);
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+      const float2 d = *reinterpret_cast<const float2*>(cols.delta + ni * 8 + 2 * (lane % 4));
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[0][ni][e] *= dp[0][ni][e] - ((e & 1) ? d.y : d.x);
+    }
+#pragma unroll
+    for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
+    wgmma<false>(mma_g, tGrP, tGrQt(_, _, _, at.stage), tGrDk);
+    warpgroup_wait<0>();
+    Barrier::arrive(&ss.empty[at.stage]);
+    at.next();
+  }
+
+  // Epilogue: each own key row's dK (scaled) and dV, written once.
+  float(&dk)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tGrDk.data()));
+  float(&dv)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tGrDv.data()));
+  int own_count[3];
+  w.own_rows_left(w.own_start, own_count);
+  auto row_of = [&](Out* base, const Strides& s_out) {
+    return [&, base, s_out](int r) -> Out* {
+      if (!row_inside(r, tl.own_shift, own_count)) return nullptr;
+      int pos[3];
+      box_position(r, tl.own_shift, w.own_start, pos);
+      return base + token_offset(pos, w.own_off, g, s_out);
+    };
+  };
+  Out* dk_out = static_cast<Out*>(p.dk) + b * p.sdk.batch + hk * p.sdk.head;
+  Out* dv_out = static_cast<Out*>(p.dv) + b * p.sdv.batch + hk * p.sdv.head;
+  float factor[1][2];
+  fill_factor(factor, g.scale);
+  store_rows<Out>(dk, factor, row0, lane, int(g.head_dim), row_of(dk_out, p.sdk));
+  fill_factor(factor, 1.f);
+  store_rows<Out>(dv, factor, row0, lane, int(g.head_dim_v), row_of(dv_out, p.sdv));
+}
+
+// Grid: (own key boxes over every dilation group, kv heads, batch).
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1) fna_backward_dkdv_kernel(const __grid_constant__ DkdvArgs args) {
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_raw);
+  const Geometry& g = args.p.g;
+  const int hk = int(blockIdx.y), b = int(blockIdx.z);
+  if (threadIdx.x == 0) {
+    ss.walk.init(g, args.tl, blockIdx.x, true, 0, Tr::BQ);
+    ss.walk.begin(int(g.heads_q / g.heads_kv), INT64_MAX);
+    cutlass::arch::ClusterTransactionBarrier::init(&ss.kv_full, 1);
+    for (int i = 0; i < Tr::kStages; ++i) {
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.full[i], 1);
+      cutlass::arch::ClusterBarrier::init(&ss.empty[i], 128 * Tr::kConsumers);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+  // A key box past its group's end (dilation groups of different lengths): nothing to write.
+  if (ss.walk.empty) return;
+  ss.walk.fill_tables(int(threadIdx.x), Tr::kThreads);
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
+    if (threadIdx.x == 0) dkdv_produce<Tr>(ss, args, b, hk);
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
+    dkdv_consume<Tr>(ss, args, b, hk);
+  }
+}
+
+}  // namespace nattn::cuda::sm90

@@ -1,0 +1,94 @@
+"""The sm90 (Hopper) backward (issue 10, first step: the sm90 dK/dV kernel with the sm80 dQ
+kernel) against the float64 CPU reference, forced through nattn.kernel_choice(family="sm90") and
+asserted through nattn.explain(..., backward=True): 200 random configurations (ranks 1-3,
+kernel/stride/dilation/causal per axis, grouped heads, head dims 8-128 in multiples of 8 with
+Dv != D, fp16 and bf16, packed-qkv views and [B, H, X.., D] tensors viewed heads-last), run to
+run bitwise reproducibility (no atomics), and the default plan on Hopper.
+
+The kernel is written but had not run on a GPU when this file was added: the family plans it
+only with NATTN_SM90_BACKWARD=1, and these tests skip (with that reason) otherwise."""
+import os
+import random
+
+import pytest
+import torch
+from test_cuda_sm90 import FNS, _config, _rel, _sm90_rows, _tensors
+
+import nattn
+
+GRAD_TOL = {torch.bfloat16: 4e-2, torch.float16: 1e-2}
+
+pytestmark = [
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0) or not _sm90_rows(),
+        reason="needs an sm90 device and a build with sm90 kernels"),
+    pytest.mark.skipif(os.environ.get("NATTN_SM90_BACKWARD") != "1",
+                       reason="the sm90 backward has not run on a GPU yet: NATTN_SM90_BACKWARD=1 tests it"),
+]
+
+
+def _backward_config(rng):
+    """A random configuration the sm90 backward takes (TMA boxes of 128 keys and 64 queries
+    within 256 elements per axis: 1-D dilation <= 2; head dims up to 128; no additional keys;
+    a 3-D grid with batch > 1 needs D = Dv = the padded head dim)."""
+    c = _config(rng)
+    c["additional"] = 0
+    c["dim"], c["dim_v"] = min(c["dim"], 128), min(c["dim_v"], 128)
+    if c["rank"] == 1:
+        c["dilation"] = [min(c["dilation"][0], 2)]
+        c["extent"] = [max(c["extent"][0], c["kernel"][0] * c["dilation"][0])]
+    if c["rank"] == 3 and c["batch"] > 1:
+        padded = next(p for p in (32, 64, 128) if p >= max(c["dim"], c["dim_v"]))
+        c["dim"] = c["dim_v"] = padded
+    return c
+
+
+def _run(fn, q, k, v, kw, dout):
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    out = fn(q, k, v, **kw)
+    out.backward(dout)
+    return out, q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_sm90_random_backward(seed):
+    rng = random.Random(seed * 7919 + 11)
+    c = _backward_config(rng)
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    q, k, v = _tensors(c, gen)
+    kw = dict(kernel_size=tuple(c["kernel"]), stride=tuple(c["stride"]), dilation=tuple(c["dilation"]),
+              is_causal=tuple(c["causal"]))
+    what = f"seed {seed}: {c}"
+    plan = nattn.explain(q, k, v, backward=True, family="sm90", **kw)
+    assert plan.family == "sm90", f"{what}: {plan}"
+    dkdv = plan.kernels_of("backward_dkdv")
+    assert len(dkdv) == 1 and dkdv[0]["config_id"] in [r.id for r in _sm90_rows()], f"{what}: {plan}"
+    fn = FNS[c["rank"]]
+    dout = torch.randn(*q.shape[:-1], v.shape[-1], device="cuda", dtype=q.dtype, generator=gen)
+    with nattn.kernel_choice(family="sm90"):
+        out, dq, dk, dv = _run(fn, q, k, v, kw, dout)
+    ref = _run(lambda *a, **k2: fn(*a, backend="reference", **k2),
+               *(x.detach().double().cpu() for x in (q, k, v)), kw, dout.double().cpu())
+    tol = GRAD_TOL[c["dtype"]]
+    for name, got, want in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), ref):
+        assert _rel(got, want) < tol, f"{what}: {name} relative error {_rel(got, want):.3g}"
+
+
+def test_sm90_backward_is_bitwise_reproducible():
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    q, k, v = (torch.randn(2, 40, 52, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    dout = torch.randn_like(q)
+    kw = dict(kernel_size=(13, 11), stride=(1, 2), is_causal=(False, True))
+    with nattn.kernel_choice(family="sm90"):
+        first = _run(nattn.na2d, q, k, v, kw, dout)
+        second = _run(nattn.na2d, q, k, v, kw, dout)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_sm90_backward_is_the_default_on_hopper():
+    q = torch.randn(1, 32, 32, 2, 64, device="cuda", dtype=torch.float16)
+    plan = nattn.explain(q, q, q, kernel_size=7, backward=True)
+    assert plan.family == "sm90", str(plan)
+    assert [kern["role"] for kern in plan.kernels if kern["role"].startswith("backward")] == \
+        ["backward_dq", "backward_dkdv"], str(plan)
