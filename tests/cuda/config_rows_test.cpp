@@ -55,15 +55,14 @@ std::string row_name(const ::testing::TestParamInfo<int>& info) {
 
 bool is_backward(const KernelConfigInfo& r) { return r.role == "backward_dq" || r.role == "backward_dkdv"; }
 
-// The backward pair of a backward row: the dQ and dK/dV rows of the same family, dtype and head
-// dim (the sm90 backward's dQ is the sm80 dQ row).
+// The backward pair of a backward row: the dQ and dK/dV rows of the same family, dtype and head dim.
 std::map<std::string, int> forced_rows(const KernelConfigInfo& row) {
   std::map<std::string, int> ids{{row.role, row.id}};
   if (!is_backward(row)) return ids;
   const std::string other = row.role == "backward_dq" ? "backward_dkdv" : "backward_dq";
-  const std::string family = row.family == "sm90" ? "sm80" : row.family;
   for (const KernelConfigInfo& r : nattn::kernel_configs())
-    if (r.family == family && r.role == other && r.dtype == row.dtype && r.head_dim == row.head_dim) ids[other] = r.id;
+    if (r.family == row.family && r.role == other && r.dtype == row.dtype && r.head_dim == row.head_dim)
+      ids[other] = r.id;
   return ids;
 }
 

@@ -50,9 +50,10 @@ using E = Elem;
 // and slower on unmasked d128 walks (dense 560 vs 614, hunyuan-3d-s 583 vs 606).
 // Head dim 32 has ping-pong rows only (the softmax dominates its tiny products); head dim 256
 // walks 64-key tiles (two stages of K and V and one Q buffer fill the shared memory).
-// sm90 dK/dV (issue 10, first step): one producer warpgroup (TMA) and two consumer warpgroups of
-// 64 own key rows (128 keys per CTA) walking 64-query boxes, S^T and dP^T as SS-wgmma, dV and dK
-// as RS-wgmma; its dQ runs on the sm80 dQ row until the sm90 dQ kernel exists. Not yet timed.
+// sm90 backward (issue 10, deterministic two-kernel design; not yet run on a GPU): one producer
+// warpgroup (TMA) and two consumer warpgroups of 64 own rows. dK/dV owns 128 keys and walks
+// 64-query boxes (S^T, dP^T as SS-wgmma; dV, dK as RS-wgmma); dQ owns 128 queries and walks
+// 64-key boxes (S, dP as SS-wgmma; dQ as RS-wgmma). Not yet timed.
 // generic: exact SIMT kernels for everything no fused row covers (fp32, fp64, head dims past
 // the fused limits); head_dim 0 and kAny mean any.
 inline constexpr KernelConfig kKernelConfigs[] = {
@@ -97,6 +98,12 @@ inline constexpr KernelConfig kKernelConfigs[] = {
     {38, F::kSm90, R::kBackwardDkdv, E::kBFloat16, 64, 64, 128, 12, 4},
     {39, F::kSm90, R::kBackwardDkdv, E::kHalf, 128, 64, 128, 12, 2},
     {40, F::kSm90, R::kBackwardDkdv, E::kBFloat16, 128, 64, 128, 12, 2},
+    {41, F::kSm90, R::kBackwardDq, E::kHalf, 32, 128, 64, 12, 4},
+    {42, F::kSm90, R::kBackwardDq, E::kBFloat16, 32, 128, 64, 12, 4},
+    {43, F::kSm90, R::kBackwardDq, E::kHalf, 64, 128, 64, 12, 4},
+    {44, F::kSm90, R::kBackwardDq, E::kBFloat16, 64, 128, 64, 12, 4},
+    {45, F::kSm90, R::kBackwardDq, E::kHalf, 128, 128, 64, 12, 3},
+    {46, F::kSm90, R::kBackwardDq, E::kBFloat16, 128, 128, 64, 12, 3},
 };
 }  // namespace config_rows
 using config_rows::kKernelConfigs;

@@ -2,8 +2,8 @@
 // tensors, wgmma, warp specialisation (cuda/sm90/kernel). It runs the forward for fp16 and bf16,
 // head dims (D and Dv) multiples of 8 up to 256 padded to 32/64/128/256, additional keys,
 // dilation up to 8, placed boxes. The backward (behind NATTN_SM90_BACKWARD=1 until it has run on
-// a GPU): the sm90 dK/dV kernel with the sm80 dQ kernel. Everything else is planned on the sm80
-// family with the reason recorded.
+// a GPU): the sm90 dQ and dK/dV kernels, head dims up to 128, no additional keys. Everything else
+// is planned on the sm80 family with the reason recorded.
 #include <cuda.h>
 
 #include <array>
@@ -239,7 +239,7 @@ class Sm90Family final : public KernelFamily {
     if (call.backward) {
       if (!backward_on())
         return Status::Unsupported(
-            "the sm90 backward (dK/dV kernel, with the sm80 dQ kernel) is written but has not run on a GPU yet: "
+            "the sm90 backward (dQ and dK/dV kernels) is written but has not run on a GPU yet: "
             "NATTN_SM90_BACKWARD=1 plans it (the fused sm80 backward runs on Hopper)");
       if (g.num_additional > 0) return Status::Unsupported("the sm90 backward takes no additional keys yet");
     }
@@ -267,19 +267,17 @@ class Sm90Family final : public KernelFamily {
     }
     if (g.num_additional >= (int64_t(1) << 31))
       return Status::Unsupported("the sm90 forward needs fewer than 2^31 additional keys");
-    if (call.backward) {
-      // dQ runs on the sm80 dQ kernel.
-      KernelChoice choice;
-      const Status dq = sm80_family().can_implement(sm80_call(call, &choice));
-      if (!dq.ok()) return Status(dq.code(), "the sm80 dQ kernel the sm90 backward runs with: " + dq.message());
+    for (const Role r : call.backward ? std::vector<Role>{Role::kBackwardDq, Role::kBackwardDkdv}
+                                      : std::vector<Role>{Role::kForward}) {
+      int id = -1;
+      NATTN_RETURN_IF_ERROR(r == Role::kForward ? config_for(call, &id) : backward_config_for(call, r, &id));
+      const Launcher* l = sm90::launcher(id);
+      if (l->smem > call.device.smem_optin)
+        return Status::Unsupported(std::string("the sm90 ") + role_name(r) + " kernel (config " + std::to_string(id) +
+                                   ") needs " + std::to_string(l->smem) +
+                                   " bytes of shared memory; this device allows " +
+                                   std::to_string(call.device.smem_optin));
     }
-    int id = -1;
-    NATTN_RETURN_IF_ERROR(call.backward ? dkdv_config_for(call, &id) : config_for(call, &id));
-    const Launcher* l = sm90::launcher(id);
-    if (l->smem > call.device.smem_optin)
-      return Status::Unsupported(std::string(what) + " (config " + std::to_string(id) + ") needs " +
-                                 std::to_string(l->smem) + " bytes of shared memory; this device allows " +
-                                 std::to_string(call.device.smem_optin));
     return Status::Ok();
   }
 
@@ -375,33 +373,30 @@ class Sm90Family final : public KernelFamily {
     return sm90::launcher(k.config_id)->launch(k, &args, s);
   }
 
-  // The sm80 dQ kernel, then the sm90 dK/dV kernel (independent: both read the forward's lse
-  // and the Delta pre-pass; neither reads the other's output).
+  // The dQ kernel, then the dK/dV kernel (independent: both read the forward's lse and the Delta
+  // pre-pass; neither reads the other's output).
   Status backward(const std::vector<KernelLaunch>& kernels, const BackwardParams& p, DType dtype,
                   cudaStream_t s) const override {
     for (const KernelLaunch& k : kernels) {
-      if (kKernelConfigs[k.config_id].family == Family::kSm80) {
-        NATTN_RETURN_IF_ERROR(sm80_family().backward({k}, p, dtype, s));
-        continue;
-      }
-      sm90::DkdvArgs args;
+      const bool dq = k.role == Role::kBackwardDq;
+      sm90::BackwardArgs args;
       args.p = p;
       args.tl = k.tiling;
-      // Walked query boxes over the query box, own key boxes over the key box.
+      // Own boxes (queries for dQ, keys for dK/dV) in the own shift, walked boxes in the walk shift.
       MapGrid queries{}, keys{};
       for (int a = 0; a < 3; ++a) {
         queries.extent[a] = p.g.extent[a];
         keys.extent[a] = p.g.key_extent[a];
         queries.dilation[a] = keys.dilation[a] = p.g.dilation[a];
-        queries.shift[a] = k.tiling.walk_shift[a];
-        keys.shift[a] = k.tiling.own_shift[a];
+        queries.shift[a] = dq ? k.tiling.own_shift[a] : k.tiling.walk_shift[a];
+        keys.shift[a] = dq ? k.tiling.walk_shift[a] : k.tiling.own_shift[a];
       }
-      const MapSource src[sm90::kNumBackwardMaps] = {
-          {p.q, p.sq, queries, p.g.heads_q, p.g.head_dim, "q"},
-          {p.dout, p.sdo, queries, p.g.heads_q, p.g.head_dim_v, "dout"},
-          {p.k, p.sk, keys, p.g.heads_kv, p.g.head_dim, "k"},
-          {p.v, p.sv, keys, p.g.heads_kv, p.g.head_dim_v, "v"},
-      };
+      const MapSource q{p.q, p.sq, queries, p.g.heads_q, p.g.head_dim, "q"};
+      const MapSource dout{p.dout, p.sdo, queries, p.g.heads_q, p.g.head_dim_v, "dout"};
+      const MapSource key{p.k, p.sk, keys, p.g.heads_kv, p.g.head_dim, "k"};
+      const MapSource value{p.v, p.sv, keys, p.g.heads_kv, p.g.head_dim_v, "v"};
+      // (kWalkA, kWalkB, kOwnA, kOwnB)
+      const MapSource src[sm90::kNumBackwardMaps] = {dq ? key : q, dq ? value : dout, dq ? q : key, dq ? dout : value};
       NATTN_RETURN_IF_ERROR(encode_maps(src, sm90::kNumBackwardMaps, dtype, p.g.batch,
                                         kKernelConfigs[k.config_id].head_dim, args.tma, args.mode, args.head_cols));
       NATTN_RETURN_IF_ERROR(sm90::launcher(k.config_id)->launch(k, &args, s));
@@ -410,58 +405,60 @@ class Sm90Family final : public KernelFamily {
   }
 
  private:
-  // dQ: the sm80 family's dQ kernel as it plans it; dK/dV: the sm90 kernel owning boxes of 128
-  // keys and walking boxes of 64 queries (TMA caps per axis as the forward).
+  // dQ owns boxes of 128 queries and walks boxes of 64 keys; dK/dV owns boxes of 128 keys and
+  // walks boxes of 64 queries (TMA caps per axis as the forward).
   static Status plan_backward(const Call& call, std::vector<KernelLaunch>* kernels) {
-    std::vector<KernelLaunch> sm80_kernels;
-    KernelChoice choice;
-    NATTN_RETURN_IF_ERROR(sm80_family().plan(sm80_call(call, &choice), &sm80_kernels));
-    for (const KernelLaunch& k : sm80_kernels)
-      if (k.role == Role::kBackwardDq) kernels->push_back(k);
     const Problem& p = call.problem;
     const Geometry& g = call.g;
-    KernelLaunch k;
-    k.role = Role::kBackwardDkdv;
-    NATTN_RETURN_IF_ERROR(dkdv_config_for(call, &k.config_id));
-    const KernelConfig& c = kKernelConfigs[k.config_id];
-    const Launcher* l = sm90::launcher(k.config_id);
-    const TileShapes shapes = choose_tile_shapes(p, c.block_q, c.block_kv, TileRole::kKeysOwned, box_caps(g));
-    if (shapes.key_tiles < 0)
-      return Status::Unsupported("no box of " + std::to_string(c.block_kv) + " keys and " + std::to_string(c.block_q) +
-                                 " queries fits the TMA limit of 256 elements per axis (box x dilation)");
-    NATTN_RETURN_IF_ERROR(check_axis3_boxes(g, shapes, false));
-    k.own = shapes.k;
-    k.walk = shapes.q;
-    k.walked_tiles = shapes.key_tiles;
-    k.tiling = make_tiling(g, k.own, k.walk, true);
-    if (k.tiling.neighborhood_ctas > INT32_MAX)
-      return Status::Unsupported("too many key boxes for one launch (" + std::to_string(k.tiling.neighborhood_ctas) +
-                                 ")");
-    k.grid[0] = unsigned(k.tiling.neighborhood_ctas);
-    k.grid[1] = unsigned(g.heads_kv);
-    k.grid[2] = unsigned(g.batch);
-    k.threads = l->threads;
-    k.smem = l->smem;
-    NATTN_RETURN_IF_ERROR(l->prepare());
-    kernels->push_back(k);
+    for (const Role r : {Role::kBackwardDq, Role::kBackwardDkdv}) {
+      const bool keys_owned = r == Role::kBackwardDkdv;
+      KernelLaunch k;
+      k.role = r;
+      NATTN_RETURN_IF_ERROR(backward_config_for(call, r, &k.config_id));
+      const KernelConfig& c = kKernelConfigs[k.config_id];
+      const Launcher* l = sm90::launcher(k.config_id);
+      TileShapes shapes;
+      if (!keys_owned && tiles_forced(call.choice)) {
+        NATTN_RETURN_IF_ERROR(forced_tiles(call.choice, p, c.block_q, c.block_kv, &shapes));
+      } else {
+        shapes = choose_tile_shapes(p, c.block_q, c.block_kv, keys_owned ? TileRole::kKeysOwned : TileRole::kQueriesOwned,
+                                    box_caps(g));
+        if (shapes.key_tiles < 0)
+          return Status::Unsupported("no box of " + std::to_string(c.block_q) + " queries and " +
+                                     std::to_string(c.block_kv) +
+                                     " keys fits the TMA limit of 256 elements per axis (box x dilation)");
+      }
+      const std::array<int, 3> caps = box_caps(g);
+      for (int a = 0; a < 3; ++a)
+        if (shapes.q[a] > caps[a] || shapes.k[a] > caps[a])
+          return Status::Invalid("choice.own_tile/walk_tile = " + std::to_string(shapes.q[a]) + "/" +
+                                 std::to_string(shapes.k[a]) + " on axis " + std::to_string(a) +
+                                 " is invalid for sm90: a TMA box spans at most 256 elements (box x dilation " +
+                                 std::to_string(g.dilation[a]) + ")");
+      NATTN_RETURN_IF_ERROR(check_axis3_boxes(g, shapes, !keys_owned && tiles_forced(call.choice)));
+      k.own = keys_owned ? shapes.k : shapes.q;
+      k.walk = keys_owned ? shapes.q : shapes.k;
+      k.walked_tiles = shapes.key_tiles;
+      k.tiling = make_tiling(g, k.own, k.walk, keys_owned);
+      if (k.tiling.neighborhood_ctas > INT32_MAX)
+        return Status::Unsupported("too many boxes for one launch (" + std::to_string(k.tiling.neighborhood_ctas) +
+                                   ")");
+      k.grid[0] = unsigned(k.tiling.neighborhood_ctas);
+      k.grid[1] = unsigned(keys_owned ? g.heads_kv : g.heads_q);
+      k.grid[2] = unsigned(g.batch);
+      k.threads = l->threads;
+      k.smem = l->smem;
+      NATTN_RETURN_IF_ERROR(l->prepare());
+      kernels->push_back(k);
+    }
     return Status::Ok();
   }
 
-  // The call as the sm80 family sees it for the dQ kernel: without the sm90 rows of a forced
-  // choice (which it would take as another family's; choice holds the copy).
-  static Call sm80_call(const Call& call, KernelChoice* choice) {
-    *choice = call.choice;
-    choice->config_ids.clear();
-    for (const int id : call.choice.config_ids)
-      if (id < 0 || id >= kNumConfigs || kKernelConfigs[id].family != Family::kSm90) choice->config_ids.push_back(id);
-    return Call{call.problem, call.g, call.dtype, call.backward, call.device, *choice};
-  }
-
-  static Status dkdv_config_for(const Call& call, int* id) {
-    NATTN_RETURN_IF_ERROR(forced_config(call.choice, Family::kSm90, Role::kBackwardDkdv, id));
+  static Status backward_config_for(const Call& call, Role r, int* id) {
+    NATTN_RETURN_IF_ERROR(forced_config(call.choice, Family::kSm90, r, id));
     const Elem e = call.dtype == DType::kBFloat16 ? Elem::kBFloat16 : Elem::kHalf;
     const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
-    const int padded = padded_head_dim(Family::kSm90, Role::kBackwardDkdv, int(hd));
+    const int padded = padded_head_dim(Family::kSm90, r, int(hd));
     if (*id >= 0) {
       const KernelConfig& c = kKernelConfigs[*id];
       if (c.elem != e || c.head_dim != padded)
@@ -471,11 +468,11 @@ class Sm90Family final : public KernelFamily {
                                " with max(head_dim, head_dim_v) = " + std::to_string(hd) + ", padded to " +
                                std::to_string(padded));
     } else {
-      *id = find_config(Family::kSm90, Role::kBackwardDkdv, e, padded);
+      *id = find_config(Family::kSm90, r, e, padded);
     }
     if (*id < 0 || sm90::launcher(*id) == nullptr)
-      return Status::Unsupported("the sm90 dK/dV configuration for head dim " + std::to_string(hd) +
-                                 " is not built into this library (CMake NATTN_HEAD_DIMS)");
+      return Status::Unsupported(std::string("the sm90 ") + role_name(r) + " configuration for head dim " +
+                                 std::to_string(hd) + " is not built into this library (CMake NATTN_HEAD_DIMS)");
     return Status::Ok();
   }
 

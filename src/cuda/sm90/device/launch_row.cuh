@@ -6,6 +6,7 @@
 #include "cuda/check.h"
 #include "cuda/sm90/device/dispatch.h"
 #include "cuda/sm90/kernel/fna_backward_dkdv.cuh"
+#include "cuda/sm90/kernel/fna_backward_dq.cuh"
 #include "cuda/sm90/kernel/fna_forward.cuh"
 
 namespace nattn::cuda::sm90 {
@@ -50,8 +51,29 @@ struct DkdvRow {
   }
   static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
     const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);
-    fna_backward_dkdv_kernel<Traits><<<grid, kThreads, smem(), stream>>>(*static_cast<const DkdvArgs*>(args));
+    fna_backward_dkdv_kernel<Traits><<<grid, kThreads, smem(), stream>>>(*static_cast<const BackwardArgs*>(args));
     return check_launch("sm90 backward dK/dV");
+  }
+};
+
+template <int kId>
+struct DqRow {
+  static constexpr KernelConfig c = kKernelConfigs[kId];
+  static_assert(c.family == Family::kSm90 && c.role == Role::kBackwardDq && c.block_q == 128 && c.warps == 12,
+                "sm90 dQ rows: 128 own queries in two consumer warpgroups and a producer");
+  using Traits = DqTraits<ElementOf<c.elem>, c.head_dim, c.block_kv, c.stages>;
+  static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
+  static constexpr int kThreads = Traits::kThreads;
+
+  static Status prepare() {
+    return check(cudaFuncSetAttribute(fna_backward_dq_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      int(smem())),
+                 "sm90: setting a kernel's shared memory size");
+  }
+  static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
+    const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);
+    fna_backward_dq_kernel<Traits><<<grid, kThreads, smem(), stream>>>(*static_cast<const BackwardArgs*>(args));
+    return check_launch("sm90 backward dQ");
   }
 };
 
@@ -75,6 +97,7 @@ void register_head_dim(Launcher* table) {
 
 template <int HD>
 void register_backward_head_dim(Launcher* table) {
+  register_role_rows<Role::kBackwardDq, HD, DqRow>(table, std::make_integer_sequence<int, kNumConfigs>{});
   register_role_rows<Role::kBackwardDkdv, HD, DkdvRow>(table, std::make_integer_sequence<int, kNumConfigs>{});
 }
 

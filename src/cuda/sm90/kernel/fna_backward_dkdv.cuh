@@ -10,7 +10,7 @@
 // Warp-specialised:
 //   * warpgroup 0 (registers given back with setmaxnreg): thread 0 issues the TMA loads of the
 //     own K and V boxes once and of the walked Q and dO boxes per step (MapMode tensor maps over
-//     the caller's tensors, as the forward), into a ring of stages guarded by mbarriers;
+//     the caller's tensors, as the forward; kernel/backward_producer.cuh);
 //   * warpgroups 1-2 (64 key rows each): per step, the columns' lse, Delta and windows staged in
 //     shared memory per warpgroup, S^T and dP^T as SS-wgmma, the mask and the softmax
 //     gradient in registers, dV and dK as RS-wgmma; then dK and dV are stored.
@@ -27,58 +27,18 @@
 #include "cuda/common/fragment/mask.cuh"
 #include "cuda/common/fragment/softmax.cuh"
 #include "cuda/common/tile_walk.h"
+#include "cuda/sm90/kernel/backward_producer.cuh"
 #include "cuda/sm90/kernel/backward_traits.cuh"
 #include "cuda/sm90/kernel/pieces.cuh"
 
 namespace nattn::cuda::sm90 {
-
-// Producer thread 0: the own K and V boxes, then per walk step the Q and dO boxes of its query
-// head, closed by an invalid step (the end marker passes the stage's full barrier without data).
-template <class Tr>
-__device__ __forceinline__ void dkdv_produce(typename Tr::SharedStorage& ss, const DkdvArgs& args, int b, int hk) {
-  using Element = typename Tr::Element;
-  using Barrier = cutlass::arch::ClusterBarrier;
-  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
-  // K and V are read by this CTA only; Q and dO boxes again by neighbouring CTAs and heads.
-  constexpr uint64_t kOnce = uint64_t(cute::TMA::CacheHintSm90::EVICT_FIRST);
-  constexpr uint64_t kShared = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
-  const Geometry& g = args.p.g;
-  const int hpk = int(g.heads_q / g.heads_kv);
-  TileWalk& w = ss.walk;
-  int c[3];
-  box_coords(w.own_start, w.own_off, g, c);
-  TxBarrier::arrive_and_expect_tx(&ss.kv_full, 2 * Tr::kKVElems * sizeof(Element));
-  tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[kBMapK], args.mode[kBMapK], int(g.heads_kv), args.head_cols[kBMapK],
-                                    &ss.kv_full, kOnce, ss.k, Tr::BK, b, hk, c);
-  tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[kBMapV], args.mode[kBMapV], int(g.heads_kv), args.head_cols[kBMapV],
-                                    &ss.kv_full, kOnce, ss.v, Tr::BK, b, hk, c);
-  StageCursor<Tr::kStages> at;
-  for (;;) {
-    const Step st = w.advance();
-    Barrier::wait(&ss.empty[at.stage], at.phase ^ 1);  // the first pass over the stages does not wait
-    ss.steps[at.stage] = st;
-    if (!st.valid) {
-      Barrier::arrive(&ss.full[at.stage]);
-      break;
-    }
-    const int h = hk * hpk + st.head;
-    box_coords(st.start, w.walk_off, g, c);
-    TxBarrier::arrive_and_expect_tx(&ss.full[at.stage], 2 * Tr::kQElems * sizeof(Element));
-    tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[kBMapQ], args.mode[kBMapQ], int(g.heads_q), args.head_cols[kBMapQ],
-                                      &ss.full[at.stage], kShared, ss.q + at.stage * Tr::kQElems, Tr::BQ, b, h, c);
-    tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[kBMapDout], args.mode[kBMapDout], int(g.heads_q),
-                                      args.head_cols[kBMapDout], &ss.full[at.stage], kShared,
-                                      ss.dout + at.stage * Tr::kQElems, Tr::BQ, b, h, c);
-    at.next();
-  }
-}
 
 // One consumer warpgroup (128 threads, t = its thread): the columns of walk step st (query
 // head h) into cols: each query's lse in the log2 domain (+inf for rows past the query box
 // and for queries without keys, so P = 0 there) and Delta, and on partial boxes its windows.
 template <class Tr>
 __device__ __forceinline__ void stage_columns(typename Tr::Columns& cols, const Step& st, const TileWalk& w,
-                                              const DkdvArgs& args, int b, int h, int t) {
+                                              const BackwardArgs& args, int b, int h, int t) {
   const BackwardParams& p = args.p;
   const Geometry& g = p.g;
   if (t < Tr::BQ) {
@@ -99,7 +59,7 @@ __device__ __forceinline__ void stage_columns(typename Tr::Columns& cols, const 
 }
 
 template <class Tr>
-__device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, const DkdvArgs& args, int b, int hk) {
+__device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, const BackwardArgs& args, int b, int hk) {
   using namespace cute;
   using Element = typename Tr::Element;
   using Out = GlobalElement<Element>;
@@ -115,12 +75,12 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   const int wg = ctid / 128, lane = ctid % 32;
   const int row0 = wg * 64 + ((ctid % 128) / 32) * 16;  // this warp's first key row
 
-  Tensor sK = make_tensor(make_smem_ptr(ss.k), typename Tr::SmemKV{});
-  Tensor sV = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemKV{});
-  Tensor sQ = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemQ{});
-  Tensor sDo = make_tensor(make_smem_ptr(ss.dout), typename Tr::SmemQ{});
-  Tensor sQt = make_tensor(make_smem_ptr(ss.q), typename Tr::SmemQt{});
-  Tensor sDot = make_tensor(make_smem_ptr(ss.dout), typename Tr::SmemQt{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.own_a), typename Tr::SmemKV{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.own_b), typename Tr::SmemKV{});
+  Tensor sQ = make_tensor(make_smem_ptr(ss.walk_a), typename Tr::SmemQ{});
+  Tensor sDo = make_tensor(make_smem_ptr(ss.walk_b), typename Tr::SmemQ{});
+  Tensor sQt = make_tensor(make_smem_ptr(ss.walk_a), typename Tr::SmemQt{});
+  Tensor sDot = make_tensor(make_smem_ptr(ss.walk_b), typename Tr::SmemQt{});
   typename Tr::MmaS mma_s;
   typename Tr::MmaG mma_g;
   auto thr_s = mma_s.get_thread_slice(ctid);
@@ -146,10 +106,10 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   float(&s)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrS.data()));
   float(&dp)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrDp.data()));
 
-  TxBarrier::wait(&ss.kv_full, 0);
+  TxBarrier::wait(&ss.own_full, 0);
   // The scale is folded into exp2: a non-positive scale is applied to K exactly (dK takes the
   // signed scale at the store, as the derivative of S in the true K).
-  const float c = fold_scale_sign<Tr::kKVElems, 256>(ss.k, g.scale, ctid);
+  const float c = fold_scale_sign<Tr::kKVElems, 256>(ss.own_a, g.scale, ctid);
   if (g.scale <= 0.f) {
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
     cutlass::arch::NamedBarrier::sync(256, 1);
@@ -222,29 +182,18 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
 
 // Grid: (own key boxes over every dilation group, kv heads, batch).
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads, 1) fna_backward_dkdv_kernel(const __grid_constant__ DkdvArgs args) {
+__global__ void __launch_bounds__(Tr::kThreads, 1) fna_backward_dkdv_kernel(const __grid_constant__ BackwardArgs args) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_raw);
   const Geometry& g = args.p.g;
   const int hk = int(blockIdx.y), b = int(blockIdx.z);
-  if (threadIdx.x == 0) {
-    ss.walk.init(g, args.tl, blockIdx.x, true, 0, Tr::BQ);
-    ss.walk.begin(int(g.heads_q / g.heads_kv), INT64_MAX);
-    cutlass::arch::ClusterTransactionBarrier::init(&ss.kv_full, 1);
-    for (int i = 0; i < Tr::kStages; ++i) {
-      cutlass::arch::ClusterTransactionBarrier::init(&ss.full[i], 1);
-      cutlass::arch::ClusterBarrier::init(&ss.empty[i], 128 * Tr::kConsumers);
-    }
-    cutlass::arch::fence_barrier_init();
-  }
-  __syncthreads();
+  const int hpk = int(g.heads_q / g.heads_kv);
   // A key box past its group's end (dilation groups of different lengths): nothing to write.
-  if (ss.walk.empty) return;
-  ss.walk.fill_tables(int(threadIdx.x), Tr::kThreads);
+  if (!start_backward<Tr>(ss, args, blockIdx.x, true, hpk)) return;
   __syncthreads();
   if (threadIdx.x < 128) {
     cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
-    if (threadIdx.x == 0) dkdv_produce<Tr>(ss, args, b, hk);
+    if (threadIdx.x == 0) produce_backward<Tr>(ss, args, b, hk, int(g.heads_kv), hk * hpk, int(g.heads_q));
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
     dkdv_consume<Tr>(ss, args, b, hk);

@@ -1,0 +1,79 @@
+// Layer: cuda/sm90 kernel. The producer of the sm90 backward kernels (dK/dV, dQ): thread 0 of
+// the producer warpgroup loads the CTA's two own boxes once and, per walk step, the two walked
+// boxes of the step's head into a ring of stages guarded by mbarriers, closed by an invalid step
+// (the end marker passes the stage's full barrier without data). Traits name the shapes
+// (kOwnRows, kWalkRows, kOwnElems, kWalkElems, kPanels, PW, kStages) and the SharedStorage
+// fields (own_a, own_b, walk_a, walk_b, own_full, full, empty, steps, walk).
+#pragma once
+#include <cutlass/arch/barrier.h>
+
+#include "cuda/common/tile_walk.h"
+#include "cuda/sm90/kernel/backward_traits.cuh"
+#include "cuda/sm90/kernel/pieces.cuh"
+
+namespace nattn::cuda::sm90 {
+
+// own_head / own_heads: the head of the own boxes and the head count of their tensors;
+// walk_head0 + step.head: the walked boxes' head, of walk_heads.
+template <class Tr>
+__device__ __forceinline__ void produce_backward(typename Tr::SharedStorage& ss, const BackwardArgs& args, int b,
+                                                 int own_head, int own_heads, int walk_head0, int walk_heads) {
+  using Element = typename Tr::Element;
+  using Barrier = cutlass::arch::ClusterBarrier;
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+  // The own boxes are read by this CTA only; walked boxes again by neighbouring CTAs and heads.
+  constexpr uint64_t kOnce = uint64_t(cute::TMA::CacheHintSm90::EVICT_FIRST);
+  constexpr uint64_t kShared = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
+  const Geometry& g = args.p.g;
+  TileWalk& w = ss.walk;
+  auto load = [&](int map, int heads, int head, uint64_t* bar, uint64_t hint, Element* dst, int rows,
+                  const int(&c)[3]) {
+    tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[map], args.mode[map], heads, args.head_cols[map], bar, hint, dst, rows,
+                                      b, head, c);
+  };
+  int c[3];
+  box_coords(w.own_start, w.own_off, g, c);
+  TxBarrier::arrive_and_expect_tx(&ss.own_full, 2 * Tr::kOwnElems * sizeof(Element));
+  load(kOwnA, own_heads, own_head, &ss.own_full, kOnce, ss.own_a, Tr::kOwnRows, c);
+  load(kOwnB, own_heads, own_head, &ss.own_full, kOnce, ss.own_b, Tr::kOwnRows, c);
+  StageCursor<Tr::kStages> at;
+  for (;;) {
+    const Step st = w.advance();
+    Barrier::wait(&ss.empty[at.stage], at.phase ^ 1);  // the first pass over the stages does not wait
+    ss.steps[at.stage] = st;
+    if (!st.valid) {
+      Barrier::arrive(&ss.full[at.stage]);
+      break;
+    }
+    box_coords(st.start, w.walk_off, g, c);
+    TxBarrier::arrive_and_expect_tx(&ss.full[at.stage], 2 * Tr::kWalkElems * sizeof(Element));
+    const int h = walk_head0 + st.head;
+    load(kWalkA, walk_heads, h, &ss.full[at.stage], kShared, ss.walk_a + at.stage * Tr::kWalkElems, Tr::kWalkRows, c);
+    load(kWalkB, walk_heads, h, &ss.full[at.stage], kShared, ss.walk_b + at.stage * Tr::kWalkElems, Tr::kWalkRows, c);
+    at.next();
+  }
+}
+
+// All threads, at kernel start: thread 0 initialises the walk and the barriers; then every
+// thread fills the walk's coverage tables. Returns false when the own box is empty (a box past
+// its dilation group's end: nothing to compute or write).
+template <class Tr>
+__device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, const BackwardArgs& args,
+                                               int64_t own_box, bool walks_queries, int heads_per_walk) {
+  if (threadIdx.x == 0) {
+    ss.walk.init(args.p.g, args.tl, own_box, walks_queries, 0, Tr::kWalkRows);
+    ss.walk.begin(heads_per_walk, INT64_MAX);
+    cutlass::arch::ClusterTransactionBarrier::init(&ss.own_full, 1);
+    for (int i = 0; i < Tr::kStages; ++i) {
+      cutlass::arch::ClusterTransactionBarrier::init(&ss.full[i], 1);
+      cutlass::arch::ClusterBarrier::init(&ss.empty[i], 128 * Tr::kConsumers);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+  if (ss.walk.empty) return false;
+  ss.walk.fill_tables(int(threadIdx.x), Tr::kThreads);
+  return true;
+}
+
+}  // namespace nattn::cuda::sm90
