@@ -421,8 +421,8 @@ class Sm90Family final : public KernelFamily {
       if (!keys_owned && tiles_forced(call.choice)) {
         NATTN_RETURN_IF_ERROR(forced_tiles(call.choice, p, c.block_q, c.block_kv, &shapes));
       } else {
-        shapes = choose_tile_shapes(p, c.block_q, c.block_kv, keys_owned ? TileRole::kKeysOwned : TileRole::kQueriesOwned,
-                                    box_caps(g));
+        shapes = choose_tile_shapes(p, c.block_q, c.block_kv,
+                                    keys_owned ? TileRole::kKeysOwned : TileRole::kQueriesOwned, box_caps(g));
         if (shapes.key_tiles < 0)
           return Status::Unsupported("no box of " + std::to_string(c.block_q) + " queries and " +
                                      std::to_string(c.block_kv) +

@@ -66,9 +66,9 @@ struct DqRow {
   static constexpr int kThreads = Traits::kThreads;
 
   static Status prepare() {
-    return check(cudaFuncSetAttribute(fna_backward_dq_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(smem())),
-                 "sm90: setting a kernel's shared memory size");
+    return check(
+        cudaFuncSetAttribute(fna_backward_dq_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem())),
+        "sm90: setting a kernel's shared memory size");
   }
   static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
     const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);

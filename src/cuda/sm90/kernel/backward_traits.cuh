@@ -75,14 +75,14 @@ struct DkdvTraits {
   };
 
   struct SharedStorage {
-    alignas(1024) Element own_a[kKVElems];  // K
-    alignas(1024) Element own_b[kKVElems];  // V
+    alignas(1024) Element own_a[kKVElems];            // K
+    alignas(1024) Element own_b[kKVElems];            // V
     alignas(1024) Element walk_a[kStages * kQElems];  // Q
     alignas(1024) Element walk_b[kStages * kQElems];  // dO
-    alignas(8) uint64_t own_full;  // the own K and V boxes landed
-    uint64_t full[kStages];        // stage s's Q and dO landed (and steps[s] is set)
-    uint64_t empty[kStages];       // every consumer thread is done with stage s
-    Step steps[kStages];           // the walk step loaded into each stage
+    alignas(8) uint64_t own_full;                     // the own K and V boxes landed
+    uint64_t full[kStages];                           // stage s's Q and dO landed (and steps[s] is set)
+    uint64_t empty[kStages];                          // every consumer thread is done with stage s
+    Step steps[kStages];                              // the walk step loaded into each stage
     Columns cols[kConsumers][2];
     TileWalk walk;
   };
@@ -124,15 +124,15 @@ struct DqTraits {
   static constexpr int kOwnRows = BM, kWalkRows = BN, kOwnElems = BM * HD, kWalkElems = BN * HD;
 
   struct SharedStorage {
-    alignas(1024) Element own_a[kOwnElems];  // Q
-    alignas(1024) Element own_b[kOwnElems];  // dO
+    alignas(1024) Element own_a[kOwnElems];              // Q
+    alignas(1024) Element own_b[kOwnElems];              // dO
     alignas(1024) Element walk_a[kStages * kWalkElems];  // K
     alignas(1024) Element walk_b[kStages * kWalkElems];  // V
-    alignas(8) uint64_t own_full;  // the own Q and dO boxes landed
-    uint64_t full[kStages];        // stage s's K and V landed (and steps[s] is set)
-    uint64_t empty[kStages];       // every consumer thread is done with stage s
-    Step steps[kStages];           // the walk step loaded into each stage
-    int2 win[3][BM];               // each own query's window per axis
+    alignas(8) uint64_t own_full;                        // the own Q and dO boxes landed
+    uint64_t full[kStages];                              // stage s's K and V landed (and steps[s] is set)
+    uint64_t empty[kStages];                             // every consumer thread is done with stage s
+    Step steps[kStages];                                 // the walk step loaded into each stage
+    int2 win[3][BM];                                     // each own query's window per axis
     TileWalk walk;
   };
 };
