@@ -57,16 +57,17 @@ _BACKWARD = torch.ops.nattn_native.na_backward.default if LOADED else None
 
 
 def window(kernel_size, stride, dilation, is_causal, dense, placement) -> list:
-    """The ops' `window` list (src/torch_ops/ops.cpp): [rank, dense, is_causal.., then (not dense)
-    kernel_size.., stride.., dilation.., then placement (empty, or global_extent + query_origin
-    + key_origin)]."""
-    w = [len(is_causal), int(dense)]
-    w += [int(bool(c)) for c in is_causal]
-    if not dense:
-        w += list(kernel_size) + list(stride) + list(dilation) + list(placement)
-    return w
+    """The ops' `window` list (src/torch_ops/ops.cpp): [rank, dense, is_causal.., then (not
+    dense) kernel_size.., stride.., dilation.., then placement (empty, or global_extent +
+    query_origin + key_origin)]. Bools pass as ints (torch's int[] parser takes them)."""
+    if dense:
+        return [len(is_causal), 1, *is_causal]
+    return [len(is_causal), 0, *is_causal, *kernel_size, *stride, *dilation, *placement]
 
 
+# NATTN_POISON_OUTPUTS=1 (the tests): outputs start as NaN. Read once: os.environ.get costs
+# more than a microsecond per call (the ctypes fast path also reads it once per signature).
+POISON = int(os.environ.get("NATTN_POISON_OUTPUTS") == "1")
 _CHOICES = {}
 
 
@@ -77,8 +78,7 @@ def options(backend: int, choice) -> list:
     if tail is None:
         ids = list(choice.config_ids) + [-1] * (_lib.MAX_CONFIG_IDS - len(choice.config_ids))
         tail = _CHOICES[choice] = ids + (list(choice.tiles) if choice.tiles else [0] * 6)
-    return [backend, int(torch.are_deterministic_algorithms_enabled()),
-            int(os.environ.get("NATTN_POISON_OUTPUTS") == "1")] + tail
+    return [backend, int(torch.are_deterministic_algorithms_enabled()), POISON, *tail]
 
 
 _STATUS = re.compile(r"\[nattn status (\d+)\|([^\]]*)\] ([^\n]*)")
