@@ -186,3 +186,14 @@ def test_kernel_choice_reaches_the_ops(monkeypatch):
     out.sum().backward()
     assert seen == [c, c]
     assert real(0, c)[3:] == [3, 4, -1, -1, 2, 4, 1, 1, 2, 1]
+
+
+@pytest.mark.parametrize("window", [[], [4, 0, 0, 0, 0, 0, 3, 3, 3, 3, 3], [2, 0, 0, 0, 3, 3, 1, 1, 1]])
+def test_malformed_window_is_refused_by_name(window):
+    # Only the package builds `window`; a direct caller who gets it wrong is told which rule.
+    q = torch.randn(1, 5, 5, 2, 8)
+    options = _native.options(1, nattn._choice.current())
+    with pytest.raises(RuntimeError) as info:
+        torch.ops.nattn_native.na_forward(q, q, q, None, None, window, None, options, "")
+    with pytest.raises(ValueError, match=r"^nattn_native: window = list of \d+ ints is invalid: "):
+        _native._raise(info.value)
