@@ -2,8 +2,10 @@
 
   * host time of a repeated small call (forward, and forward+backward), beside dense SDPA:
     wall-clock time per call while the GPU keeps up, so it is the Python + C++ cost of a call.
-    Where the package has the eager fast path (nattn.op_path()), both paths are measured in the
-    same run: the fast path and the torch.library custom ops (nattn._fast.ENABLED = False);
+    Where the package has the eager fast path (nattn.op_path()), every path is measured in the
+    same run: the fast path calling the C++ dispatcher ops (libnattn_torch_ops.so, where built),
+    the fast path calling the C ABI through ctypes (nattn._native.LOADED = False) and the
+    torch.library custom ops (nattn._fast.ENABLED = False);
   * the C ABI call alone (validation, plan-cache lookup, launch) through nattn._lib;
   * the expanded-gradient backward: `na2d(q, k, v, 7).sum().backward()` hands the backward a
     stride-0 gradient; its GPU kernel time (torch.profiler) shows whether the fused backward
@@ -81,12 +83,18 @@ def c_abi_forward_us(q, k, v, backend, window):
 
 
 def op_paths():
-    """(label, fast-path switch value) for each op path this version has: the fast path and the
-    custom ops where nattn._fast exists, else the one path (None: leave it)."""
+    """(label, fast-path switch value, C++ ops switch value) for each op path this version has:
+    the fast path calling the C++ dispatcher ops (nattn._native, where loaded), the fast path
+    calling the C ABI through ctypes, and the custom ops where nattn._fast exists, else the one
+    path (None: leave it)."""
     fast = getattr(nattn, "_fast", None)
     if fast is None or not hasattr(fast, "ENABLED"):
-        return [("", None)]
-    return [(" (fast path)", True), (" (custom ops)", False)]
+        return [("", None, None)]
+    native = getattr(nattn, "_native", None)
+    if native is None or not getattr(native, "LOADED", False):
+        return [(" (fast path)", True, None), (" (custom ops)", False, None)]
+    return [(" (fast path, C++ ops)", True, True), (" (fast path, ctypes)", True, False),
+            (" (custom ops)", False, None)]
 
 
 def host_rows(dev, dtype, backend, shape, window):
@@ -98,12 +106,15 @@ def host_rows(dev, dtype, backend, shape, window):
     qsg, ksg, vsg = (x.clone().requires_grad_() for x in (qs, ks, vs))
     sdpa_f = host_us(lambda: F.scaled_dot_product_attention(qs, ks, vs))
     sdpa_fb = host_us(lambda: F.scaled_dot_product_attention(qsg, ksg, vsg).sum().backward(), iters=500)
-    fast = getattr(nattn, "_fast", None)
+    fast, native = getattr(nattn, "_fast", None), getattr(nattn, "_native", None)
     initial = getattr(fast, "ENABLED", None)
+    initial_native = getattr(native, "LOADED", None)
     try:
-        for label, enabled in op_paths():
+        for label, enabled, cpp_ops in op_paths():
             if enabled is not None:
                 fast.ENABLED = enabled
+            if cpp_ops is not None:
+                native.LOADED = cpp_ops
             rows.append((f"small forward{label}, host us/call",
                          host_us(lambda: nattn.na2d(q, k, v, window, backend=backend)), sdpa_f))
             rows.append((f"small forward+backward{label}, host us/call",
@@ -112,6 +123,8 @@ def host_rows(dev, dtype, backend, shape, window):
     finally:
         if initial is not None:
             fast.ENABLED = initial
+        if initial_native is not None:
+            native.LOADED = initial_native
 
     # The C ABI call alone (validation, plan-cache lookup, launch), through this version's binding.
     lib = getattr(nattn, "_lib", None)
@@ -167,7 +180,7 @@ def main():
 def report(args, rows):
     path = getattr(nattn, "op_path", None)
     if path is not None:
-        print(f"op path: {path().name}: {path().reason}")
+        print(f"op path: {path().name} ({getattr(path(), 'call', '')}): {path().reason}")
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"| measurement {args.label} ({card}) | nattn | dense SDPA |")
     print("|---|---|---|")

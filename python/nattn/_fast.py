@@ -19,7 +19,9 @@ calls and per-call struct building), more than a small kernel takes. Here such a
 Everything else (compile, export, fake tensors, subclasses, modes, vmap/grad transforms) takes
 the custom ops, so they keep one source of truth for tracing. Set NATTN_FAST_PATH=0 (before
 import) or nattn._fast.ENABLED = False to route every call through the custom ops.
-`_ops.CALLS` counts which path ran; `nattn.backends.op_path()` says which one is active.
+`_ops.CALLS` counts which path ran; `nattn.backends.op_path()` says which one is active. Where
+libnattn_torch_ops.so is loaded (_native.py), the one C call is a call of its C++ dispatcher
+ops, which read the tensors and allocate the outputs themselves (no signature cache needed).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch.autograd import profiler as _profiler
 
-from . import _lib, _ops
+from . import _lib, _native, _ops
 
 # torch's own answers to "is anything intercepting this call?"; without one of them (a torch
 # that renamed it) the fast path stays off and op_path() says why.
@@ -58,8 +60,10 @@ def enabled_reason() -> Tuple[bool, str]:
     if not ENABLED:
         return False, ("disabled (NATTN_FAST_PATH=0 or nattn._fast.ENABLED = False): every call "
                        "goes through the torch.library custom ops")
-    return True, ("plain eager calls make one C call (no torch.library dispatch); compile, "
-                  "tracing, modes, subclasses and transforms go through the custom ops")
+    call = (f"one call of the C++ dispatcher ops nattn_native::* ({_native.REASON})" if _native.LOADED
+            else f"one ctypes C call (C++ ops not loaded: {_native.REASON})")
+    return True, (f"plain eager calls make {call}; compile, tracing, modes, subclasses and "
+                  "transforms go through the custom ops")
 
 
 def eligible(tensors) -> bool:
@@ -165,7 +169,12 @@ def _forward_entry(tensors, params, choice) -> _Entry:
 
 
 def run_forward(tensors, params, choice) -> Tuple[torch.Tensor, torch.Tensor]:
-    """na_forward's (out, lse) without autograd; tensors = (q, k, v, ak, av)."""
+    """na_forward's (out, lse) without autograd; tensors = (q, k, v, ak, av). With the C++ ops
+    loaded (_native.py) one dispatcher call does all of it."""
+    if _native.LOADED:
+        out = _native.forward(tensors, params, choice)
+        _ops.CALLS["fast_forward"] += 1
+        return out
     entry = _forward_entry(tensors, params, choice)
     q = tensors[0]
     out_shape, lse_shape = entry.out_shapes
@@ -197,6 +206,10 @@ def _backward_entry(tensors, params, choice) -> _Entry:
 def run_backward(tensors, params, choice):
     """na_backward's (dq, dk, dv, d_additional_keys, d_additional_values), the last two None
     without additional keys; tensors = (q, k, v, ak, av, out, lse, dout, dlse)."""
+    if _native.LOADED:
+        grads = _native.backward(tensors, params, choice)
+        _ops.CALLS["fast_backward"] += 1
+        return grads
     entry = _backward_entry(tensors, params, choice)
     q = tensors[0]
     # Contiguous, as the op's gradients (_ops._grad_buffers).

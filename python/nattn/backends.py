@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import List, NamedTuple, Optional
 
-from . import _fast, _lib
+from . import _fast, _lib, _native
 
 # Accepted names -> nattn::BackendKind. "cpu" is an alias of the reference backend.
 _KINDS = {
@@ -39,6 +39,10 @@ def backends() -> List[BackendInfo]:
 class OpPath(NamedTuple):
     name: str  # "fast" (one C call per op) or "custom_op" (torch.library dispatch)
     reason: str
+    # The fast path's C call: "native" (the C++ dispatcher ops of libnattn_torch_ops.so) or
+    # "ctypes" (libnattn's C ABI through ctypes: the library is absent or failed to load, or
+    # NATTN_TORCH_OPS=0); "" when the fast path is off.
+    call: str = ""
 
 
 def op_path() -> OpPath:
@@ -46,9 +50,12 @@ def op_path() -> OpPath:
     (torch.compile, tracing, fake tensors, tensor subclasses, dispatch/function modes and
     functorch transforms still take the custom ops `torch.ops.nattn.*`); "custom_op": every
     call goes through the custom ops (NATTN_FAST_PATH=0). nattn._ops.CALLS counts the calls
-    each path ran."""
+    each path ran. `call` says how the fast path calls the library: "native" (C++ dispatcher
+    ops) or "ctypes"; the reason says why not native."""
     on, reason = _fast.enabled_reason()
-    return OpPath("fast" if on else "custom_op", reason)
+    if not on:
+        return OpPath("custom_op", reason, "")
+    return OpPath("fast", reason, "native" if _native.LOADED else "ctypes")
 
 
 def backend_kind(backend: Optional[str]) -> int:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import nattn
-from nattn import _lib
+from nattn import _lib, _native
 
 _CUDA = {b.name: b for b in nattn.backends()}["cuda"]
 CUDA_BUILT = _CUDA.available or "has no CUDA backend" not in _CUDA.reason  # built, maybe without a device
@@ -90,6 +90,8 @@ def test_json_buffer_grows_to_what_the_text_needs():
 def test_kernel_choice_reaches_forward_and_backward(monkeypatch):
     # The choice travels as op arguments: the forward's options carry it, and the backward runs
     # with the forward's choice even when called outside the block.
+    # This spies on the ctypes call's options; test_native_ops.py has the C++ ops' version.
+    monkeypatch.setattr(_native, "LOADED", False)
     seen = []
     real = _lib.options
 

@@ -1,0 +1,33 @@
+"""Without the C++ ops (not built, disabled, or a library that fails to load) the fast path
+calls the C ABI through ctypes, and nattn.op_path() says so and why: never a silent switch."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = ("import torch, nattn; p = nattn.op_path(); q = torch.randn(1, 5, 4, 2, 8); "
+         "out = nattn.na2d(q, q, q, 3); print(p.call); print(p.reason); "
+         "print(nattn._native.CALLS['forward'])")
+
+
+def probe(value):
+    env = dict(os.environ, NATTN_TORCH_OPS=value)
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split("\n")
+
+
+@pytest.mark.parametrize("case", ["disabled", "missing", "broken"])
+def test_fallback_to_ctypes_is_reported(case, tmp_path):
+    if case == "disabled":
+        value, why = "0", "NATTN_TORCH_OPS=0"
+    elif case == "missing":
+        value, why = str(tmp_path / "absent.so"), "not found"
+    else:
+        bad = tmp_path / "libnattn_torch_ops.so"
+        bad.write_text("not a shared library")
+        value, why = str(bad), "failed to load"
+    call, reason, ran = probe(value)
+    assert call == "ctypes" and why in reason and ran == "0"
