@@ -62,6 +62,9 @@ def enabled_reason() -> Tuple[bool, str]:
                        "goes through the torch.library custom ops")
     call = (f"one call of the C++ dispatcher ops nattn_native::* ({_native.REASON})" if _native.LOADED
             else f"one ctypes C call (C++ ops not loaded: {_native.REASON})")
+    if _native.LOADED and not _native.CUDA:
+        call += ("; CUDA tensors take the ctypes call unless NATTN_TORCH_OPS_CUDA=1 (the C++ ops' "
+                 "CUDA path has not run on a GPU yet)")
     return True, (f"plain eager calls make {call}; compile, tracing, modes, subclasses and "
                   "transforms go through the custom ops")
 
@@ -171,7 +174,7 @@ def _forward_entry(tensors, params, choice) -> _Entry:
 def run_forward(tensors, params, choice) -> Tuple[torch.Tensor, torch.Tensor]:
     """na_forward's (out, lse) without autograd; tensors = (q, k, v, ak, av). With the C++ ops
     loaded (_native.py) one dispatcher call does all of it."""
-    if _native.LOADED:
+    if _native.takes(tensors[0]):
         out = _native.forward(tensors, params, choice)
         _ops.CALLS["fast_forward"] += 1
         return out
@@ -206,7 +209,7 @@ def _backward_entry(tensors, params, choice) -> _Entry:
 def run_backward(tensors, params, choice):
     """na_backward's (dq, dk, dv, d_additional_keys, d_additional_values), the last two None
     without additional keys; tensors = (q, k, v, ak, av, out, lse, dout, dlse)."""
-    if _native.LOADED:
+    if _native.takes(tensors[0]):
         grads = _native.backward(tensors, params, choice)
         _ops.CALLS["fast_backward"] += 1
         return grads

@@ -52,6 +52,15 @@ def _load() -> Tuple[bool, str]:
 
 
 LOADED, REASON = _load()
+# The ops' CUDA path (current stream, caching-allocator workspace, graph capture) has not run on
+# a GPU yet (written 2026-11-28 on a machine without one): CUDA tensors keep the ctypes call
+# unless NATTN_TORCH_OPS_CUDA=1, for the GPU session that checks it.
+CUDA = os.environ.get("NATTN_TORCH_OPS_CUDA") == "1"
+
+
+def takes(t: torch.Tensor) -> bool:
+    """Whether the fast path calls the C++ ops for a call on t's device."""
+    return LOADED and (CUDA or t.device.type != "cuda")
 _FORWARD = torch.ops.nattn_native.na_forward.default if LOADED else None
 _BACKWARD = torch.ops.nattn_native.na_backward.default if LOADED else None
 

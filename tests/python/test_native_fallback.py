@@ -31,3 +31,22 @@ def test_fallback_to_ctypes_is_reported(case, tmp_path):
         value, why = str(bad), "failed to load"
     call, reason, ran = probe(value)
     assert call == "ctypes" and why in reason and ran == "0"
+
+
+def test_cuda_tensors_keep_the_ctypes_call_unless_enabled(monkeypatch):
+    """The C++ ops' CUDA path has not run on a GPU yet: CUDA tensors take them only with
+    NATTN_TORCH_OPS_CUDA=1 (read at import into _native.CUDA); CPU tensors whenever loaded."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from nattn import _native
+    cuda_tensor = SimpleNamespace(device=SimpleNamespace(type="cuda"))
+    monkeypatch.setattr(_native, "LOADED", True)
+    monkeypatch.setattr(_native, "CUDA", False)
+    assert not _native.takes(cuda_tensor)
+    assert _native.takes(torch.empty(1))
+    monkeypatch.setattr(_native, "CUDA", True)
+    assert _native.takes(cuda_tensor)
+    monkeypatch.setattr(_native, "LOADED", False)
+    assert not _native.takes(torch.empty(1))
