@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Packs a CUDA build made on the CPU machine for the GPU machine (compiling there costs device
-# minutes): the library, nattn-bench and both test executables of BUILD (default build-gpu) go
-# into .carry/build.tar.xz (about 1/8 of their size; the device tool's carry limit is 64 MiB).
+# minutes): the library (and libnattn_torch_ops.so where built), nattn-bench and both test
+# executables of BUILD (default build-gpu) go into .carry/build.tar.xz (about 1/8 of their size;
+# the device tool's carry limit is 64 MiB).
 # On the GPU machine: tar xJf .carry/build.tar.xz && NATTN_PREBUILT=1 NATTN_LIBRARY=build-gpu/libnattn.so scripts/gpu_check.sh ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,5 +11,7 @@ mkdir -p .carry
 grep -qx "/.carry/" .git/info/exclude 2>/dev/null || echo "/.carry/" >> .git/info/exclude
 files=("$build/libnattn.so" "$build/nattn-bench")
 for t in "$build/tests/nattn_cuda_tests" "$build/tests/nattn_tests"; do [ -x "$t" ] && files+=("$t"); done
+# The C++ dispatcher ops (python/nattn/_native.py loads them from beside libnattn.so), where built.
+[ -f "$build/libnattn_torch_ops.so" ] && files+=("$build/libnattn_torch_ops.so")
 tar cJf .carry/build.tar.xz "${files[@]}"
 ls -la .carry/build.tar.xz

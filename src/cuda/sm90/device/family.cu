@@ -270,7 +270,7 @@ class Sm90Family final : public KernelFamily {
     for (const Role r : call.backward ? std::vector<Role>{Role::kBackwardDq, Role::kBackwardDkdv}
                                       : std::vector<Role>{Role::kForward}) {
       int id = -1;
-      NATTN_RETURN_IF_ERROR(r == Role::kForward ? config_for(call, &id) : backward_config_for(call, r, &id));
+      NATTN_RETURN_IF_ERROR(config_for(call, r, &id));
       const Launcher* l = sm90::launcher(id);
       if (l->smem > call.device.smem_optin)
         return Status::Unsupported(std::string("the sm90 ") + role_name(r) + " kernel (config " + std::to_string(id) +
@@ -300,7 +300,7 @@ class Sm90Family final : public KernelFamily {
     const Geometry& g = call.g;
     KernelLaunch k;
     k.role = Role::kForward;
-    NATTN_RETURN_IF_ERROR(config_for(call, &k.config_id));
+    NATTN_RETURN_IF_ERROR(config_for(call, Role::kForward, &k.config_id));
     const KernelConfig& c = kKernelConfigs[k.config_id];
     const Launcher* l = sm90::launcher(k.config_id);
     const std::array<int, 3> caps = box_caps(g);
@@ -414,7 +414,7 @@ class Sm90Family final : public KernelFamily {
       const bool keys_owned = r == Role::kBackwardDkdv;
       KernelLaunch k;
       k.role = r;
-      NATTN_RETURN_IF_ERROR(backward_config_for(call, r, &k.config_id));
+      NATTN_RETURN_IF_ERROR(config_for(call, r, &k.config_id));
       const KernelConfig& c = kKernelConfigs[k.config_id];
       const Launcher* l = sm90::launcher(k.config_id);
       TileShapes shapes;
@@ -454,7 +454,9 @@ class Sm90Family final : public KernelFamily {
     return Status::Ok();
   }
 
-  static Status backward_config_for(const Call& call, Role r, int* id) {
+  // The row of a role: forced by the choice, or the one of the padded head dim (the forward's
+  // ping-pong rows where they pay).
+  static Status config_for(const Call& call, Role r, int* id) {
     NATTN_RETURN_IF_ERROR(forced_config(call.choice, Family::kSm90, r, id));
     const Elem e = call.dtype == DType::kBFloat16 ? Elem::kBFloat16 : Elem::kHalf;
     const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
@@ -468,34 +470,11 @@ class Sm90Family final : public KernelFamily {
                                " with max(head_dim, head_dim_v) = " + std::to_string(hd) + ", padded to " +
                                std::to_string(padded));
     } else {
-      *id = find_config(Family::kSm90, r, e, padded);
+      *id = find_config(Family::kSm90, r, e, padded, r == Role::kForward && pingpong_pays(call.problem, padded));
     }
     if (*id < 0 || sm90::launcher(*id) == nullptr)
       return Status::Unsupported(std::string("the sm90 ") + role_name(r) + " configuration for head dim " +
                                  std::to_string(hd) + " is not built into this library (CMake NATTN_HEAD_DIMS)");
-    return Status::Ok();
-  }
-
-  static Status config_for(const Call& call, int* id) {
-    NATTN_RETURN_IF_ERROR(forced_config(call.choice, Family::kSm90, Role::kForward, id));
-    const Elem e = call.dtype == DType::kBFloat16 ? Elem::kBFloat16 : Elem::kHalf;
-    if (*id >= 0) {
-      const KernelConfig& c = kKernelConfigs[*id];
-      const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
-      if (c.elem != e || c.head_dim != padded_head_dim(Family::kSm90, Role::kForward, int(hd)))
-        return Status::Invalid("choice.config_ids has " + std::to_string(*id) +
-                               ", which is invalid for this call: it is a " + elem_name(c.elem) + " row of head dim " +
-                               std::to_string(c.head_dim) + "; the call is " + dtype_name(call.dtype) +
-                               " with max(head_dim, head_dim_v) = " + std::to_string(hd) + ", padded to " +
-                               std::to_string(padded_head_dim(Family::kSm90, Role::kForward, int(hd))));
-    } else {
-      const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
-      const int padded = padded_head_dim(Family::kSm90, Role::kForward, int(hd));
-      *id = find_config(Family::kSm90, Role::kForward, e, padded, pingpong_pays(call.problem, padded));
-    }
-    if (*id < 0 || sm90::launcher(*id) == nullptr)
-      return Status::Unsupported("the sm90 configuration for head dim " + std::to_string(call.g.head_dim) +
-                                 " is not built into this library (CMake NATTN_HEAD_DIMS)");
     return Status::Ok();
   }
 };

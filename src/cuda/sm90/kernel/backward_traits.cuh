@@ -26,45 +26,54 @@ struct BackwardArgs {
   Tiling tl;
 };
 
-template <class Element_, int HD_, int BQ_, int STAGES_>
-struct DkdvTraits {
+// The shapes both backward kernels share: own boxes of 128 rows x HD (K-major: the A operands
+// of the two SS products), walked stages of WALK rows x HD (K-major: their B operands) and the
+// same walked memory as (HD, WALK, stages), rows contiguous per column panel (MN-major: the B
+// operand of the RS gradient products); the SS product (64 own rows x WALK over HD per
+// warpgroup) and the RS product (64 own rows x HD over the WALK rows, A from registers).
+template <class Element_, int HD_, int WALK_, int STAGES_>
+struct BackwardShapes {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
-  static constexpr int HD = HD_, BK = 128, BQ = BQ_, kStages = STAGES_;
+  static constexpr int HD = HD_, kOwnRows = 128, kWalkRows = WALK_, kStages = STAGES_;
   static constexpr int PW = HD >= 64 ? 64 : HD;  // columns per panel
   static constexpr int kPanels = HD / PW;
-  static constexpr int kConsumers = 2;  // warpgroups, 64 key rows each
+  static constexpr int kConsumers = 2;  // warpgroups, 64 own rows each
   static constexpr int kThreads = 128 * (kConsumers + 1);
+  static constexpr int kOwnElems = kOwnRows * HD, kWalkElems = kWalkRows * HD;
+  static_assert(HD == 32 || HD == 64 || HD == 128, "the sm90 backward takes padded head dims 32, 64, 128");
+
+  using Atom = std::conditional_t<(PW == 64), decltype(cute::GMMA::Layout_K_SW128_Atom<Element>{}),
+                                  decltype(cute::GMMA::Layout_K_SW64_Atom<Element>{})>;
+  using SmemOwn = decltype(cute::tile_to_shape(Atom{}, cute::Shape<cute::Int<kOwnRows>, cute::Int<HD>>{}));
+  using SmemWalk =
+      decltype(cute::tile_to_shape(Atom{}, cute::Shape<cute::Int<kWalkRows>, cute::Int<HD>, cute::Int<kStages>>{}));
+  using SmemWalkT = decltype(cute::composition(
+      SmemWalk{},
+      cute::make_ordered_layout(cute::make_shape(cute::Int<HD>{}, cute::Int<kWalkRows>{}, cute::Int<kStages>{}),
+                                cute::Step<cute::_2, cute::_1, cute::_3>{})));
+  using MmaS = decltype(cute::make_tiled_mma(
+      cute::SM90::GMMA::ss_op_selector<Element, Element, float,
+                                       cute::Shape<cute::_64, cute::Int<kWalkRows>, cute::Int<HD>>>(),
+      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  using MmaG = decltype(cute::make_tiled_mma(
+      cute::SM90::GMMA::rs_op_selector<Element, Element, float,
+                                       cute::Shape<cute::_64, cute::Int<HD>, cute::Int<kWalkRows>>,
+                                       cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
+      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+};
+
+// dK/dV: own K and V (S^T = K Q^T, dP^T = V dO^T), walked Q and dO (dV += P^T dO, dK += dS^T Q).
+template <class Element_, int HD_, int BQ_, int STAGES_>
+struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
+  using Base = BackwardShapes<Element_, HD_, BQ_, STAGES_>;
+  using Element = Element_;
+  static constexpr int HD = HD_, BK = Base::kOwnRows, BQ = BQ_, kStages = STAGES_;
+  static constexpr int kConsumers = Base::kConsumers, kOwnElems = Base::kOwnElems, kWalkElems = Base::kWalkElems;
   // setmaxnreg split ((168 - P) * 128 >= (C - 168) * 256): dK and dV accumulators (64 x HD fp32
   // each per warpgroup) plus S^T and dP^T (64 x BQ) take 4 * HD / 2 + BQ registers per thread:
   // 224 at head dim 128, so the producer warpgroup (one TMA thread stepping the walk) gets 40.
   static constexpr int kProducerRegs = HD > 64 ? 40 : 72;
   static constexpr int kConsumerRegs = HD > 64 ? 232 : 216;
-  static_assert(HD == 32 || HD == 64 || HD == 128, "the sm90 dK/dV kernel takes padded head dims 32, 64, 128");
-
-  using Atom = std::conditional_t<(PW == 64), decltype(cute::GMMA::Layout_K_SW128_Atom<Element>{}),
-                                  decltype(cute::GMMA::Layout_K_SW64_Atom<Element>{})>;
-  // Own K and V: (BK, HD), K-major (the A operands of S^T = K Q^T and dP^T = V dO^T).
-  using SmemKV = decltype(cute::tile_to_shape(Atom{}, cute::Shape<cute::Int<BK>, cute::Int<HD>>{}));
-  // Walked Q and dO stages: (BQ, HD, stages), K-major (the B operands of S^T and dP^T) ...
-  using SmemQ = decltype(cute::tile_to_shape(Atom{}, cute::Shape<cute::Int<BQ>, cute::Int<HD>, cute::Int<kStages>>{}));
-  // ... and the same memory as (HD, BQ, stages), queries contiguous per column panel (MN-major):
-  // the B operands of dV += P^T dO and dK += dS^T Q.
-  using SmemQt = decltype(cute::composition(
-      SmemQ{}, cute::make_ordered_layout(cute::make_shape(cute::Int<HD>{}, cute::Int<BQ>{}, cute::Int<kStages>{}),
-                                         cute::Step<cute::_2, cute::_1, cute::_3>{})));
-  // S^T and dP^T: (BK keys x BQ queries) over HD, both operands from shared memory.
-  using MmaS = decltype(cute::make_tiled_mma(
-      cute::SM90::GMMA::ss_op_selector<Element, Element, float, cute::Shape<cute::_64, cute::Int<BQ>, cute::Int<HD>>>(),
-      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
-  // dV and dK: (BK keys x HD) over the BQ queries, P^T / dS^T from registers.
-  using MmaG = decltype(cute::make_tiled_mma(
-      cute::SM90::GMMA::rs_op_selector<Element, Element, float, cute::Shape<cute::_64, cute::Int<HD>, cute::Int<BQ>>,
-                                       cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
-      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
-
-  static constexpr int kKVElems = BK * HD, kQElems = BQ * HD;
-  // The producer's view (kernel/backward_producer.cuh).
-  static constexpr int kOwnRows = BK, kWalkRows = BQ, kOwnElems = kKVElems, kWalkElems = kQElems;
 
   // Per consumer warpgroup and step parity: the walked queries' log2-domain lse (+inf where a
   // query contributes nothing), Delta, and windows per axis (partial boxes).
@@ -75,53 +84,30 @@ struct DkdvTraits {
   };
 
   struct SharedStorage {
-    alignas(1024) Element own_a[kKVElems];            // K
-    alignas(1024) Element own_b[kKVElems];            // V
-    alignas(1024) Element walk_a[kStages * kQElems];  // Q
-    alignas(1024) Element walk_b[kStages * kQElems];  // dO
-    alignas(8) uint64_t own_full;                     // the own K and V boxes landed
-    uint64_t full[kStages];                           // stage s's Q and dO landed (and steps[s] is set)
-    uint64_t empty[kStages];                          // every consumer thread is done with stage s
-    Step steps[kStages];                              // the walk step loaded into each stage
+    alignas(1024) Element own_a[kOwnElems];              // K
+    alignas(1024) Element own_b[kOwnElems];              // V
+    alignas(1024) Element walk_a[kStages * kWalkElems];  // Q
+    alignas(1024) Element walk_b[kStages * kWalkElems];  // dO
+    alignas(8) uint64_t own_full;                        // the own K and V boxes landed
+    uint64_t full[kStages];                              // stage s's Q and dO landed (and steps[s] is set)
+    uint64_t empty[kStages];                             // every consumer thread is done with stage s
+    Step steps[kStages];                                 // the walk step loaded into each stage
     Columns cols[kConsumers][2];
     TileWalk walk;
   };
 };
 
+// dQ: own Q and dO (S = Q K^T, dP = dO V^T), walked K and V (dQ += dS K).
 template <class Element_, int HD_, int BN_, int STAGES_>
-struct DqTraits {
-  using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
-  static constexpr int HD = HD_, BM = 128, BN = BN_, kStages = STAGES_;
-  static constexpr int PW = HD >= 64 ? 64 : HD;  // columns per panel
-  static constexpr int kPanels = HD / PW;
-  static constexpr int kConsumers = 2;  // warpgroups, 64 query rows each
-  static constexpr int kThreads = 128 * (kConsumers + 1);
+struct DqTraits : BackwardShapes<Element_, HD_, BN_, STAGES_> {
+  using Base = BackwardShapes<Element_, HD_, BN_, STAGES_>;
+  using Element = Element_;
+  static constexpr int HD = HD_, BM = Base::kOwnRows, BN = BN_, kStages = STAGES_;
+  static constexpr int kOwnElems = Base::kOwnElems, kWalkElems = Base::kWalkElems;
   // dQ (64 x HD fp32 per warpgroup: HD / 2 registers per thread), S and dP (BN / 2 each) and
   // dS: about 180 at head dim 128, within the forward's split.
   static constexpr int kProducerRegs = 72;
   static constexpr int kConsumerRegs = 216;
-  static_assert(HD == 32 || HD == 64 || HD == 128, "the sm90 dQ kernel takes padded head dims 32, 64, 128");
-
-  using Atom = std::conditional_t<(PW == 64), decltype(cute::GMMA::Layout_K_SW128_Atom<Element>{}),
-                                  decltype(cute::GMMA::Layout_K_SW64_Atom<Element>{})>;
-  // Own Q and dO: (BM, HD), K-major (the A operands of S = Q K^T and dP = dO V^T).
-  using SmemOwn = decltype(cute::tile_to_shape(Atom{}, cute::Shape<cute::Int<BM>, cute::Int<HD>>{}));
-  // Walked K and V stages: (BN, HD, stages), K-major (the B operands of S and dP) ...
-  using SmemWalk =
-      decltype(cute::tile_to_shape(Atom{}, cute::Shape<cute::Int<BN>, cute::Int<HD>, cute::Int<kStages>>{}));
-  // ... and K as (HD, BN, stages), keys contiguous per column panel: the B operand of dQ += dS K.
-  using SmemWalkT = decltype(cute::composition(
-      SmemWalk{}, cute::make_ordered_layout(cute::make_shape(cute::Int<HD>{}, cute::Int<BN>{}, cute::Int<kStages>{}),
-                                            cute::Step<cute::_2, cute::_1, cute::_3>{})));
-  using MmaS = decltype(cute::make_tiled_mma(
-      cute::SM90::GMMA::ss_op_selector<Element, Element, float, cute::Shape<cute::_64, cute::Int<BN>, cute::Int<HD>>>(),
-      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
-  using MmaQ = decltype(cute::make_tiled_mma(
-      cute::SM90::GMMA::rs_op_selector<Element, Element, float, cute::Shape<cute::_64, cute::Int<HD>, cute::Int<BN>>,
-                                       cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
-      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
-
-  static constexpr int kOwnRows = BM, kWalkRows = BN, kOwnElems = BM * HD, kWalkElems = BN * HD;
 
   struct SharedStorage {
     alignas(1024) Element own_a[kOwnElems];              // Q

@@ -75,12 +75,12 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   const int wg = ctid / 128, lane = ctid % 32;
   const int row0 = wg * 64 + ((ctid % 128) / 32) * 16;  // this warp's first key row
 
-  Tensor sK = make_tensor(make_smem_ptr(ss.own_a), typename Tr::SmemKV{});
-  Tensor sV = make_tensor(make_smem_ptr(ss.own_b), typename Tr::SmemKV{});
-  Tensor sQ = make_tensor(make_smem_ptr(ss.walk_a), typename Tr::SmemQ{});
-  Tensor sDo = make_tensor(make_smem_ptr(ss.walk_b), typename Tr::SmemQ{});
-  Tensor sQt = make_tensor(make_smem_ptr(ss.walk_a), typename Tr::SmemQt{});
-  Tensor sDot = make_tensor(make_smem_ptr(ss.walk_b), typename Tr::SmemQt{});
+  Tensor sK = make_tensor(make_smem_ptr(ss.own_a), typename Tr::SmemOwn{});
+  Tensor sV = make_tensor(make_smem_ptr(ss.own_b), typename Tr::SmemOwn{});
+  Tensor sQ = make_tensor(make_smem_ptr(ss.walk_a), typename Tr::SmemWalk{});
+  Tensor sDo = make_tensor(make_smem_ptr(ss.walk_b), typename Tr::SmemWalk{});
+  Tensor sQt = make_tensor(make_smem_ptr(ss.walk_a), typename Tr::SmemWalkT{});
+  Tensor sDot = make_tensor(make_smem_ptr(ss.walk_b), typename Tr::SmemWalkT{});
   typename Tr::MmaS mma_s;
   typename Tr::MmaG mma_g;
   auto thr_s = mma_s.get_thread_slice(ctid);
@@ -109,7 +109,7 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   TxBarrier::wait(&ss.own_full, 0);
   // The scale is folded into exp2: a non-positive scale is applied to K exactly (dK takes the
   // signed scale at the store, as the derivative of S in the true K).
-  const float c = fold_scale_sign<Tr::kKVElems, 256>(ss.own_a, g.scale, ctid);
+  const float c = fold_scale_sign<Tr::kOwnElems, 256>(ss.own_a, g.scale, ctid);
   if (g.scale <= 0.f) {
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
     cutlass::arch::NamedBarrier::sync(256, 1);

@@ -47,7 +47,7 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
   Tensor sV = make_tensor(make_smem_ptr(ss.walk_b), typename Tr::SmemWalk{});
   Tensor sKt = make_tensor(make_smem_ptr(ss.walk_a), typename Tr::SmemWalkT{});
   typename Tr::MmaS mma_s;
-  typename Tr::MmaQ mma_q;
+  typename Tr::MmaG mma_q;
   auto thr_s = mma_s.get_thread_slice(ctid);
   auto thr_q = mma_q.get_thread_slice(ctid);
   Tensor tSrQ = thr_s.partition_fragment_A(sQ);
