@@ -81,6 +81,11 @@ if has ctest-cuda; then
     failures=$(grep -E '^\[  FAILED  \] [^0-9]' "$out/ctest-cuda.log" | sed -e 's/^\[  FAILED  \] //' -e 's/, where.*//' -e 's/ (.*//' |
       sort -u | tr '\n' ' ')
     record "ctest-cuda" "$rc" "$counts${failures:+failed: $failures}log: $out/ctest-cuda.log"
+    # The sm80 rows for consumer GPUs (99 KB of shared memory per block), through the test hook.
+    NATTN_SMEM_LIMIT=101376 "$bin" --gtest_brief=1 --gtest_filter='*CudaConsumerSmem.*' 2>&1 |
+      tee "$out/ctest-cuda-99kb.log" | tail -8
+    rc=${PIPESTATUS[0]}
+    record "ctest-cuda 99 KB" "$rc" "log: $out/ctest-cuda-99kb.log"
   else
     record "ctest-cuda" 1 "$bin is missing (configure $build with NATTN_BUILD_TESTS=ON)"
   fi
