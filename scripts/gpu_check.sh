@@ -113,6 +113,11 @@ if has pytest; then
     (cd tests/python && python3 -m pytest -q --maxfail=30 -p no:cacheprovider . 2>&1) | tee "$out/pytest.log" | tail -15
     rc=$?
     record "pytest" "$rc" "$(tail -1 "$out/pytest.log")"
+    # The sm80 rows for consumer GPUs through the test hook (read once per process: its own run).
+    (cd tests/python && NATTN_SMEM_LIMIT=101376 python3 -m pytest -q -p no:cacheprovider \
+      test_cuda_consumer_smem.py 2>&1) | tee "$out/pytest-99kb.log" | tail -5
+    rc=$?
+    record "pytest 99 KB" "$rc" "$(tail -1 "$out/pytest-99kb.log")"
   else
     record "pytest" 1 "no usable Python package (see above)"
   fi
