@@ -62,7 +62,9 @@ using E = Elem;
 // generic kernels. They keep the two-stage pipeline and shrink the walked tile: d128 forward
 // 128 x 32 (72704 bytes), d256 forward 64 x 16 (70912; 64 x 32 needs 103936), d128 dQ 128 x 16
 // (89856) and dK/dV 128 keys x 16 queries (86784); 8 warps where the tiles allow, since only
-// one such CTA fits an SM (100 KB). Not yet timed on an sm86/sm89 card.
+// one such CTA fits an SM (100 KB). ptxas 13.0 at sm_86 (2026-11-28): 173, 234, 163 and 216
+// registers, no spills (the 64 x 64 d256 forward spills 188 bytes there). Not yet timed on an
+// sm86/sm89 card, nor run on any GPU.
 // generic: exact SIMT kernels for everything no fused row covers (fp32, fp64, head dims past
 // the fused limits); head_dim 0 and kAny mean any.
 inline constexpr KernelConfig kKernelConfigs[] = {
