@@ -81,6 +81,11 @@ if has ctest-cuda; then
     failures=$(grep -E '^\[  FAILED  \] [^0-9]' "$out/ctest-cuda.log" | sed -e 's/^\[  FAILED  \] //' -e 's/, where.*//' -e 's/ (.*//' |
       sort -u | tr '\n' ' ')
     record "ctest-cuda" "$rc" "$counts${failures:+failed: $failures}log: $out/ctest-cuda.log"
+    # The sm80 rows for consumer GPUs (99 KB of shared memory per block), through the test hook.
+    NATTN_SMEM_LIMIT=101376 "$bin" --gtest_brief=1 --gtest_filter='*CudaConsumerSmem.*' 2>&1 |
+      tee "$out/ctest-cuda-99kb.log" | tail -8
+    rc=${PIPESTATUS[0]}
+    record "ctest-cuda 99 KB" "$rc" "log: $out/ctest-cuda-99kb.log"
   else
     record "ctest-cuda" 1 "$bin is missing (configure $build with NATTN_BUILD_TESTS=ON)"
   fi
@@ -108,6 +113,11 @@ if has pytest; then
     (cd tests/python && python3 -m pytest -q --maxfail=30 -p no:cacheprovider . 2>&1) | tee "$out/pytest.log" | tail -15
     rc=$?
     record "pytest" "$rc" "$(tail -1 "$out/pytest.log")"
+    # The sm80 rows for consumer GPUs through the test hook (read once per process: its own run).
+    (cd tests/python && NATTN_SMEM_LIMIT=101376 python3 -m pytest -q -p no:cacheprovider \
+      test_cuda_consumer_smem.py 2>&1) | tee "$out/pytest-99kb.log" | tail -5
+    rc=$?
+    record "pytest 99 KB" "$rc" "$(tail -1 "$out/pytest-99kb.log")"
   else
     record "pytest" 1 "no usable Python package (see above)"
   fi

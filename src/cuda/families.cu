@@ -1,4 +1,6 @@
 // Layer: cuda. The ordered family list, device attributes and forced configuration choices.
+#include <cerrno>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -69,6 +71,44 @@ const std::vector<const KernelFamily*>& kernel_families() {
   return list;
 }
 
+namespace {
+
+// NATTN_SMEM_LIMIT, parsed once: bytes (0 = unset) or the error.
+struct SmemLimitHook {
+  size_t bytes = 0;
+  std::string error;
+};
+
+const SmemLimitHook& smem_limit_hook() {
+  static const SmemLimitHook hook = [] {
+    SmemLimitHook h;
+    const char* e = std::getenv("NATTN_SMEM_LIMIT");
+    if (e == nullptr || *e == '\0') return h;
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long v = std::strtoull(e, &end, 10);
+    if (errno != 0 || *end != '\0' || v == 0 || e[0] == '-')
+      h.error = std::string("NATTN_SMEM_LIMIT = '") + e +
+                "' is invalid: must be a positive number of bytes (a test hook; unset it to use the device's limit)";
+    else
+      h.bytes = size_t(v);
+    return h;
+  }();
+  return hook;
+}
+
+}  // namespace
+
+Status smem_limit_hook_status() {
+  const SmemLimitHook& h = smem_limit_hook();
+  return h.error.empty() ? Status::Ok() : Status::Invalid(h.error);
+}
+
+std::string smem_limit_note() {
+  const size_t b = smem_limit_hook().bytes;
+  return b == 0 ? "" : " (lowered to " + std::to_string(b) + " by NATTN_SMEM_LIMIT)";
+}
+
 const DeviceInfo& device_info(int index) {
   constexpr int kMaxDevices = 64;
   static DeviceInfo info[kMaxDevices];
@@ -83,6 +123,8 @@ const DeviceInfo& device_info(int index) {
     cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, i);
     cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, i);
     d.smem_optin = size_t(optin);
+    const size_t forced = smem_limit_hook().bytes;  // the test hook (family.h)
+    if (forced > 0 && forced < d.smem_optin) d.smem_optin = forced;
   });
   return info[i];
 }

@@ -24,9 +24,17 @@ struct DeviceInfo {
   int index = 0;
   int major = 0, minor = 0;
   int sm_count = 0;
-  size_t smem_optin = 0;  // dynamic shared memory a block may opt into
+  size_t smem_optin = 0;  // dynamic shared memory a block may opt into (NATTN_SMEM_LIMIT may lower it)
 };
 const DeviceInfo& device_info(int index);
+
+// Test hook: NATTN_SMEM_LIMIT=<bytes> (read once per process) makes every device report at most
+// that much opt-in shared memory per block, so that the rows chosen for consumer GPUs (sm86/sm89:
+// 101376 bytes) are planned and run on an H100. A value that is not a positive integer is an
+// error of every CUDA plan, naming the variable.
+Status smem_limit_hook_status();
+// " (lowered by NATTN_SMEM_LIMIT)" while the hook is set, else "": for messages about the limit.
+std::string smem_limit_note();
 
 // One planned kernel launch.
 struct KernelLaunch;
@@ -50,6 +58,7 @@ struct KernelLaunch {
   size_t smem = 0;
   std::array<int, 3> own{1, 1, 1}, walk{1, 1, 1};
   double walked_tiles = 0;
+  std::string note;  // why the row is not the family's first choice ("" when it is): shown in the plan
 };
 
 // What a family sees of a validated call.

@@ -135,6 +135,7 @@ void explain_kernels(CudaPlan* plan) {
 
 Status make_plan(const Problem& p, DType dtype, bool backward, int device, const Options& o,
                  const std::vector<Slot>& slots, CudaPlan* plan) {
+  NATTN_RETURN_IF_ERROR(smem_limit_hook_status());
   const Geometry g = geometry_of(p);
   const Call call{p, g, dtype, backward, device_info(device), o.choice};
   plan->explained.backend = "cuda";
@@ -168,6 +169,8 @@ Status make_plan(const Problem& p, DType dtype, bool backward, int device, const
     std::string what = f->id() == Family::kGeneric
                            ? "exact SIMT kernels: no fused family implements this call (reasons above)"
                            : std::string("fused kernels");
+    for (const KernelLaunch& k : plan->kernels)  // rows chosen for the device's shared memory
+      if (!k.note.empty()) what += "; " + k.note;
     plan->explained.families.push_back({f->name(), true, what});
   }
   if (plan->family == nullptr) return Status::Unsupported("no CUDA kernel family can run this call");

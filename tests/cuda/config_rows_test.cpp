@@ -55,14 +55,23 @@ std::string row_name(const ::testing::TestParamInfo<int>& info) {
 
 bool is_backward(const KernelConfigInfo& r) { return r.role == "backward_dq" || r.role == "backward_dkdv"; }
 
-// The backward pair of a backward row: the dQ and dK/dV rows of the same family, dtype and head dim.
+// The backward pair of a backward row: the dQ and dK/dV rows of the same family, dtype and head
+// dim, and the same position among them (a head dim may have a row per shared-memory size:
+// the first dQ row pairs with the first dK/dV row, the 99 KB ones with each other).
 std::map<std::string, int> forced_rows(const KernelConfigInfo& row) {
   std::map<std::string, int> ids{{row.role, row.id}};
   if (!is_backward(row)) return ids;
   const std::string other = row.role == "backward_dq" ? "backward_dkdv" : "backward_dq";
-  for (const KernelConfigInfo& r : nattn::kernel_configs())
-    if (r.family == row.family && r.role == other && r.dtype == row.dtype && r.head_dim == row.head_dim)
-      ids[other] = r.id;
+  const auto siblings = [&](const std::string& role) {
+    std::vector<int> found;
+    for (const KernelConfigInfo& r : nattn::kernel_configs())
+      if (r.family == row.family && r.role == role && r.dtype == row.dtype && r.head_dim == row.head_dim)
+        found.push_back(r.id);
+    return found;
+  };
+  const std::vector<int> mine = siblings(row.role), theirs = siblings(other);
+  const size_t at = size_t(std::find(mine.begin(), mine.end(), row.id) - mine.begin());
+  if (!theirs.empty()) ids[other] = theirs[std::min(at, theirs.size() - 1)];
   return ids;
 }
 

@@ -54,6 +54,17 @@ using E = Elem;
 // warpgroup (TMA) and two consumer warpgroups of 64 own rows. dK/dV owns 128 keys and walks
 // 64-query boxes (S^T, dP^T as SS-wgmma; dV, dK as RS-wgmma); dQ owns 128 queries and walks
 // 64-key boxes (S, dP as SS-wgmma; dQ as RS-wgmma). Not yet timed.
+// sm80 rows for 99 KB of shared memory (issue 11): sm86/sm89 let a block opt into 101376 bytes,
+// and the rows above at d128 (forward 105984, dQ 139776, dK/dV 104448 bytes) and d256 (forward
+// 169984) need more. Rows of the same family, role, dtype and head dim are listed fastest
+// first; the sm80 family takes the first whose SharedStorage fits the device's opt-in limit, so
+// the H100 (227 KB) keeps the rows above and a consumer GPU gets the ones below instead of the
+// generic kernels. They keep the two-stage pipeline and shrink the walked tile: d128 forward
+// 128 x 32 (72704 bytes), d256 forward 64 x 16 (70912; 64 x 32 needs 103936), d128 dQ 128 x 16
+// (89856) and dK/dV 128 keys x 16 queries (86784); 8 warps where the tiles allow, since only
+// one such CTA fits an SM (100 KB). ptxas 13.0 at sm_86 (2026-11-28): 173, 234, 163 and 216
+// registers, no spills (the 64 x 64 d256 forward spills 188 bytes there). Not yet timed on an
+// sm86/sm89 card, nor run on any GPU.
 // generic: exact SIMT kernels for everything no fused row covers (fp32, fp64, head dims past
 // the fused limits); head_dim 0 and kAny mean any.
 inline constexpr KernelConfig kKernelConfigs[] = {
@@ -104,6 +115,14 @@ inline constexpr KernelConfig kKernelConfigs[] = {
     {44, F::kSm90, R::kBackwardDq, E::kBFloat16, 64, 128, 64, 12, 4},
     {45, F::kSm90, R::kBackwardDq, E::kHalf, 128, 128, 64, 12, 3},
     {46, F::kSm90, R::kBackwardDq, E::kBFloat16, 128, 128, 64, 12, 3},
+    {47, F::kSm80, R::kForward, E::kHalf, 128, 128, 32, 8, 2},  // 99 KB rows (see above)
+    {48, F::kSm80, R::kForward, E::kBFloat16, 128, 128, 32, 8, 2},
+    {49, F::kSm80, R::kForward, E::kHalf, 256, 64, 16, 4, 2},
+    {50, F::kSm80, R::kForward, E::kBFloat16, 256, 64, 16, 4, 2},
+    {51, F::kSm80, R::kBackwardDq, E::kHalf, 128, 128, 16, 8, 2},
+    {52, F::kSm80, R::kBackwardDq, E::kBFloat16, 128, 128, 16, 8, 2},
+    {53, F::kSm80, R::kBackwardDkdv, E::kHalf, 128, 16, 128, 8, 2},
+    {54, F::kSm80, R::kBackwardDkdv, E::kBFloat16, 128, 16, 128, 8, 2},
 };
 }  // namespace config_rows
 using config_rows::kKernelConfigs;
@@ -162,7 +181,23 @@ constexpr int padded_head_dim(Family f, Role r, int head_dim) {
   return best;
 }
 
-// The row of (family, role, element, padded head dim, schedule), or -1.
+// sm86/sm89: the dynamic shared memory a block may opt into (99 KB). The last sm80 row of each
+// role, dtype and head dim must fit it (checked where the rows are compiled, launch_row.cuh).
+inline constexpr int kConsumerSmemOptin = 101376;
+
+// The next row after `id` of the same family, role, element and head dim (a fallback for a
+// device with less shared memory), or -1.
+constexpr int next_sibling(int id) {
+  const KernelConfig& c = kKernelConfigs[id];
+  for (int i = id + 1; i < kNumConfigs; ++i) {
+    const KernelConfig& o = kKernelConfigs[i];
+    if (o.family == c.family && o.role == c.role && o.elem == c.elem && o.head_dim == c.head_dim) return i;
+  }
+  return -1;
+}
+
+// The row of (family, role, element, padded head dim, schedule), or -1: the first (fastest) of
+// its siblings.
 constexpr int find_config(Family f, Role r, Elem e, int padded, bool pingpong = false) {
   for (int i = 0; i < kNumConfigs; ++i) {
     const KernelConfig& c = kKernelConfigs[i];

@@ -46,7 +46,7 @@ class Sm80Family final : public KernelFamily {
         return Status::Unsupported(std::string("the fused ") + role_name(r) + " kernel (config " + std::to_string(id) +
                                    ") needs " + std::to_string(l->smem) +
                                    " bytes of shared memory per block; this device allows " +
-                                   std::to_string(call.device.smem_optin));
+                                   std::to_string(call.device.smem_optin) + smem_limit_note());
     }
     return Status::Ok();
   }
@@ -70,7 +70,7 @@ class Sm80Family final : public KernelFamily {
     for (const Role r : roles(call)) {
       KernelLaunch k;
       k.role = r;
-      NATTN_RETURN_IF_ERROR(config_for(call, r, &k.config_id));
+      NATTN_RETURN_IF_ERROR(config_for(call, r, &k.config_id, &k.note));
       const KernelConfig& c = kKernelConfigs[k.config_id];
       const Launcher* l = sm80::launcher(k.config_id);
       const bool keys_owned = r == Role::kBackwardDkdv;
@@ -116,8 +116,10 @@ class Sm80Family final : public KernelFamily {
     return {Role::kForward};
   }
 
-  // The row for a role: forced by the choice, or the smallest head dim covering max(D, Dv).
-  static Status config_for(const Call& call, Role r, int* id) {
+  // The row for a role: forced by the choice, or the fastest row of the smallest head dim
+  // covering max(D, Dv) whose shared memory fits the device (configs.h lists siblings fastest
+  // first). `why` says why a faster sibling was passed over.
+  static Status config_for(const Call& call, Role r, int* id, std::string* why = nullptr) {
     NATTN_RETURN_IF_ERROR(forced_config(call.choice, Family::kSm80, r, id));
     const Elem e = call.dtype == DType::kBFloat16 ? Elem::kBFloat16 : Elem::kHalf;
     const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
@@ -128,18 +130,35 @@ class Sm80Family final : public KernelFamily {
                                ", which is invalid for this call: it is a " + elem_name(c.elem) + " row of head dim " +
                                std::to_string(c.head_dim) + "; the call is " + dtype_name(call.dtype) +
                                " with max(head_dim, head_dim_v) = " + std::to_string(hd));
-    } else {
-      const int limit = max_head_dim(Family::kSm80, r);
-      if (hd > limit)
-        return Status::Unsupported(std::string("the fused ") + role_name(r) + " kernels take head dims up to " +
-                                   std::to_string(limit) + " (got " + std::to_string(hd) + ")");
-      *id = find_config(Family::kSm80, r, e, padded_head_dim(Family::kSm80, r, int(hd)));
+      return built(*id);
     }
-    if (sm80::launcher(*id) == nullptr)
-      return Status::Unsupported("configuration " + std::to_string(*id) + " (sm80 " + role_name(r) + ", head dim " +
-                                 std::to_string(kKernelConfigs[*id].head_dim) +
-                                 ") is not built into this library (CMake NATTN_HEAD_DIMS)");
+    const int limit = max_head_dim(Family::kSm80, r);
+    if (hd > limit)
+      return Status::Unsupported(std::string("the fused ") + role_name(r) + " kernels take head dims up to " +
+                                 std::to_string(limit) + " (got " + std::to_string(hd) + ")");
+    std::string passed;  // the faster siblings that did not fit
+    for (int i = find_config(Family::kSm80, r, e, padded_head_dim(Family::kSm80, r, int(hd))); i >= 0;
+         i = next_sibling(i)) {
+      *id = i;
+      NATTN_RETURN_IF_ERROR(built(i));
+      const size_t need = sm80::launcher(i)->smem;
+      if (need <= call.device.smem_optin) break;
+      passed += (passed.empty() ? "" : ", ") + std::string("config ") + std::to_string(i) + " needs " +
+                std::to_string(need) + " bytes";
+    }
+    // (A last row that does not fit either is refused by can_implement with its size.)
+    if (why != nullptr && !passed.empty())
+      *why = std::string(role_name(r)) + " runs config " + std::to_string(*id) + ", a smaller-tile row, because " +
+             passed + " of shared memory per block and this device allows " + std::to_string(call.device.smem_optin) +
+             smem_limit_note();
     return Status::Ok();
+  }
+
+  static Status built(int id) {
+    if (sm80::launcher(id) != nullptr) return Status::Ok();
+    return Status::Unsupported("configuration " + std::to_string(id) + " (sm80 " + role_name(kKernelConfigs[id].role) +
+                               ", head dim " + std::to_string(kKernelConfigs[id].head_dim) +
+                               ") is not built into this library (CMake NATTN_HEAD_DIMS)");
   }
 };
 

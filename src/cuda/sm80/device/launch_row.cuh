@@ -45,6 +45,9 @@ struct Row {
       return sizeof(typename Backward::DkdvStorage);
   }
   static constexpr int kThreads = c.warps * 32;
+  // Every role, dtype and head dim has a row that runs on sm86/sm89 (configs.h): the last one.
+  static_assert(next_sibling(kId) >= 0 || smem() <= size_t(kConsumerSmemOptin),
+                "the last sm80 row of a role, dtype and head dim must fit 99 KB of shared memory");
 
   static Status prepare() {
     return check(cudaFuncSetAttribute(kernel(), cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem())),

@@ -276,7 +276,7 @@ class Sm90Family final : public KernelFamily {
         return Status::Unsupported(std::string("the sm90 ") + role_name(r) + " kernel (config " + std::to_string(id) +
                                    ") needs " + std::to_string(l->smem) +
                                    " bytes of shared memory; this device allows " +
-                                   std::to_string(call.device.smem_optin));
+                                   std::to_string(call.device.smem_optin) + smem_limit_note());
     }
     return Status::Ok();
   }
