@@ -296,35 +296,9 @@ class Sm90Family final : public KernelFamily {
   Status plan(const Call& call, std::vector<KernelLaunch>* kernels) const override {
     kernels->clear();
     if (call.backward) return plan_backward(call, kernels);
-    const Problem& p = call.problem;
     const Geometry& g = call.g;
     KernelLaunch k;
-    k.role = Role::kForward;
-    NATTN_RETURN_IF_ERROR(config_for(call, Role::kForward, &k.config_id));
-    const KernelConfig& c = kKernelConfigs[k.config_id];
-    const Launcher* l = sm90::launcher(k.config_id);
-    const std::array<int, 3> caps = box_caps(g);
-    TileShapes shapes;
-    if (tiles_forced(call.choice)) {
-      NATTN_RETURN_IF_ERROR(forced_tiles(call.choice, p, c.block_q, c.block_kv, &shapes));
-    } else {
-      shapes = choose_tile_shapes(p, c.block_q, c.block_kv, TileRole::kQueriesOwned, caps);
-      if (shapes.key_tiles < 0)
-        return Status::Unsupported("no box of " + std::to_string(c.block_q) + " queries and " +
-                                   std::to_string(c.block_kv) +
-                                   " keys fits the TMA limit of 256 elements per axis (box x dilation)");
-    }
-    for (int a = 0; a < 3; ++a)
-      if (shapes.q[a] > caps[a] || shapes.k[a] > caps[a])
-        return Status::Invalid("choice.own_tile/walk_tile = " + std::to_string(shapes.q[a]) + "/" +
-                               std::to_string(shapes.k[a]) + " on axis " + std::to_string(a) +
-                               " is invalid for sm90: a TMA box spans at most 256 elements (box x dilation " +
-                               std::to_string(g.dilation[a]) + ")");
-    NATTN_RETURN_IF_ERROR(check_axis3_boxes(g, shapes, tiles_forced(call.choice)));
-    k.own = shapes.q;
-    k.walk = shapes.k;
-    k.walked_tiles = shapes.key_tiles;
-    k.tiling = make_tiling(g, k.own, k.walk);
+    NATTN_RETURN_IF_ERROR(plan_boxes(call, Role::kForward, &k));
     // Work items: own boxes x heads x batch, one CTA each or persistent CTAs (one per SM: the
     // shared memory holds one CTA). walked_tiles counts every dilation group's boxes.
     const int64_t items = k.tiling.neighborhood_ctas * g.heads_q * g.batch;
@@ -333,9 +307,6 @@ class Sm90Family final : public KernelFamily {
     const int64_t sms = call.device.sm_count > 0 ? call.device.sm_count : 1;
     const bool persistent = persistent_pays(k.walked_tiles / double(k.tiling.neighborhood_ctas));
     k.grid[0] = unsigned(persistent && items > sms ? sms : items);
-    k.threads = l->threads;
-    k.smem = l->smem;
-    NATTN_RETURN_IF_ERROR(l->prepare());
     kernels->push_back(k);
     return Status::Ok();
   }
@@ -405,50 +376,58 @@ class Sm90Family final : public KernelFamily {
   }
 
  private:
+  // A kernel of role r: its row, its boxes (forced for the forward and dQ, else chosen for the
+  // fewest walked tiles within the TMA caps), tiling, threads and shared memory; the caller
+  // sets the grid.
+  static Status plan_boxes(const Call& call, Role r, KernelLaunch* k) {
+    const Geometry& g = call.g;
+    const bool keys_owned = r == Role::kBackwardDkdv;
+    const bool forced = !keys_owned && tiles_forced(call.choice);
+    k->role = r;
+    NATTN_RETURN_IF_ERROR(config_for(call, r, &k->config_id));
+    const KernelConfig& c = kKernelConfigs[k->config_id];
+    const Launcher* l = sm90::launcher(k->config_id);
+    const std::array<int, 3> caps = box_caps(g);
+    TileShapes shapes;
+    if (forced) {
+      NATTN_RETURN_IF_ERROR(forced_tiles(call.choice, call.problem, c.block_q, c.block_kv, &shapes));
+    } else {
+      shapes = choose_tile_shapes(call.problem, c.block_q, c.block_kv,
+                                  keys_owned ? TileRole::kKeysOwned : TileRole::kQueriesOwned, caps);
+      if (shapes.key_tiles < 0)
+        return Status::Unsupported("no box of " + std::to_string(c.block_q) + " queries and " +
+                                   std::to_string(c.block_kv) +
+                                   " keys fits the TMA limit of 256 elements per axis (box x dilation)");
+    }
+    for (int a = 0; a < 3; ++a)
+      if (shapes.q[a] > caps[a] || shapes.k[a] > caps[a])
+        return Status::Invalid("choice.own_tile/walk_tile = " + std::to_string(shapes.q[a]) + "/" +
+                               std::to_string(shapes.k[a]) + " on axis " + std::to_string(a) +
+                               " is invalid for sm90: a TMA box spans at most 256 elements (box x dilation " +
+                               std::to_string(g.dilation[a]) + ")");
+    NATTN_RETURN_IF_ERROR(check_axis3_boxes(g, shapes, forced));
+    k->own = keys_owned ? shapes.k : shapes.q;
+    k->walk = keys_owned ? shapes.q : shapes.k;
+    k->walked_tiles = shapes.key_tiles;
+    k->tiling = make_tiling(g, k->own, k->walk, keys_owned);
+    k->threads = l->threads;
+    k->smem = l->smem;
+    return l->prepare();
+  }
+
   // dQ owns boxes of 128 queries and walks boxes of 64 keys; dK/dV owns boxes of 128 keys and
-  // walks boxes of 64 queries (TMA caps per axis as the forward).
+  // walks boxes of 64 queries. One CTA per own box, kv head (dK/dV) or head (dQ), and batch.
   static Status plan_backward(const Call& call, std::vector<KernelLaunch>* kernels) {
-    const Problem& p = call.problem;
     const Geometry& g = call.g;
     for (const Role r : {Role::kBackwardDq, Role::kBackwardDkdv}) {
-      const bool keys_owned = r == Role::kBackwardDkdv;
       KernelLaunch k;
-      k.role = r;
-      NATTN_RETURN_IF_ERROR(config_for(call, r, &k.config_id));
-      const KernelConfig& c = kKernelConfigs[k.config_id];
-      const Launcher* l = sm90::launcher(k.config_id);
-      TileShapes shapes;
-      if (!keys_owned && tiles_forced(call.choice)) {
-        NATTN_RETURN_IF_ERROR(forced_tiles(call.choice, p, c.block_q, c.block_kv, &shapes));
-      } else {
-        shapes = choose_tile_shapes(p, c.block_q, c.block_kv,
-                                    keys_owned ? TileRole::kKeysOwned : TileRole::kQueriesOwned, box_caps(g));
-        if (shapes.key_tiles < 0)
-          return Status::Unsupported("no box of " + std::to_string(c.block_q) + " queries and " +
-                                     std::to_string(c.block_kv) +
-                                     " keys fits the TMA limit of 256 elements per axis (box x dilation)");
-      }
-      const std::array<int, 3> caps = box_caps(g);
-      for (int a = 0; a < 3; ++a)
-        if (shapes.q[a] > caps[a] || shapes.k[a] > caps[a])
-          return Status::Invalid("choice.own_tile/walk_tile = " + std::to_string(shapes.q[a]) + "/" +
-                                 std::to_string(shapes.k[a]) + " on axis " + std::to_string(a) +
-                                 " is invalid for sm90: a TMA box spans at most 256 elements (box x dilation " +
-                                 std::to_string(g.dilation[a]) + ")");
-      NATTN_RETURN_IF_ERROR(check_axis3_boxes(g, shapes, !keys_owned && tiles_forced(call.choice)));
-      k.own = keys_owned ? shapes.k : shapes.q;
-      k.walk = keys_owned ? shapes.q : shapes.k;
-      k.walked_tiles = shapes.key_tiles;
-      k.tiling = make_tiling(g, k.own, k.walk, keys_owned);
+      NATTN_RETURN_IF_ERROR(plan_boxes(call, r, &k));
       if (k.tiling.neighborhood_ctas > INT32_MAX)
         return Status::Unsupported("too many boxes for one launch (" + std::to_string(k.tiling.neighborhood_ctas) +
                                    ")");
       k.grid[0] = unsigned(k.tiling.neighborhood_ctas);
-      k.grid[1] = unsigned(keys_owned ? g.heads_kv : g.heads_q);
+      k.grid[1] = unsigned(r == Role::kBackwardDkdv ? g.heads_kv : g.heads_q);
       k.grid[2] = unsigned(g.batch);
-      k.threads = l->threads;
-      k.smem = l->smem;
-      NATTN_RETURN_IF_ERROR(l->prepare());
       kernels->push_back(k);
     }
     return Status::Ok();

@@ -1,9 +1,8 @@
 // Layer: cuda/sm90 kernel. The producer of the sm90 backward kernels (dK/dV, dQ): thread 0 of
 // the producer warpgroup loads the CTA's two own boxes once and, per walk step, the two walked
 // boxes of the step's head into a ring of stages guarded by mbarriers, closed by an invalid step
-// (the end marker passes the stage's full barrier without data). Traits name the shapes
-// (kOwnRows, kWalkRows, kOwnElems, kWalkElems, kPanels, PW, kStages) and the SharedStorage
-// fields (own_a, own_b, walk_a, walk_b, own_full, full, empty, steps, walk).
+// (the end marker passes the stage's full barrier without data). It fills the traits'
+// BackwardShapes::Pipeline part of their SharedStorage (kernel/backward_traits.cuh).
 #pragma once
 #include <cutlass/arch/barrier.h>
 

@@ -60,6 +60,21 @@ struct BackwardShapes {
                                        cute::Shape<cute::_64, cute::Int<HD>, cute::Int<kWalkRows>>,
                                        cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
       cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+
+  // What the producer (kernel/backward_producer.cuh) fills: the two own boxes, loaded once,
+  // and the stages of the two walked tensors, with their barriers, the walk step loaded into
+  // each stage, and the walk itself. Each kernel's SharedStorage adds its own tables.
+  struct Pipeline {
+    alignas(1024) Element own_a[kOwnElems];
+    alignas(1024) Element own_b[kOwnElems];
+    alignas(1024) Element walk_a[kStages * kWalkElems];
+    alignas(1024) Element walk_b[kStages * kWalkElems];
+    alignas(8) uint64_t own_full;  // both own boxes landed
+    uint64_t full[kStages];        // stage s's walked boxes landed (and steps[s] is set)
+    uint64_t empty[kStages];       // every consumer thread is done with stage s
+    Step steps[kStages];
+    TileWalk walk;
+  };
 };
 
 // dK/dV: own K and V (S^T = K Q^T, dP^T = V dO^T), walked Q and dO (dV += P^T dO, dK += dS^T Q).
@@ -83,17 +98,9 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
     int2 win[3][BQ];
   };
 
-  struct SharedStorage {
-    alignas(1024) Element own_a[kOwnElems];              // K
-    alignas(1024) Element own_b[kOwnElems];              // V
-    alignas(1024) Element walk_a[kStages * kWalkElems];  // Q
-    alignas(1024) Element walk_b[kStages * kWalkElems];  // dO
-    alignas(8) uint64_t own_full;                        // the own K and V boxes landed
-    uint64_t full[kStages];                              // stage s's Q and dO landed (and steps[s] is set)
-    uint64_t empty[kStages];                             // every consumer thread is done with stage s
-    Step steps[kStages];                                 // the walk step loaded into each stage
+  // own_a/own_b: K and V; walk_a/walk_b: Q and dO.
+  struct SharedStorage : Base::Pipeline {
     Columns cols[kConsumers][2];
-    TileWalk walk;
   };
 };
 
@@ -109,17 +116,9 @@ struct DqTraits : BackwardShapes<Element_, HD_, BN_, STAGES_> {
   static constexpr int kProducerRegs = 72;
   static constexpr int kConsumerRegs = 216;
 
-  struct SharedStorage {
-    alignas(1024) Element own_a[kOwnElems];              // Q
-    alignas(1024) Element own_b[kOwnElems];              // dO
-    alignas(1024) Element walk_a[kStages * kWalkElems];  // K
-    alignas(1024) Element walk_b[kStages * kWalkElems];  // V
-    alignas(8) uint64_t own_full;                        // the own Q and dO boxes landed
-    uint64_t full[kStages];                              // stage s's K and V landed (and steps[s] is set)
-    uint64_t empty[kStages];                             // every consumer thread is done with stage s
-    Step steps[kStages];                                 // the walk step loaded into each stage
-    int2 win[3][BM];                                     // each own query's window per axis
-    TileWalk walk;
+  // own_a/own_b: Q and dO; walk_a/walk_b: K and V.
+  struct SharedStorage : Base::Pipeline {
+    int2 win[3][BM];  // each own query's window per axis
   };
 };
 
