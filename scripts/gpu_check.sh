@@ -130,6 +130,27 @@ fi
 # each under a timeout (a hang in a new kernel must not eat the whole call).
 if has sm90-bwd; then
   bin="$build/tests/nattn_cuda_tests"
+  # Smoke first: a few verified single runs (2-D, 1-D, 3-D; d32/64/128; fp16/bf16), 45 s each.
+  # A hang or a wrong result stops the stage here (the suites below would only hang longer).
+  smoke_log="$out/sm90-bwd-smoke.log"; : > "$smoke_log"; smoke_ok=1
+  for args in "--extent 20x24 --kernel 7x9 --dim 128 --heads 2" \
+              "--extent 300 --kernel 33 --dim 64 --dtype fp16" \
+              "--extent 6x10x12 --kernel 3x5x7 --dim 32 --heads 3 --kv-heads 1" \
+              "--extent 33x40 --kernel 9x11 --stride 2x3 --dilation 2x1 --causal 1x0 --dim 128 --batch 2" \
+              "--extent 64x64 --kernel 64 --dim 128 --heads 2"; do
+    echo "== $args" >> "$smoke_log"
+    NATTN_SM90_BACKWARD=1 timeout 45 "./$build/nattn-bench" --backend cuda --dtype bf16 --iters 2 --warmup 1 \
+      --mode bwd $args >> "$smoke_log" 2>&1
+    rc=$?; echo "rc=$rc" >> "$smoke_log"
+    [ "$rc" -eq 0 ] || smoke_ok=0
+    [ "$rc" -eq 124 ] && break
+  done
+  NATTN_SM90_BACKWARD=1 "./$build/nattn-bench" --backend cuda --dtype bf16 --dim 128 --extent 20x24 --kernel 7x9 \
+    --mode bwd --explain >> "$smoke_log" 2>&1
+  tail -40 "$smoke_log"
+  record "sm90-bwd smoke" "$([ "$smoke_ok" = 1 ] && echo 0 || echo 1)" "log: $smoke_log"
+fi
+if has sm90-bwd && [ "$smoke_ok" = 1 ]; then
   NATTN_SM90_BACKWARD=1 timeout 300 "$bin" --gtest_brief=1 --gtest_filter='Rows/*sm90_backward*' 2>&1 |
     tee "$out/sm90-bwd-rows.log" | tail -8
   rc=${PIPESTATUS[0]}
