@@ -11,6 +11,7 @@ fwd_bwd_useful_tflops, cudnn_fwd_bwd_ms, flex_fwd_bwd_ms). The device machine's 
 report a stale `git rev-parse HEAD`: pass --commit from the machine that sent the tree.
 """
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -90,7 +91,17 @@ def attended_pairs(extent, kernel, stride, dilation):
     return pairs
 
 
-def run_anchor(anchor, iters, backward):
+@contextlib.contextmanager
+def deterministic(on):
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def run_anchor(anchor, iters, backward, modes=()):
     name, B, H, extent, kernel, stride, dilation = anchor[:7]
     dim = anchor[7] if len(anchor) > 7 else DIM
     N = math.prod(extent)
@@ -141,13 +152,23 @@ def run_anchor(anchor, iters, backward):
         def fb_flex():
             o = flex(qtg, ktg, vtg, block_mask=block_mask)
             return torch.autograd.grad(o, (qtg, ktg, vtg), dout_t)
-        row["fb_ms"] = bench(fb, reps)
-        row["fb_tflops"] = 3.5 * useful / row["fb_ms"] / 1e9
         row["sdpa_fb_ms"] = bench(fb_sdpa, reps)
         row["flex_fb_ms"] = bench(fb_flex, reps)
-        got, want = fb(), fb_flex()
-        row["grad_err"] = max(((a.flatten(1, -3).transpose(1, 2).float() - b.float()).norm() / b.float().norm()).item()
-                              for a, b in zip(got, want))
+        want = fb_flex()
+        # nattn's backward in each mode: fast (the default) and deterministic (what nattn runs
+        # under torch.use_deterministic_algorithms; only nattn's calls are timed inside it).
+        for mode in modes:
+            with deterministic(mode == "deterministic"):
+                bplan = nattn.explain(q, k, v, kernel_size=kernel, stride=stride, dilation=dilation, backward=True)
+                row[f"{mode}_bwd_family"] = bplan.family
+                row[f"{mode}_bwd_config"] = ",".join(str(kk["config_id"]) for kk in bplan.kernels
+                                                     if kk["config_id"] >= 0)
+                row[f"{mode}_fb_ms"] = bench(fb, reps)
+                got = fb()
+            row[f"{mode}_fb_tflops"] = 3.5 * useful / row[f"{mode}_fb_ms"] / 1e9
+            row[f"{mode}_grad_err"] = max(
+                ((a.flatten(1, -3).transpose(1, 2).float() - b.float()).norm() / b.float().norm()).item()
+                for a, b in zip(got, want))
     return row
 
 
@@ -155,16 +176,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--backward", action="store_true")
+    ap.add_argument("--modes", default="fast,deterministic",
+                    help="backward modes timed with --backward (comma-separated: fast, deterministic)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--out")
     ap.add_argument("--json")
     ap.add_argument("--commit", help="the commit the tree was sent from (the device checkout may be stale)")
     a = ap.parse_args()
+    modes = [m for m in a.modes.split(",") if m] if a.backward else []
     rows = []
     for x in ANCHORS:
         if a.only and x[0] not in a.only:
             continue
-        rows.append(run_anchor(x, a.iters, a.backward))
+        rows.append(run_anchor(x, a.iters, a.backward, modes))
         torch.cuda.empty_cache()  # the anchor's tensors died with run_anchor
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
         if a.out:  # keep what finished even if a later anchor fails
@@ -176,16 +200,20 @@ def main():
     lines = [f"card: {torch.cuda.get_device_name()}  date: {datetime.date.today()}  commit: {commit or 'n/a'}  "
              f"torch {torch.__version__}  command: {command}", "",
              "| anchor | family (config) | tokens | window | stride | dil | nattn ms | useful TFLOP/s | cuDNN SDPA ms | x SDPA | Flex ms | x Flex | FLOP-wise limit | rel err vs Flex |"
-             + (" fwd+bwd ms | fwd+bwd TFLOP/s | SDPA fwd+bwd ms | x SDPA | Flex fwd+bwd ms | x Flex | grad rel err vs Flex |"
-                if a.backward else ""),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|---|---|---|---|" if a.backward else "")]
+             + "".join(f" {m} bwd (config) | {m} fwd+bwd ms | TFLOP/s | x SDPA | x Flex | grad err |" for m in modes)
+             + (" SDPA fwd+bwd ms | Flex fwd+bwd ms |" if modes else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|---|---|---|---|---|" * len(modes)
+             + ("---|---|" if modes else "")]
     for r in rows:
         line = (f"| {r['name']} | {r['family']} ({r['config']}) | {r['tokens']} | {r['window']} | {r['stride']} | {r['dilation']} | {r['nattn_ms']:.3f} | "
                 f"{r['tflops']:.1f} | {r['sdpa_ms']:.3f} | {r['sdpa_ms'] / r['nattn_ms']:.2f} | {r['flex_ms']:.3f} | "
                 f"{r['flex_ms'] / r['nattn_ms']:.2f} | {r['limit']:.2f} | {r['err']:.2e} |")
-        if a.backward:
-            line += (f" {r['fb_ms']:.3f} | {r['fb_tflops']:.1f} | {r['sdpa_fb_ms']:.3f} | {r['sdpa_fb_ms'] / r['fb_ms']:.2f} |"
-                     f" {r['flex_fb_ms']:.3f} | {r['flex_fb_ms'] / r['fb_ms']:.2f} | {r['grad_err']:.2e} |")
+        for m in modes:
+            line += (f" {r[m + '_bwd_family']} ({r[m + '_bwd_config']}) | {r[m + '_fb_ms']:.3f} | {r[m + '_fb_tflops']:.1f} |"
+                     f" {r['sdpa_fb_ms'] / r[m + '_fb_ms']:.2f} | {r['flex_fb_ms'] / r[m + '_fb_ms']:.2f} |"
+                     f" {r[m + '_grad_err']:.2e} |")
+        if modes:
+            line += f" {r['sdpa_fb_ms']:.3f} | {r['flex_fb_ms']:.3f} |"
         lines.append(line)
     text = "\n".join(lines)
     print(text)
@@ -199,11 +227,14 @@ def main():
                  "window": r["window"], "stride": r["stride"], "dilation": r["dilation"], "fwd_ms": r["nattn_ms"],
                  "fwd_useful_tflops": r["tflops"], "cudnn_fwd_ms": r["sdpa_ms"], "flex_fwd_ms": r["flex_ms"],
                  "flopwise_limit": r["limit"], "rel_err_vs_flex": r["err"]}
-            if a.backward:
-                j.update({"mode": "deterministic", "fwd_bwd_ms": r["fb_ms"], "fwd_bwd_useful_tflops": r["fb_tflops"],
-                          "cudnn_fwd_bwd_ms": r["sdpa_fb_ms"], "flex_fwd_bwd_ms": r["flex_fb_ms"],
-                          "grad_rel_err_vs_flex": r["grad_err"]})
-            out_rows.append(j)
+            for m in modes:  # one row per backward mode
+                jm = dict(j, mode=m, bwd_family=r[m + "_bwd_family"], bwd_config=r[m + "_bwd_config"],
+                          fwd_bwd_ms=r[m + "_fb_ms"], fwd_bwd_useful_tflops=r[m + "_fb_tflops"],
+                          cudnn_fwd_bwd_ms=r["sdpa_fb_ms"], flex_fwd_bwd_ms=r["flex_fb_ms"],
+                          grad_rel_err_vs_flex=r[m + "_grad_err"])
+                out_rows.append(jm)
+            if not modes:
+                out_rows.append(j)
         with open(a.json, "w") as f:
             json.dump({"card": torch.cuda.get_device_name(), "date": str(datetime.date.today()), "commit": commit,
                        "torch": torch.__version__, "command": command, "rows": out_rows}, f, indent=1)
