@@ -28,6 +28,7 @@ struct Args {
   nattn::BackendKind backend = nattn::BackendKind::kAuto;
   std::string mode = "fwd";  // fwd, bwd (forward + backward timed separately), both
   bool verify = true;
+  bool deterministic = false;
   bool explain = false;  // print the plans as JSON, run nothing
   nattn::KernelChoice choice;
   int warmup = 1, iters = 3;
@@ -46,12 +47,14 @@ const char* kUsage =
     "  --backend auto|reference|cuda                                   default auto\n"
     "  --mode fwd|bwd     bwd times forward and backward               default fwd\n"
     "  --no-verify        skip the float64 reference check\n"
+    "  --deterministic    the deterministic backward (bitwise reproducible; the default is the fast one)\n"
     "  --warmup N --iters N\n"
     "  --explain          print the plan as JSON ({\"forward\": plan} or, with --mode bwd,\n"
     "                     {\"forward\": plan, \"backward\": plan}) and exit without running\n"
     "  --family NAME      force a kernel family (sm90, sm80, generic, reference)\n"
     "  --config ID[,ID]   force configuration rows (ids of the kernel configuration table,\n"
-    "                     at most one per kernel role: forward; backward_dq, backward_dkdv)\n"
+    "                     at most one per kernel role: forward; backward_dq, backward_dkdv;\n"
+    "                     backward_dkdv_dq, the fast backward's one kernel)\n"
     "  --tile AxB..:AxB.. force the forward/dQ own (query) box and walked (key) box per axis\n"
     "                     (powers of two whose products are the configuration's blocks)\n";
 
@@ -198,6 +201,8 @@ Args parse(int argc, char** argv) {
       if (a.mode != "fwd" && a.mode != "bwd") usage_error("--mode = '" + a.mode + "' must be fwd or bwd");
     } else if (f == "--no-verify")
       a.verify = false;
+    else if (f == "--deterministic")
+      a.deterministic = true;
     else if (f == "--explain")
       a.explain = true;
     else if (f == "--family") {
@@ -286,6 +291,7 @@ int main(int argc, char** argv) {
   opt.backend = a.backend;
   opt.stream = buf.stream();
   opt.choice = a.choice;
+  opt.deterministic = a.deterministic;
 
   nattn::Plan fwd_plan, bwd_plan;
   check(nattn::explain_forward(a.p, buf.forward_tensors(), opt, &fwd_plan), "explain forward");

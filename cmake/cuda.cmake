@@ -44,6 +44,7 @@ nattn_cuda_objects(nattn_cuda "${NATTN_CUDA_ARCHS}"
   src/cuda/families.cu
   src/cuda/planner.cu
   src/cuda/common/delta.cu
+  src/cuda/common/dq_convert.cu
   src/cuda/common/layout_copy.cu
   src/cuda/common/merge.cu
   src/cuda/generic/backward.cu

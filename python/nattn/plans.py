@@ -82,7 +82,7 @@ class KernelConfig:
     """A row of the kernel configuration table (the one source of the fused kernels' variants)."""
     id: int
     family: str     # "sm80", ...
-    role: str       # "forward", "backward_dq", "backward_dkdv"
+    role: str       # "forward", "backward_dq", "backward_dkdv", "backward_dkdv_dq"
     dtype: str      # "float16", "bfloat16"; "any" (generic)
     head_dim: int   # padded head dim the row is instantiated for; 0 = any (generic)
     block_q: int    # query rows per tile

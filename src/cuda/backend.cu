@@ -7,6 +7,7 @@
 #include "cuda/backend.h"
 #include "cuda/check.h"
 #include "cuda/common/delta.h"
+#include "cuda/common/dq_convert.h"
 #include "cuda/common/layout_copy.h"
 #include "cuda/common/merge.h"
 #include "cuda/common/params.h"
@@ -263,6 +264,10 @@ class CudaBackend final : public Backend {
     bp.sdva = additional_strides(v[13]);
     bp.delta = reinterpret_cast<float*>(ws.at(plan->delta_offset));
     bp.sdelta = contiguous_lse_strides(p);
+    if (plan->scratch > 0) {  // the fast backward's dQ partial sums (the family zeroes them)
+      bp.dq_accum = reinterpret_cast<float*>(ws.at(plan->scratch_offset));
+      bp.sdq_accum = cuda::dq_accum_strides(bp.g);
+    }
     NATTN_RETURN_IF_ERROR(cuda::run_delta(bp, t.q.dtype, s));
     NATTN_RETURN_IF_ERROR(plan->family->backward(plan->kernels, bp, t.q.dtype, s));
     return copy_outputs(*plan, slots, ws, s);

@@ -59,6 +59,9 @@ struct KernelLaunch {
   std::array<int, 3> own{1, 1, 1}, walk{1, 1, 1};
   double walked_tiles = 0;
   std::string note;  // why the row is not the family's first choice ("" when it is): shown in the plan
+  // Bytes of float32 scratch the launch shares with the plan's other launches (the fast
+  // backward's dQ partial sums, BackwardParams::dq_accum); the planner places it in the workspace.
+  size_t scratch = 0;
 };
 
 // What a family sees of a validated call.
@@ -69,6 +72,7 @@ struct Call {
   bool backward;
   const DeviceInfo& device;
   const KernelChoice& choice;
+  bool deterministic = false;  // backward: bitwise reproducible (Options::deterministic)
 };
 
 class KernelFamily {

@@ -1,4 +1,5 @@
 // Layer: cuda. See planner.h.
+#include <algorithm>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -137,7 +138,7 @@ Status make_plan(const Problem& p, DType dtype, bool backward, int device, const
                  const std::vector<Slot>& slots, CudaPlan* plan) {
   NATTN_RETURN_IF_ERROR(smem_limit_hook_status());
   const Geometry g = geometry_of(p);
-  const Call call{p, g, dtype, backward, device_info(device), o.choice};
+  const Call call{p, g, dtype, backward, device_info(device), o.choice, o.deterministic};
   plan->explained.backend = "cuda";
   const std::string& forced = o.choice.family;
   for (const KernelFamily* f : kernel_families()) {
@@ -195,6 +196,11 @@ Status make_plan(const Problem& p, DType dtype, bool backward, int device, const
     PlannedKernel delta;
     delta.role = "delta";
     plan->explained.kernels.push_back(delta);
+  }
+  for (const KernelLaunch& k : plan->kernels) plan->scratch = std::max(plan->scratch, k.scratch);
+  if (plan->scratch > 0) {
+    plan->scratch_offset = ws;
+    ws += aligned(plan->scratch);
   }
   plan->workspace = ws;
   plan->explained.workspace_bytes = int64_t(ws);

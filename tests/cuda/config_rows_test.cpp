@@ -53,14 +53,18 @@ std::string row_name(const ::testing::TestParamInfo<int>& info) {
          (r.head_dim > 0 ? std::to_string(r.head_dim) : std::string("any"));
 }
 
-bool is_backward(const KernelConfigInfo& r) { return r.role == "backward_dq" || r.role == "backward_dkdv"; }
+bool is_backward(const KernelConfigInfo& r) {
+  return r.role == "backward_dq" || r.role == "backward_dkdv" || r.role == "backward_dkdv_dq";
+}
+// The fast backward's one kernel (dK, dV and dQ partial sums), run alone.
+bool is_fast_backward(const KernelConfigInfo& r) { return r.role == "backward_dkdv_dq"; }
 
 // The backward pair of a backward row: the dQ and dK/dV rows of the same family, dtype and head
 // dim, and the same position among them (a head dim may have a row per shared-memory size:
 // the first dQ row pairs with the first dK/dV row, the 99 KB ones with each other).
 std::map<std::string, int> forced_rows(const KernelConfigInfo& row) {
   std::map<std::string, int> ids{{row.role, row.id}};
-  if (!is_backward(row)) return ids;
+  if (!is_backward(row) || is_fast_backward(row)) return ids;
   const std::string other = row.role == "backward_dq" ? "backward_dkdv" : "backward_dq";
   const auto siblings = [&](const std::string& role) {
     std::vector<int> found;
@@ -159,11 +163,12 @@ TEST_P(CudaConfigRow, MatchesReference) {
   const bool backward = is_backward(row);
   if (backward && row.family == "sm90" && !sm90_backward_on())
     GTEST_SKIP() << "NATTN_SM90_BACKWARD=0 switches the sm90 backward off";
-  if (backward) {
+  const bool fast = is_fast_backward(row);
+  if (backward && !fast) {
     ASSERT_EQ(forced.size(), 2u) << "no dQ + dK/dV pair for row " << row.id;
   }
   // The row whose blocks a forced own/walk tile must match: forward, or dQ (dK/dV takes no tile).
-  const KernelConfigInfo tiled = row_of(backward ? forced.at("backward_dq") : row.id);
+  const KernelConfigInfo tiled = row_of(backward && !fast ? forced.at("backward_dq") : row.id);
 
   for (int trial = 0; trial < 5; ++trial) {
     SCOPED_TRACE("trial " + std::to_string(trial));
@@ -174,7 +179,7 @@ TEST_P(CudaConfigRow, MatchesReference) {
     o.choice.family = row.family;
     for (const auto& [role, id] : forced) o.choice.config_ids.push_back(id);
     // Sometimes force the forward/dQ box shapes too (sm80 rows: generic has no tiles).
-    const bool force_tiles = row.family == "sm80" && rng.coin(0.33);
+    const bool force_tiles = row.family == "sm80" && !fast && rng.coin(0.33);
     if (force_tiles) {
       o.choice.own_tile = random_tile(rng, p.rank, tiled.block_q);
       o.choice.walk_tile = random_tile(rng, p.rank, tiled.block_kv);

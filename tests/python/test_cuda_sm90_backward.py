@@ -1,12 +1,17 @@
-"""The sm90 (Hopper) backward (issue 10, the deterministic design: an sm90 dQ kernel and an sm90
-dK/dV kernel) against the float64 CPU reference, forced through nattn.kernel_choice(family="sm90") and
-asserted through nattn.explain(..., backward=True): 200 random configurations (ranks 1-3,
-kernel/stride/dilation/causal per axis, grouped heads, head dims 8-128 in multiples of 8 with
-Dv != D, fp16 and bf16, packed-qkv views and [B, H, X.., D] tensors viewed heads-last), run to
-run bitwise reproducibility (no atomics), and the default plan on Hopper.
+"""The sm90 (Hopper) backward (issue 10) against the float64 CPU reference, in both modes:
+  fast (the default): one kernel computes dK, dV and adds dQ partial sums into a float32
+    workspace (vector atomics), then a pass converts them to dQ (backward_dkdv_dq, dq_convert);
+  deterministic (under torch.use_deterministic_algorithms): an sm90 dQ kernel and an sm90 dK/dV
+    kernel, each gradient row written once (backward_dq, backward_dkdv).
+Forced through nattn.kernel_choice(family="sm90") and asserted through nattn.explain(...,
+backward=True): 200 random configurations per mode (ranks 1-3, kernel/stride/dilation/causal per
+axis, grouped heads, head dims 8-128 in multiples of 8 with Dv != D, fp16 and bf16, packed-qkv
+views and [B, H, X.., D] tensors viewed heads-last), run-to-run bitwise reproducibility of the
+deterministic mode, and the default plan on Hopper.
 
-First run on an H100 on 2026-11-28 (202 passed). NATTN_SM90_BACKWARD=0 (a developer switch for
-A/B timing) hands the backward to sm80; these tests skip then, with that reason."""
+First run on an H100 on 2026-11-28 (the deterministic mode: 202 passed). NATTN_SM90_BACKWARD=0
+(a developer switch for A/B timing) hands the backward to sm80; these tests skip then."""
+import contextlib
 import os
 import random
 
@@ -50,24 +55,42 @@ def _run(fn, q, k, v, kw, dout):
     return out, q.grad, k.grad, v.grad
 
 
+MODES = {"fast": ("backward_dkdv_dq", "dq_convert"), "deterministic": ("backward_dq", "backward_dkdv")}
+
+
+@contextlib.contextmanager
+def _mode(mode):
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(mode == "deterministic")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("seed", range(200))
-def test_sm90_random_backward(seed):
+def test_sm90_random_backward(seed, mode):
     rng = random.Random(seed * 7919 + 11)
     c = _backward_config(rng)
     gen = torch.Generator(device="cuda").manual_seed(seed)
     q, k, v = _tensors(c, gen)
     kw = dict(kernel_size=tuple(c["kernel"]), stride=tuple(c["stride"]), dilation=tuple(c["dilation"]),
               is_causal=tuple(c["causal"]))
-    what = f"seed {seed}: {c}"
-    plan = nattn.explain(q, k, v, backward=True, family="sm90", **kw)
+    what = f"seed {seed}, {mode}: {c}"
+    with _mode(mode):
+        plan = nattn.explain(q, k, v, backward=True, family="sm90", **kw)
     assert plan.family == "sm90", f"{what}: {plan}"
     sm90_ids = [r.id for r in _sm90_rows()]
-    for role in ("backward_dq", "backward_dkdv"):
-        kernels = plan.kernels_of(role)
-        assert len(kernels) == 1 and kernels[0]["config_id"] in sm90_ids, f"{what}: {plan}"
+    row_role, other = MODES[mode]
+    kernels = plan.kernels_of(row_role)
+    assert len(kernels) == 1 and kernels[0]["config_id"] in sm90_ids, f"{what}: {plan}"
+    assert len(plan.kernels_of(other)) == 1, f"{what}: {plan}"
+    unexpected = {kk["role"] for kk in plan.kernels} - {"delta", *MODES[mode]}
+    assert not unexpected, f"{what}: {plan}"
     fn = FNS[c["rank"]]
     dout = torch.randn(*q.shape[:-1], v.shape[-1], device="cuda", dtype=q.dtype, generator=gen)
-    with nattn.kernel_choice(family="sm90"):
+    with nattn.kernel_choice(family="sm90"), _mode(mode):
         out, dq, dk, dv = _run(fn, q, k, v, kw, dout)
     ref = _run(lambda *a, **k2: fn(*a, backend="reference", **k2),
                *(x.detach().double().cpu() for x in (q, k, v)), kw, dout.double().cpu())
@@ -81,7 +104,8 @@ def test_sm90_backward_is_bitwise_reproducible():
     q, k, v = (torch.randn(2, 40, 52, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
     dout = torch.randn_like(q)
     kw = dict(kernel_size=(13, 11), stride=(1, 2), is_causal=(False, True))
-    with nattn.kernel_choice(family="sm90"):
+    with nattn.kernel_choice(family="sm90"), _mode("deterministic"):
+        assert nattn.explain(q, k, v, backward=True, **kw).kernels_of("backward_dq")
         first = _run(nattn.na2d, q, k, v, kw, dout)
         second = _run(nattn.na2d, q, k, v, kw, dout)
     for a, b in zip(first, second):
@@ -92,5 +116,18 @@ def test_sm90_backward_is_the_default_on_hopper():
     q = torch.randn(1, 32, 32, 2, 64, device="cuda", dtype=torch.float16)
     plan = nattn.explain(q, q, q, kernel_size=7, backward=True)
     assert plan.family == "sm90", str(plan)
-    assert [kern["role"] for kern in plan.kernels if kern["role"].startswith("backward")] == \
+    assert [kern["role"] for kern in plan.kernels if kern["role"] != "delta"] == \
+        ["backward_dkdv_dq", "dq_convert"], str(plan)
+    with _mode("deterministic"):
+        plan = nattn.explain(q, q, q, kernel_size=7, backward=True)
+    assert [kern["role"] for kern in plan.kernels if kern["role"] != "delta"] == \
         ["backward_dq", "backward_dkdv"], str(plan)
+
+
+def test_sm90_fast_row_is_refused_when_deterministic():
+    """A forced fast-mode row under torch.use_deterministic_algorithms is an error naming the row."""
+    q = torch.randn(1, 16, 16, 2, 64, device="cuda", dtype=torch.float16)
+    fast = [r.id for r in _sm90_rows() if r.role == "backward_dkdv_dq" and r.dtype == "float16" and r.head_dim == 64]
+    assert fast
+    with _mode("deterministic"), pytest.raises(ValueError, match=f"{fast[0]}.*deterministic"):
+        nattn.explain(q, q, q, kernel_size=5, backward=True, config=fast[0])

@@ -67,7 +67,7 @@ def test_kernel_configs_rows():
         assert rows == []  # a CPU-only build has no fused kernels
     for r in rows:
         assert isinstance(r, nattn.KernelConfig)
-        assert r.role in ("forward", "backward_dq", "backward_dkdv")
+        assert r.role in ("forward", "backward_dq", "backward_dkdv", "backward_dkdv_dq")
         if r.family == "generic":
             assert r.dtype == "any" and r.torch_dtype is None and r.head_dim == 0
         else:

@@ -109,9 +109,9 @@ def test_backward_of_sum_copies_the_expanded_gradient(cuda_backend, layout, dtyp
     assert plan.cached, str(plan)  # the backward above ran this plan
     check_plan_is_fused(plan)
     assert copied(plan) == ["dout"], str(plan)  # copied, not sent to the generic kernels
-    for role in ("backward_dq", "backward_dkdv"):
-        (kernel,) = plan.kernels_of(role)
-        assert kernel["config_id"] >= 0
+    # The deterministic pair (sm80, or sm90 under use_deterministic_algorithms) or sm90's fast kernel.
+    rows = sorted(kk["role"] for kk in plan.kernels if kk["config_id"] >= 0)
+    assert rows in (["backward_dkdv", "backward_dq"], ["backward_dkdv_dq"]), str(plan)
     assert plan.workspace_bytes > 0  # the copied dout and the Delta rows
     ref, _ = reference_na(q, k, v, ks)
     want = torch.autograd.grad(ref, (q, k, v), torch.ones_like(ref))

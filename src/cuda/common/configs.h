@@ -13,8 +13,11 @@ namespace nattn::cuda {
 enum class Family : int { kSm90 = 0, kSm80 = 1, kGeneric = 2 };
 inline constexpr int kNumFamilies = 3;
 
-enum class Role : int { kForward = 0, kBackwardDq = 1, kBackwardDkdv = 2 };
-inline constexpr int kNumRoles = 3;
+// kBackwardDkdvDq: the fast backward's one kernel (dK, dV and float32 dQ partials added into a
+// workspace; a convert pass writes dQ), in place of the dQ + dK/dV pair of the deterministic mode.
+// kDqConvert is no row's role: the pass after kBackwardDkdvDq (common/dq_convert.h), listed in plans.
+enum class Role : int { kForward = 0, kBackwardDq = 1, kBackwardDkdv = 2, kBackwardDkdvDq = 3, kDqConvert = 4 };
+inline constexpr int kNumRoles = 4;  // the roles of configuration rows
 
 enum class Elem : int { kHalf = 0, kBFloat16 = 1, kAny = 2 };
 
@@ -50,10 +53,14 @@ using E = Elem;
 // and slower on unmasked d128 walks (dense 560 vs 614, hunyuan-3d-s 583 vs 606).
 // Head dim 32 has ping-pong rows only (the softmax dominates its tiny products); head dim 256
 // walks 64-key tiles (two stages of K and V and one Q buffer fill the shared memory).
-// sm90 backward (issue 10, deterministic two-kernel design; not yet run on a GPU): one producer
-// warpgroup (TMA) and two consumer warpgroups of 64 own rows. dK/dV owns 128 keys and walks
-// 64-query boxes (S^T, dP^T as SS-wgmma; dV, dK as RS-wgmma); dQ owns 128 queries and walks
-// 64-key boxes (S, dP as SS-wgmma; dQ as RS-wgmma). Not yet timed.
+// sm90 backward (issue 10): one producer warpgroup (TMA) and two consumer warpgroups of 64 own
+// rows. Deterministic mode, two kernels: dK/dV owns 128 keys and walks 64-query boxes (S^T, dP^T
+// as SS-wgmma; dV, dK as RS-wgmma); dQ owns 128 queries and walks 64-key boxes (S, dP as
+// SS-wgmma; dQ as RS-wgmma): 7 products per pair. First run 2026-11-28 (H100, fwd+bwd useful
+// TFLOP/s, bench/results/2026-11-28-h100-sm90-backward*.md): 1d-32k 269, flux-2d 287,
+// flux-2d-s16 368, img-2d 125. Fast mode (rows 55-60, the default): the dK/dV kernel also runs
+// dQ = dS K (dS^T through shared memory, one warpgroup per step, alternating) and adds the
+// partials into a float32 workspace with vector atomics: 5 products per pair.
 // sm80 rows for 99 KB of shared memory (issue 11): sm86/sm89 let a block opt into 101376 bytes,
 // and the rows above at d128 (forward 105984, dQ 139776, dK/dV 104448 bytes) and d256 (forward
 // 169984) need more. Rows of the same family, role, dtype and head dim are listed fastest
@@ -123,6 +130,12 @@ inline constexpr KernelConfig kKernelConfigs[] = {
     {52, F::kSm80, R::kBackwardDq, E::kBFloat16, 128, 128, 16, 8, 2},
     {53, F::kSm80, R::kBackwardDkdv, E::kHalf, 128, 16, 128, 8, 2},
     {54, F::kSm80, R::kBackwardDkdv, E::kBFloat16, 128, 16, 128, 8, 2},
+    {55, F::kSm90, R::kBackwardDkdvDq, E::kHalf, 32, 64, 128, 12, 4},  // sm90 fast backward (see above)
+    {56, F::kSm90, R::kBackwardDkdvDq, E::kBFloat16, 32, 64, 128, 12, 4},
+    {57, F::kSm90, R::kBackwardDkdvDq, E::kHalf, 64, 64, 128, 12, 4},
+    {58, F::kSm90, R::kBackwardDkdvDq, E::kBFloat16, 64, 64, 128, 12, 4},
+    {59, F::kSm90, R::kBackwardDkdvDq, E::kHalf, 128, 64, 128, 12, 2},
+    {60, F::kSm90, R::kBackwardDkdvDq, E::kBFloat16, 128, 64, 128, 12, 2},
 };
 }  // namespace config_rows
 using config_rows::kKernelConfigs;
@@ -149,6 +162,8 @@ inline const char* role_name(Role r) {
     case Role::kForward: return "forward";
     case Role::kBackwardDq: return "backward_dq";
     case Role::kBackwardDkdv: return "backward_dkdv";
+    case Role::kBackwardDkdvDq: return "backward_dkdv_dq";
+    case Role::kDqConvert: return "dq_convert";
   }
   return "?";
 }

@@ -68,7 +68,10 @@ struct BackwardParams {
   void* dka = nullptr;
   void* dva = nullptr;
   float* delta = nullptr;  // workspace [B, N, Hq], contiguous
-  Strides sq, sk, sv, ska, sva, so, sdo, slse, sdlse, sdq, sdk, sdv, sdka, sdva;
+  // The fast mode's float32 dQ partial sums ([B, X1..Xr, Hq, D] contiguous, zeroed before the
+  // kernels add into it, already times the scale; null in deterministic mode).
+  float* dq_accum = nullptr;
+  Strides sq, sk, sv, ska, sva, so, sdo, slse, sdlse, sdq, sdk, sdv, sdka, sdva, sdq_accum;
   Strides sdelta;  // delta's strides as a [B, X1..Xr, Hq] tensor (set by the backend)
 };
 

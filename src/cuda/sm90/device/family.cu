@@ -12,6 +12,7 @@
 
 #include "core/tile_shapes.h"
 #include "cuda/check.h"
+#include "cuda/common/dq_convert.h"
 #include "cuda/family.h"
 #include "cuda/sm90/device/dispatch.h"
 #include "cuda/sm90/kernel/backward_traits.cuh"
@@ -218,6 +219,19 @@ bool persistent_pays(double tiles_per_item) {
   return tiles_per_item <= 96.0;
 }
 
+// The backward's kernel roles: the fast mode's one kernel (dK, dV and dQ partials added into a
+// float32 workspace), unless the call is deterministic or a deterministic row is forced; then
+// the dQ and dK/dV kernels, each gradient row written once.
+std::vector<Role> backward_roles(const Call& call) {
+  bool forced_pair = false;
+  for (const int id : call.choice.config_ids)
+    if (id >= 0 && id < kNumConfigs && kKernelConfigs[id].family == Family::kSm90 &&
+        (kKernelConfigs[id].role == Role::kBackwardDq || kKernelConfigs[id].role == Role::kBackwardDkdv))
+      forced_pair = true;
+  if (call.deterministic || forced_pair) return {Role::kBackwardDq, Role::kBackwardDkdv};
+  return {Role::kBackwardDkdvDq};
+}
+
 class Sm90Family final : public KernelFamily {
  public:
   Family id() const override { return Family::kSm90; }
@@ -266,8 +280,13 @@ class Sm90Family final : public KernelFamily {
     }
     if (g.num_additional >= (int64_t(1) << 31))
       return Status::Unsupported("the sm90 forward needs fewer than 2^31 additional keys");
-    for (const Role r : call.backward ? std::vector<Role>{Role::kBackwardDq, Role::kBackwardDkdv}
-                                      : std::vector<Role>{Role::kForward}) {
+    if (call.backward && call.deterministic)
+      for (const int id : call.choice.config_ids)
+        if (id >= 0 && id < kNumConfigs && kKernelConfigs[id].role == Role::kBackwardDkdvDq)
+          return Status::Invalid("choice.config_ids has " + std::to_string(id) +
+                                 ", which is invalid for a deterministic backward: its dQ partial sums are added "
+                                 "with atomics (force a backward_dq and a backward_dkdv row instead)");
+    for (const Role r : call.backward ? backward_roles(call) : std::vector<Role>{Role::kForward}) {
       int id = -1;
       NATTN_RETURN_IF_ERROR(config_for(call, r, &id));
       const Launcher* l = sm90::launcher(id);
@@ -343,11 +362,19 @@ class Sm90Family final : public KernelFamily {
     return sm90::launcher(k.config_id)->launch(k, &args, s);
   }
 
-  // The dQ kernel, then the dK/dV kernel (independent: both read the forward's lse and the Delta
-  // pre-pass; neither reads the other's output).
+  // Deterministic: the dQ kernel, then the dK/dV kernel (independent: both read the forward's
+  // lse and the Delta pre-pass; neither reads the other's output). Fast: the workspace zeroed,
+  // the dK/dV kernel adding dQ partials into it, then the conversion to dQ.
   Status backward(const std::vector<KernelLaunch>& kernels, const BackwardParams& p, DType dtype,
                   cudaStream_t s) const override {
     for (const KernelLaunch& k : kernels) {
+      if (k.role == Role::kDqConvert) {
+        NATTN_RETURN_IF_ERROR(run_dq_convert(p, dtype, s));
+        continue;
+      }
+      if (k.role == Role::kBackwardDkdvDq)  // the partial sums start from zero (capturable)
+        NATTN_RETURN_IF_ERROR(
+            check(cudaMemsetAsync(p.dq_accum, 0, dq_accum_bytes(p.g), s), "sm90: zeroing the dQ workspace"));
       const bool dq = k.role == Role::kBackwardDq;
       sm90::BackwardArgs args;
       args.p = p;
@@ -380,7 +407,7 @@ class Sm90Family final : public KernelFamily {
   // sets the grid.
   static Status plan_boxes(const Call& call, Role r, KernelLaunch* k) {
     const Geometry& g = call.g;
-    const bool keys_owned = r == Role::kBackwardDkdv;
+    const bool keys_owned = r == Role::kBackwardDkdv || r == Role::kBackwardDkdvDq;
     const bool forced = !keys_owned && tiles_forced(call.choice);
     k->role = r;
     NATTN_RETURN_IF_ERROR(config_for(call, r, &k->config_id));
@@ -418,16 +445,22 @@ class Sm90Family final : public KernelFamily {
   // walks boxes of 64 queries. One CTA per own box, kv head (dK/dV) or head (dQ), and batch.
   static Status plan_backward(const Call& call, std::vector<KernelLaunch>* kernels) {
     const Geometry& g = call.g;
-    for (const Role r : {Role::kBackwardDq, Role::kBackwardDkdv}) {
+    for (const Role r : backward_roles(call)) {
       KernelLaunch k;
       NATTN_RETURN_IF_ERROR(plan_boxes(call, r, &k));
       if (k.tiling.neighborhood_ctas > INT32_MAX)
         return Status::Unsupported("too many boxes for one launch (" + std::to_string(k.tiling.neighborhood_ctas) +
                                    ")");
       k.grid[0] = unsigned(k.tiling.neighborhood_ctas);
-      k.grid[1] = unsigned(r == Role::kBackwardDkdv ? g.heads_kv : g.heads_q);
+      k.grid[1] = unsigned(r == Role::kBackwardDq ? g.heads_q : g.heads_kv);
       k.grid[2] = unsigned(g.batch);
+      if (r == Role::kBackwardDkdvDq) k.scratch = dq_accum_bytes(g);
       kernels->push_back(k);
+    }
+    if (kernels->back().role == Role::kBackwardDkdvDq) {  // then dQ from the partial sums
+      KernelLaunch convert;
+      convert.role = Role::kDqConvert;
+      kernels->push_back(convert);
     }
     return Status::Ok();
   }

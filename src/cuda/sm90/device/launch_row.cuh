@@ -38,9 +38,10 @@ struct Row {
 template <int kId>
 struct DkdvRow {
   static constexpr KernelConfig c = kKernelConfigs[kId];
-  static_assert(c.family == Family::kSm90 && c.role == Role::kBackwardDkdv && c.block_kv == 128 && c.warps == 12,
+  static_assert(c.family == Family::kSm90 && (c.role == Role::kBackwardDkdv || c.role == Role::kBackwardDkdvDq) &&
+                    c.block_kv == 128 && c.warps == 12,
                 "sm90 dK/dV rows: 128 own keys in two consumer warpgroups and a producer");
-  using Traits = DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages>;
+  using Traits = DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages, c.role == Role::kBackwardDkdvDq>;
   static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
   static constexpr int kThreads = Traits::kThreads;
 
@@ -99,6 +100,7 @@ template <int HD>
 void register_backward_head_dim(Launcher* table) {
   register_role_rows<Role::kBackwardDq, HD, DqRow>(table, std::make_integer_sequence<int, kNumConfigs>{});
   register_role_rows<Role::kBackwardDkdv, HD, DkdvRow>(table, std::make_integer_sequence<int, kNumConfigs>{});
+  register_role_rows<Role::kBackwardDkdvDq, HD, DkdvRow>(table, std::make_integer_sequence<int, kNumConfigs>{});
 }
 
 }  // namespace nattn::cuda::sm90

@@ -8,6 +8,8 @@
 #pragma once
 #include <cute/tensor.hpp>
 
+#include <type_traits>
+
 #include "cuda/common/params.h"
 #include "cuda/common/tile_walk.h"
 #include "cuda/sm90/kernel/traits.cuh"
@@ -78,11 +80,14 @@ struct BackwardShapes {
 };
 
 // dK/dV: own K and V (S^T = K Q^T, dP^T = V dO^T), walked Q and dO (dV += P^T dO, dK += dS^T Q).
-template <class Element_, int HD_, int BQ_, int STAGES_>
+// kFastDq (the fast mode's kernel): also dQ partials, dQ_box = dS K over the box's 128 keys,
+// added into a float32 workspace (the dQ kernel is not run; a convert pass writes dQ).
+template <class Element_, int HD_, int BQ_, int STAGES_, bool kFastDq_ = false>
 struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   using Base = BackwardShapes<Element_, HD_, BQ_, STAGES_>;
   using Element = Element_;
   static constexpr int HD = HD_, BK = Base::kOwnRows, BQ = BQ_, kStages = STAGES_;
+  static constexpr bool kFastDq = kFastDq_;
   static constexpr int kConsumers = Base::kConsumers, kOwnElems = Base::kOwnElems, kWalkElems = Base::kWalkElems;
   // setmaxnreg split ((168 - P) * 128 >= (C - 168) * 256): dK and dV accumulators (64 x HD fp32
   // each per warpgroup) plus S^T and dP^T (64 x BQ) take 4 * HD / 2 + BQ registers per thread:
@@ -98,8 +103,29 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
     int2 win[3][BQ];
   };
 
+  // Fast mode: dS of a step as the A operand of dQ = dS K (BQ queries x BK keys, queries
+  // contiguous: MN-major), parity-buffered, and the same memory as (keys, queries) for the
+  // consumers' S^T-shaped stores; K as the B operand (HD x BK, MN-major: the own box read
+  // transposed). One warpgroup issues a step's dQ product (M = BQ = 64 rows), alternating by step.
+  using SmemDs = decltype(cute::tile_to_shape(cute::GMMA::Layout_MN_SW128_Atom<Element>{},
+                                              cute::Shape<cute::Int<BQ>, cute::Int<BK>, cute::_2>{}));
+  using SmemDsT = decltype(cute::composition(
+      SmemDs{}, cute::make_ordered_layout(cute::make_shape(cute::Int<BK>{}, cute::Int<BQ>{}, cute::_2{}),
+                                          cute::Step<cute::_2, cute::_1, cute::_3>{})));
+  using SmemOwnT = decltype(cute::composition(
+      typename Base::SmemOwn{},
+      cute::make_ordered_layout(cute::make_shape(cute::Int<HD>{}, cute::Int<BK>{}), cute::Step<cute::_2, cute::_1>{})));
+  using MmaDq = decltype(cute::make_tiled_mma(
+      cute::SM90::GMMA::ss_op_selector<Element, Element, float, cute::Shape<cute::Int<BQ>, cute::Int<HD>, cute::Int<BK>>,
+                                       cute::GMMA::Major::MN, cute::GMMA::Major::MN>()));
+  static_assert(BQ == 64, "one warpgroup's dQ product covers the walked box's 64 queries");
+  struct DsBuffers {
+    alignas(1024) Element ds[2 * BQ * BK];
+  };
+  struct NoDs {};
+
   // own_a/own_b: K and V; walk_a/walk_b: Q and dO.
-  struct SharedStorage : Base::Pipeline {
+  struct SharedStorage : Base::Pipeline, std::conditional_t<kFastDq, DsBuffers, NoDs> {
     Columns cols[kConsumers][2];
   };
 };
