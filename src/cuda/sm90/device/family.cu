@@ -219,17 +219,27 @@ bool persistent_pays(double tiles_per_item) {
   return tiles_per_item <= 96.0;
 }
 
-// The backward's kernel roles: the fast mode's one kernel (dK, dV and dQ partials added into a
-// float32 workspace), unless the call is deterministic or a deterministic row is forced; then
-// the dQ and dK/dV kernels, each gradient row written once.
+// The backward's kernel roles: the deterministic dQ and dK/dV kernels (each gradient row
+// written once), or the fast mode's one kernel (dK, dV and dQ partials added into a float32
+// workspace) where a fast row is forced or NATTN_SM90_BACKWARD=fast (read once) and the call
+// is not deterministic. The fast kernel is not the default: on the H100 (2026-11-28,
+// bench/results/2026-11-28-h100-sm90-backward.md) it measured 1.2-1.35x slower forward+backward
+// than the deterministic pair (flux-2d-s16 62.4 vs 47.7 ms, hunyuan-3d 330 vs 247 ms): its
+// consumers wait for their own dQ product and float2 atomics every other step.
+bool fast_backward_asked() {
+  static const bool on = [] {
+    const char* e = std::getenv("NATTN_SM90_BACKWARD");
+    return e != nullptr && std::string(e) == "fast";
+  }();
+  return on;
+}
+
 std::vector<Role> backward_roles(const Call& call) {
-  bool forced_pair = false;
+  bool forced_fast = false;
   for (const int id : call.choice.config_ids)
-    if (id >= 0 && id < kNumConfigs && kKernelConfigs[id].family == Family::kSm90 &&
-        (kKernelConfigs[id].role == Role::kBackwardDq || kKernelConfigs[id].role == Role::kBackwardDkdv))
-      forced_pair = true;
-  if (call.deterministic || forced_pair) return {Role::kBackwardDq, Role::kBackwardDkdv};
-  return {Role::kBackwardDkdvDq};
+    if (id >= 0 && id < kNumConfigs && kKernelConfigs[id].role == Role::kBackwardDkdvDq) forced_fast = true;
+  if (!call.deterministic && (forced_fast || fast_backward_asked())) return {Role::kBackwardDkdvDq};
+  return {Role::kBackwardDq, Role::kBackwardDkdv};
 }
 
 class Sm90Family final : public KernelFamily {
