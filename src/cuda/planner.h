@@ -27,9 +27,9 @@ struct CudaPlan {
     size_t offset;  // of its dense buffer in the workspace
   };
   std::vector<Copy> copies;
-  size_t delta_offset = 0;  // backward: the Delta rows
+  size_t delta_offset = 0;                 // backward: the Delta rows
   size_t scratch_offset = 0, scratch = 0;  // the kernels' shared scratch (KernelLaunch::scratch)
-  size_t workspace = 0;     // bytes
+  size_t workspace = 0;                    // bytes
   Plan explained;
 };
 

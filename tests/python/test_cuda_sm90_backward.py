@@ -58,6 +58,22 @@ def _run(fn, q, k, v, kw, dout):
 MODES = {"fast": ("backward_dkdv_dq", "dq_convert"), "deterministic": ("backward_dq", "backward_dkdv")}
 
 
+def _fast_row(dtype, dim):
+    """The fast kernel's row for a dtype and max(D, Dv) (the smallest head dim that covers it)."""
+    name = str(dtype).replace("torch.", "")
+    rows = sorted((r.head_dim, r.id) for r in _sm90_rows()
+                  if r.role == "backward_dkdv_dq" and r.dtype == name and r.head_dim >= dim)
+    assert rows, f"no fast sm90 backward row for {name}, head dim {dim}"
+    return rows[0][1]
+
+
+def _choice(mode, c):
+    """sm90, and in fast mode its fast row (not the default: see family.cu's backward_roles)."""
+    if mode == "fast":
+        return dict(family="sm90", config=_fast_row(c["dtype"], max(c["dim"], c["dim_v"])))
+    return dict(family="sm90")
+
+
 @contextlib.contextmanager
 def _mode(mode):
     was = torch.are_deterministic_algorithms_enabled()
@@ -79,7 +95,7 @@ def test_sm90_random_backward(seed, mode):
               is_causal=tuple(c["causal"]))
     what = f"seed {seed}, {mode}: {c}"
     with _mode(mode):
-        plan = nattn.explain(q, k, v, backward=True, family="sm90", **kw)
+        plan = nattn.explain(q, k, v, backward=True, **_choice(mode, c), **kw)
     assert plan.family == "sm90", f"{what}: {plan}"
     sm90_ids = [r.id for r in _sm90_rows()]
     row_role, other = MODES[mode]
@@ -90,7 +106,7 @@ def test_sm90_random_backward(seed, mode):
     assert not unexpected, f"{what}: {plan}"
     fn = FNS[c["rank"]]
     dout = torch.randn(*q.shape[:-1], v.shape[-1], device="cuda", dtype=q.dtype, generator=gen)
-    with nattn.kernel_choice(family="sm90"), _mode(mode):
+    with nattn.kernel_choice(**_choice(mode, c)), _mode(mode):
         out, dq, dk, dv = _run(fn, q, k, v, kw, dout)
     ref = _run(lambda *a, **k2: fn(*a, backend="reference", **k2),
                *(x.detach().double().cpu() for x in (q, k, v)), kw, dout.double().cpu())
@@ -116,12 +132,18 @@ def test_sm90_backward_is_the_default_on_hopper():
     q = torch.randn(1, 32, 32, 2, 64, device="cuda", dtype=torch.float16)
     plan = nattn.explain(q, q, q, kernel_size=7, backward=True)
     assert plan.family == "sm90", str(plan)
-    assert [kern["role"] for kern in plan.kernels if kern["role"] != "delta"] == \
-        ["backward_dkdv_dq", "dq_convert"], str(plan)
+    roles = [kern["role"] for kern in plan.kernels if kern["role"] != "delta"]
+    # The deterministic pair unless NATTN_SM90_BACKWARD=fast (family.cu's backward_roles).
+    fast = os.environ.get("NATTN_SM90_BACKWARD") == "fast"
+    assert roles == (["backward_dkdv_dq", "dq_convert"] if fast else ["backward_dq", "backward_dkdv"]), str(plan)
     with _mode("deterministic"):
         plan = nattn.explain(q, q, q, kernel_size=7, backward=True)
     assert [kern["role"] for kern in plan.kernels if kern["role"] != "delta"] == \
         ["backward_dq", "backward_dkdv"], str(plan)
+    with nattn.kernel_choice(config=_fast_row(torch.float16, 64)):
+        plan = nattn.explain(q, q, q, kernel_size=7, backward=True)
+    assert [kern["role"] for kern in plan.kernels if kern["role"] != "delta"] == \
+        ["backward_dkdv_dq", "dq_convert"], str(plan)
 
 
 def test_sm90_fast_row_is_refused_when_deterministic():

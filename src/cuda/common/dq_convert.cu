@@ -49,9 +49,7 @@ Strides dq_accum_strides(const Geometry& g) {
   return s;
 }
 
-size_t dq_accum_bytes(const Geometry& g) {
-  return size_t(g.batch * g.tokens * g.heads_q * g.head_dim) * sizeof(float);
-}
+size_t dq_accum_bytes(const Geometry& g) { return size_t(g.batch * g.tokens * g.heads_q * g.head_dim) * sizeof(float); }
 
 Status run_dq_convert(const BackwardParams& p, DType dtype, cudaStream_t s) {
   switch (dtype) {

@@ -262,8 +262,7 @@ class Sm90Family final : public KernelFamily {
     const Role role = call.backward ? Role::kBackwardDkdv : Role::kForward;
     const char* what = call.backward ? "the sm90 backward" : "the sm90 forward";
     if (call.backward) {
-      if (!backward_on())
-        return Status::Unsupported("the sm90 backward is switched off by NATTN_SM90_BACKWARD=0");
+      if (!backward_on()) return Status::Unsupported("the sm90 backward is switched off by NATTN_SM90_BACKWARD=0");
       if (g.num_additional > 0) return Status::Unsupported("the sm90 backward takes no additional keys yet");
     }
     const int64_t hd = g.head_dim > g.head_dim_v ? g.head_dim : g.head_dim_v;
