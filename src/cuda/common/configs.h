@@ -54,13 +54,14 @@ using E = Elem;
 // Head dim 32 has ping-pong rows only (the softmax dominates its tiny products); head dim 256
 // walks 64-key tiles (two stages of K and V and one Q buffer fill the shared memory).
 // sm90 backward (issue 10): one producer warpgroup (TMA) and two consumer warpgroups of 64 own
-// rows. Deterministic mode, two kernels: dK/dV owns 128 keys and walks 64-query boxes (S^T, dP^T
-// as SS-wgmma; dV, dK as RS-wgmma); dQ owns 128 queries and walks 64-key boxes (S, dP as
-// SS-wgmma; dQ as RS-wgmma): 7 products per pair. First run 2026-11-28 (H100, fwd+bwd useful
-// TFLOP/s, bench/results/2026-11-28-h100-sm90-backward*.md): 1d-32k 269, flux-2d 287,
-// flux-2d-s16 368, img-2d 125. Fast mode (rows 55-60, the default): the dK/dV kernel also runs
-// dQ = dS K (dS^T through shared memory, one warpgroup per step, alternating) and adds the
-// partials into a float32 workspace with vector atomics: 5 products per pair.
+// rows. Deterministic mode (the default), two kernels: dK/dV owns 128 keys and walks 64-query
+// boxes (S^T, dP^T as SS-wgmma; dV, dK as RS-wgmma); dQ owns 128 queries and walks 64-key boxes
+// (S, dP as SS-wgmma; dQ as RS-wgmma): 7 products per pair. Measured 2026-11-28 (H100, fwd+bwd
+// useful TFLOP/s, bench/results/2026-11-28-h100-sm90-backward.md): flux-2d-s16 378, flux-2d
+// 296, 1d-32k 267, hunyuan-3d 208, img-2d 125; 1.6-2.3x the sm80 rows. Fast mode (rows 55-60,
+// opt-in): the dK/dV kernel also runs dQ = dS K (dS^T through shared memory, one warpgroup per
+// step, alternating) and adds the partials into a float32 workspace with float2 atomics, 5
+// products per pair, yet 1.2-1.35x slower on those anchors (DRAM-bound reduce traffic).
 // sm80 rows for 99 KB of shared memory (issue 11): sm86/sm89 let a block opt into 101376 bytes,
 // and the rows above at d128 (forward 105984, dQ 139776, dK/dV 104448 bytes) and d256 (forward
 // 169984) need more. Rows of the same family, role, dtype and head dim are listed fastest

@@ -222,10 +222,13 @@ bool persistent_pays(double tiles_per_item) {
 // The backward's kernel roles: the deterministic dQ and dK/dV kernels (each gradient row
 // written once), or the fast mode's one kernel (dK, dV and dQ partials added into a float32
 // workspace) where a fast row is forced or NATTN_SM90_BACKWARD=fast (read once) and the call
-// is not deterministic. The fast kernel is not the default: on the H100 (2026-11-28,
-// bench/results/2026-11-28-h100-sm90-backward.md) it measured 1.2-1.35x slower forward+backward
-// than the deterministic pair (flux-2d-s16 62.4 vs 47.7 ms, hunyuan-3d 330 vs 247 ms): its
-// consumers wait for their own dQ product and float2 atomics every other step.
+// is not deterministic. The fast kernel is not the default because it measured slower on the
+// H100 (2026-11-28, bench/results/2026-11-28-h100-sm90-backward.md): forward+backward
+// 1.2-1.35x the deterministic pair's time (flux-2d-s16 62.4 vs 47.7 ms, hunyuan-3d 330 vs
+// 247 ms). Its dQ partials cost 4 bytes of float32 reduce traffic per attended pair (512 bytes
+// per query row per 128-key box), and on these grids the workspace (0.8-1.4 GB) is far larger
+// than L2. A version with bulk reduce-adds from shared memory and both warpgroups sharing each
+// step's dQ product was slower still (backward 64.2 vs 38.2 ms on flux-2d-s16) and is not kept.
 bool fast_backward_asked() {
   static const bool on = [] {
     const char* e = std::getenv("NATTN_SM90_BACKWARD");

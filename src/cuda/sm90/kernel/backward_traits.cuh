@@ -106,11 +106,7 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   // Fast mode: dS of a step as the A operand of dQ = dS K (BQ queries x BK keys, queries
   // contiguous: MN-major), parity-buffered, and the same memory as (keys, queries) for the
   // consumers' S^T-shaped stores; K as the B operand (HD x BK, MN-major: the own box read
-  // transposed). Head dim 128: both warpgroups run every step's dQ product, 64 columns each (one
-  // 128-byte swizzle panel of K each). Below: one warpgroup per step (alternating), all columns
-  // (half a panel is no wgmma operand).
-  static constexpr int kDqSplit = HD == 128 ? 2 : 1;
-  static constexpr int kDqCols = HD / kDqSplit;  // dQ columns per warpgroup product
+  // transposed). One warpgroup issues a step's dQ product (M = BQ = 64 rows), alternating by step.
   using SmemDs = decltype(cute::tile_to_shape(cute::GMMA::Layout_MN_SW128_Atom<Element>{},
                                               cute::Shape<cute::Int<BQ>, cute::Int<BK>, cute::_2>{}));
   using SmemDsT = decltype(cute::composition(
@@ -121,16 +117,11 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
       cute::make_ordered_layout(cute::make_shape(cute::Int<HD>{}, cute::Int<BK>{}), cute::Step<cute::_2, cute::_1>{})));
   using MmaDq = decltype(cute::make_tiled_mma(
       cute::SM90::GMMA::ss_op_selector<Element, Element, float,
-                                       cute::Shape<cute::Int<BQ>, cute::Int<kDqCols>, cute::Int<BK>>,
-                                       cute::GMMA::Major::MN, cute::GMMA::Major::MN>(),
-      cute::Layout<cute::Shape<cute::_1, cute::Int<kDqSplit>, cute::_1>>{}));
+                                       cute::Shape<cute::Int<BQ>, cute::Int<HD>, cute::Int<BK>>, cute::GMMA::Major::MN,
+                                       cute::GMMA::Major::MN>()));
   static_assert(BQ == 64, "one warpgroup's dQ product covers the walked box's 64 queries");
-  // Each warpgroup's dQ rows in float32 for the bulk reduce-adds into the workspace (rows padded
-  // by 8 floats: the accumulator's stores then take two wavefronts per warp).
-  static constexpr int kStagePitch = kDqCols + 8;
   struct DsBuffers {
     alignas(1024) Element ds[2 * BQ * BK];
-    alignas(16) float dq_stage[kConsumers][BQ * kStagePitch];
   };
   struct NoDs {};
 

@@ -58,45 +58,34 @@ __device__ __forceinline__ void stage_columns(typename Tr::Columns& cols, const 
   if (!st.full) fill_axis_windows(&cols.win[0][0], Tr::BQ, st.start, args.tl.walk_shift, w, t, 128);
 }
 
-// Fast mode, one consumer warpgroup (t = its thread, wg its index) after its dQ product: its
-// kDqCols columns of the step's dQ partial (BQ walked queries, summed over the CTA's 128 keys,
-// times |scale|: K holds the scale's sign) into its float32 staging rows, then warp 0 adds each
-// row into the workspace with a bulk reduce-add (rows past the query box and columns past the
-// head dim skipped; masked pairs added zeros). Warp 0 waits for its previous reduce-adds to have
-// read the staging rows before anyone rewrites them.
-template <class Tr, int QI>
-__device__ __forceinline__ void reduce_dq_rows(typename Tr::SharedStorage& ss, const float (&dq)[1][QI][4],
-                                               const Step& st, const BackwardArgs& args, int b, int h, int wg, int t) {
+// Fast mode, the warpgroup whose turn it is (t = its thread): the step's dQ partial (BQ walked
+// queries x HD, accumulated over the CTA's 128 keys, times |scale|: K holds the scale's sign)
+// added into the float32 workspace, two columns per vector atomic. Rows past the query box and
+// columns past the head dim are skipped; masked pairs added zeros.
+template <class Tr, int OI>
+__device__ __forceinline__ void add_dq_rows(const float (&dq)[1][OI][4], const Step& st, const TileWalk& w,
+                                            const BackwardArgs& args, int b, int h, int t) {
   const BackwardParams& p = args.p;
   const Geometry& g = p.g;
-  const TileWalk& w = ss.walk;
   const int lane = t % 32, r0 = (t / 32) * 16 + lane / 4;
-  const int col0 = Tr::kDqSplit == 2 ? wg * Tr::kDqCols : 0;
-  float* stage = ss.dq_stage[wg];
-  if (t < 32) bulk_wait_read();
-  cutlass::arch::NamedBarrier::sync(128, 7 + wg);  // the staging rows are free
   const float f = fabsf(g.scale);
-#pragma unroll
-  for (int hr = 0; hr < 2; ++hr)
-#pragma unroll
-    for (int qi = 0; qi < QI; ++qi)
-      *reinterpret_cast<float2*>(stage + (r0 + hr * 8) * Tr::kStagePitch + qi * 8 + 2 * (lane % 4)) =
-          make_float2(dq[0][qi][2 * hr] * f, dq[0][qi][2 * hr + 1] * f);
-  cutlass::arch::fence_view_async_shared();  // generic-proxy writes before the bulk copies read
-  cutlass::arch::NamedBarrier::sync(128, 7 + wg);
-  if (t >= 32) return;
-  const int cols = min(Tr::kDqCols, int(g.head_dim) - col0);
-  if (cols <= 0) return;
   int count[3];
   w.walk_rows_left(st.start, count);
-  float* base = p.dq_accum + b * p.sdq_accum.batch + h * p.sdq_accum.head + col0;
-  for (int r = lane; r < Tr::BQ; r += 32) {
+  float* base = p.dq_accum + b * p.sdq_accum.batch + h * p.sdq_accum.head;
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int r = r0 + hr * 8;
     if (!row_inside(r, args.tl.walk_shift, count)) continue;
     int pos[3];
     box_position(r, args.tl.walk_shift, st.start, pos);
-    bulk_reduce_add(base + token_offset(pos, w.walk_off, g, p.sdq_accum), stage + r * Tr::kStagePitch, cols * 4);
+    float* row = base + token_offset(pos, w.walk_off, g, p.sdq_accum);
+#pragma unroll
+    for (int oi = 0; oi < OI; ++oi) {
+      const int col = oi * 8 + 2 * (lane % 4);
+      if (col < g.head_dim)
+        atomicAdd(reinterpret_cast<float2*>(row + col), make_float2(dq[0][oi][2 * hr] * f, dq[0][oi][2 * hr + 1] * f));
+    }
   }
-  bulk_commit();
 }
 
 template <class Tr>
@@ -195,30 +184,27 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
     for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
     wgmma<false>(mma_g, tGrP, tGrQt(_, _, _, at.stage), tGrDk);
     if constexpr (Tr::kFastDq) {
-      // dS^T into this step's parity buffer (both warpgroups' 64 keys), then dQ = dS K over all
-      // 128 keys: at head dim 128 both warpgroups, 64 columns each; below one warpgroup
-      // (alternating by step). A warpgroup writes a buffer again two steps on, past the next
-      // step's barrier, which every reader reaches only after its product.
+      // dS^T into this step's parity buffer (both warpgroups' 64 keys), then one warpgroup
+      // (alternating) runs dQ = dS K over all 128 keys. A warpgroup writes a buffer again two
+      // steps on, past the next step's barrier, which the reader reaches only after its product.
       Tensor sDsT = make_tensor(make_smem_ptr(ss.ds), typename Tr::SmemDsT{});
       copy(rP, thr_s.partition_C(sDsT(_, _, n & 1)));
       cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
       cutlass::arch::NamedBarrier::sync(256, 3);
-      if (Tr::kDqSplit == 2 || wg == (n & 1)) {
+      if (wg == (n & 1)) {
         Tensor sDs = make_tensor(make_smem_ptr(ss.ds), typename Tr::SmemDs{});
         Tensor sKt = make_tensor(make_smem_ptr(ss.own_a), typename Tr::SmemOwnT{});
         typename Tr::MmaDq mma_q;
-        auto thr_q = mma_q.get_thread_slice(Tr::kDqSplit == 2 ? ctid : ctid % 128);
+        auto thr_q = mma_q.get_thread_slice(ctid % 128);
         Tensor tQrDs = thr_q.partition_fragment_A(sDs(_, _, n & 1));
         Tensor tQrKt = thr_q.partition_fragment_B(sKt);
         Tensor tQrDq = partition_fragment_C(mma_q, Shape<Int<BQ>, Int<HD>>{});
-        constexpr int QI = Tr::kDqCols / 8;
-        static_assert(decltype(size(tQrDq))::value == QI * 4, "dQ fragment: one m16n8 row pair per n8 block");
         wgmma<true>(mma_q, tQrDs, tQrKt, tQrDq);
         warpgroup_wait<1>();  // dK's product is done with this stage's Q
         Barrier::arrive(&ss.empty[at.stage]);
         warpgroup_wait<0>();
-        reduce_dq_rows<Tr>(ss, *reinterpret_cast<float(*)[1][QI][4]>(raw_pointer_cast(tQrDq.data())), st, args, b, h,
-                           wg, ctid % 128);
+        add_dq_rows<Tr>(*reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tQrDq.data())), st, w, args, b, h,
+                        ctid % 128);
         at.next();
         continue;
       }
@@ -227,9 +213,6 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
     Barrier::arrive(&ss.empty[at.stage]);
     at.next();
   }
-
-  if constexpr (Tr::kFastDq)
-    if (ctid % 128 < 32) bulk_wait_all();  // the last reduce-adds (issued by warp 0 of each warpgroup)
 
   // Epilogue: each own key row's dK (scaled) and dV, written once.
   float(&dk)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tGrDk.data()));

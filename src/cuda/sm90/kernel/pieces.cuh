@@ -64,19 +64,6 @@ __device__ __forceinline__ void tma_load_box(const CUtensorMap* map, int mode, i
   }
 }
 
-// One thread: adds `bytes` (a multiple of 16) of float32 from shared to global memory (a bulk
-// reduce-add, done by the TMA unit in L2; completion tracked by this thread's bulk groups).
-__device__ __forceinline__ void bulk_reduce_add(float* gmem, const float* smem, int bytes) {
-  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gmem),
-               "r"(static_cast<uint32_t>(__cvta_generic_to_shared(smem))), "r"(bytes)
-               : "memory");
-}
-// This thread's bulk groups: the ones issued so far close a group; wait until none is still
-// reading shared memory (the source may be rewritten), or until all completed.
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
-__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
-
 // A stage index and its barrier phase, advanced together.
 template <int kStages>
 struct StageCursor {
