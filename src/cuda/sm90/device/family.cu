@@ -226,9 +226,10 @@ bool persistent_pays(double tiles_per_item) {
 // H100 (2026-11-28, bench/results/2026-11-28-h100-sm90-backward.md): forward+backward
 // 1.2-1.35x the deterministic pair's time (flux-2d-s16 62.4 vs 47.7 ms, hunyuan-3d 330 vs
 // 247 ms). Its dQ partials cost 4 bytes of float32 reduce traffic per attended pair (512 bytes
-// per query row per 128-key box), and on these grids the workspace (0.8-1.4 GB) is far larger
-// than L2. A version with bulk reduce-adds from shared memory and both warpgroups sharing each
-// step's dQ product was slower still (backward 64.2 vs 38.2 ms on flux-2d-s16) and is not kept.
+// per query row per 128-key box) into a workspace far larger than L2 on these grids, 4096 float2
+// atomics per CTA step, and a serialised dQ product per step (not yet told apart by a profile).
+// A version with bulk reduce-adds from shared memory and both warpgroups sharing each step's
+// dQ product was slower still (backward 64.2 vs 38.2 ms on flux-2d-s16) and is not kept.
 bool fast_backward_asked() {
   static const bool on = [] {
     const char* e = std::getenv("NATTN_SM90_BACKWARD");
