@@ -42,7 +42,10 @@ def random_problem(rng, P, force_two_axes=False, force_multi_hop=False):
         d = rng.choice([1, 1, 2]) if L >= 4 else 1
         k = rng.randint(2, L // d)
         if force_multi_hop and b in axes:
-            k = L // d  # the windows span the axis: halos cross several shards
+            # The windows span the axis, so halos cross several shards. Not dilated: with a
+            # dilation, a causal window over one-position shards can skip the shards of the
+            # other group (e.g. X = 6, dilation 2, shards 1/3/1/1: the last rank needs rank 1 only).
+            d, k = 1, L
         X.append(L), ks.append(k), st.append(rng.randint(1, k)), dil.append(d)
         cz.append(rng.random() < 0.3)
     sizes = []
