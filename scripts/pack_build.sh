@@ -7,11 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${1:-build-gpu}"
+tarball="${2:-.carry/build.tar.xz}"  # e.g. .carry/build-b.tar.xz for a second build (scripts/ab_bench.sh)
 mkdir -p .carry
 grep -qx "/.carry/" .git/info/exclude 2>/dev/null || echo "/.carry/" >> .git/info/exclude
 files=("$build/libnattn.so" "$build/nattn-bench")
 for t in "$build/tests/nattn_cuda_tests" "$build/tests/nattn_tests"; do [ -x "$t" ] && files+=("$t"); done
 # The C++ dispatcher ops (python/nattn/_native.py loads them from beside libnattn.so), where built.
 [ -f "$build/libnattn_torch_ops.so" ] && files+=("$build/libnattn_torch_ops.so")
-tar cJf .carry/build.tar.xz "${files[@]}"
-ls -la .carry/build.tar.xz
+tar cJf "$tarball" "${files[@]}"
+ls -la "$tarball"
