@@ -178,15 +178,18 @@ Status check_axis3_boxes(const Geometry& g, const TileShapes& shapes, bool force
   return Status::Ok();
 }
 
-// The sm90 backward is on by default (first run on an H100 2026-11-28: config rows, 202 random
-// problems, memcheck and racecheck clean). NATTN_SM90_BACKWARD=0 turns it off (read once): a
-// developer switch for A/B timing against the sm80 backward; the plan names it as the reason.
-bool backward_on() {
-  static const bool on = [] {
+// NATTN_SM90_BACKWARD (read once), developer switches for A/B timing: "0" hands the backward to
+// sm80 (the plan names the switch), "fast" plans the fast kernel (backward_roles); unset or
+// anything else: the sm90 deterministic kernels (the default since their first H100 run,
+// 2026-11-28).
+enum class BackwardSwitch { kDefault, kOff, kFast };
+BackwardSwitch backward_switch() {
+  static const BackwardSwitch v = [] {
     const char* e = std::getenv("NATTN_SM90_BACKWARD");
-    return e == nullptr || std::string(e) != "0";
+    const std::string s = e == nullptr ? "" : e;
+    return s == "0" ? BackwardSwitch::kOff : s == "fast" ? BackwardSwitch::kFast : BackwardSwitch::kDefault;
   }();
-  return on;
+  return v;
 }
 
 // Where the ping-pong schedule measured faster (configs.h): head dims 32 and 64 (the softmax is
@@ -219,9 +222,16 @@ bool persistent_pays(double tiles_per_item) {
   return tiles_per_item <= 96.0;
 }
 
+// The forced row of the fast kernel's role, or -1.
+int forced_fast_row(const KernelChoice& choice) {
+  for (const int id : choice.config_ids)
+    if (id >= 0 && id < kNumConfigs && kKernelConfigs[id].role == Role::kBackwardDkdvDq) return id;
+  return -1;
+}
+
 // The backward's kernel roles: the deterministic dQ and dK/dV kernels (each gradient row
 // written once), or the fast mode's one kernel (dK, dV and dQ partials added into a float32
-// workspace) where a fast row is forced or NATTN_SM90_BACKWARD=fast (read once) and the call
+// workspace) where a fast row is forced or NATTN_SM90_BACKWARD=fast and the call
 // is not deterministic. The fast kernel is not the default because it measured slower on the
 // H100 (2026-11-28, bench/results/2026-11-28-h100-sm90-backward.md): forward+backward
 // 1.2-1.35x the deterministic pair's time (flux-2d-s16 62.4 vs 47.7 ms, hunyuan-3d 330 vs
@@ -230,19 +240,9 @@ bool persistent_pays(double tiles_per_item) {
 // atomics per CTA step, and a serialised dQ product per step (not yet told apart by a profile).
 // A version with bulk reduce-adds from shared memory and both warpgroups sharing each step's
 // dQ product was slower still (backward 64.2 vs 38.2 ms on flux-2d-s16) and is not kept.
-bool fast_backward_asked() {
-  static const bool on = [] {
-    const char* e = std::getenv("NATTN_SM90_BACKWARD");
-    return e != nullptr && std::string(e) == "fast";
-  }();
-  return on;
-}
-
 std::vector<Role> backward_roles(const Call& call) {
-  bool forced_fast = false;
-  for (const int id : call.choice.config_ids)
-    if (id >= 0 && id < kNumConfigs && kKernelConfigs[id].role == Role::kBackwardDkdvDq) forced_fast = true;
-  if (!call.deterministic && (forced_fast || fast_backward_asked())) return {Role::kBackwardDkdvDq};
+  if (!call.deterministic && (forced_fast_row(call.choice) >= 0 || backward_switch() == BackwardSwitch::kFast))
+    return {Role::kBackwardDkdvDq};
   return {Role::kBackwardDq, Role::kBackwardDkdv};
 }
 
@@ -266,7 +266,8 @@ class Sm90Family final : public KernelFamily {
     const Role role = call.backward ? Role::kBackwardDkdv : Role::kForward;
     const char* what = call.backward ? "the sm90 backward" : "the sm90 forward";
     if (call.backward) {
-      if (!backward_on()) return Status::Unsupported("the sm90 backward is switched off by NATTN_SM90_BACKWARD=0");
+      if (backward_switch() == BackwardSwitch::kOff)
+        return Status::Unsupported("the sm90 backward is switched off by NATTN_SM90_BACKWARD=0");
       if (g.num_additional > 0) return Status::Unsupported("the sm90 backward takes no additional keys yet");
     }
     const int64_t hd = g.head_dim > g.head_dim_v ? g.head_dim : g.head_dim_v;
@@ -293,12 +294,10 @@ class Sm90Family final : public KernelFamily {
     }
     if (g.num_additional >= (int64_t(1) << 31))
       return Status::Unsupported("the sm90 forward needs fewer than 2^31 additional keys");
-    if (call.backward && call.deterministic)
-      for (const int id : call.choice.config_ids)
-        if (id >= 0 && id < kNumConfigs && kKernelConfigs[id].role == Role::kBackwardDkdvDq)
-          return Status::Invalid("choice.config_ids has " + std::to_string(id) +
-                                 ", which is invalid for a deterministic backward: its dQ partial sums are added "
-                                 "with atomics (force a backward_dq and a backward_dkdv row instead)");
+    if (call.backward && call.deterministic && forced_fast_row(call.choice) >= 0)
+      return Status::Invalid("choice.config_ids has " + std::to_string(forced_fast_row(call.choice)) +
+                             ", which is invalid for a deterministic backward: its dQ partial sums are added "
+                             "with atomics (force a backward_dq and a backward_dkdv row instead)");
     for (const Role r : call.backward ? backward_roles(call) : std::vector<Role>{Role::kForward}) {
       int id = -1;
       NATTN_RETURN_IF_ERROR(config_for(call, r, &id));
