@@ -222,6 +222,12 @@ def fmt(x, digits=2):
     return "" if x is None else f"{x:.{digits}f}"
 
 
+def write_json(path, P, weak, smoke, rows):
+    with open(path, "w") as f:
+        json.dump(dict(gpus=P, weak=weak, card="cpu" if smoke else torch.cuda.get_device_name(),
+                       rows=rows), f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--anchors", default=",".join(ANCHORS))
@@ -248,6 +254,8 @@ def main():
         extents, kernel, stride, heads = anchors[name]
         rows += run_anchor(name, extents, kernel, stride, heads, P, r, args.weak, args.iters,
                            args.modes.split(","), args.axes.split(","))
+        if r == 0 and args.json:  # after every anchor: a run cut by a timeout keeps its rows
+            write_json(args.json, P, args.weak, args.smoke, rows)
     if r == 0:
         print(f"| anchor | mode | GPUs | axes (grid) | fwd ms | fwd+bwd ms | comm fwd ms | "
               f"comm bwd+ ms | kernel fwd ms | kernel fwd+bwd ms | MB/rank fwd | "
@@ -266,11 +274,6 @@ def main():
                   f"{fmt(x.get('comm_bwd_extra_ms'))} | {fmt(x.get('kernel_fwd_ms'))} | "
                   f"{fmt(x.get('kernel_fwd_bwd_ms'))} | "
                   + " | ".join("" if m is None else f"{m / 2**20:.0f}" for m in mb) + " | |")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(dict(gpus=P, weak=args.weak,
-                               card="cpu" if args.smoke else torch.cuda.get_device_name(),
-                               rows=rows), f, indent=1)
     dist.destroy_process_group()
 
 

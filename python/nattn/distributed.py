@@ -253,24 +253,36 @@ def _exchange(xs: List[Tensor], dims: List[int], src: List[int], dst: List[int],
             if s != r and incoming[s] is not None:
                 recvs[i][s] = x.new_empty(_shape(x, dims, incoming[s]))
                 ops.append(dist.P2POp(dist.irecv, recvs[i][s], s, pg))
-    if ops:
-        for req in dist.batch_isend_irecv(ops):
-            req.wait()
-    outs = []
-    for i, x in enumerate(xs):
-        if not reverse:
-            out = x.new_empty(_shape(x, dims, want))
-            for s in range(P):
-                if incoming[s] is not None:
-                    part = _narrow(x, dims, incoming[s], have) if s == r else recvs[i][s]
-                    _narrow(out, dims, incoming[s], want).copy_(part)
+    # The rank's own part is the bulk of every result (a whole shard): copy it on the compute
+    # stream while the transfers run on NCCL's, and only then wait for the halos. In reverse
+    # the sum starts from the own part (a clone, no zero fill) and adds the other ranks' rows in
+    # rank order: a fixed order, so the sums are bitwise reproducible.
+    reqs = dist.batch_isend_irecv(ops) if ops else []
+
+    def place(out: Tensor, s: int, part: Tensor) -> None:
+        dst_part = _narrow(out, dims, incoming[s], want)
+        if reverse:
+            dst_part.add_(part)
         else:
-            out = x.new_zeros(_shape(x, dims, want))
-            for s in range(P):  # fixed order: deterministic sums
-                if incoming[s] is not None:
-                    part = _narrow(x, dims, incoming[s], have) if s == r else recvs[i][s]
-                    _narrow(out, dims, incoming[s], want).add_(part)
+            dst_part.copy_(part)
+
+    outs = []
+    for x in xs:
+        mine = _narrow(x, dims, incoming[r], have) if incoming[r] is not None else None
+        if reverse and mine is not None and incoming[r] == want:
+            out = mine.clone(memory_format=torch.contiguous_format)  # always so: src[r] ⊂ dst[r]
+        else:
+            out = x.new_zeros(_shape(x, dims, want)) if reverse else \
+                x.new_empty(_shape(x, dims, want))
+            if mine is not None:
+                place(out, r, mine)
         outs.append(out)
+    for req in reqs:
+        req.wait()
+    for i, out in enumerate(outs):
+        for s in range(P):  # fixed order: deterministic sums
+            if s != r and incoming[s] is not None:
+                place(out, s, recvs[i][s])
     return outs
 
 
