@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Short single-GPU measurements that several issues wait on, in one device call (~6-7 minutes),
+# with the prebuilt library (.carry/build.tar.xz from scripts/pack_build.sh; Python from python/
+# through NATTN_LIBRARY, no pip). Stages (pick some: scripts/gpu_followups.sh [stage ...]):
+#   weak-flat  issue 12: forward+backward (nattn-bench, bf16 d128) of each weak-scaling anchor's
+#              base problem and of the problem grown 2x and 4x along the axis bench/distributed.py
+#              splits: the 1-GPU cost per query of the grown grids, whose windows are clamped at
+#              the grid ends less often (the "kernel" excess of the weak-scaling table)
+#   anchors    issue 10: bench/anchors.py --backward, deterministic mode, on the anchors its
+#              results file lacks (the dense case, Cosmos, the strided 3-D anchors)
+#   small      issue 11: bench/small_grids.py (NAT/DiNAT stages) with the sm90 backward
+#   overhead   issue 11: bench/overhead.py with the C++ ops' CUDA path on (NATTN_TORCH_OPS_CUDA=1),
+#              so all three op paths are measured in one run
+#   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
+#              self CPU time, and the kernels)
+# Everything lands in $OUT (default /tmp/nattn-followups); every stage has a timeout.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
+stages="${*:-weak-flat anchors small overhead profile}"
+commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
+has() { [[ " $stages " == *" $1 "* ]]; }
+[ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz
+export NATTN_LIBRARY="$PWD/build-gpu/libnattn.so" PYTHONPATH="$PWD/python" NATTN_REQUIRE_CUDA=1
+nvidia-smi --query-gpu=name --format=csv,noheader
+start=$SECONDS
+stamp() { echo "== $1 done [$((SECONDS - start)) s]"; }
+
+if has weak-flat; then
+  # name | base extent | kernel | heads | the split axis grown by P (bench/distributed.py --weak)
+  while read -r name ext kernel heads axis; do
+    for p in 1 2 4; do
+      IFS=x read -r -a e <<<"$ext"; e[$axis]=$((e[axis] * p)); grown=$(IFS=x; echo "${e[*]}")
+      timeout 90 build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --mode bwd --iters 3 \
+        --warmup 1 --no-verify --extent "$grown" --kernel "$kernel" --heads "$heads" 2>&1 |
+        awk -v n="$name" -v p="$p" -v g="$grown" '/^(forward|backward) /{printf "%s P=%s %s %s %s ms\n", n, p, g, $1, $2}'
+    done
+  done <<'EOF' | tee "$out/weak-flat.txt"
+flux-2d 256x256 80x80 24 0
+cosmos-3d 16x44x80 12x32x32 32 2
+hunyuan-3d 30x48x80 18x24x24 24 2
+EOF
+  stamp weak-flat
+fi
+
+if has anchors; then
+  (cd bench && timeout 240 python3 anchors.py --backward --modes deterministic --iters 5 --commit "$commit" \
+    --only dense-8k-d128 dense-8k-d64 cosmos-3d cosmos-3d-s hunyuan-3d-s \
+    --out "$out/anchors-bwd.md" --json "$out/anchors-bwd.json") >"$out/anchors.log" 2>&1
+  echo "anchors rc=$?"; tail -5 "$out/anchors.log"; cat "$out/anchors-bwd.md" 2>/dev/null | grep '^|'
+  stamp anchors
+fi
+
+if has small; then
+  (cd bench && timeout 150 python3 small_grids.py --iters 10 --commit "$commit" \
+    --out "$out/small_grids.md" --json "$out/small_grids.json") >"$out/small.log" 2>&1
+  echo "small rc=$?"; tail -3 "$out/small.log"; cat "$out/small_grids.md" 2>/dev/null
+  stamp small
+fi
+
+if has overhead; then
+  (cd bench && NATTN_TORCH_OPS_CUDA=1 timeout 120 python3 overhead.py --label "C++ ops CUDA on, $commit" \
+    --out "$out/overhead.json") >"$out/overhead.log" 2>&1
+  echo "overhead rc=$?"; tail -25 "$out/overhead.log"
+  stamp overhead
+fi
+
+if has profile; then
+  NATTN_TORCH_OPS_CUDA=1 timeout 90 python3 - >"$out/profile.txt" 2>&1 <<'EOF'
+import torch, nattn
+from torch.profiler import ProfilerActivity, profile
+q, k, v = (torch.randn(32, 7, 7, 16, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+           for _ in range(3))
+g = torch.randn_like(q)
+print(nattn.op_path())
+for _ in range(20):
+    torch.autograd.grad(nattn.na2d(q, k, v, 7), (q, k, v), g)
+torch.cuda.synchronize()
+with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    for _ in range(20):
+        torch.autograd.grad(nattn.na2d(q, k, v, 7), (q, k, v), g)
+    torch.cuda.synchronize()
+print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12))
+EOF
+  echo "profile rc=$?"; head -60 "$out/profile.txt"
+  stamp profile
+fi
