@@ -2,10 +2,10 @@
 # Short single-GPU measurements that several issues wait on, in one device call (~6-7 minutes),
 # with the prebuilt library (.carry/build.tar.xz from scripts/pack_build.sh; Python from python/
 # through NATTN_LIBRARY, no pip). Stages (pick some: scripts/gpu_followups.sh [stage ...]):
-#   weak-flat  issue 12: forward+backward (nattn-bench, bf16 d128) of each weak-scaling anchor's
-#              base problem and of the problem grown 2x and 4x along the axis bench/distributed.py
-#              splits: the 1-GPU cost per query of the grown grids, whose windows are clamped at
-#              the grid ends less often (the "kernel" excess of the weak-scaling table)
+#   weak-flat  issue 12: bench/weak_flat.py, forward+backward of each weak-scaling anchor's base
+#              problem and of it grown 2x and 4x along the axis bench/distributed.py splits, on one
+#              GPU (inputs made on the GPU: nattn-bench's host-side init of the 4x grids took
+#              over 90 s each)
 #   anchors    issue 10: bench/anchors.py --backward, deterministic mode, on the anchors its
 #              results file lacks (the dense case, Cosmos, the strided 3-D anchors)
 #   small      issue 11: bench/small_grids.py (NAT/DiNAT stages) with the sm90 backward
@@ -13,7 +13,9 @@
 #              so all three op paths are measured in one run
 #   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
 #              self CPU time, and the kernels)
-# Everything lands in $OUT (default /tmp/nattn-followups); every stage has a timeout.
+# Everything lands in $OUT (default /tmp/nattn-followups) as each stage ends, and every stage has
+# a timeout: do not pipe this script's output through tail (a device call cut by its limit then
+# returns nothing).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
@@ -27,19 +29,7 @@ start=$SECONDS
 stamp() { echo "== $1 done [$((SECONDS - start)) s]"; }
 
 if has weak-flat; then
-  # name | base extent | kernel | heads | the split axis grown by P (bench/distributed.py --weak)
-  while read -r name ext kernel heads axis; do
-    for p in 1 2 4; do
-      IFS=x read -r -a e <<<"$ext"; e[$axis]=$((e[axis] * p)); grown=$(IFS=x; echo "${e[*]}")
-      timeout 90 build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --mode bwd --iters 3 \
-        --warmup 1 --no-verify --extent "$grown" --kernel "$kernel" --heads "$heads" 2>&1 |
-        awk -v n="$name" -v p="$p" -v g="$grown" '/^(forward|backward) /{printf "%s P=%s %s %s %s ms\n", n, p, g, $1, $2}'
-    done
-  done <<'EOF' | tee "$out/weak-flat.txt"
-flux-2d 256x256 80x80 24 0
-cosmos-3d 16x44x80 12x32x32 32 2
-hunyuan-3d 30x48x80 18x24x24 24 2
-EOF
+  (cd bench && timeout 120 python3 weak_flat.py --iters 3 --json "$out/weak-flat.json") 2>&1 | tee "$out/weak-flat.txt"
   stamp weak-flat
 fi
 
