@@ -9,8 +9,14 @@ the pieces are the same, the CPU is not). Minimum over repeats, in us per call.
 A second table compares the two library calls of the fast path (C++ ops vs ctypes) on the same
 calls, interleaved (15 alternating samples each, minimum), since a shared machine drifts.
 
-usage: python bench/host_breakdown.py
+A third mode (--trace cpu|cuda) traces the library's own host time by phase (validation, plan
+lookup, workspace, tensor-map encoding, launches: nattn/host_trace.h) over repeated small
+forward+backward steps, beside the step's wall time: on the GPU machine it says where a call's
+C++ host time goes.
+
+usage: python bench/host_breakdown.py [--trace cpu|cuda]
 """
+import argparse
 import time
 
 import torch
@@ -112,5 +118,44 @@ def interleaved(q, k, v, qg, kg, vg, choice):
         _native.LOADED = True
 
 
+def trace(device: str, steps: int = 2000):
+    """Per phase, library host us per call over `steps` forward+backward steps (two library calls
+    each), for a tiny grid and a NAT 7x7 stage (batch 32, 16 heads, head dim 32)."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    print(f"op path: {nattn.op_path().name} ({nattn.op_path().call}); torch {torch.__version__}; "
+          f"{torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
+    for shape, window in (((1, 16, 16, 2, 64), 7), ((32, 7, 7, 16, 32), 7)):
+        q, k, v = (torch.randn(*shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        g = torch.randn(*shape, device=device, dtype=dtype)
+
+        def step(q=q, k=k, v=v, g=g, window=window):
+            torch.autograd.grad(nattn.na2d(q, k, v, window), (q, k, v), g)
+
+        for _ in range(100):
+            step()
+        sync()
+        _lib.host_trace("on")
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = (time.perf_counter() - t0) / steps * 1e6
+        sync()
+        counts = _lib.host_trace("read")
+        _lib.host_trace("off")
+        print(f"\n{tuple(shape)} window {window}: forward+backward step {wall:.1f} us wall "
+              f"(host-bound when the kernels are shorter)")
+        print("| phase | calls per step | host us per step |\n|---|---|---|")
+        for phase, (n, ns) in counts.items():
+            if n:
+                print(f"| {phase} | {n / steps:.1f} | {ns / steps / 1e3:.2f} |")
+
+
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trace", choices=["cpu", "cuda"])
+    a = ap.parse_args()
+    if a.trace:
+        trace(a.trace, steps=2000 if a.trace == "cuda" else 20)
+    else:
+        main()

@@ -10,7 +10,8 @@
 #              results file lacks (the dense case, Cosmos, the strided 3-D anchors)
 #   small      issue 11: bench/small_grids.py (NAT/DiNAT stages) with the sm90 backward
 #   overhead   issue 11: bench/overhead.py with the C++ ops' CUDA path on (NATTN_TORCH_OPS_CUDA=1),
-#              so all three op paths are measured in one run
+#              so all three op paths are measured in one run; then bench/host_breakdown.py --trace
+#              cuda: the library's host time per phase of a small forward+backward step
 #   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
 #              self CPU time, and the kernels)
 # Everything lands in $OUT (default /tmp/nattn-followups) as each stage ends, and every stage has
@@ -52,6 +53,9 @@ if has overhead; then
   (cd bench && NATTN_TORCH_OPS_CUDA=1 timeout 120 python3 overhead.py --label "C++ ops CUDA on, $commit" \
     --out "$out/overhead.json") >"$out/overhead.log" 2>&1
   echo "overhead rc=$?"; tail -25 "$out/overhead.log"
+  # The library's own host time by phase (validation, plan lookup, encodes, launches).
+  (cd bench && timeout 60 python3 host_breakdown.py --trace cuda) >"$out/host-trace.md" 2>&1
+  echo "host trace rc=$?"; cat "$out/host-trace.md"
   stamp overhead
 fi
 

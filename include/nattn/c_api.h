@@ -140,6 +140,10 @@ int nattn_check_merge_shapes(int32_t n, const nattn_tensor* outs, const nattn_te
  * (NUL-terminated, at most names_len bytes). */
 int nattn_struct_layout(const char* name, int64_t* size, int32_t* num_fields, int64_t* offsets, int64_t* sizes,
                         int32_t max_fields, char* names, size_t names_len, char* err, size_t err_len);
+/* Host-time tracing of calls (nattn/host_trace.h). action 0: off; 1: on, counts reset; 2: write
+ * the counts as JSON into `json` (json_len bytes; too small is an error saying the size needed).
+ * Actions 0 and 1 ignore json. */
+int nattn_host_trace(int32_t action, char* json, size_t json_len, char* err, size_t err_len);
 /* Backend `kind`: 1 if available; otherwise 0 and the reason in `reason`. */
 int nattn_backend_available(int32_t kind, char* reason, size_t reason_len);
 const char* nattn_version(void);

@@ -141,6 +141,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "nattn_merge_on_stream": [i32, T, T, T, T, Opt] + err,
         "nattn_struct_layout": [text, i64p, ctypes.POINTER(i32), i64p, i64p, i32, text, size] + err,
         "nattn_backend_available": [i32] + err,
+        "nattn_host_trace": [i32, text, size] + err,
     }
     for name, argtypes in signatures.items():
         try:
@@ -211,6 +212,22 @@ def backend_available(kind: int) -> tuple[bool, str]:
     reason = ctypes.create_string_buffer(_ERR_LEN)
     ok = LIB.nattn_backend_available(kind, reason, _ERR_LEN)
     return bool(ok), reason.value.decode(errors="replace")
+
+
+def host_trace(action: str) -> Optional[Dict[str, Tuple[int, int]]]:
+    """Host-time tracing of the library's calls (nattn/host_trace.h): "on" (counts reset), "off",
+    or "read": {phase: (calls, nanoseconds)} summed over the calls since "on", phases in call
+    order. A diagnostic for call overhead (bench/host_breakdown.py --trace)."""
+    actions = {"off": 0, "on": 1, "read": 2}
+    if action not in actions:
+        raise ValueError(f"action = {action!r} is invalid: must be one of {', '.join(actions)}")
+    if action != "read":
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        code = LIB.nattn_host_trace(actions[action], None, 0, err, _ERR_LEN)
+        raise_for_status(code, err.value.decode(errors="replace"), "nattn host_trace")
+        return None
+    counts = _json(LIB.nattn_host_trace, "nattn host_trace", 2, size=4096)
+    return {k: (int(v["calls"]), int(v["ns"])) for k, v in counts.items()}
 
 
 class Symbolic(Exception):

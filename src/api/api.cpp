@@ -5,24 +5,39 @@
 
 #include "core/axes.h"
 #include "core/backend.h"
+#include "core/host_trace.h"
 #include "core/validate.h"
 
 namespace nattn {
 namespace {
 
 Status run_forward(const Problem& p, const ForwardTensors& t, const Options& o, bool dense, Plan* explain) {
-  NATTN_RETURN_IF_ERROR(validate_forward(p, t, dense));
+  HostPhaseTimer call(HostPhase::kCall);
+  {
+    HostPhaseTimer phase(HostPhase::kValidate);
+    NATTN_RETURN_IF_ERROR(validate_forward(p, t, dense));
+  }
   const Backend* b = nullptr;
-  NATTN_RETURN_IF_ERROR(choose_backend(p, t.q.dtype, t.q.device, false, o, &b));
+  {
+    HostPhaseTimer phase(HostPhase::kChooseBackend);
+    NATTN_RETURN_IF_ERROR(choose_backend(p, t.q.dtype, t.q.device, false, o, &b));
+  }
   if (explain != nullptr) return b->explain_forward(p, t, o, explain);
   if (p.batch == 0) return Status::Ok();  // nothing to compute, nothing written
   return b->forward(p, t, o);
 }
 
 Status run_backward(const Problem& p, const BackwardTensors& t, const Options& o, bool dense, Plan* explain) {
-  NATTN_RETURN_IF_ERROR(validate_backward(p, t, dense));
+  HostPhaseTimer call(HostPhase::kCall);
+  {
+    HostPhaseTimer phase(HostPhase::kValidate);
+    NATTN_RETURN_IF_ERROR(validate_backward(p, t, dense));
+  }
   const Backend* b = nullptr;
-  NATTN_RETURN_IF_ERROR(choose_backend(p, t.q.dtype, t.q.device, true, o, &b));
+  {
+    HostPhaseTimer phase(HostPhase::kChooseBackend);
+    NATTN_RETURN_IF_ERROR(choose_backend(p, t.q.dtype, t.q.device, true, o, &b));
+  }
   if (explain != nullptr) return b->explain_backward(p, t, o, explain);
   if (p.batch == 0) return Status::Ok();
   return b->backward(p, t, o);

@@ -11,6 +11,7 @@
 #include "core/axes.h"
 #include "core/validate.h"
 #include "nattn/api.h"
+#include "nattn/host_trace.h"
 
 namespace {
 
@@ -385,6 +386,17 @@ int nattn_explain_attention_backward(const nattn_problem* p, const nattn_tensor*
 
 int nattn_kernel_configs(char* json, size_t json_len, char* err, size_t err_len) {
   return guarded(err, err_len, [&] { return write_text(configs_json(), json, json_len, "json"); });
+}
+
+int nattn_host_trace(int32_t action, char* json, size_t json_len, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    switch (action) {
+      case 0:
+      case 1: set_host_trace(action == 1); return Status::Ok();
+      case 2: return write_text(host_trace_json(), json, json_len, "json");
+    }
+    return Status::Invalid("action = " + std::to_string(action) + " is invalid: must be 0 (off), 1 (on) or 2 (read)");
+  });
 }
 
 int nattn_check_problem(const nattn_problem* p, char* err, size_t err_len) {

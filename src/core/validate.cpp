@@ -74,19 +74,35 @@ bool self_overlapping(const TensorView& t) {
   return false;
 }
 
+// The dims a tensor must have (a grid tensor has at most kMaxDims: batch, 3 axes, heads, dim).
+struct Shape {
+  int64_t d[kMaxDims] = {};
+  int n = 0;
+  void push(int64_t v) { d[n++] = v; }
+};
+
+// What one tensor must look like. Nothing here allocates: a call that passes validation builds
+// no strings (the layout text of a wrong number of dims is made only for that message).
 struct Spec {
   const char* name;
   const TensorView* view;
-  std::vector<int64_t> shape;
+  Shape shape;
   bool is_output;
-  bool float32_only;        // lse / dlse
-  std::string layout = {};  // the dims' names, for a wrong number of dims ("[batch, X1, heads_q, head_dim]")
+  bool float32_only;  // lse / dlse
+  // The dims' names ("[batch, X1, heads_q, head_dim]"): `fixed`, or grid_layout(*grid, dense,
+  // heads, dim, keys) when grid is set.
+  const char* fixed = "";
+  const Problem* grid = nullptr;
+  bool dense = false;
+  const char* heads = nullptr;
+  const char* dim = nullptr;
+  bool keys = false;
 };
 
-std::string shape_of(const std::vector<int64_t>& s) {
+std::string shape_of(const Shape& s) {
   std::ostringstream o;
   o << "[";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  for (int i = 0; i < s.n; ++i) o << (i ? ", " : "") << s.d[i];
   o << "]";
   return o.str();
 }
@@ -94,31 +110,30 @@ std::string shape_of(const std::vector<int64_t>& s) {
 Status check_one(const Spec& s, DType dtype, const char* dtype_from, Device device, const char* device_from,
                  Validation v) {
   const TensorView& t = *s.view;
-  const std::string name = s.name;
-  if (t.ndim != int(s.shape.size()))
-    return invalid(name + ".ndim", t.ndim,
-                   "expected " + std::to_string(s.shape.size()) + " dimensions, shape " + shape_of(s.shape));
+  const auto arg = [&s](const char* field) { return std::string(s.name) + field; };
+  if (t.ndim != s.shape.n)
+    return invalid(arg(".ndim"), t.ndim,
+                   "expected " + std::to_string(s.shape.n) + " dimensions, shape " + shape_of(s.shape));
   for (int i = 0; i < t.ndim; ++i) {
-    if (t.shape[i] != s.shape[i]) return invalid(name + ".shape", shape_string(t), "expected " + shape_of(s.shape));
-    if (t.stride[i] < 0)
-      return invalid(name + ".stride[" + std::to_string(i) + "]", t.stride[i], "strides must be >= 0");
+    if (t.shape[i] != s.shape.d[i]) return invalid(arg(".shape"), shape_string(t), "expected " + shape_of(s.shape));
+    if (t.stride[i] < 0) return invalid(arg(".stride[") + std::to_string(i) + "]", t.stride[i], "strides must be >= 0");
   }
   if (s.float32_only) {
-    if (t.dtype != DType::kFloat32) return invalid(name + ".dtype", dtype_name(t.dtype), "must be float32");
+    if (t.dtype != DType::kFloat32) return invalid(arg(".dtype"), dtype_name(t.dtype), "must be float32");
   } else if (t.dtype != dtype) {
-    return invalid(name + ".dtype", dtype_name(t.dtype),
+    return invalid(arg(".dtype"), dtype_name(t.dtype),
                    std::string("must match ") + dtype_from + ".dtype (" + dtype_name(dtype) + ")");
   }
   if (t.device != device)
-    return invalid(name + ".device", device_name(t.device),
+    return invalid(arg(".device"), device_name(t.device),
                    std::string("must match ") + device_from + ".device (" + device_name(device) + ")");
   int64_t off = 0;
   if (!max_offset(t, &off) || off > INT64_MAX / 8)
-    return invalid(name + ".shape", shape_string(t), "element offsets overflow 64-bit arithmetic");
+    return invalid(arg(".shape"), shape_string(t), "element offsets overflow 64-bit arithmetic");
   if (v == Validation::kFull && !is_empty(t) && t.data == nullptr)
-    return invalid(name + ".data", "null", "a non-empty tensor needs a data pointer");
+    return invalid(arg(".data"), "null", "a non-empty tensor needs a data pointer");
   if (s.is_output && self_overlapping(t))
-    return invalid(name + ".stride", shape_string(t) + " strides", "an output must not map two indices to one element");
+    return invalid(arg(".stride"), shape_string(t) + " strides", "an output must not map two indices to one element");
   return Status::Ok();
 }
 
@@ -150,11 +165,12 @@ Status check_all(const std::vector<Spec>& specs, Validation v) {
 }
 
 // keys: the key box's extents (k, v and their gradients), else the query box's.
-std::vector<int64_t> grid_shape(const Problem& p, int64_t heads, int64_t dim, bool keys = false) {
-  std::vector<int64_t> s{p.batch};
-  for (int a = 0; a < p.rank; ++a) s.push_back(keys ? p.key_extent(a) : p.extent[a]);
-  s.push_back(heads);
-  if (dim >= 0) s.push_back(dim);
+Shape grid_shape(const Problem& p, int64_t heads, int64_t dim, bool keys = false) {
+  Shape s;
+  s.push(p.batch);
+  for (int a = 0; a < p.rank; ++a) s.push(keys ? p.key_extent(a) : p.extent[a]);
+  s.push(heads);
+  if (dim >= 0) s.push(dim);
   return s;
 }
 
@@ -172,40 +188,46 @@ std::string grid_layout(const Problem& p, bool dense, const char* heads, const c
   return s + "]";
 }
 
+std::string layout_of(const Spec& s) {
+  return s.grid != nullptr ? grid_layout(*s.grid, s.dense, s.heads, s.dim, s.keys) : std::string(s.fixed);
+}
+
 Spec grid_spec(const char* name, const TensorView* t, const Problem& p, bool dense, bool heads_q, bool value,
                bool is_output) {
   const int64_t heads = heads_q ? p.heads_q : p.heads_kv;
   const int64_t dim = value ? p.head_dim_v : p.head_dim;
   const bool keys = !heads_q;  // k, v, dk, dv live on the key box (named K.. when it differs)
-  return {
-      name,
-      t,
-      grid_shape(p, heads, dim, keys),
-      is_output,
-      false,
-      grid_layout(p, dense, heads_q ? "heads_q" : "heads_kv", value ? "head_dim_v" : "head_dim", keys && p.placed())};
+  Spec s{name, t, grid_shape(p, heads, dim, keys), is_output, false};
+  s.grid = &p;
+  s.dense = dense;
+  s.heads = heads_q ? "heads_q" : "heads_kv";
+  s.dim = value ? "head_dim_v" : "head_dim";
+  s.keys = keys && p.placed();
+  return s;
 }
 
 Spec lse_spec(const char* name, const TensorView* t, const Problem& p, bool dense, bool is_output) {
-  return {name, t, grid_shape(p, p.heads_q, -1), is_output, true, grid_layout(p, dense, "heads_q", nullptr)};
+  Spec s{name, t, grid_shape(p, p.heads_q, -1), is_output, true};
+  s.grid = &p;
+  s.dense = dense;
+  s.heads = "heads_q";
+  return s;
 }
 
 Spec additional_spec(const char* name, const TensorView* t, const Problem& p, bool value, bool is_output) {
-  return {name,
-          t,
-          {p.batch, p.num_additional, p.heads_kv, value ? p.head_dim_v : p.head_dim},
-          is_output,
-          false,
-          value ? "[batch, num_additional, heads_kv, head_dim_v]" : "[batch, num_additional, heads_kv, head_dim]"};
+  Spec s{name, t, {}, is_output, false};
+  for (int64_t d : {p.batch, p.num_additional, p.heads_kv, value ? p.head_dim_v : p.head_dim}) s.shape.push(d);
+  s.fixed = value ? "[batch, num_additional, heads_kv, head_dim_v]" : "[batch, num_additional, heads_kv, head_dim]";
+  return s;
 }
 
 // Each tensor's number of dims first: the other rules read the problem off the tensors'
 // shapes in a binding, and mean little when a tensor has the wrong rank.
 Status check_ndims(const std::vector<Spec>& specs) {
   for (const Spec& s : specs)
-    if (s.view->ndim != int(s.shape.size()))
+    if (s.view->ndim != s.shape.n)
       return invalid(std::string(s.name) + ".ndim", s.view->ndim,
-                     "expected " + std::to_string(s.shape.size()) + " dimensions " + s.layout);
+                     "expected " + std::to_string(s.shape.n) + " dimensions " + layout_of(s));
   return Status::Ok();
 }
 
@@ -232,17 +254,19 @@ Status validate_placement(const Problem& p) {
     if (pl.key_extent[a] < 0)
       return invalid(axis_name("placement.key_extent", a), pl.key_extent[a], "must be >= 1 (or 0: the query extent)");
     const int64_t G = p.global_extent(a);
-    const std::string in_grid =
-        " must lie inside the global grid: 0 <= origin and origin + extent <= " + axis_name("global_extent", a) +
-        " = " + std::to_string(G);
+    const auto in_grid = [&] {
+      return " must lie inside the global grid: 0 <= origin and origin + extent <= " + axis_name("global_extent", a) +
+             " = " + std::to_string(G);
+    };
     int64_t end;
     if (pl.query_origin[a] < 0 || __builtin_add_overflow(pl.query_origin[a], p.extent[a], &end) || end > G)
-      return invalid(axis_name("placement.query_origin", a), pl.query_origin[a],
-                     "the query box (" + axis_name("extent", a) + " = " + std::to_string(p.extent[a]) + ")" + in_grid);
+      return invalid(
+          axis_name("placement.query_origin", a), pl.query_origin[a],
+          "the query box (" + axis_name("extent", a) + " = " + std::to_string(p.extent[a]) + ")" + in_grid());
     if (pl.key_origin[a] < 0 || __builtin_add_overflow(pl.key_origin[a], p.key_extent(a), &end) || end > G)
       return invalid(
           axis_name("placement.key_origin", a), pl.key_origin[a],
-          "the key box (" + axis_name("key_extent", a) + " = " + std::to_string(p.key_extent(a)) + ")" + in_grid);
+          "the key box (" + axis_name("key_extent", a) + " = " + std::to_string(p.key_extent(a)) + ")" + in_grid());
   }
   return Status::Ok();
 }
@@ -355,8 +379,9 @@ Status validate_merge(const std::vector<TensorView>& outs, const std::vector<Ten
                    "needs one per partial output (" + std::to_string(outs.size()) + ")");
   const TensorView& o0 = outs[0];
   if (o0.ndim < 2) return invalid("outs[0].ndim", o0.ndim, "must be >= 2 ([..., H, Dv])");
-  std::vector<int64_t> oshape(o0.shape, o0.shape + o0.ndim);
-  std::vector<int64_t> lshape(o0.shape, o0.shape + o0.ndim - 1);
+  Shape oshape, lshape;
+  for (int i = 0; i < o0.ndim && i < kMaxDims; ++i) oshape.push(o0.shape[i]);
+  for (int i = 0; i + 1 < o0.ndim && i < kMaxDims; ++i) lshape.push(o0.shape[i]);
   std::vector<std::string> names;
   names.reserve(2 * outs.size() + 2);
   std::vector<Spec> specs;
@@ -365,11 +390,11 @@ Status validate_merge(const std::vector<TensorView>& outs, const std::vector<Ten
     names.push_back("lses[" + std::to_string(i) + "]");
   }
   for (size_t i = 0; i < outs.size(); ++i) {
-    specs.push_back({names[2 * i].c_str(), &outs[i], oshape, false, false});
-    specs.push_back({names[2 * i + 1].c_str(), &lses[i], lshape, false, true});
+    specs.push_back(Spec{names[2 * i].c_str(), &outs[i], oshape, false, false});
+    specs.push_back(Spec{names[2 * i + 1].c_str(), &lses[i], lshape, false, true});
   }
-  specs.push_back({"out", &out, oshape, true, false});
-  specs.push_back({"lse", &lse, lshape, true, true});
+  specs.push_back(Spec{"out", &out, oshape, true, false});
+  specs.push_back(Spec{"lse", &lse, lshape, true, true});
   return check_all(specs, v);
 }
 

@@ -4,6 +4,7 @@
 #include <array>
 #include <string>
 
+#include "core/host_trace.h"
 #include "cuda/backend.h"
 #include "cuda/check.h"
 #include "cuda/common/delta.h"
@@ -42,6 +43,7 @@ class Workspace {
   Workspace(const WorkspaceAllocator& a, cudaStream_t s) : alloc_(a), stream_(s) {}
   Status acquire(size_t bytes) {
     if (bytes == 0) return Status::Ok();
+    HostPhaseTimer phase(HostPhase::kWorkspace);
     if (alloc_.allocate != nullptr) {
       ptr_ = alloc_.allocate(bytes, alloc_.ctx);
       if (ptr_ == nullptr)
@@ -52,6 +54,7 @@ class Workspace {
   }
   ~Workspace() {
     if (ptr_ == nullptr) return;
+    HostPhaseTimer phase(HostPhase::kWorkspaceRelease);
     if (alloc_.release != nullptr)
       alloc_.release(ptr_, alloc_.ctx);
     else
@@ -194,12 +197,18 @@ class CudaBackend final : public Backend {
     const std::vector<Slot> slots = forward_slots(t);
     std::shared_ptr<const CudaPlan> plan;
     bool cached = false;
-    NATTN_RETURN_IF_ERROR(cuda::plan_call(p, t.q.dtype, false, o, slots, &plan, &cached));
+    {
+      HostPhaseTimer phase(HostPhase::kPlanLookup);
+      NATTN_RETURN_IF_ERROR(cuda::plan_call(p, t.q.dtype, false, o, slots, &plan, &cached));
+    }
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
     Workspace ws(o.workspace, s);
     NATTN_RETURN_IF_ERROR(ws.acquire(plan->workspace));
     std::array<TensorView, 7> v{t.q, t.k, t.v, t.additional_k, t.additional_v, t.out, t.lse};
-    NATTN_RETURN_IF_ERROR(bind_copies(*plan, slots, ws, s, &v));
+    {
+      HostPhaseTimer phase(HostPhase::kBindCopies);
+      NATTN_RETURN_IF_ERROR(bind_copies(*plan, slots, ws, s, &v));
+    }
     cuda::ForwardParams fp;
     fp.g = cuda::geometry_of(p);
     fp.q = v[0].data;
@@ -216,7 +225,11 @@ class CudaBackend final : public Backend {
     fp.slse = strides_of(v[6], p.rank);
     fp.ska = additional_strides(v[3]);
     fp.sva = additional_strides(v[4]);
-    NATTN_RETURN_IF_ERROR(plan->family->forward(plan->kernels, fp, t.q.dtype, s));
+    {
+      HostPhaseTimer phase(HostPhase::kFamily);
+      NATTN_RETURN_IF_ERROR(plan->family->forward(plan->kernels, fp, t.q.dtype, s));
+    }
+    HostPhaseTimer phase(HostPhase::kCopyOut);
     return copy_outputs(*plan, slots, ws, s);
   }
 
@@ -225,13 +238,19 @@ class CudaBackend final : public Backend {
     const std::vector<Slot> slots = backward_slots(t);
     std::shared_ptr<const CudaPlan> plan;
     bool cached = false;
-    NATTN_RETURN_IF_ERROR(cuda::plan_call(p, t.q.dtype, true, o, slots, &plan, &cached));
+    {
+      HostPhaseTimer phase(HostPhase::kPlanLookup);
+      NATTN_RETURN_IF_ERROR(cuda::plan_call(p, t.q.dtype, true, o, slots, &plan, &cached));
+    }
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
     Workspace ws(o.workspace, s);
     NATTN_RETURN_IF_ERROR(ws.acquire(plan->workspace));
     std::array<TensorView, 14> v{t.q,    t.k,  t.v,  t.additional_k, t.additional_v,   t.out,           t.lse, t.dout,
                                  t.dlse, t.dq, t.dk, t.dv,           t.d_additional_k, t.d_additional_v};
-    NATTN_RETURN_IF_ERROR(bind_copies(*plan, slots, ws, s, &v));
+    {
+      HostPhaseTimer phase(HostPhase::kBindCopies);
+      NATTN_RETURN_IF_ERROR(bind_copies(*plan, slots, ws, s, &v));
+    }
     cuda::BackwardParams bp;
     bp.g = cuda::geometry_of(p);
     bp.q = v[0].data;
@@ -268,8 +287,15 @@ class CudaBackend final : public Backend {
       bp.dq_accum = reinterpret_cast<float*>(ws.at(plan->scratch_offset));
       bp.sdq_accum = cuda::dq_accum_strides(bp.g);
     }
-    NATTN_RETURN_IF_ERROR(cuda::run_delta(bp, t.q.dtype, s));
-    NATTN_RETURN_IF_ERROR(plan->family->backward(plan->kernels, bp, t.q.dtype, s));
+    {
+      HostPhaseTimer phase(HostPhase::kDelta);
+      NATTN_RETURN_IF_ERROR(cuda::run_delta(bp, t.q.dtype, s));
+    }
+    {
+      HostPhaseTimer phase(HostPhase::kFamily);
+      NATTN_RETURN_IF_ERROR(plan->family->backward(plan->kernels, bp, t.q.dtype, s));
+    }
+    HostPhaseTimer phase(HostPhase::kCopyOut);
     return copy_outputs(*plan, slots, ws, s);
   }
 

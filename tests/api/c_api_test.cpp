@@ -192,5 +192,29 @@ TEST_F(CApi, BackendsAndVersion) {
   EXPECT_GT(std::strlen(nattn_version()), 0u);
 }
 
+TEST_F(CApi, HostTraceCountsCallsWhileOnAndReadsBackJson) {
+  const CallConfig c = config();
+  const CallTensors t = make_forward_call(c, rng);
+  const nattn_problem p = to_c(c.problem);
+  const std::vector<nattn_tensor> slots = forward_slots(t.forward_views());
+  char err[256] = "";
+  ASSERT_EQ(nattn_host_trace(1, nullptr, 0, err, sizeof err), 0) << err;
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(nattn_forward(&p, slots.data(), nullptr, err, sizeof err), 0) << err;
+  ASSERT_EQ(nattn_host_trace(0, nullptr, 0, err, sizeof err), 0) << err;
+  ASSERT_EQ(nattn_forward(&p, slots.data(), nullptr, err, sizeof err), 0) << err;  // off: not counted
+  char json[2048];
+  ASSERT_EQ(nattn_host_trace(2, json, sizeof json, err, sizeof err), 0) << err;
+  const std::string j = json;
+  EXPECT_NE(j.find("\"call\": {\"calls\": 3,"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"validate\": {\"calls\": 3,"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"launch\": {\"calls\": 0, \"ns\": 0}"), std::string::npos) << j;  // no CUDA phases
+  // A buffer too small says how many bytes the text needs; a bad action names itself.
+  char tiny[4];
+  EXPECT_EQ(nattn_host_trace(2, tiny, sizeof tiny, err, sizeof err), int(nattn::StatusCode::kInvalidArgument));
+  EXPECT_NE(std::string(err).find("json_len = 4 is invalid"), std::string::npos) << err;
+  EXPECT_EQ(nattn_host_trace(3, nullptr, 0, err, sizeof err), int(nattn::StatusCode::kInvalidArgument));
+  EXPECT_NE(std::string(err).find("action = 3 is invalid"), std::string::npos) << err;
+}
+
 }  // namespace
 }  // namespace nattn_test

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "core/host_trace.h"
 #include "core/tile_shapes.h"
 #include "cuda/check.h"
 #include "cuda/common/dq_convert.h"
@@ -130,6 +131,12 @@ Status encode(CUtensorMap* map, const void* base, DType dtype, const MapGrid& m,
   return Status::Ok();
 }
 
+// A planned kernel's launch (traced as its own host phase).
+Status launch(const KernelLaunch& k, const void* args, cudaStream_t s) {
+  HostPhaseTimer phase(HostPhase::kLaunch);
+  return sm90::launcher(k.config_id)->launch(k, args, s);
+}
+
 // A TMA box spans at most 256 elements per dimension: box x dilation.
 std::array<int, 3> box_caps(const Geometry& g) {
   std::array<int, 3> caps{0, 0, 0};
@@ -149,6 +156,7 @@ struct MapSource {
 // Encodes maps[0..n) into tma/mode/cols (a map of an empty tensor, base null, is skipped).
 Status encode_maps(const MapSource* maps, int n, DType dtype, int64_t batch, int padded, CUtensorMap* tma, int* mode,
                    int* cols) {
+  HostPhaseTimer phase(HostPhase::kEncodeMaps);
   const int pw = padded >= 64 ? 64 : padded;
   for (int i = 0; i < n; ++i) {
     const MapSource& m = maps[i];
@@ -371,7 +379,7 @@ class Sm90Family final : public KernelFamily {
     };
     NATTN_RETURN_IF_ERROR(
         encode_maps(src, sm90::kNumMaps, dtype, p.g.batch, padded, args.tma, args.mode, args.head_cols));
-    return sm90::launcher(k.config_id)->launch(k, &args, s);
+    return launch(k, &args, s);
   }
 
   // Deterministic: the dQ kernel, then the dK/dV kernel (independent: both read the forward's
@@ -408,7 +416,7 @@ class Sm90Family final : public KernelFamily {
       const MapSource src[sm90::kNumBackwardMaps] = {dq ? key : q, dq ? value : dout, dq ? q : key, dq ? dout : value};
       NATTN_RETURN_IF_ERROR(encode_maps(src, sm90::kNumBackwardMaps, dtype, p.g.batch,
                                         kKernelConfigs[k.config_id].head_dim, args.tma, args.mode, args.head_cols));
-      NATTN_RETURN_IF_ERROR(sm90::launcher(k.config_id)->launch(k, &args, s));
+      NATTN_RETURN_IF_ERROR(launch(k, &args, s));
     }
     return Status::Ok();
   }
