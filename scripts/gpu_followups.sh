@@ -14,13 +14,16 @@
 #              cuda: the library's host time per phase of a small forward+backward step
 #   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
 #              self CPU time, and the kernels)
+#   ncu-bwd    issue 10: Nsight Compute on the sm90 backward's dQ and dK/dV kernels (one launch
+#              each, after a warm-up step) of flux-2d-s16 and 1d-32k: speed of light, warp states,
+#              scheduler, compute and memory workload -> $OUT/ncu-bwd-<n>.txt
 # Everything lands in $OUT (default /tmp/nattn-followups) as each stage ends, and every stage has
 # a timeout: do not pipe this script's output through tail (a device call cut by its limit then
 # returns nothing).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
-stages="${*:-weak-flat anchors small overhead profile}"
+stages="${*:-weak-flat anchors small overhead profile}"  # ncu-bwd only when named
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz
@@ -79,4 +82,20 @@ print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12))
 EOF
   echo "profile rc=$?"; head -60 "$out/profile.txt"
   stamp profile
+fi
+
+if has ncu-bwd; then
+  n=0
+  for args in "--extent 256x256 --kernel 80 --stride 16 --heads 24" "--extent 32768 --kernel 2048 --heads 16"; do
+    n=$((n + 1))
+    # A bwd step launches forward, Delta, dQ, dK/dV: skip the warm-up step's two, profile the next two.
+    timeout 150 ncu --kernel-name regex:fna_backward --launch-skip 2 --launch-count 2 --section SpeedOfLight \
+      --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+      --section MemoryWorkloadAnalysis --section Occupancy build-gpu/nattn-bench --backend cuda --dtype bf16 \
+      --dim 128 --mode bwd --iters 1 --warmup 1 --no-verify $args >"$out/ncu-bwd-$n.txt" 2>&1
+    echo "ncu-bwd $n rc=$?: $args"; echo "$args" >>"$out/ncu-bwd-$n.txt"
+    grep -E "fna_backward|Duration|Compute \(SM\) Throughput|Memory Throughput|No Eligible|Issued Warp" \
+      "$out/ncu-bwd-$n.txt" | head -24
+  done
+  stamp ncu-bwd
 fi
