@@ -14,6 +14,9 @@
 #              cuda: the library's host time per phase of a small forward+backward step
 #   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
 #              self CPU time, and the kernels)
+#   check      the GPU regression check of a host-side change: nattn_cuda_tests (every config row
+#              on random problems vs the CPU reference, plans, copies) and the GPU cases of the
+#              host-trace, fast-path and error tests
 #   ncu-bwd    issue 10: Nsight Compute on the sm90 backward's dQ and dK/dV kernels (one launch
 #              each, after a warm-up step) of flux-2d-s16 and 1d-32k: speed of light, warp states,
 #              scheduler, compute and memory workload -> $OUT/ncu-bwd-<n>.txt
@@ -23,7 +26,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
-stages="${*:-weak-flat anchors small overhead profile}"  # ncu-bwd only when named
+stages="${*:-weak-flat anchors small overhead profile}"  # check, ncu-bwd only when named
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz
@@ -98,4 +101,13 @@ if has ncu-bwd; then
       "$out/ncu-bwd-$n.txt" | head -24
   done
   stamp ncu-bwd
+fi
+
+if has check; then
+  timeout 300 build-gpu/tests/nattn_cuda_tests --gtest_brief=1 >"$out/cuda-tests.log" 2>&1
+  echo "nattn_cuda_tests rc=$?"; tail -4 "$out/cuda-tests.log"
+  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/python/test_host_trace.py tests/python/test_fast_path.py \
+    tests/python/test_errors.py >"$out/pytest-check.log" 2>&1
+  echo "pytest rc=$?"; tail -3 "$out/pytest-check.log"
+  stamp check
 fi
