@@ -142,6 +142,21 @@ std::vector<Slot> backward_slots(const BackwardTensors& t) {
           {"d_additional_v", &t.d_additional_v, true, true}};
 }
 
+// A call's plan (cached), its workspace and its tensors `v` (in slot order) with the ones the
+// plan copies rebound to dense buffers, the inputs among them copied in.
+template <size_t N>
+Status begin_call(const Problem& p, DType dtype, bool backward, const Options& o, const std::vector<Slot>& slots,
+                  Workspace* ws, std::shared_ptr<const CudaPlan>* plan, std::array<TensorView, N>* v) {
+  {
+    HostPhaseTimer phase(HostPhase::kPlanLookup);
+    bool cached = false;
+    NATTN_RETURN_IF_ERROR(cuda::plan_call(p, dtype, backward, o, slots, plan, &cached));
+  }
+  NATTN_RETURN_IF_ERROR(ws->acquire((*plan)->workspace));
+  HostPhaseTimer phase(HostPhase::kBindCopies);
+  return bind_copies(**plan, slots, *ws, static_cast<cudaStream_t>(o.stream), v);
+}
+
 class CudaBackend final : public Backend {
  public:
   BackendKind kind() const override { return BackendKind::kCuda; }
@@ -195,20 +210,11 @@ class CudaBackend final : public Backend {
   Status forward(const Problem& p, const ForwardTensors& t, const Options& o) const override {
     DeviceGuard guard(t.q.device.index);
     const std::vector<Slot> slots = forward_slots(t);
-    std::shared_ptr<const CudaPlan> plan;
-    bool cached = false;
-    {
-      HostPhaseTimer phase(HostPhase::kPlanLookup);
-      NATTN_RETURN_IF_ERROR(cuda::plan_call(p, t.q.dtype, false, o, slots, &plan, &cached));
-    }
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
     Workspace ws(o.workspace, s);
-    NATTN_RETURN_IF_ERROR(ws.acquire(plan->workspace));
     std::array<TensorView, 7> v{t.q, t.k, t.v, t.additional_k, t.additional_v, t.out, t.lse};
-    {
-      HostPhaseTimer phase(HostPhase::kBindCopies);
-      NATTN_RETURN_IF_ERROR(bind_copies(*plan, slots, ws, s, &v));
-    }
+    std::shared_ptr<const CudaPlan> plan;
+    NATTN_RETURN_IF_ERROR(begin_call(p, t.q.dtype, false, o, slots, &ws, &plan, &v));
     cuda::ForwardParams fp;
     fp.g = cuda::geometry_of(p);
     fp.q = v[0].data;
@@ -236,21 +242,12 @@ class CudaBackend final : public Backend {
   Status backward(const Problem& p, const BackwardTensors& t, const Options& o) const override {
     DeviceGuard guard(t.q.device.index);
     const std::vector<Slot> slots = backward_slots(t);
-    std::shared_ptr<const CudaPlan> plan;
-    bool cached = false;
-    {
-      HostPhaseTimer phase(HostPhase::kPlanLookup);
-      NATTN_RETURN_IF_ERROR(cuda::plan_call(p, t.q.dtype, true, o, slots, &plan, &cached));
-    }
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
     Workspace ws(o.workspace, s);
-    NATTN_RETURN_IF_ERROR(ws.acquire(plan->workspace));
     std::array<TensorView, 14> v{t.q,    t.k,  t.v,  t.additional_k, t.additional_v,   t.out,           t.lse, t.dout,
                                  t.dlse, t.dq, t.dk, t.dv,           t.d_additional_k, t.d_additional_v};
-    {
-      HostPhaseTimer phase(HostPhase::kBindCopies);
-      NATTN_RETURN_IF_ERROR(bind_copies(*plan, slots, ws, s, &v));
-    }
+    std::shared_ptr<const CudaPlan> plan;
+    NATTN_RETURN_IF_ERROR(begin_call(p, t.q.dtype, true, o, slots, &ws, &plan, &v));
     cuda::BackwardParams bp;
     bp.g = cuda::geometry_of(p);
     bp.q = v[0].data;
