@@ -20,9 +20,10 @@
 #   ncu-bwd    issue 10: Nsight Compute on the sm90 backward's dQ and dK/dV kernels (one launch
 #              each, after a warm-up step) of flux-2d-s16 and 1d-32k: speed of light, warp states,
 #              scheduler, compute and memory workload -> $OUT/ncu-bwd-<n>.txt
-# Everything lands in $OUT (default /tmp/nattn-followups) as each stage ends, and every stage has
-# a timeout: do not pipe this script's output through tail (a device call cut by its limit then
-# returns nothing).
+# Everything lands in $OUT (default /tmp/nattn-followups) as each stage ends (anchors.py also
+# appends each finished anchor to anchors-bwd.md.rows). Every command has a timeout, cut to what
+# is left of NATTN_FOLLOWUPS_BUDGET_S (default 540 s). Do not pipe this script's output through
+# tail: a device call cut by its limit then returns nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
@@ -33,15 +34,18 @@ has() { [[ " $stages " == *" $1 "* ]]; }
 export NATTN_LIBRARY="$PWD/build-gpu/libnattn.so" PYTHONPATH="$PWD/python" NATTN_REQUIRE_CUDA=1
 nvidia-smi --query-gpu=name --format=csv,noheader
 start=$SECONDS
+budget="${NATTN_FOLLOWUPS_BUDGET_S:-540}"  # the whole run; keep it under the device call's limit
 stamp() { echo "== $1 done [$((SECONDS - start)) s]"; }
+# timeout of a stage's command: its cap, cut to the budget left (less 10 s for the files).
+t() { local left=$((budget - (SECONDS - start) - 10)); [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"; }
 
 if has weak-flat; then
-  (cd bench && timeout 120 python3 weak_flat.py --iters 3 --json "$out/weak-flat.json") 2>&1 | tee "$out/weak-flat.txt"
+  (cd bench && timeout $(t 120) python3 weak_flat.py --iters 3 --json "$out/weak-flat.json") 2>&1 | tee "$out/weak-flat.txt"
   stamp weak-flat
 fi
 
 if has anchors; then
-  (cd bench && timeout 240 python3 anchors.py --backward --modes deterministic --iters 5 --commit "$commit" \
+  (cd bench && timeout $(t 240) python3 anchors.py --backward --modes deterministic --iters 5 --commit "$commit" \
     --only dense-8k-d128 dense-8k-d64 cosmos-3d cosmos-3d-s hunyuan-3d-s \
     --out "$out/anchors-bwd.md" --json "$out/anchors-bwd.json") >"$out/anchors.log" 2>&1
   echo "anchors rc=$?"; tail -5 "$out/anchors.log"; cat "$out/anchors-bwd.md" 2>/dev/null | grep '^|'
@@ -49,24 +53,24 @@ if has anchors; then
 fi
 
 if has small; then
-  (cd bench && timeout 150 python3 small_grids.py --iters 10 --commit "$commit" \
+  (cd bench && timeout $(t 150) python3 small_grids.py --iters 10 --commit "$commit" \
     --out "$out/small_grids.md" --json "$out/small_grids.json") >"$out/small.log" 2>&1
   echo "small rc=$?"; tail -3 "$out/small.log"; cat "$out/small_grids.md" 2>/dev/null
   stamp small
 fi
 
 if has overhead; then
-  (cd bench && NATTN_TORCH_OPS_CUDA=1 timeout 120 python3 overhead.py --label "C++ ops CUDA on, $commit" \
+  (cd bench && NATTN_TORCH_OPS_CUDA=1 timeout $(t 120) python3 overhead.py --label "C++ ops CUDA on, $commit" \
     --out "$out/overhead.json") >"$out/overhead.log" 2>&1
   echo "overhead rc=$?"; tail -25 "$out/overhead.log"
   # The library's own host time by phase (validation, plan lookup, encodes, launches).
-  (cd bench && timeout 60 python3 host_breakdown.py --trace cuda) >"$out/host-trace.md" 2>&1
+  (cd bench && timeout $(t 60) python3 host_breakdown.py --trace cuda) >"$out/host-trace.md" 2>&1
   echo "host trace rc=$?"; cat "$out/host-trace.md"
   stamp overhead
 fi
 
 if has profile; then
-  NATTN_TORCH_OPS_CUDA=1 timeout 90 python3 - >"$out/profile.txt" 2>&1 <<'EOF'
+  NATTN_TORCH_OPS_CUDA=1 timeout $(t 90) python3 - >"$out/profile.txt" 2>&1 <<'EOF'
 import torch, nattn
 from torch.profiler import ProfilerActivity, profile
 q, k, v = (torch.randn(32, 7, 7, 16, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -92,7 +96,7 @@ if has ncu-bwd; then
   for args in "--extent 256x256 --kernel 80 --stride 16 --heads 24" "--extent 32768 --kernel 2048 --heads 16"; do
     n=$((n + 1))
     # A bwd step launches forward, Delta, dQ, dK/dV: skip the warm-up step's two, profile the next two.
-    timeout 150 ncu --kernel-name regex:fna_backward --launch-skip 2 --launch-count 2 --section SpeedOfLight \
+    timeout $(t 150) ncu --kernel-name regex:fna_backward --launch-skip 2 --launch-count 2 --section SpeedOfLight \
       --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
       --section MemoryWorkloadAnalysis --section Occupancy build-gpu/nattn-bench --backend cuda --dtype bf16 \
       --dim 128 --mode bwd --iters 1 --warmup 1 --no-verify $args >"$out/ncu-bwd-$n.txt" 2>&1
@@ -104,9 +108,9 @@ if has ncu-bwd; then
 fi
 
 if has check; then
-  timeout 300 build-gpu/tests/nattn_cuda_tests --gtest_brief=1 >"$out/cuda-tests.log" 2>&1
+  timeout $(t 300) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 >"$out/cuda-tests.log" 2>&1
   echo "nattn_cuda_tests rc=$?"; tail -4 "$out/cuda-tests.log"
-  timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/python/test_host_trace.py tests/python/test_fast_path.py \
+  timeout $(t 200) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_host_trace.py tests/python/test_fast_path.py \
     tests/python/test_errors.py >"$out/pytest-check.log" 2>&1
   echo "pytest rc=$?"; tail -3 "$out/pytest-check.log"
   stamp check
