@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Short single-GPU measurements that several issues wait on, in one device call (~6-7 minutes),
+# Short single-GPU measurements that several issues wait on, in one device call (~6-9 minutes),
 # with the prebuilt library (.carry/build.tar.xz from scripts/pack_build.sh; Python from python/
 # through NATTN_LIBRARY, no pip). Stages (pick some: scripts/gpu_followups.sh [stage ...]):
 #   weak-flat  issue 12: bench/weak_flat.py, forward+backward of each weak-scaling anchor's base
@@ -14,7 +14,7 @@
 #              cuda: the library's host time per phase of a small forward+backward step
 #   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
 #              self CPU time, and the kernels)
-#   check      the GPU regression check of a host-side change: nattn_cuda_tests (every config row
+#   check      (runs first) the GPU regression check of a host-side change: nattn_cuda_tests (every config row
 #              on random problems vs the CPU reference, plans, copies) and the GPU cases of the
 #              host-trace, fast-path and error tests
 #   ncu-bwd    issue 10: Nsight Compute on the sm90 backward's dQ and dK/dV kernels (one launch
@@ -27,7 +27,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
-stages="${*:-weak-flat anchors small overhead profile}"  # check, ncu-bwd only when named
+stages="${*:-check overhead profile small anchors}"  # weak-flat, ncu-bwd only when named
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz
@@ -38,6 +38,15 @@ budget="${NATTN_FOLLOWUPS_BUDGET_S:-540}"  # the whole run; keep it under the de
 stamp() { echo "== $1 done [$((SECONDS - start)) s]"; }
 # timeout of a stage's command: its cap, cut to the budget left (less 10 s for the files).
 t() { local left=$((budget - (SECONDS - start) - 10)); [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"; }
+
+if has check; then
+  timeout $(t 300) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 >"$out/cuda-tests.log" 2>&1
+  echo "nattn_cuda_tests rc=$?"; tail -4 "$out/cuda-tests.log"
+  timeout $(t 200) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_host_trace.py tests/python/test_fast_path.py \
+    tests/python/test_errors.py >"$out/pytest-check.log" 2>&1
+  echo "pytest rc=$?"; tail -3 "$out/pytest-check.log"
+  stamp check
+fi
 
 if has weak-flat; then
   (cd bench && timeout $(t 120) python3 weak_flat.py --iters 3 --json "$out/weak-flat.json") 2>&1 | tee "$out/weak-flat.txt"
@@ -105,13 +114,4 @@ if has ncu-bwd; then
       "$out/ncu-bwd-$n.txt" | head -24
   done
   stamp ncu-bwd
-fi
-
-if has check; then
-  timeout $(t 300) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 >"$out/cuda-tests.log" 2>&1
-  echo "nattn_cuda_tests rc=$?"; tail -4 "$out/cuda-tests.log"
-  timeout $(t 200) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_host_trace.py tests/python/test_fast_path.py \
-    tests/python/test_errors.py >"$out/pytest-check.log" 2>&1
-  echo "pytest rc=$?"; tail -3 "$out/pytest-check.log"
-  stamp check
 fi
