@@ -1,11 +1,15 @@
 // Layer: bench. See buffers.h.
 #include "bench/buffers.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <random>
+#include <thread>
+#include <vector>
 
 #include "core/dtype_convert.h"
 #ifdef NATTN_WITH_CUDA
@@ -121,19 +125,56 @@ std::vector<int64_t> Buffers::shape(Slot s) const {
   }
 }
 
+namespace {
+
+// n elements of type t at dst: uniform in [-1.7, 1.7) (unit variance) when random, else NaN (the
+// poison of outputs, one bit pattern copied). Large problems have ~10^9 elements per tensor, which one thread fills in
+// tens of seconds (GPU-machine minutes per nattn-bench run): the range is split over the
+// machine's threads, each with its own xorshift stream seeded from `seed`.
+void fill_values(DType t, void* dst, int64_t n, bool random, uint64_t seed) {
+  if (!random) {  // one bit pattern, copied: no conversion per element
+    double nan_bits = 0;
+    store(t, &nan_bits, 0, NAN);
+    switch (dtype_size(t)) {
+      case 2: std::fill_n(static_cast<uint16_t*>(dst), n, *reinterpret_cast<uint16_t*>(&nan_bits)); return;
+      case 4: std::fill_n(static_cast<uint32_t*>(dst), n, *reinterpret_cast<uint32_t*>(&nan_bits)); return;
+      default: std::fill_n(static_cast<uint64_t*>(dst), n, *reinterpret_cast<uint64_t*>(&nan_bits)); return;
+    }
+  }
+  const int64_t workers = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 64);
+  const int64_t per = std::max<int64_t>((n + workers - 1) / workers, 1 << 16);
+  auto run = [=](int64_t w) {
+    uint64_t state = (seed ^ (0x9E3779B97F4A7C15ull * uint64_t(w + 1))) | 1;
+    const int64_t end = std::min(n, (w + 1) * per);
+    for (int64_t i = w * per; i < end; ++i) {
+      state ^= state << 13;
+      state ^= state >> 7;
+      state ^= state << 17;
+      const double x = (double(state >> 11) * 0x1.0p-53 * 2.0 - 1.0) * 1.7320508;
+      if (t == DType::kBFloat16) {  // round to nearest even from float (store's exact path is 10x slower)
+        uint32_t f;
+        const float xf = float(x);
+        std::memcpy(&f, &xf, 4);
+        static_cast<uint16_t*>(dst)[i] = uint16_t((f + 0x7FFFu + ((f >> 16) & 1u)) >> 16);
+      } else {
+        store(t, dst, i, x);
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int64_t w = 1; w * per < n; ++w) pool.emplace_back(run, w);
+  run(0);
+  for (std::thread& th : pool) th.join();
+}
+
+}  // namespace
+
 Buffers::Buffers(const Problem& p, DType dtype, BackendKind backend, bool fill)
     : p_(p), dtype_(dtype), device_(backend == BackendKind::kCuda) {
 #ifdef NATTN_WITH_CUDA
   if (device_) cuda_check(cudaStreamCreate(reinterpret_cast<cudaStream_t*>(&stream_)), "cudaStreamCreate");
 #endif
-  // A fast generator (large problems have ~10^9 elements): uniform in [-1.7, 1.7), unit variance.
-  uint64_t state = std::random_device{}() | 1;
-  auto uniform = [&state] {
-    state ^= state << 13;
-    state ^= state >> 7;
-    state ^= state << 17;
-    return (double(state >> 11) * 0x1.0p-53 * 2.0 - 1.0) * 1.7320508;
-  };
+  const uint64_t seed = (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
   for (int s = 0; s < kSlots; ++s) {
     if ((s == kAK || s == kAV || s == kDak || s == kDav) && p.num_additional == 0) continue;
     const DType t = s == kLse ? DType::kFloat32 : dtype;
@@ -149,18 +190,18 @@ Buffers::Buffers(const Problem& p, DType dtype, BackendKind backend, bool fill)
       data_[s] = std::malloc(bytes);
       continue;
     }
-    std::vector<unsigned char> host(bytes);
     // Inputs get random values; outputs a NaN poison so unwritten elements show up.
     const bool input = s <= kAV || s == kDout;
-    for (int64_t i = 0; i < n; ++i) store(t, host.data(), i, input ? uniform() : NAN);
     if (device_) {
 #ifdef NATTN_WITH_CUDA
+      std::unique_ptr<unsigned char[]> host(new unsigned char[bytes]);  // no zeroing pass
+      fill_values(t, host.get(), n, input, seed + uint64_t(s) * 0x100000001B3ull);
       cuda_check(cudaMalloc(&data_[s], bytes), "cudaMalloc");
-      cuda_check(cudaMemcpy(data_[s], host.data(), bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
+      cuda_check(cudaMemcpy(data_[s], host.get(), bytes, cudaMemcpyHostToDevice), "cudaMemcpy");
 #endif
     } else {
       data_[s] = std::malloc(bytes);
-      std::memcpy(data_[s], host.data(), bytes);
+      fill_values(t, data_[s], n, input, seed + uint64_t(s) * 0x100000001B3ull);
     }
   }
 }
