@@ -10,7 +10,7 @@ namespace nattn {
 
 // Turns tracing on or off; turning it on also resets the counts.
 void set_host_trace(bool on);
-bool host_trace_enabled();
+bool host_trace_enabled();  // one relaxed atomic load
 // The counts so far as JSON: {"validate": {"calls": n, "ns": t}, ...}, phases in call order
 // (those that never ran included, with zeros).
 std::string host_trace_json();

@@ -222,9 +222,7 @@ def host_trace(action: str) -> Optional[Dict[str, Tuple[int, int]]]:
     if action not in actions:
         raise ValueError(f"action = {action!r} is invalid: must be one of {', '.join(actions)}")
     if action != "read":
-        err = ctypes.create_string_buffer(_ERR_LEN)
-        code = LIB.nattn_host_trace(actions[action], None, 0, err, _ERR_LEN)
-        raise_for_status(code, err.value.decode(errors="replace"), "nattn host_trace")
+        _call(LIB.nattn_host_trace, "nattn host_trace", actions[action], None, 0)
         return None
     counts = _json(LIB.nattn_host_trace, "nattn host_trace", 2, size=4096)
     return {k: (int(v["calls"]), int(v["ns"])) for k, v in counts.items()}

@@ -270,7 +270,7 @@ def _exchange(xs: List[Tensor], dims: List[int], src: List[int], dst: List[int],
     for x in xs:
         mine = _narrow(x, dims, incoming[r], have) if incoming[r] is not None else None
         if reverse and mine is not None and incoming[r] == want:
-            out = mine.clone(memory_format=torch.contiguous_format)  # always so: src[r] ⊂ dst[r]
+            out = mine.clone(memory_format=torch.contiguous_format)  # the usual case: src[r] ⊂ dst[r]
         else:
             out = x.new_zeros(_shape(x, dims, want)) if reverse else \
                 x.new_empty(_shape(x, dims, want))

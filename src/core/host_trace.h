@@ -24,13 +24,12 @@ enum class HostPhase : int {
   kCount
 };
 
-bool host_trace_on();  // one relaxed atomic load
 void host_trace_add(HostPhase phase, int64_t ns);
 
 // Adds the time from construction to destruction to `phase`, when tracing was on at construction.
 class HostPhaseTimer {
  public:
-  explicit HostPhaseTimer(HostPhase phase) : phase_(phase), on_(host_trace_on()) {
+  explicit HostPhaseTimer(HostPhase phase) : phase_(phase), on_(host_trace_enabled()) {
     if (on_) start_ = std::chrono::steady_clock::now();
   }
   ~HostPhaseTimer() {

@@ -81,19 +81,6 @@ cuda::Strides strides_of(const TensorView& t, int rank) {
 // Additional keys/values [B, Na, H, D] have the layout of a rank-1 grid: Na is axis 0.
 cuda::Strides additional_strides(const TensorView& t) { return strides_of(t, 1); }
 
-// Strides of a contiguous [B, X1..Xr, Hq] float tensor (the backward's Delta workspace).
-cuda::Strides contiguous_lse_strides(const Problem& p) {
-  cuda::Strides s;
-  int64_t inner = p.heads_q;
-  s.head = 1;
-  for (int a = p.rank - 1; a >= 0; --a) {
-    s.axis[a] = inner;
-    inner *= p.extent[a];
-  }
-  s.batch = inner;
-  return s;
-}
-
 // The call's tensors with copied ones rebound to their dense buffers; inputs are copied in.
 template <size_t N>
 Status bind_copies(const CudaPlan& plan, const std::vector<Slot>& slots, const Workspace& ws, cudaStream_t s,
@@ -279,10 +266,10 @@ class CudaBackend final : public Backend {
     bp.sdka = additional_strides(v[12]);
     bp.sdva = additional_strides(v[13]);
     bp.delta = reinterpret_cast<float*>(ws.at(plan->delta_offset));
-    bp.sdelta = contiguous_lse_strides(p);
+    bp.sdelta = cuda::contiguous_query_strides(bp.g, 1);
     if (plan->scratch > 0) {  // the fast backward's dQ partial sums (the family zeroes them)
       bp.dq_accum = reinterpret_cast<float*>(ws.at(plan->scratch_offset));
-      bp.sdq_accum = cuda::dq_accum_strides(bp.g);
+      bp.sdq_accum = cuda::contiguous_query_strides(bp.g, bp.g.head_dim);
     }
     {
       HostPhaseTimer phase(HostPhase::kDelta);

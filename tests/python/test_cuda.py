@@ -102,8 +102,8 @@ def test_cuda_fused_any_scale(cuda_backend, scale):
 
 
 def test_cuda_backward_is_bitwise_reproducible(cuda_backend):
-    """Under torch.use_deterministic_algorithms (the default fast backward of sm90 adds dQ
-    partial sums with atomics: not bitwise reproducible, by design)."""
+    """Under torch.use_deterministic_algorithms (sm90's opt-in fast backward adds dQ partial sums
+    with atomics: not bitwise reproducible, by design; the deterministic pair is the default)."""
     q, k, v = qkv((30, 34), 4, 2, 128, torch.bfloat16, b=1)
     out = nattn.na2d(q, k, v, (7, 9), dilation=(2, 1), backend="cuda")
     dout = torch.randn_like(out)

@@ -1,8 +1,9 @@
 """The sm90 (Hopper) backward (issue 10) against the float64 CPU reference, in both modes:
-  fast (the default): one kernel computes dK, dV and adds dQ partial sums into a float32
-    workspace (vector atomics), then a pass converts them to dQ (backward_dkdv_dq, dq_convert);
-  deterministic (under torch.use_deterministic_algorithms): an sm90 dQ kernel and an sm90 dK/dV
-    kernel, each gradient row written once (backward_dq, backward_dkdv).
+  fast (opt-in: a forced backward_dkdv_dq row or NATTN_SM90_BACKWARD=fast): one kernel computes
+    dK, dV and adds dQ partial sums into a float32 workspace (vector atomics), then a pass
+    converts them to dQ (backward_dkdv_dq, dq_convert);
+  deterministic (the default, and always under torch.use_deterministic_algorithms): an sm90 dQ
+    kernel and an sm90 dK/dV kernel, each gradient row written once (backward_dq, backward_dkdv).
 Forced through nattn.kernel_choice(family="sm90") and asserted through nattn.explain(...,
 backward=True): 200 random configurations per mode (ranks 1-3, kernel/stride/dilation/causal per
 axis, grouped heads, head dims 8-128 in multiples of 8 with Dv != D, fp16 and bf16, packed-qkv

@@ -36,19 +36,6 @@ Status launch(const BackwardParams& p, cudaStream_t s) {
 
 }  // namespace
 
-Strides dq_accum_strides(const Geometry& g) {
-  Strides s;
-  s.dim = 1;
-  s.head = g.head_dim;
-  int64_t inner = g.heads_q * g.head_dim;
-  for (int a = g.rank - 1; a >= 0; --a) {
-    s.axis[a] = inner;
-    inner *= g.extent[a];
-  }
-  s.batch = inner;
-  return s;
-}
-
 size_t dq_accum_bytes(const Geometry& g) { return size_t(g.batch * g.tokens * g.heads_q * g.head_dim) * sizeof(float); }
 
 Status run_dq_convert(const BackwardParams& p, DType dtype, cudaStream_t s) {

@@ -10,8 +10,8 @@
 
 namespace nattn::cuda {
 
-// The strides of the dQ workspace as a [B, X1..Xr, Hq, D] tensor (contiguous), and its bytes.
-Strides dq_accum_strides(const Geometry& g);
+// The bytes of the dQ workspace, a contiguous [B, X1..Xr, Hq, D] float tensor (its strides:
+// contiguous_query_strides(g, g.head_dim), params.h).
 size_t dq_accum_bytes(const Geometry& g);
 
 Status run_dq_convert(const BackwardParams& p, DType dtype, cudaStream_t stream);

@@ -51,6 +51,21 @@ struct ForwardParams {
   Strides sq, sk, sv, ska, sva, so, slse;
 };
 
+// The strides of a contiguous [B, X1..Xr, Hq, cols] float workspace over the query box (Delta:
+// cols 1, [B, X.., Hq]; the fast backward's dQ partial sums: cols = head_dim).
+inline Strides contiguous_query_strides(const Geometry& g, int64_t cols) {
+  Strides s;
+  s.dim = 1;
+  s.head = cols;
+  int64_t inner = g.heads_q * cols;
+  for (int a = g.rank - 1; a >= 0; --a) {
+    s.axis[a] = inner;
+    inner *= g.extent[a];
+  }
+  s.batch = inner;
+  return s;
+}
+
 struct BackwardParams {
   Geometry g;
   const void* q = nullptr;

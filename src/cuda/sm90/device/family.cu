@@ -302,8 +302,8 @@ class Sm90Family final : public KernelFamily {
     }
     if (g.num_additional >= (int64_t(1) << 31))
       return Status::Unsupported("the sm90 forward needs fewer than 2^31 additional keys");
-    if (call.backward && call.deterministic && forced_fast_row(call.choice) >= 0)
-      return Status::Invalid("choice.config_ids has " + std::to_string(forced_fast_row(call.choice)) +
+    if (const int fast = call.backward && call.deterministic ? forced_fast_row(call.choice) : -1; fast >= 0)
+      return Status::Invalid("choice.config_ids has " + std::to_string(fast) +
                              ", which is invalid for a deterministic backward: its dQ partial sums are added "
                              "with atomics (force a backward_dq and a backward_dkdv row instead)");
     for (const Role r : call.backward ? backward_roles(call) : std::vector<Role>{Role::kForward}) {
