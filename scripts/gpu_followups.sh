@@ -113,5 +113,15 @@ if has ncu-bwd; then
     grep -E "fna_backward|Duration|Compute \(SM\) Throughput|Memory Throughput|No Eligible|Issued Warp" \
       "$out/ncu-bwd-$n.txt" | head -24
   done
+  # The fast mode's one kernel (dK/dV + dQ partials by float2 atomics) on flux-2d-s16, with the
+  # memory tables: is its loss L2 reduction throughput, DRAM, or the serialised dQ product?
+  NATTN_SM90_BACKWARD=fast timeout $(t 120) ncu --kernel-name regex:fna_backward --launch-skip 1 --launch-count 1 \
+    --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables build-gpu/nattn-bench --backend cuda \
+    --dtype bf16 --dim 128 --mode bwd --iters 1 --warmup 1 --no-verify --extent 256x256 --kernel 80 --stride 16 \
+    --heads 24 >"$out/ncu-bwd-fast.txt" 2>&1
+  echo "ncu-bwd fast rc=$?"
+  grep -E "fna_backward|Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|DRAM Throughput|No Eligible" \
+    "$out/ncu-bwd-fast.txt" | head -12
   stamp ncu-bwd
 fi
