@@ -62,6 +62,9 @@ struct KernelLaunch {
   // Bytes of float32 scratch the launch shares with the plan's other launches (the fast
   // backward's dQ partial sums, BackwardParams::dq_accum); the planner places it in the workspace.
   size_t scratch = 0;
+  // sm90 backward: the dK/dV kernel run over the additional keys (a problem of its own: every
+  // query attends them); its role in the explained plan gets the suffix "_additional".
+  bool additional_keys = false;
 };
 
 // What a family sees of a validated call.

@@ -122,7 +122,7 @@ namespace {
 void explain_kernels(CudaPlan* plan) {
   for (const KernelLaunch& k : plan->kernels) {
     PlannedKernel e;
-    e.role = role_name(k.role);
+    e.role = std::string(role_name(k.role)) + (k.additional_keys ? "_additional" : "");
     e.config_id = k.config_id;
     e.own_tile = k.own;
     e.walk_tile = k.walk;

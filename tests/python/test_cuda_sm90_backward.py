@@ -18,7 +18,7 @@ import random
 
 import pytest
 import torch
-from test_cuda_sm90 import FNS, _config, _rel, _sm90_rows, _tensors
+from test_cuda_sm90 import FNS, _additional, _config, _rel, _sm90_rows, _tensors
 
 import nattn
 
@@ -35,10 +35,11 @@ pytestmark = [
 
 def _backward_config(rng):
     """A random configuration the sm90 backward takes (TMA boxes of 128 keys and 64 queries
-    within 256 elements per axis: 1-D dilation <= 2; head dims up to 128; no additional keys;
-    a 3-D grid with batch > 1 needs D = Dv = the padded head dim)."""
+    within 256 elements per axis: 1-D dilation <= 2; head dims up to 128; a 3-D grid with
+    batch > 1 needs D = Dv = the padded head dim). Additional keys (0, 1, 7 or 130 of them) as
+    _config draws them: the dQ kernel walks them after the neighborhood boxes and the dK/dV
+    kernel runs once more over them (role backward_dkdv_additional / backward_dkdv_dq_additional)."""
     c = _config(rng)
-    c["additional"] = 0
     c["dim"], c["dim_v"] = min(c["dim"], 128), min(c["dim_v"], 128)
     if c["rank"] == 1:
         c["dilation"] = [min(c["dilation"][0], 2)]
@@ -49,11 +50,13 @@ def _backward_config(rng):
     return c
 
 
-def _run(fn, q, k, v, kw, dout):
+def _run(fn, q, k, v, kw, dout, extra=None):
+    """out and the gradients of q, k, v (and of the additional keys and values in `extra`)."""
     q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
-    out = fn(q, k, v, **kw)
+    extra = {name: x.detach().requires_grad_() for name, x in (extra or {}).items()}
+    out = fn(q, k, v, **kw, **extra)
     out.backward(dout)
-    return out, q.grad, k.grad, v.grad
+    return (out, q.grad, k.grad, v.grad, *(extra[name].grad for name in sorted(extra)))
 
 
 MODES = {"fast": ("backward_dkdv_dq", "dq_convert"), "deterministic": ("backward_dq", "backward_dkdv")}
@@ -92,28 +95,36 @@ def test_sm90_random_backward(seed, mode):
     c = _backward_config(rng)
     gen = torch.Generator(device="cuda").manual_seed(seed)
     q, k, v = _tensors(c, gen)
+    extra = _additional(c, gen)
     kw = dict(kernel_size=tuple(c["kernel"]), stride=tuple(c["stride"]), dilation=tuple(c["dilation"]),
               is_causal=tuple(c["causal"]))
     what = f"seed {seed}, {mode}: {c}"
     with _mode(mode):
-        plan = nattn.explain(q, k, v, backward=True, **_choice(mode, c), **kw)
+        plan = nattn.explain(q, k, v, backward=True, **_choice(mode, c), **kw, **extra)
     assert plan.family == "sm90", f"{what}: {plan}"
     sm90_ids = [r.id for r in _sm90_rows()]
     row_role, other = MODES[mode]
+    dkdv_role = "backward_dkdv_dq" if mode == "fast" else "backward_dkdv"
     kernels = plan.kernels_of(row_role)
     assert len(kernels) == 1 and kernels[0]["config_id"] in sm90_ids, f"{what}: {plan}"
     assert len(plan.kernels_of(other)) == 1, f"{what}: {plan}"
-    unexpected = {kk["role"] for kk in plan.kernels} - {"delta", *MODES[mode]}
+    # The additional keys' dK/dV pass: the same row, exactly when there are additional keys.
+    passes = plan.kernels_of(dkdv_role + "_additional")
+    assert len(passes) == (1 if extra else 0), f"{what}: {plan}"
+    assert all(kk["config_id"] == plan.kernels_of(dkdv_role)[0]["config_id"] for kk in passes), f"{what}: {plan}"
+    unexpected = {kk["role"] for kk in plan.kernels} - {"delta", *MODES[mode], dkdv_role + "_additional"}
     assert not unexpected, f"{what}: {plan}"
     fn = FNS[c["rank"]]
     dout = torch.randn(*q.shape[:-1], v.shape[-1], device="cuda", dtype=q.dtype, generator=gen)
     with nattn.kernel_choice(**_choice(mode, c)), _mode(mode):
-        out, dq, dk, dv = _run(fn, q, k, v, kw, dout)
+        got = _run(fn, q, k, v, kw, dout, extra)
     ref = _run(lambda *a, **k2: fn(*a, backend="reference", **k2),
-               *(x.detach().double().cpu() for x in (q, k, v)), kw, dout.double().cpu())
+               *(x.detach().double().cpu() for x in (q, k, v)), kw, dout.double().cpu(),
+               {name: x.detach().double().cpu() for name, x in extra.items()})
     tol = GRAD_TOL[c["dtype"]]
-    for name, got, want in zip(("out", "dq", "dk", "dv"), (out, dq, dk, dv), ref):
-        assert _rel(got, want) < tol, f"{what}: {name} relative error {_rel(got, want):.3g}"
+    names = ("out", "dq", "dk", "dv", *(f"d_{name}" for name in sorted(extra)))
+    for name, g, want in zip(names, got, ref, strict=True):
+        assert _rel(g, want) < tol, f"{what}: {name} relative error {_rel(g, want):.3g}"
 
 
 def test_sm90_backward_is_bitwise_reproducible():
@@ -125,7 +136,17 @@ def test_sm90_backward_is_bitwise_reproducible():
         assert nattn.explain(q, k, v, backward=True, **kw).kernels_of("backward_dq")
         first = _run(nattn.na2d, q, k, v, kw, dout)
         second = _run(nattn.na2d, q, k, v, kw, dout)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+    # With additional keys: the dQ kernel's extra steps and the dK/dV pass over them.
+    extra = {name: torch.randn(2, 77, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+             for name in ("additional_keys", "additional_values")}
+    with nattn.kernel_choice(family="sm90"), _mode("deterministic"):
+        assert nattn.explain(q, k, v, backward=True, **kw, **extra).kernels_of("backward_dkdv_additional")
+        first = _run(nattn.na2d, q, k, v, kw, dout, extra)
+        second = _run(nattn.na2d, q, k, v, kw, dout, extra)
+    assert len(first) == 6
+    for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
 
 

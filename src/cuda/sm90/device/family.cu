@@ -254,6 +254,44 @@ std::vector<Role> backward_roles(const Call& call) {
   return {Role::kBackwardDq, Role::kBackwardDkdv};
 }
 
+// The backward of the additional keys as a problem of its own, run by the dK/dV kernel: every
+// query of the call attends every additional key, so it is dense cross-attention between the
+// call's query grid (its rank, extents and strides; dilation 1) and a key box of the Na
+// additional keys along axis 0 (extent 1 along the others), with a window of the whole grid:
+// Geometry's placed boxes (SPEC.md "Placed boxes"), at origin 0 in a global grid of
+// max(query extent, key extent) per axis. The call's lse and Delta are this problem's too (P of
+// an additional key is exp(S - lse) of the whole call). The neighborhood's dilation, stride and
+// causality do not apply to additional keys.
+Geometry additional_keys_geometry(const Geometry& g) {
+  Geometry e = g;
+  e.num_additional = 0;
+  e.placed = false;
+  for (int a = 0; a < 3; ++a) {
+    e.key_extent[a] = a == 0 ? g.num_additional : 1;
+    if (a >= g.rank) e.key_extent[a] = 1;
+    e.global[a] = g.extent[a] > e.key_extent[a] ? g.extent[a] : e.key_extent[a];
+    e.kernel[a] = e.global[a];
+    e.stride[a] = e.dilation[a] = 1;
+    e.causal[a] = false;
+    e.query_origin[a] = e.key_origin[a] = 0;
+    e.placed = e.placed || e.global[a] != e.extent[a] || e.key_extent[a] != e.extent[a];
+  }
+  e.key_tokens = g.num_additional;
+  return e;
+}
+
+// The call's backward parameters for that problem: the additional keys and values (and their
+// gradients) as the key side, [B, Na, Hkv, *] as a grid of Na x 1 x 1; the query side as is.
+BackwardParams additional_keys_params(const BackwardParams& p) {
+  BackwardParams e = p;
+  e.g = additional_keys_geometry(p.g);
+  e.k = p.ka, e.v = p.va, e.sk = p.ska, e.sv = p.sva;
+  e.dk = p.dka, e.dv = p.dva, e.sdk = p.sdka, e.sdv = p.sdva;
+  e.ka = e.va = nullptr;
+  e.dka = e.dva = nullptr;
+  return e;
+}
+
 class Sm90Family final : public KernelFamily {
  public:
   Family id() const override { return Family::kSm90; }
@@ -276,7 +314,6 @@ class Sm90Family final : public KernelFamily {
     if (call.backward) {
       if (backward_switch() == BackwardSwitch::kOff)
         return Status::Unsupported("the sm90 backward is switched off by NATTN_SM90_BACKWARD=0");
-      if (g.num_additional > 0) return Status::Unsupported("the sm90 backward takes no additional keys yet");
     }
     const int64_t hd = g.head_dim > g.head_dim_v ? g.head_dim : g.head_dim_v;
     const int padded = padded_head_dim(Family::kSm90, role, int(hd));
@@ -384,7 +421,9 @@ class Sm90Family final : public KernelFamily {
 
   // Deterministic: the dQ kernel, then the dK/dV kernel (independent: both read the forward's
   // lse and the Delta pre-pass; neither reads the other's output). Fast: the workspace zeroed,
-  // the dK/dV kernel adding dQ partials into it, then the conversion to dQ.
+  // the dK/dV kernel adding dQ partials into it, then the conversion to dQ. With additional keys
+  // the dQ kernel walks them after the neighborhood boxes, and the dK/dV kernel runs once more
+  // over them (additional_keys_geometry), adding its dQ partials in fast mode.
   Status backward(const std::vector<KernelLaunch>& kernels, const BackwardParams& p, DType dtype,
                   cudaStream_t s) const override {
     for (const KernelLaunch& k : kernels) {
@@ -392,36 +431,49 @@ class Sm90Family final : public KernelFamily {
         NATTN_RETURN_IF_ERROR(run_dq_convert(p, dtype, s));
         continue;
       }
-      if (k.role == Role::kBackwardDkdvDq)  // the partial sums start from zero (capturable)
+      if (k.role == Role::kBackwardDkdvDq && !k.additional_keys)  // the partial sums start from zero (capturable)
         NATTN_RETURN_IF_ERROR(
             check(cudaMemsetAsync(p.dq_accum, 0, dq_accum_bytes(p.g), s), "sm90: zeroing the dQ workspace"));
-      const bool dq = k.role == Role::kBackwardDq;
-      sm90::BackwardArgs args;
-      args.p = p;
-      args.tl = k.tiling;
-      // Own boxes (queries for dQ, keys for dK/dV) in the own shift, walked boxes in the walk shift.
-      MapGrid queries{}, keys{};
-      for (int a = 0; a < 3; ++a) {
-        queries.extent[a] = p.g.extent[a];
-        keys.extent[a] = p.g.key_extent[a];
-        queries.dilation[a] = keys.dilation[a] = p.g.dilation[a];
-        queries.shift[a] = dq ? k.tiling.own_shift[a] : k.tiling.walk_shift[a];
-        keys.shift[a] = dq ? k.tiling.walk_shift[a] : k.tiling.own_shift[a];
-      }
-      const MapSource q{p.q, p.sq, queries, p.g.heads_q, p.g.head_dim, "q"};
-      const MapSource dout{p.dout, p.sdo, queries, p.g.heads_q, p.g.head_dim_v, "dout"};
-      const MapSource key{p.k, p.sk, keys, p.g.heads_kv, p.g.head_dim, "k"};
-      const MapSource value{p.v, p.sv, keys, p.g.heads_kv, p.g.head_dim_v, "v"};
-      // (kWalkA, kWalkB, kOwnA, kOwnB)
-      const MapSource src[sm90::kNumBackwardMaps] = {dq ? key : q, dq ? value : dout, dq ? q : key, dq ? dout : value};
-      NATTN_RETURN_IF_ERROR(encode_maps(src, sm90::kNumBackwardMaps, dtype, p.g.batch,
-                                        kKernelConfigs[k.config_id].head_dim, args.tma, args.mode, args.head_cols));
-      NATTN_RETURN_IF_ERROR(launch(k, &args, s));
+      NATTN_RETURN_IF_ERROR(backward_kernel(k, k.additional_keys ? additional_keys_params(p) : p, dtype, s));
     }
     return Status::Ok();
   }
 
  private:
+  // One backward kernel: its tensor maps over p's tensors, then the launch.
+  static Status backward_kernel(const KernelLaunch& k, const BackwardParams& p, DType dtype, cudaStream_t s) {
+    const bool dq = k.role == Role::kBackwardDq;
+    const Geometry& g = p.g;
+    sm90::BackwardArgs args;
+    args.p = p;
+    args.tl = k.tiling;
+    // Own boxes (queries for dQ, keys for dK/dV) in the own shift, walked boxes in the walk
+    // shift; the dQ kernel's extra steps read the additional keys as a 1-D grid of Na tokens in
+    // boxes of its walked rows.
+    MapGrid queries{}, keys{}, extra{{g.num_additional, 1, 1}, {1, 1, 1}, {0, 0, 0}};
+    for (int a = 0; a < 3; ++a) {
+      queries.extent[a] = g.extent[a];
+      keys.extent[a] = g.key_extent[a];
+      queries.dilation[a] = keys.dilation[a] = g.dilation[a];
+      queries.shift[a] = dq ? k.tiling.own_shift[a] : k.tiling.walk_shift[a];
+      keys.shift[a] = dq ? k.tiling.walk_shift[a] : k.tiling.own_shift[a];
+    }
+    extra.shift[0] = log2_ceil(kKernelConfigs[k.config_id].block_kv);
+    const bool extras = dq && g.num_additional > 0;
+    const MapSource q{p.q, p.sq, queries, g.heads_q, g.head_dim, "q"};
+    const MapSource dout{p.dout, p.sdo, queries, g.heads_q, g.head_dim_v, "dout"};
+    const MapSource key{p.k, p.sk, keys, g.heads_kv, g.head_dim, k.additional_keys ? "additional_keys" : "k"};
+    const MapSource value{p.v, p.sv, keys, g.heads_kv, g.head_dim_v, k.additional_keys ? "additional_values" : "v"};
+    const MapSource extra_key{extras ? p.ka : nullptr, p.ska, extra, g.heads_kv, g.head_dim, "additional_keys"};
+    const MapSource extra_value{extras ? p.va : nullptr, p.sva, extra, g.heads_kv, g.head_dim_v, "additional_values"};
+    // (kWalkA, kWalkB, kOwnA, kOwnB, kExtraA, kExtraB)
+    const MapSource src[sm90::kNumBackwardMaps] = {dq ? key : q,      dq ? value : dout, dq ? q : key,
+                                                   dq ? dout : value, extra_key,         extra_value};
+    NATTN_RETURN_IF_ERROR(encode_maps(src, sm90::kNumBackwardMaps, dtype, g.batch, kKernelConfigs[k.config_id].head_dim,
+                                      args.tma, args.mode, args.head_cols));
+    return launch(k, &args, s);
+  }
+
   // A kernel of role r: its row, its boxes (forced for the forward and dQ, else chosen for the
   // fewest walked tiles within the TMA caps), tiling, threads and shared memory; the caller
   // sets the grid.
@@ -476,6 +528,7 @@ class Sm90Family final : public KernelFamily {
       k.grid[2] = unsigned(g.batch);
       if (r == Role::kBackwardDkdvDq) k.scratch = dq_accum_bytes(g);
       kernels->push_back(k);
+      if (r != Role::kBackwardDq && g.num_additional > 0) kernels->push_back(additional_keys_launch(g, k));
     }
     if (kernels->back().role == Role::kBackwardDkdvDq) {  // then dQ from the partial sums
       KernelLaunch convert;
@@ -483,6 +536,22 @@ class Sm90Family final : public KernelFamily {
       kernels->push_back(convert);
     }
     return Status::Ok();
+  }
+
+  // The dK/dV kernel (row and role of the neighborhood's launch nb) over the additional keys:
+  // own boxes of 128 of them along axis 0, walking every query box of the grid in the
+  // neighborhood launch's walked box shape (a box that passed the TMA caps with the call's
+  // dilation passes them with dilation 1). One CTA per key box, kv head and batch.
+  static KernelLaunch additional_keys_launch(const Geometry& g, const KernelLaunch& nb) {
+    KernelLaunch k = nb;
+    k.additional_keys = true;
+    k.own = {kKernelConfigs[nb.config_id].block_kv, 1, 1};
+    k.tiling = make_tiling(additional_keys_geometry(g), k.own, k.walk, true);
+    // Walked boxes per (batch, head): every key box walks every query box.
+    k.walked_tiles = double(k.tiling.neighborhood_ctas);
+    for (int a = 0; a < g.rank; ++a) k.walked_tiles *= double((g.extent[a] + k.walk[a] - 1) / k.walk[a]);
+    k.grid[0] = unsigned(k.tiling.neighborhood_ctas);
+    return k;
   }
 
   // The row of a role: forced by the choice, or the one of the padded head dim (the forward's

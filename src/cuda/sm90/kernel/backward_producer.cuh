@@ -44,24 +44,39 @@ __device__ __forceinline__ void produce_backward(typename Tr::SharedStorage& ss,
       Barrier::arrive(&ss.full[at.stage]);
       break;
     }
-    box_coords(st.start, w.walk_off, g, c);
+    // Extra steps (dQ: the additional keys after the neighborhood boxes) read rows
+    // (tile - nbr_tiles) x kWalkRows on of the 1-D additional-key maps; rows past Na come back
+    // zero and their columns are masked (mask_walked_keys).
+    const bool extra = st.tile >= w.nbr_tiles;
+    if (extra) {
+      c[0] = (st.tile - w.nbr_tiles) * Tr::kWalkRows;
+      c[1] = c[2] = 0;
+    } else {
+      box_coords(st.start, w.walk_off, g, c);
+    }
     TxBarrier::arrive_and_expect_tx(&ss.full[at.stage], 2 * Tr::kWalkElems * sizeof(Element));
     const int h = walk_head0 + st.head;
-    load(kWalkA, walk_heads, h, &ss.full[at.stage], kShared, ss.walk_a + at.stage * Tr::kWalkElems, Tr::kWalkRows, c);
-    load(kWalkB, walk_heads, h, &ss.full[at.stage], kShared, ss.walk_b + at.stage * Tr::kWalkElems, Tr::kWalkRows, c);
+    load(extra ? kExtraA : kWalkA, walk_heads, h, &ss.full[at.stage], kShared, ss.walk_a + at.stage * Tr::kWalkElems,
+         Tr::kWalkRows, c);
+    load(extra ? kExtraB : kWalkB, walk_heads, h, &ss.full[at.stage], kShared, ss.walk_b + at.stage * Tr::kWalkElems,
+         Tr::kWalkRows, c);
     at.next();
   }
 }
 
 // All threads, at kernel start: thread 0 initialises the walk and the barriers; then every
 // thread fills the walk's coverage tables. Returns false when the own box is empty (a box past
-// its dilation group's end: nothing to compute or write).
+// its dilation group's end: nothing to compute or write). extra_rows: rows of the extra steps
+// after the neighborhood boxes (dQ: the Na additional keys, in tiles of the walked rows; the
+// last tile's rows past Na are masked), 0 for none.
 template <class Tr>
 __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, const BackwardArgs& args,
-                                               int64_t own_box, bool walks_queries, int heads_per_walk) {
+                                               int64_t own_box, bool walks_queries, int heads_per_walk,
+                                               int64_t extra_rows = 0) {
   if (threadIdx.x == 0) {
-    ss.walk.init(args.p.g, args.tl, own_box, walks_queries, 0, Tr::kWalkRows);
-    ss.walk.begin(heads_per_walk, INT64_MAX);
+    const int extra_tiles = int((extra_rows + Tr::kWalkRows - 1) / Tr::kWalkRows);
+    ss.walk.init(args.p.g, args.tl, own_box, walks_queries, extra_tiles, Tr::kWalkRows);
+    ss.walk.begin(heads_per_walk, extra_rows > 0 ? extra_rows : INT64_MAX);
     cutlass::arch::ClusterTransactionBarrier::init(&ss.own_full, 1);
     for (int i = 0; i < Tr::kStages; ++i) {
       cutlass::arch::ClusterTransactionBarrier::init(&ss.full[i], 1);

@@ -17,8 +17,19 @@
 namespace nattn::cuda::sm90 {
 
 // Tensor maps of a backward kernel: the two walked tensors in boxes of the walk shift (dK/dV:
-// q, dout; dQ: k, v), the two owned ones in boxes of the own shift (dK/dV: k, v; dQ: q, dout).
-enum BackwardMapId : int { kWalkA = 0, kWalkB = 1, kOwnA = 2, kOwnB = 3, kNumBackwardMaps = 4 };
+// q, dout; dQ: k, v), the two owned ones in boxes of the own shift (dK/dV: k, v; dQ: q, dout),
+// and for the dQ kernel's extra walk steps the additional keys and values ([B, Na, Hkv, *] as
+// a 1-D grid in boxes of the walked rows; unused by dK/dV, whose additional-key pass is a
+// launch of its own over the additional tensors: device/family.cu).
+enum BackwardMapId : int {
+  kWalkA = 0,
+  kWalkB = 1,
+  kOwnA = 2,
+  kOwnB = 3,
+  kExtraA = 4,
+  kExtraB = 5,
+  kNumBackwardMaps = 6
+};
 
 struct BackwardArgs {
   CUtensorMap tma[kNumBackwardMaps];

@@ -6,7 +6,9 @@
 //   S^T = K Q^T, P^T = exp2(c S^T - lse2), dV += P^T dO,
 //   dP^T = V dO^T, dS^T = P^T (dP^T - Delta), dK += dS^T Q (times the scale at the store),
 // so P^T and dS^T feed the gradient products straight from registers (RS-wgmma) and lse and
-// Delta are per column. Each dK/dV row is written once: deterministic, no atomics.
+// Delta are per column. Each dK/dV row is written once: deterministic, no atomics. The
+// additional keys' dK/dV is this kernel run once more on a problem of its own (every query
+// attends them: device/family.cu additional_keys_geometry), with the call's lse and Delta.
 // Warp-specialised:
 //   * warpgroup 0 (registers given back with setmaxnreg): thread 0 issues the TMA loads of the
 //     own K and V boxes once and of the walked Q and dO boxes per step (MapMode tensor maps over

@@ -3,7 +3,9 @@
 // of one (batch, head, dilation group) and walks the key boxes covering its queries' windows:
 //   S = Q K^T, P = exp2(c S - lse2), dP = dO V^T, dS = P (dP - Delta), dQ += dS K
 // (times the scale at the store), dS feeding dQ's product from registers (RS-wgmma). lse and
-// Delta are per row, held in registers. Each dQ row is written once: deterministic.
+// Delta are per row, held in registers. Each dQ row is written once: deterministic. Additional
+// keys follow the neighborhood boxes as extra steps (64 of them per step, loaded from their own
+// tensor maps; the last step's columns past Na masked), as in the forward.
 // Warp-specialised as the dK/dV kernel: thread 0 of warpgroup 0 loads Q and dO once and the K
 // and V boxes per step (kernel/backward_producer.cuh); warpgroups 1-2 hold 64 query rows each.
 #pragma once
@@ -146,8 +148,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fna_backward_dq_kernel(const 
   const Geometry& g = args.p.g;
   const int h = int(blockIdx.y), b = int(blockIdx.z);
   const int hk = h / int(g.heads_q / g.heads_kv);
-  // A query box past its group's end: nothing to write.
-  if (!start_backward<Tr>(ss, args, blockIdx.x, false, 1)) return;
+  // A query box past its group's end: nothing to write. The additional keys (every query
+  // attends them) follow the neighborhood boxes as extra walk steps.
+  if (!start_backward<Tr>(ss, args, blockIdx.x, false, 1, g.num_additional)) return;
   // The own queries' windows per axis (masks of partial key boxes).
   fill_axis_windows(&ss.win[0][0], Tr::BM, ss.walk.own_start, args.tl.own_shift, ss.walk, int(threadIdx.x),
                     Tr::kThreads);
