@@ -6,7 +6,7 @@
     kernel and an sm90 dK/dV kernel, each gradient row written once (backward_dq, backward_dkdv).
 Forced through nattn.kernel_choice(family="sm90") and asserted through nattn.explain(...,
 backward=True): 200 random configurations per mode (ranks 1-3, kernel/stride/dilation/causal per
-axis, grouped heads, head dims 8-128 in multiples of 8 with Dv != D, fp16 and bf16, packed-qkv
+axis, grouped heads, head dims 8-256 in multiples of 8 with Dv != D, fp16 and bf16, packed-qkv
 views and [B, H, X.., D] tensors viewed heads-last), run-to-run bitwise reproducibility of the
 deterministic mode, and the default plan on Hopper.
 
@@ -33,19 +33,22 @@ pytestmark = [
 ]
 
 
-def _backward_config(rng):
+def _backward_config(rng, mode):
     """A random configuration the sm90 backward takes (TMA boxes of 128 keys and 64 queries
-    within 256 elements per axis: 1-D dilation <= 2; head dims up to 128; a 3-D grid with
-    batch > 1 needs D = Dv = the padded head dim). Additional keys (0, 1, 7 or 130 of them) as
+    within 256 elements per axis: 1-D dilation <= 2; head dims up to 256 (above 128: the dQ
+    kernel walks 32-key boxes and the dK/dV kernel 32-query boxes, its output columns split over
+    two CTAs per key box; the fast mode has rows up to 128 only); a 3-D grid with batch > 1 needs
+    D = Dv = the padded head dim). Additional keys (0, 1, 7 or 130 of them) as
     _config draws them: the dQ kernel walks them after the neighborhood boxes and the dK/dV
     kernel runs once more over them (role backward_dkdv_additional / backward_dkdv_dq_additional)."""
     c = _config(rng)
-    c["dim"], c["dim_v"] = min(c["dim"], 128), min(c["dim_v"], 128)
+    top = 128 if mode == "fast" else 256
+    c["dim"], c["dim_v"] = min(c["dim"], top), min(c["dim_v"], top)
     if c["rank"] == 1:
         c["dilation"] = [min(c["dilation"][0], 2)]
         c["extent"] = [max(c["extent"][0], c["kernel"][0] * c["dilation"][0])]
     if c["rank"] == 3 and c["batch"] > 1:
-        padded = next(p for p in (32, 64, 128) if p >= max(c["dim"], c["dim_v"]))
+        padded = next(p for p in (32, 64, 128, 256) if p >= max(c["dim"], c["dim_v"]))
         c["dim"] = c["dim_v"] = padded
     return c
 
@@ -92,7 +95,7 @@ def _mode(mode):
 @pytest.mark.parametrize("seed", range(200))
 def test_sm90_random_backward(seed, mode):
     rng = random.Random(seed * 7919 + 11)
-    c = _backward_config(rng)
+    c = _backward_config(rng, mode)
     gen = torch.Generator(device="cuda").manual_seed(seed)
     q, k, v = _tensors(c, gen)
     extra = _additional(c, gen)
@@ -148,6 +151,36 @@ def test_sm90_backward_is_bitwise_reproducible():
     assert len(first) == 6
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dims", [(256, 256), (136, 200), (256, 40)])
+def test_sm90_backward_above_head_dim_128(dims):
+    """Head dims above 128 run the head-dim-256 rows by default: the dQ kernel, the dK/dV kernel
+    with its output columns split over two CTAs per key box (128 columns of dK and dV each; D =
+    136 leaves the second part 8) and its pass over the additional keys, against the reference."""
+    d, dv = dims
+    gen = torch.Generator(device="cuda").manual_seed(d * 1000 + dv)
+
+    def make(*shape):
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+
+    q, k, v = make(1, 20, 18, 2, d), make(1, 20, 18, 2, d), make(1, 20, 18, 2, dv)
+    extra = dict(additional_keys=make(1, 9, 2, d), additional_values=make(1, 9, 2, dv))
+    kw = dict(kernel_size=(7, 5), stride=(1, 2), dilation=(2, 1), is_causal=(False, True))
+    plan = nattn.explain(q, k, v, backward=True, **kw, **extra)
+    assert plan.family == "sm90", str(plan)
+    rows = {r.id: r for r in _sm90_rows()}
+    for role in ("backward_dq", "backward_dkdv", "backward_dkdv_additional"):
+        kernels = plan.kernels_of(role)
+        assert len(kernels) == 1 and rows[kernels[0]["config_id"]].head_dim == 256, f"{role}: {plan}"
+    dout = make(1, 20, 18, 2, dv)
+    got = _run(nattn.na2d, q, k, v, kw, dout, extra)
+    ref = _run(lambda *a, **k2: nattn.na2d(*a, backend="reference", **k2),
+               *(x.double().cpu() for x in (q, k, v)), kw, dout.double().cpu(),
+               {name: x.double().cpu() for name, x in extra.items()})
+    names = ("out", "dq", "dk", "dv", "d_additional_keys", "d_additional_values")
+    for name, g, want in zip(names, got, ref, strict=True):
+        assert _rel(g, want) < GRAD_TOL[torch.bfloat16], f"{dims}: {name} relative error {_rel(g, want):.3g}"
 
 
 def test_sm90_backward_is_the_default_on_hopper():

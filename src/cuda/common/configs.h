@@ -62,6 +62,11 @@ using E = Elem;
 // opt-in): the dK/dV kernel also runs dQ = dS K (dS^T through shared memory, one warpgroup per
 // step, alternating) and adds the partials into a float32 workspace with float2 atomics, 5
 // products per pair, yet 1.2-1.35x slower on those anchors (DRAM-bound reduce traffic).
+// sm90 backward at head dim 256 (rows 61-64, deterministic only; 2026-12-05, compiled, not yet
+// run on a GPU): the dQ kernel walks 32-key boxes (two stages of 32 x 256 K and V beside the
+// 128 x 256 Q and dO: 199 KB); the dK/dV kernel walks 32-query boxes and splits the output
+// columns over two CTAs per key box (dkdv_column_split: 64 x 256 fp32 dK and dV accumulators
+// per warpgroup do not fit the registers), each recomputing S^T and dP^T over all 256 columns.
 // sm80 rows for 99 KB of shared memory (issue 11): sm86/sm89 let a block opt into 101376 bytes,
 // and the rows above at d128 (forward 105984, dQ 139776, dK/dV 104448 bytes) and d256 (forward
 // 169984) need more. Rows of the same family, role, dtype and head dim are listed fastest
@@ -137,6 +142,10 @@ inline constexpr KernelConfig kKernelConfigs[] = {
     {58, F::kSm90, R::kBackwardDkdvDq, E::kBFloat16, 64, 64, 128, 12, 4},
     {59, F::kSm90, R::kBackwardDkdvDq, E::kHalf, 128, 64, 128, 12, 2},
     {60, F::kSm90, R::kBackwardDkdvDq, E::kBFloat16, 128, 64, 128, 12, 2},
+    {61, F::kSm90, R::kBackwardDkdv, E::kHalf, 256, 32, 128, 12, 2},  // sm90 backward, head dim 256 (see above)
+    {62, F::kSm90, R::kBackwardDkdv, E::kBFloat16, 256, 32, 128, 12, 2},
+    {63, F::kSm90, R::kBackwardDq, E::kHalf, 256, 128, 32, 12, 2},
+    {64, F::kSm90, R::kBackwardDq, E::kBFloat16, 256, 128, 32, 12, 2},
 };
 }  // namespace config_rows
 using config_rows::kKernelConfigs;
@@ -178,6 +187,9 @@ inline const char* elem_name(Elem e) {
   return "?";
 }
 
+// The sm90 dK/dV kernel's CTAs per key box: each writes head_dim / split columns of dK and dV
+// (two 64 x 128 fp32 accumulators per warpgroup at most; head dim 256 splits in two).
+constexpr int dkdv_column_split(int head_dim) { return head_dim > 128 ? head_dim / 128 : 1; }
 // The largest padded head dim a family's rows of a role cover (0 if it has none).
 constexpr int max_head_dim(Family f, Role r) {
   int m = 0;

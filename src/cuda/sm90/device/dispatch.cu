@@ -27,6 +27,9 @@ const Launcher* launcher(int id) {
 #ifdef NATTN_SM90_BWD_HD128
     register_backward_head_dim<128>(rows);
 #endif
+#ifdef NATTN_SM90_BWD_HD256
+    register_backward_head_dim<256>(rows);
+#endif
     (void)rows;
   });
 }

@@ -248,8 +248,13 @@ int forced_fast_row(const KernelChoice& choice) {
 // atomics per CTA step, and a serialised dQ product per step (not yet told apart by a profile).
 // A version with bulk reduce-adds from shared memory and both warpgroups sharing each step's
 // dQ product was slower still (backward 64.2 vs 38.2 ms on flux-2d-s16) and is not kept.
+// NATTN_SM90_BACKWARD=fast asks for the fast kernel only where it has a row (head dims up to
+// 128); a forced fast row is the caller's choice (checked against the call by config_for).
 std::vector<Role> backward_roles(const Call& call) {
-  if (!call.deterministic && (forced_fast_row(call.choice) >= 0 || backward_switch() == BackwardSwitch::kFast))
+  const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
+  const bool fast_built = padded_head_dim(Family::kSm90, Role::kBackwardDkdvDq, int(hd)) > 0;
+  if (!call.deterministic &&
+      (forced_fast_row(call.choice) >= 0 || (backward_switch() == BackwardSwitch::kFast && fast_built)))
     return {Role::kBackwardDkdvDq};
   return {Role::kBackwardDq, Role::kBackwardDkdv};
 }
@@ -523,7 +528,12 @@ class Sm90Family final : public KernelFamily {
       if (k.tiling.neighborhood_ctas > INT32_MAX)
         return Status::Unsupported("too many boxes for one launch (" + std::to_string(k.tiling.neighborhood_ctas) +
                                    ")");
-      k.grid[0] = unsigned(k.tiling.neighborhood_ctas);
+      // dK/dV: the column parts of a key box (head dim 256) are CTAs of their own.
+      const int parts = r == Role::kBackwardDq ? 1 : dkdv_column_split(kKernelConfigs[k.config_id].head_dim);
+      if (k.tiling.neighborhood_ctas * parts > INT32_MAX)
+        return Status::Unsupported("too many boxes for one launch (" + std::to_string(k.tiling.neighborhood_ctas) +
+                                   " x " + std::to_string(parts) + " column parts)");
+      k.grid[0] = unsigned(k.tiling.neighborhood_ctas * parts);
       k.grid[1] = unsigned(r == Role::kBackwardDq ? g.heads_q : g.heads_kv);
       k.grid[2] = unsigned(g.batch);
       if (r == Role::kBackwardDkdvDq) k.scratch = dq_accum_bytes(g);
@@ -550,7 +560,7 @@ class Sm90Family final : public KernelFamily {
     // Walked boxes per (batch, head): every key box walks every query box.
     k.walked_tiles = double(k.tiling.neighborhood_ctas);
     for (int a = 0; a < g.rank; ++a) k.walked_tiles *= double((g.extent[a] + k.walk[a] - 1) / k.walk[a]);
-    k.grid[0] = unsigned(k.tiling.neighborhood_ctas);
+    k.grid[0] = unsigned(k.tiling.neighborhood_ctas * dkdv_column_split(kKernelConfigs[nb.config_id].head_dim));
     return k;
   }
 

@@ -11,6 +11,9 @@
 
 namespace nattn::cuda::sm90 {
 
+// The dynamic shared memory an H100/H200 block may opt into (227 KB).
+inline constexpr size_t kSm90SmemOptin = 232448;
+
 template <Elem E>
 using ElementOf = std::conditional_t<E == Elem::kBFloat16, cutlass::bfloat16_t, cutlass::half_t>;
 
@@ -43,6 +46,7 @@ struct DkdvRow {
                 "sm90 dK/dV rows: 128 own keys in two consumer warpgroups and a producer");
   using Traits = DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages, c.role == Role::kBackwardDkdvDq>;
   static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
+  static_assert(smem() <= kSm90SmemOptin, "an sm90 dK/dV row's shared memory exceeds the H100's opt-in limit");
   static constexpr int kThreads = Traits::kThreads;
 
   static Status prepare() {
@@ -64,6 +68,7 @@ struct DqRow {
                 "sm90 dQ rows: 128 own queries in two consumer warpgroups and a producer");
   using Traits = DqTraits<ElementOf<c.elem>, c.head_dim, c.block_kv, c.stages>;
   static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
+  static_assert(smem() <= kSm90SmemOptin, "an sm90 dQ row's shared memory exceeds the H100's opt-in limit");
   static constexpr int kThreads = Traits::kThreads;
 
   static Status prepare() {

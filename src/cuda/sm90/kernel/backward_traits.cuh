@@ -10,6 +10,7 @@
 
 #include <type_traits>
 
+#include "cuda/common/configs.h"
 #include "cuda/common/params.h"
 #include "cuda/common/tile_walk.h"
 #include "cuda/sm90/kernel/traits.cuh"
@@ -53,7 +54,8 @@ struct BackwardShapes {
   static constexpr int kConsumers = 2;  // warpgroups, 64 own rows each
   static constexpr int kThreads = 128 * (kConsumers + 1);
   static constexpr int kOwnElems = kOwnRows * HD, kWalkElems = kWalkRows * HD;
-  static_assert(HD == 32 || HD == 64 || HD == 128, "the sm90 backward takes padded head dims 32, 64, 128");
+  static_assert(HD == 32 || HD == 64 || HD == 128 || HD == 256,
+                "the sm90 backward takes padded head dims 32, 64, 128, 256");
 
   using Atom = std::conditional_t<(PW == 64), decltype(cute::GMMA::Layout_K_SW128_Atom<Element>{}),
                                   decltype(cute::GMMA::Layout_K_SW64_Atom<Element>{})>;
@@ -90,21 +92,76 @@ struct BackwardShapes {
   };
 };
 
+// The fast dK/dV kernel's dQ product: dS of a step as the A operand of dQ = dS K (BQ queries x
+// BK keys, queries contiguous: MN-major), parity-buffered, and the same memory as (keys,
+// queries) for the consumers' S^T-shaped stores; K as the B operand (HD x BK, MN-major: the own
+// box read transposed). One warpgroup issues a step's dQ product (M = BQ = 64 rows), alternating
+// by step. A class of its own so that rows without the fast mode (head dim 256: 32-query boxes)
+// never instantiate it.
+template <class Element, int HD, int BQ, int BK, class SmemOwn>
+struct FastDqShapes {
+  using SmemDs = decltype(cute::tile_to_shape(cute::GMMA::Layout_MN_SW128_Atom<Element>{},
+                                              cute::Shape<cute::Int<BQ>, cute::Int<BK>, cute::_2>{}));
+  using SmemDsT = decltype(cute::composition(
+      SmemDs{}, cute::make_ordered_layout(cute::make_shape(cute::Int<BK>{}, cute::Int<BQ>{}, cute::_2{}),
+                                          cute::Step<cute::_2, cute::_1, cute::_3>{})));
+  using SmemOwnT = decltype(cute::composition(
+      SmemOwn{},
+      cute::make_ordered_layout(cute::make_shape(cute::Int<HD>{}, cute::Int<BK>{}), cute::Step<cute::_2, cute::_1>{})));
+  using MmaDq = decltype(cute::make_tiled_mma(
+      cute::SM90::GMMA::ss_op_selector<Element, Element, float,
+                                       cute::Shape<cute::Int<BQ>, cute::Int<HD>, cute::Int<BK>>, cute::GMMA::Major::MN,
+                                       cute::GMMA::Major::MN>()));
+  static_assert(BQ == 64, "one warpgroup's dQ product covers the walked box's 64 queries");
+};
+
+// The fast mode's dS buffers (two parities of BQ x BK), or nothing.
+template <bool kFast, class Element, int kElems>
+struct DsStorage {};
+template <class Element, int kElems>
+struct DsStorage<true, Element, kElems> {
+  alignas(1024) Element ds[2 * kElems];
+};
+
 // dK/dV: own K and V (S^T = K Q^T, dP^T = V dO^T), walked Q and dO (dV += P^T dO, dK += dS^T Q).
 // kFastDq (the fast mode's kernel): also dQ partials, dQ_box = dS K over the box's 128 keys,
 // added into a float32 workspace (the dQ kernel is not run; a convert pass writes dQ).
+// Head dim 256: two 64 x 256 fp32 accumulators per warpgroup would take 256 registers per
+// thread, so the output columns are split (configs.h dkdv_column_split): kColumnSplit CTAs per
+// key box each compute HDO = 128 columns of dK and dV. S^T and dP^T contract over the whole head
+// dim in each of them (recomputed: 1.5x the products of an unsplit kernel); the gradient products
+// read their column half of the walked Q and dO (SmemWalkHalfT, per stage).
 template <class Element_, int HD_, int BQ_, int STAGES_, bool kFastDq_ = false>
 struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   using Base = BackwardShapes<Element_, HD_, BQ_, STAGES_>;
   using Element = Element_;
   static constexpr int HD = HD_, BK = Base::kOwnRows, BQ = BQ_, kStages = STAGES_;
+  static constexpr int kColumnSplit = dkdv_column_split(HD), HDO = HD / kColumnSplit;
   static constexpr bool kFastDq = kFastDq_;
+  static_assert(!kFastDq || kColumnSplit == 1, "the fast kernel's dQ product needs the whole head dim per CTA");
   static constexpr int kConsumers = Base::kConsumers, kOwnElems = Base::kOwnElems, kWalkElems = Base::kWalkElems;
-  // setmaxnreg split ((168 - P) * 128 >= (C - 168) * 256): dK and dV accumulators (64 x HD fp32
-  // each per warpgroup) plus S^T and dP^T (64 x BQ) take 4 * HD / 2 + BQ registers per thread:
-  // 224 at head dim 128, so the producer warpgroup (one TMA thread stepping the walk) gets 40.
-  static constexpr int kProducerRegs = HD > 64 ? 40 : 72;
-  static constexpr int kConsumerRegs = HD > 64 ? 232 : 216;
+  // The gradient products (dV += P^T dO, dK += dS^T Q): 64 own rows x HDO over the walked rows.
+  using MmaG = decltype(cute::make_tiled_mma(
+      cute::SM90::GMMA::rs_op_selector<Element, Element, float, cute::Shape<cute::_64, cute::Int<HDO>, cute::Int<BQ>>,
+                                       cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
+      cute::Layout<cute::Shape<cute::_2, cute::_1, cute::_1>>{}));
+  // One stage's column part of a walked box, (HDO, BQ) with rows contiguous per column panel:
+  // the panels of columns [part * HDO, (part + 1) * HDO) start part * BQ * HDO elements into the
+  // stage (the walked tile is panel-major: tile_to_shape orders the atoms rows first), a multiple
+  // of the 1024-byte swizzle period, so this view of its own is the same swizzled tile.
+  using SmemWalkHalfT = decltype(cute::composition(
+      cute::tile_to_shape(typename Base::Atom{}, cute::Shape<cute::Int<BQ>, cute::Int<HDO>>{}),
+      cute::make_ordered_layout(cute::make_shape(cute::Int<HDO>{}, cute::Int<BQ>{}),
+                                cute::Step<cute::_2, cute::_1>{})));
+  static_assert(kColumnSplit == 1 || (BQ * HDO * sizeof(Element)) % 1024 == 0,
+                "a column part of a walked stage starts on a swizzle period");
+  // setmaxnreg split ((168 - P) * 128 >= (C - 168) * 256): dK and dV accumulators (64 x HDO fp32
+  // each per warpgroup) plus S^T and dP^T (64 x BQ) take 4 * HDO / 2 + BQ registers per thread:
+  // 224 at head dim 128 (192 at 256: HDO 128, BQ 32), so the producer warpgroup (one TMA thread
+  // stepping the walk) gets 40. At 256 the consumers need less (HDO 128, BQ 32), and 56 for the
+  // producer removed its 32 bytes of spills at 40 (ptxas 13.0).
+  static constexpr int kProducerRegs = HD > 128 ? 56 : HD > 64 ? 40 : 72;
+  static constexpr int kConsumerRegs = HD > 128 ? 224 : HD > 64 ? 232 : 216;
 
   // Per consumer warpgroup and step parity: the walked queries' log2-domain lse (+inf where a
   // query contributes nothing), Delta, and windows per axis (partial boxes).
@@ -114,30 +171,11 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
     int2 win[3][BQ];
   };
 
-  // Fast mode: dS of a step as the A operand of dQ = dS K (BQ queries x BK keys, queries
-  // contiguous: MN-major), parity-buffered, and the same memory as (keys, queries) for the
-  // consumers' S^T-shaped stores; K as the B operand (HD x BK, MN-major: the own box read
-  // transposed). One warpgroup issues a step's dQ product (M = BQ = 64 rows), alternating by step.
-  using SmemDs = decltype(cute::tile_to_shape(cute::GMMA::Layout_MN_SW128_Atom<Element>{},
-                                              cute::Shape<cute::Int<BQ>, cute::Int<BK>, cute::_2>{}));
-  using SmemDsT = decltype(cute::composition(
-      SmemDs{}, cute::make_ordered_layout(cute::make_shape(cute::Int<BK>{}, cute::Int<BQ>{}, cute::_2{}),
-                                          cute::Step<cute::_2, cute::_1, cute::_3>{})));
-  using SmemOwnT = decltype(cute::composition(
-      typename Base::SmemOwn{},
-      cute::make_ordered_layout(cute::make_shape(cute::Int<HD>{}, cute::Int<BK>{}), cute::Step<cute::_2, cute::_1>{})));
-  using MmaDq = decltype(cute::make_tiled_mma(
-      cute::SM90::GMMA::ss_op_selector<Element, Element, float,
-                                       cute::Shape<cute::Int<BQ>, cute::Int<HD>, cute::Int<BK>>, cute::GMMA::Major::MN,
-                                       cute::GMMA::Major::MN>()));
-  static_assert(BQ == 64, "one warpgroup's dQ product covers the walked box's 64 queries");
-  struct DsBuffers {
-    alignas(1024) Element ds[2 * BQ * BK];
-  };
-  struct NoDs {};
+  // The fast mode's pieces (FastDqShapes below), instantiated by fast rows only.
+  using Fast = FastDqShapes<Element, HD, BQ, BK, typename Base::SmemOwn>;
 
-  // own_a/own_b: K and V; walk_a/walk_b: Q and dO.
-  struct SharedStorage : Base::Pipeline, std::conditional_t<kFastDq, DsBuffers, NoDs> {
+  // own_a/own_b: K and V; walk_a/walk_b: Q and dO; the fast mode's dS buffers.
+  struct SharedStorage : Base::Pipeline, DsStorage<kFastDq, Element, BQ * BK> {
     Columns cols[kConsumers][2];
   };
 };

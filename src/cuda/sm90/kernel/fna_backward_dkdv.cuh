@@ -90,14 +90,17 @@ __device__ __forceinline__ void add_dq_rows(const float (&dq)[1][OI][4], const S
   }
 }
 
+// part: which HDO columns of dK and dV this CTA writes (0 unless the head dim is split,
+// Tr::kColumnSplit).
 template <class Tr>
-__device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, const BackwardArgs& args, int b, int hk) {
+__device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, const BackwardArgs& args, int b, int hk,
+                                             int part) {
   using namespace cute;
   using Element = typename Tr::Element;
   using Out = GlobalElement<Element>;
   using Barrier = cutlass::arch::ClusterBarrier;
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
-  constexpr int BQ = Tr::BQ, HD = Tr::HD, NI = BQ / 8, OI = HD / 8;
+  constexpr int BQ = Tr::BQ, HD = Tr::HD, HDO = Tr::HDO, NI = BQ / 8, OI = HDO / 8;
   const BackwardParams& p = args.p;
   const Geometry& g = p.g;
   const Tiling& tl = args.tl;
@@ -123,8 +126,14 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   Tensor tSrDo = thr_s.partition_fragment_B(sDo);
   Tensor tGrQt = thr_g.partition_fragment_B(sQt);
   Tensor tGrDot = thr_g.partition_fragment_B(sDot);
-  Tensor tGrDk = partition_fragment_C(mma_g, Shape<Int<Tr::BK>, Int<HD>>{});
-  Tensor tGrDv = partition_fragment_C(mma_g, Shape<Int<Tr::BK>, Int<HD>>{});
+  Tensor tGrDk = partition_fragment_C(mma_g, Shape<Int<Tr::BK>, Int<HDO>>{});
+  Tensor tGrDv = partition_fragment_C(mma_g, Shape<Int<Tr::BK>, Int<HDO>>{});
+  // With the head dim split, the gradient products read this CTA's column part of a stage's
+  // walked Q or dO (B operand, MN-major) through a view of its own.
+  auto walked_part = [&](Element* walk, int stage) {
+    return thr_g.partition_fragment_B(
+        make_tensor(make_smem_ptr(walk + stage * Tr::kWalkElems + part * BQ * HDO), typename Tr::SmemWalkHalfT{}));
+  };
   clear(tGrDk);
   clear(tGrDv);
   static_assert(decltype(size(tGrDk))::value == OI * 4, "dK fragment: one m16n8 accumulator row pair per n8 block");
@@ -173,7 +182,10 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
     }
 #pragma unroll
     for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
-    wgmma<false>(mma_g, tGrP, tGrDot(_, _, _, at.stage), tGrDv);
+    if constexpr (Tr::kColumnSplit == 1)
+      wgmma<false>(mma_g, tGrP, tGrDot(_, _, _, at.stage), tGrDv);
+    else
+      wgmma<false>(mma_g, tGrP, walked_part(ss.walk_b, at.stage), tGrDv);
     warpgroup_wait<0>();  // dP^T is done, and dV's product has read P^T
     warpgroup_fence_operand(tSrDp);
 #pragma unroll
@@ -184,19 +196,22 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
     }
 #pragma unroll
     for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
-    wgmma<false>(mma_g, tGrP, tGrQt(_, _, _, at.stage), tGrDk);
+    if constexpr (Tr::kColumnSplit == 1)
+      wgmma<false>(mma_g, tGrP, tGrQt(_, _, _, at.stage), tGrDk);
+    else
+      wgmma<false>(mma_g, tGrP, walked_part(ss.walk_a, at.stage), tGrDk);
     if constexpr (Tr::kFastDq) {
       // dS^T into this step's parity buffer (both warpgroups' 64 keys), then one warpgroup
       // (alternating) runs dQ = dS K over all 128 keys. A warpgroup writes a buffer again two
       // steps on, past the next step's barrier, which the reader reaches only after its product.
-      Tensor sDsT = make_tensor(make_smem_ptr(ss.ds), typename Tr::SmemDsT{});
+      Tensor sDsT = make_tensor(make_smem_ptr(ss.ds), typename Tr::Fast::SmemDsT{});
       copy(rP, thr_s.partition_C(sDsT(_, _, n & 1)));
       cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
       cutlass::arch::NamedBarrier::sync(256, 3);
       if (wg == (n & 1)) {
-        Tensor sDs = make_tensor(make_smem_ptr(ss.ds), typename Tr::SmemDs{});
-        Tensor sKt = make_tensor(make_smem_ptr(ss.own_a), typename Tr::SmemOwnT{});
-        typename Tr::MmaDq mma_q;
+        Tensor sDs = make_tensor(make_smem_ptr(ss.ds), typename Tr::Fast::SmemDs{});
+        Tensor sKt = make_tensor(make_smem_ptr(ss.own_a), typename Tr::Fast::SmemOwnT{});
+        typename Tr::Fast::MmaDq mma_q;
         auto thr_q = mma_q.get_thread_slice(ctid % 128);
         Tensor tQrDs = thr_q.partition_fragment_A(sDs(_, _, n & 1));
         Tensor tQrKt = thr_q.partition_fragment_B(sKt);
@@ -216,7 +231,7 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
     at.next();
   }
 
-  // Epilogue: each own key row's dK (scaled) and dV, written once.
+  // Epilogue: each own key row's dK (scaled) and dV, written once (columns part * HDO on).
   float(&dk)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tGrDk.data()));
   float(&dv)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tGrDv.data()));
   int own_count[3];
@@ -229,16 +244,18 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
       return base + token_offset(pos, w.own_off, g, s_out);
     };
   };
-  Out* dk_out = static_cast<Out*>(p.dk) + b * p.sdk.batch + hk * p.sdk.head;
-  Out* dv_out = static_cast<Out*>(p.dv) + b * p.sdv.batch + hk * p.sdv.head;
+  const int col0 = part * HDO;
+  Out* dk_out = static_cast<Out*>(p.dk) + b * p.sdk.batch + hk * p.sdk.head + col0;
+  Out* dv_out = static_cast<Out*>(p.dv) + b * p.sdv.batch + hk * p.sdv.head + col0;
   float factor[1][2];
   fill_factor(factor, g.scale);
-  store_rows<Out>(dk, factor, row0, lane, int(g.head_dim), row_of(dk_out, p.sdk));
+  store_rows<Out>(dk, factor, row0, lane, int(g.head_dim) - col0, row_of(dk_out, p.sdk));
   fill_factor(factor, 1.f);
-  store_rows<Out>(dv, factor, row0, lane, int(g.head_dim_v), row_of(dv_out, p.sdv));
+  store_rows<Out>(dv, factor, row0, lane, int(g.head_dim_v) - col0, row_of(dv_out, p.sdv));
 }
 
-// Grid: (own key boxes over every dilation group, kv heads, batch).
+// Grid: (own key boxes over every dilation group x column parts, kv heads, batch); the parts of
+// a key box are neighbours in launch order, so they read the same walked boxes close in time.
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1) fna_backward_dkdv_kernel(const __grid_constant__ BackwardArgs args) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -246,15 +263,16 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fna_backward_dkdv_kernel(cons
   const Geometry& g = args.p.g;
   const int hk = int(blockIdx.y), b = int(blockIdx.z);
   const int hpk = int(g.heads_q / g.heads_kv);
+  const int part = int(blockIdx.x % Tr::kColumnSplit);
   // A key box past its group's end (dilation groups of different lengths): nothing to write.
-  if (!start_backward<Tr>(ss, args, blockIdx.x, true, hpk)) return;
+  if (!start_backward<Tr>(ss, args, blockIdx.x / Tr::kColumnSplit, true, hpk)) return;
   __syncthreads();
   if (threadIdx.x < 128) {
     cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
     if (threadIdx.x == 0) produce_backward<Tr>(ss, args, b, hk, int(g.heads_kv), hk * hpk, int(g.heads_q));
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
-    dkdv_consume<Tr>(ss, args, b, hk);
+    dkdv_consume<Tr>(ss, args, b, hk, part);
   }
 }
 
