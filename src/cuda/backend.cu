@@ -269,7 +269,7 @@ class CudaBackend final : public Backend {
     bp.sdelta = cuda::contiguous_query_strides(bp.g, 1);
     if (plan->scratch > 0) {  // the fast backward's dQ partial sums (the family zeroes them)
       bp.dq_accum = reinterpret_cast<float*>(ws.at(plan->scratch_offset));
-      bp.sdq_accum = cuda::contiguous_query_strides(bp.g, bp.g.head_dim);
+      bp.sdq_accum = cuda::contiguous_query_strides(bp.g, cuda::dq_accum_cols(bp.g));
     }
     {
       HostPhaseTimer phase(HostPhase::kDelta);

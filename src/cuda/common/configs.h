@@ -59,9 +59,11 @@ using E = Elem;
 // (S, dP as SS-wgmma; dQ as RS-wgmma): 7 products per pair. Measured 2026-11-28 (H100, fwd+bwd
 // useful TFLOP/s, bench/results/2026-11-28-h100-sm90-backward.md): flux-2d-s16 378, flux-2d
 // 296, 1d-32k 267, hunyuan-3d 208, img-2d 125; 1.6-2.3x the sm80 rows. Fast mode (rows 55-60,
-// opt-in): the dK/dV kernel also runs dQ = dS K (dS^T through shared memory, one warpgroup per
-// step, alternating) and adds the partials into a float32 workspace with float2 atomics, 5
-// products per pair, yet 1.2-1.35x slower on those anchors (DRAM-bound reduce traffic).
+// opt-in): the dK/dV kernel also runs dQ = dS K (dS^T through shared memory) and adds the
+// partials into a float32 workspace, 5 products per pair. With float2 atomics (one warpgroup per
+// step, alternating) it was 1.2-1.35x slower on those anchors, with one bulk reduce-add per row
+// slower still; since 2026-12-05 (not yet timed) both warpgroups run each step's dQ product at
+// d128 and one TMA tensor reduce-add per 32-column panel adds it (4 per step, not 128).
 // sm90 backward at head dim 256 (rows 61-64, deterministic only; 2026-12-05, compiled, not yet
 // run on a GPU): the dQ kernel walks 32-key boxes (two stages of 32 x 256 K and V beside the
 // 128 x 256 Q and dO: 199 KB); the dK/dV kernel walks 32-query boxes and splits the output

@@ -1,6 +1,7 @@
 // Layer: cuda/common. The fast backward's dQ conversion (see dq_convert.h): one thread per
 // eight columns of a query row, so a warp reads 1 KB of the workspace in one go (memory-bound).
 #include "cuda/check.h"
+#include "cuda/common/configs.h"
 #include "cuda/common/dq_convert.h"
 #include "cuda/common/element.cuh"
 
@@ -20,7 +21,7 @@ __global__ void dq_convert_kernel(BackwardParams p) {
   const int64_t h = row % g.heads_q, token = (row / g.heads_q) % g.tokens, b = row / (g.heads_q * g.tokens);
   int64_t c[3];
   generic::coords_in(g, g.extent, token, c);
-  const float* src = p.dq_accum + row * g.head_dim + col0;
+  const float* src = p.dq_accum + row * p.sdq_accum.head + col0;  // rows of dq_accum_cols(g) floats
   T* dst = generic::row_of<T>(g, p.dq, p.sdq, b, c, h) + col0 * p.sdq.dim;
 #pragma unroll
   for (int j = 0; j < kCols; ++j)
@@ -36,7 +37,15 @@ Status launch(const BackwardParams& p, cudaStream_t s) {
 
 }  // namespace
 
-size_t dq_accum_bytes(const Geometry& g) { return size_t(g.batch * g.tokens * g.heads_q * g.head_dim) * sizeof(float); }
+int64_t dq_accum_cols(const Geometry& g) {
+  const int64_t hd = g.head_dim > g.head_dim_v ? g.head_dim : g.head_dim_v;
+  const int padded = padded_head_dim(Family::kSm90, Role::kBackwardDkdvDq, int(hd));
+  return padded > 0 ? padded : g.head_dim;
+}
+
+size_t dq_accum_bytes(const Geometry& g) {
+  return size_t(g.batch * g.tokens * g.heads_q * dq_accum_cols(g)) * sizeof(float);
+}
 
 Status run_dq_convert(const BackwardParams& p, DType dtype, cudaStream_t s) {
   switch (dtype) {

@@ -72,13 +72,22 @@ int map_mode(const MapGrid& m, const Strides& s, int64_t batch, int64_t heads, i
 }
 
 // A rank-5 map with boxes of pw columns x the box per axis (unused axes have extent 1);
-// dilation as element strides (the box spans box x dilation elements per axis).
+// dilation as element strides (the box spans box x dilation elements per axis). Elements are
+// float16/bfloat16 (the operands) or float32 (the fast backward's dQ workspace); a box row of
+// pw elements is swizzled at its own width (128, 64 or 32 bytes).
 Status encode(CUtensorMap* map, const void* base, DType dtype, const MapGrid& m, int64_t batch, int64_t heads,
               int64_t cols, const Strides& s, int pw, const char* name, int* mode) {
   const EncodeTiled fn = encode_tiled();
   if (fn == nullptr) return Status::Runtime("sm90: cuTensorMapEncodeTiled is not available from the driver");
   *mode = map_mode(m, s, batch, heads, cols);
-  const cuuint64_t es = 2;
+  const cuuint64_t es = dtype == DType::kFloat32 ? 4 : 2;
+  const CUtensorMapDataType type = dtype == DType::kFloat32    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
+                                   : dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                               : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const cuuint64_t row_bytes = cuuint64_t(pw) * es;
+  const CUtensorMapSwizzle swizzle = row_bytes == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
+                                     : row_bytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
+                                                       : CU_TENSOR_MAP_SWIZZLE_32B;
   cuuint64_t dims[5];
   int64_t elem_strides[4];
   cuuint32_t box[5] = {cuuint32_t(pw), 1, 1, 1, 1};
@@ -120,11 +129,8 @@ Status encode(CUtensorMap* map, const void* base, DType dtype, const MapGrid& m,
     strides[i] = dims[i + 1] == 1 ? packed : cuuint64_t(elem_strides[i]) * es;
     packed = strides[i] * dims[i + 1];
   }
-  const CUresult r =
-      fn(map, dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 5,
-         const_cast<void*>(base), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
-         pw == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r = fn(map, type, 5, const_cast<void*>(base), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     return Status::Runtime(std::string("sm90: encoding the tensor map of ") + name + " failed (CUresult " +
                            std::to_string(int(r)) + ")");
@@ -246,8 +252,12 @@ int forced_fast_row(const KernelChoice& choice) {
 // 247 ms). Its dQ partials cost 4 bytes of float32 reduce traffic per attended pair (512 bytes
 // per query row per 128-key box) into a workspace far larger than L2 on these grids, 4096 float2
 // atomics per CTA step, and a serialised dQ product per step (not yet told apart by a profile).
-// A version with bulk reduce-adds from shared memory and both warpgroups sharing each step's
-// dQ product was slower still (backward 64.2 vs 38.2 ms on flux-2d-s16) and is not kept.
+// A version with bulk reduce-adds from shared memory (one per query row: 128 small TMA
+// operations per step) and both warpgroups sharing each step's dQ product was slower still
+// (backward 64.2 vs 38.2 ms on flux-2d-s16). The kernel now (2026-12-05, not yet timed) adds
+// each step's partial with one TMA tensor reduce-add per 32-column panel over the walked query
+// box (kernel/fna_backward_dkdv.cuh reduce_dq): whether the TMA unit's per-operation cost was
+// what the bulk version paid is what its A/B will say.
 // NATTN_SM90_BACKWARD=fast asks for the fast kernel only where it has a row (head dims up to
 // 128); a forced fast row is the caller's choice (checked against the call by config_for).
 std::vector<Role> backward_roles(const Call& call) {
@@ -472,10 +482,17 @@ class Sm90Family final : public KernelFamily {
     const MapSource extra_key{extras ? p.ka : nullptr, p.ska, extra, g.heads_kv, g.head_dim, "additional_keys"};
     const MapSource extra_value{extras ? p.va : nullptr, p.sva, extra, g.heads_kv, g.head_dim_v, "additional_values"};
     // (kWalkA, kWalkB, kOwnA, kOwnB, kExtraA, kExtraB)
-    const MapSource src[sm90::kNumBackwardMaps] = {dq ? key : q,      dq ? value : dout, dq ? q : key,
-                                                   dq ? dout : value, extra_key,         extra_value};
-    NATTN_RETURN_IF_ERROR(encode_maps(src, sm90::kNumBackwardMaps, dtype, g.batch, kKernelConfigs[k.config_id].head_dim,
-                                      args.tma, args.mode, args.head_cols));
+    const MapSource src[sm90::kDqAccum] = {dq ? key : q,      dq ? value : dout, dq ? q : key,
+                                           dq ? dout : value, extra_key,         extra_value};
+    const int padded = kKernelConfigs[k.config_id].head_dim;
+    NATTN_RETURN_IF_ERROR(
+        encode_maps(src, sm90::kDqAccum, dtype, g.batch, padded, args.tma, args.mode, args.head_cols));
+    // The fast kernel's float32 dQ workspace ([B, X.., Hq, dq_accum_cols] contiguous), in boxes of
+    // the walked queries x 32 columns (128-byte rows) for its TMA reduce-adds.
+    const bool fast = k.role == Role::kBackwardDkdvDq;
+    const MapSource accum{fast ? p.dq_accum : nullptr, p.sdq_accum, queries, g.heads_q, dq_accum_cols(g), "dq_accum"};
+    NATTN_RETURN_IF_ERROR(encode_maps(&accum, 1, DType::kFloat32, g.batch, 32, args.tma + sm90::kDqAccum,
+                                      args.mode + sm90::kDqAccum, args.head_cols + sm90::kDqAccum));
     return launch(k, &args, s);
   }
 

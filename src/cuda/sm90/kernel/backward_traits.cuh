@@ -19,9 +19,10 @@ namespace nattn::cuda::sm90 {
 
 // Tensor maps of a backward kernel: the two walked tensors in boxes of the walk shift (dK/dV:
 // q, dout; dQ: k, v), the two owned ones in boxes of the own shift (dK/dV: k, v; dQ: q, dout),
-// and for the dQ kernel's extra walk steps the additional keys and values ([B, Na, Hkv, *] as
-// a 1-D grid in boxes of the walked rows; unused by dK/dV, whose additional-key pass is a
-// launch of its own over the additional tensors: device/family.cu).
+// for the dQ kernel's extra walk steps the additional keys and values ([B, Na, Hkv, *] as a
+// 1-D grid in boxes of the walked rows; unused by dK/dV, whose additional-key pass is a launch
+// of its own over the additional tensors: device/family.cu), and the fast dK/dV kernel's
+// float32 dQ workspace (written by TMA reduce-adds).
 enum BackwardMapId : int {
   kWalkA = 0,
   kWalkB = 1,
@@ -29,7 +30,8 @@ enum BackwardMapId : int {
   kOwnB = 3,
   kExtraA = 4,
   kExtraB = 5,
-  kNumBackwardMaps = 6
+  kDqAccum = 6,  // the fast mode's float32 dQ workspace, in boxes of the walked queries x 32 columns
+  kNumBackwardMaps = 7
 };
 
 struct BackwardArgs {
@@ -92,14 +94,23 @@ struct BackwardShapes {
   };
 };
 
-// The fast dK/dV kernel's dQ product: dS of a step as the A operand of dQ = dS K (BQ queries x
-// BK keys, queries contiguous: MN-major), parity-buffered, and the same memory as (keys,
-// queries) for the consumers' S^T-shaped stores; K as the B operand (HD x BK, MN-major: the own
-// box read transposed). One warpgroup issues a step's dQ product (M = BQ = 64 rows), alternating
-// by step. A class of its own so that rows without the fast mode (head dim 256: 32-query boxes)
-// never instantiate it.
+// The fast dK/dV kernel's dQ product and its reduce-add. dS of a step is the A operand of
+// dQ = dS K (BQ queries x BK keys, queries contiguous: MN-major), parity-buffered, and the same
+// memory as (keys, queries) for the consumers' S^T-shaped stores; K is the B operand (HD x BK,
+// MN-major: the own box read transposed). Head dim 128: both warpgroups run every step's dQ
+// product, 64 columns each (one 128-byte swizzle panel of K each); below, one warpgroup per step
+// (alternating), all columns (half a panel is no wgmma operand). The product's float32 partial
+// goes to a staging tile in the layout of the workspace map's boxes (panels of 32 columns, 128
+// bytes per row, 128-byte swizzled), from which one thread per warpgroup issues one TMA tensor
+// reduce-add per panel into the workspace (the TMA unit clips rows and columns outside it).
+// A class of its own so that rows without the fast mode (head dim 256: 32-query boxes) never
+// instantiate it.
 template <class Element, int HD, int BQ, int BK, class SmemOwn>
 struct FastDqShapes {
+  static constexpr int kDqSplit = HD == 128 ? 2 : 1;
+  static constexpr int kDqCols = HD / kDqSplit;  // dQ columns per warpgroup product
+  static constexpr int kPanelCols = 32;          // float32 columns per reduce-add box (128 bytes)
+  static_assert(kDqCols % kPanelCols == 0, "a warpgroup's dQ columns are whole staging panels");
   using SmemDs = decltype(cute::tile_to_shape(cute::GMMA::Layout_MN_SW128_Atom<Element>{},
                                               cute::Shape<cute::Int<BQ>, cute::Int<BK>, cute::_2>{}));
   using SmemDsT = decltype(cute::composition(
@@ -110,17 +121,20 @@ struct FastDqShapes {
       cute::make_ordered_layout(cute::make_shape(cute::Int<HD>{}, cute::Int<BK>{}), cute::Step<cute::_2, cute::_1>{})));
   using MmaDq = decltype(cute::make_tiled_mma(
       cute::SM90::GMMA::ss_op_selector<Element, Element, float,
-                                       cute::Shape<cute::Int<BQ>, cute::Int<HD>, cute::Int<BK>>, cute::GMMA::Major::MN,
-                                       cute::GMMA::Major::MN>()));
+                                       cute::Shape<cute::Int<BQ>, cute::Int<kDqCols>, cute::Int<BK>>,
+                                       cute::GMMA::Major::MN, cute::GMMA::Major::MN>(),
+      cute::Layout<cute::Shape<cute::_1, cute::Int<kDqSplit>, cute::_1>>{}));
   static_assert(BQ == 64, "one warpgroup's dQ product covers the walked box's 64 queries");
 };
 
-// The fast mode's dS buffers (two parities of BQ x BK), or nothing.
-template <bool kFast, class Element, int kElems>
+// The fast mode's dS buffers (two parities of BQ x BK) and dQ staging tile (BQ x HD float32),
+// or nothing.
+template <bool kFast, class Element, int kDsElems, int kStageFloats>
 struct DsStorage {};
-template <class Element, int kElems>
-struct DsStorage<true, Element, kElems> {
-  alignas(1024) Element ds[2 * kElems];
+template <class Element, int kDsElems, int kStageFloats>
+struct DsStorage<true, Element, kDsElems, kStageFloats> {
+  alignas(1024) Element ds[2 * kDsElems];
+  alignas(1024) float dq_stage[kStageFloats];
 };
 
 // dK/dV: own K and V (S^T = K Q^T, dP^T = V dO^T), walked Q and dO (dV += P^T dO, dK += dS^T Q).
@@ -175,7 +189,7 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   using Fast = FastDqShapes<Element, HD, BQ, BK, typename Base::SmemOwn>;
 
   // own_a/own_b: K and V; walk_a/walk_b: Q and dO; the fast mode's dS buffers.
-  struct SharedStorage : Base::Pipeline, DsStorage<kFastDq, Element, BQ * BK> {
+  struct SharedStorage : Base::Pipeline, DsStorage<kFastDq, Element, BQ * BK, BQ * HD> {
     Columns cols[kConsumers][2];
   };
 };

@@ -60,34 +60,47 @@ __device__ __forceinline__ void stage_columns(typename Tr::Columns& cols, const 
   if (!st.full) fill_axis_windows(&cols.win[0][0], Tr::BQ, st.start, args.tl.walk_shift, w, t, 128);
 }
 
-// Fast mode, the warpgroup whose turn it is (t = its thread): the step's dQ partial (BQ walked
-// queries x HD, accumulated over the CTA's 128 keys, times |scale|: K holds the scale's sign)
-// added into the float32 workspace, two columns per vector atomic. Rows past the query box and
-// columns past the head dim are skipped; masked pairs added zeros.
-template <class Tr, int OI>
-__device__ __forceinline__ void add_dq_rows(const float (&dq)[1][OI][4], const Step& st, const TileWalk& w,
-                                            const BackwardArgs& args, int b, int h, int t) {
-  const BackwardParams& p = args.p;
-  const Geometry& g = p.g;
+// Fast mode, a warpgroup after its dQ product (t = its thread, wg its index): its kDqCols
+// columns of the step's dQ partial (the walked queries summed over the CTA's 128 keys, times
+// |scale|: K holds the scale's sign) into the staging tile (FastDqShapes: 32-column float32
+// panels, 128-byte rows, their 16-byte chunks XOR-swizzled by row % 8 as the TMA's 128-byte
+// swizzle places them: a warp's stores take the minimum two wavefronts), then its thread 0 adds
+// each of its panels into the workspace with one TMA tensor reduce-add: the walked box at the
+// coordinates its Q was loaded from. Rows outside the query grid and columns past the workspace
+// are clipped by the TMA unit; masked pairs add zeros. The staging tile is rewritten only after
+// the issuing thread's wait_group.read before the next step's barrier 3 (see dkdv_consume).
+template <class Tr, int QI>
+__device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const float (&dq)[1][QI][4], const Step& st,
+                                          const BackwardArgs& args, int b, int h, int wg, int t) {
+  using F = typename Tr::Fast;
+  constexpr int BQ = Tr::BQ, PC = F::kPanelCols;
+  const Geometry& g = args.p.g;
   const int lane = t % 32, r0 = (t / 32) * 16 + lane / 4;
+  const int col0 = F::kDqSplit == 2 ? wg * F::kDqCols : 0;
   const float f = fabsf(g.scale);
-  int count[3];
-  w.walk_rows_left(st.start, count);
-  float* base = p.dq_accum + b * p.sdq_accum.batch + h * p.sdq_accum.head;
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
     const int r = r0 + hr * 8;
-    if (!row_inside(r, args.tl.walk_shift, count)) continue;
-    int pos[3];
-    box_position(r, args.tl.walk_shift, st.start, pos);
-    float* row = base + token_offset(pos, w.walk_off, g, p.sdq_accum);
 #pragma unroll
-    for (int oi = 0; oi < OI; ++oi) {
-      const int col = oi * 8 + 2 * (lane % 4);
-      if (col < g.head_dim)
-        atomicAdd(reinterpret_cast<float2*>(row + col), make_float2(dq[0][oi][2 * hr] * f, dq[0][oi][2 * hr + 1] * f));
+    for (int qi = 0; qi < QI; ++qi) {
+      const int c = col0 + qi * 8 + 2 * (lane % 4), cp = c % PC;
+      const int at = (c / PC) * BQ * PC + r * PC + ((((cp >> 2) ^ (r & 7)) << 2) | (cp & 3));
+      *reinterpret_cast<float2*>(ss.dq_stage + at) = make_float2(dq[0][qi][2 * hr] * f, dq[0][qi][2 * hr + 1] * f);
     }
   }
+  cutlass::arch::fence_view_async_shared();  // generic-proxy writes before the TMA reads them
+  cutlass::arch::NamedBarrier::sync(128, 7 + wg);
+  if (t != 0) return;
+  int c[3];
+  box_coords(st.start, ss.walk.walk_off, g, c);
+#pragma unroll
+  for (int pnl = col0 / PC; pnl < (col0 + F::kDqCols) / PC; ++pnl) {
+    int tc[5];
+    map_coords(args.mode[kDqAccum], int(g.heads_q), args.head_cols[kDqAccum], b, h, pnl, PC, c, tc);
+    cute::SM90_TMA_REDUCE_ADD_5D::copy(&args.tma[kDqAccum], ss.dq_stage + pnl * BQ * PC, tc[0], tc[1], tc[2], tc[3],
+                                       tc[4]);
+  }
+  cute::tma_store_arrive();  // closes this step's bulk group
 }
 
 // part: which HDO columns of dK and dV this CTA writes (0 unless the head dim is split,
@@ -201,27 +214,34 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
     else
       wgmma<false>(mma_g, tGrP, walked_part(ss.walk_a, at.stage), tGrDk);
     if constexpr (Tr::kFastDq) {
-      // dS^T into this step's parity buffer (both warpgroups' 64 keys), then one warpgroup
-      // (alternating) runs dQ = dS K over all 128 keys. A warpgroup writes a buffer again two
-      // steps on, past the next step's barrier, which the reader reaches only after its product.
-      Tensor sDsT = make_tensor(make_smem_ptr(ss.ds), typename Tr::Fast::SmemDsT{});
+      // dS^T into this step's parity buffer (both warpgroups' 64 keys), then dQ = dS K over all
+      // 128 keys: at head dim 128 both warpgroups, 64 columns each; below one warpgroup
+      // (alternating by step). A warpgroup writes a dS buffer again two steps on, past the next
+      // step's barrier, which every reader reaches only after its product. Each warpgroup's
+      // thread 0 waits until its previous reduce-adds have read the staging tile before the
+      // barrier, so every staging write after it finds the tile free.
+      using F = typename Tr::Fast;
+      Tensor sDsT = make_tensor(make_smem_ptr(ss.ds), typename F::SmemDsT{});
       copy(rP, thr_s.partition_C(sDsT(_, _, n & 1)));
       cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
+      if (ctid % 128 == 0) cute::tma_store_wait<0>();
       cutlass::arch::NamedBarrier::sync(256, 3);
-      if (wg == (n & 1)) {
-        Tensor sDs = make_tensor(make_smem_ptr(ss.ds), typename Tr::Fast::SmemDs{});
-        Tensor sKt = make_tensor(make_smem_ptr(ss.own_a), typename Tr::Fast::SmemOwnT{});
-        typename Tr::Fast::MmaDq mma_q;
-        auto thr_q = mma_q.get_thread_slice(ctid % 128);
+      if (F::kDqSplit == 2 || wg == (n & 1)) {
+        Tensor sDs = make_tensor(make_smem_ptr(ss.ds), typename F::SmemDs{});
+        Tensor sKt = make_tensor(make_smem_ptr(ss.own_a), typename F::SmemOwnT{});
+        typename F::MmaDq mma_q;
+        auto thr_q = mma_q.get_thread_slice(F::kDqSplit == 2 ? ctid : ctid % 128);
         Tensor tQrDs = thr_q.partition_fragment_A(sDs(_, _, n & 1));
         Tensor tQrKt = thr_q.partition_fragment_B(sKt);
         Tensor tQrDq = partition_fragment_C(mma_q, Shape<Int<BQ>, Int<HD>>{});
+        constexpr int QI = F::kDqCols / 8;
+        static_assert(decltype(size(tQrDq))::value == QI * 4, "dQ fragment: one m16n8 row pair per n8 block");
         wgmma<true>(mma_q, tQrDs, tQrKt, tQrDq);
         warpgroup_wait<1>();  // dK's product is done with this stage's Q
         Barrier::arrive(&ss.empty[at.stage]);
         warpgroup_wait<0>();
-        add_dq_rows<Tr>(*reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tQrDq.data())), st, w, args, b, h,
-                        ctid % 128);
+        reduce_dq<Tr>(ss, *reinterpret_cast<float(*)[1][QI][4]>(raw_pointer_cast(tQrDq.data())), st, args, b, h, wg,
+                      ctid % 128);
         at.next();
         continue;
       }
@@ -230,6 +250,10 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
     Barrier::arrive(&ss.empty[at.stage]);
     at.next();
   }
+
+  // Fast mode: the last reduce-adds are complete before the CTA's shared memory goes.
+  if constexpr (Tr::kFastDq)
+    if (ctid % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
 
   // Epilogue: each own key row's dK (scaled) and dV, written once (columns part * HDO on).
   float(&dk)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tGrDk.data()));
