@@ -19,7 +19,17 @@
 #              host-trace, fast-path and error tests
 #   ncu-bwd    issue 10: Nsight Compute on the sm90 backward's dQ and dK/dV kernels (one launch
 #              each, after a warm-up step) of flux-2d-s16 and 1d-32k: speed of light, warp states,
-#              scheduler, compute and memory workload -> $OUT/ncu-bwd-<n>.txt
+#              scheduler, compute and memory workload -> $OUT/ncu-bwd-<n>.txt; and on the fast
+#              mode's kernel of flux-2d-s16 with the memory tables -> $OUT/ncu-bwd-fast.txt
+#   bwd-check  issue 10, the sixth session's kernels (2026-12-05, compiled but never run there):
+#              the sm90 backward's config rows (nattn_cuda_tests: rows 61-64 of head dim 256,
+#              additional keys in every backward row), tests/python/test_cuda_sm90_backward.py
+#              (400 random problems in both modes with additional keys and head dims up to 256,
+#              the d256 cases, bitwise reproducibility) and compute-sanitizer memcheck and
+#              racecheck on a fast-mode and a d256 backward with additional keys
+#   fast-ab    issue 10: the deterministic pair against the fast kernel (third version: TMA
+#              tensor reduce-adds) on the anchors, backward alone, interleaved det/fast/det/fast
+#              (nattn-bench --mode bwd, one build) -> $OUT/fast-ab.txt
 # Everything lands in $OUT (default /tmp/nattn-followups) as each stage ends (anchors.py also
 # appends each finished anchor to anchors-bwd.md.rows). Every command has a timeout, cut to what
 # is left of NATTN_FOLLOWUPS_BUDGET_S (default 540 s). Do not pipe this script's output through
@@ -46,6 +56,41 @@ if has check; then
     tests/python/test_errors.py >"$out/pytest-check.log" 2>&1
   echo "pytest rc=$?"; tail -3 "$out/pytest-check.log"
   stamp check
+fi
+
+if has bwd-check; then
+  timeout $(t 240) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 --gtest_filter='*ConfigRow*:*Backward*' \
+    >"$out/bwd-check-ctest.log" 2>&1
+  echo "nattn_cuda_tests (rows, backward) rc=$?"; tail -4 "$out/bwd-check-ctest.log"
+  timeout $(t 300) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_cuda_sm90_backward.py \
+    >"$out/bwd-check-pytest.log" 2>&1
+  echo "pytest test_cuda_sm90_backward rc=$?"; tail -3 "$out/bwd-check-pytest.log"
+  for tool in memcheck racecheck; do
+    for mode in fast det; do
+      env_fast=$([ "$mode" = fast ] && echo "NATTN_SM90_BACKWARD=fast" || echo "NATTN_SM90_BACKWARD=1")
+      dim=$([ "$mode" = fast ] && echo 128 || echo 256)
+      env $env_fast timeout $(t 90) compute-sanitizer --tool $tool --error-exitcode 9 build-gpu/nattn-bench --backend cuda \
+        --dtype bf16 --mode bwd --iters 1 --warmup 0 --extent 24x20 --kernel 7x5 --dilation 2x1 --heads 2 \
+        --additional 9 --dim $dim >"$out/bwd-check-$tool-$mode.log" 2>&1
+      echo "$tool $mode d$dim rc=$?: $(grep -E 'ERROR SUMMARY|hazard' "$out/bwd-check-$tool-$mode.log" | tail -1)"
+    done
+  done
+  stamp bwd-check
+fi
+
+if has fast-ab; then
+  for args in "--extent 256x256 --kernel 80 --stride 16 --heads 24" "--extent 256x256 --kernel 80 --heads 24" \
+              "--extent 32768 --kernel 2048 --heads 16" "--extent 128x128 --kernel 31 --heads 16 --batch 4" \
+              "--extent 8192 --kernel 8192 --heads 16 --batch 2" \
+              "--extent 30x48x80 --kernel 18x24x24 --stride 16x8x8 --heads 24"; do
+    for mode in det fast det fast; do
+      env_fast=$([ "$mode" = fast ] && echo "NATTN_SM90_BACKWARD=fast" || echo "NATTN_SM90_BACKWARD=1")
+      env $env_fast timeout $(t 60) build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 5 --warmup 1 \
+        --no-verify --mode bwd $args 2>&1 | awk -v m="$mode" -v a="$args" \
+        '/^backward/{printf "%-4s %s | backward %s ms, %s TFLOP/s\n", m, a, $2, $3}' | tee -a "$out/fast-ab.txt"
+    done
+  done
+  stamp fast-ab
 fi
 
 if has weak-flat; then

@@ -1,9 +1,10 @@
 // Layer: cuda/sm90 device. The Hopper (sm_90a) family: TMA box loads straight from the caller's
 // tensors, wgmma, warp specialisation (cuda/sm90/kernel). It runs the forward for fp16 and bf16,
 // head dims (D and Dv) multiples of 8 up to 256 padded to 32/64/128/256, additional keys,
-// dilation up to 8, placed boxes. The backward: the sm90 dQ and dK/dV kernels (deterministic), head
-// dims up to 128, no additional keys (NATTN_SM90_BACKWARD=0 hands it to sm80 for A/B timing). Everything else
-// is planned on the sm80 family with the reason recorded.
+// dilation up to 8, placed boxes. The backward: the sm90 dQ and dK/dV kernels (deterministic), or
+// the fast mode's one kernel, the same coverage (the fast mode up to head dim 128;
+// NATTN_SM90_BACKWARD=0 hands it to sm80 for A/B timing). Everything else is planned on the sm80
+// family with the reason recorded.
 #include <cuda.h>
 
 #include <array>
