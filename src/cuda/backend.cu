@@ -4,6 +4,7 @@
 #include <array>
 #include <string>
 
+#include "core/heads_axis.h"
 #include "core/host_trace.h"
 #include "cuda/backend.h"
 #include "cuda/check.h"
@@ -129,19 +130,48 @@ std::vector<Slot> backward_slots(const BackwardTensors& t) {
           {"d_additional_v", &t.d_additional_v, true, true}};
 }
 
-// A call's plan (cached), its workspace and its tensors `v` (in slot order) with the ones the
-// plan copies rebound to dense buffers, the inputs among them copied in.
-template <size_t N>
-Status begin_call(const Problem& p, DType dtype, bool backward, const Options& o, const std::vector<Slot>& slots,
-                  Workspace* ws, std::shared_ptr<const CudaPlan>* plan, std::array<TensorView, N>* v) {
-  {
-    HostPhaseTimer phase(HostPhase::kPlanLookup);
-    bool cached = false;
-    NATTN_RETURN_IF_ERROR(cuda::plan_call(p, dtype, backward, o, slots, plan, &cached));
+// The call's tensors with heads as a grid axis (core/heads_axis.h): [B, X.., H, C] views as
+// [B, H, X.., 1, C], lse and dlse [B, X.., H] as [B, H, X.., 1].
+ForwardTensors heads_as_axis(const ForwardTensors& t, int rank) {
+  ForwardTensors r = t;
+  for (TensorView* v : {&r.q, &r.k, &r.v, &r.out}) *v = nattn::heads_as_axis(*v, rank, true);
+  r.lse = nattn::heads_as_axis(t.lse, rank, false);
+  return r;
+}
+
+BackwardTensors heads_as_axis(const BackwardTensors& t, int rank) {
+  BackwardTensors r = t;
+  for (TensorView* v : {&r.q, &r.k, &r.v, &r.out, &r.dout, &r.dq, &r.dk, &r.dv})
+    *v = nattn::heads_as_axis(*v, rank, true);
+  r.lse = nattn::heads_as_axis(t.lse, rank, false);
+  r.dlse = nattn::heads_as_axis(t.dlse, rank, false);
+  return r;
+}
+
+// A call's plan (cached); `slots` point into *t. Where the plan says the heads run as a grid
+// axis, *p and *t (so the views the slots point to) become the rewritten call and *plan its plan.
+template <class Tensors>
+Status lookup_plan(Problem* p, Tensors* t, DType dtype, bool backward, const Options& o, const std::vector<Slot>& slots,
+                   std::shared_ptr<const CudaPlan>* plan) {
+  HostPhaseTimer phase(HostPhase::kPlanLookup);
+  bool cached = false;
+  NATTN_RETURN_IF_ERROR(cuda::plan_call(*p, dtype, backward, o, slots, plan, &cached));
+  if ((*plan)->heads_axis) {
+    *t = heads_as_axis(*t, p->rank);
+    *p = nattn::heads_as_axis(*p);
+    *plan = (*plan)->heads_axis;
   }
-  NATTN_RETURN_IF_ERROR(ws->acquire((*plan)->workspace));
+  return Status::Ok();
+}
+
+// The plan's workspace and the call's tensors `v` (in slot order) with the ones the plan copies
+// rebound to dense buffers, the inputs among them copied in.
+template <size_t N>
+Status begin_call(const CudaPlan& plan, const Options& o, const std::vector<Slot>& slots, Workspace* ws,
+                  std::array<TensorView, N>* v) {
+  NATTN_RETURN_IF_ERROR(ws->acquire(plan.workspace));
   HostPhaseTimer phase(HostPhase::kBindCopies);
-  return bind_copies(**plan, slots, *ws, static_cast<cudaStream_t>(o.stream), v);
+  return bind_copies(plan, slots, *ws, static_cast<cudaStream_t>(o.stream), v);
 }
 
 class CudaBackend final : public Backend {
@@ -194,14 +224,17 @@ class CudaBackend final : public Backend {
     return explain(p, t.q.dtype, true, o, backward_slots(t), out);
   }
 
-  Status forward(const Problem& p, const ForwardTensors& t, const Options& o) const override {
-    DeviceGuard guard(t.q.device.index);
+  Status forward(const Problem& call, const ForwardTensors& tensors, const Options& o) const override {
+    DeviceGuard guard(tensors.q.device.index);
+    Problem p = call;
+    ForwardTensors t = tensors;
+    std::shared_ptr<const CudaPlan> plan;
     const std::vector<Slot> slots = forward_slots(t);
+    NATTN_RETURN_IF_ERROR(lookup_plan(&p, &t, t.q.dtype, false, o, slots, &plan));
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
     Workspace ws(o.workspace, s);
     std::array<TensorView, 7> v{t.q, t.k, t.v, t.additional_k, t.additional_v, t.out, t.lse};
-    std::shared_ptr<const CudaPlan> plan;
-    NATTN_RETURN_IF_ERROR(begin_call(p, t.q.dtype, false, o, slots, &ws, &plan, &v));
+    NATTN_RETURN_IF_ERROR(begin_call(*plan, o, slots, &ws, &v));
     cuda::ForwardParams fp;
     fp.g = cuda::geometry_of(p);
     fp.q = v[0].data;
@@ -226,15 +259,18 @@ class CudaBackend final : public Backend {
     return copy_outputs(*plan, slots, ws, s);
   }
 
-  Status backward(const Problem& p, const BackwardTensors& t, const Options& o) const override {
-    DeviceGuard guard(t.q.device.index);
+  Status backward(const Problem& call, const BackwardTensors& tensors, const Options& o) const override {
+    DeviceGuard guard(tensors.q.device.index);
+    Problem p = call;
+    BackwardTensors t = tensors;
+    std::shared_ptr<const CudaPlan> plan;
     const std::vector<Slot> slots = backward_slots(t);
+    NATTN_RETURN_IF_ERROR(lookup_plan(&p, &t, t.q.dtype, true, o, slots, &plan));
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
     Workspace ws(o.workspace, s);
     std::array<TensorView, 14> v{t.q,    t.k,  t.v,  t.additional_k, t.additional_v,   t.out,           t.lse, t.dout,
                                  t.dlse, t.dq, t.dk, t.dv,           t.d_additional_k, t.d_additional_v};
-    std::shared_ptr<const CudaPlan> plan;
-    NATTN_RETURN_IF_ERROR(begin_call(p, t.q.dtype, true, o, slots, &ws, &plan, &v));
+    NATTN_RETURN_IF_ERROR(begin_call(*plan, o, slots, &ws, &v));
     cuda::BackwardParams bp;
     bp.g = cuda::geometry_of(p);
     bp.q = v[0].data;

@@ -4,6 +4,8 @@
 #include <string>
 #include <unordered_map>
 
+#include "core/heads_axis.h"
+#include "core/tile_shapes.h"
 #include "cuda/planner.h"
 
 namespace nattn::cuda {
@@ -134,9 +136,49 @@ void explain_kernels(CudaPlan* plan) {
   }
 }
 
+// Walked boxes of 128 queries x 128 keys over the whole call (every head), within the TMA's
+// 256 elements per box axis.
+double walked_boxes(const Problem& p) {
+  std::array<int, 3> caps{0, 0, 0};
+  for (int a = 0; a < p.rank; ++a) caps[size_t(a)] = int(256 / p.window.dilation[size_t(a)]);
+  const double tiles = choose_tile_shapes(p, 128, 128, TileRole::kQueriesOwned, caps).key_tiles;
+  return tiles < 0 ? -1 : tiles * double(p.heads_q);
+}
+
+Status make_plan(const Problem& p, DType dtype, bool backward, int device, const Options& o,
+                 const std::vector<Slot>& slots, CudaPlan* plan);
+
+// The plan of the call with its heads as a grid axis, or false in *used where that call cannot
+// be planned (the call is then planned as it is; the rewrite is only an optimisation).
+Status plan_heads_axis(const Problem& p, DType dtype, bool backward, int device, const Options& o,
+                       const std::vector<Slot>& slots, CudaPlan* plan, bool* used) {
+  const Problem h = heads_as_axis(p);
+  std::vector<TensorView> views;
+  views.reserve(slots.size());
+  for (const Slot& s : slots) views.push_back(heads_as_axis(*s.view, p.rank, s.view->ndim == p.rank + 3));
+  std::vector<Slot> rewritten = slots;
+  for (size_t i = 0; i < slots.size(); ++i) rewritten[i].view = &views[i];
+  auto inner = std::make_shared<CudaPlan>();
+  *used = make_plan(h, dtype, backward, device, o, rewritten, inner.get()).ok();
+  if (!*used) return Status::Ok();
+  plan->explained = inner->explained;
+  for (FamilyVerdict& f : plan->explained.families)
+    if (f.chosen)
+      f.reason += "; heads as grid axis 0: the call runs as one head over [" + std::to_string(p.heads_q) + ", " +
+                  std::to_string(p.extent[0]) + (p.rank > 1 ? ", " + std::to_string(p.extent[1]) : "") +
+                  "] with kernel size 1 along the heads, so a box holds several heads' small grids";
+  plan->heads_axis = std::move(inner);
+  return Status::Ok();
+}
+
 Status make_plan(const Problem& p, DType dtype, bool backward, int device, const Options& o,
                  const std::vector<Slot>& slots, CudaPlan* plan) {
   NATTN_RETURN_IF_ERROR(smem_limit_hook_status());
+  if (heads_axis_pays(p, o)) {
+    bool used = false;
+    NATTN_RETURN_IF_ERROR(plan_heads_axis(p, dtype, backward, device, o, slots, plan, &used));
+    if (used) return Status::Ok();
+  }
   const Geometry g = geometry_of(p);
   const Call call{p, g, dtype, backward, device_info(device), o.choice, o.deterministic};
   plan->explained.backend = "cuda";
@@ -209,6 +251,16 @@ Status make_plan(const Problem& p, DType dtype, bool backward, int device, const
 }
 
 }  // namespace
+
+bool heads_axis_pays(const Problem& p, const Options& o) {
+  if (!heads_axis_applies(p) || tiles_forced(o.choice)) return false;
+  if (p.rank == 2 && p.batch > 1) {
+    const int64_t d = p.head_dim;
+    if (p.head_dim_v != d || (d != 32 && d != 64 && d != 128 && d != 256)) return false;
+  }
+  const double before = walked_boxes(p), after = walked_boxes(heads_as_axis(p));
+  return before > 0 && after > 0 && after <= 0.75 * before;
+}
 
 Status plan_call(const Problem& p, DType dtype, bool backward, const Options& o, const std::vector<Slot>& slots,
                  std::shared_ptr<const CudaPlan>* plan, bool* cached) {

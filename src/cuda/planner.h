@@ -31,7 +31,18 @@ struct CudaPlan {
   size_t scratch_offset = 0, scratch = 0;  // the kernels' shared scratch (KernelLaunch::scratch)
   size_t workspace = 0;                    // bytes
   Plan explained;
+  // Set when the call runs with its heads as a grid axis (core/heads_axis.h): the plan of the
+  // rewritten call, which the backend runs on heads_as_axis views of the call's tensors (this
+  // plan's other fields are unused then; `explained` is the rewritten call's, with a note).
+  std::shared_ptr<const CudaPlan> heads_axis;
 };
+
+// Whether the CUDA backend runs the call with its heads as a grid axis: where the rewrite is
+// exact (heads_axis_applies) and cuts the fused kernels' walked boxes (128 queries, 128 keys)
+// to at most 3/4; never with forced boxes (they name the call's own axes), nor where a 3-D
+// rewrite with batch > 1 would cost the sm90 kernels their head-dim zero fill (D = Dv = 32, 64,
+// 128 or 256 there).
+bool heads_axis_pays(const Problem& p, const Options& o);
 
 // The kernels' copy of a problem.
 Geometry geometry_of(const Problem& p);

@@ -6,6 +6,9 @@
 #include <sstream>
 #include <vector>
 
+#include "core/heads_axis.h"
+#include "cpu/reference.h"
+
 namespace nattn_test {
 namespace {
 
@@ -69,7 +72,7 @@ std::string CallConfig::describe() const {
     << p.heads_q << ", Hkv " << p.heads_kv << ", D " << p.head_dim << ", Dv " << p.head_dim_v << ", Na "
     << p.num_additional << ", scale " << (p.scale ? std::to_string(*p.scale) : "default") << ", "
     << nattn::dtype_name(dtype) << (strided ? ", strided" : "") << (with_lse ? ", lse" : "")
-    << (with_dlse ? ", dlse" : "");
+    << (with_dlse ? ", dlse" : "") << (heads_axis ? ", heads as grid axis" : "");
   return o.str();
 }
 
@@ -150,11 +153,29 @@ CallTensors make_backward_call(const CallConfig& c, Rng& rng) {
 }
 
 nattn::Status run_forward(const CallConfig& c, const CallTensors& t) {
+  if (c.heads_axis) {
+    const int r = c.problem.rank;
+    nattn::ForwardTensors v = t.forward_views();
+    for (nattn::TensorView* x : {&v.q, &v.k, &v.v, &v.out}) *x = nattn::heads_as_axis(*x, r, true);
+    v.lse = nattn::heads_as_axis(v.lse, r, false);
+    // The backend level, as the CUDA backend runs it: kernel size 1 along the heads is no valid
+    // public window (>= 2), and the call as it is was valid.
+    return nattn::reference_forward(nattn::heads_as_axis(c.problem), v);
+  }
   return c.dense ? nattn::attention_forward(attention_problem(c), t.forward_views())
                  : nattn::forward(c.problem, t.forward_views());
 }
 
 nattn::Status run_backward(const CallConfig& c, const CallTensors& t) {
+  if (c.heads_axis) {
+    const int r = c.problem.rank;
+    nattn::BackwardTensors v = t.backward_views();
+    for (nattn::TensorView* x : {&v.q, &v.k, &v.v, &v.out, &v.dout, &v.dq, &v.dk, &v.dv})
+      *x = nattn::heads_as_axis(*x, r, true);
+    v.lse = nattn::heads_as_axis(v.lse, r, false);
+    v.dlse = nattn::heads_as_axis(v.dlse, r, false);
+    return nattn::reference_backward(nattn::heads_as_axis(c.problem), v);
+  }
   return c.dense ? nattn::attention_backward(attention_problem(c), t.backward_views())
                  : nattn::backward(c.problem, t.backward_views());
 }

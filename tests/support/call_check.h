@@ -18,6 +18,11 @@ struct CallConfig {
   bool strided = false;    // a random (mostly non-contiguous) layout for every tensor
   bool with_lse = true;    // forward: request lse
   bool with_dlse = false;  // backward: pass a gradient of lse
+  // Run the call with its heads as a grid axis (core/heads_axis.h: the rewritten problem on
+  // heads_as_axis views of the same tensors, through the reference backend directly, as a
+  // backend runs it; for problems heads_axis_applies accepts), checked against the oracle of
+  // the call as it is.
+  bool heads_axis = false;
   std::string describe() const;
 };
 

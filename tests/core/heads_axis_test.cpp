@@ -1,0 +1,120 @@
+// Layer: tests. Heads as a grid axis (core/heads_axis.h): which calls the rewrite is exact for,
+// the rewritten problem and views, and 80 random calls run rewritten (reference backend) against
+// the dense oracle of the call as it is, forward and backward.
+#include "core/heads_axis.h"
+
+#include <gtest/gtest.h>
+
+#include "support/call_check.h"
+
+namespace nattn_test {
+namespace {
+
+nattn::Problem two_d(int64_t heads) {
+  nattn::Problem p;
+  p.rank = 2;
+  p.batch = 2;
+  p.extent = {7, 9, 1};
+  p.heads_q = p.heads_kv = heads;
+  p.head_dim = p.head_dim_v = 8;
+  p.window = nattn::Window::uniform(3);
+  return p;
+}
+
+TEST(HeadsAxis, AppliesOnlyWhereExact) {
+  EXPECT_TRUE(nattn::heads_axis_applies(two_d(4)));
+  EXPECT_FALSE(nattn::heads_axis_applies(two_d(1)));  // nothing to pack
+  nattn::Problem gqa = two_d(4);
+  gqa.heads_kv = 2;  // a query head's keys are another head's
+  EXPECT_FALSE(nattn::heads_axis_applies(gqa));
+  nattn::Problem extra = two_d(4);
+  extra.num_additional = 3;  // every query of a head sees its head's additional keys only
+  EXPECT_FALSE(nattn::heads_axis_applies(extra));
+  nattn::Problem placed = two_d(4);
+  placed.placement.key_extent = {5, 9, 0};
+  EXPECT_FALSE(nattn::heads_axis_applies(placed));
+  nattn::Problem three_d = two_d(4);
+  three_d.rank = 3;  // no fourth axis
+  EXPECT_FALSE(nattn::heads_axis_applies(three_d));
+}
+
+TEST(HeadsAxis, RewritesTheProblemAndTheViews) {
+  nattn::Problem p = two_d(4);
+  p.window.stride = {1, 2, 1};
+  p.window.dilation = {2, 1, 1};
+  p.window.is_causal = {false, true, false};
+  const nattn::Problem h = nattn::heads_as_axis(p);
+  EXPECT_EQ(h.rank, 3);
+  EXPECT_EQ(h.heads_q, 1);
+  EXPECT_EQ(h.heads_kv, 1);
+  EXPECT_EQ(h.extent, (std::array<int64_t, 3>{4, 7, 9}));
+  EXPECT_EQ(h.window.kernel_size, (std::array<int64_t, 3>{1, 3, 3}));
+  EXPECT_EQ(h.window.stride, (std::array<int64_t, 3>{1, 1, 2}));
+  EXPECT_EQ(h.window.dilation, (std::array<int64_t, 3>{1, 2, 1}));
+  EXPECT_EQ(h.window.is_causal, (std::array<bool, 3>{false, false, true}));
+  // [B, X1, X2, H, C] contiguous -> [B, H, X1, X2, 1, C] over the same memory.
+  char storage[8];
+  const nattn::TensorView q = nattn::TensorView::contiguous(storage, nattn::DType::kFloat32, {2, 7, 9, 4, 8});
+  const nattn::TensorView v = nattn::heads_as_axis(q, 2, true);
+  ASSERT_EQ(v.ndim, 6);
+  EXPECT_EQ(v.data, q.data);
+  const int64_t shape[] = {2, 4, 7, 9, 1, 8}, stride[] = {2016, 8, 288, 32, 8, 1};
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(v.shape[i], shape[i]) << "dim " << i;
+    EXPECT_EQ(v.stride[i], stride[i]) << "dim " << i;
+  }
+  const nattn::TensorView lse = nattn::TensorView::contiguous(storage, nattn::DType::kFloat32, {2, 7, 9, 4});
+  const nattn::TensorView l = nattn::heads_as_axis(lse, 2, false);
+  ASSERT_EQ(l.ndim, 5);
+  const int64_t lshape[] = {2, 4, 7, 9, 1}, lstride[] = {252, 1, 36, 4, 1};
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(l.shape[i], lshape[i]) << "dim " << i;
+    EXPECT_EQ(l.stride[i], lstride[i]) << "dim " << i;
+  }
+  EXPECT_FALSE(nattn::heads_as_axis(nattn::TensorView{}, 2, true).defined());
+}
+
+// A random call the rewrite applies to: rank 1 or 2, 2-5 heads of keys and queries alike.
+CallConfig random_config(Rng& rng) {
+  CallConfig c;
+  nattn::Problem& p = c.problem;
+  p.rank = int(rng.integer(1, 2));
+  for (size_t a = 0; a < size_t(p.rank); ++a) {
+    const int64_t L = rng.integer(3, p.rank == 1 ? 30 : 11);
+    const int64_t d = rng.coin(0.7) ? 1 : rng.integer(1, L / 2);
+    const int64_t k = rng.integer(2, L / d);
+    p.extent[a] = L;
+    p.window.kernel_size[a] = k;
+    p.window.dilation[a] = d;
+    p.window.stride[a] = rng.coin(0.5) ? 1 : rng.integer(1, k);
+    p.window.is_causal[a] = rng.coin(0.3);
+  }
+  p.batch = rng.integer(1, 2);
+  p.heads_q = p.heads_kv = rng.integer(2, 5);
+  p.head_dim = rng.integer(1, 8);
+  p.head_dim_v = rng.coin() ? p.head_dim : rng.integer(1, 8);
+  if (rng.coin(0.3)) p.scale = rng.uniform(-2.0, 2.0);
+  c.dtype = rng.pick(std::vector<nattn::DType>{nattn::DType::kFloat32, nattn::DType::kFloat64, nattn::DType::kFloat16,
+                                               nattn::DType::kBFloat16});
+  c.strided = rng.coin();
+  c.with_lse = rng.coin(0.8);
+  c.with_dlse = rng.coin();
+  c.heads_axis = true;
+  return c;
+}
+
+class HeadsAxisCall : public ::testing::TestWithParam<int> {};
+
+TEST_P(HeadsAxisCall, MatchesTheOracleOfTheCallAsItIs) {
+  Rng rng;
+  SCOPED_TRACE(rng.trace());
+  const CallConfig c = random_config(rng);
+  ASSERT_TRUE(nattn::heads_axis_applies(c.problem));
+  check_forward(c, rng);
+  check_backward(c, rng);
+}
+
+INSTANTIATE_TEST_SUITE_P(Reference, HeadsAxisCall, ::testing::Range(0, 80));
+
+}  // namespace
+}  // namespace nattn_test
