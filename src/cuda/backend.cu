@@ -130,24 +130,6 @@ std::vector<Slot> backward_slots(const BackwardTensors& t) {
           {"d_additional_v", &t.d_additional_v, true, true}};
 }
 
-// The call's tensors with heads as a grid axis (core/heads_axis.h): [B, X.., H, C] views as
-// [B, H, X.., 1, C], lse and dlse [B, X.., H] as [B, H, X.., 1].
-ForwardTensors heads_as_axis(const ForwardTensors& t, int rank) {
-  ForwardTensors r = t;
-  for (TensorView* v : {&r.q, &r.k, &r.v, &r.out}) *v = nattn::heads_as_axis(*v, rank, true);
-  r.lse = nattn::heads_as_axis(t.lse, rank, false);
-  return r;
-}
-
-BackwardTensors heads_as_axis(const BackwardTensors& t, int rank) {
-  BackwardTensors r = t;
-  for (TensorView* v : {&r.q, &r.k, &r.v, &r.out, &r.dout, &r.dq, &r.dk, &r.dv})
-    *v = nattn::heads_as_axis(*v, rank, true);
-  r.lse = nattn::heads_as_axis(t.lse, rank, false);
-  r.dlse = nattn::heads_as_axis(t.dlse, rank, false);
-  return r;
-}
-
 // A call's plan (cached); `slots` point into *t. Where the plan says the heads run as a grid
 // axis, *p and *t (so the views the slots point to) become the rewritten call and *plan its plan.
 template <class Tensors>
@@ -157,8 +139,8 @@ Status lookup_plan(Problem* p, Tensors* t, DType dtype, bool backward, const Opt
   bool cached = false;
   NATTN_RETURN_IF_ERROR(cuda::plan_call(*p, dtype, backward, o, slots, plan, &cached));
   if ((*plan)->heads_axis) {
-    *t = heads_as_axis(*t, p->rank);
-    *p = nattn::heads_as_axis(*p);
+    *t = heads_as_axis(*t, *p);
+    *p = heads_as_axis(*p);
     *plan = (*plan)->heads_axis;
   }
   return Status::Ok();

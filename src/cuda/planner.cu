@@ -155,7 +155,7 @@ Status plan_heads_axis(const Problem& p, DType dtype, bool backward, int device,
   const Problem h = heads_as_axis(p);
   std::vector<TensorView> views;
   views.reserve(slots.size());
-  for (const Slot& s : slots) views.push_back(heads_as_axis(*s.view, p.rank, s.view->ndim == p.rank + 3));
+  for (const Slot& s : slots) views.push_back(heads_as_axis(*s.view, p));
   std::vector<Slot> rewritten = slots;
   for (size_t i = 0; i < slots.size(); ++i) rewritten[i].view = &views[i];
   auto inner = std::make_shared<CudaPlan>();

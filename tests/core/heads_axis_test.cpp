@@ -25,7 +25,9 @@ TEST(HeadsAxis, AppliesOnlyWhereExact) {
   EXPECT_TRUE(nattn::heads_axis_applies(two_d(4)));
   EXPECT_FALSE(nattn::heads_axis_applies(two_d(1)));  // nothing to pack
   nattn::Problem gqa = two_d(4);
-  gqa.heads_kv = 2;  // a query head's keys are another head's
+  gqa.heads_kv = 2;  // grouped heads: the kv heads become the axis, two query heads each
+  EXPECT_TRUE(nattn::heads_axis_applies(gqa));
+  gqa.heads_kv = 1;  // one kv head: nothing to pack
   EXPECT_FALSE(nattn::heads_axis_applies(gqa));
   nattn::Problem extra = two_d(4);
   extra.num_additional = 3;  // every query of a head sees its head's additional keys only
@@ -40,41 +42,42 @@ TEST(HeadsAxis, AppliesOnlyWhereExact) {
 
 TEST(HeadsAxis, RewritesTheProblemAndTheViews) {
   nattn::Problem p = two_d(4);
+  p.heads_kv = 2;
   p.window.stride = {1, 2, 1};
   p.window.dilation = {2, 1, 1};
   p.window.is_causal = {false, true, false};
   const nattn::Problem h = nattn::heads_as_axis(p);
   EXPECT_EQ(h.rank, 3);
-  EXPECT_EQ(h.heads_q, 1);
+  EXPECT_EQ(h.heads_q, 2);  // the query heads of one kv head
   EXPECT_EQ(h.heads_kv, 1);
-  EXPECT_EQ(h.extent, (std::array<int64_t, 3>{4, 7, 9}));
+  EXPECT_EQ(h.extent, (std::array<int64_t, 3>{2, 7, 9}));  // the kv heads
   EXPECT_EQ(h.window.kernel_size, (std::array<int64_t, 3>{1, 3, 3}));
   EXPECT_EQ(h.window.stride, (std::array<int64_t, 3>{1, 1, 2}));
   EXPECT_EQ(h.window.dilation, (std::array<int64_t, 3>{1, 2, 1}));
   EXPECT_EQ(h.window.is_causal, (std::array<bool, 3>{false, false, true}));
-  // [B, X1, X2, H, C] contiguous -> [B, H, X1, X2, 1, C] over the same memory.
+  // Query side [B, X1, X2, 4, C] contiguous -> [B, 2, X1, X2, 2, C]: query head 2a + i is
+  // head i at position a (kv head a) of the new axis.
   char storage[8];
+  auto expect_view = [](const nattn::TensorView& v, std::vector<int64_t> shape, std::vector<int64_t> stride) {
+    ASSERT_EQ(v.ndim, int(shape.size()));
+    for (int i = 0; i < v.ndim; ++i) {
+      EXPECT_EQ(v.shape[i], shape[size_t(i)]) << "dim " << i;
+      EXPECT_EQ(v.stride[i], stride[size_t(i)]) << "dim " << i;
+    }
+  };
   const nattn::TensorView q = nattn::TensorView::contiguous(storage, nattn::DType::kFloat32, {2, 7, 9, 4, 8});
-  const nattn::TensorView v = nattn::heads_as_axis(q, 2, true);
-  ASSERT_EQ(v.ndim, 6);
+  const nattn::TensorView v = nattn::heads_as_axis(q, p);
   EXPECT_EQ(v.data, q.data);
-  const int64_t shape[] = {2, 4, 7, 9, 1, 8}, stride[] = {2016, 8, 288, 32, 8, 1};
-  for (int i = 0; i < 6; ++i) {
-    EXPECT_EQ(v.shape[i], shape[i]) << "dim " << i;
-    EXPECT_EQ(v.stride[i], stride[i]) << "dim " << i;
-  }
+  expect_view(v, {2, 2, 7, 9, 2, 8}, {2016, 16, 288, 32, 8, 1});
+  // Key side [B, X1, X2, 2, C] -> [B, 2, X1, X2, 1, C].
+  const nattn::TensorView k = nattn::TensorView::contiguous(storage, nattn::DType::kFloat32, {2, 7, 9, 2, 8});
+  expect_view(nattn::heads_as_axis(k, p), {2, 2, 7, 9, 1, 8}, {1008, 8, 144, 16, 8, 1});
   const nattn::TensorView lse = nattn::TensorView::contiguous(storage, nattn::DType::kFloat32, {2, 7, 9, 4});
-  const nattn::TensorView l = nattn::heads_as_axis(lse, 2, false);
-  ASSERT_EQ(l.ndim, 5);
-  const int64_t lshape[] = {2, 4, 7, 9, 1}, lstride[] = {252, 1, 36, 4, 1};
-  for (int i = 0; i < 5; ++i) {
-    EXPECT_EQ(l.shape[i], lshape[i]) << "dim " << i;
-    EXPECT_EQ(l.stride[i], lstride[i]) << "dim " << i;
-  }
-  EXPECT_FALSE(nattn::heads_as_axis(nattn::TensorView{}, 2, true).defined());
+  expect_view(nattn::heads_as_axis(lse, p), {2, 2, 7, 9, 2}, {252, 2, 36, 4, 1});
+  EXPECT_FALSE(nattn::heads_as_axis(nattn::TensorView{}, p).defined());
 }
 
-// A random call the rewrite applies to: rank 1 or 2, 2-5 heads of keys and queries alike.
+// A random call the rewrite applies to: rank 1 or 2, 2-4 kv heads, 1-3 query heads each.
 CallConfig random_config(Rng& rng) {
   CallConfig c;
   nattn::Problem& p = c.problem;
@@ -90,7 +93,8 @@ CallConfig random_config(Rng& rng) {
     p.window.is_causal[a] = rng.coin(0.3);
   }
   p.batch = rng.integer(1, 2);
-  p.heads_q = p.heads_kv = rng.integer(2, 5);
+  p.heads_kv = rng.integer(2, 4);
+  p.heads_q = p.heads_kv * rng.integer(1, 3);
   p.head_dim = rng.integer(1, 8);
   p.head_dim_v = rng.coin() ? p.head_dim : rng.integer(1, 8);
   if (rng.coin(0.3)) p.scale = rng.uniform(-2.0, 2.0);

@@ -31,7 +31,9 @@ TEST(HeadsAxisPays, WhereBoxesHoldSeveralHeads) {
   EXPECT_FALSE(nattn::cuda::heads_axis_pays(nat_stage(56, 2), o));  // large grids: nothing to gain
   EXPECT_FALSE(nattn::cuda::heads_axis_pays(nat_stage(28, 4), o));
   nattn::Problem gqa = nat_stage(7, 16);
-  gqa.heads_kv = 8;  // not exact
+  gqa.heads_kv = 8;  // grouped heads: 8 kv heads as the axis, 2 query heads each
+  EXPECT_TRUE(nattn::cuda::heads_axis_pays(gqa, o));
+  gqa.heads_kv = 1;
   EXPECT_FALSE(nattn::cuda::heads_axis_pays(gqa, o));
   nattn::Problem padded = nat_stage(7, 16);
   padded.head_dim = padded.head_dim_v = 48;  // batch > 1 on a 3-D grid: sm90 zero-fills only 32/64/128/256
@@ -47,7 +49,9 @@ TEST(HeadsAxisPays, WhereBoxesHoldSeveralHeads) {
 class HeadsAxisOnDevice : public CudaTest {};
 
 TEST_F(HeadsAxisOnDevice, NatStagesMatchTheReference) {
-  for (const nattn::Problem& p : {nat_stage(7, 16), nat_stage(7, 6, 1), nat_stage(14, 8, 2)}) {
+  nattn::Problem gqa = nat_stage(7, 12);
+  gqa.heads_kv = 4;
+  for (const nattn::Problem& p : {nat_stage(7, 16), nat_stage(7, 6, 1), nat_stage(14, 8, 2), gqa}) {
     SCOPED_TRACE(describe_problem(p));
     const bool packed = nattn::cuda::heads_axis_pays(p, cuda_options());
     {

@@ -154,10 +154,7 @@ CallTensors make_backward_call(const CallConfig& c, Rng& rng) {
 
 nattn::Status run_forward(const CallConfig& c, const CallTensors& t) {
   if (c.heads_axis) {
-    const int r = c.problem.rank;
-    nattn::ForwardTensors v = t.forward_views();
-    for (nattn::TensorView* x : {&v.q, &v.k, &v.v, &v.out}) *x = nattn::heads_as_axis(*x, r, true);
-    v.lse = nattn::heads_as_axis(v.lse, r, false);
+    const nattn::ForwardTensors v = nattn::heads_as_axis(t.forward_views(), c.problem);
     // The backend level, as the CUDA backend runs it: kernel size 1 along the heads is no valid
     // public window (>= 2), and the call as it is was valid.
     return nattn::reference_forward(nattn::heads_as_axis(c.problem), v);
@@ -168,12 +165,7 @@ nattn::Status run_forward(const CallConfig& c, const CallTensors& t) {
 
 nattn::Status run_backward(const CallConfig& c, const CallTensors& t) {
   if (c.heads_axis) {
-    const int r = c.problem.rank;
-    nattn::BackwardTensors v = t.backward_views();
-    for (nattn::TensorView* x : {&v.q, &v.k, &v.v, &v.out, &v.dout, &v.dq, &v.dk, &v.dv})
-      *x = nattn::heads_as_axis(*x, r, true);
-    v.lse = nattn::heads_as_axis(v.lse, r, false);
-    v.dlse = nattn::heads_as_axis(v.dlse, r, false);
+    const nattn::BackwardTensors v = nattn::heads_as_axis(t.backward_views(), c.problem);
     return nattn::reference_backward(nattn::heads_as_axis(c.problem), v);
   }
   return c.dense ? nattn::attention_backward(attention_problem(c), t.backward_views())
