@@ -67,7 +67,7 @@ target_compile_definitions(nattn_cuda_sm80 PRIVATE ${sm80_defs})
 set(NATTN_CUDA_OBJECT_LIBS nattn_cuda nattn_cuda_sm80)
 # The sm90 family's host side is always built; its kernels only when NATTN_SM90_ARCHS is set
 # (empty, e.g. for a quick build for a non-Hopper GPU: its rows are then "not built").
-set(sm90_sources src/cuda/sm90/device/dispatch.cu src/cuda/sm90/device/family.cu)
+set(sm90_sources src/cuda/sm90/device/dispatch.cu src/cuda/sm90/device/family.cu src/cuda/sm90/device/tensor_maps.cu)
 set(sm90_defs "")
 if(NATTN_SM90_ARCHS)
   foreach(hd IN LISTS NATTN_HEAD_DIMS)

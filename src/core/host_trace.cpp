@@ -10,9 +10,9 @@ namespace nattn {
 namespace {
 
 constexpr int kPhases = static_cast<int>(HostPhase::kCount);
-constexpr const char* kNames[kPhases] = {"call",        "validate",    "choose_backend", "plan_lookup",
-                                         "workspace",   "bind_copies", "delta",          "family",
-                                         "encode_maps", "launch",      "copy_out",       "workspace_release"};
+constexpr const char* kNames[kPhases] = {"call",        "validate", "choose_backend",   "plan_lookup", "workspace",
+                                         "bind_copies", "delta",    "family",           "encode_maps", "encode",
+                                         "launch",      "copy_out", "workspace_release"};
 
 bool env_on() {
   const char* v = std::getenv("NATTN_HOST_TRACE");

@@ -17,7 +17,8 @@ enum class HostPhase : int {
   kBindCopies,        // CUDA: layout copies in
   kDelta,             // CUDA backward: the Delta pre-pass launch
   kFamily,            // CUDA: the kernel family's forward/backward (encodes and launches)
-  kEncodeMaps,        // sm90: TMA tensor maps
+  kEncodeMaps,        // sm90: TMA tensor maps (from the cache or encoded)
+  kEncode,            // sm90: the driver encodes among them (the cache's misses)
   kLaunch,            // sm90: kernel launches
   kCopyOut,           // CUDA: layout copies out
   kWorkspaceRelease,  // CUDA: workspace release

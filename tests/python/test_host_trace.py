@@ -35,7 +35,7 @@ def test_counts_each_phase_of_each_call_while_on():
         assert t[phase][1] > 0, (phase, t[phase])
     # A phase is part of the whole call.
     assert t["validate"][1] < t["call"][1]
-    for phase in CUDA_PHASES + ("encode_maps", "launch", "delta"):
+    for phase in CUDA_PHASES + ("encode_maps", "encode", "launch", "delta"):
         assert t[phase] == (0, 0), (phase, t[phase])  # the reference backend has none
 
 
@@ -78,3 +78,32 @@ def test_cuda_calls_trace_their_plan_lookup_family_and_launches(cuda_backend):
                    for p in plans if p.family == "sm90")
     assert t["launch"][0] == 2 * per_step, ([p.family for p in plans], t["launch"])
     assert t["encode_maps"][0] == t["launch"][0]
+
+
+def test_repeated_cuda_calls_encode_no_tensor_maps(cuda_backend):
+    """sm90 keeps the tensor maps it encoded: a call on the same tensors again takes them from the
+    cache (phase encode_maps counts every launch's maps, encode only the driver's encodes)."""
+    q, k, v = (torch.randn(2, 9, 7, 2, 16, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    out, lse = torch.empty_like(q), torch.empty(2, 9, 7, 2, device="cuda", dtype=torch.float32)
+    plan = nattn.explain(q, k, v, kernel_size=(3, 5))
+    if plan.family != "sm90":
+        pytest.skip(f"the sm90 family encodes tensor maps; this call runs {plan.family}")
+    p = _lib.problem(q, k, v, None, None, [3, 5], [1, 1], [1, 1], [False, False], None, False)
+    arr = _lib.slots([q, k, v, None, None, out, lse], True)
+    o = _lib.options(_lib.BACKEND_AUTO, q.device)
+    _lib.forward(False, p, arr, o, "repeated call")  # encodes (or finds) its maps
+    _lib.host_trace("on")
+    for _ in range(3):
+        _lib.forward(False, p, arr, o, "repeated call")
+    torch.cuda.synchronize()
+    t = _lib.host_trace("read")
+    assert t["encode_maps"][0] == 3, t["encode_maps"]
+    assert t["encode"] == (0, 0), t["encode"]
+    # Another query tensor is another map: encoded once, then found.
+    q2 = torch.randn_like(q)
+    arr2 = _lib.slots([q2, k, v, None, None, out, lse], True)
+    _lib.host_trace("on")
+    _lib.forward(False, p, arr2, o, "new query")
+    _lib.forward(False, p, arr2, o, "new query")
+    torch.cuda.synchronize()
+    assert _lib.host_trace("read")["encode"][0] == 1

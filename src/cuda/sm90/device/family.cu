@@ -17,126 +17,17 @@
 #include "cuda/common/dq_convert.h"
 #include "cuda/family.h"
 #include "cuda/sm90/device/dispatch.h"
+#include "cuda/sm90/device/tensor_maps.h"
 #include "cuda/sm90/kernel/backward_traits.cuh"
 #include "cuda/sm90/kernel/traits.cuh"
 
 namespace nattn::cuda {
 namespace {
 
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-// cuTensorMapEncodeTiled from the driver, found through the runtime (no libcuda link).
-EncodeTiled encode_tiled() {
-  static const EncodeTiled fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      f = nullptr;
-    return reinterpret_cast<EncodeTiled>(f);
-  }();
-  return fn;
-}
-
-// The layouts a [B, X.., H, C] tensor view can have for TMA (MapMode, traits.cuh): unit-stride
-// head dim, 16-byte multiples elsewhere. Apart maps take any head stride but need a spare TMA
-// dimension (no third spatial axis, or batch 1); otherwise heads are packed with the head dim
-// (inner) or folded with the batch. -1: none.
-int map_mode(const TensorView& t) {
-  const int n = t.ndim;
-  if (n < 4 || !(t.stride[n - 1] == 1 || t.shape[n - 1] == 1)) return -1;
-  for (int i = 0; i + 1 < n; ++i)
-    if (t.shape[i] != 1 && t.stride[i] % 8 != 0) return -1;
-  if (n <= 5 || t.shape[n - 3] == 1) return sm90::kHeadsApart;  // rank <= 2, or X3 == 1
-  if (t.shape[0] == 1) return sm90::kHeadsApartB1;
-  if (t.stride[n - 2] == t.shape[n - 1] || t.shape[n - 2] == 1) return sm90::kHeadsInner;
-  if (t.shape[0] == 1 || t.stride[0] == t.shape[n - 2] * t.stride[n - 2]) return sm90::kHeadsFolded;
-  return -1;
-}
-
-// A grid (or the additional keys as a 1-D grid) as a tensor map can see it.
-struct MapGrid {
-  int64_t extent[3];
-  int64_t dilation[3];
-  int shift[3];  // log2 of the box per axis, in group positions
-};
-
-// The same choice from a kernel's strides (the plan made the tensor readable: map_mode >= 0).
-// An apart map drops axis 3, so only boxes of one position along it can use one.
-int map_mode(const MapGrid& m, const Strides& s, int64_t batch, int64_t heads, int64_t cols) {
-  if (m.extent[2] == 1 && m.shift[2] == 0) return sm90::kHeadsApart;
-  if (batch == 1) return sm90::kHeadsApartB1;
-  if (s.head == cols || heads == 1) return sm90::kHeadsInner;
-  return sm90::kHeadsFolded;
-}
-
-// A rank-5 map with boxes of pw columns x the box per axis (unused axes have extent 1);
-// dilation as element strides (the box spans box x dilation elements per axis). Elements are
-// float16/bfloat16 (the operands) or float32 (the fast backward's dQ workspace); a box row of
-// pw elements is swizzled at its own width (128, 64 or 32 bytes).
-Status encode(CUtensorMap* map, const void* base, DType dtype, const MapGrid& m, int64_t batch, int64_t heads,
-              int64_t cols, const Strides& s, int pw, const char* name, int* mode) {
-  const EncodeTiled fn = encode_tiled();
-  if (fn == nullptr) return Status::Runtime("sm90: cuTensorMapEncodeTiled is not available from the driver");
-  *mode = map_mode(m, s, batch, heads, cols);
-  const cuuint64_t es = dtype == DType::kFloat32 ? 4 : 2;
-  const CUtensorMapDataType type = dtype == DType::kFloat32    ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32
-                                   : dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
-                                                               : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const cuuint64_t row_bytes = cuuint64_t(pw) * es;
-  const CUtensorMapSwizzle swizzle = row_bytes == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
-                                     : row_bytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
-                                                       : CU_TENSOR_MAP_SWIZZLE_32B;
-  cuuint64_t dims[5];
-  int64_t elem_strides[4];
-  cuuint32_t box[5] = {cuuint32_t(pw), 1, 1, 1, 1};
-  cuuint32_t step[5] = {1, 1, 1, 1, 1};
-  // TMA dimension of spatial axis a (X1 outermost), per mode.
-  int axis_dim[3];
-  switch (*mode) {
-    case sm90::kHeadsInner:
-    case sm90::kHeadsFolded: {
-      const bool inner = *mode == sm90::kHeadsInner;
-      dims[0] = cuuint64_t(inner ? heads * cols : cols);
-      dims[4] = cuuint64_t(inner ? batch : batch * heads);
-      elem_strides[3] = inner ? s.batch : s.head;
-      axis_dim[0] = 3, axis_dim[1] = 2, axis_dim[2] = 1;
-      break;
-    }
-    case sm90::kHeadsApart:
-      dims[0] = cuuint64_t(cols), dims[1] = cuuint64_t(heads), dims[4] = cuuint64_t(batch);
-      elem_strides[0] = s.head, elem_strides[3] = s.batch;
-      axis_dim[0] = 3, axis_dim[1] = 2, axis_dim[2] = -1;
-      break;
-    default:  // kHeadsApartB1
-      dims[0] = cuuint64_t(cols), dims[1] = cuuint64_t(heads);
-      elem_strides[0] = s.head;
-      axis_dim[0] = 4, axis_dim[1] = 3, axis_dim[2] = 2;
-      break;
-  }
-  for (int a = 0; a < 3; ++a) {
-    const int d = axis_dim[a];
-    if (d < 0) continue;
-    dims[d] = cuuint64_t(m.extent[a]);
-    elem_strides[d - 1] = s.axis[a];
-    step[d] = cuuint32_t(m.dilation[a]);
-    box[d] = cuuint32_t((1 << m.shift[a]) * m.dilation[a]);
-  }
-  cuuint64_t strides[4];
-  cuuint64_t packed = dims[0] * es;  // a dense stride for dims of extent 1, whose stride is never used
-  for (int i = 0; i < 4; ++i) {
-    strides[i] = dims[i + 1] == 1 ? packed : cuuint64_t(elem_strides[i]) * es;
-    packed = strides[i] * dims[i + 1];
-  }
-  const CUresult r = fn(map, type, 5, const_cast<void*>(base), dims, strides, box, step, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                        swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS)
-    return Status::Runtime(std::string("sm90: encoding the tensor map of ") + name + " failed (CUresult " +
-                           std::to_string(int(r)) + ")");
-  return Status::Ok();
-}
+using sm90::encode_maps;
+using sm90::map_mode;
+using sm90::MapGrid;
+using sm90::MapSource;
 
 // A planned kernel's launch (traced as its own host phase).
 Status launch(const KernelLaunch& k, const void* args, cudaStream_t s) {
@@ -149,30 +40,6 @@ std::array<int, 3> box_caps(const Geometry& g) {
   std::array<int, 3> caps{0, 0, 0};
   for (int a = 0; a < 3; ++a) caps[a] = int(256 / g.dilation[a]);
   return caps;
-}
-
-// One tensor map to encode: the tensor, its strides, the boxes it is read in, heads and C.
-struct MapSource {
-  const void* base;
-  const Strides& s;
-  const MapGrid& m;
-  int64_t heads, cols;
-  const char* name;
-};
-
-// Encodes maps[0..n) into tma/mode/cols (a map of an empty tensor, base null, is skipped).
-Status encode_maps(const MapSource* maps, int n, DType dtype, int64_t batch, int padded, CUtensorMap* tma, int* mode,
-                   int* cols) {
-  HostPhaseTimer phase(HostPhase::kEncodeMaps);
-  const int pw = padded >= 64 ? 64 : padded;
-  for (int i = 0; i < n; ++i) {
-    const MapSource& m = maps[i];
-    cols[i] = int(m.cols);
-    mode[i] = 0;
-    if (m.base == nullptr) continue;
-    NATTN_RETURN_IF_ERROR(encode(&tma[i], m.base, dtype, m.m, batch, m.heads, m.cols, m.s, pw, m.name, &mode[i]));
-  }
-  return Status::Ok();
 }
 
 // reads_in_place took a tensor whose axis 3 has extent 1 as an apart map (any head stride),
