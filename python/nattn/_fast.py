@@ -157,35 +157,39 @@ def _key(tensors, params, choice) -> tuple:
             torch.are_deterministic_algorithms_enabled())
 
 
-def _forward_entry(tensors, params, choice) -> _Entry:
-    key = _key(tensors, params, choice)
+def _forward_entry(tensors, params, choice, with_lse=True) -> _Entry:
+    key = (_key(tensors, params, choice), with_lse)
     entry = _FORWARD.get(key)
     if entry is not None:
         return entry
     ks, st, dil, causal, scale, dense, backend, placement = params
     p, arr, out_shape, lse_shape = _ops._forward_check(*tensors, ks, st, dil, causal, scale,
                                                        dense, placement, data=False)
+    if not with_lse:  # the library writes no lse when its view is absent
+        arr[_lib.FWD_LSE] = _lib.Tensor()
     fn = _lib.LIB.nattn_attention_forward if dense else _lib.LIB.nattn_forward
     return _store(_FORWARD, key, _Entry(
         p, _poison(), bytes(arr), type(arr), (tuple(out_shape), tuple(lse_shape)), fn,
         _ops._where(dense, causal), {}, backend, choice))
 
 
-def run_forward(tensors, params, choice) -> Tuple[torch.Tensor, torch.Tensor]:
+def run_forward(tensors, params, choice, with_lse=True) -> Tuple[torch.Tensor, torch.Tensor]:
     """na_forward's (out, lse) without autograd; tensors = (q, k, v, ak, av). With the C++ ops
-    loaded (_native.py) one dispatcher call does all of it."""
+    loaded (_native.py) one dispatcher call does all of it. with_lse=False (a call that returns
+    no lse and records no graph): lse is None, neither allocated nor written."""
     if _native.takes(tensors[0]):
         out = _native.forward(tensors, params, choice)
         _ops.CALLS["fast_forward"] += 1
         return out
-    entry = _forward_entry(tensors, params, choice)
+    entry = _forward_entry(tensors, params, choice, with_lse)
     q = tensors[0]
     out_shape, lse_shape = entry.out_shapes
     out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
-    lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device) if with_lse else None
     if entry.poison:
         out.fill_(float("nan"))
-        lse.fill_(float("nan"))
+        if lse is not None:
+            lse.fill_(float("nan"))
     _launch(entry, tensors + (out, lse), q.device)
     _ops.CALLS["fast_forward"] += 1
     return out, lse
@@ -269,19 +273,19 @@ class _Attention(torch.autograd.Function):
         return grads + (None, None)
 
 
-def na_forward(call, choice) -> Tuple[torch.Tensor, torch.Tensor]:
+def na_forward(call, choice, with_lse=True) -> Tuple[torch.Tensor, torch.Tensor]:
     """(out, lse) of a functional.Call that eligible() accepted, with autograd when an input
-    needs it."""
+    needs it; with_lse=False: the caller does not want lse (None unless autograd keeps it)."""
     tensors, params = call[:5], call[5:]  # slices of a NamedTuple are tuples
     if _profiler._is_profiler_enabled:  # the custom op's event name
         with torch.profiler.record_function("nattn::na_forward"):
-            return _forward(tensors, params, choice)
-    return _forward(tensors, params, choice)
+            return _forward(tensors, params, choice, with_lse)
+    return _forward(tensors, params, choice, with_lse)
 
 
-def _forward(tensors, params, choice):
+def _forward(tensors, params, choice, with_lse):
     q, k, v, ak, av = tensors
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
             ak is not None and ak.requires_grad) or (av is not None and av.requires_grad)):
-        return _Attention.apply(*tensors, params, choice)
-    return run_forward(tensors, params, choice)
+        return _Attention.apply(*tensors, params, choice)  # the backward reads lse
+    return run_forward(tensors, params, choice, with_lse)

@@ -104,7 +104,7 @@ def _run(call: Call, return_lse):
     choice = _choice.current()
     # is_compiling() first: dynamo folds it to True and never traces the fast path's checks.
     if not torch.compiler.is_compiling() and _fast.eligible(call[:5]):
-        out, lse = _fast.na_forward(call, choice)
+        out, lse = _fast.na_forward(call, choice, return_lse)
     else:
         out, lse = _ops.na_forward(*call.op_args(choice))
     return (out, lse) if return_lse else out

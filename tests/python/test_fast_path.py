@@ -273,3 +273,27 @@ def test_cuda_fast_path_forward_backward_matches_the_ops(cuda_backend):
     assert fast_calls == {"fast_forward": 1, "fast_backward": 1}
     for a, b in zip(fast, ops):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_call_returning_no_lse_writes_none(device, monkeypatch):
+    """A no-grad call without return_lse takes the fast path with no lse (the ctypes call: none
+    allocated, none written; the library takes an absent lse view) and gives the out of the
+    call with lse, which matches the reference."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from nattn import _native
+    monkeypatch.setattr(_native, "LOADED", False)  # the ctypes call (the C++ ops take CPU tensors)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    q, k, v = (torch.randn(2, 6, 5, 3, 16, device=device, dtype=dtype) for _ in range(3))
+    before = counts()
+    out = nattn.na2d(q, k, v, 3)
+    out_lse, lse = nattn.na2d(q, k, v, 3, return_lse=True)
+    assert delta(before) == {"fast_forward": 2}
+    assert any(key[1] is False for key in _fast._FORWARD), "no entry without lse was made"
+    assert torch.equal(out, out_lse)
+    ref, ref_lse = nattn.na2d(*(x.double().cpu() for x in (q, k, v)), 3, return_lse=True,
+                              backend="reference")
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.double().cpu(), ref, atol=tol, rtol=tol)
+    torch.testing.assert_close(lse.double().cpu(), ref_lse.double(), atol=tol, rtol=tol)
