@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "core/tile_shapes.h"
+#include "cuda/common/additional_keys.h"
 #include "support/spec_mask.h"
 #include "support/test_tensor.h"
 
@@ -581,6 +582,41 @@ TEST_F(TileWalkTest, PlacedForwardWalkMatchesBruteForce) {
 TEST_F(TileWalkTest, PlacedKeysOwnedWalkMatchesBruteForce) {
   for (int trial = 0; trial < 80; ++trial)
     if (!check_case(random_placed_case(rng, true), rng)) return;
+}
+
+// The sm90 backward's pass over the additional keys (cuda/common/additional_keys.h): the problem
+// additional_keys_geometry makes of a call, whatever the call's window, attends every (query,
+// additional key) pair (SPEC.md: every query attends the additional keys), and the keys-owned
+// walk over it (own boxes of 128 keys along axis 0, walked query boxes of 64) visits each pair
+// exactly once (check_case).
+TEST_F(TileWalkTest, AdditionalKeysPassAttendsEveryPairOnce) {
+  for (int trial = 0; trial < 60; ++trial) {
+    Geometry g = geometry(random_case(rng, false));
+    g.num_additional = rng.integer(1, 300);
+    const Geometry e = nattn::cuda::additional_keys_geometry(g);
+    WalkCase c;
+    c.rank = e.rank;
+    c.placed = e.placed;
+    for (int a = 0; a < c.rank; ++a) {
+      c.extent[a] = e.extent[a];
+      c.axis[a] = {e.kernel[a], e.stride[a], e.dilation[a], e.causal[a]};
+      c.global[a] = e.global[a];
+      c.q_origin[a] = e.query_origin[a];
+      c.k_origin[a] = e.key_origin[a];
+      c.k_extent[a] = e.key_extent[a];
+      ASSERT_EQ(c.k_extent[a], a == 0 ? g.num_additional : 1) << "axis " << a;
+      for (int64_t i = 0; i < c.extent[a]; ++i)
+        for (int64_t j = 0; j < c.k_extent[a]; ++j)
+          ASSERT_TRUE(spec_attends(c.axis[a], c.global[a], c.q_origin[a] + i, c.k_origin[a] + j))
+              << "axis " << a << ": query " << i << " does not attend additional key " << j << " in " << c.describe();
+    }
+    ASSERT_EQ(c.placed, !(c.rank == 1 && g.num_additional == g.extent[0])) << c.describe();
+    c.own[0] = 128;
+    random_box(rng, c.rank, 6, c.walk);
+    c.walks_queries = true;
+    c.heads = int(rng.integer(1, 3));
+    if (!check_case(c, rng)) return;
+  }
 }
 
 // Placed configurations that random draws reach rarely: cross-attention (SPEC.md "Dense

@@ -14,6 +14,7 @@
 #include "core/host_trace.h"
 #include "core/tile_shapes.h"
 #include "cuda/check.h"
+#include "cuda/common/additional_keys.h"
 #include "cuda/common/dq_convert.h"
 #include "cuda/family.h"
 #include "cuda/sm90/device/dispatch.h"
@@ -135,32 +136,6 @@ std::vector<Role> backward_roles(const Call& call) {
       (forced_fast_row(call.choice) >= 0 || (backward_switch() == BackwardSwitch::kFast && fast_built)))
     return {Role::kBackwardDkdvDq};
   return {Role::kBackwardDq, Role::kBackwardDkdv};
-}
-
-// The backward of the additional keys as a problem of its own, run by the dK/dV kernel: every
-// query of the call attends every additional key, so it is dense cross-attention between the
-// call's query grid (its rank, extents and strides; dilation 1) and a key box of the Na
-// additional keys along axis 0 (extent 1 along the others), with a window of the whole grid:
-// Geometry's placed boxes (SPEC.md "Placed boxes"), at origin 0 in a global grid of
-// max(query extent, key extent) per axis. The call's lse and Delta are this problem's too (P of
-// an additional key is exp(S - lse) of the whole call). The neighborhood's dilation, stride and
-// causality do not apply to additional keys.
-Geometry additional_keys_geometry(const Geometry& g) {
-  Geometry e = g;
-  e.num_additional = 0;
-  e.placed = false;
-  for (int a = 0; a < 3; ++a) {
-    e.key_extent[a] = a == 0 ? g.num_additional : 1;
-    if (a >= g.rank) e.key_extent[a] = 1;
-    e.global[a] = g.extent[a] > e.key_extent[a] ? g.extent[a] : e.key_extent[a];
-    e.kernel[a] = e.global[a];
-    e.stride[a] = e.dilation[a] = 1;
-    e.causal[a] = false;
-    e.query_origin[a] = e.key_origin[a] = 0;
-    e.placed = e.placed || e.global[a] != e.extent[a] || e.key_extent[a] != e.extent[a];
-  }
-  e.key_tokens = g.num_additional;
-  return e;
 }
 
 // The call's backward parameters for that problem: the additional keys and values (and their
