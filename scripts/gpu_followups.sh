@@ -8,7 +8,8 @@
 #              over 90 s each)
 #   anchors    issue 10: bench/anchors.py --backward, deterministic mode, on the anchors its
 #              results file lacks (the dense case, Cosmos, the strided 3-D anchors)
-#   small      issue 11: bench/small_grids.py (NAT/DiNAT stages) with the sm90 backward
+#   small      issue 11: bench/small_grids.py (NAT/DiNAT stages) with the sm90 backward, and again
+#              with NATTN_HEADS_AXIS=0 (the stages without the heads-as-grid-axis rewrite) for the A/B
 #   overhead   issue 11: bench/overhead.py with the C++ ops' CUDA path on (NATTN_TORCH_OPS_CUDA=1),
 #              so all three op paths are measured in one run; then bench/host_breakdown.py --trace
 #              cuda: the library's host time per phase of a small forward+backward step
@@ -110,6 +111,9 @@ if has small; then
   (cd bench && timeout $(t 150) python3 small_grids.py --iters 10 --commit "$commit" \
     --out "$out/small_grids.md" --json "$out/small_grids.json") >"$out/small.log" 2>&1
   echo "small rc=$?"; tail -3 "$out/small.log"; cat "$out/small_grids.md" 2>/dev/null
+  (cd bench && NATTN_HEADS_AXIS=0 timeout $(t 150) python3 small_grids.py --iters 10 --commit "$commit-no-heads-axis" \
+    --out "$out/small_grids_no_heads_axis.md" --json "$out/small_grids_no_heads_axis.json") >"$out/small-nha.log" 2>&1
+  echo "small (NATTN_HEADS_AXIS=0) rc=$?"; cat "$out/small_grids_no_heads_axis.md" 2>/dev/null
   stamp small
 fi
 

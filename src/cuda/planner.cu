@@ -1,5 +1,6 @@
 // Layer: cuda. See planner.h.
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -253,7 +254,12 @@ Status make_plan(const Problem& p, DType dtype, bool backward, int device, const
 }  // namespace
 
 bool heads_axis_pays(const Problem& p, const Options& o) {
-  if (!heads_axis_applies(p) || tiles_forced(o.choice)) return false;
+  // NATTN_HEADS_AXIS=0 (read once): never, a developer switch for A/B timing.
+  static const bool off = [] {
+    const char* e = std::getenv("NATTN_HEADS_AXIS");
+    return e != nullptr && std::string(e) == "0";
+  }();
+  if (off || !heads_axis_applies(p) || tiles_forced(o.choice)) return false;
   if (p.rank == 2 && p.batch > 1) {
     const int64_t d = p.head_dim;
     if (p.head_dim_v != d || (d != 32 && d != 64 && d != 128 && d != 256)) return false;

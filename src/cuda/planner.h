@@ -41,7 +41,7 @@ struct CudaPlan {
 // exact (heads_axis_applies) and cuts the fused kernels' walked boxes (128 queries, 128 keys)
 // to at most 3/4; never with forced boxes (they name the call's own axes), nor where a 3-D
 // rewrite with batch > 1 would cost the sm90 kernels their head-dim zero fill (D = Dv = 32, 64,
-// 128 or 256 there).
+// 128 or 256 there). NATTN_HEADS_AXIS=0 turns it off (for A/B timing).
 bool heads_axis_pays(const Problem& p, const Options& o);
 
 // The kernels' copy of a problem.
