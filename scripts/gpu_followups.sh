@@ -16,8 +16,9 @@
 #   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
 #              self CPU time, and the kernels)
 #   check      (runs first) the GPU regression check of a host-side change: nattn_cuda_tests (every config row
-#              on random problems vs the CPU reference, plans, copies) and the GPU cases of the
-#              host-trace, fast-path and error tests
+#              on random problems vs the CPU reference, plans, copies, heads as a grid axis) and the
+#              GPU cases of the host-trace, fast-path and error tests; the consumer-GPU rows under
+#              NATTN_SMEM_LIMIT=101376 (issue 11)
 #   ncu-bwd    issue 10: Nsight Compute on the sm90 backward's dQ and dK/dV kernels (one launch
 #              each, after a warm-up step) of flux-2d-s16 and 1d-32k: speed of light, warp states,
 #              scheduler, compute and memory workload -> $OUT/ncu-bwd-<n>.txt; and on the fast
@@ -56,6 +57,13 @@ if has check; then
   timeout $(t 200) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_host_trace.py tests/python/test_fast_path.py \
     tests/python/test_errors.py >"$out/pytest-check.log" 2>&1
   echo "pytest rc=$?"; tail -3 "$out/pytest-check.log"
+  # Issue 11's consumer-GPU rows (sm86/sm89's 99 KB), planned and run here through the hook.
+  NATTN_SMEM_LIMIT=101376 timeout $(t 120) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \
+    --gtest_filter='*CudaConsumerSmem*' >"$out/consumer-smem.log" 2>&1
+  echo "consumer smem (C++) rc=$?"; tail -2 "$out/consumer-smem.log"
+  NATTN_SMEM_LIMIT=101376 timeout $(t 120) python3 -m pytest -q -p no:cacheprovider \
+    tests/python/test_cuda_consumer_smem.py >"$out/consumer-smem-py.log" 2>&1
+  echo "consumer smem (pytest) rc=$?"; tail -2 "$out/consumer-smem-py.log"
   stamp check
 fi
 
