@@ -40,6 +40,7 @@ __device__ __forceinline__ void produce_backward(typename Tr::SharedStorage& ss,
     const Step st = w.advance();
     Barrier::wait(&ss.empty[at.stage], at.phase ^ 1);  // the first pass over the stages does not wait
     ss.steps[at.stage] = st;
+    Barrier::arrive(&ss.info[at.stage]);  // releases the step to the consumers' early column loads
     if (!st.valid) {
       Barrier::arrive(&ss.full[at.stage]);
       break;
@@ -81,6 +82,7 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
     for (int i = 0; i < Tr::kStages; ++i) {
       cutlass::arch::ClusterTransactionBarrier::init(&ss.full[i], 1);
       cutlass::arch::ClusterBarrier::init(&ss.empty[i], 128 * Tr::kConsumers);
+      cutlass::arch::ClusterBarrier::init(&ss.info[i], 1);
     }
     cutlass::arch::fence_barrier_init();
   }

@@ -89,6 +89,8 @@ struct BackwardShapes {
     alignas(8) uint64_t own_full;  // both own boxes landed
     uint64_t full[kStages];        // stage s's walked boxes landed (and steps[s] is set)
     uint64_t empty[kStages];       // every consumer thread is done with stage s
+    uint64_t info[kStages];        // steps[s] is set (before its boxes land: the dK/dV consumers
+                                   // load the next step's columns early)
     Step steps[kStages];
     TileWalk walk;
   };

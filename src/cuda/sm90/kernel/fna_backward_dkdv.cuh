@@ -35,27 +35,40 @@
 
 namespace nattn::cuda::sm90 {
 
-// One consumer warpgroup (128 threads, t = its thread): the columns of walk step st (query
-// head h) into cols: each query's lse in the log2 domain (+inf for rows past the query box
-// and for queries without keys, so P = 0 there) and Delta, and on partial boxes its windows.
+// One consumer warpgroup (128 threads, t = its thread), the columns of walk step st (query head
+// h) in two halves, so that their loads land while the step before computes: load_columns
+// brings thread t < BQ's query lse in the log2 domain (+inf for rows past the query box and for
+// queries without keys, so P = 0 there) and Delta into registers; store_columns writes them to
+// cols and, on partial boxes, the queries' windows.
+struct ColumnLoad {
+  float lse2 = INFINITY, delta = 0.f;
+};
+
 template <class Tr>
-__device__ __forceinline__ void stage_columns(typename Tr::Columns& cols, const Step& st, const TileWalk& w,
-                                              const BackwardArgs& args, int b, int h, int t) {
+__device__ __forceinline__ ColumnLoad load_columns(const Step& st, const TileWalk& w, const BackwardArgs& args, int b,
+                                                   int h, int t) {
   const BackwardParams& p = args.p;
   const Geometry& g = p.g;
+  ColumnLoad c;
+  if (t >= Tr::BQ || !st.valid) return c;
+  int count[3];
+  w.walk_rows_left(st.start, count);
+  if (!row_inside(t, args.tl.walk_shift, count)) return c;
+  int pos[3];
+  box_position(t, args.tl.walk_shift, st.start, pos);
+  c.lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.walk_off, g, p.slse)] * kLog2e;
+  c.delta = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.walk_off, g, p.sdelta)];
+  if (c.lse2 == -INFINITY) c.lse2 = INFINITY;  // a query without keys (placed boxes)
+  return c;
+}
+
+template <class Tr>
+__device__ __forceinline__ void store_columns(typename Tr::Columns& cols, const ColumnLoad& c, const Step& st,
+                                              const TileWalk& w, const BackwardArgs& args, int t) {
+  if (!st.valid) return;
   if (t < Tr::BQ) {
-    int count[3];
-    w.walk_rows_left(st.start, count);
-    float lse2 = INFINITY, delta = 0.f;
-    if (row_inside(t, args.tl.walk_shift, count)) {
-      int pos[3];
-      box_position(t, args.tl.walk_shift, st.start, pos);
-      lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.walk_off, g, p.slse)] * kLog2e;
-      delta = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.walk_off, g, p.sdelta)];
-      if (lse2 == -INFINITY) lse2 = INFINITY;  // a query without keys (placed boxes)
-    }
-    cols.lse2[t] = lse2;
-    cols.delta[t] = delta;
+    cols.lse2[t] = c.lse2;
+    cols.delta[t] = c.delta;
   }
   if (!st.full) fill_axis_windows(&cols.win[0][0], Tr::BQ, st.start, args.tl.walk_shift, w, t, 128);
 }
@@ -169,20 +182,34 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
     cutlass::arch::NamedBarrier::sync(256, 1);
   }
 
+  // The columns (lse, Delta, windows) of step n are in ss.cols[wg][n & 1]. Step n + 1's are
+  // loaded during step n, as soon as the producer has set the step (ss.info: before its boxes
+  // land), and stored at its end: their global loads overlap step n's products instead of
+  // stalling step n + 1 (the parity buffer's one barrier per step: a thread writes step n + 1's
+  // copy after passing step n's barrier, so every reader of step n - 1's copy is done with it).
+  static_assert(Tr::kStages >= 2, "the next step's columns load while this step computes");
   StageCursor<Tr::kStages> at;
+  {
+    Barrier::wait(&ss.info[at.stage], at.phase);
+    const Step first = ss.steps[at.stage];
+    store_columns<Tr>(ss.cols[wg][0], load_columns<Tr>(first, w, args, b, hk * hpk + first.head, ctid % 128), first, w,
+                      args, ctid % 128);
+  }
   for (int n = 0;; ++n) {
     TxBarrier::wait(&ss.full[at.stage], at.phase);
     const Step st = ss.steps[at.stage];
     if (!st.valid) break;
-    const int h = hk * hpk + st.head;
-    // S^T and dP^T start while the columns are staged.
+    // S^T and dP^T start while the next step's columns are asked for.
     wgmma<true>(mma_s, tSrK, tSrQ(_, _, _, at.stage), tSrS);
     wgmma<true>(mma_s, tSrV, tSrDo(_, _, _, at.stage), tSrDp);
     typename Tr::Columns& cols = ss.cols[wg][n & 1];
-    stage_columns<Tr>(cols, st, w, args, b, h, ctid % 128);
-    // Parity-buffered columns: one barrier per step (a thread writing step n + 1's buffer has
-    // passed this barrier of step n, so every reader of step n - 1's copy is done with it).
     cutlass::arch::NamedBarrier::sync(128, 5 + wg);
+    StageCursor<Tr::kStages> nx = at;
+    nx.next();
+    Barrier::wait(&ss.info[nx.stage], nx.phase);
+    const Step next = ss.steps[nx.stage];
+    const ColumnLoad next_cols = load_columns<Tr>(next, w, args, b, hk * hpk + next.head, ctid % 128);
+    const int h = hk * hpk + st.head;
     warpgroup_wait<1>();  // S^T is done
     warpgroup_fence_operand(tSrS);
     if (!st.full)
@@ -213,6 +240,7 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
       wgmma<false>(mma_g, tGrP, tGrQt(_, _, _, at.stage), tGrDk);
     else
       wgmma<false>(mma_g, tGrP, walked_part(ss.walk_a, at.stage), tGrDk);
+    store_columns<Tr>(ss.cols[wg][(n + 1) & 1], next_cols, ss.steps[nx.stage], w, args, ctid % 128);
     if constexpr (Tr::kFastDq) {
       // dS^T into this step's parity buffer (both warpgroups' 64 keys), then dQ = dS K over all
       // 128 keys: at head dim 128 both warpgroups, 64 columns each; below one warpgroup
