@@ -36,8 +36,11 @@ def run_stage(extent, heads, dilation, iters):
     dout = torch.randn_like(q)
     plan = nattn.explain(q, k, v, kernel_size=ker, dilation=dil)
     bplan = nattn.explain(q, k, v, kernel_size=ker, dilation=dil, backward=True)
-    row = dict(stage=f"{extent}x{extent}", heads=heads, dilation=dilation, family=plan.family,
-               backward_family=bplan.family)
+    # "+h": planned with the heads as a grid axis (several heads' small grids per box).
+    packed = any("heads as grid axis" in f.reason for f in plan.families if f.chosen)
+    row = dict(stage=f"{extent}x{extent}", heads=heads, dilation=dilation,
+               family=plan.family + ("+h" if packed else ""), backward_family=bplan.family,
+               heads_axis=packed)
 
     def na():
         return nattn.na2d(q, k, v, ker, dilation=dil)
@@ -101,7 +104,8 @@ def main():
              f"Card: {card}, torch {torch.__version__}, nattn commit {args.commit or '?'}. Command: "
              f"`python bench/small_grids.py {' '.join(sys.argv[1:])}`. Batch {BATCH}, bf16, window {KERNEL}x{KERNEL}, "
              f"head dim {DIM}; ms per call (bench/timing.py: back-to-back calls).", "",
-             "| model | stage | heads | dil | family fwd/bwd | nattn fwd | Flex fwd | SDPA fwd | nattn f+b | Flex f+b "
+             "| model | stage | heads | dil | family fwd/bwd (+h: heads as grid axis) | nattn fwd | Flex fwd "
+             "| SDPA fwd | nattn f+b | Flex f+b "
              "| SDPA f+b | fwd: best other / nattn | f+b: best other / nattn |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
