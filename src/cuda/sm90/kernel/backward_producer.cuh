@@ -12,16 +12,31 @@
 
 namespace nattn::cuda::sm90 {
 
-// own_head / own_heads: the head of the own boxes and the head count of their tensors;
-// walk_head0 + step.head: the walked boxes' head, of walk_heads.
+// Thread 0: the TMA loads of the CTA's two own boxes (own_head of own_heads), once. Issued as
+// soon as the walk knows the own box (start_backward), before the coverage tables are filled,
+// so their latency overlaps the set-up: most of a small grid's CTA time.
+template <class Tr>
+__device__ __forceinline__ void load_own_boxes(typename Tr::SharedStorage& ss, const BackwardArgs& args, int b,
+                                               int own_head, int own_heads) {
+  using Element = typename Tr::Element;
+  // The own boxes are read by this CTA only.
+  constexpr uint64_t kOnce = uint64_t(cute::TMA::CacheHintSm90::EVICT_FIRST);
+  int c[3];
+  box_coords(ss.walk.own_start, ss.walk.own_off, args.p.g, c);
+  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.own_full, 2 * Tr::kOwnElems * sizeof(Element));
+  for (const int map : {int(kOwnA), int(kOwnB)})
+    tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[map], args.mode[map], own_heads, args.head_cols[map], &ss.own_full,
+                                      kOnce, map == kOwnA ? ss.own_a : ss.own_b, Tr::kOwnRows, b, own_head, c);
+}
+
+// Thread 0, after start_backward: the walked boxes, walk_head0 + step.head of walk_heads.
 template <class Tr>
 __device__ __forceinline__ void produce_backward(typename Tr::SharedStorage& ss, const BackwardArgs& args, int b,
-                                                 int own_head, int own_heads, int walk_head0, int walk_heads) {
+                                                 int walk_head0, int walk_heads) {
   using Element = typename Tr::Element;
   using Barrier = cutlass::arch::ClusterBarrier;
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
-  // The own boxes are read by this CTA only; walked boxes again by neighbouring CTAs and heads.
-  constexpr uint64_t kOnce = uint64_t(cute::TMA::CacheHintSm90::EVICT_FIRST);
+  // Walked boxes are read again by neighbouring CTAs and heads.
   constexpr uint64_t kShared = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
   const Geometry& g = args.p.g;
   TileWalk& w = ss.walk;
@@ -31,10 +46,6 @@ __device__ __forceinline__ void produce_backward(typename Tr::SharedStorage& ss,
                                       b, head, c);
   };
   int c[3];
-  box_coords(w.own_start, w.own_off, g, c);
-  TxBarrier::arrive_and_expect_tx(&ss.own_full, 2 * Tr::kOwnElems * sizeof(Element));
-  load(kOwnA, own_heads, own_head, &ss.own_full, kOnce, ss.own_a, Tr::kOwnRows, c);
-  load(kOwnB, own_heads, own_head, &ss.own_full, kOnce, ss.own_b, Tr::kOwnRows, c);
   StageCursor<Tr::kStages> at;
   for (;;) {
     const Step st = w.advance();
@@ -65,19 +76,17 @@ __device__ __forceinline__ void produce_backward(typename Tr::SharedStorage& ss,
   }
 }
 
-// All threads, at kernel start: thread 0 initialises the walk and the barriers; then every
-// thread fills the walk's coverage tables. Returns false when the own box is empty (a box past
-// its dilation group's end: nothing to compute or write). extra_rows: rows of the extra steps
-// after the neighborhood boxes (dQ: the Na additional keys, in tiles of the walked rows; the
-// last tile's rows past Na are masked), 0 for none.
+// All threads, at kernel start: thread 0 initialises the barriers and the walk and issues the
+// own boxes' loads (own_head of own_heads, batch b); then every thread fills the walk's
+// coverage tables. Returns false when the own box is empty (a box past its dilation group's
+// end: nothing to load, compute or write). extra_rows: rows of the extra steps after the
+// neighborhood boxes (dQ: the Na additional keys, in tiles of the walked rows; the last tile's
+// rows past Na are masked), 0 for none.
 template <class Tr>
 __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, const BackwardArgs& args,
-                                               int64_t own_box, bool walks_queries, int heads_per_walk,
-                                               int64_t extra_rows = 0) {
+                                               int64_t own_box, bool walks_queries, int heads_per_walk, int b,
+                                               int own_head, int own_heads, int64_t extra_rows = 0) {
   if (threadIdx.x == 0) {
-    const int extra_tiles = int((extra_rows + Tr::kWalkRows - 1) / Tr::kWalkRows);
-    ss.walk.init(args.p.g, args.tl, own_box, walks_queries, extra_tiles, Tr::kWalkRows);
-    ss.walk.begin(heads_per_walk, extra_rows > 0 ? extra_rows : INT64_MAX);
     cutlass::arch::ClusterTransactionBarrier::init(&ss.own_full, 1);
     for (int i = 0; i < Tr::kStages; ++i) {
       cutlass::arch::ClusterTransactionBarrier::init(&ss.full[i], 1);
@@ -85,6 +94,10 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
       cutlass::arch::ClusterBarrier::init(&ss.info[i], 1);
     }
     cutlass::arch::fence_barrier_init();
+    const int extra_tiles = int((extra_rows + Tr::kWalkRows - 1) / Tr::kWalkRows);
+    ss.walk.init(args.p.g, args.tl, own_box, walks_queries, extra_tiles, Tr::kWalkRows);
+    ss.walk.begin(heads_per_walk, extra_rows > 0 ? extra_rows : INT64_MAX);
+    if (!ss.walk.empty) load_own_boxes<Tr>(ss, args, b, own_head, own_heads);
   }
   __syncthreads();
   if (ss.walk.empty) return false;

@@ -317,11 +317,11 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fna_backward_dkdv_kernel(cons
   const int hpk = int(g.heads_q / g.heads_kv);
   const int part = int(blockIdx.x % Tr::kColumnSplit);
   // A key box past its group's end (dilation groups of different lengths): nothing to write.
-  if (!start_backward<Tr>(ss, args, blockIdx.x / Tr::kColumnSplit, true, hpk)) return;
+  if (!start_backward<Tr>(ss, args, blockIdx.x / Tr::kColumnSplit, true, hpk, b, hk, int(g.heads_kv))) return;
   __syncthreads();
   if (threadIdx.x < 128) {
     cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
-    if (threadIdx.x == 0) produce_backward<Tr>(ss, args, b, hk, int(g.heads_kv), hk * hpk, int(g.heads_q));
+    if (threadIdx.x == 0) produce_backward<Tr>(ss, args, b, hk * hpk, int(g.heads_q));
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
     dkdv_consume<Tr>(ss, args, b, hk, part);
