@@ -77,32 +77,14 @@ TEST(HeadsAxis, RewritesTheProblemAndTheViews) {
   EXPECT_FALSE(nattn::heads_as_axis(nattn::TensorView{}, p).defined());
 }
 
-// A random call the rewrite applies to: rank 1 or 2, 2-4 kv heads, 1-3 query heads each.
+// A random call the rewrite applies to: rank 1 or 2, 2-4 kv heads, 1-3 query heads each, no
+// additional keys.
 CallConfig random_config(Rng& rng) {
-  CallConfig c;
+  CallConfig c = random_call_config(rng, 2);
   nattn::Problem& p = c.problem;
-  p.rank = int(rng.integer(1, 2));
-  for (size_t a = 0; a < size_t(p.rank); ++a) {
-    const int64_t L = rng.integer(3, p.rank == 1 ? 30 : 11);
-    const int64_t d = rng.coin(0.7) ? 1 : rng.integer(1, L / 2);
-    const int64_t k = rng.integer(2, L / d);
-    p.extent[a] = L;
-    p.window.kernel_size[a] = k;
-    p.window.dilation[a] = d;
-    p.window.stride[a] = rng.coin(0.5) ? 1 : rng.integer(1, k);
-    p.window.is_causal[a] = rng.coin(0.3);
-  }
-  p.batch = rng.integer(1, 2);
   p.heads_kv = rng.integer(2, 4);
   p.heads_q = p.heads_kv * rng.integer(1, 3);
-  p.head_dim = rng.integer(1, 8);
-  p.head_dim_v = rng.coin() ? p.head_dim : rng.integer(1, 8);
-  if (rng.coin(0.3)) p.scale = rng.uniform(-2.0, 2.0);
-  c.dtype = rng.pick(std::vector<nattn::DType>{nattn::DType::kFloat32, nattn::DType::kFloat64, nattn::DType::kFloat16,
-                                               nattn::DType::kBFloat16});
-  c.strided = rng.coin();
-  c.with_lse = rng.coin(0.8);
-  c.with_dlse = rng.coin();
+  p.num_additional = 0;
   c.heads_axis = true;
   return c;
 }

@@ -27,6 +27,10 @@ struct CallConfig {
 };
 
 nattn::AttentionProblem attention_problem(const CallConfig& c);
+// A random call: ranks 1..max_rank, odd extents, every window parameter per axis, grouped heads,
+// Dv != D, additional keys, a scale (0 and negative too), every dtype, strided views, lse and
+// dlse or not.
+CallConfig random_call_config(Rng& rng, int max_rank);
 DenseSizes sizes_of(const CallConfig& c);
 TokenMask mask_of(const CallConfig& c);
 
