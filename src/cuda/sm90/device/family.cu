@@ -80,8 +80,11 @@ BackwardSwitch backward_switch() {
 // the kernel size, window smaller than the grid). Head dim 256 has no ping-pong rows.
 bool pingpong_pays(const Problem& p, int padded) {
   if (padded <= 64) return true;
-  if (padded > 128 || p.rank > 2) return false;
-  for (int a = 0; a < p.rank; ++a)
+  // A heads axis (kernel size 1 along axis 0: core/heads_axis.h) does not count; the rule is the
+  // call's own grid's.
+  const int first = p.rank > 1 && p.window.kernel_size[0] == 1 ? 1 : 0;
+  if (padded > 128 || p.rank - first > 2) return false;
+  for (int a = first; a < p.rank; ++a)
     if (p.window.stride[a] < p.window.kernel_size[a] && p.window.kernel_size[a] * p.window.dilation[a] < p.extent[a])
       return true;
   return false;
