@@ -113,6 +113,14 @@ struct FastDqShapes {
   static constexpr int kDqCols = HD / kDqSplit;  // dQ columns per warpgroup product
   static constexpr int kPanelCols = 32;          // float32 columns per reduce-add box (128 bytes)
   static_assert(kDqCols % kPanelCols == 0, "a warpgroup's dQ columns are whole staging panels");
+  // The staging tile's offset (floats) of row r, column c: panel c / 32 of BQ rows x 128 bytes,
+  // its 16-byte chunks XOR-swizzled by r % 8, as the TMA's 128-byte swizzle places a box row
+  // (the swizzle repeats every 1024 bytes; each panel starts on one). Checked against CuTe's
+  // Swizzle<3, 2, 3> by tests/cuda/sm90_layouts_test.cpp.
+  static constexpr int staged(int r, int c) {
+    const int cp = c % kPanelCols;
+    return (c / kPanelCols) * BQ * kPanelCols + r * kPanelCols + ((((cp >> 2) ^ (r & 7)) << 2) | (cp & 3));
+  }
   using SmemDs = decltype(cute::tile_to_shape(cute::GMMA::Layout_MN_SW128_Atom<Element>{},
                                               cute::Shape<cute::Int<BQ>, cute::Int<BK>, cute::_2>{}));
   using SmemDsT = decltype(cute::composition(

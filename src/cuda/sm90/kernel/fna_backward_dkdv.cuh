@@ -96,9 +96,9 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
     const int r = r0 + hr * 8;
 #pragma unroll
     for (int qi = 0; qi < QI; ++qi) {
-      const int c = col0 + qi * 8 + 2 * (lane % 4), cp = c % PC;
-      const int at = (c / PC) * BQ * PC + r * PC + ((((cp >> 2) ^ (r & 7)) << 2) | (cp & 3));
-      *reinterpret_cast<float2*>(ss.dq_stage + at) = make_float2(dq[0][qi][2 * hr] * f, dq[0][qi][2 * hr + 1] * f);
+      const int c = col0 + qi * 8 + 2 * (lane % 4);
+      *reinterpret_cast<float2*>(ss.dq_stage + F::staged(r, c)) =
+          make_float2(dq[0][qi][2 * hr] * f, dq[0][qi][2 * hr + 1] * f);
     }
   }
   cutlass::arch::fence_view_async_shared();  // generic-proxy writes before the TMA reads them
