@@ -149,37 +149,45 @@ double walked_boxes(const Problem& p) {
 Status make_plan(const Problem& p, DType dtype, bool backward, int device, const Options& o,
                  const std::vector<Slot>& slots, CudaPlan* plan);
 
-// The plan of the call with its heads as a grid axis, or false in *used where that call cannot
-// be planned (the call is then planned as it is; the rewrite is only an optimisation).
+// The call's plan with its heads as a grid axis (core/heads_axis.h): the rewritten call's plan,
+// on heads_as_axis views of the call's tensors.
 Status plan_heads_axis(const Problem& p, DType dtype, bool backward, int device, const Options& o,
-                       const std::vector<Slot>& slots, CudaPlan* plan, bool* used) {
-  const Problem h = heads_as_axis(p);
+                       const std::vector<Slot>& slots, CudaPlan* inner) {
   std::vector<TensorView> views;
   views.reserve(slots.size());
   for (const Slot& s : slots) views.push_back(heads_as_axis(*s.view, p));
   std::vector<Slot> rewritten = slots;
   for (size_t i = 0; i < slots.size(); ++i) rewritten[i].view = &views[i];
+  return make_plan(heads_as_axis(p), dtype, backward, device, o, rewritten, inner);
+}
+
+Status make_plan_as_is(const Problem& p, DType dtype, bool backward, int device, const Options& o,
+                       const std::vector<Slot>& slots, CudaPlan* plan);
+
+// Where heads_axis_pays, the call runs with its heads as a grid axis if the rewritten call runs
+// on the family the call as it is runs on (a grid that family cannot take must not move the call
+// to a slower one); otherwise, and when the rewritten call cannot be planned, as it is.
+Status make_plan(const Problem& p, DType dtype, bool backward, int device, const Options& o,
+                 const std::vector<Slot>& slots, CudaPlan* plan) {
+  NATTN_RETURN_IF_ERROR(smem_limit_hook_status());
+  NATTN_RETURN_IF_ERROR(make_plan_as_is(p, dtype, backward, device, o, slots, plan));
+  if (!heads_axis_pays(p, o)) return Status::Ok();
   auto inner = std::make_shared<CudaPlan>();
-  *used = make_plan(h, dtype, backward, device, o, rewritten, inner.get()).ok();
-  if (!*used) return Status::Ok();
+  if (!plan_heads_axis(p, dtype, backward, device, o, slots, inner.get()).ok() || inner->family != plan->family)
+    return Status::Ok();
+  *plan = CudaPlan{};
   plan->explained = inner->explained;
   for (FamilyVerdict& f : plan->explained.families)
     if (f.chosen)
-      f.reason += "; heads as grid axis 0: the call runs as one head over [" + std::to_string(p.heads_q) + ", " +
+      f.reason += "; heads as grid axis 0: the call runs as one kv head over [" + std::to_string(p.heads_kv) + ", " +
                   std::to_string(p.extent[0]) + (p.rank > 1 ? ", " + std::to_string(p.extent[1]) : "") +
                   "] with kernel size 1 along the heads, so a box holds several heads' small grids";
   plan->heads_axis = std::move(inner);
   return Status::Ok();
 }
 
-Status make_plan(const Problem& p, DType dtype, bool backward, int device, const Options& o,
-                 const std::vector<Slot>& slots, CudaPlan* plan) {
-  NATTN_RETURN_IF_ERROR(smem_limit_hook_status());
-  if (heads_axis_pays(p, o)) {
-    bool used = false;
-    NATTN_RETURN_IF_ERROR(plan_heads_axis(p, dtype, backward, device, o, slots, plan, &used));
-    if (used) return Status::Ok();
-  }
+Status make_plan_as_is(const Problem& p, DType dtype, bool backward, int device, const Options& o,
+                       const std::vector<Slot>& slots, CudaPlan* plan) {
   const Geometry g = geometry_of(p);
   const Call call{p, g, dtype, backward, device_info(device), o.choice, o.deterministic};
   plan->explained.backend = "cuda";
