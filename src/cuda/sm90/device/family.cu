@@ -141,6 +141,27 @@ std::vector<Role> backward_roles(const Call& call) {
   return {Role::kBackwardDq, Role::kBackwardDkdv};
 }
 
+// The grids a kernel's tensor maps read: query boxes (log2 extents q_shift) over the query box,
+// key boxes (k_shift) over the key box (the grid unless placed), and the additional keys as a
+// 1-D grid of Na tokens in boxes of the walked key rows `extra_rows`.
+struct MapGrids {
+  MapGrid queries, keys, extra;
+};
+MapGrids map_grids(const Geometry& g, const int* q_shift, const int* k_shift, int extra_rows) {
+  MapGrids m{};
+  for (int a = 0; a < 3; ++a) {
+    m.queries.extent[a] = g.extent[a];
+    m.keys.extent[a] = g.key_extent[a];
+    m.queries.dilation[a] = m.keys.dilation[a] = g.dilation[a];
+    m.queries.shift[a] = q_shift[a];
+    m.keys.shift[a] = k_shift[a];
+    m.extra.extent[a] = a == 0 ? g.num_additional : 1;
+    m.extra.dilation[a] = 1;
+  }
+  m.extra.shift[0] = log2_ceil(extra_rows);
+  return m;
+}
+
 // The call's backward parameters for that problem: the additional keys and values (and their
 // gradients) as the key side, [B, Na, Hkv, *] as a grid of Na x 1 x 1; the query side as is.
 BackwardParams additional_keys_params(const BackwardParams& p) {
@@ -256,24 +277,15 @@ class Sm90Family final : public KernelFamily {
     args.items = int(k.tiling.neighborhood_ctas * p.g.heads_q * p.g.batch);
     args.longest_first = p.g.causal[0] || p.g.causal[1] || p.g.causal[2];
     const int padded = kKernelConfigs[k.config_id].head_dim;
-    // The boxes the maps read: query boxes over the query box, walked key boxes over the key box
-    // (the grid unless placed), additional keys as a 1-D grid of Na tokens in tiles of BN.
-    MapGrid queries{}, keys{}, extra{{p.g.num_additional, 1, 1}, {1, 1, 1}, {0, 0, 0}};
-    for (int a = 0; a < 3; ++a) {
-      queries.extent[a] = p.g.extent[a];
-      keys.extent[a] = p.g.key_extent[a];
-      queries.dilation[a] = keys.dilation[a] = p.g.dilation[a];
-      queries.shift[a] = k.tiling.own_shift[a];
-      keys.shift[a] = k.tiling.walk_shift[a];
-    }
-    extra.shift[0] = log2_ceil(kKernelConfigs[k.config_id].block_kv);
+    // Query boxes are owned, key boxes walked; additional keys in tiles of BN.
+    const MapGrids m = map_grids(p.g, k.tiling.own_shift, k.tiling.walk_shift, kKernelConfigs[k.config_id].block_kv);
     const bool extras = p.g.num_additional > 0;
     const MapSource src[sm90::kNumMaps] = {
-        {p.q, p.sq, queries, p.g.heads_q, p.g.head_dim, "q"},
-        {p.k, p.sk, keys, p.g.heads_kv, p.g.head_dim, "k"},
-        {p.v, p.sv, keys, p.g.heads_kv, p.g.head_dim_v, "v"},
-        {extras ? p.ka : nullptr, p.ska, extra, p.g.heads_kv, p.g.head_dim, "additional_keys"},
-        {extras ? p.va : nullptr, p.sva, extra, p.g.heads_kv, p.g.head_dim_v, "additional_values"},
+        {p.q, p.sq, m.queries, p.g.heads_q, p.g.head_dim, "q"},
+        {p.k, p.sk, m.keys, p.g.heads_kv, p.g.head_dim, "k"},
+        {p.v, p.sv, m.keys, p.g.heads_kv, p.g.head_dim_v, "v"},
+        {extras ? p.ka : nullptr, p.ska, m.extra, p.g.heads_kv, p.g.head_dim, "additional_keys"},
+        {extras ? p.va : nullptr, p.sva, m.extra, p.g.heads_kv, p.g.head_dim_v, "additional_values"},
     };
     NATTN_RETURN_IF_ERROR(
         encode_maps(src, sm90::kNumMaps, dtype, p.g.batch, padded, args.tma, args.mode, args.head_cols));
@@ -309,17 +321,10 @@ class Sm90Family final : public KernelFamily {
     args.p = p;
     args.tl = k.tiling;
     // Own boxes (queries for dQ, keys for dK/dV) in the own shift, walked boxes in the walk
-    // shift; the dQ kernel's extra steps read the additional keys as a 1-D grid of Na tokens in
-    // boxes of its walked rows.
-    MapGrid queries{}, keys{}, extra{{g.num_additional, 1, 1}, {1, 1, 1}, {0, 0, 0}};
-    for (int a = 0; a < 3; ++a) {
-      queries.extent[a] = g.extent[a];
-      keys.extent[a] = g.key_extent[a];
-      queries.dilation[a] = keys.dilation[a] = g.dilation[a];
-      queries.shift[a] = dq ? k.tiling.own_shift[a] : k.tiling.walk_shift[a];
-      keys.shift[a] = dq ? k.tiling.walk_shift[a] : k.tiling.own_shift[a];
-    }
-    extra.shift[0] = log2_ceil(kKernelConfigs[k.config_id].block_kv);
+    // shift; the dQ kernel's extra steps read the additional keys in tiles of its walked rows.
+    const MapGrids m = map_grids(g, dq ? k.tiling.own_shift : k.tiling.walk_shift,
+                                 dq ? k.tiling.walk_shift : k.tiling.own_shift, kKernelConfigs[k.config_id].block_kv);
+    const MapGrid &queries = m.queries, &keys = m.keys, &extra = m.extra;
     const bool extras = dq && g.num_additional > 0;
     const MapSource q{p.q, p.sq, queries, g.heads_q, g.head_dim, "q"};
     const MapSource dout{p.dout, p.sdo, queries, g.heads_q, g.head_dim_v, "dout"};

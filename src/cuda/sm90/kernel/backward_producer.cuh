@@ -56,16 +56,9 @@ __device__ __forceinline__ void produce_backward(typename Tr::SharedStorage& ss,
       Barrier::arrive(&ss.full[at.stage]);
       break;
     }
-    // Extra steps (dQ: the additional keys after the neighborhood boxes) read rows
-    // (tile - nbr_tiles) x kWalkRows on of the 1-D additional-key maps; rows past Na come back
-    // zero and their columns are masked (mask_walked_keys).
-    const bool extra = st.tile >= w.nbr_tiles;
-    if (extra) {
-      c[0] = (st.tile - w.nbr_tiles) * Tr::kWalkRows;
-      c[1] = c[2] = 0;
-    } else {
-      box_coords(st.start, w.walk_off, g, c);
-    }
+    // Extra steps (dQ: the additional keys) read their 1-D maps; rows past Na come back zero
+    // and their columns are masked (mask_walked_keys).
+    const bool extra = step_coords(st, w, g, Tr::kWalkRows, c);
     TxBarrier::arrive_and_expect_tx(&ss.full[at.stage], 2 * Tr::kWalkElems * sizeof(Element));
     const int h = walk_head0 + st.head;
     load(extra ? kExtraA : kWalkA, walk_heads, h, &ss.full[at.stage], kShared, ss.walk_a + at.stage * Tr::kWalkElems,

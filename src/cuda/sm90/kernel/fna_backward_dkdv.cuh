@@ -8,7 +8,7 @@
 // so P^T and dS^T feed the gradient products straight from registers (RS-wgmma) and lse and
 // Delta are per column. Each dK/dV row is written once: deterministic, no atomics. The
 // additional keys' dK/dV is this kernel run once more on a problem of its own (every query
-// attends them: device/family.cu additional_keys_geometry), with the call's lse and Delta.
+// attends them: cuda/common/additional_keys.h), with the call's lse and Delta.
 // Warp-specialised:
 //   * warpgroup 0 (registers given back with setmaxnreg): thread 0 issues the TMA loads of the
 //     own K and V boxes once and of the walked Q and dO boxes per step (MapMode tensor maps over

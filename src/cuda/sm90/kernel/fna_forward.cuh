@@ -129,13 +129,7 @@ __device__ __forceinline__ void produce(typename Tr::SharedStorage& ss, const Fo
         Barrier::arrive(&ss.item_empty[slot]);  // the walk is read to its end
         break;
       }
-      const bool extra = st.tile >= w.nbr_tiles;
-      if (extra) {
-        c[0] = (st.tile - w.nbr_tiles) * BN;
-        c[1] = c[2] = 0;
-      } else {
-        box_coords(st.start, w.walk_off, g, c);
-      }
+      const bool extra = step_coords(st, w, g, BN, c);
       TxBarrier::arrive_and_expect_tx(&ss.k_full[kv.stage], kTileBytes);
       load_box<Tr>(args, extra ? kMapKa : kMapK, &ss.k_full[kv.stage], kShared, ss.k + kv.stage * Tr::kKVElems, BN, b,
                    hk, c);

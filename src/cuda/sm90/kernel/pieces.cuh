@@ -51,6 +51,21 @@ __device__ __forceinline__ void box_coords(const int (&start)[3], const int (&of
   for (int a = 0; a < 3; ++a) c[a] = start[a] * int(g.dilation[a]) + off[a];
 }
 
+// The box coordinates of walk step st (walked rows `rows` per box): a neighborhood box at its
+// group positions (box_coords of walk_off), or an extra tile (the additional keys after the
+// walk's nbr_tiles neighborhood boxes) at row (tile - nbr_tiles) x rows of their 1-D grid.
+// Returns whether the step is an extra tile (read from the additional keys' maps).
+__device__ __forceinline__ bool step_coords(const Step& st, const TileWalk& w, const Geometry& g, int rows,
+                                            int (&c)[3]) {
+  if (st.tile < w.nbr_tiles) {
+    box_coords(st.start, w.walk_off, g, c);
+    return false;
+  }
+  c[0] = (st.tile - w.nbr_tiles) * rows;
+  c[1] = c[2] = 0;
+  return true;
+}
+
 // One thread: TMA loads of every panel (PW columns) of one box of `rows` rows into dst,
 // completing on bar; heads and cols describe the map's tensor (MapMode, traits.cuh).
 template <int kPanels, int PW, class Element>
