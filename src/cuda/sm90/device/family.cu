@@ -287,8 +287,11 @@ class Sm90Family final : public KernelFamily {
         {extras ? p.ka : nullptr, p.ska, m.extra, p.g.heads_kv, p.g.head_dim, "additional_keys"},
         {extras ? p.va : nullptr, p.sva, m.extra, p.g.heads_kv, p.g.head_dim_v, "additional_values"},
     };
-    NATTN_RETURN_IF_ERROR(
-        encode_maps(src, sm90::kNumMaps, dtype, p.g.batch, padded, args.tma, args.mode, args.head_cols));
+    {
+      HostPhaseTimer phase(HostPhase::kEncodeMaps);  // a launch's maps, one phase
+      NATTN_RETURN_IF_ERROR(
+          encode_maps(src, sm90::kNumMaps, dtype, p.g.batch, padded, args.tma, args.mode, args.head_cols));
+    }
     return launch(k, &args, s);
   }
 
@@ -336,14 +339,17 @@ class Sm90Family final : public KernelFamily {
     const MapSource src[sm90::kDqAccum] = {dq ? key : q,      dq ? value : dout, dq ? q : key,
                                            dq ? dout : value, extra_key,         extra_value};
     const int padded = kKernelConfigs[k.config_id].head_dim;
-    NATTN_RETURN_IF_ERROR(
-        encode_maps(src, sm90::kDqAccum, dtype, g.batch, padded, args.tma, args.mode, args.head_cols));
     // The fast kernel's float32 dQ workspace ([B, X.., Hq, dq_accum_cols] contiguous), in boxes of
     // the walked queries x 32 columns (128-byte rows) for its TMA reduce-adds.
     const bool fast = k.role == Role::kBackwardDkdvDq;
     const MapSource accum{fast ? p.dq_accum : nullptr, p.sdq_accum, queries, g.heads_q, dq_accum_cols(g), "dq_accum"};
-    NATTN_RETURN_IF_ERROR(encode_maps(&accum, 1, DType::kFloat32, g.batch, 32, args.tma + sm90::kDqAccum,
-                                      args.mode + sm90::kDqAccum, args.head_cols + sm90::kDqAccum));
+    {
+      HostPhaseTimer phase(HostPhase::kEncodeMaps);  // a launch's maps, one phase
+      NATTN_RETURN_IF_ERROR(
+          encode_maps(src, sm90::kDqAccum, dtype, g.batch, padded, args.tma, args.mode, args.head_cols));
+      NATTN_RETURN_IF_ERROR(encode_maps(&accum, 1, DType::kFloat32, g.batch, 32, args.tma + sm90::kDqAccum,
+                                        args.mode + sm90::kDqAccum, args.head_cols + sm90::kDqAccum));
+    }
     return launch(k, &args, s);
   }
 

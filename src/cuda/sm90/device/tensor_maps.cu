@@ -176,7 +176,6 @@ int map_mode(const TensorView& t) {
 
 Status encode_maps(const MapSource* maps, int n, DType dtype, int64_t batch, int padded, CUtensorMap* tma, int* mode,
                    int* cols) {
-  HostPhaseTimer phase(HostPhase::kEncodeMaps);
   const int pw = padded >= 64 ? 64 : padded;
   for (int i = 0; i < n; ++i) {
     const MapSource& m = maps[i];
