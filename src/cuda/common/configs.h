@@ -62,10 +62,11 @@ using E = Elem;
 // opt-in): the dK/dV kernel also runs dQ = dS K (dS^T through shared memory) and adds the
 // partials into a float32 workspace, 5 products per pair. With float2 atomics (one warpgroup per
 // step, alternating) it was 1.2-1.35x slower on those anchors, with one bulk reduce-add per row
-// slower still; since 2026-12-05 (not yet timed) both warpgroups run each step's dQ product at
-// d128 and one TMA tensor reduce-add per 32-column panel adds it (4 per step, not 128).
-// sm90 backward at head dim 256 (rows 61-64, deterministic only; 2026-12-05, compiled, not yet
-// run on a GPU): the dQ kernel walks 32-key boxes (two stages of 32 x 256 K and V beside the
+// slower still; since 2026-12-05 both warpgroups run each step's dQ product at
+// d128 and one TMA tensor reduce-add per 32-column panel adds it (4 per step, not 128): still
+// 1.15-1.30x slower than the deterministic pair (H100, bench/results/2026-12-05-h100-sixth-session.md).
+// sm90 backward at head dim 256 (rows 61-64, deterministic only; 2026-12-05; first GPU run the same day:
+// 406 random sm90 backward problems passed): the dQ kernel walks 32-key boxes (two stages of 32 x 256 K and V beside the
 // 128 x 256 Q and dO: 199 KB); the dK/dV kernel walks 32-query boxes and splits the output
 // columns over two CTAs per key box (dkdv_column_split: 64 x 256 fp32 dK and dV accumulators
 // per warpgroup do not fit the registers), each recomputing S^T and dP^T over all 256 columns.

@@ -126,10 +126,11 @@ int forced_fast_row(const KernelChoice& choice) {
 // atomics per CTA step, and a serialised dQ product per step (not yet told apart by a profile).
 // A version with bulk reduce-adds from shared memory (one per query row: 128 small TMA
 // operations per step) and both warpgroups sharing each step's dQ product was slower still
-// (backward 64.2 vs 38.2 ms on flux-2d-s16). The kernel now (2026-12-05, not yet timed) adds
+// (backward 64.2 vs 38.2 ms on flux-2d-s16). The kernel now (2026-12-05) adds
 // each step's partial with one TMA tensor reduce-add per 32-column panel over the walked query
-// box (kernel/fna_backward_dkdv.cuh reduce_dq): whether the TMA unit's per-operation cost was
-// what the bulk version paid is what its A/B will say.
+// box (kernel/fna_backward_dkdv.cuh reduce_dq): faster than both (flux-2d-s16 backward 47.8 ms)
+// but still 1.15-1.30x the deterministic pair's time on every anchor (H100, 2026-12-05,
+// bench/results/2026-12-05-h100-sixth-session.md): the float32 reduce traffic itself remains.
 // NATTN_SM90_BACKWARD=fast asks for the fast kernel only where it has a row (head dims up to
 // 128); a forced fast row is the caller's choice (checked against the call by config_for).
 std::vector<Role> backward_roles(const Call& call) {
