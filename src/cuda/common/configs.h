@@ -62,17 +62,20 @@ using E = Elem;
 // opt-in): the dK/dV kernel also runs dQ = dS K (dS^T through shared memory) and adds the
 // partials into a float32 workspace, 5 products per pair. With float2 atomics (one warpgroup per
 // step, alternating) it was 1.2-1.35x slower on those anchors, with one bulk reduce-add per row
-// slower still; since 2026-12-05 both warpgroups run each step's dQ product at
-// d128 and one TMA tensor reduce-add per 32-column panel adds it (4 per step, not 128): still
-// 1.15-1.30x slower than the deterministic pair (H100, bench/results/2026-12-05-h100-sixth-session.md).
-// sm90 backward at head dim 256 (rows 61-64, deterministic only; 2026-12-05; first GPU run the same day:
-// 406 random sm90 backward problems passed): the dQ kernel walks 32-key boxes (two stages of 32 x 256 K and V beside the
-// 128 x 256 Q and dO: 199 KB); the dK/dV kernel walks 32-query boxes and splits the output
-// columns over two CTAs per key box (dkdv_column_split: 64 x 256 fp32 dK and dV accumulators
-// per warpgroup do not fit the registers), each recomputing S^T and dP^T over all 256 columns.
-// sm80 rows for 99 KB of shared memory (issue 11): sm86/sm89 let a block opt into 101376 bytes,
-// and the rows above at d128 (forward 105984, dQ 139776, dK/dV 104448 bytes) and d256 (forward
-// 169984) need more. Rows of the same family, role, dtype and head dim are listed fastest
+// slower still; since 2026-12-05 both warpgroups run each step's dQ product at d128 and one
+// TMA tensor reduce-add per 32-column panel adds it (4 per step, not 128): still 1.15-1.30x
+// slower than the deterministic pair (H100, bench/results/2026-12-05-h100-sixth-session.md).
+//
+// sm90 backward at head dim 256 (rows 61-64, deterministic only; 2026-12-05, its first GPU run
+// the same day: 406 random sm90 backward problems passed): the dQ kernel walks 32-key boxes
+// (two stages of 32 x 256 K and V beside the 128 x 256 Q and dO: 199 KB); the dK/dV kernel
+// walks 32-query boxes and splits the output columns over two CTAs per key box
+// (dkdv_column_split: 64 x 256 fp32 dK and dV accumulators per warpgroup do not fit the
+// registers), each recomputing S^T and dP^T over all 256 columns.
+//
+// sm80 rows for 99 KB of shared memory (issue 11): sm86/sm89 let a block opt into 101376
+// bytes, and the rows above at d128 (forward 105984, dQ 139776, dK/dV 104448 bytes) and d256
+// (forward 169984) need more. Rows of the same family, role, dtype and head dim are listed fastest
 // first; the sm80 family takes the first whose SharedStorage fits the device's opt-in limit, so
 // the H100 (227 KB) keeps the rows above and a consumer GPU gets the ones below instead of the
 // generic kernels. They keep the two-stage pipeline and shrink the walked tile: d128 forward
