@@ -23,6 +23,11 @@
 #              each, after a warm-up step) of flux-2d-s16 and 1d-32k: speed of light, warp states,
 #              scheduler, compute and memory workload -> $OUT/ncu-bwd-<n>.txt; and on the fast
 #              mode's kernel of flux-2d-s16 with the memory tables -> $OUT/ncu-bwd-fast.txt
+#   trace-test the GPU case of tests/python/test_host_trace.py alone (phase counts per launch;
+#              the short form of check for a session with little device time)
+#   ncu-fwd    issue 9: Nsight Compute on the sm90 forward kernel (one launch after a warm-up) of
+#              the anchors that miss a target (dense 8k d64, 1d-32k-s256, flux-2d-s16): speed of
+#              light, warp states, scheduler, pipe use -> $OUT/ncu-fwd-<name>.txt
 #   bwd-check  issue 10, the sixth session's kernels (2026-12-05, compiled but never run there):
 #              the sm90 backward's config rows (nattn_cuda_tests: rows 61-64 of head dim 256,
 #              additional keys in every backward row), tests/python/test_cuda_sm90_backward.py
@@ -65,6 +70,13 @@ if has check; then
     tests/python/test_cuda_consumer_smem.py >"$out/consumer-smem-py.log" 2>&1
   echo "consumer smem (pytest) rc=$?"; tail -2 "$out/consumer-smem-py.log"
   stamp check
+fi
+
+if has trace-test; then
+  timeout $(t 120) python3 -m pytest -q -p no:cacheprovider tests/python/test_host_trace.py \
+    >"$out/trace-test.log" 2>&1
+  echo "pytest test_host_trace rc=$?"; tail -3 "$out/trace-test.log"
+  stamp trace-test
 fi
 
 if has bwd-check; then
@@ -155,6 +167,20 @@ print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12))
 EOF
   echo "profile rc=$?"; head -60 "$out/profile.txt"
   stamp profile
+fi
+
+if has ncu-fwd; then
+  for spec in "dense-8k-d64:--extent 8192 --kernel 8192 --batch 2 --heads 16 --dim 64" \
+              "1d-32k-s256:--extent 32768 --kernel 2048 --stride 256 --heads 16 --dim 128" \
+              "flux-2d-s16:--extent 256x256 --kernel 80 --stride 16 --heads 24 --dim 128"; do
+    name=${spec%%:*}
+    timeout $(t 90) ncu --kernel-name regex:fna_forward --launch-skip 1 --launch-count 1 --section SpeedOfLight \
+      --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis build-gpu/nattn-bench \
+      --backend cuda --dtype bf16 --mode fwd --iters 1 --warmup 1 --no-verify ${spec#*:} >"$out/ncu-fwd-$name.txt" 2>&1
+    echo "ncu-fwd $name rc=$?"; echo "${spec#*:}" >>"$out/ncu-fwd-$name.txt"
+    grep -E "Duration|Compute \(SM\) Throughput|No Eligible|Issued Warp|Issue Slots Busy" "$out/ncu-fwd-$name.txt" | head -8
+  done
+  stamp ncu-fwd
 fi
 
 if has ncu-bwd; then
