@@ -148,24 +148,61 @@ if has overhead; then
 fi
 
 if has profile; then
-  NATTN_TORCH_OPS_CUDA=1 timeout $(t 90) python3 - >"$out/profile.txt" 2>&1 <<'EOF'
+  # Per NAT stage (batch 32, window 7, d32, bf16): is forward+backward host- or GPU-bound? The
+  # wall time of back-to-back steps (as bench/small_grids.py), the host time of a step (no sync),
+  # and the GPU time of its kernels (torch.profiler), for nattn and dense SDPA; then the NAT 7x7
+  # stage's host rows in full.
+  NATTN_TORCH_OPS_CUDA=1 timeout $(t 150) python3 - >"$out/profile.txt" 2>&1 <<'EOF'
+import time
 import torch, nattn
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
+print(nattn.op_path())
+print("| stage | who | wall ms/step | host us/step | GPU us/step (kernels) |")
+print("|---|---|---|---|---|")
+for ext, heads in ((7, 16), (14, 8), (28, 4), (56, 2)):
+    q, k, v = (torch.randn(32, ext, ext, heads, 32, device="cuda", dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
+    g = torch.randn_like(q)
+    qs, ks, vs = (x.detach().flatten(1, 2).transpose(1, 2).contiguous().requires_grad_()
+                  for x in (q, k, v))
+    gs = g.flatten(1, 2).transpose(1, 2).contiguous()
+    steps = {"nattn": lambda: torch.autograd.grad(nattn.na2d(q, k, v, 7), (q, k, v), g),
+             "sdpa": lambda: torch.autograd.grad(F.scaled_dot_product_attention(qs, ks, vs),
+                                                 (qs, ks, vs), gs)}
+    for who, step in steps.items():
+        for _ in range(20):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(50):
+            step()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                step()
+            torch.cuda.synchronize()
+        # Kernels and copies only: record_function ranges (nattn::na_forward, ...) also show
+        # up as GPU "user annotations" spanning their kernels.
+        kernels = [e for e in prof.key_averages() if e.self_device_time_total > 0 and not
+                   e.key.startswith(("nattn::", "nattn_native::", "aten::", "autograd::", "Activity"))]
+        gpu = sum(e.self_device_time_total for e in kernels) / 10
+        print(f"| {ext}x{ext}/{heads} | {who} | {(t2 - t0) / 50 * 1e3:.3f} | {(t1 - t0) / 50 * 1e6:.0f} "
+              f"| {gpu:.0f} |", flush=True)
+        if who == "nattn":
+            print("  " + "; ".join(f"{e.key[:48]} {e.self_device_time_total / 10:.1f}" for e in kernels))
 q, k, v = (torch.randn(32, 7, 7, 16, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True)
            for _ in range(3))
 g = torch.randn_like(q)
-print(nattn.op_path())
-for _ in range(20):
-    torch.autograd.grad(nattn.na2d(q, k, v, 7), (q, k, v), g)
-torch.cuda.synchronize()
 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
     for _ in range(20):
         torch.autograd.grad(nattn.na2d(q, k, v, 7), (q, k, v), g)
     torch.cuda.synchronize()
-print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
-print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=12))
+print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 EOF
-  echo "profile rc=$?"; head -60 "$out/profile.txt"
+  echo "profile rc=$?"; head -40 "$out/profile.txt"
   stamp profile
 fi
 
