@@ -6,6 +6,8 @@
     same run: the fast path calling the C++ dispatcher ops (libnattn_torch_ops.so, where built),
     the fast path calling the C ABI through ctypes (nattn._native.LOADED = False) and the
     torch.library custom ops (nattn._fast.ENABLED = False);
+  * the floor of any Python-level op: a torch.autograd.Function that allocates nattn's outputs
+    and gradients and computes nothing (what torch's autograd costs before nattn's own work);
   * the C ABI call alone (validation, plan-cache lookup, launch) through nattn._lib;
   * the expanded-gradient backward: `na2d(q, k, v, 7).sum().backward()` hands the backward a
     stride-0 gradient; its GPU kernel time (torch.profiler) shows whether the fused backward
@@ -97,6 +99,35 @@ def op_paths():
             (" (custom ops)", False, None)]
 
 
+class _Floor(torch.autograd.Function):
+    """The floor of a Python-level op: allocates what nattn's op returns (out, lse) and what its
+    backward returns (three gradients), computes nothing. Its host time is what torch's autograd
+    and a Python autograd.Function cost before any work of nattn's (the C++ autograd node that
+    would avoid it needs torch's non-stable ABI: docs/performance.md)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        ctx.set_materialize_grads(False)
+        out, lse = torch.empty_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def floor_rows(q, k, v, qg, kg, vg):
+    """Host us of _Floor: forward (no grad) and forward+backward, as the rows below time them."""
+    with torch.no_grad():
+        fwd = host_us(lambda: _Floor.apply(q, k, v))
+    fb = host_us(lambda: _Floor.apply(qg, kg, vg)[0].sum().backward(), iters=500)
+    return [("floor: a Python autograd.Function that only allocates, forward, host us/call", fwd, None),
+            ("floor: a Python autograd.Function that only allocates, forward+backward, host us/call", fb,
+             None)]
+
+
 def host_rows(dev, dtype, backend, shape, window):
     """Host us per call of a small forward and forward+backward, each op path, beside SDPA."""
     rows = []
@@ -126,6 +157,7 @@ def host_rows(dev, dtype, backend, shape, window):
         if initial_native is not None:
             native.LOADED = initial_native
 
+    rows += floor_rows(q, k, v, qg, kg, vg)
     # The C ABI call alone (validation, plan-cache lookup, launch), through this version's binding.
     lib = getattr(nattn, "_lib", None)
     kind = getattr(lib, "BACKEND_REFERENCE" if backend == "reference" else "BACKEND_AUTO", 0)
