@@ -28,6 +28,11 @@
 #   ncu-fwd    issue 9: Nsight Compute on the sm90 forward kernel (one launch after a warm-up) of
 #              the anchors that miss a target (dense 8k d64, 1d-32k-s256, flux-2d-s16): speed of
 #              light, warp states, scheduler, pipe use -> $OUT/ncu-fwd-<name>.txt
+#   early-ab   issues 10/11: the sm90 backward with its walk's first steps issued before the
+#              coverage tables are filled (the default since 2026-12-05's seventh session) against
+#              NATTN_SM90_BWD_EARLY_STEPS=0, interleaved on/off/on/off, backward alone
+#              (nattn-bench --mode bwd): the NAT stages (batch 32, window 7, d32) and the
+#              short-walk anchors (1d-32k, img-2d) -> $OUT/early-ab.txt
 #   bwd-check  issue 10, the sixth session's kernels (2026-12-05, compiled but never run there):
 #              the sm90 backward's config rows (nattn_cuda_tests: rows 61-64 of head dim 256,
 #              additional keys in every backward row), tests/python/test_cuda_sm90_backward.py
@@ -112,6 +117,19 @@ if has fast-ab; then
     done
   done
   stamp fast-ab
+fi
+
+if has early-ab; then
+  for args in "--extent 7x7 --kernel 7 --heads 16 --batch 32 --dim 32" "--extent 14x14 --kernel 7 --heads 8 --batch 32 --dim 32" \
+              "--extent 28x28 --kernel 7 --heads 4 --batch 32 --dim 32" "--extent 56x56 --kernel 7 --heads 2 --batch 32 --dim 32" \
+              "--extent 32768 --kernel 2048 --heads 16 --dim 128" "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 128"; do
+    for early in 1 0 1 0; do
+      NATTN_SM90_BWD_EARLY_STEPS=$early timeout $(t 60) build-gpu/nattn-bench --backend cuda --dtype bf16 --iters 10 \
+        --warmup 2 --no-verify --mode bwd $args 2>&1 | awk -v m="$early" -v a="$args" \
+        '/^backward/{printf "early=%s %s | backward %s ms, %s TFLOP/s\n", m, a, $2, $3}' | tee -a "$out/early-ab.txt"
+    done
+  done
+  stamp early-ab
 fi
 
 if has weak-flat; then

@@ -279,6 +279,7 @@ bool check_case(const WalkCase& c, Rng& rng) {
 
   auto walk = std::make_unique<TileWalk>();
   auto untabled = std::make_unique<TileWalk>();
+  auto early = std::make_unique<TileWalk>();
   for (int64_t linear = 0; linear < t.neighborhood_ctas; ++linear) {
     SCOPED_TRACE("own box " + std::to_string(linear));
     // Decode the CTA index independently: row-major over [dilation groups..., own boxes...].
@@ -397,14 +398,38 @@ bool check_case(const WalkCase& c, Rng& rng) {
 
     // Drive it as a kernel does: thread 0 begins, all threads fill the tables, thread 0 starts
     // the ring and refills it. A second copy runs untabled (the path for > kMaxAxisTiles boxes).
+    // A third runs as the sm90 backward's producer does: its first steps taken with
+    // advance(false) before the tables are filled (they hold a wrong coverage meanwhile, so a
+    // step read from them would differ), the rest after.
     w.begin(c.heads, extra_limit);
+    *early = w;
+    for (auto& axis : early->axis_cov)
+      std::fill(std::begin(axis), std::end(axis), (unsigned char)nattn::tiles::Coverage::kFull);
+    const int first_steps = int(rng.integer(0, 3));
+    std::vector<Step> early_steps;
+    for (int i = 0; i < first_steps; ++i) early_steps.push_back(early->advance(false));
     const int threads = int(rng.pick(std::vector<int64_t>{1, 3, 32, 256}));
     for (int th = 0; th < threads; ++th) w.fill_tables(th, threads);
+    for (int th = 0; th < threads; ++th) early->fill_tables(th, threads);
     *untabled = w;
     untabled->tabled = false;
     const size_t limit = size_t(c.heads) * size_t(nbr + add_tiles) + 1;
     const std::vector<Step> steps = ring_sequence(w, limit);
     const std::vector<Step> direct = advance_sequence(*untabled, limit);
+    for (Step s = early->advance(); early_steps.size() <= limit; s = early->advance()) {
+      early_steps.push_back(s);
+      if (!s.valid) break;
+    }
+    // Valid steps, then the end marker (one or more invalid steps among the first ones).
+    size_t early_valid = 0;
+    while (early_valid < early_steps.size() && early_steps[early_valid].valid) ++early_valid;
+    bool same_early = early_valid == steps.size();
+    for (size_t i = 0; same_early && i < steps.size(); ++i) same_early = same_step(steps[i], early_steps[i]);
+    if (!same_early) {
+      ADD_FAILURE() << "the walk with " << first_steps << " steps taken before the tables were filled differs from "
+                    << "the tabled one: " << early_valid << " vs " << steps.size() << " steps";
+      return false;
+    }
     if (steps.size() > limit - 1) {
       ADD_FAILURE() << "the walk does not end: more than " << limit - 1 << " steps";
       return false;

@@ -217,14 +217,17 @@ struct TileWalk {
   }
 
   // One thread: the next walked box that is not fully outside (valid == 0 past the end).
-  NATTN_HD_CALL Step advance() {
+  // use_tables = false takes every coverage from the windows, not from the tables: the same
+  // steps, for a walk whose tables are not filled yet (the sm90 backward's first steps, issued
+  // while the tables fill).
+  NATTN_HD_CALL Step advance(bool use_tables = true) {
     Step st{};
     while (cur_head < heads) {
       while (cur_t < nbr_tiles) {
         int c = int(tiles::Coverage::kFull), mask = 0;
 #pragma unroll
         for (int a = 0; a < 3; ++a) {
-          const int ca = tabled ? int(axis_cov[a][cur_i[a]]) : int(axis_coverage(a, cur_i[a]));
+          const int ca = tabled && use_tables ? int(axis_cov[a][cur_i[a]]) : int(axis_coverage(a, cur_i[a]));
           if (ca == int(tiles::Coverage::kPartial)) mask |= 1 << a;
           c = ca < c ? ca : c;
           st.start[a] = walk_begin[a] + (cur_i[a] << walk_shift[a]);

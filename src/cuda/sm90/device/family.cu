@@ -108,6 +108,18 @@ bool persistent_pays(double tiles_per_item) {
   return tiles_per_item <= 96.0;
 }
 
+// Whether the backward kernels issue their walk's first steps before the coverage tables are
+// filled (kernel/backward_producer.cuh start_backward; written 2026-12-05 without a GPU, for
+// short walks: small grids). NATTN_SM90_BWD_EARLY_STEPS=0 turns it off (a developer switch for
+// the A/B; read once).
+bool backward_early_steps() {
+  static const bool on = [] {
+    const char* e = std::getenv("NATTN_SM90_BWD_EARLY_STEPS");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  return on;
+}
+
 // The forced row of the fast kernel's role, or -1.
 int forced_fast_row(const KernelChoice& choice) {
   for (const int id : choice.config_ids)
@@ -324,6 +336,7 @@ class Sm90Family final : public KernelFamily {
     sm90::BackwardArgs args;
     args.p = p;
     args.tl = k.tiling;
+    args.early_steps = backward_early_steps();
     // Own boxes (queries for dQ, keys for dK/dV) in the own shift, walked boxes in the walk
     // shift; the dQ kernel's extra steps read the additional keys in tiles of its walked rows.
     const MapGrids m = map_grids(g, dq ? k.tiling.own_shift : k.tiling.walk_shift,

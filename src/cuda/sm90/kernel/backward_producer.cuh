@@ -1,7 +1,8 @@
 // Layer: cuda/sm90 kernel. The producer of the sm90 backward kernels (dK/dV, dQ): thread 0 of
 // the producer warpgroup loads the CTA's two own boxes once and, per walk step, the two walked
 // boxes of the step's head into a ring of stages guarded by mbarriers, closed by an invalid step
-// (the end marker passes the stage's full barrier without data). It fills the traits'
+// (the end marker passes the stage's full barrier without data). The own boxes and the first
+// steps are issued at kernel start, before the walk's tables are filled. It fills the traits'
 // BackwardShapes::Pipeline part of their SharedStorage (kernel/backward_traits.cuh).
 #pragma once
 #include <cutlass/arch/barrier.h>
@@ -29,56 +30,71 @@ __device__ __forceinline__ void load_own_boxes(typename Tr::SharedStorage& ss, c
                                       kOnce, map == kOwnA ? ss.own_a : ss.own_b, Tr::kOwnRows, b, own_head, c);
 }
 
-// Thread 0, after start_backward: the walked boxes, walk_head0 + step.head of walk_heads.
+// Thread 0: waits until stage `at` is free, publishes step `st` there and, when the step is
+// valid, issues its two walked boxes (head walk_head0 + st.head of walk_heads, batch b); an
+// invalid step (the end marker) passes the stage's full barrier without data. Returns st.valid.
+template <class Tr>
+__device__ __forceinline__ bool issue_step(typename Tr::SharedStorage& ss, const BackwardArgs& args,
+                                           const StageCursor<Tr::kStages>& at, const Step& st, int b, int walk_head0,
+                                           int walk_heads) {
+  using Barrier = cutlass::arch::ClusterBarrier;
+  // Walked boxes are read again by neighbouring CTAs and heads.
+  constexpr uint64_t kShared = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
+  Barrier::wait(&ss.empty[at.stage], at.phase ^ 1);  // the first pass over the stages does not wait
+  ss.steps[at.stage] = st;
+  Barrier::arrive(&ss.info[at.stage]);  // releases the step to the consumers' early column loads
+  if (!st.valid) {
+    Barrier::arrive(&ss.full[at.stage]);
+    return false;
+  }
+  // Extra steps (dQ: the additional keys) read their 1-D maps; rows past Na come back zero
+  // and their columns are masked (mask_walked_keys).
+  int c[3];
+  const bool extra = step_coords(st, ss.walk, args.p.g, Tr::kWalkRows, c);
+  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.full[at.stage],
+                                                                 2 * Tr::kWalkElems * sizeof(typename Tr::Element));
+  auto load = [&](int map, typename Tr::Element* dst) {
+    tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[map], args.mode[map], walk_heads, args.head_cols[map],
+                                      &ss.full[at.stage], kShared, dst + at.stage * Tr::kWalkElems, Tr::kWalkRows, b,
+                                      walk_head0 + st.head, c);
+  };
+  load(extra ? kExtraA : kWalkA, ss.walk_a);
+  load(extra ? kExtraB : kWalkB, ss.walk_b);
+  return true;
+}
+
+// The walk steps start_backward issues before the coverage tables are filled.
+template <class Tr>
+inline constexpr int kFirstSteps = Tr::kStages < 2 ? Tr::kStages : 2;
+
+// Thread 0, after start_backward (which issued the first steps): the rest of the walk, head
+// walk_head0 + step.head of walk_heads.
 template <class Tr>
 __device__ __forceinline__ void produce_backward(typename Tr::SharedStorage& ss, const BackwardArgs& args, int b,
                                                  int walk_head0, int walk_heads) {
-  using Element = typename Tr::Element;
-  using Barrier = cutlass::arch::ClusterBarrier;
-  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
-  // Walked boxes are read again by neighbouring CTAs and heads.
-  constexpr uint64_t kShared = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
-  const Geometry& g = args.p.g;
-  TileWalk& w = ss.walk;
-  auto load = [&](int map, int heads, int head, uint64_t* bar, uint64_t hint, Element* dst, int rows,
-                  const int(&c)[3]) {
-    tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[map], args.mode[map], heads, args.head_cols[map], bar, hint, dst, rows,
-                                      b, head, c);
-  };
-  int c[3];
   StageCursor<Tr::kStages> at;
-  for (;;) {
-    const Step st = w.advance();
-    Barrier::wait(&ss.empty[at.stage], at.phase ^ 1);  // the first pass over the stages does not wait
-    ss.steps[at.stage] = st;
-    Barrier::arrive(&ss.info[at.stage]);  // releases the step to the consumers' early column loads
-    if (!st.valid) {
-      Barrier::arrive(&ss.full[at.stage]);
-      break;
-    }
-    // Extra steps (dQ: the additional keys) read their 1-D maps; rows past Na come back zero
-    // and their columns are masked (mask_walked_keys).
-    const bool extra = step_coords(st, w, g, Tr::kWalkRows, c);
-    TxBarrier::arrive_and_expect_tx(&ss.full[at.stage], 2 * Tr::kWalkElems * sizeof(Element));
-    const int h = walk_head0 + st.head;
-    load(extra ? kExtraA : kWalkA, walk_heads, h, &ss.full[at.stage], kShared, ss.walk_a + at.stage * Tr::kWalkElems,
-         Tr::kWalkRows, c);
-    load(extra ? kExtraB : kWalkB, walk_heads, h, &ss.full[at.stage], kShared, ss.walk_b + at.stage * Tr::kWalkElems,
-         Tr::kWalkRows, c);
+  for (int i = 0; i < ss.first_steps; ++i) {
+    if (!ss.steps[at.stage].valid) return;  // the walk ended among the first steps
     at.next();
   }
+  while (issue_step<Tr>(ss, args, at, ss.walk.advance(), b, walk_head0, walk_heads)) at.next();
 }
 
 // All threads, at kernel start: thread 0 initialises the barriers and the walk and issues the
-// own boxes' loads (own_head of own_heads, batch b); then every thread fills the walk's
-// coverage tables. Returns false when the own box is empty (a box past its dilation group's
-// end: nothing to load, compute or write). extra_rows: rows of the extra steps after the
-// neighborhood boxes (dQ: the Na additional keys, in tiles of the walked rows; the last tile's
-// rows past Na are masked), 0 for none.
+// own boxes' loads (own_head of own_heads, batch b) and the walk's first steps (kFirstSteps;
+// walked boxes of head walk_head0 + step.head of walk_heads); then every thread fills the walk's
+// coverage tables. The first steps take their coverage from the windows (the tables are not
+// filled yet), so their loads, like the own boxes', overlap the set-up: on a short walk (small
+// grids) the set-up and the first loads are most of a CTA's time (args.early_steps = false:
+// every step after the tables, as before 2026-12-05's seventh session). Returns false when the own
+// box is empty (a box past its dilation group's end: nothing to load, compute or write).
+// extra_rows: rows of the extra steps after the neighborhood boxes (dQ: the Na additional keys,
+// in tiles of the walked rows; the last tile's rows past Na are masked), 0 for none.
 template <class Tr>
 __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, const BackwardArgs& args,
                                                int64_t own_box, bool walks_queries, int heads_per_walk, int b,
-                                               int own_head, int own_heads, int64_t extra_rows = 0) {
+                                               int own_head, int own_heads, int walk_head0, int walk_heads,
+                                               int64_t extra_rows = 0) {
   if (threadIdx.x == 0) {
     cutlass::arch::ClusterTransactionBarrier::init(&ss.own_full, 1);
     for (int i = 0; i < Tr::kStages; ++i) {
@@ -90,7 +106,16 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
     const int extra_tiles = int((extra_rows + Tr::kWalkRows - 1) / Tr::kWalkRows);
     ss.walk.init(args.p.g, args.tl, own_box, walks_queries, extra_tiles, Tr::kWalkRows);
     ss.walk.begin(heads_per_walk, extra_rows > 0 ? extra_rows : INT64_MAX);
-    if (!ss.walk.empty) load_own_boxes<Tr>(ss, args, b, own_head, own_heads);
+    ss.first_steps = 0;
+    if (!ss.walk.empty) {
+      load_own_boxes<Tr>(ss, args, b, own_head, own_heads);
+      StageCursor<Tr::kStages> at;
+      while (args.early_steps && ss.first_steps < kFirstSteps<Tr>) {
+        ++ss.first_steps;
+        if (!issue_step<Tr>(ss, args, at, ss.walk.advance(false), b, walk_head0, walk_heads)) break;
+        at.next();
+      }
+    }
   }
   __syncthreads();
   if (ss.walk.empty) return false;

@@ -40,6 +40,7 @@ struct BackwardArgs {
   int head_cols[kNumBackwardMaps];  // C of each map (head_dim or head_dim_v)
   BackwardParams p;
   Tiling tl;
+  bool early_steps;  // the producer issues the walk's first steps before the tables are filled
 };
 
 // The shapes both backward kernels share: own boxes of 128 rows x HD (K-major: the A operands
@@ -92,6 +93,7 @@ struct BackwardShapes {
     uint64_t info[kStages];        // steps[s] is set (before its boxes land: the dK/dV consumers
                                    // load the next step's columns early)
     Step steps[kStages];
+    int first_steps;  // steps start_backward issued (thread 0's; the end marker counts)
     TileWalk walk;
   };
 };

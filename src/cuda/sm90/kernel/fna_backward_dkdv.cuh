@@ -317,7 +317,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fna_backward_dkdv_kernel(cons
   const int hpk = int(g.heads_q / g.heads_kv);
   const int part = int(blockIdx.x % Tr::kColumnSplit);
   // A key box past its group's end (dilation groups of different lengths): nothing to write.
-  if (!start_backward<Tr>(ss, args, blockIdx.x / Tr::kColumnSplit, true, hpk, b, hk, int(g.heads_kv))) return;
+  if (!start_backward<Tr>(ss, args, blockIdx.x / Tr::kColumnSplit, true, hpk, b, hk, int(g.heads_kv), hk * hpk,
+                          int(g.heads_q)))
+    return;
   __syncthreads();
   if (threadIdx.x < 128) {
     cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();

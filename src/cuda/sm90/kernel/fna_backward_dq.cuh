@@ -150,7 +150,8 @@ __global__ void __launch_bounds__(Tr::kThreads, 1) fna_backward_dq_kernel(const 
   const int hk = h / int(g.heads_q / g.heads_kv);
   // A query box past its group's end: nothing to write. The additional keys (every query
   // attends them) follow the neighborhood boxes as extra walk steps.
-  if (!start_backward<Tr>(ss, args, blockIdx.x, false, 1, b, h, int(g.heads_q), g.num_additional)) return;
+  if (!start_backward<Tr>(ss, args, blockIdx.x, false, 1, b, h, int(g.heads_q), hk, int(g.heads_kv), g.num_additional))
+    return;
   // The own queries' windows per axis (masks of partial key boxes).
   fill_axis_windows(&ss.win[0][0], Tr::BM, ss.walk.own_start, args.tl.own_shift, ss.walk, int(threadIdx.x),
                     Tr::kThreads);
