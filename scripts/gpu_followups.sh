@@ -33,6 +33,11 @@
 #              NATTN_SM90_BWD_EARLY_STEPS=0, interleaved on/off/on/off, backward alone
 #              (nattn-bench --mode bwd): the NAT stages (batch 32, window 7, d32) and the
 #              short-walk anchors (1d-32k, img-2d) -> $OUT/early-ab.txt
+#   poly-ab    issue 9: the sm90 forward's polynomial-exponential rows (configs.h 65-68, head dims
+#              32 and 64) against the rows they shadow, NATTN_SM90_POLY_EXP=1/0 interleaved,
+#              forward alone (nattn-bench --mode fwd), with the error against the float64
+#              reference: dense 8k d64, 1d-32k d64, a 2-D d64 and d32 problem, NAT 56x56 d32
+#              -> $OUT/poly-ab.txt
 #   bwd-check  issue 10, the sixth session's kernels (2026-12-05, compiled but never run there):
 #              the sm90 backward's config rows (nattn_cuda_tests: rows 61-64 of head dim 256,
 #              additional keys in every backward row), tests/python/test_cuda_sm90_backward.py
@@ -130,6 +135,22 @@ if has early-ab; then
     done
   done
   stamp early-ab
+fi
+
+if has poly-ab; then
+  for args in "--extent 8192 --kernel 8192 --heads 16 --batch 2 --dim 64" "--extent 32768 --kernel 2048 --heads 16 --dim 64" \
+              "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 64" "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 32" \
+              "--extent 56x56 --kernel 7 --heads 2 --batch 32 --dim 32"; do
+    for poly in 1 0 1 0; do
+      # The float64 check on the CPU only where it is quick (the config-row tests cover the rows).
+      verify=$([[ "$args" == *56x56* ]] || echo "--no-verify")
+      NATTN_SM90_POLY_EXP=$poly timeout $(t 90) build-gpu/nattn-bench --backend cuda --dtype bf16 --iters 10 --warmup 2 \
+        $verify --mode fwd $args 2>&1 | awk -v m="$poly" -v a="$args" \
+        '/^nattn-bench:/{n = split($0, h, "[|] fwd "); cfg = h[n]} /^forward/{printf "poly=%s %s | forward %s ms, %s TFLOP/s, err %s | fwd %s\n", m, a, $2, $3, $5, cfg}' \
+        | tee -a "$out/poly-ab.txt"
+    done
+  done
+  stamp poly-ab
 fi
 
 if has weak-flat; then

@@ -55,6 +55,7 @@ struct KernelConfigInfo {
   int warps = 0;
   int stages = 0;         // walked-tile buffers in flight
   bool pingpong = false;  // consumer warpgroups take turns issuing their products (sm90)
+  bool poly_exp = false;  // a quarter of the softmax's 2^x on the FMA units (sm90 forward)
   bool built = false;     // compiled into this library (CMake NATTN_HEAD_DIMS drops rows)
 };
 std::vector<KernelConfigInfo> kernel_configs();

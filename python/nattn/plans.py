@@ -90,6 +90,7 @@ class KernelConfig:
     warps: int
     stages: int     # walked-tile buffers in flight
     pingpong: bool  # consumer warpgroups take turns issuing their products (sm90)
+    poly_exp: bool  # a quarter of the softmax's 2^x on the FMA units (sm90 forward)
     built: bool     # compiled into this library
 
     @property

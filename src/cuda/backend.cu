@@ -327,6 +327,7 @@ std::vector<KernelConfigInfo> CudaBackend::kernel_configs() const {
     i.warps = c.warps;
     i.stages = c.stages;
     i.pingpong = c.pingpong;
+    i.poly_exp = c.poly_exp;
     i.built = cuda::config_built(c.id);
     out.push_back(i);
   }

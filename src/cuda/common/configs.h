@@ -32,6 +32,7 @@ struct KernelConfig {
   int warps;
   int stages;             // walked-tile buffers in flight
   bool pingpong = false;  // sm90: the consumer warpgroups take turns issuing their products
+  bool poly_exp = false;  // sm90 forward: a quarter of the softmax's 2^x on the FMA units (exp2_poly.h)
 };
 
 namespace config_rows {
@@ -72,6 +73,13 @@ using E = Elem;
 // walks 32-query boxes and splits the output columns over two CTAs per key box
 // (dkdv_column_split: 64 x 256 fp32 dK and dV accumulators per warpgroup do not fit the
 // registers), each recomputing S^T and dP^T over all 256 columns.
+//
+// sm90 forward rows with the polynomial 2^x (rows 65-68, 2026-12-05, seventh session; built and
+// host-tested, not yet run on a GPU): the ping-pong rows of head dims 64 and 32, where the
+// special-function unit's 16 exponentials a clock per SM match (d64) or trail (d32) the tensor
+// cores' rate of scores, with every fourth n8 block of each S tile exponentiated on the FMA
+// units (cuda/common/fragment/exp2_poly.h, after FlashAttention-4). Picked only with
+// NATTN_SM90_POLY_EXP=1 (sm90/device/family.cu) until an A/B on the H100 says where they pay.
 //
 // sm80 rows for 99 KB of shared memory (issue 11): sm86/sm89 let a block opt into 101376
 // bytes, and the rows above at d128 (forward 105984, dQ 139776, dK/dV 104448 bytes) and d256
@@ -152,6 +160,10 @@ inline constexpr KernelConfig kKernelConfigs[] = {
     {62, F::kSm90, R::kBackwardDkdv, E::kBFloat16, 256, 32, 128, 12, 2},
     {63, F::kSm90, R::kBackwardDq, E::kHalf, 256, 128, 32, 12, 2},
     {64, F::kSm90, R::kBackwardDq, E::kBFloat16, 256, 128, 32, 12, 2},
+    {65, F::kSm90, R::kForward, E::kHalf, 64, 128, 128, 12, 4, true, true},  // sm90 forward, poly exp (see above)
+    {66, F::kSm90, R::kForward, E::kBFloat16, 64, 128, 128, 12, 4, true, true},
+    {67, F::kSm90, R::kForward, E::kHalf, 32, 128, 128, 12, 4, true, true},
+    {68, F::kSm90, R::kForward, E::kBFloat16, 32, 128, 128, 12, 4, true, true},
 };
 }  // namespace config_rows
 using config_rows::kKernelConfigs;
@@ -230,13 +242,13 @@ constexpr int next_sibling(int id) {
   return -1;
 }
 
-// The row of (family, role, element, padded head dim, schedule), or -1: the first (fastest) of
-// its siblings.
-constexpr int find_config(Family f, Role r, Elem e, int padded, bool pingpong = false) {
+// The row of (family, role, element, padded head dim, schedule, exponential), or -1: the first
+// (fastest) of its siblings.
+constexpr int find_config(Family f, Role r, Elem e, int padded, bool pingpong = false, bool poly_exp = false) {
   for (int i = 0; i < kNumConfigs; ++i) {
     const KernelConfig& c = kKernelConfigs[i];
     if (c.family == f && c.role == r && (c.elem == e || c.elem == Elem::kAny) &&
-        (c.head_dim == padded || c.head_dim == 0) && c.pingpong == pingpong)
+        (c.head_dim == padded || c.head_dim == 0) && c.pingpong == pingpong && c.poly_exp == poly_exp)
       return i;
   }
   return -1;

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cuda/common/fragment/exp2_poly.h"
+
 namespace nattn::cuda {
 
 inline constexpr float kLog2e = 1.4426950408889634f;
@@ -61,8 +63,9 @@ struct OnlineSoftmax {
   }
 
   // Scores s (raw, times c = scale * log2 e) become weights 2^(c s - ref); O is rescaled when
-  // a reference moves.
-  template <int NI, int OI>
+  // a reference moves. kPolyEvery > 0: the scores of every kPolyEvery-th n8 column block take
+  // the FMA units' 2^x (exp2_poly.h) instead of MUFU.EX2, which the rest keep.
+  template <int kPolyEvery = 0, int NI, int OI>
   __device__ __forceinline__ void weigh(float (&s)[MI][NI][4], float c, float (&o)[MI][OI][4]) {
     float tile_max[MI][2];
     if (__any_sync(0xffffffffu, max_moves(s, c, tile_max))) {
@@ -78,13 +81,13 @@ struct OnlineSoftmax {
           }
         }
     }
-    exponentiate(s, c);
+    exponentiate<kPolyEvery>(s, c);
   }
 
   // weigh() for a mainloop that is still accumulating into O (an asynchronous P V product): the
   // factors O must be multiplied by once that product is done go to corr (rescale()); returns
   // whether any is not 1.
-  template <int NI>
+  template <int kPolyEvery = 0, int NI>
   __device__ __forceinline__ bool weigh_deferred(float (&s)[MI][NI][4], float c, float (&corr)[MI][2]) {
     float tile_max[MI][2];
     const bool moved = __any_sync(0xffffffffu, max_moves(s, c, tile_max));
@@ -92,7 +95,7 @@ struct OnlineSoftmax {
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) corr[mi][hr] = moved ? move_reference(mi, hr, tile_max[mi][hr]) : 1.f;
-    exponentiate(s, c);
+    exponentiate<kPolyEvery>(s, c);
     return moved;
   }
 
@@ -153,7 +156,7 @@ struct OnlineSoftmax {
     return corr;
   }
 
-  template <int NI>
+  template <int kPolyEvery, int NI>
   __device__ __forceinline__ void exponentiate(float (&s)[MI][NI][4], float c) {
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
@@ -162,8 +165,14 @@ struct OnlineSoftmax {
         const float m = ref[mi][hr] == -INFINITY ? 0.f : ref[mi][hr];
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {
-          s[mi][ni][2 * hr] = fast_exp2(fmaf(s[mi][ni][2 * hr], c, -m));
-          s[mi][ni][2 * hr + 1] = fast_exp2(fmaf(s[mi][ni][2 * hr + 1], c, -m));
+          // (ni is a constant once unrolled: each block takes one of the two, no branch)
+          constexpr int kEvery = kPolyEvery > 0 ? kPolyEvery : 1;
+          const bool poly = kPolyEvery > 0 && ni % kEvery == kEvery - 1;
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float x = fmaf(s[mi][ni][2 * hr + e], c, -m);
+            s[mi][ni][2 * hr + e] = poly ? exp2_poly(x) : fast_exp2(x);
+          }
           sum[mi][hr] += s[mi][ni][2 * hr] + s[mi][ni][2 * hr + 1];
         }
       }

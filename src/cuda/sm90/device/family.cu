@@ -120,6 +120,17 @@ bool backward_early_steps() {
   return on;
 }
 
+// Whether the forward takes its polynomial-exponential rows (configs.h rows 65-68, written
+// 2026-12-05 without a GPU) where a call's head dim and schedule have one:
+// NATTN_SM90_POLY_EXP=1, a developer switch for the A/B until it is measured (read once).
+bool poly_exp_requested() {
+  static const bool on = [] {
+    const char* e = std::getenv("NATTN_SM90_POLY_EXP");
+    return e != nullptr && std::string(e) == "1";
+  }();
+  return on;
+}
+
 // The forced row of the fast kernel's role, or -1.
 int forced_fast_row(const KernelChoice& choice) {
   for (const int id : choice.config_ids)
@@ -468,7 +479,10 @@ class Sm90Family final : public KernelFamily {
                                " with max(head_dim, head_dim_v) = " + std::to_string(hd) + ", padded to " +
                                std::to_string(padded));
     } else {
-      *id = find_config(Family::kSm90, r, e, padded, r == Role::kForward && pingpong_pays(call.problem, padded));
+      const bool pingpong = r == Role::kForward && pingpong_pays(call.problem, padded);
+      // The polynomial-exponential rows (configs.h) where asked for and built for this schedule.
+      *id = r == Role::kForward && poly_exp_requested() ? find_config(Family::kSm90, r, e, padded, pingpong, true) : -1;
+      if (*id < 0 || sm90::launcher(*id) == nullptr) *id = find_config(Family::kSm90, r, e, padded, pingpong);
     }
     if (*id < 0 || sm90::launcher(*id) == nullptr)
       return Status::Unsupported(std::string("the sm90 ") + role_name(r) + " configuration for head dim " +

@@ -22,7 +22,7 @@ struct Row {
   static constexpr KernelConfig c = kKernelConfigs[kId];
   static_assert(c.family == Family::kSm90 && c.role == Role::kForward && c.block_q == 128 && c.warps == 12,
                 "sm90 forward rows: 128 query rows in two consumer warpgroups and a producer");
-  using Traits = ForwardTraits<ElementOf<c.elem>, c.head_dim, c.block_kv, c.stages, c.pingpong>;
+  using Traits = ForwardTraits<ElementOf<c.elem>, c.head_dim, c.block_kv, c.stages, c.pingpong, c.poly_exp>;
   static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
   static constexpr int kThreads = Traits::kThreads;
 

@@ -235,7 +235,7 @@ __device__ __forceinline__ void consume_item(typename Tr::SharedStorage& ss, con
     warpgroup_wait<0>();
     Barrier::arrive(&ss.k_empty[k_at.stage]);
     mask(st);
-    softmax.weigh(s, c, o);
+    softmax.template weigh<Tr::kPolyEvery>(s, c, o);
     to_p();
     k_at.next();
     for (;;) {
@@ -257,7 +257,7 @@ __device__ __forceinline__ void consume_item(typename Tr::SharedStorage& ss, con
       Barrier::arrive(&ss.k_empty[k_at.stage]);
       mask(st);
       float corr[1][2];
-      const bool moved = softmax.weigh_deferred(s, c, corr);
+      const bool moved = softmax.template weigh_deferred<Tr::kPolyEvery>(s, c, corr);
       warpgroup_wait<0>();
       Barrier::arrive(&ss.v_empty[v_at.stage]);
       if (moved) softmax.rescale(o, corr);

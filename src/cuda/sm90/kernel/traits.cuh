@@ -57,12 +57,14 @@ template <int HD>
 using PanelAtom = std::conditional_t<(HD >= 64), decltype(cute::GMMA::Layout_K_SW128_Atom<cutlass::half_t>{}),
                                      decltype(cute::GMMA::Layout_K_SW64_Atom<cutlass::half_t>{})>;
 
-template <class Element_, int HD_, int BN_, int STAGES_, bool PINGPONG_>
+template <class Element_, int HD_, int BN_, int STAGES_, bool PINGPONG_, bool POLY_EXP_ = false>
 struct ForwardTraits {
   using Element = Element_;  // cutlass::half_t or cutlass::bfloat16_t
   static constexpr int HD = HD_, BM = 128, BN = BN_, kStages = STAGES_;
   static constexpr int PW = HD >= 64 ? 64 : HD;  // columns per panel
   static constexpr bool kPingPong = PINGPONG_;
+  // Every kPolyEvery-th n8 block of an S tile takes the FMA units' 2^x (0: none; configs.h).
+  static constexpr int kPolyEvery = POLY_EXP_ ? 4 : 0;
   static constexpr int kConsumers = 2;  // warpgroups, 64 query rows each
   static constexpr int kThreads = 128 * (kConsumers + 1);
   // setmaxnreg split (the kernel compiles to 168 per thread: (168 - P) * 128 >= (C - 168) * 256).
