@@ -8,6 +8,7 @@ DTensor inputs and the modules with a process group on 2 processes."""
 import faulthandler
 import os
 import random
+import sys
 import tempfile
 import warnings
 
@@ -146,19 +147,27 @@ def _worker(r, P, path, fn, *args):
     dist.init_process_group("gloo", init_method=f"file://{path}", rank=r, world_size=P)
     try:
         fn(r, P, *args)
+        # Every check of this rank passed. Written before the barrier, so once any rank is past
+        # it every rank's marker exists (a rank killed right after the barrier has written its).
+        open(f"{path}.passed-{r}", "w").close()
         dist.barrier()
-        open(f"{path}.passed-{r}", "w").close()  # every check of this rank passed
     finally:
         dist.destroy_process_group()
+    # Leave without the interpreter's teardown: CI saw a rank abort there ("terminate called
+    # without an active exception": a C++ thread of gloo destroyed while joinable), after all
+    # checks. A worker that got here has nothing left to flush but its streams.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(P, fn, *args):
     """Runs fn on P gloo ranks. A rank that dies by a signal after every rank passed all its
-    checks (the markers are written after the last check and a barrier) died in the process
-    group's teardown: CI saw 'terminate called without an active exception' (SIGABRT) from one
-    rank of four, about once in 30 runs on 2 cores, never reproduced in 25 loaded runs here.
-    That is gloo's shutdown, not a result of nattn's, so it is reported as a warning; a rank
-    that dies before its marker (or any Python failure) fails the test as before."""
+    checks (each writes a marker after its last check) died in the process group's teardown:
+    CI saw 'terminate called without an active exception' (SIGABRT) from one rank of four, a few
+    times in some 30 runs on 2 cores, never reproduced in 30 loaded runs here. That is gloo's
+    shutdown, not a result of nattn's, so it is reported as a warning; a rank that dies before
+    every marker is written (or any Python failure) fails the test as before."""
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
         try:
