@@ -38,6 +38,9 @@
 #              forward alone (nattn-bench --mode fwd), with the error against the float64
 #              reference: dense 8k d64, 1d-32k d64, a 2-D d64 and d32 problem, NAT 56x56 d32
 #              -> $OUT/poly-ab.txt
+#   ctas-ab    issue 11: the sm90 backward's two-CTAs-per-SM rows (configs.h 69-72, head dim 32)
+#              against the one-CTA rows, NATTN_SM90_BWD_TWO_CTAS=1/0 interleaved, backward alone
+#              (nattn-bench --mode bwd) on the NAT stages and a larger d32 grid -> $OUT/ctas-ab.txt
 #   bwd-check  issue 10, the sixth session's kernels (2026-12-05, compiled but never run there):
 #              the sm90 backward's config rows (nattn_cuda_tests: rows 61-64 of head dim 256,
 #              additional keys in every backward row), tests/python/test_cuda_sm90_backward.py
@@ -151,6 +154,20 @@ if has poly-ab; then
     done
   done
   stamp poly-ab
+fi
+
+if has ctas-ab; then
+  for args in "--extent 7x7 --kernel 7 --heads 16 --batch 32" "--extent 14x14 --kernel 7 --heads 8 --batch 32" \
+              "--extent 28x28 --kernel 7 --heads 4 --batch 32" "--extent 56x56 --kernel 7 --heads 2 --batch 32" \
+              "--extent 128x128 --kernel 13 --heads 8 --batch 4"; do
+    for two in 1 0 1 0; do
+      NATTN_SM90_BWD_TWO_CTAS=$two timeout $(t 60) build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 32 --iters 10 \
+        --warmup 2 --no-verify --mode bwd $args 2>&1 | awk -v m="$two" -v a="$args" \
+        '/^nattn-bench:/{n = split($0, h, "[|] bwd "); cfg = h[n]} /^backward/{printf "two_ctas=%s %s | backward %s ms, %s TFLOP/s | bwd %s\n", m, a, $2, $3, cfg}' \
+        | tee -a "$out/ctas-ab.txt"
+    done
+  done
+  stamp ctas-ab
 fi
 
 if has weak-flat; then

@@ -56,6 +56,7 @@ struct KernelConfigInfo {
   int stages = 0;         // walked-tile buffers in flight
   bool pingpong = false;  // consumer warpgroups take turns issuing their products (sm90)
   bool poly_exp = false;  // a quarter of the softmax's 2^x on the FMA units (sm90 forward)
+  int ctas_per_sm = 1;    // CTAs resident per SM (sm90 backward rows for small grids: 2)
   bool built = false;     // compiled into this library (CMake NATTN_HEAD_DIMS drops rows)
 };
 std::vector<KernelConfigInfo> kernel_configs();

@@ -91,6 +91,7 @@ class KernelConfig:
     stages: int     # walked-tile buffers in flight
     pingpong: bool  # consumer warpgroups take turns issuing their products (sm90)
     poly_exp: bool  # a quarter of the softmax's 2^x on the FMA units (sm90 forward)
+    ctas_per_sm: int  # CTAs resident per SM (sm90 backward rows for small grids: 2)
     built: bool     # compiled into this library
 
     @property

@@ -129,7 +129,8 @@ std::string configs_json() {
          "\", \"head_dim\": " + std::to_string(c.head_dim) + ", \"block_q\": " + std::to_string(c.block_q) +
          ", \"block_kv\": " + std::to_string(c.block_kv) + ", \"warps\": " + std::to_string(c.warps) +
          ", \"stages\": " + std::to_string(c.stages) + ", \"pingpong\": " + (c.pingpong ? "true" : "false") +
-         ", \"poly_exp\": " + (c.poly_exp ? "true" : "false") + ", \"built\": " + (c.built ? "true" : "false") + "}";
+         ", \"poly_exp\": " + (c.poly_exp ? "true" : "false") + ", \"ctas_per_sm\": " + std::to_string(c.ctas_per_sm) +
+         ", \"built\": " + (c.built ? "true" : "false") + "}";
     first = false;
   }
   return j + "]";

@@ -328,6 +328,7 @@ std::vector<KernelConfigInfo> CudaBackend::kernel_configs() const {
     i.stages = c.stages;
     i.pingpong = c.pingpong;
     i.poly_exp = c.poly_exp;
+    i.ctas_per_sm = c.ctas_per_sm;
     i.built = cuda::config_built(c.id);
     out.push_back(i);
   }

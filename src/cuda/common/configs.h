@@ -33,6 +33,7 @@ struct KernelConfig {
   int stages;             // walked-tile buffers in flight
   bool pingpong = false;  // sm90: the consumer warpgroups take turns issuing their products
   bool poly_exp = false;  // sm90 forward: a quarter of the softmax's 2^x on the FMA units (exp2_poly.h)
+  int ctas_per_sm = 1;    // sm90 backward: CTAs resident per SM (launch bounds, setmaxnreg split)
 };
 
 namespace config_rows {
@@ -80,6 +81,16 @@ using E = Elem;
 // cores' rate of scores, with every fourth n8 block of each S tile exponentiated on the FMA
 // units (cuda/common/fragment/exp2_poly.h, after FlashAttention-4). Picked only with
 // NATTN_SM90_POLY_EXP=1 (sm90/device/family.cu) until an A/B on the H100 says where they pay.
+//
+// sm90 backward rows with two CTAs per SM (rows 69-72, 2026-12-05, seventh session; built, not
+// yet run on a GPU): head dim 32 (the NAT/DiNAT stages), walked boxes of 32 rows. A small grid's
+// CTA walks one or two boxes and is mostly latency (its loads, the set-up, the epilogue); with
+// one CTA per SM the SM idles meanwhile. Two resident CTAs of 384 threads get 80 registers a
+// thread at launch, so setmaxnreg splits at most 30720 per CTA: 40/96 for dQ (its producer
+// thread spills 12 bytes, the consumers none) and 32/104 for dK/dV (72 bytes, the consumers'
+// share 6 instructions); walked boxes of 64 rows spilled 48-174 instructions in the consumers
+// (docs/design/hopper_backward.md). Picked only with NATTN_SM90_BWD_TWO_CTAS=1
+// (sm90/device/family.cu) until an A/B on the NAT stages says where they pay.
 //
 // sm80 rows for 99 KB of shared memory (issue 11): sm86/sm89 let a block opt into 101376
 // bytes, and the rows above at d128 (forward 105984, dQ 139776, dK/dV 104448 bytes) and d256
@@ -164,6 +175,10 @@ inline constexpr KernelConfig kKernelConfigs[] = {
     {66, F::kSm90, R::kForward, E::kBFloat16, 64, 128, 128, 12, 4, true, true},
     {67, F::kSm90, R::kForward, E::kHalf, 32, 128, 128, 12, 4, true, true},
     {68, F::kSm90, R::kForward, E::kBFloat16, 32, 128, 128, 12, 4, true, true},
+    {69, F::kSm90, R::kBackwardDkdv, E::kHalf, 32, 32, 128, 12, 4, false, false, 2},  // two CTAs per SM (see above)
+    {70, F::kSm90, R::kBackwardDkdv, E::kBFloat16, 32, 32, 128, 12, 4, false, false, 2},
+    {71, F::kSm90, R::kBackwardDq, E::kHalf, 32, 128, 32, 12, 4, false, false, 2},
+    {72, F::kSm90, R::kBackwardDq, E::kBFloat16, 32, 128, 32, 12, 4, false, false, 2},
 };
 }  // namespace config_rows
 using config_rows::kKernelConfigs;
@@ -242,13 +257,15 @@ constexpr int next_sibling(int id) {
   return -1;
 }
 
-// The row of (family, role, element, padded head dim, schedule, exponential), or -1: the first
-// (fastest) of its siblings.
-constexpr int find_config(Family f, Role r, Elem e, int padded, bool pingpong = false, bool poly_exp = false) {
+// The row of (family, role, element, padded head dim, schedule, exponential, residency), or -1:
+// the first (fastest) of its siblings.
+constexpr int find_config(Family f, Role r, Elem e, int padded, bool pingpong = false, bool poly_exp = false,
+                          int ctas_per_sm = 1) {
   for (int i = 0; i < kNumConfigs; ++i) {
     const KernelConfig& c = kKernelConfigs[i];
     if (c.family == f && c.role == r && (c.elem == e || c.elem == Elem::kAny) &&
-        (c.head_dim == padded || c.head_dim == 0) && c.pingpong == pingpong && c.poly_exp == poly_exp)
+        (c.head_dim == padded || c.head_dim == 0) && c.pingpong == pingpong && c.poly_exp == poly_exp &&
+        c.ctas_per_sm == ctas_per_sm)
       return i;
   }
   return -1;

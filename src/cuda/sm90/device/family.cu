@@ -131,6 +131,17 @@ bool poly_exp_requested() {
   return on;
 }
 
+// Whether the deterministic backward takes its two-CTAs-per-SM rows (configs.h rows 69-72, head
+// dim 32, written 2026-12-05 without a GPU) where they exist: NATTN_SM90_BWD_TWO_CTAS=1, a
+// developer switch for the A/B until it is measured (read once).
+bool two_ctas_requested() {
+  static const bool on = [] {
+    const char* e = std::getenv("NATTN_SM90_BWD_TWO_CTAS");
+    return e != nullptr && std::string(e) == "1";
+  }();
+  return on;
+}
+
 // The forced row of the fast kernel's role, or -1.
 int forced_fast_row(const KernelChoice& choice) {
   for (const int id : choice.config_ids)
@@ -482,6 +493,9 @@ class Sm90Family final : public KernelFamily {
       const bool pingpong = r == Role::kForward && pingpong_pays(call.problem, padded);
       // The polynomial-exponential rows (configs.h) where asked for and built for this schedule.
       *id = r == Role::kForward && poly_exp_requested() ? find_config(Family::kSm90, r, e, padded, pingpong, true) : -1;
+      // The two-CTAs-per-SM backward rows (configs.h) likewise.
+      if ((r == Role::kBackwardDq || r == Role::kBackwardDkdv) && two_ctas_requested())
+        *id = find_config(Family::kSm90, r, e, padded, false, false, 2);
       if (*id < 0 || sm90::launcher(*id) == nullptr) *id = find_config(Family::kSm90, r, e, padded, pingpong);
     }
     if (*id < 0 || sm90::launcher(*id) == nullptr)

@@ -44,9 +44,11 @@ struct DkdvRow {
   static_assert(c.family == Family::kSm90 && (c.role == Role::kBackwardDkdv || c.role == Role::kBackwardDkdvDq) &&
                     c.block_kv == 128 && c.warps == 12,
                 "sm90 dK/dV rows: 128 own keys in two consumer warpgroups and a producer");
-  using Traits = DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages, c.role == Role::kBackwardDkdvDq>;
+  using Traits =
+      DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages, c.role == Role::kBackwardDkdvDq, c.ctas_per_sm>;
   static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
-  static_assert(smem() <= kSm90SmemOptin, "an sm90 dK/dV row's shared memory exceeds the H100's opt-in limit");
+  static_assert(smem() <= kSm90SmemOptin / c.ctas_per_sm - (c.ctas_per_sm - 1) * 1024,
+                "an sm90 dK/dV row's shared memory exceeds the H100's opt-in limit (per resident CTA)");
   static constexpr int kThreads = Traits::kThreads;
 
   static Status prepare() {
@@ -66,9 +68,10 @@ struct DqRow {
   static constexpr KernelConfig c = kKernelConfigs[kId];
   static_assert(c.family == Family::kSm90 && c.role == Role::kBackwardDq && c.block_q == 128 && c.warps == 12,
                 "sm90 dQ rows: 128 own queries in two consumer warpgroups and a producer");
-  using Traits = DqTraits<ElementOf<c.elem>, c.head_dim, c.block_kv, c.stages>;
+  using Traits = DqTraits<ElementOf<c.elem>, c.head_dim, c.block_kv, c.stages, c.ctas_per_sm>;
   static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
-  static_assert(smem() <= kSm90SmemOptin, "an sm90 dQ row's shared memory exceeds the H100's opt-in limit");
+  static_assert(smem() <= kSm90SmemOptin / c.ctas_per_sm - (c.ctas_per_sm - 1) * 1024,
+                "an sm90 dQ row's shared memory exceeds the H100's opt-in limit (per resident CTA)");
   static constexpr int kThreads = Traits::kThreads;
 
   static Status prepare() {

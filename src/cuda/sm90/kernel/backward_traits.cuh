@@ -157,7 +157,7 @@ struct DsStorage<true, Element, kDsElems, kStageFloats> {
 // key box each compute HDO = 128 columns of dK and dV. S^T and dP^T contract over the whole head
 // dim in each of them (recomputed: 1.5x the products of an unsplit kernel); the gradient products
 // read their column half of the walked Q and dO (SmemWalkHalfT, per stage).
-template <class Element_, int HD_, int BQ_, int STAGES_, bool kFastDq_ = false>
+template <class Element_, int HD_, int BQ_, int STAGES_, bool kFastDq_ = false, int CTAS_ = 1>
 struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   using Base = BackwardShapes<Element_, HD_, BQ_, STAGES_>;
   using Element = Element_;
@@ -186,8 +186,11 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   // 224 at head dim 128 (192 at 256: HDO 128, BQ 32), so the producer warpgroup (one TMA thread
   // stepping the walk) gets 40. At 256 the consumers need less (HDO 128, BQ 32), and 56 for the
   // producer removed its 32 bytes of spills at 40 (ptxas 13.0).
-  static constexpr int kProducerRegs = HD > 128 ? 56 : HD > 64 ? 40 : 72;
-  static constexpr int kConsumerRegs = HD > 128 ? 224 : HD > 64 ? 232 : 216;
+  // Two resident CTAs (configs.h rows 69-72): 80 registers a thread at launch, split 32/104.
+  static constexpr int kMinBlocks = CTAS_;
+  static_assert(CTAS_ == 1 || (CTAS_ == 2 && HD == 32 && BQ == 32 && !kFastDq), "two CTAs per SM: d32 rows");
+  static constexpr int kProducerRegs = CTAS_ == 2 ? 32 : HD > 128 ? 56 : HD > 64 ? 40 : 72;
+  static constexpr int kConsumerRegs = CTAS_ == 2 ? 104 : HD > 128 ? 224 : HD > 64 ? 232 : 216;
 
   // Per consumer warpgroup and step parity: the walked queries' log2-domain lse (+inf where a
   // query contributes nothing), Delta, and windows per axis (partial boxes).
@@ -207,7 +210,7 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
 };
 
 // dQ: own Q and dO (S = Q K^T, dP = dO V^T), walked K and V (dQ += dS K).
-template <class Element_, int HD_, int BN_, int STAGES_>
+template <class Element_, int HD_, int BN_, int STAGES_, int CTAS_ = 1>
 struct DqTraits : BackwardShapes<Element_, HD_, BN_, STAGES_> {
   using Base = BackwardShapes<Element_, HD_, BN_, STAGES_>;
   using Element = Element_;
@@ -215,8 +218,11 @@ struct DqTraits : BackwardShapes<Element_, HD_, BN_, STAGES_> {
   static constexpr int kOwnElems = Base::kOwnElems, kWalkElems = Base::kWalkElems;
   // dQ (64 x HD fp32 per warpgroup: HD / 2 registers per thread), S and dP (BN / 2 each) and
   // dS: about 180 at head dim 128, within the forward's split.
-  static constexpr int kProducerRegs = 72;
-  static constexpr int kConsumerRegs = 216;
+  // Two resident CTAs (configs.h rows 69-72): 80 registers a thread at launch, split 40/96.
+  static constexpr int kMinBlocks = CTAS_;
+  static_assert(CTAS_ == 1 || (CTAS_ == 2 && HD == 32 && BN == 32), "two CTAs per SM: d32 rows");
+  static constexpr int kProducerRegs = CTAS_ == 2 ? 40 : 72;
+  static constexpr int kConsumerRegs = CTAS_ == 2 ? 96 : 216;
 
   // own_a/own_b: Q and dO; walk_a/walk_b: K and V.
   struct SharedStorage : Base::Pipeline {

@@ -309,7 +309,8 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
 // Grid: (own key boxes over every dilation group x column parts, kv heads, batch); the parts of
 // a key box are neighbours in launch order, so they read the same walked boxes close in time.
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads, 1) fna_backward_dkdv_kernel(const __grid_constant__ BackwardArgs args) {
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks)
+    fna_backward_dkdv_kernel(const __grid_constant__ BackwardArgs args) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_raw);
   const Geometry& g = args.p.g;

@@ -142,7 +142,8 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
 
 // Grid: (own query boxes over every dilation group, query heads, batch).
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads, 1) fna_backward_dq_kernel(const __grid_constant__ BackwardArgs args) {
+__global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks)
+    fna_backward_dq_kernel(const __grid_constant__ BackwardArgs args) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_raw);
   const Geometry& g = args.p.g;
