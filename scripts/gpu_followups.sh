@@ -68,6 +68,22 @@ budget="${NATTN_FOLLOWUPS_BUDGET_S:-540}"  # the whole run; keep it under the de
 stamp() { echo "== $1 done [$((SECONDS - start)) s]"; }
 # timeout of a stage's command: its cap, cut to the budget left (less 10 s for the files).
 t() { local left=$((budget - (SECONDS - start) - 10)); [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"; }
+# ab VAR FILE MODE PROBLEM...: nattn-bench (bf16, 10 iterations) of each problem with the developer
+# switch VAR=1, 0, 1, 0 in turn (an A/B on one build), appending "VAR=v problem | pass ms, TFLOP/s,
+# error | the plan" per run to $out/FILE. MODE fwd or bwd; a problem's own flags may add --no-verify.
+ab() {
+  local var=$1 file=$2 mode=$3 pass args v
+  shift 3
+  pass=$([ "$mode" = bwd ] && echo backward || echo forward)
+  for args in "$@"; do
+    for v in 1 0 1 0; do
+      env "$var=$v" timeout $(t 90) build-gpu/nattn-bench --backend cuda --dtype bf16 --iters 10 --warmup 2 \
+        --mode "$mode" $args 2>&1 | awk -v m="$var=$v" -v a="$args" -v p="$pass" -v md="$mode" \
+        '/^nattn-bench:/{n = split($0, h, "[|] " md " "); cfg = h[n]} $1 == p {printf "%s %s | %s %s ms, %s TFLOP/s, err %s | %s %s\n", m, a, p, $2, $3, $5, md, cfg}' \
+        | tee -a "$out/$file"
+    done
+  done
+}
 
 if has check; then
   timeout $(t 300) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 >"$out/cuda-tests.log" 2>&1
@@ -128,45 +144,34 @@ if has fast-ab; then
 fi
 
 if has early-ab; then
-  for args in "--extent 7x7 --kernel 7 --heads 16 --batch 32 --dim 32" "--extent 14x14 --kernel 7 --heads 8 --batch 32 --dim 32" \
-              "--extent 28x28 --kernel 7 --heads 4 --batch 32 --dim 32" "--extent 56x56 --kernel 7 --heads 2 --batch 32 --dim 32" \
-              "--extent 32768 --kernel 2048 --heads 16 --dim 128" "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 128"; do
-    for early in 1 0 1 0; do
-      NATTN_SM90_BWD_EARLY_STEPS=$early timeout $(t 60) build-gpu/nattn-bench --backend cuda --dtype bf16 --iters 10 \
-        --warmup 2 --no-verify --mode bwd $args 2>&1 | awk -v m="$early" -v a="$args" \
-        '/^backward/{printf "early=%s %s | backward %s ms, %s TFLOP/s\n", m, a, $2, $3}' | tee -a "$out/early-ab.txt"
-    done
-  done
+  ab NATTN_SM90_BWD_EARLY_STEPS early-ab.txt bwd \
+    "--extent 7x7 --kernel 7 --heads 16 --batch 32 --dim 32 --no-verify" \
+    "--extent 14x14 --kernel 7 --heads 8 --batch 32 --dim 32 --no-verify" \
+    "--extent 28x28 --kernel 7 --heads 4 --batch 32 --dim 32 --no-verify" \
+    "--extent 56x56 --kernel 7 --heads 2 --batch 32 --dim 32 --no-verify" \
+    "--extent 32768 --kernel 2048 --heads 16 --dim 128 --no-verify" \
+    "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 128 --no-verify"
   stamp early-ab
 fi
 
 if has poly-ab; then
-  for args in "--extent 8192 --kernel 8192 --heads 16 --batch 2 --dim 64" "--extent 32768 --kernel 2048 --heads 16 --dim 64" \
-              "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 64" "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 32" \
-              "--extent 56x56 --kernel 7 --heads 2 --batch 32 --dim 32"; do
-    for poly in 1 0 1 0; do
-      # The float64 check on the CPU only where it is quick (the config-row tests cover the rows).
-      verify=$([[ "$args" == *56x56* ]] || echo "--no-verify")
-      NATTN_SM90_POLY_EXP=$poly timeout $(t 90) build-gpu/nattn-bench --backend cuda --dtype bf16 --iters 10 --warmup 2 \
-        $verify --mode fwd $args 2>&1 | awk -v m="$poly" -v a="$args" \
-        '/^nattn-bench:/{n = split($0, h, "[|] fwd "); cfg = h[n]} /^forward/{printf "poly=%s %s | forward %s ms, %s TFLOP/s, err %s | fwd %s\n", m, a, $2, $3, $5, cfg}' \
-        | tee -a "$out/poly-ab.txt"
-    done
-  done
+  # The float64 check on the CPU only where it is quick (the config-row tests cover the rows).
+  ab NATTN_SM90_POLY_EXP poly-ab.txt fwd \
+    "--extent 8192 --kernel 8192 --heads 16 --batch 2 --dim 64 --no-verify" \
+    "--extent 32768 --kernel 2048 --heads 16 --dim 64 --no-verify" \
+    "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 64 --no-verify" \
+    "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 32 --no-verify" \
+    "--extent 56x56 --kernel 7 --heads 2 --batch 32 --dim 32"
   stamp poly-ab
 fi
 
 if has ctas-ab; then
-  for args in "--extent 7x7 --kernel 7 --heads 16 --batch 32" "--extent 14x14 --kernel 7 --heads 8 --batch 32" \
-              "--extent 28x28 --kernel 7 --heads 4 --batch 32" "--extent 56x56 --kernel 7 --heads 2 --batch 32" \
-              "--extent 128x128 --kernel 13 --heads 8 --batch 4"; do
-    for two in 1 0 1 0; do
-      NATTN_SM90_BWD_TWO_CTAS=$two timeout $(t 60) build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 32 --iters 10 \
-        --warmup 2 --no-verify --mode bwd $args 2>&1 | awk -v m="$two" -v a="$args" \
-        '/^nattn-bench:/{n = split($0, h, "[|] bwd "); cfg = h[n]} /^backward/{printf "two_ctas=%s %s | backward %s ms, %s TFLOP/s | bwd %s\n", m, a, $2, $3, cfg}' \
-        | tee -a "$out/ctas-ab.txt"
-    done
-  done
+  ab NATTN_SM90_BWD_TWO_CTAS ctas-ab.txt bwd \
+    "--extent 7x7 --kernel 7 --heads 16 --batch 32 --dim 32 --no-verify" \
+    "--extent 14x14 --kernel 7 --heads 8 --batch 32 --dim 32 --no-verify" \
+    "--extent 28x28 --kernel 7 --heads 4 --batch 32 --dim 32 --no-verify" \
+    "--extent 56x56 --kernel 7 --heads 2 --batch 32 --dim 32 --no-verify" \
+    "--extent 128x128 --kernel 13 --heads 8 --batch 4 --dim 32 --no-verify"
   stamp ctas-ab
 fi
 
