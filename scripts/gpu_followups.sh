@@ -68,6 +68,11 @@ budget="${NATTN_FOLLOWUPS_BUDGET_S:-540}"  # the whole run; keep it under the de
 stamp() { echo "== $1 done [$((SECONDS - start)) s]"; }
 # timeout of a stage's command: its cap, cut to the budget left (less 10 s for the files).
 t() { local left=$((budget - (SECONDS - start) - 10)); [ "$left" -lt "$1" ] && echo $((left > 1 ? left : 1)) || echo "$1"; }
+# The NAT-Tiny stages (batch 32, window 7, head dim 32) as nattn-bench problems.
+NAT_STAGES=("--extent 7x7 --kernel 7 --heads 16 --batch 32 --dim 32 --no-verify"
+            "--extent 14x14 --kernel 7 --heads 8 --batch 32 --dim 32 --no-verify"
+            "--extent 28x28 --kernel 7 --heads 4 --batch 32 --dim 32 --no-verify"
+            "--extent 56x56 --kernel 7 --heads 2 --batch 32 --dim 32 --no-verify")
 # ab VAR FILE MODE PROBLEM...: nattn-bench (bf16, 10 iterations) of each problem with the developer
 # switch VAR=1, 0, 1, 0 in turn (an A/B on one build), appending "VAR=v problem | pass ms, TFLOP/s,
 # error | the plan" per run to $out/FILE. MODE fwd or bwd; a problem's own flags may add --no-verify.
@@ -144,11 +149,7 @@ if has fast-ab; then
 fi
 
 if has early-ab; then
-  ab NATTN_SM90_BWD_EARLY_STEPS early-ab.txt bwd \
-    "--extent 7x7 --kernel 7 --heads 16 --batch 32 --dim 32 --no-verify" \
-    "--extent 14x14 --kernel 7 --heads 8 --batch 32 --dim 32 --no-verify" \
-    "--extent 28x28 --kernel 7 --heads 4 --batch 32 --dim 32 --no-verify" \
-    "--extent 56x56 --kernel 7 --heads 2 --batch 32 --dim 32 --no-verify" \
+  ab NATTN_SM90_BWD_EARLY_STEPS early-ab.txt bwd "${NAT_STAGES[@]}" \
     "--extent 32768 --kernel 2048 --heads 16 --dim 128 --no-verify" \
     "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 128 --no-verify"
   stamp early-ab
@@ -166,11 +167,7 @@ if has poly-ab; then
 fi
 
 if has ctas-ab; then
-  ab NATTN_SM90_BWD_TWO_CTAS ctas-ab.txt bwd \
-    "--extent 7x7 --kernel 7 --heads 16 --batch 32 --dim 32 --no-verify" \
-    "--extent 14x14 --kernel 7 --heads 8 --batch 32 --dim 32 --no-verify" \
-    "--extent 28x28 --kernel 7 --heads 4 --batch 32 --dim 32 --no-verify" \
-    "--extent 56x56 --kernel 7 --heads 2 --batch 32 --dim 32 --no-verify" \
+  ab NATTN_SM90_BWD_TWO_CTAS ctas-ab.txt bwd "${NAT_STAGES[@]}" \
     "--extent 128x128 --kernel 13 --heads 8 --batch 4 --dim 32 --no-verify"
   stamp ctas-ab
 fi

@@ -5,6 +5,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "core/env.h"
 #include "core/heads_axis.h"
 #include "core/tile_shapes.h"
 #include "cuda/planner.h"
@@ -263,10 +264,7 @@ Status make_plan_as_is(const Problem& p, DType dtype, bool backward, int device,
 
 bool heads_axis_pays(const Problem& p, const Options& o) {
   // NATTN_HEADS_AXIS=0 (read once): never, a developer switch for A/B timing.
-  static const bool off = [] {
-    const char* e = std::getenv("NATTN_HEADS_AXIS");
-    return e != nullptr && std::string(e) == "0";
-  }();
+  static const bool off = env_equals("NATTN_HEADS_AXIS", "0");
   if (off || !heads_axis_applies(p) || tiles_forced(o.choice)) return false;
   if (p.rank == 2 && p.batch > 1) {
     const int64_t d = p.head_dim;

@@ -158,6 +158,7 @@ struct OnlineSoftmax {
 
   template <int kPolyEvery, int NI>
   __device__ __forceinline__ void exponentiate(float (&s)[MI][NI][4], float c) {
+    constexpr int kEvery = kPolyEvery > 0 ? kPolyEvery : 1;
 #pragma unroll
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
@@ -166,7 +167,6 @@ struct OnlineSoftmax {
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {
           // (ni is a constant once unrolled: each block takes one of the two, no branch)
-          constexpr int kEvery = kPolyEvery > 0 ? kPolyEvery : 1;
           const bool poly = kPolyEvery > 0 && ni % kEvery == kEvery - 1;
 #pragma unroll
           for (int e = 0; e < 2; ++e) {

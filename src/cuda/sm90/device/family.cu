@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "core/env.h"
 #include "core/host_trace.h"
 #include "core/tile_shapes.h"
 #include "cuda/check.h"
@@ -100,45 +101,28 @@ bool pingpong_pays(const Problem& p, int padded) {
 // (hundreds of tiles per item, uneven). NATTN_SM90_PERSISTENT=0/1 forces either (a developer
 // switch for A/B timing; read once).
 bool persistent_pays(double tiles_per_item) {
-  static const int forced = [] {
-    const char* e = std::getenv("NATTN_SM90_PERSISTENT");
-    return e == nullptr ? -1 : std::string(e) == "0" ? 0 : 1;
-  }();
+  static const int forced = std::getenv("NATTN_SM90_PERSISTENT") == nullptr ? -1
+                            : env_equals("NATTN_SM90_PERSISTENT", "0")      ? 0
+                                                                            : 1;
   if (forced >= 0) return forced == 1;
   return tiles_per_item <= 96.0;
 }
 
-// Whether the backward kernels issue their walk's first steps before the coverage tables are
-// filled (kernel/backward_producer.cuh start_backward; written 2026-12-05 without a GPU, for
-// short walks: small grids). NATTN_SM90_BWD_EARLY_STEPS=0 turns it off (a developer switch for
-// the A/B; read once).
+// Developer switches for A/B timing of what was written on 2026-12-05 without a GPU (read once):
+// NATTN_SM90_BWD_EARLY_STEPS=0, the backward kernels issue their walk's first steps after the
+// coverage tables are filled, as before (kernel/backward_producer.cuh start_backward);
+// NATTN_SM90_POLY_EXP=1, the forward takes its polynomial-exponential rows (configs.h 65-68);
+// NATTN_SM90_BWD_TWO_CTAS=1, the deterministic backward takes its two-CTAs-per-SM rows (69-72).
 bool backward_early_steps() {
-  static const bool on = [] {
-    const char* e = std::getenv("NATTN_SM90_BWD_EARLY_STEPS");
-    return e == nullptr || std::string(e) != "0";
-  }();
+  static const bool on = !env_equals("NATTN_SM90_BWD_EARLY_STEPS", "0");
   return on;
 }
-
-// Whether the forward takes its polynomial-exponential rows (configs.h rows 65-68, written
-// 2026-12-05 without a GPU) where a call's head dim and schedule have one:
-// NATTN_SM90_POLY_EXP=1, a developer switch for the A/B until it is measured (read once).
 bool poly_exp_requested() {
-  static const bool on = [] {
-    const char* e = std::getenv("NATTN_SM90_POLY_EXP");
-    return e != nullptr && std::string(e) == "1";
-  }();
+  static const bool on = env_equals("NATTN_SM90_POLY_EXP", "1");
   return on;
 }
-
-// Whether the deterministic backward takes its two-CTAs-per-SM rows (configs.h rows 69-72, head
-// dim 32, written 2026-12-05 without a GPU) where they exist: NATTN_SM90_BWD_TWO_CTAS=1, a
-// developer switch for the A/B until it is measured (read once).
 bool two_ctas_requested() {
-  static const bool on = [] {
-    const char* e = std::getenv("NATTN_SM90_BWD_TWO_CTAS");
-    return e != nullptr && std::string(e) == "1";
-  }();
+  static const bool on = env_equals("NATTN_SM90_BWD_TWO_CTAS", "1");
   return on;
 }
 
@@ -491,12 +475,15 @@ class Sm90Family final : public KernelFamily {
                                std::to_string(padded));
     } else {
       const bool pingpong = r == Role::kForward && pingpong_pays(call.problem, padded);
-      // The polynomial-exponential rows (configs.h) where asked for and built for this schedule.
-      *id = r == Role::kForward && poly_exp_requested() ? find_config(Family::kSm90, r, e, padded, pingpong, true) : -1;
-      // The two-CTAs-per-SM backward rows (configs.h) likewise.
-      if ((r == Role::kBackwardDq || r == Role::kBackwardDkdv) && two_ctas_requested())
-        *id = find_config(Family::kSm90, r, e, padded, false, false, 2);
-      if (*id < 0 || sm90::launcher(*id) == nullptr) *id = find_config(Family::kSm90, r, e, padded, pingpong);
+      // An opt-in row (configs.h) where its switch asks for it and one is built for the call;
+      // the plain row otherwise.
+      int opt_in = -1;
+      if (r == Role::kForward && poly_exp_requested())
+        opt_in = find_config(Family::kSm90, r, e, padded, pingpong, true);
+      else if ((r == Role::kBackwardDq || r == Role::kBackwardDkdv) && two_ctas_requested())
+        opt_in = find_config(Family::kSm90, r, e, padded, false, false, 2);
+      *id = opt_in >= 0 && sm90::launcher(opt_in) != nullptr ? opt_in
+                                                             : find_config(Family::kSm90, r, e, padded, pingpong);
     }
     if (*id < 0 || sm90::launcher(*id) == nullptr)
       return Status::Unsupported(std::string("the sm90 ") + role_name(r) + " configuration for head dim " +

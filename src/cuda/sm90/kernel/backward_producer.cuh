@@ -67,16 +67,13 @@ __device__ __forceinline__ bool issue_step(typename Tr::SharedStorage& ss, const
 template <class Tr>
 inline constexpr int kFirstSteps = Tr::kStages < 2 ? Tr::kStages : 2;
 
-// Thread 0, after start_backward (which issued the first steps): the rest of the walk, head
-// walk_head0 + step.head of walk_heads.
+// Thread 0, after start_backward: the rest of the walk, head walk_head0 + step.head of
+// walk_heads, from where start_backward left the ring (ss.ring).
 template <class Tr>
 __device__ __forceinline__ void produce_backward(typename Tr::SharedStorage& ss, const BackwardArgs& args, int b,
                                                  int walk_head0, int walk_heads) {
-  StageCursor<Tr::kStages> at;
-  for (int i = 0; i < ss.first_steps; ++i) {
-    if (!ss.steps[at.stage].valid) return;  // the walk ended among the first steps
-    at.next();
-  }
+  if (ss.ring.ended) return;
+  StageCursor<Tr::kStages> at = ss.ring.at;
   while (issue_step<Tr>(ss, args, at, ss.walk.advance(), b, walk_head0, walk_heads)) at.next();
 }
 
@@ -86,7 +83,8 @@ __device__ __forceinline__ void produce_backward(typename Tr::SharedStorage& ss,
 // coverage tables. The first steps take their coverage from the windows (the tables are not
 // filled yet), so their loads, like the own boxes', overlap the set-up: on a short walk (small
 // grids) the set-up and the first loads are most of a CTA's time (args.early_steps = false:
-// every step after the tables, as before 2026-12-05's seventh session). Returns false when the own
+// every step after the tables, as before 2026-12-05's seventh session); ss.ring says where
+// produce_backward goes on. Returns false when the own
 // box is empty (a box past its dilation group's end: nothing to load, compute or write).
 // extra_rows: rows of the extra steps after the neighborhood boxes (dQ: the Na additional keys,
 // in tiles of the walked rows; the last tile's rows past Na are masked), 0 for none.
@@ -106,16 +104,16 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
     const int extra_tiles = int((extra_rows + Tr::kWalkRows - 1) / Tr::kWalkRows);
     ss.walk.init(args.p.g, args.tl, own_box, walks_queries, extra_tiles, Tr::kWalkRows);
     ss.walk.begin(heads_per_walk, extra_rows > 0 ? extra_rows : INT64_MAX);
-    ss.first_steps = 0;
+    StageCursor<Tr::kStages> at;
+    bool ended = false;
     if (!ss.walk.empty) {
       load_own_boxes<Tr>(ss, args, b, own_head, own_heads);
-      StageCursor<Tr::kStages> at;
-      while (args.early_steps && ss.first_steps < kFirstSteps<Tr>) {
-        ++ss.first_steps;
-        if (!issue_step<Tr>(ss, args, at, ss.walk.advance(false), b, walk_head0, walk_heads)) break;
-        at.next();
+      for (int i = 0; args.early_steps && i < kFirstSteps<Tr> && !ended; ++i) {
+        ended = !issue_step<Tr>(ss, args, at, ss.walk.advance(false), b, walk_head0, walk_heads);
+        if (!ended) at.next();
       }
     }
+    ss.ring = {at, ended};
   }
   __syncthreads();
   if (ss.walk.empty) return false;

@@ -13,6 +13,7 @@
 #include "cuda/common/configs.h"
 #include "cuda/common/params.h"
 #include "cuda/common/tile_walk.h"
+#include "cuda/sm90/kernel/pieces.cuh"
 #include "cuda/sm90/kernel/traits.cuh"
 
 namespace nattn::cuda::sm90 {
@@ -93,7 +94,12 @@ struct BackwardShapes {
     uint64_t info[kStages];        // steps[s] is set (before its boxes land: the dK/dV consumers
                                    // load the next step's columns early)
     Step steps[kStages];
-    int first_steps;  // steps start_backward issued (thread 0's; the end marker counts)
+    // Thread 0's: the stage the walk's next step goes to after start_backward's first steps,
+    // and whether the end marker went out among them (kernel/backward_producer.cuh).
+    struct Ring {
+      StageCursor<kStages> at;
+      bool ended;
+    } ring;
     TileWalk walk;
   };
 };
