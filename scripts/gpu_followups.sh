@@ -29,8 +29,8 @@
 #              the anchors that miss a target (dense 8k d64, 1d-32k-s256, flux-2d-s16): speed of
 #              light, warp states, scheduler, pipe use -> $OUT/ncu-fwd-<name>.txt
 #   early-ab   issues 10/11: the sm90 backward with its walk's first steps issued before the
-#              coverage tables are filled (the default since 2026-12-05's seventh session) against
-#              NATTN_SM90_BWD_EARLY_STEPS=0, interleaved on/off/on/off, backward alone
+#              coverage tables are filled (NATTN_SM90_BWD_EARLY_STEPS=1; measured slower on
+#              2026-12-05, off by default) against =0, interleaved on/off/on/off, backward alone
 #              (nattn-bench --mode bwd): the NAT stages (batch 32, window 7, d32) and the
 #              short-walk anchors (1d-32k, img-2d) -> $OUT/early-ab.txt
 #   poly-ab    issue 9: the sm90 forward's polynomial-exponential rows (configs.h 65-68, head dims
@@ -38,8 +38,8 @@
 #              forward alone (nattn-bench --mode fwd), with the error against the float64
 #              reference: dense 8k d64, 1d-32k d64, a 2-D d64 and d32 problem, NAT 56x56 d32
 #              -> $OUT/poly-ab.txt
-#   ctas-ab    issue 11: the sm90 backward's two-CTAs-per-SM rows (configs.h 69-72, head dim 32)
-#              against the one-CTA rows, NATTN_SM90_BWD_TWO_CTAS=1/0 interleaved, backward alone
+#   ctas-ab    issue 11: the sm90 backward's two-CTAs-per-SM rows (configs.h 69-72, head dim 32;
+#              the default since they measured faster on 2026-12-05) against the one-CTA rows, NATTN_SM90_BWD_TWO_CTAS=1/0 interleaved, backward alone
 #              (nattn-bench --mode bwd) on the NAT stages and a larger d32 grid -> $OUT/ctas-ab.txt
 #   bwd-check  issue 10, the sixth session's kernels (2026-12-05, compiled but never run there):
 #              the sm90 backward's config rows (nattn_cuda_tests: rows 61-64 of head dim 256,

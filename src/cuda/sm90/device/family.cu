@@ -108,21 +108,26 @@ bool persistent_pays(double tiles_per_item) {
   return tiles_per_item <= 96.0;
 }
 
-// Developer switches for A/B timing of what was written on 2026-12-05 without a GPU (read once):
-// NATTN_SM90_BWD_EARLY_STEPS=0, the backward kernels issue their walk's first steps after the
-// coverage tables are filled, as before (kernel/backward_producer.cuh start_backward);
-// NATTN_SM90_POLY_EXP=1, the forward takes its polynomial-exponential rows (configs.h 65-68);
-// NATTN_SM90_BWD_TWO_CTAS=1, the deterministic backward takes its two-CTAs-per-SM rows (69-72).
+// Developer switches for A/B timing (read once), each measured on an H100 on 2026-12-05
+// (bench/results/2026-12-05-h100-eighth-session.md, interleaved on/off in one run):
+// NATTN_SM90_BWD_EARLY_STEPS=1, the backward kernels issue their walk's first steps before the
+// coverage tables are filled (kernel/backward_producer.cuh start_backward): 3-25% slower on
+// every problem tried (NAT stages, 1d-32k, img-2d), so off by default;
+// NATTN_SM90_POLY_EXP=1, the forward takes its polynomial-exponential rows (configs.h 65-68):
+// 6-12% slower (dense 8k d64 388 against 433 TFLOP/s), so off by default;
+// NATTN_SM90_BWD_TWO_CTAS=0, the deterministic backward of head dim 32 keeps one CTA per SM
+// instead of its two-CTAs-per-SM rows (69-72), which measured 1.15-1.45x faster on the NAT
+// stages and a 128x128 d32 grid, so on by default where such a row is built.
 bool backward_early_steps() {
-  static const bool on = !env_equals("NATTN_SM90_BWD_EARLY_STEPS", "0");
+  static const bool on = env_equals("NATTN_SM90_BWD_EARLY_STEPS", "1");
   return on;
 }
 bool poly_exp_requested() {
   static const bool on = env_equals("NATTN_SM90_POLY_EXP", "1");
   return on;
 }
-bool two_ctas_requested() {
-  static const bool on = env_equals("NATTN_SM90_BWD_TWO_CTAS", "1");
+bool two_ctas_allowed() {
+  static const bool on = !env_equals("NATTN_SM90_BWD_TWO_CTAS", "0");
   return on;
 }
 
@@ -475,12 +480,13 @@ class Sm90Family final : public KernelFamily {
                                std::to_string(padded));
     } else {
       const bool pingpong = r == Role::kForward && pingpong_pays(call.problem, padded);
-      // An opt-in row (configs.h) where its switch asks for it and one is built for the call;
+      // A two-CTAs-per-SM backward row where one is built for the call (head dim 32) unless
+      // its switch says 0; a polynomial-exponential forward row where its switch asks for one;
       // the plain row otherwise.
       int opt_in = -1;
       if (r == Role::kForward && poly_exp_requested())
         opt_in = find_config(Family::kSm90, r, e, padded, pingpong, true);
-      else if ((r == Role::kBackwardDq || r == Role::kBackwardDkdv) && two_ctas_requested())
+      else if ((r == Role::kBackwardDq || r == Role::kBackwardDkdv) && two_ctas_allowed())
         opt_in = find_config(Family::kSm90, r, e, padded, false, false, 2);
       *id = opt_in >= 0 && sm90::launcher(opt_in) != nullptr ? opt_in
                                                              : find_config(Family::kSm90, r, e, padded, pingpong);
