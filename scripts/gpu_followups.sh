@@ -8,9 +8,9 @@
 #              over 90 s each)
 #   anchors    issue 10: bench/anchors.py --backward, deterministic mode, on the anchors its
 #              results file lacks (the dense case, Cosmos, the strided 3-D anchors)
-#   small      issue 11: bench/small_grids.py (NAT/DiNAT stages) with the sm90 backward, and again
-#              with NATTN_HEADS_AXIS=0 (the stages without the heads-as-grid-axis rewrite) for the A/B
-#   overhead   issue 11: bench/overhead.py with the C++ ops' CUDA path on (NATTN_TORCH_OPS_CUDA=1),
+#   small      issue 11: bench/small_grids.py (NAT/DiNAT stages) with the sm90 backward
+#   small-nha  the same with NATTN_HEADS_AXIS=0 (the stages without the heads-as-grid-axis rewrite)
+#   overhead   issue 11: bench/overhead.py (the C++ ops' CUDA path is the default since 2026-12-05),
 #              so all three op paths are measured in one run; then bench/host_breakdown.py --trace
 #              cuda: the library's host time per phase of a small forward+backward step
 #   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
@@ -94,7 +94,7 @@ if has check; then
   timeout $(t 300) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 >"$out/cuda-tests.log" 2>&1
   echo "nattn_cuda_tests rc=$?"; tail -4 "$out/cuda-tests.log"
   timeout $(t 200) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_host_trace.py tests/python/test_fast_path.py \
-    tests/python/test_errors.py >"$out/pytest-check.log" 2>&1
+    tests/python/test_errors.py tests/python/test_native_ops.py >"$out/pytest-check.log" 2>&1
   echo "pytest rc=$?"; tail -3 "$out/pytest-check.log"
   # Issue 11's consumer-GPU rows (sm86/sm89's 99 KB), planned and run here through the hook.
   NATTN_SMEM_LIMIT=101376 timeout $(t 120) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \
@@ -189,10 +189,14 @@ if has small; then
   (cd bench && timeout $(t 150) python3 small_grids.py --iters 10 --commit "$commit" \
     --out "$out/small_grids.md" --json "$out/small_grids.json") >"$out/small.log" 2>&1
   echo "small rc=$?"; tail -3 "$out/small.log"; cat "$out/small_grids.md" 2>/dev/null
+  stamp small
+fi
+
+if has small-nha; then
   (cd bench && NATTN_HEADS_AXIS=0 timeout $(t 150) python3 small_grids.py --iters 10 --commit "$commit-no-heads-axis" \
     --out "$out/small_grids_no_heads_axis.md" --json "$out/small_grids_no_heads_axis.json") >"$out/small-nha.log" 2>&1
   echo "small (NATTN_HEADS_AXIS=0) rc=$?"; cat "$out/small_grids_no_heads_axis.md" 2>/dev/null
-  stamp small
+  stamp small-nha
 fi
 
 if has overhead; then

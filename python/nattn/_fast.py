@@ -63,8 +63,7 @@ def enabled_reason() -> Tuple[bool, str]:
     call = (f"one call of the C++ dispatcher ops nattn_native::* ({_native.REASON})" if _native.LOADED
             else f"one ctypes C call (C++ ops not loaded: {_native.REASON})")
     if _native.LOADED and not _native.CUDA:
-        call += ("; CUDA tensors take the ctypes call unless NATTN_TORCH_OPS_CUDA=1 (the C++ ops' "
-                 "CUDA path has not run on a GPU yet)")
+        call += "; CUDA tensors take the ctypes call (NATTN_TORCH_OPS_CUDA=0)"
     return True, (f"plain eager calls make {call}; compile, tracing, modes, subclasses and "
                   "transforms go through the custom ops")
 

@@ -52,10 +52,11 @@ def _load() -> Tuple[bool, str]:
 
 
 LOADED, REASON = _load()
-# The ops' CUDA path (current stream, caching-allocator workspace, graph capture) has not run on
-# a GPU yet (written 2026-11-28 on a machine without one): CUDA tensors keep the ctypes call
-# unless NATTN_TORCH_OPS_CUDA=1, for the GPU session that checks it.
-CUDA = os.environ.get("NATTN_TORCH_OPS_CUDA") == "1"
+# CUDA tensors take the ops too (current stream, workspace from torch's caching allocator, graph
+# capture). On the H100 (2026-12-05, bench/overhead.py, one run) a small forward+backward step
+# cost 299 us of host time through them against 471 through ctypes (forward 25 against 26).
+# NATTN_TORCH_OPS_CUDA=0 keeps CUDA tensors on the ctypes call (a developer switch for A/B timing).
+CUDA = os.environ.get("NATTN_TORCH_OPS_CUDA") != "0"
 
 
 def takes(t: torch.Tensor) -> bool:

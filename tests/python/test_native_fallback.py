@@ -33,9 +33,9 @@ def test_fallback_to_ctypes_is_reported(case, tmp_path):
     assert call == "ctypes" and why in reason and ran == "0"
 
 
-def test_cuda_tensors_keep_the_ctypes_call_unless_enabled(monkeypatch):
-    """The C++ ops' CUDA path has not run on a GPU yet: CUDA tensors take them only with
-    NATTN_TORCH_OPS_CUDA=1 (read at import into _native.CUDA); CPU tensors whenever loaded."""
+def test_cuda_tensors_keep_the_ctypes_call_when_switched_off(monkeypatch):
+    """CUDA tensors take the C++ ops unless NATTN_TORCH_OPS_CUDA=0 (read at import into
+    _native.CUDA); CPU tensors whenever loaded."""
     from types import SimpleNamespace
 
     import torch

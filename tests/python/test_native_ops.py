@@ -197,3 +197,102 @@ def test_malformed_window_is_refused_by_name(window):
         torch.ops.nattn_native.na_forward(q, q, q, None, None, window, None, options, "")
     with pytest.raises(ValueError, match=r"^nattn_native: window = list of \d+ ints is invalid: "):
         _native._raise(info.value)
+
+
+# CUDA calls (bf16) take the C++ ops by default: (rank, extent, kernel, stride, dilation, causal,
+# heads_q, heads_kv, additional keys, dense, head dim). The first is a NAT stage's shape (head dim
+# 32: the sm90 backward's two-CTAs-per-SM rows), the others 1-D/3-D, grouped heads, additional
+# keys, causal, a dense call.
+CUDA_CASES = [
+    (2, (14, 14), 7, 1, 1, (False, False), 4, 4, 0, False, 32),
+    (1, (300,), 33, 4, 2, (True,), 4, 2, 5, False, 64),
+    (3, (6, 8, 8), (3, 5, 5), 1, 1, (True, False, False), 2, 2, 0, False, 128),
+    (1, (200,), 0, 0, 0, (False,), 4, 1, 0, True, 64),
+]
+
+
+def _cuda_inputs(case, device="cuda", dtype=torch.bfloat16):
+    _, extent, _, _, _, _, hq, hkv, na, _, d = case
+    q = torch.randn(2, *extent, hq, d, device=device, dtype=dtype)
+    k = torch.randn(2, *extent, hkv, d, device=device, dtype=dtype)
+    v = torch.randn(2, *extent, hkv, d, device=device, dtype=dtype)
+    ak = torch.randn(2, na, hkv, d, device=device, dtype=dtype) if na else None
+    av = torch.randn(2, na, hkv, d, device=device, dtype=dtype) if na else None
+    return q, k, v, ak, av
+
+
+def _cuda_call(case, q, k, v, ak, av, backend=None):
+    rank, _, ks, st, dil, causal, _, _, _, dense, _ = case
+    if dense:
+        return nattn.attention(q, k, v, is_causal=causal[0], return_lse=True, backend=backend)
+    fn = (nattn.na1d, nattn.na2d, nattn.na3d)[rank - 1]
+    return fn(q, k, v, ks, stride=st, dilation=dil, is_causal=causal, additional_keys=ak,
+              additional_values=av, return_lse=True, backend=backend)
+
+
+def _step(case, inputs, w_out, w_lse, backend=None):
+    """out, lse and the gradients of a loss that reads both (so dlse reaches the backward)."""
+    leaves = [None if x is None else x.clone().requires_grad_() for x in inputs]
+    out, lse = _cuda_call(case, *leaves, backend=backend)
+    ((out.float() * w_out).sum() + (lse * w_lse).sum()).backward()
+    return out.detach(), lse.detach(), [x.grad for x in leaves if x is not None]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", CUDA_CASES, ids=[f"case{i}" for i in range(len(CUDA_CASES))])
+def test_cuda_forward_backward_bitwise_equal_to_ctypes_and_near_the_reference(cuda_backend, case):
+    assert _native.CUDA, "CUDA tensors should take the C++ ops by default (NATTN_TORCH_OPS_CUDA)"
+    inputs = _cuda_inputs(case)
+    hq, d = case[6], case[10]
+    w_out = torch.randn(*inputs[0].shape[:-1], d, device="cuda")
+    w_lse = torch.randn(*inputs[0].shape[:-2], hq, device="cuda")
+    (out_n, lse_n, grads_n), ran = run(True, lambda: _step(case, inputs, w_out, w_lse))
+    assert ran == {"forward": 1, "backward": 1}
+    (out_c, lse_c, grads_c), ran = run(False, lambda: _step(case, inputs, w_out, w_lse))
+    assert ran == {"forward": 0, "backward": 0}
+    assert not out_n.isnan().any() and not any(g.isnan().any() for g in grads_n)
+    assert torch.equal(out_n, out_c) and torch.equal(lse_n, lse_c)
+    for gn, gc in zip(grads_n, grads_c):
+        assert gn.shape == gc.shape and gn.dtype == gc.dtype and torch.equal(gn, gc)
+    # And the values: the float64 reference backend on the same (bf16-rounded) inputs.
+    ref = [None if x is None else x.double().cpu() for x in inputs]
+    out_r, lse_r, grads_r = _step(case, ref, w_out.double().cpu(), w_lse.double().cpu(), "reference")
+    torch.testing.assert_close(out_n.double().cpu(), out_r, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(lse_n.double().cpu(), lse_r.double(), atol=3e-2, rtol=3e-2)
+    for gn, gr in zip(grads_n, grads_r):
+        scale = gr.abs().max().item()
+        assert (gn.double().cpu() - gr).abs().max().item() <= 4e-2 * scale + 1e-2
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture_of_forward_backward_through_the_ops(cuda_backend):
+    """A forward+backward step through the C++ ops captures into a CUDA graph (current stream,
+    workspace from torch's caching allocator inside the graph's pool) and replays on new inputs
+    to the eager step's results, bitwise."""
+    q, k, v = (torch.randn(2, 14, 14, 4, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    dout = torch.randn_like(q)
+
+    def step():
+        out = nattn.na2d(q, k, v, 7)
+        return (out, *torch.autograd.grad(out, (q, k, v), dout))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as torch's docs ask
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    before = dict(_native.CALLS)
+    with torch.cuda.graph(graph):
+        captured = step()
+    assert {k: _native.CALLS[k] - before[k] for k in before} == {"forward": 1, "backward": 1}
+    with torch.no_grad():
+        for x in (q, k, v, dout):
+            x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = step()
+    for a, b in zip(captured, eager):
+        assert not a.isnan().any()
+        assert torch.equal(a, b)
