@@ -41,6 +41,9 @@
 #   ctas-ab    issue 11: the sm90 backward's two-CTAs-per-SM rows (configs.h 69-72, head dim 32;
 #              the default since they measured faster on 2026-12-05) against the one-CTA rows, NATTN_SM90_BWD_TWO_CTAS=1/0 interleaved, backward alone
 #              (nattn-bench --mode bwd) on the NAT stages and a larger d32 grid -> $OUT/ctas-ab.txt
+#   dq-ab      issue 10: the sm90 dQ kernel with each step's dQ product left running while the next
+#              step's products issue (the default since 2026-12-05's eighth session) against
+#              NATTN_SM90_BWD_DQ_OVERLAP=0, interleaved, backward alone -> $OUT/dq-ab.txt
 #   bwd-check  issue 10, the sixth session's kernels (2026-12-05, compiled but never run there):
 #              the sm90 backward's config rows (nattn_cuda_tests: rows 61-64 of head dim 256,
 #              additional keys in every backward row), tests/python/test_cuda_sm90_backward.py
@@ -170,6 +173,14 @@ if has ctas-ab; then
   ab NATTN_SM90_BWD_TWO_CTAS ctas-ab.txt bwd "${NAT_STAGES[@]}" \
     "--extent 128x128 --kernel 13 --heads 8 --batch 4 --dim 32 --no-verify"
   stamp ctas-ab
+fi
+
+if has dq-ab; then
+  ab NATTN_SM90_BWD_DQ_OVERLAP dq-ab.txt bwd "--extent 256x256 --kernel 80 --stride 16 --heads 24 --dim 128 --no-verify" \
+    "--extent 32768 --kernel 2048 --heads 16 --dim 128 --no-verify" \
+    "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 128 --no-verify" \
+    "--extent 8192 --kernel 8192 --heads 16 --batch 2 --dim 64 --no-verify" "${NAT_STAGES[2]}"
+  stamp dq-ab
 fi
 
 if has weak-flat; then

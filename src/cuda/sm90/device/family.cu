@@ -126,6 +126,12 @@ bool poly_exp_requested() {
   static const bool on = env_equals("NATTN_SM90_POLY_EXP", "1");
   return on;
 }
+// NATTN_SM90_BWD_DQ_OVERLAP=0: the dQ kernel waits for each step's dQ product before the next
+// step's products (kernel/fna_backward_dq.cuh), as before 2026-12-05's eighth session.
+bool dq_overlap() {
+  static const bool on = !env_equals("NATTN_SM90_BWD_DQ_OVERLAP", "0");
+  return on;
+}
 bool two_ctas_allowed() {
   static const bool on = !env_equals("NATTN_SM90_BWD_TWO_CTAS", "0");
   return on;
@@ -348,6 +354,7 @@ class Sm90Family final : public KernelFamily {
     args.p = p;
     args.tl = k.tiling;
     args.early_steps = backward_early_steps();
+    args.dq_overlap = dq_overlap();
     // Own boxes (queries for dQ, keys for dK/dV) in the own shift, walked boxes in the walk
     // shift; the dQ kernel's extra steps read the additional keys in tiles of its walked rows.
     const MapGrids m = map_grids(g, dq ? k.tiling.own_shift : k.tiling.walk_shift,

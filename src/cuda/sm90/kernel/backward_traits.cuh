@@ -42,6 +42,7 @@ struct BackwardArgs {
   BackwardParams p;
   Tiling tl;
   bool early_steps;  // the producer issues the walk's first steps before the tables are filled
+  bool dq_overlap;   // dQ kernel: a step's dQ product runs on while the next step's S and dP issue
 };
 
 // The shapes both backward kernels share: own boxes of 128 rows x HD (K-major: the A operands

@@ -97,15 +97,25 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
     cutlass::arch::NamedBarrier::sync(256, 1);
   }
 
-  StageCursor<Tr::kStages> at;
+  // With args.dq_overlap a step's dQ product (dQ += dS K) is left running while the next step's
+  // S and dP products issue: the warpgroup waits for it only with the next S (wgmma groups
+  // complete in order), then releases its stage. dS's registers (its A operand) are rewritten
+  // only after that wait. Without it every step ends waiting for its dQ product.
+  StageCursor<Tr::kStages> at, held;
+  bool holding = false;  // `held`'s stage still feeds a dQ product in flight
   for (;;) {
     TxBarrier::wait(&ss.full[at.stage], at.phase);
     const Step st = ss.steps[at.stage];
     if (!st.valid) break;
     wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, at.stage), tSrS);
     wgmma<true>(mma_s, tSrDo, tSrV(_, _, _, at.stage), tSrDp);
-    warpgroup_wait<1>();  // S is done
+    warpgroup_wait<1>();  // S is done (and the previous step's dQ product, issued before it)
     warpgroup_fence_operand(tSrS);
+    warpgroup_fence_operand(rDs);
+    if (holding) {
+      Barrier::arrive(&ss.empty[held.stage]);
+      holding = false;
+    }
     if (!st.full) mask_walked_keys<BN>(s, st, w, g.num_additional, &ss.win[0][0], Tr::BM, tl, row0, lane);
 #pragma unroll
     for (int ni = 0; ni < NI; ++ni)
@@ -120,10 +130,19 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
 #pragma unroll
     for (int i = 0; i < size(tSrS); ++i) rDs(i) = Element(tSrS(i));
     wgmma<false>(mma_q, tQrDs, tQrKt(_, _, _, at.stage), tQrDq);
-    warpgroup_wait<0>();
-    Barrier::arrive(&ss.empty[at.stage]);
+    warpgroup_fence_operand(rDs);
+    if (args.dq_overlap) {
+      held = at;
+      holding = true;
+    } else {
+      warpgroup_wait<0>();
+      Barrier::arrive(&ss.empty[at.stage]);
+    }
     at.next();
   }
+  warpgroup_wait<0>();
+  warpgroup_fence_operand(tQrDq);
+  if (holding) Barrier::arrive(&ss.empty[held.stage]);
 
   // Epilogue: each own query row's dQ (scaled), written once.
   float(&dq)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tQrDq.data()));
