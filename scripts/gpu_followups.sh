@@ -42,8 +42,8 @@
 #              the default since they measured faster on 2026-12-05) against the one-CTA rows, NATTN_SM90_BWD_TWO_CTAS=1/0 interleaved, backward alone
 #              (nattn-bench --mode bwd) on the NAT stages and a larger d32 grid -> $OUT/ctas-ab.txt
 #   dq-ab      issue 10: the sm90 dQ kernel with each step's dQ product left running while the next
-#              step's products issue (the default since 2026-12-05's eighth session) against
-#              NATTN_SM90_BWD_DQ_OVERLAP=0, interleaved, backward alone -> $OUT/dq-ab.txt
+#              step's products issue (NATTN_SM90_BWD_DQ_OVERLAP=1, opt-in: written 2026-12-05 without a
+#              GPU run) against =0, interleaved, backward alone -> $OUT/dq-ab.txt
 #   bwd-check  issue 10, the sixth session's kernels (2026-12-05, compiled but never run there):
 #              the sm90 backward's config rows (nattn_cuda_tests: rows 61-64 of head dim 256,
 #              additional keys in every backward row), tests/python/test_cuda_sm90_backward.py

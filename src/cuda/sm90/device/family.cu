@@ -126,10 +126,11 @@ bool poly_exp_requested() {
   static const bool on = env_equals("NATTN_SM90_POLY_EXP", "1");
   return on;
 }
-// NATTN_SM90_BWD_DQ_OVERLAP=0: the dQ kernel waits for each step's dQ product before the next
-// step's products (kernel/fna_backward_dq.cuh), as before 2026-12-05's eighth session.
+// NATTN_SM90_BWD_DQ_OVERLAP=1: the dQ kernel leaves each step's dQ product running while the
+// next step's products issue (kernel/fna_backward_dq.cuh; written 2026-12-05, compiled, not yet
+// run on a GPU: opt-in until gpu_followups.sh check and dq-ab have run it).
 bool dq_overlap() {
-  static const bool on = !env_equals("NATTN_SM90_BWD_DQ_OVERLAP", "0");
+  static const bool on = env_equals("NATTN_SM90_BWD_DQ_OVERLAP", "1");
   return on;
 }
 bool two_ctas_allowed() {
