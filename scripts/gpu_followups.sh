@@ -44,6 +44,8 @@
 #   dq-ab      issue 10: the sm90 dQ kernel with each step's dQ product left running while the next
 #              step's products issue (NATTN_SM90_BWD_DQ_OVERLAP=1, opt-in: written 2026-12-05 without a
 #              GPU run) against =0, interleaved, backward alone -> $OUT/dq-ab.txt
+#   ops-ab     issue 11: the NAT stages' forward+backward through the C++ ops against the ctypes
+#              call (NATTN_TORCH_OPS_CUDA=1/0 interleaved), beside SDPA -> $OUT/ops-ab.txt
 #   bwd-check  issue 10, the sixth session's kernels (2026-12-05, compiled but never run there):
 #              the sm90 backward's config rows (nattn_cuda_tests: rows 61-64 of head dim 256,
 #              additional keys in every backward row), tests/python/test_cuda_sm90_backward.py
@@ -181,6 +183,33 @@ if has dq-ab; then
     "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 128 --no-verify" \
     "--extent 8192 --kernel 8192 --heads 16 --batch 2 --dim 64 --no-verify" "${NAT_STAGES[2]}"
   stamp dq-ab
+fi
+
+if has ops-ab; then
+  # The NAT stages' forward+backward (ms per step, back-to-back as bench/small_grids.py) through the
+  # C++ ops (NATTN_TORCH_OPS_CUDA=1, the default) and the ctypes call (=0), interleaved 1/0/1/0,
+  # each run beside dense SDPA in the same process: which call path wins where host time rules.
+  for v in 1 0 1 0; do
+    (cd bench && NATTN_TORCH_OPS_CUDA=$v timeout $(t 60) python3 - <<'EOF' 2>&1) | tee -a "$out/ops-ab.txt"
+import os
+import torch
+import torch.nn.functional as F
+import nattn
+from timing import bench
+row = [f"NATTN_TORCH_OPS_CUDA={os.environ['NATTN_TORCH_OPS_CUDA']} ({nattn.op_path().call})"]
+for ext, heads in ((7, 16), (14, 8), (28, 4), (56, 2)):
+    q, k, v = (torch.randn(32, ext, ext, heads, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    g = torch.randn_like(q)
+    qs, ks, vs = (x.detach().flatten(1, 2).transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
+    gs = g.flatten(1, 2).transpose(1, 2).contiguous()
+    na = bench(lambda: torch.autograd.grad(nattn.na2d(q, k, v, 7), (q, k, v), g), 10)
+    sd = bench(lambda: torch.autograd.grad(F.scaled_dot_product_attention(qs, ks, vs), (qs, ks, vs), gs), 10)
+    row.append(f"{ext}x{ext}: nattn {na:.3f} sdpa {sd:.3f}")
+print(" | ".join(row), flush=True)
+EOF
+  done
+  stamp ops-ab
 fi
 
 if has weak-flat; then
