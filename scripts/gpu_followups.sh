@@ -42,8 +42,8 @@
 #              the default since they measured faster on 2026-12-05) against the one-CTA rows, NATTN_SM90_BWD_TWO_CTAS=1/0 interleaved, backward alone
 #              (nattn-bench --mode bwd) on the NAT stages and a larger d32 grid -> $OUT/ctas-ab.txt
 #   dq-ab      issue 10: the sm90 dQ kernel with each step's dQ product left running while the next
-#              step's products issue (NATTN_SM90_BWD_DQ_OVERLAP=1, opt-in: written 2026-12-05 without a
-#              GPU run) against =0, interleaved, backward alone -> $OUT/dq-ab.txt
+#              step's products issue (NATTN_SM90_BWD_DQ_OVERLAP=1, the default since it ran on
+#              2026-12-05) against =0, interleaved, backward alone -> $OUT/dq-ab.txt
 #   ops-ab     issue 11: the NAT stages' forward+backward through the C++ ops against the ctypes
 #              call (NATTN_TORCH_OPS_CUDA=1/0 interleaved), beside SDPA -> $OUT/ops-ab.txt
 #   bwd-check  issue 10, the sixth session's kernels (2026-12-05, compiled but never run there):

@@ -126,11 +126,13 @@ bool poly_exp_requested() {
   static const bool on = env_equals("NATTN_SM90_POLY_EXP", "1");
   return on;
 }
-// NATTN_SM90_BWD_DQ_OVERLAP=1: the dQ kernel leaves each step's dQ product running while the
-// next step's products issue (kernel/fna_backward_dq.cuh; written 2026-12-05, compiled, not yet
-// run on a GPU: opt-in until gpu_followups.sh check and dq-ab have run it).
+// NATTN_SM90_BWD_DQ_OVERLAP=0: the dQ kernel waits for each step's dQ product before the next
+// step's products issue (kernel/fna_backward_dq.cuh), as before 2026-12-05. The overlap passed
+// the GPU check and ran, interleaved against the wait on an H100: backward -0.6% to +1.1% at
+// d128/d64 (flux-2d-s16 38.23 against 38.68 ms, 1d-32k 6.37 against 6.33), NAT 28x28 d32 0.382
+// against 0.446 ms; so on by default.
 bool dq_overlap() {
-  static const bool on = env_equals("NATTN_SM90_BWD_DQ_OVERLAP", "1");
+  static const bool on = !env_equals("NATTN_SM90_BWD_DQ_OVERLAP", "0");
   return on;
 }
 bool two_ctas_allowed() {
