@@ -99,7 +99,7 @@ if has check; then
   timeout $(t 300) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 >"$out/cuda-tests.log" 2>&1
   echo "nattn_cuda_tests rc=$?"; tail -4 "$out/cuda-tests.log"
   timeout $(t 200) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_host_trace.py tests/python/test_fast_path.py \
-    tests/python/test_errors.py tests/python/test_native_ops.py >"$out/pytest-check.log" 2>&1
+    tests/python/test_errors.py tests/python/test_native_ops.py tests/python/test_compile.py >"$out/pytest-check.log" 2>&1
   echo "pytest rc=$?"; tail -3 "$out/pytest-check.log"
   # Issue 11's consumer-GPU rows (sm86/sm89's 99 KB), planned and run here through the hook.
   NATTN_SMEM_LIMIT=101376 timeout $(t 120) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \

@@ -1,4 +1,5 @@
 """torch.compile(fullgraph=True) traces nattn with no graph break, forward and backward."""
+import pytest
 import torch
 
 import nattn
@@ -47,3 +48,29 @@ def test_compile_module_and_merge_fullgraph():
     (gc,) = torch.autograd.grad(compiled(x), x)
     (ge,) = torch.autograd.grad(fn(x), x)
     torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.cuda
+def test_compile_reduce_overhead_cuda_graphs_forward_backward(cuda_backend):
+    """torch.compile(mode="reduce-overhead") (inductor's CUDA graphs, forward and backward)
+    keeps working: replayed steps on fresh inputs give the eager call's out and gradients."""
+    torch._dynamo.reset()
+
+    def fn(q, k, v):
+        return nattn.na2d(q, k, v, 7, dilation=(1, 2))
+
+    compiled = torch.compile(fn, mode="reduce-overhead", fullgraph=True)
+    for _ in range(4):  # compile, record, then replays
+        leaves = [torch.randn(2, 16, 20, 4, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+                  for _ in range(3)]
+        eager = [x.detach().clone().requires_grad_() for x in leaves]
+        dout = torch.randn(2, 16, 20, 4, 32, device="cuda", dtype=torch.bfloat16)
+        torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(*leaves)
+        out.backward(dout)
+        want = fn(*eager)
+        want.backward(dout)
+        assert not out.isnan().any()
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        for a, b in zip(leaves, eager):
+            torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
