@@ -44,6 +44,9 @@
 #   dq-ab      issue 10: the sm90 dQ kernel with each step's dQ product left running while the next
 #              step's products issue (NATTN_SM90_BWD_DQ_OVERLAP=1, the default since it ran on
 #              2026-12-05) against =0, interleaved, backward alone -> $OUT/dq-ab.txt
+#   ncu-src    issues 9/10: Nsight Compute with PC sampling per SASS instruction (SourceCounters,
+#              WarpStateStats) of the backward pair on flux-2d-s16 and the dense d64 forward:
+#              .ncu-rep files and their source pages as CSV -> $OUT/ncu-src-*
 #   ops-ab     issue 11: the NAT stages' forward+backward through the C++ ops against the ctypes
 #              call (NATTN_TORCH_OPS_CUDA=1/0 interleaved), beside SDPA -> $OUT/ops-ab.txt
 #   bwd-check  issue 10, the sixth session's kernels (2026-12-05, compiled but never run there):
@@ -210,6 +213,27 @@ print(" | ".join(row), flush=True)
 EOF
   done
   stamp ops-ab
+fi
+
+if has ncu-src; then
+  # Where the stalls are, per SASS instruction (PC sampling; the build has -lineinfo): the sm90
+  # backward's dQ and dK/dV kernels on flux-2d-s16 and the dense d64 forward. The report goes to
+  # $out (ncu-src-<name>.ncu-rep, for the GUI) and its source page to a CSV per kernel (the
+  # per-instruction samples by stall reason); 2026-12-05's ncu-bwd put ~30% of the backward's
+  # issue gaps under "CTA barrier" without saying where.
+  for spec in "bwd-flux-2d-s16:fna_backward:2:2:--mode bwd --dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24" \
+              "fwd-dense-8k-d64:fna_forward:1:1:--mode fwd --dim 64 --extent 8192 --kernel 8192 --batch 2 --heads 16"; do
+    IFS=: read -r name kern skip count args <<<"$spec"
+    timeout $(t 150) ncu --kernel-name regex:$kern --launch-skip $skip --launch-count $count \
+      --section WarpStateStats --section SourceCounters --import-source yes -f -o "$out/ncu-src-$name" \
+      build-gpu/nattn-bench --backend cuda --dtype bf16 --iters 1 --warmup 1 --no-verify $args >"$out/ncu-src-$name.log" 2>&1
+    echo "ncu-src $name rc=$?"
+    timeout $(t 60) ncu --import "$out/ncu-src-$name.ncu-rep" --page source --print-source sass --csv \
+      >"$out/ncu-src-$name.csv" 2>&1 || timeout $(t 60) ncu --import "$out/ncu-src-$name.ncu-rep" --page details \
+      --print-details all >"$out/ncu-src-$name.csv" 2>&1
+    echo "  source page: $(wc -l <"$out/ncu-src-$name.csv") lines"
+  done
+  stamp ncu-src
 fi
 
 if has weak-flat; then
