@@ -205,8 +205,29 @@ def main():
     fam = family_of(q, k, v, kernel_size=7, backward=True, grad_out=dout)
     rows.append((f"expanded-gradient backward 32x32 h8 d64 w7, wall ms (family: {fam})", both - fwd, None))
     rows.append(("expanded-gradient backward, GPU kernel ms (profiler)", backward_kernel_ms(q, k, v), None))
+    rows += autocast_rows(dev)
 
     report(args, rows)
+
+
+def autocast_rows(dev):
+    """Issue 11's autocast case: float32 inputs inside torch.autocast("cuda", bfloat16) should run
+    as the same call in bfloat16 (nattn casts as SDPA does), not the generic float32 kernels
+    (2.0 against 0.19 ms before the fix). Event-timed ms per call, forward alone, beside SDPA
+    under the same autocast; the family row names what the autocast call ran."""
+    shape = (2, 32, 32, 4, 64)
+    q32, k32, v32 = (torch.randn(*shape, device=dev) for _ in range(3))
+    q16, k16, v16 = (x.bfloat16() for x in (q32, k32, v32))
+    qs, ks, vs = (x.flatten(1, 2).transpose(1, 2).contiguous() for x in (q32, k32, v32))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        auto = bench(lambda: nattn.na2d(q32, k32, v32, 7), 5, calls=20)
+        sdpa_auto = bench(lambda: F.scaled_dot_product_attention(qs, ks, vs), 5, calls=20)
+        fam = family_of(*(x.bfloat16() for x in (q32, k32, v32)), kernel_size=7)
+        out_dtype = nattn.na2d(q32, k32, v32, 7).dtype
+    plain = bench(lambda: nattn.na2d(q16, k16, v16, 7), 5, calls=20)
+    return [(f"autocast bf16, float32 inputs (2x32x32, 4 heads, d64, w7), ms (out {out_dtype}; family: {fam})",
+             auto, sdpa_auto),
+            ("the same call with bfloat16 inputs, no autocast, ms", plain, None)]
 
 
 def report(args, rows):
