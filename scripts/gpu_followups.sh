@@ -199,7 +199,7 @@ import torch
 import torch.nn.functional as F
 import nattn
 from timing import bench
-row = [f"NATTN_TORCH_OPS_CUDA={os.environ['NATTN_TORCH_OPS_CUDA']} ({nattn.op_path().call})"]
+row = [f"NATTN_TORCH_OPS_CUDA={os.environ['NATTN_TORCH_OPS_CUDA']} ({nattn.op_path().cuda_call})"]
 for ext, heads in ((7, 16), (14, 8), (28, 4), (56, 2)):
     q, k, v = (torch.randn(32, ext, ext, heads, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))

@@ -41,8 +41,11 @@ class OpPath(NamedTuple):
     reason: str
     # The fast path's C call: "native" (the C++ dispatcher ops of libnattn_torch_ops.so) or
     # "ctypes" (libnattn's C ABI through ctypes: the library is absent or failed to load, or
-    # NATTN_TORCH_OPS=0); "" when the fast path is off.
+    # NATTN_TORCH_OPS=0); "" when the fast path is off. For CPU tensors.
     call: str = ""
+    # The same for CUDA tensors: "ctypes" also where the C++ ops are loaded but
+    # NATTN_TORCH_OPS_CUDA=0 keeps CUDA tensors off them.
+    cuda_call: str = ""
 
 
 def op_path() -> OpPath:
@@ -50,12 +53,14 @@ def op_path() -> OpPath:
     (torch.compile, tracing, fake tensors, tensor subclasses, dispatch/function modes and
     functorch transforms still take the custom ops `torch.ops.nattn.*`); "custom_op": every
     call goes through the custom ops (NATTN_FAST_PATH=0). nattn._ops.CALLS counts the calls
-    each path ran. `call` says how the fast path calls the library: "native" (C++ dispatcher
-    ops) or "ctypes"; the reason says why not native."""
+    each path ran. `call` (CPU tensors) and `cuda_call` (CUDA tensors) say how the fast path
+    calls the library: "native" (C++ dispatcher ops) or "ctypes"; the reason says why not
+    native."""
     on, reason = _fast.enabled_reason()
     if not on:
         return OpPath("custom_op", reason, "")
-    return OpPath("fast", reason, "native" if _native.LOADED else "ctypes")
+    return OpPath("fast", reason, "native" if _native.LOADED else "ctypes",
+                  "native" if _native.LOADED and _native.CUDA else "ctypes")
 
 
 def backend_kind(backend: Optional[str]) -> int:

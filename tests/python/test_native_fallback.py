@@ -40,13 +40,18 @@ def test_cuda_tensors_keep_the_ctypes_call_when_switched_off(monkeypatch):
 
     import torch
 
+    import nattn
     from nattn import _native
     cuda_tensor = SimpleNamespace(device=SimpleNamespace(type="cuda"))
     monkeypatch.setattr(_native, "LOADED", True)
     monkeypatch.setattr(_native, "CUDA", False)
     assert not _native.takes(cuda_tensor)
     assert _native.takes(torch.empty(1))
+    if nattn.op_path().name == "fast":  # op_path says which call each device's tensors take
+        assert (nattn.op_path().call, nattn.op_path().cuda_call) == ("native", "ctypes")
     monkeypatch.setattr(_native, "CUDA", True)
     assert _native.takes(cuda_tensor)
+    if nattn.op_path().name == "fast":
+        assert (nattn.op_path().call, nattn.op_path().cuda_call) == ("native", "native")
     monkeypatch.setattr(_native, "LOADED", False)
     assert not _native.takes(torch.empty(1))
