@@ -83,9 +83,9 @@ using E = Elem;
 // NATTN_SM90_POLY_EXP=1 (sm90/device/family.cu): on the H100 (2026-12-05) they ran 6-12% slower
 // than the rows they shadow on every problem tried (dense 8k d64 388 against 433 TFLOP/s).
 //
-// sm90 backward rows with two CTAs per SM (rows 69-72, 2026-12-05): head dim 32 (the NAT/DiNAT stages), walked boxes of
-// 32 rows. A small grid's CTA walks one or two boxes and is mostly latency (its loads, the set-up, the epilogue); with
-// one CTA per SM the SM idles meanwhile. Two resident CTAs of 384 threads get 80 registers a
+// sm90 backward rows with two CTAs per SM (rows 69-72, 2026-12-05): head dim 32 (the NAT/DiNAT
+// stages), walked boxes of 32 rows. A small grid's CTA walks one or two boxes and is mostly
+// latency (its loads, the set-up, the epilogue); with one CTA per SM the SM idles meanwhile. Two resident CTAs of 384 threads get 80 registers a
 // thread at launch, so setmaxnreg splits at most 30720 per CTA: 40/96 for dQ (its producer
 // thread spills 12 bytes, the consumers none) and 32/104 for dK/dV (72 bytes, the consumers'
 // share 6 instructions); walked boxes of 64 rows spilled 48-174 instructions in the consumers
