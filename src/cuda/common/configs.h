@@ -85,13 +85,14 @@ using E = Elem;
 //
 // sm90 backward rows with two CTAs per SM (rows 69-72, 2026-12-05): head dim 32 (the NAT/DiNAT
 // stages), walked boxes of 32 rows. A small grid's CTA walks one or two boxes and is mostly
-// latency (its loads, the set-up, the epilogue); with one CTA per SM the SM idles meanwhile. Two resident CTAs of 384 threads get 80 registers a
-// thread at launch, so setmaxnreg splits at most 30720 per CTA: 40/96 for dQ (its producer
-// thread spills 12 bytes, the consumers none) and 32/104 for dK/dV (72 bytes, the consumers'
-// share 6 instructions); walked boxes of 64 rows spilled 48-174 instructions in the consumers
-// (docs/design/hopper_backward.md). The default backward rows of head dim 32
-// (sm90/device/family.cu; NATTN_SM90_BWD_TWO_CTAS=0 keeps one CTA per SM): 1.15-1.45x faster
-// than the one-CTA rows on the NAT stages and a 128x128 d32 grid on the H100 (2026-12-05).
+// latency (its loads, the set-up, the epilogue); with one CTA per SM the SM idles meanwhile.
+// Two resident CTAs of 384 threads get 80 registers a thread at launch, so setmaxnreg splits at
+// most 30720 per CTA: 40/96 for dQ (its producer thread spills 12 bytes, the consumers none)
+// and 32/104 for dK/dV (72 bytes, the consumers' share 6 instructions); walked boxes of 64 rows
+// spilled 48-174 instructions in the consumers (docs/design/hopper_backward.md). The default
+// backward rows of head dim 32 (sm90/device/family.cu; NATTN_SM90_BWD_TWO_CTAS=0 keeps one CTA
+// per SM): 1.15-1.45x faster than the one-CTA rows on the NAT stages and a 128x128 d32 grid on
+// the H100 (2026-12-05).
 //
 // sm80 rows for 99 KB of shared memory (issue 11): sm86/sm89 let a block opt into 101376
 // bytes, and the rows above at d128 (forward 105984, dQ 139776, dK/dV 104448 bytes) and d256
