@@ -46,6 +46,9 @@ struct TileWalk {
   int own_shift[3], walk_shift[3];
   tiles::Box<3> own;  // the own box clipped to the group
   tiles::GroupGeometry<3> geo;
+  // Key walks (forward, dQ): the own queries' window union and intersection per axis (group
+  // positions), from which a walked key box's coverage is a few comparisons (axis_coverage).
+  int key_union_lo[3], key_union_hi[3], key_inter_lo[3], key_inter_hi[3];
   int walk_begin[3];   // first walked position (the union's first), per axis
   int n_walk[3];       // walked boxes per axis
   int nbr_tiles;       // neighborhood boxes walked in total
@@ -113,6 +116,18 @@ struct TileWalk {
     add_tiles = add_tiles_;
     block_rows = block_rows_;
     if (empty) return;
+    if (!walks_queries) {
+#pragma unroll
+      for (int a = 0; a < 3; ++a) {
+        const window::Range un = tiles::key_union(own.r[a], geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
+        const window::Range in =
+            tiles::key_intersection(own.r[a], geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
+        key_union_lo[a] = int(un.begin);
+        key_union_hi[a] = int(un.end);
+        key_inter_lo[a] = int(in.begin);
+        key_inter_hi[a] = int(in.end);
+      }
+    }
     tiles::Box<3> u = walks_queries ? tiles::query_box(own, geo) : tiles::key_box(own, geo);
     // Placed: only walked positions inside the walked side's box (an empty range: no box).
     if (placed) {
@@ -172,18 +187,27 @@ struct TileWalk {
   // past the key box likewise (a box reaching past it is at most partial; the windows the mask
   // tests are clipped to the key box). Walked query boxes are clipped: rows past the group (the
   // query box) carry lse = +inf and contribute nothing.
+  // A key walk's coverage is tiles::classify against the own queries' union and intersection,
+  // which init computed once (the same comparisons); a query walk classifies each box's queries.
+  // kWalk names the walk's kind at compile time where the kernel knows it (the sm90 forward and
+  // dQ producers: kKeyWalk), so the other kind's window math is not compiled into them.
+  enum : int { kAnyWalk = 0, kKeyWalk = 1, kQueryWalk = 2 };
+  template <int kWalk = kAnyWalk>
   NATTN_HD_CALL tiles::Coverage axis_coverage(int a, int i) const {
     const int s = walk_begin[a] + (i << walk_shift[a]);
     const int e = s + (1 << walk_shift[a]);
-    if (walks_queries) {
+    const bool queries = kWalk == kAnyWalk ? walks_queries : kWalk == kQueryWalk;
+    if (queries) {
       const window::Range q{s, e < walk_end[a] ? e : walk_end[a]};
       return tiles::classify(q, own.r[a], geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
     }
-    if (!placed)
-      return tiles::classify(own.r[a], window::Range{s, e}, geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
-    const tiles::Coverage c = tiles::classify(own.r[a], window::Range{s, e < walk_end[a] ? e : walk_end[a]}, geo.Lg[a],
-                                              geo.kernel[a], geo.stride[a], geo.causal[a]);
-    return c == tiles::Coverage::kFull && e > walk_end[a] ? tiles::Coverage::kPartial : c;
+    // Placed, keys past the key box are attended by nobody: the box is classified clipped and
+    // is at most partial.
+    const bool past = placed && e > walk_end[a];
+    const int end = past ? walk_end[a] : e;
+    if (end <= key_union_lo[a] || s >= key_union_hi[a]) return tiles::Coverage::kOutside;
+    if (!past && key_inter_lo[a] <= s && end <= key_inter_hi[a]) return tiles::Coverage::kFull;
+    return tiles::Coverage::kPartial;
   }
 
   // All threads: fills the per-axis coverage tables (after init, before any coverage call).
@@ -220,6 +244,7 @@ struct TileWalk {
   // use_tables = false takes every coverage from the windows, not from the tables: the same
   // steps, for a walk whose tables are not filled yet (the sm90 backward's first steps, issued
   // while the tables fill).
+  template <int kWalk = kAnyWalk>
   NATTN_HD_CALL Step advance(bool use_tables = true) {
     Step st{};
     while (cur_head < heads) {
@@ -227,7 +252,7 @@ struct TileWalk {
         int c = int(tiles::Coverage::kFull), mask = 0;
 #pragma unroll
         for (int a = 0; a < 3; ++a) {
-          const int ca = tabled && use_tables ? int(axis_cov[a][cur_i[a]]) : int(axis_coverage(a, cur_i[a]));
+          const int ca = tabled && use_tables ? int(axis_cov[a][cur_i[a]]) : int(axis_coverage<kWalk>(a, cur_i[a]));
           if (ca == int(tiles::Coverage::kPartial)) mask |= 1 << a;
           c = ca < c ? ca : c;
           st.start[a] = walk_begin[a] + (cur_i[a] << walk_shift[a]);

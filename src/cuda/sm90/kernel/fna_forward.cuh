@@ -118,7 +118,7 @@ __device__ __forceinline__ void produce(typename Tr::SharedStorage& ss, const Fo
     load_box<Tr>(args, kMapQ, &ss.q_full[qs.stage], kOnce, ss.q + qs.stage * Tr::kQElems, BM, b, h, c);
     qs.next();
     for (;;) {
-      const Step st = w.advance();
+      const Step st = w.advance<TileWalk::kKeyWalk>();     // the forward walks key boxes
       Barrier::wait(&ss.k_empty[kv.stage], kv.phase ^ 1);  // the first pass over the stages does not wait
       ss.steps[kv.stage] = st;
       if (!st.valid) {  // the end of the item: both barriers of the stage pass without data
