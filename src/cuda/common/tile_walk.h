@@ -116,19 +116,23 @@ struct TileWalk {
     add_tiles = add_tiles_;
     block_rows = block_rows_;
     if (empty) return;
-    if (!walks_queries) {
+    // The walked union: the own keys' queries, or the own queries' keys (tiles::key_box's union,
+    // kept per axis with the intersection for axis_coverage).
+    tiles::Box<3> u;
+    if (walks_queries) {
+      u = tiles::query_box(own, geo);
+    } else {
 #pragma unroll
       for (int a = 0; a < 3; ++a) {
-        const window::Range un = tiles::key_union(own.r[a], geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
+        u.r[a] = tiles::key_union(own.r[a], geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
         const window::Range in =
             tiles::key_intersection(own.r[a], geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
-        key_union_lo[a] = int(un.begin);
-        key_union_hi[a] = int(un.end);
+        key_union_lo[a] = int(u.r[a].begin);
+        key_union_hi[a] = int(u.r[a].end);
         key_inter_lo[a] = int(in.begin);
         key_inter_hi[a] = int(in.end);
       }
     }
-    tiles::Box<3> u = walks_queries ? tiles::query_box(own, geo) : tiles::key_box(own, geo);
     // Placed: only walked positions inside the walked side's box (an empty range: no box).
     if (placed) {
       for (int a = 0; a < 3; ++a) u.r[a] = window::intersect(u.r[a], {walk_lo[a], walk_end[a]});

@@ -68,11 +68,9 @@ Status check_axis3_boxes(const Geometry& g, const TileShapes& shapes, bool force
 // 2026-11-28).
 enum class BackwardSwitch { kDefault, kOff, kFast };
 BackwardSwitch backward_switch() {
-  static const BackwardSwitch v = [] {
-    const char* e = std::getenv("NATTN_SM90_BACKWARD");
-    const std::string s = e == nullptr ? "" : e;
-    return s == "0" ? BackwardSwitch::kOff : s == "fast" ? BackwardSwitch::kFast : BackwardSwitch::kDefault;
-  }();
+  static const BackwardSwitch v = env_equals("NATTN_SM90_BACKWARD", "0")      ? BackwardSwitch::kOff
+                                  : env_equals("NATTN_SM90_BACKWARD", "fast") ? BackwardSwitch::kFast
+                                                                              : BackwardSwitch::kDefault;
   return v;
 }
 

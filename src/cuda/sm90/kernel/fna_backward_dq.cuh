@@ -101,8 +101,8 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
   // S and dP products issue: the warpgroup waits for it only with the next S (wgmma groups
   // complete in order), then releases its stage. dS's registers (its A operand) are rewritten
   // only after that wait. Without it every step ends waiting for its dQ product.
-  StageCursor<Tr::kStages> at, held;
-  bool holding = false;  // `held`'s stage still feeds a dQ product in flight
+  StageCursor<Tr::kStages> at;
+  int held = -1;  // the stage that still feeds a dQ product in flight, or -1
   for (;;) {
     TxBarrier::wait(&ss.full[at.stage], at.phase);
     const Step st = ss.steps[at.stage];
@@ -112,9 +112,9 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
     warpgroup_wait<1>();  // S is done (and the previous step's dQ product, issued before it)
     warpgroup_fence_operand(tSrS);
     warpgroup_fence_operand(rDs);
-    if (holding) {
-      Barrier::arrive(&ss.empty[held.stage]);
-      holding = false;
+    if (held >= 0) {
+      Barrier::arrive(&ss.empty[held]);
+      held = -1;
     }
     if (!st.full) mask_walked_keys<BN>(s, st, w, g.num_additional, &ss.win[0][0], Tr::BM, tl, row0, lane);
 #pragma unroll
@@ -132,8 +132,7 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
     wgmma<false>(mma_q, tQrDs, tQrKt(_, _, _, at.stage), tQrDq);
     warpgroup_fence_operand(rDs);
     if (args.dq_overlap) {
-      held = at;
-      holding = true;
+      held = at.stage;
     } else {
       warpgroup_wait<0>();
       Barrier::arrive(&ss.empty[at.stage]);
@@ -142,7 +141,7 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
   }
   warpgroup_wait<0>();
   warpgroup_fence_operand(tQrDq);
-  if (holding) Barrier::arrive(&ss.empty[held.stage]);
+  if (held >= 0) Barrier::arrive(&ss.empty[held]);
 
   // Epilogue: each own query row's dQ (scaled), written once.
   float(&dq)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tQrDq.data()));
