@@ -3,8 +3,10 @@
   * host time of a repeated small call (forward, and forward+backward), beside dense SDPA:
     wall-clock time per call while the GPU keeps up, so it is the Python + C++ cost of a call.
     Where the package has the eager fast path (nattn.op_path()), every path is measured in the
-    same run: the fast path calling the C++ dispatcher ops (libnattn_torch_ops.so, where built),
-    the fast path calling the C ABI through ctypes (nattn._native.LOADED = False) and the
+    same run: the fast path calling the C++ dispatcher ops (libnattn_torch_ops.so, where built;
+    with the C++ autograd node of libnattn_torch_autograd where built for this torch, and with
+    the Python autograd.Function, nattn._native_autograd.LOADED = False), the fast path calling
+    the C ABI through ctypes (nattn._native.LOADED = False) and the
     torch.library custom ops (nattn._fast.ENABLED = False);
   * the floor of any Python-level op: a torch.autograd.Function that allocates nattn's outputs
     and gradients and computes nothing (what torch's autograd costs before nattn's own work);
@@ -85,25 +87,31 @@ def c_abi_forward_us(q, k, v, backend, window):
 
 
 def op_paths():
-    """(label, fast-path switch value, C++ ops switch value) for each op path this version has:
+    """(label, fast-path switch value, C++ ops switch value, C++ autograd switch value) for each
+    op path this version has:
     the fast path calling the C++ dispatcher ops (nattn._native, where loaded), the fast path
     calling the C ABI through ctypes, and the custom ops where nattn._fast exists, else the one
     path (None: leave it)."""
     fast = getattr(nattn, "_fast", None)
     if fast is None or not hasattr(fast, "ENABLED"):
-        return [("", None, None)]
+        return [("", None, None, None)]
     native = getattr(nattn, "_native", None)
     if native is None or not getattr(native, "LOADED", False):
-        return [(" (fast path)", True, None), (" (custom ops)", False, None)]
-    return [(" (fast path, C++ ops)", True, True), (" (fast path, ctypes)", True, False),
-            (" (custom ops)", False, None)]
+        return [(" (fast path)", True, None, None), (" (custom ops)", False, None, None)]
+    paths = [(" (fast path, C++ ops)", True, True, None), (" (fast path, ctypes)", True, False, None),
+             (" (custom ops)", False, None, None)]
+    autograd = getattr(nattn, "_native_autograd", None)
+    if autograd is not None and autograd.LOADED:  # the C++ autograd node against the Python one
+        paths[0:1] = [(" (fast path, C++ ops, C++ autograd)", True, True, True),
+                      (" (fast path, C++ ops, Python autograd)", True, True, False)]
+    return paths
 
 
 class _Floor(torch.autograd.Function):
     """The floor of a Python-level op: allocates what nattn's op returns (out, lse) and what its
     backward returns (three gradients), computes nothing. Its host time is what torch's autograd
-    and a Python autograd.Function cost before any work of nattn's (the C++ autograd node that
-    would avoid it needs torch's non-stable ABI: docs/performance.md)."""
+    and a Python autograd.Function cost before any work of nattn's (the C++ autograd node of
+    libnattn_torch_autograd, built per torch version, avoids it: docs/performance.md)."""
 
     @staticmethod
     def forward(ctx, q, k, v):
@@ -138,14 +146,18 @@ def host_rows(dev, dtype, backend, shape, window):
     sdpa_f = host_us(lambda: F.scaled_dot_product_attention(qs, ks, vs))
     sdpa_fb = host_us(lambda: F.scaled_dot_product_attention(qsg, ksg, vsg).sum().backward(), iters=500)
     fast, native = getattr(nattn, "_fast", None), getattr(nattn, "_native", None)
+    autograd = getattr(nattn, "_native_autograd", None)
     initial = getattr(fast, "ENABLED", None)
     initial_native = getattr(native, "LOADED", None)
+    initial_autograd = getattr(autograd, "LOADED", None)
     try:
-        for label, enabled, cpp_ops in op_paths():
+        for label, enabled, cpp_ops, cpp_autograd in op_paths():
             if enabled is not None:
                 fast.ENABLED = enabled
             if cpp_ops is not None:
                 native.LOADED = cpp_ops
+            if cpp_autograd is not None:
+                autograd.LOADED = cpp_autograd
             rows.append((f"small forward{label}, host us/call",
                          host_us(lambda: nattn.na2d(q, k, v, window, backend=backend)), sdpa_f))
             rows.append((f"small forward+backward{label}, host us/call",
@@ -156,6 +168,8 @@ def host_rows(dev, dtype, backend, shape, window):
             fast.ENABLED = initial
         if initial_native is not None:
             native.LOADED = initial_native
+        if initial_autograd is not None:
+            autograd.LOADED = initial_autograd
 
     rows += floor_rows(q, k, v, qg, kg, vg)
     # The C ABI call alone (validation, plan-cache lookup, launch), through this version's binding.

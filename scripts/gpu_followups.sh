@@ -70,6 +70,14 @@ commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz
 export NATTN_LIBRARY="$PWD/build-gpu/libnattn.so" PYTHONPATH="$PWD/python" NATTN_REQUIRE_CUDA=1
+# The C++ autograd library is per torch version (src/torch_autograd): the carried build holds the
+# one for the build machine's torch; the device's is built here (~20 s) and the tests require it.
+tag="$(python3 -c 'import torch; print(torch.__version__.replace("+", "_"))')"
+if [ ! -f "build-gpu/libnattn_torch_autograd_$tag.so" ]; then
+  timeout 300 bash scripts/build_torch_autograd.sh build-gpu >"$out/build-autograd.log" 2>&1 \
+    || echo "torch autograd library build failed: $out/build-autograd.log"
+fi
+export NATTN_REQUIRE_TORCH_AUTOGRAD=1 NATTN_REQUIRE_TORCH_OPS=1
 nvidia-smi --query-gpu=name --format=csv,noheader
 start=$SECONDS
 budget="${NATTN_FOLLOWUPS_BUDGET_S:-540}"  # the whole run; keep it under the device call's limit
@@ -102,7 +110,8 @@ if has check; then
   timeout $(t 300) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 >"$out/cuda-tests.log" 2>&1
   echo "nattn_cuda_tests rc=$?"; tail -4 "$out/cuda-tests.log"
   timeout $(t 200) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_host_trace.py tests/python/test_fast_path.py \
-    tests/python/test_errors.py tests/python/test_native_ops.py tests/python/test_compile.py >"$out/pytest-check.log" 2>&1
+    tests/python/test_errors.py tests/python/test_native_ops.py tests/python/test_native_autograd.py \
+    tests/python/test_compile.py >"$out/pytest-check.log" 2>&1
   echo "pytest rc=$?"; tail -3 "$out/pytest-check.log"
   # Issue 11's consumer-GPU rows (sm86/sm89's 99 KB), planned and run here through the hook.
   NATTN_SMEM_LIMIT=101376 timeout $(t 120) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \

@@ -34,7 +34,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 from torch.autograd import profiler as _profiler
 
-from . import _lib, _native, _ops
+from . import _lib, _native, _native_autograd, _ops
 
 # torch's own answers to "is anything intercepting this call?"; without one of them (a torch
 # that renamed it) the fast path stays off and op_path() says why.
@@ -64,6 +64,10 @@ def enabled_reason() -> Tuple[bool, str]:
             else f"one ctypes C call (C++ ops not loaded: {_native.REASON})")
     if _native.LOADED and not _native.CUDA:
         call += "; CUDA tensors take the ctypes call (NATTN_TORCH_OPS_CUDA=0)"
+    if _native_autograd.LOADED:
+        call += "; autograd by a C++ node"
+    else:
+        call += f"; autograd by a Python autograd.Function (C++ node: {_native_autograd.REASON})"
     return True, (f"plain eager calls make {call}; compile, tracing, modes, subclasses and "
                   "transforms go through the custom ops")
 
@@ -78,6 +82,16 @@ def eligible(tensors) -> bool:
         if x is not None and type(x) is not torch.Tensor:
             return False
     return True
+
+
+def calls() -> Dict[str, int]:
+    """_ops.CALLS plus the backward calls the C++ autograd node made (it counts them in C++:
+    its backward never enters Python). What the tests read to see which path ran."""
+    c = dict(_ops.CALLS)
+    n = _native_autograd.backward_calls()
+    if n:
+        c["fast_backward"] = c.get("fast_backward", 0) + n
+    return c
 
 
 def _signature(x: Optional[torch.Tensor]):
@@ -286,5 +300,11 @@ def _forward(tensors, params, choice, with_lse):
     q, k, v, ak, av = tensors
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
             ak is not None and ak.requires_grad) or (av is not None and av.requires_grad)):
-        return _Attention.apply(*tensors, params, choice)  # the backward reads lse
+        # The backward reads lse. The C++ node where it is built for this torch: its backward
+        # runs without the GIL (_native_autograd.py says what that saves).
+        if _native_autograd.takes(q):
+            out = _native_autograd.attention(tensors, params, choice)
+            _ops.CALLS["fast_forward"] += 1
+            return out
+        return _Attention.apply(*tensors, params, choice)
     return run_forward(tensors, params, choice, with_lse)

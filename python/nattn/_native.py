@@ -5,8 +5,10 @@ The eager fast path (_fast.py) calls them instead of the ctypes entry points: on
 reads the tensors' sizes, strides and pointers in C++, allocates the outputs (and CUDA workspace)
 with torch's allocator and calls the same C functions as the ctypes path, with the same checks
 and messages, so the per-signature cache, the struct marshalling and the Python-side allocation
-drop out of a call. Autograd stays in _fast.py's autograd.Function (the stable ABI has no C++
-autograd); the fake implementations below let torch.compile and fake tensors trace the ops.
+drop out of a call. Autograd is recorded by a C++ node where libnattn_torch_autograd is built for
+the running torch (_native_autograd.py; torch's stable ABI has no C++ autograd, so that library
+is per torch version), else by _fast.py's autograd.Function; the fake implementations below let
+torch.compile and fake tensors trace the ops.
 
 The library is looked for beside the libnattn.so that _lib loaded (so both come from one build;
 NATTN_TORCH_OPS=/path overrides, NATTN_TORCH_OPS=0 turns it off). Absent or failing to load,

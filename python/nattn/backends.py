@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import List, NamedTuple, Optional
 
-from . import _fast, _lib, _native
+from . import _fast, _lib, _native, _native_autograd
 
 # Accepted names -> nattn::BackendKind. "cpu" is an alias of the reference backend.
 _KINDS = {
@@ -46,6 +46,10 @@ class OpPath(NamedTuple):
     # The same for CUDA tensors: "ctypes" also where the C++ ops are loaded but
     # NATTN_TORCH_OPS_CUDA=0 keeps CUDA tensors off them.
     cuda_call: str = ""
+    # How the fast path records autograd: "cpp" (the C++ node of libnattn_torch_autograd_<torch
+    # version>.so; its backward runs without the GIL) or "python" (a torch.autograd.Function:
+    # no library built for this torch, or NATTN_TORCH_AUTOGRAD=0); "" when the fast path is off.
+    autograd: str = ""
 
 
 def op_path() -> OpPath:
@@ -60,7 +64,8 @@ def op_path() -> OpPath:
     if not on:
         return OpPath("custom_op", reason, "")
     return OpPath("fast", reason, "native" if _native.LOADED else "ctypes",
-                  "native" if _native.LOADED and _native.CUDA else "ctypes")
+                  "native" if _native.LOADED and _native.CUDA else "ctypes",
+                  "cpp" if _native_autograd.LOADED else "python")
 
 
 def backend_kind(backend: Optional[str]) -> int:

@@ -6,9 +6,10 @@
 // keys, struct marshalling, two torch.empty calls). Here one dispatcher call reads the tensors'
 // sizes, strides and pointers, allocates outputs (and CUDA workspace) with torch's allocator and
 // calls the same C entry points as the ctypes binding (c_api.h), so the conversions, the checks
-// and every error message are the library's, identical on both paths. Autograd and the fake
-// (meta) implementations live in Python (python/nattn/_native.py): the stable ABI has no C++
-// autograd. No kernel logic here.
+// and every error message are the library's, identical on both paths. The fake (meta)
+// implementations live in Python (python/nattn/_native.py); autograd in a per-torch-version C++
+// library (src/torch_autograd: the stable ABI has no C++ autograd) or in Python. No kernel logic
+// here.
 //
 // Errors: a failed status is thrown as "[nattn status N|where] message"; _native.py turns it
 // back into the exception the status maps to (ValueError, NotImplementedError, RuntimeError).

@@ -1,6 +1,7 @@
 """The eager fast path (python/nattn/_fast.py): plain calls skip torch.library dispatch and
 give what the custom ops give; everything that needs the ops (compile, fake tensors, modes,
-double backward) still takes them. Which path ran is read from nattn._ops.CALLS."""
+double backward) still takes them. Which path ran is read from nattn._fast.calls() (nattn._ops.CALLS
+and the C++ autograd node's backward count)."""
 import contextlib
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import nattn
-from nattn import _fast, _ops
+from nattn import _fast
 
 
 @contextlib.contextmanager
@@ -22,7 +23,7 @@ def fast_path(enabled: bool):
 
 
 def counts():
-    return dict(_ops.CALLS)
+    return _fast.calls()
 
 
 def delta(before):
