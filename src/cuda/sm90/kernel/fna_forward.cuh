@@ -171,9 +171,22 @@ __device__ __forceinline__ void consume_item(typename Tr::SharedStorage& ss, con
   Tensor sVt = make_tensor(make_smem_ptr(ss.v), typename Tr::SmemVt{});
   typename Tr::MmaS mma_s;
   typename Tr::MmaO mma_o;
-  auto thr_s = mma_s.get_thread_slice(ctid);
-  auto thr_o = mma_o.get_thread_slice(ctid);
+  // The shared-memory operands' descriptors depend on the warpgroup only (GMMA's A/B layouts have
+  // stride 0 over its 128 threads). From a shuffled, provably warp-uniform index (CUTLASS's
+  // canonical_warp_group_idx) ptxas builds them in uniform registers, not vector registers.
+  const int wg_first = __shfl_sync(0xffffffff, ctid / 128, 0) * 128;
+  auto thr_s = mma_s.get_thread_slice(wg_first);
+  auto thr_o = mma_o.get_thread_slice(wg_first);
   Tensor tSrQ = thr_s.partition_fragment_A(sQ);
+  // Q's descriptors from an opaque copy of the base per product, so each product rebuilds them
+  // (a uniform add per k-slice) rather than reusing the first product's: shared, all of them
+  // (16 x 64 bits at head dim 256) stayed live across the mainloop and spilled beside the
+  // 128-register O accumulator (36/40 bytes, ptxas 13.0 sm_90a; none since).
+  auto q_operand = [&] {
+    auto it = tSrQ.data();
+    asm volatile("mov.b32 %0, %0;" : "+r"(it.desc_.reg32_[0]));
+    return make_tensor(it, tSrQ.layout());
+  };
   Tensor tSrK = thr_s.partition_fragment_B(sK);
   Tensor tOrV = thr_o.partition_fragment_B(sVt);
   Tensor tOrO = partition_fragment_C(mma_o, Shape<Int<BM>, Int<HD>>{});
@@ -230,7 +243,7 @@ __device__ __forceinline__ void consume_item(typename Tr::SharedStorage& ss, con
   Step st = ss.steps[k_at.stage];
   if (st.valid) {
     take_turn();
-    wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, k_at.stage), tSrS);
+    wgmma<true>(mma_s, q_operand(), tSrK(_, _, _, k_at.stage), tSrS);
     pass_turn();
     warpgroup_wait<0>();
     Barrier::arrive(&ss.k_empty[k_at.stage]);
@@ -245,11 +258,11 @@ __device__ __forceinline__ void consume_item(typename Tr::SharedStorage& ss, con
       if constexpr (Tr::kPingPong) {  // take the turn with both operands ready
         TxBarrier::wait(&ss.v_full[v_at.stage], v_at.phase);
         take_turn();
-        wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, k_at.stage), tSrS);
+        wgmma<true>(mma_s, q_operand(), tSrK(_, _, _, k_at.stage), tSrS);
         wgmma<false>(mma_o, tOrP, tOrV(_, _, _, v_at.stage), tOrO);
         pass_turn();
       } else {  // S starts while V may still be landing
-        wgmma<true>(mma_s, tSrQ, tSrK(_, _, _, k_at.stage), tSrS);
+        wgmma<true>(mma_s, q_operand(), tSrK(_, _, _, k_at.stage), tSrS);
         TxBarrier::wait(&ss.v_full[v_at.stage], v_at.phase);
         wgmma<false>(mma_o, tOrP, tOrV(_, _, _, v_at.stage), tOrO);
       }
