@@ -15,13 +15,12 @@
 // only records the graph. It does not link libnattn: the ops are looked up by name.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/record_function.h>
-#include <torch/csrc/autograd/custom_function.h>
-#include <torch/library.h>
-
 #include <algorithm>
 #include <atomic>
 #include <optional>
 #include <string>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
 #include <tuple>
 #include <vector>
 
@@ -35,29 +34,26 @@ using Ints = std::vector<int64_t>;
 // nattn._native_autograd.calls() for the tests' which-path-ran assertions.
 std::atomic<int64_t> g_backward_calls{0};
 
-using ForwardFn = std::tuple<at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-    const std::optional<at::Tensor>&, c10::IntArrayRef, std::optional<double>, c10::IntArrayRef,
-    c10::string_view);
+using ForwardFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                     const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                                     c10::IntArrayRef, std::optional<double>, c10::IntArrayRef,
+                                                     c10::string_view);
 using BackwardFn = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-    const std::optional<at::Tensor>&, c10::IntArrayRef, std::optional<double>, c10::IntArrayRef,
-    c10::string_view);
+    const std::optional<at::Tensor>&, c10::IntArrayRef, std::optional<double>, c10::IntArrayRef, c10::string_view);
 
 // Looked up on first use: libnattn_torch_ops.so is loaded before this library (_native_autograd.py)
 // but registration order inside one process is not something to rely on at load time.
 const c10::TypedOperatorHandle<ForwardFn>& native_forward() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("nattn_native::na_forward", "")
-                             .typed<ForwardFn>();
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("nattn_native::na_forward", "").typed<ForwardFn>();
   return op;
 }
 
 const c10::TypedOperatorHandle<BackwardFn>& native_backward() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("nattn_native::na_backward", "")
-                             .typed<BackwardFn>();
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("nattn_native::na_backward", "").typed<BackwardFn>();
   return op;
 }
 
@@ -91,18 +87,17 @@ std::vector<c10::IValue> custom_op_backward(const variable_list& s, const at::Te
   for (size_t i = 3; i < 7; ++i)
     if (o.at(i) >= 0) config_ids.push_back(o[i]);
   if (std::all_of(tiles.begin(), tiles.end(), [](int64_t t) { return t == 0; })) tiles.clear();
-  std::vector<c10::IValue> stack{s[0], s[1], s[2], present(s[3]), present(s[4]), s[5], s[6], dout,
-                                 dlse, kernel, stride, dilation, causal, scale,
-                                 dense, o.at(0), placement, family, config_ids, tiles};
+  std::vector<c10::IValue> stack{s[0],  s[1],    s[2],      present(s[3]), present(s[4]), s[5],   s[6],
+                                 dout,  dlse,    kernel,    stride,        dilation,      causal, scale,
+                                 dense, o.at(0), placement, family,        config_ids,    tiles};
   op.callBoxed(stack);
   return stack;
 }
 
 struct NaAttention : public torch::autograd::Function<NaAttention> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
-                               const at::Tensor& v, const std::optional<at::Tensor>& ak,
-                               const std::optional<at::Tensor>& av, c10::IntArrayRef window,
-                               std::optional<double> scale, c10::IntArrayRef options,
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const std::optional<at::Tensor>& ak, const std::optional<at::Tensor>& av,
+                               c10::IntArrayRef window, std::optional<double> scale, c10::IntArrayRef options,
                                c10::string_view family) {
     // Below autograd: the native op has no autograd kernel, and torch's fallback for one would
     // only add work (grad mode is off here anyway).
@@ -136,8 +131,7 @@ struct NaAttention : public torch::autograd::Function<NaAttention> {
     } else {
       at::AutoDispatchBelowADInplaceOrView below;
       std::tie(g[0], g[1], g[2], g[3], g[4]) = native_backward().call(
-          s[0], s[1], s[2], present(s[3]), present(s[4]), s[5], s[6], dout, dlse, window, scale,
-          options, family);
+          s[0], s[1], s[2], present(s[3]), present(s[4]), s[5], s[6], dout, dlse, window, scale, options, family);
       g_backward_calls.fetch_add(1, std::memory_order_relaxed);
     }
     if (!s[3].defined()) g[3] = g[4] = at::Tensor();  // the ops return empty tensors for "none"
@@ -145,24 +139,20 @@ struct NaAttention : public torch::autograd::Function<NaAttention> {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> na_attention(const at::Tensor& q, const at::Tensor& k,
-                                                const at::Tensor& v,
+std::tuple<at::Tensor, at::Tensor> na_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                 const std::optional<at::Tensor>& ak,
-                                                const std::optional<at::Tensor>& av,
-                                                c10::IntArrayRef window, std::optional<double> scale,
-                                                c10::IntArrayRef options, c10::string_view family) {
+                                                const std::optional<at::Tensor>& av, c10::IntArrayRef window,
+                                                std::optional<double> scale, c10::IntArrayRef options,
+                                                c10::string_view family) {
   auto out = NaAttention::apply(q, k, v, ak, av, window, scale, options, family);
   return {out[0], out[1]};
 }
 
 // Without an autograd key (inference tensors) the call is the native forward itself.
-std::tuple<at::Tensor, at::Tensor> na_attention_plain(const at::Tensor& q, const at::Tensor& k,
-                                                      const at::Tensor& v,
+std::tuple<at::Tensor, at::Tensor> na_attention_plain(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                       const std::optional<at::Tensor>& ak,
-                                                      const std::optional<at::Tensor>& av,
-                                                      c10::IntArrayRef window,
-                                                      std::optional<double> scale,
-                                                      c10::IntArrayRef options,
+                                                      const std::optional<at::Tensor>& av, c10::IntArrayRef window,
+                                                      std::optional<double> scale, c10::IntArrayRef options,
                                                       c10::string_view family) {
   return native_forward().call(q, k, v, ak, av, window, scale, options, family);
 }
@@ -181,6 +171,4 @@ TORCH_LIBRARY(nattn_autograd, m) {
 
 TORCH_LIBRARY_IMPL(nattn_autograd, Autograd, m) { m.impl("na_attention", &na_attention); }
 
-TORCH_LIBRARY_IMPL(nattn_autograd, CompositeExplicitAutograd, m) {
-  m.impl("na_attention", &na_attention_plain);
-}
+TORCH_LIBRARY_IMPL(nattn_autograd, CompositeExplicitAutograd, m) { m.impl("na_attention", &na_attention_plain); }

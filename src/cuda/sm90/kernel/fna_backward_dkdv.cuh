@@ -18,6 +18,7 @@
 //     gradient in registers, dV and dK as RS-wgmma; then dK and dV are stored.
 #pragma once
 #include <cuda_runtime.h>
+#include <cute/atom/copy_traits_sm90.hpp>
 #include <cute/tensor.hpp>
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
@@ -91,15 +92,19 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
   const int lane = t % 32, r0 = (t / 32) * 16 + lane / 4;
   const int col0 = F::kDqSplit == 2 ? wg * F::kDqCols : 0;
   const float f = fabsf(g.scale);
+  // F::staged(r0 + 8 hr, col0 + 8 qi + 2 (lane % 4)), spelled out: both rows have the same r % 8
+  // (so the same swizzle) and a column block's chunk is (qi % 4) * 2 + (lane % 4) / 2 (no carry),
+  // so every offset is one of four per-thread chunk offsets (((qi % 4) * 8) ^ x) from one base
+  // plus constants. Written as F::staged, ptxas kept the 16 store addresses out of the walk's
+  // loop and spilled them.
+  const int x = ((r0 & 7) ^ ((lane % 4) >> 1)) << 2;
+  float* const base = ss.dq_stage + (col0 / PC) * BQ * PC + r0 * PC + 2 * (lane % 2);
 #pragma unroll
-  for (int hr = 0; hr < 2; ++hr) {
-    const int r = r0 + hr * 8;
+  for (int qi = 0; qi < QI; ++qi) {
+    float* const chunk = base + (((qi % 4) * 8) ^ x) + (qi / 4) * BQ * PC;
 #pragma unroll
-    for (int qi = 0; qi < QI; ++qi) {
-      const int c = col0 + qi * 8 + 2 * (lane % 4);
-      *reinterpret_cast<float2*>(ss.dq_stage + F::staged(r, c)) =
-          make_float2(dq[0][qi][2 * hr] * f, dq[0][qi][2 * hr + 1] * f);
-    }
+    for (int hr = 0; hr < 2; ++hr)
+      *reinterpret_cast<float2*>(chunk + hr * 8 * PC) = make_float2(dq[0][qi][2 * hr] * f, dq[0][qi][2 * hr + 1] * f);
   }
   cutlass::arch::fence_view_async_shared();  // generic-proxy writes before the TMA reads them
   cutlass::arch::NamedBarrier::sync(128, 7 + wg);
@@ -166,10 +171,14 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   Tensor tSrS = partition_fragment_C(mma_s, Shape<Int<Tr::BK>, Int<BQ>>{});
   Tensor tSrDp = partition_fragment_C(mma_s, Shape<Int<Tr::BK>, Int<BQ>>{});
   static_assert(decltype(size(tSrS))::value == NI * 4, "S^T fragment: one m16n8 accumulator row pair per n8 block");
-  // P^T, then dS^T, as the A operand of the gradient products (the same registers: dV's product
-  // is complete before dS^T is written, which keeps the consumers within their registers).
+  // P^T and dS^T as the A operands of the gradient products. Both are converted once dP^T is
+  // done, before either product issues, so the float32 S^T and dP^T die there: across the
+  // gradient products (and the fast mode's dQ product) only dK, dV and the two 16-bit tiles
+  // are live, which keeps the consumers within their registers (as FlashAttention-3's backward).
   Tensor rP = make_tensor_like<Element>(tSrS);
   Tensor tGrP = make_tensor(rP.data(), accumulator_as_a(tSrS.layout()));
+  Tensor rDs = make_tensor_like<Element>(tSrDp);
+  Tensor tGrDs = make_tensor(rDs.data(), accumulator_as_a(tSrDp.layout()));
   float(&s)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrS.data()));
   float(&dp)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrDp.data()));
 
@@ -220,26 +229,48 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[0][ni][e] = fast_exp2(fmaf(s[0][ni][e], c, -((e & 1) ? l.y : l.x)));
     }
+    if constexpr (Tr::kMinBlocks == 2) {
+      // Two CTAs per SM (104 consumer registers, d32): the order before the ninth session (dV's
+      // product issues before dP^T's wait; dS^T reuses P^T's registers). The order below made
+      // ptxas keep a value of this kernel's prologue and producer in local memory (4/8 bytes).
 #pragma unroll
-    for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
-    if constexpr (Tr::kColumnSplit == 1)
+      for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
       wgmma<false>(mma_g, tGrP, tGrDot(_, _, _, at.stage), tGrDv);
-    else
-      wgmma<false>(mma_g, tGrP, walked_part(ss.walk_b, at.stage), tGrDv);
-    warpgroup_wait<0>();  // dP^T is done, and dV's product has read P^T
-    warpgroup_fence_operand(tSrDp);
+      warpgroup_wait<0>();  // dP^T is done, and dV's product has read P^T
+      warpgroup_fence_operand(tSrDp);
 #pragma unroll
-    for (int ni = 0; ni < NI; ++ni) {
-      const float2 d = *reinterpret_cast<const float2*>(cols.delta + ni * 8 + 2 * (lane % 4));
+      for (int ni = 0; ni < NI; ++ni) {
+        const float2 d = *reinterpret_cast<const float2*>(cols.delta + ni * 8 + 2 * (lane % 4));
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[0][ni][e] *= dp[0][ni][e] - ((e & 1) ? d.y : d.x);
-    }
+        for (int e = 0; e < 4; ++e) s[0][ni][e] *= dp[0][ni][e] - ((e & 1) ? d.y : d.x);
+      }
 #pragma unroll
-    for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
-    if constexpr (Tr::kColumnSplit == 1)
+      for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
       wgmma<false>(mma_g, tGrP, tGrQt(_, _, _, at.stage), tGrDk);
-    else
-      wgmma<false>(mma_g, tGrP, walked_part(ss.walk_a, at.stage), tGrDk);
+    } else {
+      warpgroup_wait<0>();  // dP^T is done
+      warpgroup_fence_operand(tSrDp);
+      // dS^T = P^T (dP^T - Delta) in dP^T's registers (from the float32 P^T), then both 16-bit
+      // tiles; the float32 ones are dead from here on.
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni) {
+        const float2 d = *reinterpret_cast<const float2*>(cols.delta + ni * 8 + 2 * (lane % 4));
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dp[0][ni][e] = s[0][ni][e] * (dp[0][ni][e] - ((e & 1) ? d.y : d.x));
+      }
+#pragma unroll
+      for (int i = 0; i < size(tSrS); ++i) {
+        rP(i) = Element(tSrS(i));
+        rDs(i) = Element(tSrDp(i));
+      }
+      if constexpr (Tr::kColumnSplit == 1) {
+        wgmma<false>(mma_g, tGrP, tGrDot(_, _, _, at.stage), tGrDv);
+        wgmma<false>(mma_g, tGrDs, tGrQt(_, _, _, at.stage), tGrDk);
+      } else {
+        wgmma<false>(mma_g, tGrP, walked_part(ss.walk_b, at.stage), tGrDv);
+        wgmma<false>(mma_g, tGrDs, walked_part(ss.walk_a, at.stage), tGrDk);
+      }
+    }
     store_columns<Tr>(ss.cols[wg][(n + 1) & 1], next_cols, ss.steps[nx.stage], w, args, ctid % 128);
     if constexpr (Tr::kFastDq) {
       // dS^T into this step's parity buffer (both warpgroups' 64 keys), then dQ = dS K over all
@@ -249,11 +280,26 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
       // thread 0 waits until its previous reduce-adds have read the staging tile before the
       // barrier, so every staging write after it finds the tile free.
       using F = typename Tr::Fast;
+      // With stmatrix (8 x 8 blocks of 16-byte rows, queries contiguous): four stores a thread
+      // instead of sixteen 32-bit generic ones with 64-bit addresses; each block's 8 rows sit in
+      // 8 different 16-byte chunks of the 128-byte swizzle, so a block is one conflict-free
+      // wavefront. make_tiled_copy_C reads the registers in the accumulator's own layout (its
+      // source side gives register i partition_C's coordinate: checked on the host, 2026-12-05).
       Tensor sDsT = make_tensor(make_smem_ptr(ss.ds), typename F::SmemDsT{});
-      copy(rP, thr_s.partition_C(sDsT(_, _, n & 1)));
+      auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_s);
+      auto thr_r2s = r2s.get_thread_slice(ctid);
+      copy(r2s, thr_r2s.retile_S(rDs), thr_r2s.partition_D(sDsT(_, _, n & 1)));
       cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
       if (ctid % 128 == 0) cute::tma_store_wait<0>();
       cutlass::arch::NamedBarrier::sync(256, 3);
+    }
+    // dV's and dK's products are done with this stage's dO and Q (and with P^T and dS^T: the
+    // fast mode's dQ product below issues after them, so its 32 accumulator registers are never
+    // live with P^T and dS^T; a warpgroup's products run in order anyway).
+    warpgroup_wait<0>();
+    Barrier::arrive(&ss.empty[at.stage]);
+    if constexpr (Tr::kFastDq) {
+      using F = typename Tr::Fast;
       if (F::kDqSplit == 2 || wg == (n & 1)) {
         Tensor sDs = make_tensor(make_smem_ptr(ss.ds), typename F::SmemDs{});
         Tensor sKt = make_tensor(make_smem_ptr(ss.own_a), typename F::SmemOwnT{});
@@ -265,17 +311,11 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
         constexpr int QI = F::kDqCols / 8;
         static_assert(decltype(size(tQrDq))::value == QI * 4, "dQ fragment: one m16n8 row pair per n8 block");
         wgmma<true>(mma_q, tQrDs, tQrKt, tQrDq);
-        warpgroup_wait<1>();  // dK's product is done with this stage's Q
-        Barrier::arrive(&ss.empty[at.stage]);
         warpgroup_wait<0>();
         reduce_dq<Tr>(ss, *reinterpret_cast<float(*)[1][QI][4]>(raw_pointer_cast(tQrDq.data())), st, args, b, h, wg,
                       ctid % 128);
-        at.next();
-        continue;
       }
     }
-    warpgroup_wait<0>();
-    Barrier::arrive(&ss.empty[at.stage]);
     at.next();
   }
 
