@@ -15,6 +15,13 @@
 #              cuda: the library's host time per phase of a small forward+backward step
 #   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
 #              self CPU time, and the kernels)
+#   old-ab     issues 9/10: this build against an older nattn-bench (.carry/old-bench.tar.xz),
+#              forward and backward interleaved, with the fast mode and rows 73-74 in the same
+#              rounds; sanitizers on the d256 forward -> old-ab.txt
+#   stages-ab  issue 10: the d128 backward rows with one more walked stage (configs.h rows 73-74)
+#              against rows 46/40, forced by --config, interleaved, backward alone -> stages-ab.txt
+#   autograd   issue 11: the fast path's C++ autograd node (src/torch_autograd, built here for the
+#              device's torch): its tests and the fast-path/native-op/compile tests on CUDA
 #   check      (runs first) the GPU regression check of a host-side change: nattn_cuda_tests (every config row
 #              on random problems vs the CPU reference, plans, copies, heads as a grid axis) and the
 #              GPU cases of the host-trace, fast-path and error tests; the consumer-GPU rows under
@@ -123,6 +130,17 @@ if has check; then
   stamp check
 fi
 
+if has autograd; then
+  # The fast path's C++ autograd node (built above for this torch) on CUDA tensors: the tests of
+  # the paths that record autograd, and CUDA-graph capture / reduce-overhead compile through it.
+  timeout $(t 200) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_native_autograd.py \
+    tests/python/test_fast_path.py tests/python/test_native_ops.py tests/python/test_compile.py \
+    >"$out/pytest-autograd.log" 2>&1
+  echo "pytest autograd rc=$?"; tail -3 "$out/pytest-autograd.log"
+  python3 -c "import nattn; print(nattn.op_path())"
+  stamp autograd
+fi
+
 if has trace-test; then
   timeout $(t 120) python3 -m pytest -q -p no:cacheprovider tests/python/test_host_trace.py \
     >"$out/trace-test.log" 2>&1
@@ -163,6 +181,62 @@ if has fast-ab; then
     done
   done
   stamp fast-ab
+fi
+
+if has old-ab; then
+  # This build against an older one's nattn-bench (NATTN_OLD_BENCH, default old/nattn-bench from
+  # .carry/old-bench.tar.xz: 6ee5455, before the ninth session's kernel changes), interleaved
+  # old/new/old/new: the forward (its Q descriptors rebuilt per product) and the backward
+  # (deterministic default rows; P^T and dS^T in registers of their own), plus this build's fast
+  # mode and its deeper d128 rows (73-74) in the same rounds; and compute-sanitizer on the
+  # changed forward (d256) -> $out/old-ab.txt
+  old_bench="${NATTN_OLD_BENCH:-old/nattn-bench}"
+  [ -x "$old_bench" ] || tar xJf .carry/old-bench.tar.xz
+  run_ab() {  # label binary mode args...
+    local label=$1 bin=$2 mode=$3 pass
+    shift 3
+    pass=$([ "$mode" = bwd ] && echo backward || echo forward)
+    timeout $(t 60) "$bin" --backend cuda --dtype bf16 --iters 5 --warmup 1 --no-verify --mode "$mode" "$@" 2>&1 |
+      awk -v l="$label" -v a="$*" -v p="$pass" '$1 == p {printf "%-10s %s | %s %s ms, %s TFLOP/s\n", l, a, p, $2, $3}' |
+      tee -a "$out/old-ab.txt"
+  }
+  for args in "--dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24" "--dim 64 --extent 8192 --kernel 8192 --heads 16 --batch 2" \
+              "--dim 128 --extent 8192 --kernel 8192 --heads 16 --batch 2" "--dim 256 --extent 64x64 --kernel 17 --heads 8 --batch 2"; do
+    for r in 1 2; do run_ab old "$old_bench" fwd $args; run_ab new build-gpu/nattn-bench fwd $args; done
+  done
+  for args in "--dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24" "--dim 128 --extent 32768 --kernel 2048 --heads 16" \
+              "--dim 128 --extent 8192 --kernel 8192 --heads 16 --batch 2" "--dim 128 --extent 16x44x80 --kernel 12x32x32 --heads 24" \
+              "--dim 32 --extent 28x28 --kernel 7 --heads 4 --batch 32"; do
+    for r in 1 2; do
+      NATTN_SM90_BACKWARD=1 run_ab old "$old_bench" bwd $args
+      NATTN_SM90_BACKWARD=1 run_ab new build-gpu/nattn-bench bwd $args
+      NATTN_SM90_BACKWARD=fast run_ab new-fast build-gpu/nattn-bench bwd $args
+      case "$args" in --dim\ 128*) NATTN_SM90_BACKWARD=1 run_ab new-73,74 build-gpu/nattn-bench bwd --family sm90 --config 73,74 $args ;; esac
+    done
+  done
+  for tool in memcheck racecheck; do
+    timeout $(t 90) compute-sanitizer --tool $tool --error-exitcode 9 build-gpu/nattn-bench --backend cuda --dtype bf16 \
+      --mode fwd --iters 1 --warmup 0 --extent 24x20 --kernel 7x5 --dilation 2x1 --heads 2 --additional 9 --dim 256 \
+      >"$out/old-ab-$tool-fwd256.log" 2>&1
+    echo "$tool fwd d256 rc=$?: $(grep -E 'ERROR SUMMARY|hazard' "$out/old-ab-$tool-fwd256.log" | tail -1)"
+  done
+  stamp old-ab
+fi
+
+if has stages-ab; then
+  # The d128 backward rows with one more walked stage (configs.h rows 73-74: dQ 4, dK/dV 3)
+  # against the default rows (46, 40), forced per run, interleaved, backward alone; then the
+  # fast mode on the same problems for the ratio the issue asks (deterministic >= 85% of fast).
+  for args in "--extent 256x256 --kernel 80 --stride 16 --heads 24" "--extent 256x256 --kernel 80 --heads 24" \
+              "--extent 32768 --kernel 2048 --heads 16" "--extent 8192 --kernel 8192 --heads 16 --batch 2" \
+              "--extent 16x44x80 --kernel 12x32x32 --heads 24"; do
+    for cfg in 46,40 73,74 46,40 73,74; do
+      timeout $(t 60) build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 5 --warmup 1 \
+        --no-verify --mode bwd --family sm90 --config $cfg $args 2>&1 | awk -v m="$cfg" -v a="$args" \
+        '/^backward/{printf "config %s %s | backward %s ms, %s TFLOP/s\n", m, a, $2, $3}' | tee -a "$out/stages-ab.txt"
+    done
+  done
+  stamp stages-ab
 fi
 
 if has early-ab; then
