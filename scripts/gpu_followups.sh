@@ -16,10 +16,8 @@
 #   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
 #              self CPU time, and the kernels)
 #   old-ab     issues 9/10: this build against an older nattn-bench (.carry/old-bench.tar.xz),
-#              forward and backward interleaved, with the fast mode and rows 73-74 in the same
-#              rounds; sanitizers on the d256 forward -> old-ab.txt
-#   stages-ab  issue 10: the d128 backward rows with one more walked stage (configs.h rows 73-74)
-#              against rows 46/40, forced by --config, interleaved, backward alone -> stages-ab.txt
+#              forward and backward interleaved, with the fast mode in the same rounds;
+#              sanitizers on the d256 forward -> old-ab.txt
 #   autograd   issue 11: the fast path's C++ autograd node (src/torch_autograd, built here for the
 #              device's torch): its tests and the fast-path/native-op/compile tests on CUDA
 #   check      (runs first) the GPU regression check of a host-side change: nattn_cuda_tests (every config row
@@ -188,7 +186,7 @@ if has old-ab; then
   # .carry/old-bench.tar.xz: 6ee5455, before the ninth session's kernel changes), interleaved
   # old/new/old/new: the forward (its Q descriptors rebuilt per product) and the backward
   # (deterministic default rows; P^T and dS^T in registers of their own), plus this build's fast
-  # mode and its deeper d128 rows (73-74) in the same rounds; and compute-sanitizer on the
+  # mode in the same rounds; and compute-sanitizer on the
   # changed forward (d256) -> $out/old-ab.txt
   old_bench="${NATTN_OLD_BENCH:-old/nattn-bench}"
   [ -x "$old_bench" ] || tar xJf .carry/old-bench.tar.xz
@@ -211,7 +209,6 @@ if has old-ab; then
       NATTN_SM90_BACKWARD=1 run_ab old "$old_bench" bwd $args
       NATTN_SM90_BACKWARD=1 run_ab new build-gpu/nattn-bench bwd $args
       NATTN_SM90_BACKWARD=fast run_ab new-fast build-gpu/nattn-bench bwd $args
-      case "$args" in --dim\ 128*) NATTN_SM90_BACKWARD=1 run_ab new-73,74 build-gpu/nattn-bench bwd --family sm90 --config 73,74 $args ;; esac
     done
   done
   for tool in memcheck racecheck; do
@@ -221,22 +218,6 @@ if has old-ab; then
     echo "$tool fwd d256 rc=$?: $(grep -E 'ERROR SUMMARY|hazard' "$out/old-ab-$tool-fwd256.log" | tail -1)"
   done
   stamp old-ab
-fi
-
-if has stages-ab; then
-  # The d128 backward rows with one more walked stage (configs.h rows 73-74: dQ 4, dK/dV 3)
-  # against the default rows (46, 40), forced per run, interleaved, backward alone; then the
-  # fast mode on the same problems for the ratio the issue asks (deterministic >= 85% of fast).
-  for args in "--extent 256x256 --kernel 80 --stride 16 --heads 24" "--extent 256x256 --kernel 80 --heads 24" \
-              "--extent 32768 --kernel 2048 --heads 16" "--extent 8192 --kernel 8192 --heads 16 --batch 2" \
-              "--extent 16x44x80 --kernel 12x32x32 --heads 24"; do
-    for cfg in 46,40 73,74 46,40 73,74; do
-      timeout $(t 60) build-gpu/nattn-bench --backend cuda --dtype bf16 --dim 128 --iters 5 --warmup 1 \
-        --no-verify --mode bwd --family sm90 --config $cfg $args 2>&1 | awk -v m="$cfg" -v a="$args" \
-        '/^backward/{printf "config %s %s | backward %s ms, %s TFLOP/s\n", m, a, $2, $3}' | tee -a "$out/stages-ab.txt"
-    done
-  done
-  stamp stages-ab
 fi
 
 if has early-ab; then

@@ -86,28 +86,6 @@ TEST(ConfigTable, TwoCtaBackwardRowsPairUp) {
   }
 }
 
-// The deeper backward rows (73-74) are twins of the plain d128 bf16 rows, found as a pair, and
-// never the default; other rows have none.
-TEST(ConfigTable, DeeperBackwardRowsPairWithThePlainOnes) {
-  using nattn::cuda::find_deeper_config;
-  const int dq = find_deeper_config(Family::kSm90, Role::kBackwardDq, Elem::kBFloat16, 128);
-  const int dkdv = find_deeper_config(Family::kSm90, Role::kBackwardDkdv, Elem::kBFloat16, 128);
-  ASSERT_GE(dq, 0);
-  ASSERT_GE(dkdv, 0);
-  for (const int id : {dq, dkdv}) {
-    const KernelConfig& c = kKernelConfigs[id];
-    const KernelConfig& plain = kKernelConfigs[find_config(c.family, c.role, c.elem, c.head_dim)];
-    EXPECT_NE(plain.id, c.id);
-    EXPECT_EQ(c.stages, plain.stages + 1);
-    EXPECT_EQ(c.block_q, plain.block_q);
-    EXPECT_EQ(c.block_kv, plain.block_kv);
-  }
-  EXPECT_EQ(sibling_position(kKernelConfigs[dq]), sibling_position(kKernelConfigs[dkdv]));
-  EXPECT_EQ(find_deeper_config(Family::kSm90, Role::kBackwardDq, Elem::kHalf, 128), -1);
-  EXPECT_EQ(find_deeper_config(Family::kSm90, Role::kBackwardDq, Elem::kBFloat16, 64), -1);
-  EXPECT_EQ(find_deeper_config(Family::kSm90, Role::kForward, Elem::kBFloat16, 128), -1);
-}
-
 TEST(ConfigTable, IdsArePositions) {
   for (int i = 0; i < kNumConfigs; ++i) EXPECT_EQ(kKernelConfigs[i].id, i);
 }

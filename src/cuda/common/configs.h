@@ -94,13 +94,6 @@ using E = Elem;
 // per SM): 1.15-1.45x faster than the one-CTA rows on the NAT stages and a 128x128 d32 grid on
 // the H100 (2026-12-05).
 //
-// sm90 backward rows of head dim 128 with one more walked stage (rows 73-74, bf16, 2026-12-05,
-// ninth session): dQ 4 stages (192 KB of boxes), dK/dV 3 (160 KB). Nsight Compute's per-
-// instruction samples of flux-2d-s16 (bench/results/raw/2026-12-05-h100-ncu-src-*) put 13.5% of
-// the dQ kernel's warp samples on the consumers' wait for a walked stage to land, and the dQ
-// overlap holds a stage one step longer. Listed after rows 40 and 46, so the planner keeps
-// those; forced with --config 73,74 (nattn-bench) for the A/B (gpu_followups.sh stages-ab).
-//
 // sm80 rows for 99 KB of shared memory (issue 11): sm86/sm89 let a block opt into 101376
 // bytes, and the rows above at d128 (forward 105984, dQ 139776, dK/dV 104448 bytes) and d256
 // (forward 169984) need more. Rows of the same family, role, dtype and head dim are listed fastest
@@ -188,8 +181,6 @@ inline constexpr KernelConfig kKernelConfigs[] = {
     {70, F::kSm90, R::kBackwardDkdv, E::kBFloat16, 32, 32, 128, 12, 4, false, false, 2},
     {71, F::kSm90, R::kBackwardDq, E::kHalf, 32, 128, 32, 12, 4, false, false, 2},
     {72, F::kSm90, R::kBackwardDq, E::kBFloat16, 32, 128, 32, 12, 4, false, false, 2},
-    {73, F::kSm90, R::kBackwardDq, E::kBFloat16, 128, 128, 64, 12, 4},  // deeper d128 backward (see above)
-    {74, F::kSm90, R::kBackwardDkdv, E::kBFloat16, 128, 64, 128, 12, 3},
 };
 }  // namespace config_rows
 using config_rows::kKernelConfigs;
@@ -277,22 +268,6 @@ constexpr int find_config(Family f, Role r, Elem e, int padded, bool pingpong = 
     if (c.family == f && c.role == r && (c.elem == e || c.elem == Elem::kAny) &&
         (c.head_dim == padded || c.head_dim == 0) && c.pingpong == pingpong && c.poly_exp == poly_exp &&
         c.ctas_per_sm == ctas_per_sm)
-      return i;
-  }
-  return -1;
-}
-
-// A plain row's deeper twin: the first later row with the same keys as find_config's plain row
-// (no ping-pong, MUFU exponentials, one CTA per SM) and more walked stages, or -1 (the sm90
-// backward's rows 73-74; sm90/device/family.cu takes them when NATTN_SM90_BWD_DEEP asks).
-constexpr int find_deeper_config(Family f, Role r, Elem e, int padded) {
-  const int plain = find_config(f, r, e, padded);
-  if (plain < 0) return -1;
-  for (int i = plain + 1; i < kNumConfigs; ++i) {
-    const KernelConfig& c = kKernelConfigs[i];
-    if (c.family == f && c.role == r && c.elem == kKernelConfigs[plain].elem &&
-        c.head_dim == kKernelConfigs[plain].head_dim && !c.pingpong && !c.poly_exp && c.ctas_per_sm == 1 &&
-        c.stages > kKernelConfigs[plain].stages)
       return i;
   }
   return -1;

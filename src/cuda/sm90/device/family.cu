@@ -137,14 +137,6 @@ bool two_ctas_allowed() {
   static const bool on = !env_equals("NATTN_SM90_BWD_TWO_CTAS", "0");
   return on;
 }
-// NATTN_SM90_BWD_DEEP=1: the backward takes a row's deeper twin where one is built (configs.h
-// rows 73-74, bf16 head dim 128: dQ 4 walked stages, dK/dV 3), for the A/B of 2026-12-05's
-// ninth session (gpu_followups.sh old-ab). Off until measured.
-bool deeper_backward() {
-  static const bool on = env_equals("NATTN_SM90_BWD_DEEP", "1");
-  return on;
-}
-
 // The forced row of the fast kernel's role, or -1.
 int forced_fast_row(const KernelChoice& choice) {
   for (const int id : choice.config_ids)
@@ -503,11 +495,6 @@ class Sm90Family final : public KernelFamily {
         opt_in = find_config(Family::kSm90, r, e, padded, pingpong, true);
       else if ((r == Role::kBackwardDq || r == Role::kBackwardDkdv) && two_ctas_allowed())
         opt_in = find_config(Family::kSm90, r, e, padded, false, false, 2);
-      // Both backward roles or neither: the dQ and dK/dV rows of a call come as a pair.
-      if (opt_in < 0 && (r == Role::kBackwardDq || r == Role::kBackwardDkdv) && deeper_backward() &&
-          find_deeper_config(Family::kSm90, Role::kBackwardDq, e, padded) >= 0 &&
-          find_deeper_config(Family::kSm90, Role::kBackwardDkdv, e, padded) >= 0)
-        opt_in = find_deeper_config(Family::kSm90, r, e, padded);
       *id = opt_in >= 0 && sm90::launcher(opt_in) != nullptr ? opt_in
                                                              : find_config(Family::kSm90, r, e, padded, pingpong);
     }
