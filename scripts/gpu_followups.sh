@@ -15,6 +15,9 @@
 #              cuda: the library's host time per phase of a small forward+backward step
 #   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
 #              self CPU time, and the kernels)
+#   persistent issue 10: the sm90 backward's persistent variant (NATTN_SM90_BWD_PERSISTENT=1,
+#              never run before 2026-12-05's end): its tests, the CUDA suite with it on,
+#              racecheck/synccheck, and the A/B against one CTA per item -> persistent-ab.txt
 #   old-ab     issues 9/10: this build against an older nattn-bench (.carry/old-bench.tar.xz),
 #              forward and backward interleaved, with the fast mode in the same rounds;
 #              sanitizers on the d256 forward -> old-ab.txt
@@ -70,7 +73,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
-stages="${*:-check overhead anchors}"  # the next session's first call (2026-12-05 note); others when named
+stages="${*:-check bwd-check persistent}"  # the next session's first call (2026-12-05 ninth note); others when named
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz
@@ -179,6 +182,31 @@ if has fast-ab; then
     done
   done
   stamp fast-ab
+fi
+
+if has persistent; then
+  # The sm90 backward's persistent variant (NATTN_SM90_BWD_PERSISTENT=1; built 2026-12-05, ninth
+  # session, never run on a GPU): its own suite (ctest sets the switch), the whole CUDA suite with
+  # the switch on, racecheck/synccheck on its suite, then the A/B against one CTA per item,
+  # interleaved 0/1/0/1, backward alone, on a 1-D window (short walks) at d128 and d64 and a NAT
+  # stage at d64 -> $out/persistent-ab.txt
+  timeout $(t 200) ctest --test-dir build-gpu -R CudaSm90Persistent --output-on-failure >"$out/persistent-ctest.log" 2>&1
+  echo "ctest CudaSm90Persistent rc=$?"; tail -3 "$out/persistent-ctest.log"
+  NATTN_SM90_BWD_PERSISTENT=1 timeout $(t 300) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \
+    >"$out/persistent-cuda-tests.log" 2>&1
+  echo "nattn_cuda_tests with the switch on rc=$?"; tail -3 "$out/persistent-cuda-tests.log"
+  for tool in racecheck synccheck; do
+    NATTN_SM90_BWD_PERSISTENT=1 timeout $(t 120) compute-sanitizer --tool $tool --error-exitcode 9 \
+      build-gpu/tests/nattn_cuda_tests --gtest_filter='*CudaSm90Persistent.MatchesTheReference/bfloat16*' \
+      >"$out/persistent-$tool.log" 2>&1
+    echo "$tool rc=$?: $(grep -E 'ERROR SUMMARY|hazard' "$out/persistent-$tool.log" | tail -1)"
+  done
+  ab NATTN_SM90_BWD_PERSISTENT persistent-ab.txt bwd "--dim 128 --extent 32768 --kernel 2048 --heads 16 --no-verify" \
+    "--dim 128 --extent 32768 --kernel 127 --heads 16 --no-verify" "--dim 64 --extent 32768 --kernel 2048 --heads 16 --no-verify" \
+    "--dim 128 --extent 128x128 --kernel 31 --heads 16 --batch 4 --no-verify" \
+    "--dim 64 --extent 56x56 --kernel 7 --heads 4 --batch 32 --no-verify" \
+    "--dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24 --no-verify"
+  stamp persistent
 fi
 
 if has old-ab; then

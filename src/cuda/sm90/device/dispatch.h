@@ -8,6 +8,15 @@ namespace nattn::cuda::sm90 {
 // The launcher of row `id`, or null when the row is not an sm90 row or not built.
 const Launcher* launcher(int id);
 
+// Backward rows with a persistent variant of their kernel (opt-in: NATTN_SM90_BWD_PERSISTENT=1,
+// device/family.cu; launched by the row's launcher when BackwardArgs::items > 0): the
+// deterministic dQ and dK/dV rows of head dims 64 and 128 with one CTA per SM. The fast kernel,
+// head dim 256 and the two-CTA rows have none.
+constexpr bool has_persistent_backward(const KernelConfig& c) {
+  return c.family == Family::kSm90 && (c.role == Role::kBackwardDq || c.role == Role::kBackwardDkdv) &&
+         c.ctas_per_sm == 1 && (c.head_dim == 64 || c.head_dim == 128);
+}
+
 // Defined (explicitly instantiated) by instantiate/hd<HD>.cu (forward rows) and
 // instantiate/bwd_hd<HD>.cu (backward rows).
 template <int HD>

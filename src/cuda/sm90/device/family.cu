@@ -137,6 +137,32 @@ bool two_ctas_allowed() {
   static const bool on = !env_equals("NATTN_SM90_BWD_TWO_CTAS", "0");
   return on;
 }
+// NATTN_SM90_BWD_PERSISTENT=1 (off by default; built 2026-12-05, not yet run on a GPU): the
+// deterministic backward's dQ and dK/dV kernels of head dims 64 and 128 run as persistent CTAs,
+// at most one per SM, each running work items blockIdx.x, + gridDim.x, ... with the next item's
+// walk prepared and its own boxes loaded while the item before finishes
+// (kernel/backward_producer.cuh; sm90::has_persistent_backward rows, on every walk length, so
+// that an A/B shows where it pays: the forward's persistent_pays rule is the candidate). The
+// fast mode, head dim 256 and the two-CTA d32 rows keep one CTA per item with or without it.
+// ptxas 13.0 sm_90a: the persistent d128 dK/dV kernel at setmaxnreg 40/232 keeps its
+// consumers' walk loop free of spills; its producer warps spill (cmake/spill_allowlist.txt).
+bool backward_persistent_requested() {
+  static const bool on = env_equals("NATTN_SM90_BWD_PERSISTENT", "1");
+  return on;
+}
+
+// The work items of a backward launch k whose kernel runs persistent (own boxes x heads x
+// batch: BackwardArgs items/boxes/heads), or 0 where it runs one CTA per item (grid (boxes,
+// heads, batch)). g: the launch's geometry (the additional keys' for their dK/dV launch). The
+// plan sizes the grid by it and backward_kernel fills the kernel's arguments by it; the switch
+// is read once, so both see the same answer.
+int64_t persistent_items(const KernelLaunch& k, const Geometry& g, int64_t* boxes, int64_t* heads) {
+  if (!backward_persistent_requested() || !sm90::has_persistent_backward(kKernelConfigs[k.config_id])) return 0;
+  *boxes = k.tiling.neighborhood_ctas;  // no column parts: head dims up to 128
+  *heads = k.role == Role::kBackwardDq ? g.heads_q : g.heads_kv;
+  const int64_t items = *boxes * *heads * g.batch;
+  return items > INT32_MAX ? 0 : items;
+}
 // The forced row of the fast kernel's role, or -1.
 int forced_fast_row(const KernelChoice& choice) {
   for (const int id : choice.config_ids)
@@ -355,6 +381,12 @@ class Sm90Family final : public KernelFamily {
     args.tl = k.tiling;
     args.early_steps = backward_early_steps();
     args.dq_overlap = dq_overlap();
+    int64_t boxes = 0, heads = 0;
+    if (const int64_t items = persistent_items(k, g, &boxes, &heads); items > 0) {  // the persistent variant
+      args.items = int(items);
+      args.boxes = int(boxes);
+      args.heads = int(heads);
+    }
     // Own boxes (queries for dQ, keys for dK/dV) in the own shift, walked boxes in the walk
     // shift; the dQ kernel's extra steps read the additional keys in tiles of its walked rows.
     const MapGrids m = map_grids(g, dq ? k.tiling.own_shift : k.tiling.walk_shift,
@@ -443,8 +475,15 @@ class Sm90Family final : public KernelFamily {
       k.grid[1] = unsigned(r == Role::kBackwardDq ? g.heads_q : g.heads_kv);
       k.grid[2] = unsigned(g.batch);
       if (r == Role::kBackwardDkdvDq) k.scratch = dq_accum_bytes(g);
+      const bool extras = r != Role::kBackwardDq && g.num_additional > 0;
+      KernelLaunch extra;
+      if (extras) extra = additional_keys_launch(g, k);
+      size_persistent(call, g, &k);
       kernels->push_back(k);
-      if (r != Role::kBackwardDq && g.num_additional > 0) kernels->push_back(additional_keys_launch(g, k));
+      if (extras) {
+        size_persistent(call, additional_keys_geometry(g), &extra);
+        kernels->push_back(extra);
+      }
     }
     if (kernels->back().role == Role::kBackwardDkdvDq) {  // then dQ from the partial sums
       KernelLaunch convert;
@@ -452,6 +491,20 @@ class Sm90Family final : public KernelFamily {
       kernels->push_back(convert);
     }
     return Status::Ok();
+  }
+
+  // NATTN_SM90_BWD_PERSISTENT=1 (persistent_items): a launch of a row with a persistent variant
+  // gets at most one CTA per SM (the shared memory holds one CTA), each running items
+  // blockIdx.x, + gridDim.x, ...; its note in the plan says so. Others keep their grid.
+  static void size_persistent(const Call& call, const Geometry& g, KernelLaunch* k) {
+    int64_t boxes = 0, heads = 0;
+    const int64_t items = persistent_items(*k, g, &boxes, &heads);
+    if (items == 0) return;
+    const int64_t sms = call.device.sm_count > 0 ? call.device.sm_count : 1;
+    k->grid[0] = unsigned(items > sms ? sms : items);
+    k->grid[1] = k->grid[2] = 1;
+    k->note = std::string(role_name(k->role)) + (k->additional_keys ? "_additional" : "") +
+              ": persistent CTAs (NATTN_SM90_BWD_PERSISTENT=1)";
   }
 
   // The dK/dV kernel (row and role of the neighborhood's launch nb) over the additional keys:

@@ -50,15 +50,35 @@ struct DkdvRow {
   static_assert(smem() <= kSm90SmemOptin / c.ctas_per_sm - (c.ctas_per_sm - 1) * 1024,
                 "an sm90 dK/dV row's shared memory exceeds the H100's opt-in limit (per resident CTA)");
   static constexpr int kThreads = Traits::kThreads;
+  // The persistent variant (has_persistent_backward rows; BackwardArgs::items > 0).
+  static constexpr bool kPersistentBuilt = has_persistent_backward(c);
+  using PersistentTraits =
+      std::conditional_t<kPersistentBuilt,
+                         DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages, false, 1, true>,
+                         Traits>;  // (unused where not built)
+  static constexpr size_t persistent_smem() { return sizeof(typename PersistentTraits::SharedStorage); }
+  static_assert(!kPersistentBuilt || persistent_smem() <= kSm90SmemOptin,
+                "an sm90 dK/dV row's persistent variant exceeds the H100's shared-memory opt-in limit");
 
   static Status prepare() {
+    if constexpr (kPersistentBuilt)
+      NATTN_RETURN_IF_ERROR(
+          check(cudaFuncSetAttribute(fna_backward_dkdv_persistent_kernel<PersistentTraits>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(persistent_smem())),
+                "sm90: setting a kernel's shared memory size"));
     return check(cudaFuncSetAttribute(fna_backward_dkdv_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       int(smem())),
                  "sm90: setting a kernel's shared memory size");
   }
   static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
     const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);
-    fna_backward_dkdv_kernel<Traits><<<grid, kThreads, smem(), stream>>>(*static_cast<const BackwardArgs*>(args));
+    const BackwardArgs& a = *static_cast<const BackwardArgs*>(args);
+    if constexpr (kPersistentBuilt)
+      if (a.items > 0) {
+        fna_backward_dkdv_persistent_kernel<PersistentTraits><<<grid, kThreads, persistent_smem(), stream>>>(a);
+        return check_launch("sm90 backward dK/dV (persistent)");
+      }
+    fna_backward_dkdv_kernel<Traits><<<grid, kThreads, smem(), stream>>>(a);
     return check_launch("sm90 backward dK/dV");
   }
 };
@@ -73,15 +93,34 @@ struct DqRow {
   static_assert(smem() <= kSm90SmemOptin / c.ctas_per_sm - (c.ctas_per_sm - 1) * 1024,
                 "an sm90 dQ row's shared memory exceeds the H100's opt-in limit (per resident CTA)");
   static constexpr int kThreads = Traits::kThreads;
+  // The persistent variant (has_persistent_backward rows; BackwardArgs::items > 0).
+  static constexpr bool kPersistentBuilt = has_persistent_backward(c);
+  using PersistentTraits =
+      std::conditional_t<kPersistentBuilt, DqTraits<ElementOf<c.elem>, c.head_dim, c.block_kv, c.stages, 1, true>,
+                         Traits>;  // (unused where not built)
+  static constexpr size_t persistent_smem() { return sizeof(typename PersistentTraits::SharedStorage); }
+  static_assert(!kPersistentBuilt || persistent_smem() <= kSm90SmemOptin,
+                "an sm90 dQ row's persistent variant exceeds the H100's shared-memory opt-in limit");
 
   static Status prepare() {
+    if constexpr (kPersistentBuilt)
+      NATTN_RETURN_IF_ERROR(
+          check(cudaFuncSetAttribute(fna_backward_dq_persistent_kernel<PersistentTraits>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(persistent_smem())),
+                "sm90: setting a kernel's shared memory size"));
     return check(
         cudaFuncSetAttribute(fna_backward_dq_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem())),
         "sm90: setting a kernel's shared memory size");
   }
   static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
     const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);
-    fna_backward_dq_kernel<Traits><<<grid, kThreads, smem(), stream>>>(*static_cast<const BackwardArgs*>(args));
+    const BackwardArgs& a = *static_cast<const BackwardArgs*>(args);
+    if constexpr (kPersistentBuilt)
+      if (a.items > 0) {
+        fna_backward_dq_persistent_kernel<PersistentTraits><<<grid, kThreads, persistent_smem(), stream>>>(a);
+        return check_launch("sm90 backward dQ (persistent)");
+      }
+    fna_backward_dq_kernel<Traits><<<grid, kThreads, smem(), stream>>>(a);
     return check_launch("sm90 backward dQ");
   }
 };

@@ -43,6 +43,11 @@ struct BackwardArgs {
   Tiling tl;
   bool early_steps;  // the producer issues the walk's first steps before the tables are filled
   bool dq_overlap;   // dQ kernel: a step's dQ product runs on while the next step's S and dP issue
+  // The persistent variant's work items (kPersistent traits; 0 for the one-CTA-per-item
+  // kernels, whose grid is (own boxes x column parts, heads, batch)): own boxes (x the dK/dV
+  // kernel's column parts) fastest, then heads (query heads for dQ, kv heads for dK/dV), then
+  // batch; a CTA runs items blockIdx.x, + gridDim.x, ... (< 2^31, checked by the plan).
+  int items = 0, boxes = 0, heads = 0;
 };
 
 // The shapes both backward kernels share: own boxes of 128 rows x HD (K-major: the A operands
@@ -102,6 +107,28 @@ struct BackwardShapes {
       bool ended;
     } ring;
     TileWalk walk;
+  };
+
+  // The persistent variant's (kernel/backward_producer.cuh, the item loop): per work item its
+  // two own boxes (own_empty: the consumers are done with the last item's), the stages of the
+  // two walked tensors as a ring that runs on across items, and two item slots (Item: the walk
+  // of an item and the kernel's tables of it, prepared by producer warps 1-3 while the item
+  // before runs). The ring's end markers take a stage each (released by the consumers too).
+  template <class Item>
+  struct ItemPipeline {
+    alignas(1024) Element own_a[kOwnElems];
+    alignas(1024) Element own_b[kOwnElems];
+    alignas(1024) Element walk_a[kStages * kWalkElems];
+    alignas(1024) Element walk_b[kStages * kWalkElems];
+    alignas(8) uint64_t own_full;  // the item's own boxes landed
+    uint64_t own_empty;            // every consumer thread is done with the own boxes
+    uint64_t full[kStages];        // stage s's walked boxes landed (and steps[s] is set)
+    uint64_t empty[kStages];       // every consumer thread is done with stage s
+    uint64_t info[kStages];        // steps[s] is set (before its boxes land)
+    uint64_t item_full[2];         // item slot i is prepared
+    uint64_t item_empty[2];        // the consumers and the TMA thread are done with slot i
+    Step steps[kStages];
+    Item item[2];
   };
 };
 
@@ -164,7 +191,10 @@ struct DsStorage<true, Element, kDsElems, kStageFloats> {
 // key box each compute HDO = 128 columns of dK and dV. S^T and dP^T contract over the whole head
 // dim in each of them (recomputed: 1.5x the products of an unsplit kernel); the gradient products
 // read their column half of the walked Q and dO (SmemWalkHalfT, per stage).
-template <class Element_, int HD_, int BQ_, int STAGES_, bool kFastDq_ = false, int CTAS_ = 1>
+// PERSISTENT_: the persistent variant (opt-in, NATTN_SM90_BWD_PERSISTENT=1: device/family.cu):
+// each CTA runs work items blockIdx.x, + gridDim.x, ... (kernel/backward_producer.cuh); the
+// default kernels (false) are unchanged by it.
+template <class Element_, int HD_, int BQ_, int STAGES_, bool kFastDq_ = false, int CTAS_ = 1, bool PERSISTENT_ = false>
 struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   using Base = BackwardShapes<Element_, HD_, BQ_, STAGES_>;
   using Element = Element_;
@@ -196,6 +226,12 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   // Two resident CTAs (configs.h rows 69-72): 80 registers a thread at launch, split 32/104.
   static constexpr int kMinBlocks = CTAS_;
   static_assert(CTAS_ == 1 || (CTAS_ == 2 && HD == 32 && BQ == 32 && !kFastDq), "two CTAs per SM: d32 rows");
+  static constexpr bool kPersistent = PERSISTENT_;
+  static_assert(!kPersistent || (CTAS_ == 1 && !kFastDq && kColumnSplit == 1),
+                "the persistent variant: deterministic one-CTA-per-SM rows of head dims up to 128");
+  // The persistent variant keeps the split: at head dim 128 its producer warps (the next item's
+  // walk and tables, the TMA thread's walk state) spill at 40, but 56/224 put spills into the
+  // consumers' walk loop (cmake/spill_allowlist.txt has the numbers).
   static constexpr int kProducerRegs = CTAS_ == 2 ? 32 : HD > 128 ? 56 : HD > 64 ? 40 : 72;
   static constexpr int kConsumerRegs = CTAS_ == 2 ? 104 : HD > 128 ? 224 : HD > 64 ? 232 : 216;
 
@@ -210,14 +246,23 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   // The fast mode's pieces (FastDqShapes below), instantiated by fast rows only.
   using Fast = FastDqShapes<Element, HD, BQ, BK, typename Base::SmemOwn>;
 
+  // A work item of the persistent variant: an own key box of kv head `head` in batch `b`.
+  struct Item {
+    TileWalk walk;
+    int b, head;
+  };
+  using PipelineBase =
+      std::conditional_t<kPersistent, typename Base::template ItemPipeline<Item>, typename Base::Pipeline>;
+
   // own_a/own_b: K and V; walk_a/walk_b: Q and dO; the fast mode's dS buffers.
-  struct SharedStorage : Base::Pipeline, DsStorage<kFastDq, Element, BQ * BK, BQ * HD> {
+  struct SharedStorage : PipelineBase, DsStorage<kFastDq, Element, BQ * BK, BQ * HD> {
     Columns cols[kConsumers][2];
   };
 };
 
 // dQ: own Q and dO (S = Q K^T, dP = dO V^T), walked K and V (dQ += dS K).
-template <class Element_, int HD_, int BN_, int STAGES_, int CTAS_ = 1>
+// PERSISTENT_: the persistent variant (see DkdvTraits).
+template <class Element_, int HD_, int BN_, int STAGES_, int CTAS_ = 1, bool PERSISTENT_ = false>
 struct DqTraits : BackwardShapes<Element_, HD_, BN_, STAGES_> {
   using Base = BackwardShapes<Element_, HD_, BN_, STAGES_>;
   using Element = Element_;
@@ -230,11 +275,23 @@ struct DqTraits : BackwardShapes<Element_, HD_, BN_, STAGES_> {
   static_assert(CTAS_ == 1 || (CTAS_ == 2 && HD == 32 && BN == 32), "two CTAs per SM: d32 rows");
   static constexpr int kProducerRegs = CTAS_ == 2 ? 40 : 72;
   static constexpr int kConsumerRegs = CTAS_ == 2 ? 96 : 216;
+  static constexpr bool kPersistent = PERSISTENT_;
+  static_assert(!kPersistent || CTAS_ == 1, "the persistent variant: one-CTA-per-SM rows");
+
+  // A work item of the persistent variant: an own query box of query head `head` in batch `b`,
+  // and each own query's window per axis (masks of partial key boxes).
+  struct Item {
+    TileWalk walk;
+    int b, head;
+    int2 win[3][BM];
+  };
 
   // own_a/own_b: Q and dO; walk_a/walk_b: K and V.
-  struct SharedStorage : Base::Pipeline {
+  struct DefaultStorage : Base::Pipeline {
     int2 win[3][BM];  // each own query's window per axis
   };
+  struct PersistentStorage : Base::template ItemPipeline<Item> {};
+  using SharedStorage = std::conditional_t<kPersistent, PersistentStorage, DefaultStorage>;
 };
 
 }  // namespace nattn::cuda::sm90

@@ -85,7 +85,7 @@ __device__ __forceinline__ void store_columns(typename Tr::Columns& cols, const 
 // the issuing thread's wait_group.read before the next step's barrier 3 (see dkdv_consume).
 template <class Tr, int QI>
 __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const float (&dq)[1][QI][4], const Step& st,
-                                          const BackwardArgs& args, int b, int h, int wg, int t) {
+                                          const TileWalk& w, const BackwardArgs& args, int b, int h, int wg, int t) {
   using F = typename Tr::Fast;
   constexpr int BQ = Tr::BQ, PC = F::kPanelCols;
   const Geometry& g = args.p.g;
@@ -107,10 +107,13 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
       *reinterpret_cast<float2*>(chunk + hr * 8 * PC) = make_float2(dq[0][qi][2 * hr] * f, dq[0][qi][2 * hr + 1] * f);
   }
   cutlass::arch::fence_view_async_shared();  // generic-proxy writes before the TMA reads them
-  cutlass::arch::NamedBarrier::sync(128, 7 + wg);
+  // Named barrier ids (CUTLASS adds 8 for its reserved ones; hardware has 16): this kernel uses
+  // 1, 3, 4 (persistent item preparation), 5 + wg and 0 / 2 here. 7 + wg reached hardware
+  // barrier 16 for warpgroup 1, past PTX's 0-15 (found 2026-12-05; it had passed every GPU test).
+  cutlass::arch::NamedBarrier::sync(128, 2 * wg);
   if (t != 0) return;
   int c[3];
-  box_coords(st.start, ss.walk.walk_off, g, c);
+  box_coords(st.start, w.walk_off, g, c);
 #pragma unroll
   for (int pnl = col0 / PC; pnl < (col0 + F::kDqCols) / PC; ++pnl) {
     int tc[5];
@@ -121,11 +124,15 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
   cute::tma_store_arrive();  // closes this step's bulk group
 }
 
-// part: which HDO columns of dK and dV this CTA writes (0 unless the head dim is split,
-// Tr::kColumnSplit).
+// One own key box (walk w, kv head hk, batch b) of the consumer warpgroups. part: which HDO
+// columns of dK and dV they write (0 unless the head dim is split, Tr::kColumnSplit). cs: the
+// stage ring's cursor, the own boxes' phase and the step count (column parity), which the
+// persistent variant's items run on (Tr::kPersistent: the item's end marker and own boxes are
+// released here, before the epilogue, so the next item's loads overlap it).
 template <class Tr>
-__device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, const BackwardArgs& args, int b, int hk,
-                                             int part) {
+__device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, const TileWalk& w,
+                                             const BackwardArgs& args, int b, int hk, int part,
+                                             ConsumerCursors<Tr::kStages>& cs) {
   using namespace cute;
   using Element = typename Tr::Element;
   using Out = GlobalElement<Element>;
@@ -135,7 +142,6 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   const BackwardParams& p = args.p;
   const Geometry& g = p.g;
   const Tiling& tl = args.tl;
-  const TileWalk& w = ss.walk;
   const int hpk = int(g.heads_q / g.heads_kv);
   const int ctid = int(threadIdx.x) - 128;  // 0..255 over the consumer warpgroups
   const int wg = ctid / 128, lane = ctid % 32;
@@ -182,7 +188,7 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   float(&s)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrS.data()));
   float(&dp)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrDp.data()));
 
-  TxBarrier::wait(&ss.own_full, 0);
+  TxBarrier::wait(&ss.own_full, cs.own_phase);
   // The scale is folded into exp2: a non-positive scale is applied to K exactly (dK takes the
   // signed scale at the store, as the derivative of S in the true K).
   const float c = fold_scale_sign<Tr::kOwnElems, 256>(ss.own_a, g.scale, ctid);
@@ -197,14 +203,14 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   // stalling step n + 1 (the parity buffer's one barrier per step: a thread writes step n + 1's
   // copy after passing step n's barrier, so every reader of step n - 1's copy is done with it).
   static_assert(Tr::kStages >= 2, "the next step's columns load while this step computes");
-  StageCursor<Tr::kStages> at;
+  StageCursor<Tr::kStages>& at = cs.at;
   {
     Barrier::wait(&ss.info[at.stage], at.phase);
     const Step first = ss.steps[at.stage];
-    store_columns<Tr>(ss.cols[wg][0], load_columns<Tr>(first, w, args, b, hk * hpk + first.head, ctid % 128), first, w,
-                      args, ctid % 128);
+    store_columns<Tr>(ss.cols[wg][cs.steps & 1], load_columns<Tr>(first, w, args, b, hk * hpk + first.head, ctid % 128),
+                      first, w, args, ctid % 128);
   }
-  for (int n = 0;; ++n) {
+  for (int& n = cs.steps;; ++n) {
     TxBarrier::wait(&ss.full[at.stage], at.phase);
     const Step st = ss.steps[at.stage];
     if (!st.valid) break;
@@ -312,7 +318,7 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
         static_assert(decltype(size(tQrDq))::value == QI * 4, "dQ fragment: one m16n8 row pair per n8 block");
         wgmma<true>(mma_q, tQrDs, tQrKt, tQrDq);
         warpgroup_wait<0>();
-        reduce_dq<Tr>(ss, *reinterpret_cast<float(*)[1][QI][4]>(raw_pointer_cast(tQrDq.data())), st, args, b, h, wg,
+        reduce_dq<Tr>(ss, *reinterpret_cast<float(*)[1][QI][4]>(raw_pointer_cast(tQrDq.data())), st, w, args, b, h, wg,
                       ctid % 128);
       }
     }
@@ -322,6 +328,15 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   // Fast mode: the last reduce-adds are complete before the CTA's shared memory goes.
   if constexpr (Tr::kFastDq)
     if (ctid % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+  if constexpr (Tr::kPersistent) {
+    // The end marker's stage, then the own boxes (every product reading them is done: each
+    // step ends waiting for its products; the epilogue reads registers) go back to the
+    // producer, which loads the next item's meanwhile.
+    Barrier::arrive(&ss.empty[at.stage]);
+    at.next();
+    Barrier::arrive(&ss.own_empty);
+    cs.own_phase ^= 1;
+  }
 
   // Epilogue: each own key row's dK (scaled) and dV, written once (columns part * HDO on).
   float(&dk)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tGrDk.data()));
@@ -367,8 +382,31 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks)
     if (threadIdx.x == 0) produce_backward<Tr>(ss, args, b, hk * hpk, int(g.heads_q));
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
-    dkdv_consume<Tr>(ss, args, b, hk, part);
+    ConsumerCursors<Tr::kStages> cs;
+    dkdv_consume<Tr>(ss, ss.walk, args, b, hk, part, cs);
   }
+}
+
+// The persistent variant (Tr::kPersistent; opt-in, NATTN_SM90_BWD_PERSISTENT=1: device/family.cu):
+// work items own key boxes over every dilation group, then kv heads, then batch; a CTA runs items
+// blockIdx.x, + gridDim.x, ... (kernel/backward_producer.cuh).
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1)
+    fna_backward_dkdv_persistent_kernel(const __grid_constant__ BackwardArgs args) {
+  static_assert(Tr::kPersistent && Tr::kColumnSplit == 1, "the persistent variant's traits");
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_raw);
+  const Geometry& g = args.p.g;
+  const int hpk = int(g.heads_q / g.heads_kv);
+  run_backward_roles<Tr>(
+      ss,
+      [&] { produce_backward_items<Tr>(ss, args, int(g.heads_kv), [&](int hk) { return hk * hpk; }, int(g.heads_q)); },
+      [&] { prepare_backward_items<Tr>(ss, args, true, hpk, 0, [](typename Tr::Item&, int) {}); },
+      [&] {
+        consume_backward_items<Tr>(ss, args, [&](const typename Tr::Item& it, ConsumerCursors<Tr::kStages>& cs) {
+          dkdv_consume<Tr>(ss, it.walk, args, it.b, it.head, 0, cs);
+        });
+      });
 }
 
 }  // namespace nattn::cuda::sm90

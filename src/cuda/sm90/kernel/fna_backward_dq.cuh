@@ -27,8 +27,13 @@
 
 namespace nattn::cuda::sm90 {
 
+// One own query box (walk w, query head h, batch b; win: its queries' windows per axis) of the
+// consumer warpgroups. cs: the stage ring's cursor and the own boxes' phase, which the persistent
+// variant's items run on (Tr::kPersistent: the item's end marker and own boxes are released
+// here, before the epilogue, so the next item's loads overlap it).
 template <class Tr>
-__device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const BackwardArgs& args, int b, int h) {
+__device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const TileWalk& w, const int2* win,
+                                           const BackwardArgs& args, int b, int h, ConsumerCursors<Tr::kStages>& cs) {
   using namespace cute;
   using Element = typename Tr::Element;
   using Out = GlobalElement<Element>;
@@ -38,7 +43,6 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
   const BackwardParams& p = args.p;
   const Geometry& g = p.g;
   const Tiling& tl = args.tl;
-  const TileWalk& w = ss.walk;
   const int ctid = int(threadIdx.x) - 128;  // 0..255 over the consumer warpgroups
   const int lane = ctid % 32;
   const int row0 = (ctid / 128) * 64 + ((ctid % 128) / 32) * 16;  // this warp's first query row
@@ -88,7 +92,7 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
     }
   }
 
-  TxBarrier::wait(&ss.own_full, 0);
+  TxBarrier::wait(&ss.own_full, cs.own_phase);
   // The scale is folded into exp2: a non-positive scale is applied to Q exactly (dQ takes the
   // signed scale at the store).
   const float c = fold_scale_sign<Tr::kOwnElems, 256>(ss.own_a, g.scale, ctid);
@@ -101,7 +105,7 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
   // S and dP products issue: the warpgroup waits for it only with the next S (wgmma groups
   // complete in order), then releases its stage. dS's registers (its A operand) are rewritten
   // only after that wait. Without it every step ends waiting for its dQ product.
-  StageCursor<Tr::kStages> at;
+  StageCursor<Tr::kStages>& at = cs.at;
   int held = -1;  // the stage that still feeds a dQ product in flight, or -1
   for (;;) {
     TxBarrier::wait(&ss.full[at.stage], at.phase);
@@ -116,7 +120,7 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
       Barrier::arrive(&ss.empty[held]);
       held = -1;
     }
-    if (!st.full) mask_walked_keys<BN>(s, st, w, g.num_additional, &ss.win[0][0], Tr::BM, tl, row0, lane);
+    if (!st.full) mask_walked_keys<BN>(s, st, w, g.num_additional, win, Tr::BM, tl, row0, lane);
 #pragma unroll
     for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
@@ -142,6 +146,14 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
   warpgroup_wait<0>();
   warpgroup_fence_operand(tQrDq);
   if (held >= 0) Barrier::arrive(&ss.empty[held]);
+  if constexpr (Tr::kPersistent) {
+    // The end marker's stage, then the own boxes (every product reading them is done; the
+    // epilogue reads registers) go back to the producer, which loads the next item's meanwhile.
+    Barrier::arrive(&ss.empty[at.stage]);
+    at.next();
+    Barrier::arrive(&ss.own_empty);
+    cs.own_phase ^= 1;
+  }
 
   // Epilogue: each own query row's dQ (scaled), written once.
   float(&dq)[1][OI][4] = *reinterpret_cast<float(*)[1][OI][4]>(raw_pointer_cast(tQrDq.data()));
@@ -180,8 +192,37 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks)
     if (threadIdx.x == 0) produce_backward<Tr>(ss, args, b, hk, int(g.heads_kv));
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
-    dq_consume<Tr>(ss, args, b, h);
+    ConsumerCursors<Tr::kStages> cs;
+    dq_consume<Tr>(ss, ss.walk, &ss.win[0][0], args, b, h, cs);
   }
+}
+
+// The persistent variant (Tr::kPersistent; opt-in, NATTN_SM90_BWD_PERSISTENT=1: device/family.cu):
+// work items own query boxes over every dilation group, then query heads, then batch; a CTA runs
+// items blockIdx.x, + gridDim.x, ... (kernel/backward_producer.cuh). The additional keys follow
+// each item's neighborhood boxes as extra walk steps; producer warps 1-3 fill the item's own
+// queries' windows with its walk.
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads, 1)
+    fna_backward_dq_persistent_kernel(const __grid_constant__ BackwardArgs args) {
+  static_assert(Tr::kPersistent, "the persistent variant's traits");
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_raw);
+  const Geometry& g = args.p.g;
+  const int hpk = int(g.heads_q / g.heads_kv);
+  run_backward_roles<Tr>(
+      ss,
+      [&] { produce_backward_items<Tr>(ss, args, int(g.heads_q), [&](int h) { return h / hpk; }, int(g.heads_kv)); },
+      [&] {
+        prepare_backward_items<Tr>(ss, args, false, 1, g.num_additional, [&](typename Tr::Item& it, int t) {
+          fill_axis_windows(&it.win[0][0], Tr::BM, it.walk.own_start, args.tl.own_shift, it.walk, t, 96);
+        });
+      },
+      [&] {
+        consume_backward_items<Tr>(ss, args, [&](const typename Tr::Item& it, ConsumerCursors<Tr::kStages>& cs) {
+          dq_consume<Tr>(ss, it.walk, &it.win[0][0], args, it.b, it.head, cs);
+        });
+      });
 }
 
 }  // namespace nattn::cuda::sm90

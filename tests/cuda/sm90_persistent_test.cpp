@@ -1,0 +1,153 @@
+// Layer: tests. The persistent variant of the sm90 backward kernels (NATTN_SM90_BWD_PERSISTENT=1,
+// read once per process, so ctest runs this suite in its own process with it set:
+// tests/CMakeLists.txt): on a Hopper device the deterministic dQ and dK/dV kernels of head dims
+// 64 and 128 are planned as persistent CTAs (at most one per SM, the plan's sm90 verdict says
+// so) and match the CPU reference on short walks (1-D windows, small 2-D windows), random
+// problems (dilation, causal axes, additional keys, GQA) and more work items than SMs, so that
+// CTAs run several items each (the stage ring, the column parity and the barriers' phases go on
+// across items). Without the switch the plan keeps one CTA per item.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "device_tensor.h"
+#include "nattn/nattn.h"
+
+namespace nattn_test {
+namespace {
+
+using nattn::DType;
+
+bool switch_on() {
+  const char* e = std::getenv("NATTN_SM90_BWD_PERSISTENT");
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}
+
+int sm_count() {
+  int n = 0;
+  return cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, 0) == cudaSuccess ? n : 0;
+}
+
+// Kernels and heads per head dim: max(D, Dv) pads to head_dim (above half of it).
+nattn::Problem with_heads(nattn::Problem p, Rng& rng, int head_dim, int64_t batch, int64_t heads_kv, int64_t group) {
+  p.batch = batch;
+  p.heads_kv = heads_kv;
+  p.heads_q = heads_kv * group;
+  const int64_t padded = 8 * rng.integer(head_dim / 16 + 1, head_dim / 8);  // (head_dim / 2, head_dim]
+  const int64_t other = rng.coin() ? padded : 8 * rng.integer(1, padded / 8);
+  const bool d_is_max = rng.coin();
+  p.head_dim = d_is_max ? padded : other;
+  p.head_dim_v = d_is_max ? other : padded;
+  return p;
+}
+
+// Short walks with more items than an H100 has SMs (132): a 1-D window over 2048-3072 tokens
+// (16-24 boxes of 128) and a small 2-D window over a 48 x 48 grid (18 boxes), each x heads x batch.
+std::vector<nattn::Problem> problems(Rng& rng, int head_dim) {
+  std::vector<nattn::Problem> out;
+  {
+    nattn::Problem p;
+    p.rank = 1;
+    p.extent[0] = 2048 + 128 * rng.integer(0, 8) + rng.integer(0, 100);
+    p.window.kernel_size[0] = 2 * rng.integer(3, 32) + 1;
+    out.push_back(with_heads(p, rng, head_dim, 3, 4, 2));  // dQ 24 x 8 x 3 items, dK/dV 16 x 4 x 3 at least
+  }
+  {
+    nattn::Problem p;
+    p.rank = 2;
+    for (int a = 0; a < 2; ++a) {
+      p.extent[a] = 48;
+      p.window.kernel_size[a] = 2 * rng.integer(1, 3) + 1;  // 3, 5 or 7
+    }
+    out.push_back(with_heads(p, rng, head_dim, 2, 8, 1));  // 18 x 8 x 2 items per kernel
+  }
+  for (int trial = 0; trial < 3; ++trial) {  // random: dilation, stride, causal, additional keys
+    nattn::Problem p;
+    p.rank = int(rng.integer(1, 3));
+    for (int a = 0; a < p.rank; ++a) {
+      p.window.kernel_size[a] = rng.integer(2, p.rank == 1 ? 40 : p.rank == 2 ? 9 : 5);
+      p.window.dilation[a] = rng.integer(1, 2);
+      p.window.stride[a] = rng.integer(1, p.window.kernel_size[a]);
+      p.window.is_causal[a] = rng.coin(0.25);
+      p.extent[a] = p.window.kernel_size[a] * p.window.dilation[a] + rng.integer(0, p.rank == 1 ? 1500 : 20);
+    }
+    p.num_additional = rng.coin(0.4) ? rng.integer(1, 100) : 0;
+    // A 3-D grid pads the head dim with the TMA only for batch 1 (sm90 can_implement).
+    const int64_t batch = p.rank == 3 ? 1 : rng.integer(1, 3);
+    out.push_back(with_heads(p, rng, head_dim, batch, rng.integer(2, 6), rng.integer(1, 2)));
+  }
+  return out;
+}
+
+class CudaSm90Persistent : public CudaTest, public ::testing::WithParamInterface<DType> {};
+
+TEST_P(CudaSm90Persistent, MatchesTheReference) {
+  if (!switch_on()) GTEST_SKIP() << "needs NATTN_SM90_BWD_PERSISTENT=1 (ctest runs it so: tests/CMakeLists.txt)";
+  if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
+  const int sms = sm_count();
+  ASSERT_GT(sms, 0);
+  const DType dtype = GetParam();
+  for (const int hd : {64, 128}) {
+    const std::vector<nattn::Problem> ps = problems(rng, hd);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const nattn::Problem& p = ps[i];
+      SCOPED_TRACE("hd" + std::to_string(hd) + ", problem " + std::to_string(i) + ": " + describe_problem(p) + ", " +
+                   nattn::dtype_name(dtype));
+      nattn::Options o = cuda_options();
+      o.choice.family = "sm90";
+      o.deterministic = true;
+      DeviceBackward c = make_device_backward(p, dtype, rng.coin(0.25), rng.coin(0.33), rng);
+      nattn::Plan plan;
+      const nattn::Status planned = nattn::explain_backward(p, c.views(), o, &plan);
+      ASSERT_TRUE(planned.ok()) << planned.message();
+      SCOPED_TRACE("plan " + plan.to_json());
+      ASSERT_EQ(plan.family, "sm90");
+      std::string verdict;
+      for (const nattn::FamilyVerdict& f : plan.families)
+        if (f.family == "sm90" && f.chosen) verdict = f.reason;
+      int persistent = 0;
+      for (const nattn::PlannedKernel& k : plan.kernels) {
+        if (k.role.rfind("backward_dq", 0) != 0 && k.role.rfind("backward_dkdv", 0) != 0) continue;
+        EXPECT_NE(verdict.find(k.role + ": persistent CTAs"), std::string::npos) << k.role << ": " << verdict;
+        EXPECT_EQ(k.grid[1], 1) << k.role;
+        EXPECT_EQ(k.grid[2], 1) << k.role;
+        EXPECT_LE(k.grid[0], sms) << k.role;
+        ++persistent;
+      }
+      EXPECT_GE(persistent, 2);
+      const nattn::Status s = nattn::backward(p, c.views(), o);
+      ASSERT_TRUE(s.ok()) << s.message();
+      ASSERT_TRUE(device_synchronized());
+      expect_backward_matches_reference(c);
+      if (HasFailure()) return;  // one failing problem is enough to report
+    }
+  }
+}
+
+// Without the switch the sm90 backward keeps one CTA per item: grid (own boxes, heads, batch).
+TEST_P(CudaSm90Persistent, OffByDefault) {
+  if (switch_on()) GTEST_SKIP() << "NATTN_SM90_BWD_PERSISTENT=1 is set";
+  if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
+  const nattn::Problem p = problems(rng, 128)[0];
+  nattn::Options o = cuda_options();
+  o.choice.family = "sm90";
+  DeviceBackward c = make_device_backward(p, GetParam(), false, false, rng);
+  nattn::Plan plan;
+  ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
+  for (const nattn::FamilyVerdict& f : plan.families)
+    if (f.chosen) EXPECT_EQ(f.reason.find("persistent"), std::string::npos) << f.reason;
+  for (const nattn::PlannedKernel& k : plan.kernels)
+    if (k.role == "backward_dq") EXPECT_EQ(k.grid[1], p.heads_q);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaSm90Persistent, ::testing::Values(DType::kFloat16, DType::kBFloat16),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(nattn::dtype_name(info.param));
+                         });
+
+}  // namespace
+}  // namespace nattn_test
