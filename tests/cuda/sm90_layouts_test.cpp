@@ -8,6 +8,10 @@
 //    both warpgroups (head dim 128) and the one-warpgroup product (below).
 //  - The staging tile's offsets (FastDqShapes::staged): CuTe's 128-byte swizzle of 32-bit
 //    elements (Swizzle<3, 2, 3>) over 32-column panels, which is how the TMA lays out a box.
+//  - The fast kernel's dS^T store with stmatrix (fna_backward_dkdv.cuh): the tiled copy built
+//    from the S^T product's accumulator layout reads register i of each thread where
+//    partition_C places it, so every dS^T element lands at its own (key, query).
+#include <cute/atom/copy_traits_sm90.hpp>
 #include <cute/tensor.hpp>
 #include <gtest/gtest.h>
 
@@ -86,6 +90,49 @@ TEST(Sm90Layouts, DqStagingIsTheSwizzledBoxLayout) {
       const int panel = c / PC;
       ASSERT_EQ(F::staged(r, c), panel * BQ * PC + int(sw128(r * PC + c % PC))) << "row " << r << ", column " << c;
     }
+}
+
+// As the fast kernel stores dS^T: copy(r2s, r2s.retile_S(rDs), r2s.partition_D(sDsT)). Slot j of
+// the copy's source holds the accumulator register retile_S puts there; the copy writes it to
+// the logical (key, query) partition_S gives slot j, which must be that register's
+// partition_C coordinate.
+template <class Element, int HD>
+void expect_stmatrix_copy_keeps_accumulator_coordinates() {
+  using Tr = nattn::cuda::sm90::DkdvTraits<Element, HD, 64, 2, true>;
+  typename Tr::MmaS mma_s;
+  const auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_s);
+  const auto coords = make_identity_tensor(Shape<Int<Tr::BK>, Int<Tr::BQ>>{});
+  using Acc = decltype(partition_fragment_C(mma_s, Shape<Int<Tr::BK>, Int<Tr::BQ>>{}));
+  int index[cosize_v<typename Acc::layout_type>];
+  const auto registers = make_tensor(&index[0], typename Acc::layout_type{});
+  for (int i = 0; i < int(size(registers)); ++i) registers(i) = i;
+  int mismatches = 0, slots = 0;
+  for (int ctid = 0; ctid < 256; ++ctid) {
+    const auto c_frag = mma_s.get_thread_slice(ctid).partition_C(coords);
+    const auto thr = r2s.get_thread_slice(ctid);
+    const auto src = thr.retile_S(registers);
+    const auto where = thr.partition_S(coords);
+    ASSERT_EQ(int(size(src)), int(size(c_frag)));
+    ASSERT_EQ(int(size(where)), int(size(c_frag)));
+    for (int j = 0; j < int(size(src)); ++j) {
+      ++slots;
+      const auto want = c_frag(src(j));
+      const auto got = where(j);
+      if ((int(get<0>(want)) != int(get<0>(got)) || int(get<1>(want)) != int(get<1>(got))) && mismatches++ < 5)
+        ADD_FAILURE() << "head dim " << HD << ", thread " << ctid << ", slot " << j << ": register " << src(j)
+                      << " is at (" << int(get<0>(want)) << ", " << int(get<1>(want)) << "), the copy writes ("
+                      << int(get<0>(got)) << ", " << int(get<1>(got)) << ")";
+    }
+  }
+  EXPECT_EQ(slots, Tr::BK * Tr::BQ);  // every element of dS^T, once
+  EXPECT_EQ(mismatches, 0);
+}
+
+TEST(Sm90Layouts, FastDsStmatrixCopyKeepsAccumulatorCoordinates) {
+  expect_stmatrix_copy_keeps_accumulator_coordinates<cutlass::bfloat16_t, 128>();
+  expect_stmatrix_copy_keeps_accumulator_coordinates<cutlass::half_t, 128>();
+  expect_stmatrix_copy_keeps_accumulator_coordinates<cutlass::bfloat16_t, 64>();
+  expect_stmatrix_copy_keeps_accumulator_coordinates<cutlass::bfloat16_t, 32>();
 }
 
 }  // namespace
