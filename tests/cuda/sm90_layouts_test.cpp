@@ -92,6 +92,36 @@ TEST(Sm90Layouts, DqStagingIsTheSwizzledBoxLayout) {
     }
 }
 
+// reduce_dq adds its store offsets up from a per-thread base and key (FastDqShapes::thread_base):
+// every (thread, qi, hr) lands where staged() puts its two columns.
+template <int HD>
+void expect_reduce_dq_offsets_are_staged() {
+  using F = typename nattn::cuda::sm90::DkdvTraits<cutlass::bfloat16_t, HD, 64, 2, true>::Fast;
+  constexpr int QI = F::kDqCols / 8;
+  int mismatches = 0;
+  for (int wg = 0; wg < F::kDqSplit; ++wg)
+    for (int t = 0; t < 128; ++t) {
+      const int lane = t % 32, r0 = (t / 32) * 16 + lane / 4, col0 = wg * F::kDqCols;
+      const int base = F::thread_base(r0, lane, col0), key = F::thread_key(r0, lane);
+      for (int qi = 0; qi < QI; ++qi)
+        for (int hr = 0; hr < 2; ++hr)
+          for (int c = 0; c < 2; ++c) {
+            const int got = base + F::chunk_offset(key, qi) + hr * F::kHalfRowStep + c;
+            const int want = F::staged(r0 + 8 * hr, col0 + 8 * qi + 2 * (lane % 4) + c);
+            if (got != want && mismatches++ < 5)
+              ADD_FAILURE() << "head dim " << HD << ", warpgroup " << wg << ", thread " << t << ", qi " << qi << ", hr "
+                            << hr << ", c " << c << ": " << got << " vs staged " << want;
+          }
+    }
+  EXPECT_EQ(mismatches, 0);
+}
+
+TEST(Sm90Layouts, ReduceDqOffsetsAreTheStagedLayout) {
+  expect_reduce_dq_offsets_are_staged<128>();
+  expect_reduce_dq_offsets_are_staged<64>();
+  expect_reduce_dq_offsets_are_staged<32>();
+}
+
 // As the fast kernel stores dS^T: copy(r2s, r2s.retile_S(rDs), r2s.partition_D(sDsT)). Slot j of
 // the copy's source holds the accumulator register retile_S puts there; the copy writes it to
 // the logical (key, query) partition_S gives slot j, which must be that register's

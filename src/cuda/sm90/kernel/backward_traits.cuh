@@ -157,6 +157,18 @@ struct FastDqShapes {
     const int cp = c % kPanelCols;
     return (c / kPanelCols) * BQ * kPanelCols + r * kPanelCols + ((((cp >> 2) ^ (r & 7)) << 2) | (cp & 3));
   }
+  // reduce_dq's stores: staged(r0 + 8 hr, col0 + 8 qi + 2 (lane % 4)) split as the kernel adds it
+  // up, a thread's base and swizzle key once, then per (qi, hr) a constant XOR and add. Both rows
+  // of a thread share r % 8 (so the swizzle), and a column block's 16-byte chunk is
+  // (qi % 4) * 2 + (lane % 4) / 2 with no carry. Written as staged() per store, ptxas kept the
+  // 16 addresses live across the walk and spilled them. tests/cuda/sm90_layouts_test.cpp checks
+  // the split against staged().
+  static constexpr int thread_base(int r0, int lane, int col0) {
+    return (col0 / kPanelCols) * BQ * kPanelCols + r0 * kPanelCols + 2 * (lane % 2);
+  }
+  static constexpr int thread_key(int r0, int lane) { return ((r0 & 7) ^ ((lane % 4) >> 1)) << 2; }
+  static constexpr int chunk_offset(int key, int qi) { return (((qi % 4) * 8) ^ key) + (qi / 4) * BQ * kPanelCols; }
+  static constexpr int kHalfRowStep = 8 * kPanelCols;  // row r0 + 8 from row r0
   using SmemDs = decltype(cute::tile_to_shape(cute::GMMA::Layout_MN_SW128_Atom<Element>{},
                                               cute::Shape<cute::Int<BQ>, cute::Int<BK>, cute::_2>{}));
   using SmemDsT = decltype(cute::composition(

@@ -92,19 +92,17 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
   const int lane = t % 32, r0 = (t / 32) * 16 + lane / 4;
   const int col0 = F::kDqSplit == 2 ? wg * F::kDqCols : 0;
   const float f = fabsf(g.scale);
-  // F::staged(r0 + 8 hr, col0 + 8 qi + 2 (lane % 4)), spelled out: both rows have the same r % 8
-  // (so the same swizzle) and a column block's chunk is (qi % 4) * 2 + (lane % 4) / 2 (no carry),
-  // so every offset is one of four per-thread chunk offsets (((qi % 4) * 8) ^ x) from one base
-  // plus constants. Written as F::staged, ptxas kept the 16 store addresses out of the walk's
-  // loop and spilled them.
-  const int x = ((r0 & 7) ^ ((lane % 4) >> 1)) << 2;
-  float* const base = ss.dq_stage + (col0 / PC) * BQ * PC + r0 * PC + 2 * (lane % 2);
+  // F::staged(r0 + 8 hr, col0 + 8 qi + 2 (lane % 4)), added up from a per-thread base and key
+  // (FastDqShapes::thread_base says why).
+  const int x = F::thread_key(r0, lane);
+  float* const base = ss.dq_stage + F::thread_base(r0, lane, col0);
 #pragma unroll
   for (int qi = 0; qi < QI; ++qi) {
-    float* const chunk = base + (((qi % 4) * 8) ^ x) + (qi / 4) * BQ * PC;
+    float* const chunk = base + F::chunk_offset(x, qi);
 #pragma unroll
     for (int hr = 0; hr < 2; ++hr)
-      *reinterpret_cast<float2*>(chunk + hr * 8 * PC) = make_float2(dq[0][qi][2 * hr] * f, dq[0][qi][2 * hr + 1] * f);
+      *reinterpret_cast<float2*>(chunk + hr * F::kHalfRowStep) =
+          make_float2(dq[0][qi][2 * hr] * f, dq[0][qi][2 * hr + 1] * f);
   }
   cutlass::arch::fence_view_async_shared();  // generic-proxy writes before the TMA reads them
   // Named barrier ids (CUTLASS adds 8 for its reserved ones; hardware has 16): this kernel uses
