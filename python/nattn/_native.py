@@ -104,12 +104,14 @@ def _raise(e: RuntimeError):
     _lib.raise_for_status(int(m.group(1)), m.group(3), m.group(2))
 
 
-def forward(tensors, params, choice):
-    """(out, lse) of the fast path's forward; tensors = (q, k, v, ak, av), params as _fast's."""
+def forward(tensors, params, choice, op=None):
+    """(out, lse) of the fast path's forward; tensors = (q, k, v, ak, av), params as _fast's.
+    op: an op of na_forward's schema to call instead (_native_autograd's, which also records
+    the C++ autograd node)."""
     ks, st, dil, causal, scale, dense, backend, placement = params
     try:
-        out = _FORWARD(*tensors, window(ks, st, dil, causal, dense, placement), scale,
-                       options(backend, choice), choice.family)
+        out = (op or _FORWARD)(*tensors, window(ks, st, dil, causal, dense, placement), scale,
+                               options(backend, choice), choice.family)
     except RuntimeError as e:
         _raise(e)
     CALLS["forward"] += 1

@@ -57,15 +57,9 @@ def takes(t: torch.Tensor) -> bool:
 
 
 def attention(tensors, params, choice):
-    """(out, lse) with the C++ autograd node recorded; tensors = (q, k, v, ak, av)."""
-    ks, st, dil, causal, scale, dense, backend, placement = params
-    try:
-        out = _OP(*tensors, _native.window(ks, st, dil, causal, dense, placement), scale,
-                  _native.options(backend, choice), choice.family)
-    except RuntimeError as e:
-        _native._raise(e)
-    _native.CALLS["forward"] += 1
-    return out
+    """(out, lse) with the C++ autograd node recorded; tensors = (q, k, v, ak, av). The native
+    forward's arguments, errors and call count (_native.forward), through this library's op."""
+    return _native.forward(tensors, params, choice, _OP)
 
 
 def backward_calls() -> int:

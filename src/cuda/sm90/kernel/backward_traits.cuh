@@ -302,8 +302,7 @@ struct DqTraits : BackwardShapes<Element_, HD_, BN_, STAGES_> {
   struct DefaultStorage : Base::Pipeline {
     int2 win[3][BM];  // each own query's window per axis
   };
-  struct PersistentStorage : Base::template ItemPipeline<Item> {};
-  using SharedStorage = std::conditional_t<kPersistent, PersistentStorage, DefaultStorage>;
+  using SharedStorage = std::conditional_t<kPersistent, typename Base::template ItemPipeline<Item>, DefaultStorage>;
 };
 
 }  // namespace nattn::cuda::sm90
