@@ -48,6 +48,9 @@ struct Launcher {
   Status (*launch)(const KernelLaunch& k, const void* params, cudaStream_t stream);
   size_t smem;  // bytes of dynamic shared memory: sizeof the kernel's SharedStorage
   int threads;
+  // sm90 backward rows with a persistent variant (sm90::has_persistent_backward): its shared
+  // memory, which a persistent launch's plan reports; 0 for every other row.
+  size_t persistent_smem = 0;
 };
 struct KernelLaunch {
   int config_id = -1;

@@ -503,6 +503,7 @@ class Sm90Family final : public KernelFamily {
     const int64_t sms = call.device.sm_count > 0 ? call.device.sm_count : 1;
     k->grid[0] = unsigned(items > sms ? sms : items);
     k->grid[1] = k->grid[2] = 1;
+    k->smem = sm90::launcher(k->config_id)->persistent_smem;  // the persistent kernel's
     k->note = std::string(role_name(k->role)) + (k->additional_keys ? "_additional" : "") +
               ": persistent CTAs (NATTN_SM90_BWD_PERSISTENT=1)";
   }

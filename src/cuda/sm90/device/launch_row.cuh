@@ -31,6 +31,7 @@ struct Row {
         cudaFuncSetAttribute(fna_forward_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem())),
         "sm90: setting a kernel's shared memory size");
   }
+  static constexpr size_t persistent_smem() { return 0; }  // forward rows: persistence is in the kernel
   static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
     const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);
     fna_forward_kernel<Traits><<<grid, kThreads, smem(), stream>>>(*static_cast<const ForwardArgs*>(args));
@@ -56,8 +57,10 @@ struct DkdvRow {
       std::conditional_t<kPersistentBuilt,
                          DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages, false, 1, true>,
                          Traits>;  // (unused where not built)
-  static constexpr size_t persistent_smem() { return sizeof(typename PersistentTraits::SharedStorage); }
-  static_assert(!kPersistentBuilt || persistent_smem() <= kSm90SmemOptin,
+  static constexpr size_t persistent_smem() {
+    return kPersistentBuilt ? sizeof(typename PersistentTraits::SharedStorage) : 0;
+  }
+  static_assert(persistent_smem() <= kSm90SmemOptin,
                 "an sm90 dK/dV row's persistent variant exceeds the H100's shared-memory opt-in limit");
 
   static Status prepare() {
@@ -98,8 +101,10 @@ struct DqRow {
   using PersistentTraits =
       std::conditional_t<kPersistentBuilt, DqTraits<ElementOf<c.elem>, c.head_dim, c.block_kv, c.stages, 1, true>,
                          Traits>;  // (unused where not built)
-  static constexpr size_t persistent_smem() { return sizeof(typename PersistentTraits::SharedStorage); }
-  static_assert(!kPersistentBuilt || persistent_smem() <= kSm90SmemOptin,
+  static constexpr size_t persistent_smem() {
+    return kPersistentBuilt ? sizeof(typename PersistentTraits::SharedStorage) : 0;
+  }
+  static_assert(persistent_smem() <= kSm90SmemOptin,
                 "an sm90 dQ row's persistent variant exceeds the H100's shared-memory opt-in limit");
 
   static Status prepare() {
@@ -133,7 +138,8 @@ void register_role_rows(Launcher* table, std::integer_sequence<int, kIds...>) {
     constexpr int kId = decltype(id)::value;
     constexpr KernelConfig c = kKernelConfigs[kId];
     if constexpr (c.family == Family::kSm90 && c.role == kRole && c.head_dim == HD)
-      table[kId] = Launcher{&R<kId>::prepare, &R<kId>::launch, R<kId>::smem(), R<kId>::kThreads};
+      table[kId] =
+          Launcher{&R<kId>::prepare, &R<kId>::launch, R<kId>::smem(), R<kId>::kThreads, R<kId>::persistent_smem()};
   };
   (one(std::integral_constant<int, kIds>{}), ...);
 }
