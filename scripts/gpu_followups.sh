@@ -63,6 +63,9 @@
 #              (400 random problems in both modes with additional keys and head dims up to 256,
 #              the d256 cases, bitwise reproducibility) and compute-sanitizer memcheck and
 #              racecheck on a fast-mode and a d256 backward with additional keys
+#   rows-ab    issue 10: this build against 9544c7f's nattn-bench (.carry/old-bench.tar.xz), both
+#              backward modes, interleaved (the dK/dV kernels' lse2/Delta by TMA, the fast
+#              kernel's FA3 step order) -> $OUT/rows-ab.txt
 #   fast-ab    issue 10: the deterministic pair against the fast kernel (third version: TMA
 #              tensor reduce-adds) on the anchors, backward alone, interleaved det/fast/det/fast
 #              (nattn-bench --mode bwd, one build) -> $OUT/fast-ab.txt
@@ -100,12 +103,13 @@ NAT_STAGES=("--extent 7x7 --kernel 7 --heads 16 --batch 32 --dim 32 --no-verify"
 # ab VAR FILE MODE PROBLEM...: nattn-bench (bf16, 10 iterations) of each problem with the developer
 # switch VAR=1, 0, 1, 0 in turn (an A/B on one build), appending "VAR=v problem | pass ms, TFLOP/s,
 # error | the plan" per run to $out/FILE. MODE fwd or bwd; a problem's own flags may add --no-verify.
+# AB_VALUES (default "1 0 1 0") sets the values taken in turn.
 ab() {
   local var=$1 file=$2 mode=$3 pass args v
   shift 3
   pass=$([ "$mode" = bwd ] && echo backward || echo forward)
   for args in "$@"; do
-    for v in 1 0 1 0; do
+    for v in ${AB_VALUES:-1 0 1 0}; do
       env "$var=$v" timeout $(t 90) build-gpu/nattn-bench --backend cuda --dtype bf16 --iters 10 --warmup 2 \
         --mode "$mode" $args 2>&1 | awk -v m="$var=$v" -v a="$args" -v p="$pass" -v md="$mode" \
         '/^nattn-bench:/{n = split($0, h, "[|] " md " "); cfg = h[n]} $1 == p {printf "%s %s | %s %s ms, %s TFLOP/s, err %s | %s %s\n", m, a, p, $2, $3, $5, md, cfg}' \
@@ -169,6 +173,30 @@ if has bwd-check; then
   stamp bwd-check
 fi
 
+if has rows-ab; then
+  # issue 10, 2026-12-05 tenth session: the walked queries' lse2 and Delta by the producer's TMA
+  # (both dK/dV kernels; the row workspace of the Delta pre-pass) and the fast kernel's step in
+  # FlashAttention-3's order (dQ's product and staging beside dK's product), against the
+  # ninth session's final build (9544c7f's nattn-bench, .carry/old-bench.tar.xz), det and fast
+  # for both, interleaved, backward alone -> $out/rows-ab.txt
+  old_bench="${NATTN_OLD_BENCH:-old/nattn-bench}"
+  [ -x "$old_bench" ] || tar xJf .carry/old-bench.tar.xz
+  for args in "--dim 128 --extent 8192 --kernel 8192 --heads 16 --batch 2" "--dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24" \
+              "--dim 128 --extent 32768 --kernel 2048 --heads 16" "--dim 128 --extent 128x128 --kernel 31 --heads 16 --batch 4" \
+              "--dim 64 --extent 8192 --kernel 8192 --heads 16 --batch 2" "--dim 32 --extent 28x28 --kernel 7 --heads 4 --batch 32"; do
+    for r in $(seq "${NATTN_AB_ROUNDS:-2}"); do
+      for mode in 1 fast; do
+        for bin in "$old_bench" build-gpu/nattn-bench; do
+          label=$([ "$bin" = "$old_bench" ] && echo old || echo new)-$([ "$mode" = fast ] && echo fast || echo det)
+          NATTN_SM90_BACKWARD=$mode timeout $(t 60) "$bin" --backend cuda --dtype bf16 --iters 5 --warmup 1 --no-verify \
+            --mode bwd $args 2>&1 | awk -v l="$label" -v a="$args" '$1 == "backward" {printf "%-8s %s | backward %s ms, %s TFLOP/s\n", l, a, $2, $3}' \
+            | tee -a "$out/rows-ab.txt"
+        done
+      done
+    done
+  done
+  stamp rows-ab
+fi
 if has fast-ab; then
   for args in "--extent 256x256 --kernel 80 --stride 16 --heads 24" "--extent 256x256 --kernel 80 --heads 24" \
               "--extent 32768 --kernel 2048 --heads 16" "--extent 128x128 --kernel 31 --heads 16 --batch 4" \
@@ -190,18 +218,25 @@ if has persistent; then
   # the switch on, racecheck/synccheck on its suite, then the A/B against one CTA per item,
   # interleaved 0/1/0/1, backward alone, on a 1-D window (short walks) at d128 and d64 and a NAT
   # stage at d64 -> $out/persistent-ab.txt
-  timeout $(t 200) ctest --test-dir build-gpu -R CudaSm90Persistent --output-on-failure >"$out/persistent-ctest.log" 2>&1
-  echo "ctest CudaSm90Persistent rc=$?"; tail -3 "$out/persistent-ctest.log"
-  NATTN_SM90_BWD_PERSISTENT=1 timeout $(t 300) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \
-    >"$out/persistent-cuda-tests.log" 2>&1
-  echo "nattn_cuda_tests with the switch on rc=$?"; tail -3 "$out/persistent-cuda-tests.log"
-  for tool in racecheck synccheck; do
+  # (ctest finds no tests in a carried build: its CTestTestfile is not packed; the test's own
+  # filter, with the switch ctest would set.)
+  NATTN_SM90_BWD_PERSISTENT=1 timeout $(t 200) build-gpu/tests/nattn_cuda_tests --gtest_filter='*CudaSm90Persistent.*' \
+    >"$out/persistent-ctest.log" 2>&1
+  echo "CudaSm90Persistent rc=$?"; tail -3 "$out/persistent-ctest.log"
+  # The whole CUDA suite with the switch on (passed on 2026-12-05's first run; NATTN_PERSISTENT_FULL=1)
+  if [ "${NATTN_PERSISTENT_FULL:-0}" = 1 ]; then
+    NATTN_SM90_BWD_PERSISTENT=1 timeout $(t 300) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \
+      >"$out/persistent-cuda-tests.log" 2>&1
+    echo "nattn_cuda_tests with the switch on rc=$?"; tail -3 "$out/persistent-cuda-tests.log"
+  fi
+  for tool in ${NATTN_PERSISTENT_TOOLS:-racecheck synccheck}; do
     NATTN_SM90_BWD_PERSISTENT=1 timeout $(t 120) compute-sanitizer --tool $tool --error-exitcode 9 \
       build-gpu/tests/nattn_cuda_tests --gtest_filter='*CudaSm90Persistent.MatchesTheReference/bfloat16*' \
       >"$out/persistent-$tool.log" 2>&1
     echo "$tool rc=$?: $(grep -E 'ERROR SUMMARY|hazard' "$out/persistent-$tool.log" | tail -1)"
   done
-  ab NATTN_SM90_BWD_PERSISTENT persistent-ab.txt bwd "--dim 128 --extent 32768 --kernel 2048 --heads 16 --no-verify" \
+  # Each kernel alone (=dq, =dkdv) beside both (1) and neither (0).
+  AB_VALUES="0 dq dkdv 1" ab NATTN_SM90_BWD_PERSISTENT persistent-ab.txt bwd "--dim 128 --extent 32768 --kernel 2048 --heads 16 --no-verify" \
     "--dim 128 --extent 32768 --kernel 127 --heads 16 --no-verify" "--dim 64 --extent 32768 --kernel 2048 --heads 16 --no-verify" \
     "--dim 128 --extent 128x128 --kernel 31 --heads 16 --batch 4 --no-verify" \
     "--dim 64 --extent 56x56 --kernel 7 --heads 4 --batch 32 --no-verify" \
@@ -211,7 +246,7 @@ fi
 
 if has old-ab; then
   # This build against an older one's nattn-bench (NATTN_OLD_BENCH, default old/nattn-bench from
-  # .carry/old-bench.tar.xz: 6ee5455, before the ninth session's kernel changes), interleaved
+  # .carry/old-bench.tar.xz: 9544c7f since the tenth session; 6ee5455 before), interleaved
   # old/new/old/new: the forward (its Q descriptors rebuilt per product) and the backward
   # (deterministic default rows; P^T and dS^T in registers of their own), plus this build's fast
   # mode in the same rounds; and compute-sanitizer on the

@@ -244,7 +244,7 @@ Status make_plan_as_is(const Problem& p, DType dtype, bool backward, int device,
   }
   if (backward) {
     plan->delta_offset = ws;
-    ws += aligned(size_t(p.batch * p.tokens() * p.heads_q) * sizeof(float));
+    ws += aligned(size_t(p.batch * p.tokens() * p.heads_q) * cuda::kRowColumns * sizeof(float));
     PlannedKernel delta;
     delta.role = "delta";
     plan->explained.kernels.push_back(delta);

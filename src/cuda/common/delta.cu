@@ -3,6 +3,7 @@
 #include "cuda/check.h"
 #include "cuda/common/delta.h"
 #include "cuda/common/element.cuh"
+#include "cuda/common/fragment/softmax.cuh"
 
 namespace nattn::cuda {
 namespace {
@@ -19,7 +20,11 @@ __global__ void delta_kernel(BackwardParams p) {
   const T* dO = generic::row_of<const T>(g, p.dout, p.sdo, it.b, it.c, it.h);
   A d = generic::dot<T, A>(o, p.so.dim, dO, p.sdo.dim, g.head_dim_v);
   if (p.dlse) d -= A(*generic::row_of<const float>(g, p.dlse, p.sdlse, it.b, it.c, it.h));
-  p.delta[(it.b * g.tokens + it.token) * g.heads_q + it.h] = float(d);
+  // The row's lse in the log2 domain beside it (BackwardParams::rows); a row without keys
+  // (placed boxes: lse = -inf) gets +inf, so its P is 0 wherever a kernel reads it.
+  const float lse = *generic::row_of<const float>(g, p.lse, p.slse, it.b, it.c, it.h);
+  const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+  *generic::row_of<float4>(g, p.rows, p.srows, it.b, it.c, it.h) = make_float4(lse2, float(d), 0.f, 0.f);
 }
 
 template <class T>

@@ -66,6 +66,9 @@ inline Strides contiguous_query_strides(const Geometry& g, int64_t cols) {
   return s;
 }
 
+// Floats per query row in the backward's row workspace (BackwardParams::rows).
+constexpr int kRowColumns = 4;
+
 struct BackwardParams {
   Geometry g;
   const void* q = nullptr;
@@ -82,12 +85,19 @@ struct BackwardParams {
   void* dv = nullptr;
   void* dka = nullptr;
   void* dva = nullptr;
-  float* delta = nullptr;  // workspace [B, N, Hq], contiguous
+  // The Delta pre-pass's workspace (cuda/common/delta.h): per query row four floats, [B, N, Hq,
+  // kRowColumns] contiguous: the row's lse in the log2 domain (+inf for a row without keys, so
+  // P = 0 there), Delta, and two zeros (a TMA box row is at least 16 bytes: the sm90 dK/dV
+  // kernel's producer loads a walked box's columns with its Q and dO). delta points at the
+  // first row's Delta, sdelta steps over rows; rows holds the workspace, srows its strides.
+  float* rows = nullptr;
+  float* delta = nullptr;
   // The fast mode's float32 dQ partial sums ([B, X1..Xr, Hq, D] contiguous, zeroed before the
   // kernels add into it, already times the scale; null in deterministic mode).
   float* dq_accum = nullptr;
   Strides sq, sk, sv, ska, sva, so, sdo, slse, sdlse, sdq, sdk, sdv, sdka, sdva, sdq_accum;
   Strides sdelta;  // delta's strides as a [B, X1..Xr, Hq] tensor (set by the backend)
+  Strides srows;   // rows' strides as a [B, X1..Xr, Hq, kRowColumns] tensor
 };
 
 // Box shapes of one fused-kernel launch, in group positions (one dilation group per axis).

@@ -137,18 +137,22 @@ bool two_ctas_allowed() {
   static const bool on = !env_equals("NATTN_SM90_BWD_TWO_CTAS", "0");
   return on;
 }
-// NATTN_SM90_BWD_PERSISTENT=1 (off by default; built 2026-12-05, not yet run on a GPU): the
-// deterministic backward's dQ and dK/dV kernels of head dims 64 and 128 run as persistent CTAs,
-// at most one per SM, each running work items blockIdx.x, + gridDim.x, ... with the next item's
-// walk prepared and its own boxes loaded while the item before finishes
-// (kernel/backward_producer.cuh; sm90::has_persistent_backward rows, on every walk length, so
-// that an A/B shows where it pays: the forward's persistent_pays rule is the candidate). The
-// fast mode, head dim 256 and the two-CTA d32 rows keep one CTA per item with or without it.
-// ptxas 13.0 sm_90a: the persistent d128 dK/dV kernel at setmaxnreg 40/232 keeps its
-// consumers' walk loop free of spills; its producer warps spill (cmake/spill_allowlist.txt).
-bool backward_persistent_requested() {
-  static const bool on = env_equals("NATTN_SM90_BWD_PERSISTENT", "1");
-  return on;
+// NATTN_SM90_BWD_PERSISTENT=1 (off by default): the deterministic backward's dQ and dK/dV
+// kernels of head dims 64 and 128 run as persistent CTAs, at most one per SM, each running work
+// items blockIdx.x, + gridDim.x, ... with the next item's walk prepared and its own boxes loaded
+// while the item before finishes (kernel/backward_producer.cuh; sm90::has_persistent_backward
+// rows). =dq or =dkdv: only that kernel. The fast mode, head dim 256 and the two-CTA d32 rows
+// keep one CTA per item with or without it. First run on an H100 (2026-12-05, tenth session;
+// bench/results/2026-12-05-h100-tenth-session.md), both kernels, against one CTA per item:
+// backward 5-7% faster on 1d-32k (window 2048), 16% with window 127, 22% at d64, 20-25% on a
+// NAT 56x56 d64 stage; 4% slower on 128x128 window 31 (batch 4) and 9% on flux-2d-s16 (~100
+// steps per item). The per-kernel switch is there to find which kernel gives which.
+bool backward_persistent_requested(Role r) {
+  static const int on = env_equals("NATTN_SM90_BWD_PERSISTENT", "1")      ? 3
+                        : env_equals("NATTN_SM90_BWD_PERSISTENT", "dq")   ? 1
+                        : env_equals("NATTN_SM90_BWD_PERSISTENT", "dkdv") ? 2
+                                                                          : 0;
+  return (on & (r == Role::kBackwardDq ? 1 : 2)) != 0;
 }
 
 // The work items of a backward launch k whose kernel runs persistent (own boxes x heads x
@@ -157,7 +161,7 @@ bool backward_persistent_requested() {
 // plan sizes the grid by it and backward_kernel fills the kernel's arguments by it; the switch
 // is read once, so both see the same answer.
 int64_t persistent_items(const KernelLaunch& k, const Geometry& g, int64_t* boxes, int64_t* heads) {
-  if (!backward_persistent_requested() || !sm90::has_persistent_backward(kKernelConfigs[k.config_id])) return 0;
+  if (!backward_persistent_requested(k.role) || !sm90::has_persistent_backward(kKernelConfigs[k.config_id])) return 0;
   *boxes = k.tiling.neighborhood_ctas;  // no column parts: head dims up to 128
   *heads = k.role == Role::kBackwardDq ? g.heads_q : g.heads_kv;
   const int64_t items = *boxes * *heads * g.batch;
@@ -407,12 +411,17 @@ class Sm90Family final : public KernelFamily {
     // the walked queries x 32 columns (128-byte rows) for its TMA reduce-adds.
     const bool fast = k.role == Role::kBackwardDkdvDq;
     const MapSource accum{fast ? p.dq_accum : nullptr, p.sdq_accum, queries, g.heads_q, dq_accum_cols(g), "dq_accum"};
+    // The dK/dV kernel's walked queries' lse2 and Delta: the Delta pre-pass's row workspace
+    // ([B, X.., Hq, kRowColumns] contiguous), in the walked boxes x kRowColumns floats (16 bytes).
+    const MapSource rows{dq ? nullptr : p.rows, p.srows, queries, g.heads_q, kRowColumns, "delta_rows"};
     {
       HostPhaseTimer phase(HostPhase::kEncodeMaps);  // a launch's maps, one phase
       NATTN_RETURN_IF_ERROR(
           encode_maps(src, sm90::kDqAccum, dtype, g.batch, padded, args.tma, args.mode, args.head_cols));
       NATTN_RETURN_IF_ERROR(encode_maps(&accum, 1, DType::kFloat32, g.batch, 32, args.tma + sm90::kDqAccum,
                                         args.mode + sm90::kDqAccum, args.head_cols + sm90::kDqAccum));
+      NATTN_RETURN_IF_ERROR(encode_maps(&rows, 1, DType::kFloat32, g.batch, kRowColumns, args.tma + sm90::kWalkRows,
+                                        args.mode + sm90::kWalkRows, args.head_cols + sm90::kWalkRows));
     }
     return launch(k, &args, s);
   }

@@ -53,9 +53,11 @@ Status encode(CUtensorMap* map, const void* base, DType dtype, const MapGrid& m,
                                    : dtype == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
                                                                : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   const cuuint64_t row_bytes = cuuint64_t(pw) * es;
+  // 16-byte rows (the backward's row workspace, read as plain float rows) are not swizzled.
   const CUtensorMapSwizzle swizzle = row_bytes == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
                                      : row_bytes == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
-                                                       : CU_TENSOR_MAP_SWIZZLE_32B;
+                                     : row_bytes == 32 ? CU_TENSOR_MAP_SWIZZLE_32B
+                                                       : CU_TENSOR_MAP_SWIZZLE_NONE;
   cuuint64_t dims[5];
   int64_t elem_strides[4];
   cuuint32_t box[5] = {cuuint32_t(pw), 1, 1, 1, 1};

@@ -38,7 +38,8 @@ struct MapSource {
 // Encodes maps[0..n) into tma/mode/cols (the caller traces a launch's maps as one encode_maps
 // phase) (a map of an empty tensor, base null, is skipped), in
 // boxes of min(padded, 64) columns; float16/bfloat16 operands or float32 (the fast backward's
-// dQ workspace). A map encoded before from the same inputs comes from the cache.
+// dQ workspace, the backward's row workspace of 4 floats a row). A map encoded before from the
+// same inputs comes from the cache.
 Status encode_maps(const MapSource* maps, int n, DType dtype, int64_t batch, int padded, CUtensorMap* tma, int* mode,
                    int* cols);
 

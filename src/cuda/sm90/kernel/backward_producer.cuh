@@ -49,7 +49,6 @@ __device__ __forceinline__ bool issue_step(typename Tr::SharedStorage& ss, const
   constexpr uint64_t kShared = uint64_t(cute::TMA::CacheHintSm90::EVICT_LAST);
   Barrier::wait(&ss.empty[at.stage], at.phase ^ 1);  // the first pass over the stages does not wait
   ss.steps[at.stage] = st;
-  Barrier::arrive(&ss.info[at.stage]);  // releases the step to the consumers' early column loads
   if (!st.valid) {
     Barrier::arrive(&ss.full[at.stage]);
     return false;
@@ -58,8 +57,9 @@ __device__ __forceinline__ bool issue_step(typename Tr::SharedStorage& ss, const
   // and their columns are masked (mask_walked_keys).
   int c[3];
   const bool extra = step_coords(st, w, args.p.g, Tr::kWalkRows, c);
-  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.full[at.stage],
-                                                                 2 * Tr::kWalkElems * sizeof(typename Tr::Element));
+  int bytes = 2 * Tr::kWalkElems * int(sizeof(typename Tr::Element));
+  if constexpr (Tr::kWalkRowsByTma) bytes += Tr::kRowsBytes;
+  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&ss.full[at.stage], uint32_t(bytes));
   auto load = [&](int map, typename Tr::Element* dst) {
     tma_load_box<Tr::kPanels, Tr::PW>(&args.tma[map], args.mode[map], walk_heads, args.head_cols[map],
                                       &ss.full[at.stage], kShared, dst + at.stage * Tr::kWalkElems, Tr::kWalkRows, b,
@@ -67,6 +67,12 @@ __device__ __forceinline__ bool issue_step(typename Tr::SharedStorage& ss, const
   };
   load(extra ? kExtraA : kWalkA, ss.walk_a);
   load(extra ? kExtraB : kWalkB, ss.walk_b);
+  // dK/dV: the walked queries' lse2 and Delta (the row workspace, in the same boxes as Q; rows
+  // outside the tensor come back zero, as do their Q and dO, so their P^T dO and dS^T add 0).
+  if constexpr (Tr::kWalkRowsByTma)
+    tma_load_box<1, kRowColumns>(&args.tma[kWalkRows], args.mode[kWalkRows], walk_heads, args.head_cols[kWalkRows],
+                                 &ss.full[at.stage], kShared, &ss.walk_rows[at.stage][0][0], Tr::kWalkRows, b,
+                                 walk_head0 + st.head, c);
   return true;
 }
 
@@ -105,7 +111,6 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
     for (int i = 0; i < Tr::kStages; ++i) {
       cutlass::arch::ClusterTransactionBarrier::init(&ss.full[i], 1);
       cutlass::arch::ClusterBarrier::init(&ss.empty[i], 128 * Tr::kConsumers);
-      cutlass::arch::ClusterBarrier::init(&ss.info[i], 1);
     }
     cutlass::arch::fence_barrier_init();
     const int extra_tiles = int((extra_rows + Tr::kWalkRows - 1) / Tr::kWalkRows);
@@ -128,14 +133,14 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
   return true;
 }
 
-// The consumers' cursors: the stage ring, the own boxes' phase, and the count of walk steps
-// (the dK/dV kernel's column parity). The default kernels' start at zero for their one item;
-// the persistent variant's run on across items.
+// The consumers' cursors: the stage ring, the own boxes' phase, and the count of partial walk
+// steps (the parity of the dK/dV kernel's window tables). The default kernels' start at zero
+// for their one item; the persistent variant's run on across items.
 template <int kStages>
 struct ConsumerCursors {
   StageCursor<kStages> at;
   uint32_t own_phase = 0;
-  int steps = 0;
+  int partials = 0;
 };
 
 // ---- The persistent variant (Tr::kPersistent) ----
@@ -160,7 +165,6 @@ __device__ __forceinline__ void init_item_barriers(typename Tr::SharedStorage& s
   for (int i = 0; i < Tr::kStages; ++i) {
     TxBarrier::init(&ss.full[i], 1);
     Barrier::init(&ss.empty[i], 128 * Tr::kConsumers);
-    Barrier::init(&ss.info[i], 1);
   }
   for (int i = 0; i < 2; ++i) {
     Barrier::init(&ss.item_full[i], 96);  // producer warps 1-3, each writer arriving itself

@@ -23,7 +23,8 @@ namespace nattn::cuda::sm90 {
 // for the dQ kernel's extra walk steps the additional keys and values ([B, Na, Hkv, *] as a
 // 1-D grid in boxes of the walked rows; unused by dK/dV, whose additional-key pass is a launch
 // of its own over the additional tensors: device/family.cu), and the fast dK/dV kernel's
-// float32 dQ workspace (written by TMA reduce-adds).
+// float32 dQ workspace (written by TMA reduce-adds), and for the dK/dV kernel the Delta
+// pre-pass's row workspace (BackwardParams::rows: each walked query's lse2 and Delta).
 enum BackwardMapId : int {
   kWalkA = 0,
   kWalkB = 1,
@@ -31,8 +32,9 @@ enum BackwardMapId : int {
   kOwnB = 3,
   kExtraA = 4,
   kExtraB = 5,
-  kDqAccum = 6,  // the fast mode's float32 dQ workspace, in boxes of the walked queries x 32 columns
-  kNumBackwardMaps = 7
+  kDqAccum = 6,   // the fast mode's float32 dQ workspace, in boxes of the walked queries x 32 columns
+  kWalkRows = 7,  // dK/dV: the row workspace, in boxes of the walked queries x kRowColumns floats
+  kNumBackwardMaps = 8
 };
 
 struct BackwardArgs {
@@ -97,8 +99,6 @@ struct BackwardShapes {
     alignas(8) uint64_t own_full;  // both own boxes landed
     uint64_t full[kStages];        // stage s's walked boxes landed (and steps[s] is set)
     uint64_t empty[kStages];       // every consumer thread is done with stage s
-    uint64_t info[kStages];        // steps[s] is set (before its boxes land: the dK/dV consumers
-                                   // load the next step's columns early)
     Step steps[kStages];
     // Thread 0's: the stage the walk's next step goes to after start_backward's first steps,
     // and whether the end marker went out among them (kernel/backward_producer.cuh).
@@ -124,7 +124,6 @@ struct BackwardShapes {
     uint64_t own_empty;            // every consumer thread is done with the own boxes
     uint64_t full[kStages];        // stage s's walked boxes landed (and steps[s] is set)
     uint64_t empty[kStages];       // every consumer thread is done with stage s
-    uint64_t info[kStages];        // steps[s] is set (before its boxes land)
     uint64_t item_full[2];         // item slot i is prepared
     uint64_t item_empty[2];        // the consumers and the TMA thread are done with slot i
     Step steps[kStages];
@@ -247,11 +246,13 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   static constexpr int kProducerRegs = CTAS_ == 2 ? 32 : HD > 128 ? 56 : HD > 64 ? 40 : 72;
   static constexpr int kConsumerRegs = CTAS_ == 2 ? 104 : HD > 128 ? 224 : HD > 64 ? 232 : 216;
 
-  // Per consumer warpgroup and step parity: the walked queries' log2-domain lse (+inf where a
-  // query contributes nothing), Delta, and windows per axis (partial boxes).
-  struct Columns {
-    float lse2[BQ];
-    float delta[BQ];
+  // The walked queries' rows of the Delta pre-pass's workspace (lse2, Delta, 0, 0 each: a step's
+  // columns of P^T and dS^T), loaded by the producer's TMA with the step's Q and dO.
+  static constexpr bool kWalkRowsByTma = true;
+  static constexpr int kRowsBytes = BQ * kRowColumns * int(sizeof(float));
+  // Per consumer warpgroup, the windows per axis of a partial step's walked queries, by the
+  // parity of the partial steps (dkdv_consume).
+  struct Windows {
     int2 win[3][BQ];
   };
 
@@ -266,9 +267,11 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   using PipelineBase =
       std::conditional_t<kPersistent, typename Base::template ItemPipeline<Item>, typename Base::Pipeline>;
 
-  // own_a/own_b: K and V; walk_a/walk_b: Q and dO; the fast mode's dS buffers.
+  // own_a/own_b: K and V; walk_a/walk_b: Q and dO; walk_rows: the walked queries' rows per
+  // stage (kWalkRows map, filled with the stage's boxes); the fast mode's dS buffers.
   struct SharedStorage : PipelineBase, DsStorage<kFastDq, Element, BQ * BK, BQ * HD> {
-    Columns cols[kConsumers][2];
+    alignas(128) float walk_rows[kStages][BQ][kRowColumns];
+    Windows windows[kConsumers][2];
   };
 };
 
@@ -289,6 +292,7 @@ struct DqTraits : BackwardShapes<Element_, HD_, BN_, STAGES_> {
   static constexpr int kConsumerRegs = CTAS_ == 2 ? 96 : 216;
   static constexpr bool kPersistent = PERSISTENT_;
   static_assert(!kPersistent || CTAS_ == 1, "the persistent variant: one-CTA-per-SM rows");
+  static constexpr bool kWalkRowsByTma = false;  // the own queries' lse and Delta are read once
 
   // A work item of the persistent variant: an own query box of query head `head` in batch `b`,
   // and each own query's window per axis (masks of partial key boxes).

@@ -12,10 +12,11 @@
 // Warp-specialised:
 //   * warpgroup 0 (registers given back with setmaxnreg): thread 0 issues the TMA loads of the
 //     own K and V boxes once and of the walked Q and dO boxes per step (MapMode tensor maps over
-//     the caller's tensors, as the forward; kernel/backward_producer.cuh);
-//   * warpgroups 1-2 (64 key rows each): per step, the columns' lse, Delta and windows staged in
-//     shared memory per warpgroup, S^T and dP^T as SS-wgmma, the mask and the softmax
-//     gradient in registers, dV and dK as RS-wgmma; then dK and dV are stored.
+//     the caller's tensors, as the forward; kernel/backward_producer.cuh), with the walked
+//     queries' lse2 and Delta from the Delta pre-pass's row workspace (BackwardParams::rows);
+//   * warpgroups 1-2 (64 key rows each): per step S^T and dP^T as SS-wgmma, the mask (a partial
+//     step's query windows computed per warpgroup meanwhile) and the softmax gradient in
+//     registers, dV and dK as RS-wgmma; then dK and dV are stored.
 #pragma once
 #include <cuda_runtime.h>
 #include <cute/atom/copy_traits_sm90.hpp>
@@ -35,44 +36,6 @@
 #include "cuda/sm90/kernel/pieces.cuh"
 
 namespace nattn::cuda::sm90 {
-
-// One consumer warpgroup (128 threads, t = its thread), the columns of walk step st (query head
-// h) in two halves, so that their loads land while the step before computes: load_columns
-// brings thread t < BQ's query lse in the log2 domain (+inf for rows past the query box and for
-// queries without keys, so P = 0 there) and Delta into registers; store_columns writes them to
-// cols and, on partial boxes, the queries' windows.
-struct ColumnLoad {
-  float lse2 = INFINITY, delta = 0.f;
-};
-
-template <class Tr>
-__device__ __forceinline__ ColumnLoad load_columns(const Step& st, const TileWalk& w, const BackwardArgs& args, int b,
-                                                   int h, int t) {
-  const BackwardParams& p = args.p;
-  const Geometry& g = p.g;
-  ColumnLoad c;
-  if (t >= Tr::BQ || !st.valid) return c;
-  int count[3];
-  w.walk_rows_left(st.start, count);
-  if (!row_inside(t, args.tl.walk_shift, count)) return c;
-  int pos[3];
-  box_position(t, args.tl.walk_shift, st.start, pos);
-  c.lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.walk_off, g, p.slse)] * kLog2e;
-  c.delta = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.walk_off, g, p.sdelta)];
-  if (c.lse2 == -INFINITY) c.lse2 = INFINITY;  // a query without keys (placed boxes)
-  return c;
-}
-
-template <class Tr>
-__device__ __forceinline__ void store_columns(typename Tr::Columns& cols, const ColumnLoad& c, const Step& st,
-                                              const TileWalk& w, const BackwardArgs& args, int t) {
-  if (!st.valid) return;
-  if (t < Tr::BQ) {
-    cols.lse2[t] = c.lse2;
-    cols.delta[t] = c.delta;
-  }
-  if (!st.full) fill_axis_windows(&cols.win[0][0], Tr::BQ, st.start, args.tl.walk_shift, w, t, 128);
-}
 
 // Fast mode, a warpgroup after its dQ product (t = its thread, wg its index): its kDqCols
 // columns of the step's dQ partial (the walked queries summed over the CTA's 128 keys, times
@@ -122,6 +85,62 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
   cute::tma_store_arrive();  // closes this step's bulk group
 }
 
+// Fast mode, one step's gradient products and dQ partial (consumer thread ctid of 256, step n of
+// the item), in FlashAttention-3's order so that the dQ product and its staging overlap the
+// gradient products of the same warpgroup:
+//   dS^T to this step's parity buffer (stmatrix), dV += P^T dO issued, the 256-thread barrier
+//   (both warpgroups' dS^T halves written; thread 0 of each warpgroup first waits until its last
+//   reduce-adds have read the staging tile, so every staging write after the barrier finds it
+//   free), dQ = dS K issued (head dim 128: both warpgroups, 64 columns each; below: one
+//   warpgroup per step, alternating), dK += dS^T Q issued; then the wait for all but dK's
+//   product (dV's and dQ's are done) and dQ's staging and reduce-add (reduce_dq) while dK's runs.
+// A warpgroup writes a dS buffer again two steps on, past the next step's barrier, which every
+// reader reaches only after its dQ product has completed (the wait before its staging).
+// The caller waits for dK's product before it releases the stage.
+template <class Tr, class MmaG, class TP, class TDs, class RDs, class TDo, class TQ, class TAcc>
+__device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& mma_g, const TP& tGrP, const TDs& tGrDs,
+                                          const RDs& rDs, const TDo& tGrDot, const TQ& tGrQt, TAcc& tGrDv, TAcc& tGrDk,
+                                          const Step& st, const TileWalk& w, const BackwardArgs& args, int b, int h,
+                                          int n) {
+  using namespace cute;
+  using Element = typename Tr::Element;
+  using F = typename Tr::Fast;
+  constexpr int BQ = Tr::BQ, HD = Tr::HD;
+  const int ctid = int(threadIdx.x) - 128, wg = ctid / 128;
+  // With stmatrix (8 x 8 blocks of 16-byte rows, queries contiguous): four stores a thread
+  // instead of sixteen 32-bit generic ones with 64-bit addresses; each block's 8 rows sit in
+  // 8 different 16-byte chunks of the 128-byte swizzle, so a block is one conflict-free
+  // wavefront. make_tiled_copy_C reads the registers in the accumulator's own layout (its
+  // source side gives register i partition_C's coordinate: checked on the host, 2026-12-05).
+  Tensor sDsT = make_tensor(make_smem_ptr(ss.ds), typename F::SmemDsT{});
+  typename Tr::MmaS mma_s;
+  auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_s);
+  auto thr_r2s = r2s.get_thread_slice(ctid);
+  copy(r2s, thr_r2s.retile_S(rDs), thr_r2s.partition_D(sDsT(_, _, n & 1)));
+  wgmma<false>(mma_g, tGrP, tGrDot, tGrDv);
+  cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
+  if (ctid % 128 == 0) cute::tma_store_wait<0>();
+  cutlass::arch::NamedBarrier::sync(256, 3);
+  const bool dq = F::kDqSplit == 2 || wg == (n & 1);
+  typename F::MmaDq mma_q;
+  auto thr_q = mma_q.get_thread_slice(F::kDqSplit == 2 ? ctid : ctid % 128);
+  Tensor sDs = make_tensor(make_smem_ptr(ss.ds), typename F::SmemDs{});
+  Tensor sKt = make_tensor(make_smem_ptr(ss.own_a), typename F::SmemOwnT{});
+  Tensor tQrDs = thr_q.partition_fragment_A(sDs(_, _, n & 1));
+  Tensor tQrKt = thr_q.partition_fragment_B(sKt);
+  Tensor tQrDq = partition_fragment_C(mma_q, Shape<Int<BQ>, Int<HD>>{});
+  constexpr int QI = F::kDqCols / 8;
+  static_assert(decltype(size(tQrDq))::value == QI * 4, "dQ fragment: one m16n8 row pair per n8 block");
+  if (dq) wgmma<true>(mma_q, tQrDs, tQrKt, tQrDq);
+  wgmma<false>(mma_g, tGrDs, tGrQt, tGrDk);
+  if (dq) {
+    warpgroup_wait<1>();  // dV's and dQ's products are done; dK's runs on
+    warpgroup_fence_operand(tQrDq);
+    reduce_dq<Tr>(ss, *reinterpret_cast<float(*)[1][QI][4]>(raw_pointer_cast(tQrDq.data())), st, w, args, b, h, wg,
+                  ctid % 128);
+  }
+}
+
 // One own key box (walk w, kv head hk, batch b) of the consumer warpgroups. part: which HDO
 // columns of dK and dV they write (0 unless the head dim is split, Tr::kColumnSplit). cs: the
 // stage ring's cursor, the own boxes' phase and the step count (column parity), which the
@@ -136,7 +155,7 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   using Out = GlobalElement<Element>;
   using Barrier = cutlass::arch::ClusterBarrier;
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
-  constexpr int BQ = Tr::BQ, HD = Tr::HD, HDO = Tr::HDO, NI = BQ / 8, OI = HDO / 8;
+  constexpr int BQ = Tr::BQ, HDO = Tr::HDO, NI = BQ / 8, OI = HDO / 8;
   const BackwardParams& p = args.p;
   const Geometry& g = p.g;
   const Tiling& tl = args.tl;
@@ -195,44 +214,35 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
     cutlass::arch::NamedBarrier::sync(256, 1);
   }
 
-  // The columns (lse, Delta, windows) of step n are in ss.cols[wg][n & 1]. Step n + 1's are
-  // loaded during step n, as soon as the producer has set the step (ss.info: before its boxes
-  // land), and stored at its end: their global loads overlap step n's products instead of
-  // stalling step n + 1 (the parity buffer's one barrier per step: a thread writes step n + 1's
-  // copy after passing step n's barrier, so every reader of step n - 1's copy is done with it).
-  static_assert(Tr::kStages >= 2, "the next step's columns load while this step computes");
+  // A step's lse2 and Delta come with its boxes (ss.walk_rows[stage], the producer's TMA). A
+  // partial step's query windows are computed by each warpgroup while its S^T and dP^T run, into
+  // the table of the partial steps' parity: a warpgroup writes a table again two partial steps
+  // on, past the barrier of the partial step between, which every reader of the table reaches
+  // only after its mask.
   StageCursor<Tr::kStages>& at = cs.at;
-  {
-    Barrier::wait(&ss.info[at.stage], at.phase);
-    const Step first = ss.steps[at.stage];
-    store_columns<Tr>(ss.cols[wg][cs.steps & 1], load_columns<Tr>(first, w, args, b, hk * hpk + first.head, ctid % 128),
-                      first, w, args, ctid % 128);
-  }
-  for (int& n = cs.steps;; ++n) {
+  for (int n = 0;; ++n) {  // n: this item's steps (the fast mode's dS parity)
     TxBarrier::wait(&ss.full[at.stage], at.phase);
     const Step st = ss.steps[at.stage];
     if (!st.valid) break;
-    // S^T and dP^T start while the next step's columns are asked for.
     wgmma<true>(mma_s, tSrK, tSrQ(_, _, _, at.stage), tSrS);
     wgmma<true>(mma_s, tSrV, tSrDo(_, _, _, at.stage), tSrDp);
-    typename Tr::Columns& cols = ss.cols[wg][n & 1];
-    cutlass::arch::NamedBarrier::sync(128, 5 + wg);
-    StageCursor<Tr::kStages> nx = at;
-    nx.next();
-    Barrier::wait(&ss.info[nx.stage], nx.phase);
-    const Step next = ss.steps[nx.stage];
-    const ColumnLoad next_cols = load_columns<Tr>(next, w, args, b, hk * hpk + next.head, ctid % 128);
-    const int h = hk * hpk + st.head;
+    int2* const win = &ss.windows[wg][cs.partials & 1].win[0][0];
+    if (!st.full) {
+      fill_axis_windows(win, BQ, st.start, tl.walk_shift, w, ctid % 128, 128);
+      cutlass::arch::NamedBarrier::sync(128, 5 + wg);
+      ++cs.partials;
+    }
+    const float(&rows)[BQ][kRowColumns] = ss.walk_rows[at.stage];
     warpgroup_wait<1>();  // S^T is done
     warpgroup_fence_operand(tSrS);
-    if (!st.full)
-      mask_rows_are_keys(s, st.partial, &cols.win[0][0], BQ, tl.own_shift, tl.walk_shift, w.own_start, row0, lane);
+    if (!st.full) mask_rows_are_keys(s, st.partial, win, BQ, tl.own_shift, tl.walk_shift, w.own_start, row0, lane);
+    // Register e of n8 block ni holds column ni * 8 + 2 (lane % 4) + (e & 1); its lse2 and Delta
+    // are read where they are used (held across dP^T's wait, the Delta values took registers).
+    auto column = [&](int ni, int e) -> const float* { return rows[ni * 8 + 2 * (lane % 4) + (e & 1)]; };
 #pragma unroll
-    for (int ni = 0; ni < NI; ++ni) {
-      const float2 l = *reinterpret_cast<const float2*>(cols.lse2 + ni * 8 + 2 * (lane % 4));
+    for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[0][ni][e] = fast_exp2(fmaf(s[0][ni][e], c, -((e & 1) ? l.y : l.x)));
-    }
+      for (int e = 0; e < 4; ++e) s[0][ni][e] = fast_exp2(fmaf(s[0][ni][e], c, -column(ni, e)[0]));
     if constexpr (Tr::kMinBlocks == 2) {
       // Two CTAs per SM (104 consumer registers, d32): the order before the ninth session (dV's
       // product issues before dP^T's wait; dS^T reuses P^T's registers). The order below made
@@ -243,11 +253,9 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
       warpgroup_wait<0>();  // dP^T is done, and dV's product has read P^T
       warpgroup_fence_operand(tSrDp);
 #pragma unroll
-      for (int ni = 0; ni < NI; ++ni) {
-        const float2 d = *reinterpret_cast<const float2*>(cols.delta + ni * 8 + 2 * (lane % 4));
+      for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[0][ni][e] *= dp[0][ni][e] - ((e & 1) ? d.y : d.x);
-      }
+        for (int e = 0; e < 4; ++e) s[0][ni][e] *= dp[0][ni][e] - column(ni, e)[1];
 #pragma unroll
       for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
       wgmma<false>(mma_g, tGrP, tGrQt(_, _, _, at.stage), tGrDk);
@@ -257,17 +265,18 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
       // dS^T = P^T (dP^T - Delta) in dP^T's registers (from the float32 P^T), then both 16-bit
       // tiles; the float32 ones are dead from here on.
 #pragma unroll
-      for (int ni = 0; ni < NI; ++ni) {
-        const float2 d = *reinterpret_cast<const float2*>(cols.delta + ni * 8 + 2 * (lane % 4));
+      for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dp[0][ni][e] = s[0][ni][e] * (dp[0][ni][e] - ((e & 1) ? d.y : d.x));
-      }
+        for (int e = 0; e < 4; ++e) dp[0][ni][e] = s[0][ni][e] * (dp[0][ni][e] - column(ni, e)[1]);
 #pragma unroll
       for (int i = 0; i < size(tSrS); ++i) {
         rP(i) = Element(tSrS(i));
         rDs(i) = Element(tSrDp(i));
       }
-      if constexpr (Tr::kColumnSplit == 1) {
+      if constexpr (Tr::kFastDq) {
+        fast_step<Tr>(ss, mma_g, tGrP, tGrDs, rDs, tGrDot(_, _, _, at.stage), tGrQt(_, _, _, at.stage), tGrDv, tGrDk,
+                      st, w, args, b, hk * hpk + st.head, n);
+      } else if constexpr (Tr::kColumnSplit == 1) {
         wgmma<false>(mma_g, tGrP, tGrDot(_, _, _, at.stage), tGrDv);
         wgmma<false>(mma_g, tGrDs, tGrQt(_, _, _, at.stage), tGrDk);
       } else {
@@ -275,51 +284,9 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
         wgmma<false>(mma_g, tGrDs, walked_part(ss.walk_a, at.stage), tGrDk);
       }
     }
-    store_columns<Tr>(ss.cols[wg][(n + 1) & 1], next_cols, ss.steps[nx.stage], w, args, ctid % 128);
-    if constexpr (Tr::kFastDq) {
-      // dS^T into this step's parity buffer (both warpgroups' 64 keys), then dQ = dS K over all
-      // 128 keys: at head dim 128 both warpgroups, 64 columns each; below one warpgroup
-      // (alternating by step). A warpgroup writes a dS buffer again two steps on, past the next
-      // step's barrier, which every reader reaches only after its product. Each warpgroup's
-      // thread 0 waits until its previous reduce-adds have read the staging tile before the
-      // barrier, so every staging write after it finds the tile free.
-      using F = typename Tr::Fast;
-      // With stmatrix (8 x 8 blocks of 16-byte rows, queries contiguous): four stores a thread
-      // instead of sixteen 32-bit generic ones with 64-bit addresses; each block's 8 rows sit in
-      // 8 different 16-byte chunks of the 128-byte swizzle, so a block is one conflict-free
-      // wavefront. make_tiled_copy_C reads the registers in the accumulator's own layout (its
-      // source side gives register i partition_C's coordinate: checked on the host, 2026-12-05).
-      Tensor sDsT = make_tensor(make_smem_ptr(ss.ds), typename F::SmemDsT{});
-      auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_s);
-      auto thr_r2s = r2s.get_thread_slice(ctid);
-      copy(r2s, thr_r2s.retile_S(rDs), thr_r2s.partition_D(sDsT(_, _, n & 1)));
-      cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
-      if (ctid % 128 == 0) cute::tma_store_wait<0>();
-      cutlass::arch::NamedBarrier::sync(256, 3);
-    }
-    // dV's and dK's products are done with this stage's dO and Q (and with P^T and dS^T: the
-    // fast mode's dQ product below issues after them, so its 32 accumulator registers are never
-    // live with P^T and dS^T; a warpgroup's products run in order anyway).
+    // The products are done with this stage's dO and Q (and with P^T and dS^T).
     warpgroup_wait<0>();
     Barrier::arrive(&ss.empty[at.stage]);
-    if constexpr (Tr::kFastDq) {
-      using F = typename Tr::Fast;
-      if (F::kDqSplit == 2 || wg == (n & 1)) {
-        Tensor sDs = make_tensor(make_smem_ptr(ss.ds), typename F::SmemDs{});
-        Tensor sKt = make_tensor(make_smem_ptr(ss.own_a), typename F::SmemOwnT{});
-        typename F::MmaDq mma_q;
-        auto thr_q = mma_q.get_thread_slice(F::kDqSplit == 2 ? ctid : ctid % 128);
-        Tensor tQrDs = thr_q.partition_fragment_A(sDs(_, _, n & 1));
-        Tensor tQrKt = thr_q.partition_fragment_B(sKt);
-        Tensor tQrDq = partition_fragment_C(mma_q, Shape<Int<BQ>, Int<HD>>{});
-        constexpr int QI = F::kDqCols / 8;
-        static_assert(decltype(size(tQrDq))::value == QI * 4, "dQ fragment: one m16n8 row pair per n8 block");
-        wgmma<true>(mma_q, tQrDs, tQrKt, tQrDq);
-        warpgroup_wait<0>();
-        reduce_dq<Tr>(ss, *reinterpret_cast<float(*)[1][QI][4]>(raw_pointer_cast(tQrDq.data())), st, w, args, b, h, wg,
-                      ctid % 128);
-      }
-    }
     at.next();
   }
 
