@@ -235,8 +235,8 @@ if has persistent; then
       >"$out/persistent-$tool.log" 2>&1
     echo "$tool rc=$?: $(grep -E 'ERROR SUMMARY|hazard' "$out/persistent-$tool.log" | tail -1)"
   done
-  # Each kernel alone (=dq, =dkdv) beside both (1) and neither (0).
-  AB_VALUES="0 dq dkdv 1" ab NATTN_SM90_BWD_PERSISTENT persistent-ab.txt bwd "--dim 128 --extent 32768 --kernel 2048 --heads 16 --no-verify" \
+  # Each kernel alone (=dq, =dkdv) beside both (1) and neither (0); NATTN_PERSISTENT_AB=0 skips it.
+  [ "${NATTN_PERSISTENT_AB:-1}" = 1 ] && AB_VALUES="0 dq dkdv 1" ab NATTN_SM90_BWD_PERSISTENT persistent-ab.txt bwd "--dim 128 --extent 32768 --kernel 2048 --heads 16 --no-verify" \
     "--dim 128 --extent 32768 --kernel 127 --heads 16 --no-verify" "--dim 64 --extent 32768 --kernel 2048 --heads 16 --no-verify" \
     "--dim 128 --extent 128x128 --kernel 31 --heads 16 --batch 4 --no-verify" \
     "--dim 64 --extent 56x56 --kernel 7 --heads 4 --batch 32 --no-verify" \

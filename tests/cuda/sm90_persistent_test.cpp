@@ -1,11 +1,12 @@
-// Layer: tests. The persistent variant of the sm90 backward kernels (NATTN_SM90_BWD_PERSISTENT=1,
-// read once per process, so ctest runs this suite in its own process with it set:
+// Layer: tests. The persistent variant of the sm90 backward kernels (forced by
+// NATTN_SM90_BWD_PERSISTENT=1, read once per process, so ctest runs this suite in its own
+// process with it set:
 // tests/CMakeLists.txt): on a Hopper device the deterministic dQ and dK/dV kernels of head dims
 // 64 and 128 are planned as persistent CTAs (at most one per SM, the plan's sm90 verdict says
 // so) and match the CPU reference on short walks (1-D windows, small 2-D windows), random
 // problems (dilation, causal axes, additional keys, GQA) and more work items than SMs, so that
 // CTAs run several items each (the stage ring, the column parity and the barriers' phases go on
-// across items). Without the switch the plan keeps one CTA per item.
+// across items). Without the switch the plan chooses them for short walks only.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -128,20 +129,56 @@ TEST_P(CudaSm90Persistent, MatchesTheReference) {
   }
 }
 
-// Without the switch the sm90 backward keeps one CTA per item: grid (own boxes, heads, batch).
-TEST_P(CudaSm90Persistent, OffByDefault) {
-  if (switch_on()) GTEST_SKIP() << "NATTN_SM90_BWD_PERSISTENT=1 is set";
+// Without the switch the plan follows the walk (family.cu persistent_pays_backward, from the
+// 2026-12-05 A/B on an H100): short walks (a NAT-sized 2-D window, a short 1-D one) run
+// persistent, long 2-D walks (window 31 over 128 x 128: ~30 walked boxes per item, measured 3-4%
+// slower persistent; flux-2d-s16's ~130, 9% slower) keep one CTA per item.
+TEST_P(CudaSm90Persistent, DefaultFollowsTheWalk) {
+  if (std::getenv("NATTN_SM90_BWD_PERSISTENT") != nullptr) GTEST_SKIP() << "NATTN_SM90_BWD_PERSISTENT is set";
   if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
-  const nattn::Problem p = problems(rng, 128)[0];
-  nattn::Options o = cuda_options();
-  o.choice.family = "sm90";
-  DeviceBackward c = make_device_backward(p, GetParam(), false, false, rng);
-  nattn::Plan plan;
-  ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
-  for (const nattn::FamilyVerdict& f : plan.families)
-    if (f.chosen) EXPECT_EQ(f.reason.find("persistent"), std::string::npos) << f.reason;
-  for (const nattn::PlannedKernel& k : plan.kernels)
-    if (k.role == "backward_dq") EXPECT_EQ(k.grid[1], p.heads_q);
+  struct Case {
+    int rank;
+    int64_t extent, kernel, stride, batch, heads;
+    int head_dim;
+    bool persistent;
+  };
+  const Case cases[] = {{2, 56, 7, 1, 4, 4, 64, true},
+                        {1, 4096, 127, 1, 1, 4, 128, true},
+                        {2, 128, 31, 1, 1, 4, 128, false},
+                        {2, 256, 80, 16, 1, 2, 128, false}};
+  for (const Case& cs : cases) {
+    nattn::Problem p;
+    p.rank = cs.rank;
+    for (int a = 0; a < cs.rank; ++a) {
+      p.extent[a] = cs.extent;
+      p.window.kernel_size[a] = cs.kernel;
+      p.window.stride[a] = cs.stride;
+    }
+    p.batch = cs.batch;
+    p.heads_q = p.heads_kv = cs.heads;
+    p.head_dim = p.head_dim_v = cs.head_dim;
+    SCOPED_TRACE(describe_problem(p));
+    nattn::Options o = cuda_options();
+    o.choice.family = "sm90";
+    o.deterministic = true;
+    DeviceBackward c = make_device_backward(p, GetParam(), false, false, rng);
+    nattn::Plan plan;
+    ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
+    std::string verdict;
+    for (const nattn::FamilyVerdict& f : plan.families)
+      if (f.chosen) verdict = f.reason;
+    for (const nattn::PlannedKernel& k : plan.kernels) {
+      if (k.role != "backward_dq" && k.role != "backward_dkdv") continue;
+      EXPECT_EQ(verdict.find(k.role + ": persistent CTAs") != std::string::npos, cs.persistent)
+          << k.role << ": " << verdict;
+      if (!cs.persistent && k.role == "backward_dq") EXPECT_EQ(k.grid[1], p.heads_q);
+    }
+    if (cs.persistent) {  // and it computes what the reference does
+      ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
+      ASSERT_TRUE(device_synchronized());
+      expect_backward_matches_reference(c);
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaSm90Persistent, ::testing::Values(DType::kFloat16, DType::kBFloat16),

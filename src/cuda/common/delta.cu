@@ -24,7 +24,9 @@ __global__ void delta_kernel(BackwardParams p) {
   // (placed boxes: lse = -inf) gets +inf, so its P is 0 wherever a kernel reads it.
   const float lse = *generic::row_of<const float>(g, p.lse, p.slse, it.b, it.c, it.h);
   const float lse2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
-  *generic::row_of<float4>(g, p.rows, p.srows, it.b, it.c, it.h) = make_float4(lse2, float(d), 0.f, 0.f);
+  // (row_of steps in elements of its type: the row's first float, then its four as one store.)
+  float* row = generic::row_of<float>(g, p.rows, p.srows, it.b, it.c, it.h);
+  *reinterpret_cast<float4*>(row) = make_float4(lse2, float(d), 0.f, 0.f);
 }
 
 template <class T>

@@ -8,8 +8,8 @@ namespace nattn::cuda::sm90 {
 // The launcher of row `id`, or null when the row is not an sm90 row or not built.
 const Launcher* launcher(int id);
 
-// Backward rows with a persistent variant of their kernel (opt-in: NATTN_SM90_BWD_PERSISTENT=1,
-// device/family.cu; launched by the row's launcher when BackwardArgs::items > 0): the
+// Backward rows with a persistent variant of their kernel (chosen for short walks,
+// device/family.cu persistent_items; launched by the row's launcher when BackwardArgs::items > 0): the
 // deterministic dQ and dK/dV rows of head dims 64 and 128 with one CTA per SM. The fast kernel,
 // head dim 256 and the two-CTA rows have none.
 constexpr bool has_persistent_backward(const KernelConfig& c) {

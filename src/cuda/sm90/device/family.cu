@@ -137,22 +137,30 @@ bool two_ctas_allowed() {
   static const bool on = !env_equals("NATTN_SM90_BWD_TWO_CTAS", "0");
   return on;
 }
-// NATTN_SM90_BWD_PERSISTENT=1 (off by default): the deterministic backward's dQ and dK/dV
-// kernels of head dims 64 and 128 run as persistent CTAs, at most one per SM, each running work
-// items blockIdx.x, + gridDim.x, ... with the next item's walk prepared and its own boxes loaded
-// while the item before finishes (kernel/backward_producer.cuh; sm90::has_persistent_backward
-// rows). =dq or =dkdv: only that kernel. The fast mode, head dim 256 and the two-CTA d32 rows
-// keep one CTA per item with or without it. First run on an H100 (2026-12-05, tenth session;
-// bench/results/2026-12-05-h100-tenth-session.md), both kernels, against one CTA per item:
-// backward 5-7% faster on 1d-32k (window 2048), 16% with window 127, 22% at d64, 20-25% on a
-// NAT 56x56 d64 stage; 4% slower on 128x128 window 31 (batch 4) and 9% on flux-2d-s16 (~100
-// steps per item). The per-kernel switch is there to find which kernel gives which.
-bool backward_persistent_requested(Role r) {
-  static const int on = env_equals("NATTN_SM90_BWD_PERSISTENT", "1")      ? 3
-                        : env_equals("NATTN_SM90_BWD_PERSISTENT", "dq")   ? 1
-                        : env_equals("NATTN_SM90_BWD_PERSISTENT", "dkdv") ? 2
-                                                                          : 0;
-  return (on & (r == Role::kBackwardDq ? 1 : 2)) != 0;
+// Persistent backward CTAs (kernel/backward_producer.cuh; sm90::has_persistent_backward rows:
+// the deterministic dQ and dK/dV kernels of head dims 64 and 128): at most one CTA per SM, each
+// running work items blockIdx.x, + gridDim.x, ... with the next item's walk prepared and its own
+// boxes loaded while the item before finishes. They pay where a CTA's start is a large part of
+// its item: short walks. First runs on an H100 (2026-12-05, tenth session;
+// bench/results/2026-12-05-h100-tenth-session.md), both kernels against one CTA per item,
+// backward alone: 1-D window 2048 (~34 walked boxes per item) 5-7% faster, window 127 12-16%,
+// d64 window 2048 22-25%, a NAT 56x56 window 7 d64 stage (~6 per item) 20-25%; but 128x128
+// window 31 (~30 per item, 2-D) 3-4% slower and flux-2d-s16 (~130) 9% slower. So by default:
+// walks of at most 16 boxes per item, or 1-D walks of at most 48 (fit to those six problems;
+// persistent_pays_backward). NATTN_SM90_BWD_PERSISTENT=1 / 0 forces both kernels on / off,
+// =dq or =dkdv only that kernel on. The fast mode, head dim 256 and the two-CTA d32 rows keep
+// one CTA per item.
+int backward_persistent_forced(Role r) {
+  static const int on = std::getenv("NATTN_SM90_BWD_PERSISTENT") == nullptr ? -1
+                        : env_equals("NATTN_SM90_BWD_PERSISTENT", "1")      ? 3
+                        : env_equals("NATTN_SM90_BWD_PERSISTENT", "dq")     ? 1
+                        : env_equals("NATTN_SM90_BWD_PERSISTENT", "dkdv")   ? 2
+                                                                            : 0;
+  return on < 0 ? -1 : (on & (r == Role::kBackwardDq ? 1 : 2)) != 0 ? 1 : 0;
+}
+bool persistent_pays_backward(const KernelLaunch& k, const Geometry& g) {
+  const double walk = k.walked_tiles / double(k.tiling.neighborhood_ctas > 0 ? k.tiling.neighborhood_ctas : 1);
+  return walk <= 16.0 || (g.rank == 1 && walk <= 48.0);
 }
 
 // The work items of a backward launch k whose kernel runs persistent (own boxes x heads x
@@ -161,7 +169,9 @@ bool backward_persistent_requested(Role r) {
 // plan sizes the grid by it and backward_kernel fills the kernel's arguments by it; the switch
 // is read once, so both see the same answer.
 int64_t persistent_items(const KernelLaunch& k, const Geometry& g, int64_t* boxes, int64_t* heads) {
-  if (!backward_persistent_requested(k.role) || !sm90::has_persistent_backward(kKernelConfigs[k.config_id])) return 0;
+  if (!sm90::has_persistent_backward(kKernelConfigs[k.config_id])) return 0;
+  const int forced = backward_persistent_forced(k.role);
+  if (forced == 0 || (forced < 0 && !persistent_pays_backward(k, g))) return 0;
   *boxes = k.tiling.neighborhood_ctas;  // no column parts: head dims up to 128
   *heads = k.role == Role::kBackwardDq ? g.heads_q : g.heads_kv;
   const int64_t items = *boxes * *heads * g.batch;
@@ -502,9 +512,8 @@ class Sm90Family final : public KernelFamily {
     return Status::Ok();
   }
 
-  // NATTN_SM90_BWD_PERSISTENT=1 (persistent_items): a launch of a row with a persistent variant
-  // gets at most one CTA per SM (the shared memory holds one CTA), each running items
-  // blockIdx.x, + gridDim.x, ...; its note in the plan says so. Others keep their grid.
+  // A launch that runs persistent (persistent_items) gets at most one CTA per SM (the shared memory holds one CTA),
+  // each running items blockIdx.x, + gridDim.x, ...; its note in the plan says so. Others keep their grid.
   static void size_persistent(const Call& call, const Geometry& g, KernelLaunch* k) {
     int64_t boxes = 0, heads = 0;
     const int64_t items = persistent_items(*k, g, &boxes, &heads);
@@ -514,7 +523,7 @@ class Sm90Family final : public KernelFamily {
     k->grid[1] = k->grid[2] = 1;
     k->smem = sm90::launcher(k->config_id)->persistent_smem;  // the persistent kernel's
     k->note = std::string(role_name(k->role)) + (k->additional_keys ? "_additional" : "") +
-              ": persistent CTAs (NATTN_SM90_BWD_PERSISTENT=1)";
+              ": persistent CTAs (short walks; NATTN_SM90_BWD_PERSISTENT=0 turns them off)";
   }
 
   // The dK/dV kernel (row and role of the neighborhood's launch nb) over the additional keys:
