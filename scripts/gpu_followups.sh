@@ -160,15 +160,14 @@ if has bwd-check; then
   timeout $(t 300) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_cuda_sm90_backward.py \
     >"$out/bwd-check-pytest.log" 2>&1
   echo "pytest test_cuda_sm90_backward rc=$?"; tail -3 "$out/bwd-check-pytest.log"
-  for tool in memcheck racecheck; do
-    for mode in fast det; do
-      env_fast=$([ "$mode" = fast ] && echo "NATTN_SM90_BACKWARD=fast" || echo "NATTN_SM90_BACKWARD=1")
-      dim=$([ "$mode" = fast ] && echo 128 || echo 256)
-      env $env_fast timeout $(t 90) compute-sanitizer --tool $tool --error-exitcode 9 build-gpu/nattn-bench --backend cuda \
-        --dtype bf16 --mode bwd --iters 1 --warmup 0 --extent 24x20 --kernel 7x5 --dilation 2x1 --heads 2 \
-        --additional 9 --dim $dim >"$out/bwd-check-$tool-$mode.log" 2>&1
-      echo "$tool $mode d$dim rc=$?: $(grep -E 'ERROR SUMMARY|hazard' "$out/bwd-check-$tool-$mode.log" | tail -1)"
-    done
+  # NATTN_BWD_SANITIZE: the tool:mode:head-dim runs (default: memcheck and racecheck of fast d128 and det d256).
+  for run in ${NATTN_BWD_SANITIZE:-memcheck:fast:128 memcheck:det:256 racecheck:fast:128 racecheck:det:256}; do
+    IFS=: read -r tool mode dim <<<"$run"
+    env_fast=$([ "$mode" = fast ] && echo "NATTN_SM90_BACKWARD=fast" || echo "NATTN_SM90_BACKWARD=1")
+    env $env_fast timeout $(t 90) compute-sanitizer --tool $tool --error-exitcode 9 build-gpu/nattn-bench --backend cuda \
+      --dtype bf16 --mode bwd --iters 1 --warmup 0 --extent 24x20 --kernel 7x5 --dilation 2x1 --heads 2 \
+      --additional 9 --dim $dim >"$out/bwd-check-$tool-$mode-$dim.log" 2>&1
+    echo "$tool $mode d$dim rc=$?: $(grep -E 'ERROR SUMMARY|hazard' "$out/bwd-check-$tool-$mode-$dim.log" | tail -1)"
   done
   stamp bwd-check
 fi
@@ -181,9 +180,9 @@ if has rows-ab; then
   # for both, interleaved, backward alone -> $out/rows-ab.txt
   old_bench="${NATTN_OLD_BENCH:-old/nattn-bench}"
   [ -x "$old_bench" ] || tar xJf .carry/old-bench.tar.xz
-  for args in "--dim 128 --extent 8192 --kernel 8192 --heads 16 --batch 2" "--dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24" \
-              "--dim 128 --extent 32768 --kernel 2048 --heads 16" "--dim 128 --extent 128x128 --kernel 31 --heads 16 --batch 4" \
-              "--dim 64 --extent 8192 --kernel 8192 --heads 16 --batch 2" "--dim 32 --extent 28x28 --kernel 7 --heads 4 --batch 32"; do
+  # NATTN_AB_PROBLEMS (';'-separated nattn-bench problems) replaces the list.
+  IFS=';' read -r -a problems <<<"${NATTN_AB_PROBLEMS:-"--dim 128 --extent 8192 --kernel 8192 --heads 16 --batch 2;--dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24;--dim 128 --extent 32768 --kernel 2048 --heads 16;--dim 128 --extent 128x128 --kernel 31 --heads 16 --batch 4;--dim 64 --extent 8192 --kernel 8192 --heads 16 --batch 2;--dim 32 --extent 28x28 --kernel 7 --heads 4 --batch 32"}"
+  for args in "${problems[@]}"; do
     for r in $(seq "${NATTN_AB_ROUNDS:-2}"); do
       for mode in 1 fast; do
         for bin in "$old_bench" build-gpu/nattn-bench; do
@@ -369,8 +368,10 @@ if has weak-flat; then
 fi
 
 if has anchors; then
-  (cd bench && timeout $(t 240) python3 anchors.py --backward --modes deterministic --iters 5 --commit "$commit" \
-    --only dense-8k-d128 dense-8k-d64 cosmos-3d cosmos-3d-s hunyuan-3d-s \
+  # NATTN_ANCHORS / NATTN_ANCHOR_MODES / NATTN_ANCHORS_S choose the anchors, modes and time cap.
+  (cd bench && timeout $(t "${NATTN_ANCHORS_S:-240}") python3 anchors.py --backward \
+    --modes "${NATTN_ANCHOR_MODES:-deterministic}" --iters 5 --commit "$commit" \
+    --only ${NATTN_ANCHORS:-dense-8k-d128 dense-8k-d64 cosmos-3d cosmos-3d-s hunyuan-3d-s} \
     --out "$out/anchors-bwd.md" --json "$out/anchors-bwd.json") >"$out/anchors.log" 2>&1
   echo "anchors rc=$?"; tail -5 "$out/anchors.log"; cat "$out/anchors-bwd.md" 2>/dev/null | grep '^|'
   stamp anchors
