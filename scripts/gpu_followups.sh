@@ -368,8 +368,9 @@ if has weak-flat; then
 fi
 
 if has anchors; then
-  # NATTN_ANCHORS / NATTN_ANCHOR_MODES / NATTN_ANCHORS_S choose the anchors, modes and time cap.
-  (cd bench && timeout $(t "${NATTN_ANCHORS_S:-240}") python3 anchors.py --backward \
+  # NATTN_ANCHORS / NATTN_ANCHOR_MODES / NATTN_ANCHORS_S choose the anchors, modes and time cap;
+  # NATTN_ANCHORS_ENV: variables for anchors.py alone (NATTN_SM90_BACKWARD=fast: its fast mode runs the fast kernel).
+  (cd bench && env ${NATTN_ANCHORS_ENV:-} timeout $(t "${NATTN_ANCHORS_S:-240}") python3 anchors.py --backward \
     --modes "${NATTN_ANCHOR_MODES:-deterministic}" --iters 5 --commit "$commit" \
     --only ${NATTN_ANCHORS:-dense-8k-d128 dense-8k-d64 cosmos-3d cosmos-3d-s hunyuan-3d-s} \
     --out "$out/anchors-bwd.md" --json "$out/anchors-bwd.json") >"$out/anchors.log" 2>&1
