@@ -5,12 +5,15 @@ written from SPEC.md here, independent of nattn's window code).
 
 usage: python bench/anchors.py [--only NAME ...] [--backward] [--iters N] [--out FILE.md] [--json FILE.json]
                               [--commit SHA]
+       python bench/anchors.py --from-rows FILE.md.rows --card NAME --date DAY --torch VERSION ... (a cut run's rows)
+--only runs the named anchors in the order named.
 The JSON has the card, commit, command and a row per anchor (anchor, family, config, fwd_ms,
 fwd_useful_tflops, cudnn_fwd_ms, flex_fwd_ms, ...; with --backward also mode, fwd_bwd_ms,
 fwd_bwd_useful_tflops, cudnn_fwd_bwd_ms, flex_fwd_bwd_ms). The device machine's checkout may
 report a stale `git rev-parse HEAD`: pass --commit from the machine that sent the tree.
 """
 import argparse
+import ast
 import contextlib
 import datetime
 import json
@@ -182,23 +185,44 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--json")
     ap.add_argument("--commit", help="the commit the tree was sent from (the device checkout may be stale)")
+    ap.add_argument("--from-rows", help="write --out/--json from a cut run's OUT.rows file instead of running")
+    ap.add_argument("--card", help="with --from-rows: the card the rows ran on")
+    ap.add_argument("--date", help="with --from-rows: the day they ran")
+    ap.add_argument("--torch", help="with --from-rows: the torch version they ran with")
+    ap.add_argument("--ran", help="with --from-rows: the command that ran them")
     a = ap.parse_args()
     modes = [m for m in a.modes.split(",") if m] if a.backward else []
+    commit = a.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                        text=True).stdout.strip()
+    command = "python bench/anchors.py " + " ".join(sys.argv[1:])
+    if a.from_rows:  # a run cut short: its finished rows, written out here
+        with open(a.from_rows) as f:
+            rows = [ast.literal_eval(line) for line in f if line.strip()]
+        ran = f"rows of `{a.ran}` (cut by its time limit), written by `{command}`" if a.ran else command
+        write_outputs(rows, modes, a.card or "n/a", a.date or str(datetime.date.today()), commit, a.torch or "n/a",
+                      ran, a.out, a.json)
+        return
     rows = []
-    for x in ANCHORS:
-        if a.only and x[0] not in a.only:
-            continue
+    # In the order --only names them (a run cut by a time limit keeps the first), else the table's.
+    by_name = {x[0]: x for x in ANCHORS}
+    unknown = [n for n in (a.only or []) if n not in by_name]
+    if unknown:
+        sys.exit(f"unknown anchors {unknown}; known: {list(by_name)}")
+    for x in ([by_name[n] for n in a.only] if a.only else ANCHORS):
         rows.append(run_anchor(x, a.iters, a.backward, modes))
         torch.cuda.empty_cache()  # the anchor's tensors died with run_anchor
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
         if a.out:  # keep what finished even if a later anchor fails
             with open(a.out + ".rows", "a") as f:
                 f.write(repr(rows[-1]) + "\n")
-    commit = a.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                        text=True).stdout.strip()
-    command = "python bench/anchors.py " + " ".join(sys.argv[1:])
-    lines = [f"card: {torch.cuda.get_device_name()}  date: {datetime.date.today()}  commit: {commit or 'n/a'}  "
-             f"torch {torch.__version__}  command: {command}", "",
+    write_outputs(rows, modes, torch.cuda.get_device_name(), str(datetime.date.today()), commit, torch.__version__,
+                  command, a.out, a.json)
+
+
+def write_outputs(rows, modes, card, date, commit, torch_version, command, out, json_path):
+    """The markdown table (printed, and to out) and the JSON rows (to json_path) of finished anchors."""
+    lines = [f"card: {card}  date: {date}  commit: {commit or 'n/a'}  "
+             f"torch {torch_version}  command: {command}", "",
              "| anchor | family (config) | tokens | window | stride | dil | nattn ms | useful TFLOP/s | cuDNN SDPA ms | x SDPA | Flex ms | x Flex | FLOP-wise limit | rel err vs Flex |"
              + "".join(f" {m} bwd (config) | {m} fwd+bwd ms | TFLOP/s | x SDPA | x Flex | grad err |" for m in modes)
              + (" SDPA fwd+bwd ms | Flex fwd+bwd ms |" if modes else ""),
@@ -217,10 +241,10 @@ def main():
         lines.append(line)
     text = "\n".join(lines)
     print(text)
-    if a.out:
-        with open(a.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text + "\n")
-    if a.json:
+    if json_path:
         out_rows = []
         for r in rows:
             j = {"anchor": r["name"], "family": r["family"], "config": r["config"], "tokens": r["tokens"],
@@ -235,9 +259,9 @@ def main():
                 out_rows.append(jm)
             if not modes:
                 out_rows.append(j)
-        with open(a.json, "w") as f:
-            json.dump({"card": torch.cuda.get_device_name(), "date": str(datetime.date.today()), "commit": commit,
-                       "torch": torch.__version__, "command": command, "rows": out_rows}, f, indent=1)
+        with open(json_path, "w") as f:
+            json.dump({"card": card, "date": date, "commit": commit, "torch": torch_version, "command": command,
+                       "rows": out_rows}, f, indent=1)
 
 
 if __name__ == "__main__":
