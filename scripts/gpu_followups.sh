@@ -66,6 +66,10 @@
 #   rows-ab    issue 10: this build against 9544c7f's nattn-bench (.carry/old-bench.tar.xz), both
 #              backward modes, interleaved (the dK/dV kernels' lse2/Delta by TMA, the fast
 #              kernel's FA3 step order) -> $OUT/rows-ab.txt
+#   dense-fb   issue 10: the dense case (8k, d128 and d64) forward+backward beside cuDNN and Flex,
+#              both modes, one run -> $OUT/dense-fb.md/.json
+#   mode-ab    issue 10: fast kernel against the deterministic pair (NATTN_SM90_BACKWARD=fast/1),
+#              backward alone, at d64 and d128 -> $OUT/mode-ab.txt
 #   fast-ab    issue 10: the deterministic pair against the fast kernel (third version: TMA
 #              tensor reduce-adds) on the anchors, backward alone, interleaved det/fast/det/fast
 #              (nattn-bench --mode bwd, one build) -> $OUT/fast-ab.txt
@@ -76,7 +80,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
-stages="${*:-check bwd-check persistent}"  # the next session's first call (2026-12-05 ninth note); others when named
+stages="${*:-check dense-fb mode-ab}"  # the next session's first call (2026-12-05 tenth note); others when named
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz
@@ -367,6 +371,30 @@ if has weak-flat; then
   stamp weak-flat
 fi
 
+if has dense-fb; then
+  # issue 10: the dense case's forward+backward beside cuDNN and FlexAttention in one run, both
+  # modes (the fast mode runs the fast kernel), after the tenth session's backward changes
+  # (measured backward-alone only then) -> $out/dense-fb.md/.json
+  (cd bench && NATTN_SM90_BACKWARD=fast timeout $(t 200) python3 anchors.py --backward --modes fast,deterministic \
+    --iters 5 --commit "$commit" --only dense-8k-d128 dense-8k-d64 --out "$out/dense-fb.md" --json "$out/dense-fb.json") \
+    >"$out/dense-fb.log" 2>&1
+  echo "dense-fb rc=$?"; grep '^|' "$out/dense-fb.md" 2>/dev/null || tail -5 "$out/dense-fb.log"
+  stamp dense-fb
+fi
+if has mode-ab; then
+  # issue 10: which backward mode to run by default where the caller does not ask for
+  # determinism: the fast kernel (NATTN_SM90_BACKWARD=fast) against the deterministic pair, backward
+  # alone, interleaved, at d64 (where it won 1.22x on the dense case, 2026-12-05) and d128 ->
+  # $out/mode-ab.txt
+  AB_VALUES="fast 1 fast 1" ab NATTN_SM90_BACKWARD mode-ab.txt bwd \
+    "--dim 64 --extent 56x56 --kernel 7 --heads 4 --batch 32 --no-verify" \
+    "--dim 64 --extent 28x28 --kernel 7 --heads 8 --batch 32 --no-verify" \
+    "--dim 64 --extent 32768 --kernel 2048 --heads 16 --no-verify" \
+    "--dim 64 --extent 128x128 --kernel 31 --heads 16 --batch 4 --no-verify" \
+    "--dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24 --no-verify" \
+    "--dim 128 --extent 30x48x80 --kernel 18x24x24 --stride 16x8x8 --heads 24 --no-verify"
+  stamp mode-ab
+fi
 if has anchors; then
   # NATTN_ANCHORS / NATTN_ANCHOR_MODES / NATTN_ANCHORS_S choose the anchors, modes and time cap;
   # NATTN_ANCHORS_ENV: variables for anchors.py alone (NATTN_SM90_BACKWARD=fast: its fast mode runs the fast kernel).
