@@ -63,9 +63,8 @@
 #              (400 random problems in both modes with additional keys and head dims up to 256,
 #              the d256 cases, bitwise reproducibility) and compute-sanitizer memcheck and
 #              racecheck on a fast-mode and a d256 backward with additional keys
-#   rows-ab    issue 10: this build against 9544c7f's nattn-bench (.carry/old-bench.tar.xz), both
-#              backward modes, interleaved (the dK/dV kernels' lse2/Delta by TMA, the fast
-#              kernel's FA3 step order) -> $OUT/rows-ab.txt
+#   rows-ab    issue 10: this build against an older nattn-bench (.carry/old-bench.tar.xz: 025a34f
+#              since 2026-12-05's tenth session), both backward modes, interleaved -> $OUT/rows-ab.txt
 #   dense-fb   issue 10: the dense case (8k, d128 and d64) forward+backward beside cuDNN and Flex,
 #              both modes, one run -> $OUT/dense-fb.md/.json
 #   mode-ab    issue 10: fast kernel against the deterministic pair (NATTN_SM90_BACKWARD=fast/1),
@@ -80,7 +79,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
-stages="${*:-check dense-fb mode-ab}"  # the next session's first call (2026-12-05 tenth note); others when named
+stages="${*:-check dense-fb mode-ab rows-ab}"  # the next session's first call (2026-12-05 tenth note); others when named
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz
@@ -177,11 +176,11 @@ if has bwd-check; then
 fi
 
 if has rows-ab; then
-  # issue 10, 2026-12-05 tenth session: the walked queries' lse2 and Delta by the producer's TMA
-  # (both dK/dV kernels; the row workspace of the Delta pre-pass) and the fast kernel's step in
-  # FlashAttention-3's order (dQ's product and staging beside dK's product), against the
-  # ninth session's final build (9544c7f's nattn-bench, .carry/old-bench.tar.xz), det and fast
-  # for both, interleaved, backward alone -> $out/rows-ab.txt
+  # issue 10: this build against an older one's nattn-bench (.carry/old-bench.tar.xz), det and
+  # fast for both, interleaved, backward alone -> $out/rows-ab.txt. The old build is 025a34f
+  # since the tenth session's end (its kernels GPU-checked; the registers change after it,
+  # opaque thread indices and fill_axis_windows by constant axes, was not run); 9544c7f during
+  # it (the lse2/Delta by TMA and FA3-order measurements).
   old_bench="${NATTN_OLD_BENCH:-old/nattn-bench}"
   [ -x "$old_bench" ] || tar xJf .carry/old-bench.tar.xz
   # NATTN_AB_PROBLEMS (';'-separated nattn-bench problems) replaces the list.
@@ -249,7 +248,7 @@ fi
 
 if has old-ab; then
   # This build against an older one's nattn-bench (NATTN_OLD_BENCH, default old/nattn-bench from
-  # .carry/old-bench.tar.xz: 9544c7f since the tenth session; 6ee5455 before), interleaved
+  # .carry/old-bench.tar.xz: 025a34f since the tenth session's end; 6ee5455 before it), interleaved
   # old/new/old/new: the forward (its Q descriptors rebuilt per product) and the backward
   # (deterministic default rows; P^T and dS^T in registers of their own), plus this build's fast
   # mode in the same rounds; and compute-sanitizer on the

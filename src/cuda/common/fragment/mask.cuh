@@ -18,13 +18,28 @@ namespace nattn::cuda {
 // never stored, or carry lse = +inf). Placed problems clip each window to the key box (an
 // empty window masks every key), so keys outside it are masked like keys outside the window
 // (TileWalk::mask_window, unit-tested on the host).
+// kUnrollAxes (the sm90 dK/dV consumers of one CTA per SM, which fill a partial step's windows
+// inside their walk loop; the two-CTA d32 rows spilled more with it): the axes unrolled, so that start, shift and the
+// walk's per-axis fields are indexed by constants; with a runtime axis the caller's Step went to local memory (4 stores
+// and loads a step, 2026-12-05). The other callers fill once per item and keep the flat loop (unrolled, the sm90 d256
+// forward's item preparation spilled 4 bytes).
+template <bool kUnrollAxes = false>
 __device__ __forceinline__ void fill_axis_windows(int2* win, int stride, const int (&start)[3], const int (&shift)[3],
                                                   const TileWalk& w, int thread, int threads) {
-  for (int i = thread; i < 3 * stride; i += threads) {
-    const int a = i / stride, l = i % stride;
-    if (l >= (1 << shift[a])) continue;
-    const window::Range r = w.mask_window(a, start[a] + l);
-    win[i] = make_int2(int(r.begin), int(r.end));
+  if constexpr (kUnrollAxes) {
+#pragma unroll
+    for (int a = 0; a < 3; ++a)
+      for (int l = thread; l < (1 << shift[a]); l += threads) {
+        const window::Range r = w.mask_window(a, start[a] + l);
+        win[a * stride + l] = make_int2(int(r.begin), int(r.end));
+      }
+  } else {
+    for (int i = thread; i < 3 * stride; i += threads) {
+      const int a = i / stride, l = i % stride;
+      if (l >= (1 << shift[a])) continue;
+      const window::Range r = w.mask_window(a, start[a] + l);
+      win[i] = make_int2(int(r.begin), int(r.end));
+    }
   }
 }
 

@@ -52,6 +52,7 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
   using F = typename Tr::Fast;
   constexpr int BQ = Tr::BQ, PC = F::kPanelCols;
   const Geometry& g = args.p.g;
+  asm volatile("" : "+r"(t));  // recomputed per step, not held across the walk (registers)
   const int lane = t % 32, r0 = (t / 32) * 16 + lane / 4;
   const int col0 = F::kDqSplit == 2 ? wg * F::kDqCols : 0;
   const float f = fabsf(g.scale);
@@ -110,7 +111,9 @@ __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& 
   using F = typename Tr::Fast;
   constexpr int BQ = Tr::BQ, HD = Tr::HD;
   constexpr bool kOverlap = F::kDqSplit == 2;
-  const int ctid = int(threadIdx.x) - 128, wg = ctid / 128;
+  int ctid = int(threadIdx.x) - 128;
+  asm volatile("" : "+r"(ctid));  // addresses from it recomputed per step, not held across the walk
+  const int wg = ctid / 128;
   // With stmatrix (8 x 8 blocks of 16-byte rows, queries contiguous): four stores a thread
   // instead of sixteen 32-bit generic ones with 64-bit addresses; each block's 8 rows sit in
   // 8 different 16-byte chunks of the 128-byte swizzle, so a block is one conflict-free
@@ -247,7 +250,7 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
     wgmma<true>(mma_s, tSrV, tSrDo(_, _, _, at.stage), tSrDp);
     int2* const win = &ss.windows[wg][cs.partials & 1].win[0][0];
     if (!st.full) {
-      fill_axis_windows(win, BQ, st.start, tl.walk_shift, w, ctid % 128, 128);
+      fill_axis_windows<Tr::kMinBlocks == 1>(win, BQ, st.start, tl.walk_shift, w, ctid % 128, 128);
       cutlass::arch::NamedBarrier::sync(128, 5 + wg);
       ++cs.partials;
     }
