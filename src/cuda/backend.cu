@@ -285,8 +285,6 @@ class CudaBackend final : public Backend {
     bp.sdva = additional_strides(v[13]);
     bp.rows = reinterpret_cast<float*>(ws.at(plan->delta_offset));
     bp.srows = cuda::contiguous_query_strides(bp.g, cuda::kRowColumns);
-    bp.delta = bp.rows + 1;
-    bp.sdelta = bp.srows;
     if (plan->scratch > 0) {  // the fast backward's dQ partial sums (the family zeroes them)
       bp.dq_accum = reinterpret_cast<float*>(ws.at(plan->scratch_offset));
       bp.sdq_accum = cuda::contiguous_query_strides(bp.g, cuda::dq_accum_cols(bp.g));

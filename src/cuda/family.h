@@ -97,7 +97,7 @@ class KernelFamily {
   virtual Status plan(const Call& call, std::vector<KernelLaunch>* kernels) const = 0;
   virtual Status forward(const std::vector<KernelLaunch>& kernels, const ForwardParams& p, DType dtype,
                          cudaStream_t stream) const = 0;
-  // p.delta holds the Delta pre-pass (run by the backend before this).
+  // p.rows holds the Delta pre-pass (run by the backend before this).
   virtual Status backward(const std::vector<KernelLaunch>& kernels, const BackwardParams& p, DType dtype,
                           cudaStream_t stream) const = 0;
 };

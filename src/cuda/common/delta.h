@@ -1,7 +1,7 @@
 // Layer: cuda/common. The backward's pre-pass, shared by every family:
 // Delta_i = dout_i . out_i - dlse_i for every query row, with the row's lse in the log2
 // domain, into the row workspace p.rows ([B, N, Hq, kRowColumns] float, contiguous: lse2, Delta,
-// 0, 0; p.delta / p.sdelta see its Delta as a [B, X1..Xr, Hq] tensor).
+// 0, 0; BackwardParams::rows).
 #pragma once
 #include <cuda_runtime.h>
 

@@ -85,19 +85,18 @@ struct BackwardParams {
   void* dv = nullptr;
   void* dka = nullptr;
   void* dva = nullptr;
-  // The Delta pre-pass's workspace (cuda/common/delta.h): per query row four floats, [B, N, Hq,
-  // kRowColumns] contiguous: the row's lse in the log2 domain (+inf for a row without keys, so
-  // P = 0 there), Delta, and two zeros (a TMA box row is at least 16 bytes: the sm90 dK/dV
-  // kernel's producer loads a walked box's columns with its Q and dO). delta points at the
-  // first row's Delta, sdelta steps over rows; rows holds the workspace, srows its strides.
+  // The Delta pre-pass's row workspace (cuda/common/delta.h), the only place the backward
+  // kernels read lse and Delta from: per query row four floats, [B, N, Hq, kRowColumns]
+  // contiguous (srows: its strides as a [B, X1..Xr, Hq, kRowColumns] tensor): the row's lse in the
+  // log2 domain (+inf for a row without keys, so P = 0 there), Delta, and two zeros (a TMA box
+  // row is at least 16 bytes: the sm90 dK/dV kernel's producer loads a walked box's rows with its
+  // Q and dO). The generic kernels take Delta from it and the exact lse from `lse`.
   float* rows = nullptr;
-  float* delta = nullptr;
   // The fast mode's float32 dQ partial sums ([B, X1..Xr, Hq, D] contiguous, zeroed before the
   // kernels add into it, already times the scale; null in deterministic mode).
   float* dq_accum = nullptr;
   Strides sq, sk, sv, ska, sva, so, sdo, slse, sdlse, sdq, sdk, sdv, sdka, sdva, sdq_accum;
-  Strides sdelta;  // delta's strides as a [B, X1..Xr, Hq] tensor (set by the backend)
-  Strides srows;   // rows' strides as a [B, X1..Xr, Hq, kRowColumns] tensor
+  Strides srows;  // set by the backend
 };
 
 // Box shapes of one fused-kernel launch, in group positions (one dilation group per axis).

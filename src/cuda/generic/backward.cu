@@ -28,7 +28,7 @@ struct Bwd {
 
   __device__ QueryRow<T> query_row(int64_t b, const int64_t* c, int64_t token, int64_t h) const {
     return {row_of<const T>(g, p.q, p.sq, b, c, h), row_of<const T>(g, p.dout, p.sdo, b, c, h),
-            A(*row_of<const float>(g, p.lse, p.slse, b, c, h)), A(*row_of<const float>(g, p.delta, p.sdelta, b, c, h))};
+            A(*row_of<const float>(g, p.lse, p.slse, b, c, h)), A(row_of<const float>(g, p.rows, p.srows, b, c, h)[1])};
   }
   // P and dS of a query row against key row k / value row v.
   __device__ void p_ds(const QueryRow<T>& r, const T* k, int64_t ks, const T* v, int64_t vs, A* prob, A* ds) const {

@@ -8,7 +8,7 @@
 namespace nattn::cuda::generic {
 
 Status forward(const ForwardParams& p, DType dtype, void* stream);
-// Needs p.delta filled by the Delta pre-pass (cuda/common/delta.h).
+// Needs p.rows filled by the Delta pre-pass (cuda/common/delta.h).
 Status backward(const BackwardParams& p, DType dtype, void* stream);
 
 }  // namespace nattn::cuda::generic

@@ -97,8 +97,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
     const int64_t h = int64_t(hk) * group_heads + st.head;
     const Element* q_h = static_cast<const Element*>(p.q) + b * p.sq.batch + h * p.sq.head;
     const Element* do_h = static_cast<const Element*>(p.dout) + b * p.sdo.batch + h * p.sdo.head;
-    const float* lse_h = p.lse + b * p.slse.batch + h * p.slse.head;
-    const float* delta_h = p.delta + b * p.sdelta.batch + h * p.sdelta.head;
+    // The pre-pass's rows of head h: lse in the log2 domain (+inf for a query without keys,
+    // placed boxes: it contributes nothing) and Delta.
+    const float* rows_h = p.rows + b * p.srows.batch + h * p.srows.head;
     Element* dq = sQ + buf * Tr::kWalk;
     Element* ddo = sdO + buf * Tr::kWalk;
     float lse2 = INFINITY, delta = 0.f;
@@ -117,8 +118,9 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
           },
           Dv, do_h);
       if (threadIdx.x < BN && n0 + threadIdx.x < g.tokens) {
-        lse2 = lse_h[flat_token_offset(n0 + threadIdx.x, g, p.slse)] * kLog2e;
-        delta = delta_h[flat_token_offset(n0 + threadIdx.x, g, p.sdelta)];
+        const float* row = rows_h + flat_token_offset(n0 + threadIdx.x, g, p.srows);
+        lse2 = row[0];
+        delta = row[1];
       }
     } else {
       int start[3], count[3];
@@ -131,14 +133,12 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dkdv_kernel(const B
       if (threadIdx.x < BN && row_inside(threadIdx.x, tl.walk_shift, count)) {
         int pos[3];
         box_position(threadIdx.x, tl.walk_shift, start, pos);
-        lse2 = lse_h[token_offset(pos, w.walk_off, g, p.slse)] * kLog2e;
-        delta = delta_h[token_offset(pos, w.walk_off, g, p.sdelta)];
+        const float* row = rows_h + token_offset(pos, w.walk_off, g, p.srows);
+        lse2 = row[0];
+        delta = row[1];
       }
       if (!st.full) fill_axis_windows(win + buf * 3 * BN, BN, start, tl.walk_shift, w, threadIdx.x, kThreads);
     }
-    // A query without keys (placed boxes: lse = -inf) contributes nothing: +inf gives P = 0
-    // where -inf would give NaN on its masked scores.
-    if (lse2 == -INFINITY) lse2 = INFINITY;
     if (threadIdx.x < BN) {
       s_lse[buf * BN + threadIdx.x] = lse2;
       s_delta[buf * BN + threadIdx.x] = delta;

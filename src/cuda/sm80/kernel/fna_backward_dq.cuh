@@ -68,11 +68,11 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
     if (row_inside(r, tl.own_shift, q_count)) {
       int pos[3];
       box_position(r, tl.own_shift, w.own_start, pos);
-      lse2 = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.own_off, g, p.slse)] * kLog2e;
-      // A query without keys (placed boxes: lse = -inf) has P = 0: +inf makes every
-      // exp2(s c - lse) 0, masked scores included (-inf - -inf would be NaN).
-      if (lse2 == -INFINITY) lse2 = INFINITY;
-      delta = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.own_off, g, p.sdelta)];
+      // The pre-pass's row: lse in the log2 domain (+inf for a query without keys, placed boxes:
+      // every exp2(s c - lse2) is 0 then, masked scores included) and Delta.
+      const float* row = p.rows + b * p.srows.batch + h * p.srows.head + token_offset(pos, w.own_off, g, p.srows);
+      lse2 = row[0];
+      delta = row[1];
     }
     s_lse[r] = lse2;
     s_delta[r] = delta;

@@ -73,7 +73,8 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
   float(&dp)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrDp.data()));
 
   // This thread's two rows (row0 + lane / 4 and 8 below): lse in the log2 domain (+inf past the
-  // query box and for queries without keys, so P = 0 there) and Delta.
+  // query box; the pre-pass's row workspace has +inf for queries without keys, so P = 0 there)
+  // and Delta.
   float lse2[2], delta[2];
   {
     int count[3];
@@ -86,9 +87,9 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
       if (!row_inside(r, tl.own_shift, count)) continue;
       int pos[3];
       box_position(r, tl.own_shift, w.own_start, pos);
-      const float l = p.lse[b * p.slse.batch + h * p.slse.head + token_offset(pos, w.own_off, g, p.slse)] * kLog2e;
-      lse2[hr] = l == -INFINITY ? INFINITY : l;
-      delta[hr] = p.delta[b * p.sdelta.batch + h * p.sdelta.head + token_offset(pos, w.own_off, g, p.sdelta)];
+      const float* row = p.rows + b * p.srows.batch + h * p.srows.head + token_offset(pos, w.own_off, g, p.srows);
+      lse2[hr] = row[0];
+      delta[hr] = row[1];
     }
   }
 
