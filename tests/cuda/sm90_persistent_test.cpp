@@ -84,6 +84,13 @@ std::vector<nattn::Problem> problems(Rng& rng, int head_dim) {
   return out;
 }
 
+// The reason the chosen family gives in the plan (its notes name persistent launches).
+std::string chosen_verdict(const nattn::Plan& plan) {
+  for (const nattn::FamilyVerdict& f : plan.families)
+    if (f.chosen) return f.reason;
+  return "";
+}
+
 class CudaSm90Persistent : public CudaTest, public ::testing::WithParamInterface<DType> {};
 
 TEST_P(CudaSm90Persistent, MatchesTheReference) {
@@ -107,9 +114,7 @@ TEST_P(CudaSm90Persistent, MatchesTheReference) {
       ASSERT_TRUE(planned.ok()) << planned.message();
       SCOPED_TRACE("plan " + plan.to_json());
       ASSERT_EQ(plan.family, "sm90");
-      std::string verdict;
-      for (const nattn::FamilyVerdict& f : plan.families)
-        if (f.family == "sm90" && f.chosen) verdict = f.reason;
+      const std::string verdict = chosen_verdict(plan);  // sm90's (asserted above)
       int persistent = 0;
       for (const nattn::PlannedKernel& k : plan.kernels) {
         if (k.role.rfind("backward_dq", 0) != 0 && k.role.rfind("backward_dkdv", 0) != 0) continue;
@@ -164,9 +169,7 @@ TEST_P(CudaSm90Persistent, DefaultFollowsTheWalk) {
     DeviceBackward c = make_device_backward(p, GetParam(), false, false, rng);
     nattn::Plan plan;
     ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
-    std::string verdict;
-    for (const nattn::FamilyVerdict& f : plan.families)
-      if (f.chosen) verdict = f.reason;
+    const std::string verdict = chosen_verdict(plan);
     for (const nattn::PlannedKernel& k : plan.kernels) {
       if (k.role != "backward_dq" && k.role != "backward_dkdv") continue;
       EXPECT_EQ(verdict.find(k.role + ": persistent CTAs") != std::string::npos, cs.persistent)

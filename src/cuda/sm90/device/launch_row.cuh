@@ -14,6 +14,13 @@ namespace nattn::cuda::sm90 {
 // The dynamic shared memory an H100/H200 block may opt into (227 KB).
 inline constexpr size_t kSm90SmemOptin = 232448;
 
+// Lets kernel take `bytes` of dynamic shared memory (past the 48 KB default).
+template <class Kernel>
+Status allow_smem(Kernel* kernel, size_t bytes) {
+  return check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+               "sm90: setting a kernel's shared memory size");
+}
+
 template <Elem E>
 using ElementOf = std::conditional_t<E == Elem::kBFloat16, cutlass::bfloat16_t, cutlass::half_t>;
 
@@ -26,11 +33,7 @@ struct Row {
   static constexpr size_t smem() { return sizeof(typename Traits::SharedStorage); }
   static constexpr int kThreads = Traits::kThreads;
 
-  static Status prepare() {
-    return check(
-        cudaFuncSetAttribute(fna_forward_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem())),
-        "sm90: setting a kernel's shared memory size");
-  }
+  static Status prepare() { return allow_smem(fna_forward_kernel<Traits>, smem()); }
   static constexpr size_t persistent_smem() { return 0; }  // forward rows: persistence is in the kernel
   static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
     const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);
@@ -65,13 +68,8 @@ struct DkdvRow {
 
   static Status prepare() {
     if constexpr (kPersistentBuilt)
-      NATTN_RETURN_IF_ERROR(
-          check(cudaFuncSetAttribute(fna_backward_dkdv_persistent_kernel<PersistentTraits>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(persistent_smem())),
-                "sm90: setting a kernel's shared memory size"));
-    return check(cudaFuncSetAttribute(fna_backward_dkdv_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      int(smem())),
-                 "sm90: setting a kernel's shared memory size");
+      NATTN_RETURN_IF_ERROR(allow_smem(fna_backward_dkdv_persistent_kernel<PersistentTraits>, persistent_smem()));
+    return allow_smem(fna_backward_dkdv_kernel<Traits>, smem());
   }
   static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
     const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);
@@ -109,13 +107,8 @@ struct DqRow {
 
   static Status prepare() {
     if constexpr (kPersistentBuilt)
-      NATTN_RETURN_IF_ERROR(
-          check(cudaFuncSetAttribute(fna_backward_dq_persistent_kernel<PersistentTraits>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(persistent_smem())),
-                "sm90: setting a kernel's shared memory size"));
-    return check(
-        cudaFuncSetAttribute(fna_backward_dq_kernel<Traits>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem())),
-        "sm90: setting a kernel's shared memory size");
+      NATTN_RETURN_IF_ERROR(allow_smem(fna_backward_dq_persistent_kernel<PersistentTraits>, persistent_smem()));
+    return allow_smem(fna_backward_dq_kernel<Traits>, smem());
   }
   static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
     const dim3 grid(k.grid[0], k.grid[1], k.grid[2]);
