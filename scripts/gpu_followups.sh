@@ -350,10 +350,15 @@ if has ncu-src; then
   # $out (ncu-src-<name>.ncu-rep, for the GUI) and its source page to a CSV per kernel (the
   # per-instruction samples by stall reason); 2026-12-05's ncu-bwd put ~30% of the backward's
   # issue gaps under "CTA barrier" without saying where.
-  for spec in "bwd-flux-2d-s16:fna_backward:2:2:--mode bwd --dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24" \
-              "fwd-dense-8k-d64:fna_forward:1:1:--mode fwd --dim 64 --extent 8192 --kernel 8192 --batch 2 --heads 16"; do
-    IFS=: read -r name kern skip count args <<<"$spec"
-    timeout $(t 150) ncu --kernel-name regex:$kern --launch-skip $skip --launch-count $count \
+  # NATTN_NCU_SRC_SPECS replaces the list: ';'-separated "name:kernel regex:skip:count:env:args"
+  # (env: VAR=value pairs joined by ',', or empty), e.g. the fast kernel on the dense case:
+  # "bwd-fast-dense:fna_backward_dkdv:1:1:NATTN_SM90_BACKWARD=fast:--mode bwd --dim 128 ...".
+  specs="${NATTN_NCU_SRC_SPECS:-bwd-flux-2d-s16:fna_backward:2:2::--mode bwd --dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24;fwd-dense-8k-d64:fna_forward:1:1::--mode fwd --dim 64 --extent 8192 --kernel 8192 --batch 2 --heads 16}"
+  IFS=';' read -ra spec_list <<<"$specs"
+  for spec in "${spec_list[@]}"; do
+    IFS=: read -r name kern skip count envs args <<<"$spec"
+    env ${envs//,/ } timeout $(t 150) ncu --kernel-name regex:$kern --launch-skip $skip --launch-count $count \
+      --section SpeedOfLight --section SchedulerStats --section ComputeWorkloadAnalysis \
       --section WarpStateStats --section SourceCounters --import-source yes -f -o "$out/ncu-src-$name" \
       build-gpu/nattn-bench --backend cuda --dtype bf16 --iters 1 --warmup 1 --no-verify $args >"$out/ncu-src-$name.log" 2>&1
     echo "ncu-src $name rc=$?"
@@ -361,6 +366,7 @@ if has ncu-src; then
       >"$out/ncu-src-$name.csv" 2>&1 || timeout $(t 60) ncu --import "$out/ncu-src-$name.ncu-rep" --page details \
       --print-details all >"$out/ncu-src-$name.csv" 2>&1
     echo "  source page: $(wc -l <"$out/ncu-src-$name.csv") lines"
+    timeout $(t 60) ncu --import "$out/ncu-src-$name.ncu-rep" --page details >"$out/ncu-src-$name-details.txt" 2>&1
   done
   stamp ncu-src
 fi
