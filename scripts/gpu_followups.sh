@@ -63,8 +63,11 @@
 #              (400 random problems in both modes with additional keys and head dims up to 256,
 #              the d256 cases, bitwise reproducibility) and compute-sanitizer memcheck and
 #              racecheck on a fast-mode and a d256 backward with additional keys
-#   rows-ab    issue 10: this build against an older nattn-bench (.carry/old-bench.tar.xz: 025a34f
-#              since 2026-12-05's tenth session), both backward modes, interleaved -> $OUT/rows-ab.txt
+#   rows-ab    issue 10: this build against an older nattn-bench (.carry/old-bench.tar.xz: 4f8f511
+#              since 2026-12-05's eleventh session), both backward modes, interleaved -> $OUT/rows-ab.txt
+#   kernel-times issue 10: per-kernel durations (ncu gpu__time_duration, one forward+backward step)
+#              of this build against the older nattn-bench (.carry/old-bench.tar.xz), both backward
+#              modes, so a change to one kernel is measured on that kernel -> $OUT/kernel-times.txt
 #   dense-fb   issue 10: the dense case (8k, d128 and d64) forward+backward beside cuDNN and Flex,
 #              both modes, one run -> $OUT/dense-fb.md/.json
 #   mode-ab    issue 10: fast kernel against the deterministic pair (NATTN_SM90_BACKWARD=fast/1),
@@ -79,7 +82,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
-stages="${*:-check dense-fb mode-ab rows-ab}"  # the next session's first call (2026-12-05 tenth note); others when named
+stages="${*:-check bwd-check old-ab kernel-times dense-fb}"  # the next session's first call (eleventh note); others when named
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz
@@ -177,10 +180,9 @@ fi
 
 if has rows-ab; then
   # issue 10: this build against an older one's nattn-bench (.carry/old-bench.tar.xz), det and
-  # fast for both, interleaved, backward alone -> $out/rows-ab.txt. The old build is 025a34f
-  # since the tenth session's end (its kernels GPU-checked; the registers change after it,
-  # opaque thread indices and fill_axis_windows by constant axes, was not run); 9544c7f during
-  # it (the lse2/Delta by TMA and FA3-order measurements).
+  # fast for both, interleaved, backward alone -> $out/rows-ab.txt. The old build is 4f8f511
+  # since the eleventh session (the tenth's last build, never run on a GPU: the GPU-checked
+  # 025a34f plus its register change); 025a34f at the tenth's end, 9544c7f during it.
   old_bench="${NATTN_OLD_BENCH:-old/nattn-bench}"
   [ -x "$old_bench" ] || tar xJf .carry/old-bench.tar.xz
   # NATTN_AB_PROBLEMS (';'-separated nattn-bench problems) replaces the list.
@@ -248,11 +250,11 @@ fi
 
 if has old-ab; then
   # This build against an older one's nattn-bench (NATTN_OLD_BENCH, default old/nattn-bench from
-  # .carry/old-bench.tar.xz: 025a34f since the tenth session's end; 6ee5455 before it), interleaved
-  # old/new/old/new: the forward (its Q descriptors rebuilt per product) and the backward
-  # (deterministic default rows; P^T and dS^T in registers of their own), plus this build's fast
-  # mode in the same rounds; and compute-sanitizer on the
-  # changed forward (d256) -> $out/old-ab.txt
+  # .carry/old-bench.tar.xz: 4f8f511 since the eleventh session), interleaved old/new/old/new:
+  # the forward (since the eleventh session its exponentials pinned before the wait for P V) and
+  # the backward (deterministic default rows; dV's product issued before dP^T's wait, the dQ
+  # kernel's exponentials pinned before dP's wait), plus this build's fast mode in the same
+  # rounds; and compute-sanitizer on a forward of head dim 256 -> $out/old-ab.txt
   old_bench="${NATTN_OLD_BENCH:-old/nattn-bench}"
   [ -x "$old_bench" ] || tar xJf .carry/old-bench.tar.xz
   run_ab() {  # label binary mode args...
@@ -342,6 +344,28 @@ print(" | ".join(row), flush=True)
 EOF
   done
   stamp ops-ab
+fi
+
+if has kernel-times; then
+  # issue 10: which kernel a change moved. ncu times every kernel of one forward+backward step
+  # (nattn-bench's warm-up step, then the timed one, whose launches scripts/ncu_kernel_times.py
+  # keeps), this build against the old nattn-bench, deterministic and fast backward. ncu runs
+  # the kernels one at a time at base clocks: compare these durations with each other only.
+  # NATTN_KT_PROBLEMS (';'-separated nattn-bench problems) replaces the list.
+  old_bench="${NATTN_OLD_BENCH:-old/nattn-bench}"
+  [ -x "$old_bench" ] || tar xJf .carry/old-bench.tar.xz
+  IFS=';' read -r -a problems <<<"${NATTN_KT_PROBLEMS:-"--dim 128 --extent 8192 --kernel 8192 --heads 16 --batch 2;--dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24;--dim 128 --extent 32768 --kernel 2048 --heads 16;--dim 64 --extent 8192 --kernel 8192 --heads 16 --batch 2;--dim 32 --extent 28x28 --kernel 7 --heads 4 --batch 32"}"
+  for args in "${problems[@]}"; do
+    for mode in 1 fast; do
+      for bin in "$old_bench" build-gpu/nattn-bench; do
+        label=$([ "$bin" = "$old_bench" ] && echo old || echo new)-$([ "$mode" = fast ] && echo fast || echo det)
+        NATTN_SM90_BACKWARD=$mode timeout $(t 90) ncu --csv --metrics gpu__time_duration.sum "$bin" --backend cuda \
+          --dtype bf16 --mode bwd --iters 1 --warmup 1 --no-verify $args 2>/dev/null |
+          python3 scripts/ncu_kernel_times.py "$label" "$args" | tee -a "$out/kernel-times.txt"
+      done
+    done
+  done
+  stamp kernel-times
 fi
 
 if has ncu-src; then
