@@ -45,6 +45,10 @@ struct BackwardArgs {
   Tiling tl;
   bool early_steps;  // the producer issues the walk's first steps before the tables are filled
   bool dq_overlap;   // dQ kernel: a step's dQ product runs on while the next step's S and dP issue
+  // dK/dV kernels: own box i of n walks its query boxes from box i * nbr_tiles / n on, wrapping
+  // around (TileWalk::rot), so the CTAs sharing query boxes (a dense or strided walk) meet each
+  // at different times; false: every walk in the linear order (NATTN_SM90_BWD_ROTATE).
+  bool rotate;
   // The persistent variant's work items (kPersistent traits; 0 for the one-CTA-per-item
   // kernels, whose grid is (own boxes x column parts, heads, batch)): own boxes (x the dK/dV
   // kernel's column parts) fastest, then heads (query heads for dQ, kv heads for dK/dV), then
