@@ -412,6 +412,8 @@ if has ncu-src; then
       --print-details all >"$out/ncu-src-$name.csv" 2>&1
     echo "  source page: $(wc -l <"$out/ncu-src-$name.csv") lines"
     timeout $(t 60) ncu --import "$out/ncu-src-$name.ncu-rep" --page details >"$out/ncu-src-$name-details.txt" 2>&1
+    python3 scripts/ncu_top_stalls.py "$out/ncu-src-$name.csv" >"$out/ncu-src-$name-top.txt" 2>&1
+    head -3 "$out/ncu-src-$name-top.txt"
   done
   stamp ncu-src
 fi
