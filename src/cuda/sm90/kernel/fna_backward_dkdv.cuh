@@ -86,25 +86,26 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
   cute::tma_store_arrive();  // closes this step's bulk group
 }
 
-// Fast mode, the rest of one step after dS^T (consumer thread ctid of 256, step n of the item;
-// dV += P^T dO is already running, issued by dkdv_consume before dP^T's wait), ending with the
-// stage released (empty: its barrier). dS^T goes to this step's parity buffer (stmatrix), then
-// the 256-thread barrier (both warpgroups' halves written; thread 0 of each warpgroup first
-// waits until its last reduce-adds have read the staging tile, so every staging write after it
-// finds the tile free), then dQ = dS K over the 128 keys and its staging and reduce-add
-// (reduce_dq), and dK += dS^T Q. A warpgroup writes a dS buffer again two steps on, past the
-// next step's barrier, which every reader reaches only after its dQ product has completed.
+// Fast mode, one step's gradient products and dQ partial (consumer thread ctid of 256, step n of
+// the item), ending with the stage released (empty: its barrier). dS^T goes to this step's
+// parity buffer (stmatrix), then the 256-thread barrier (both warpgroups' halves written; thread
+// 0 of each warpgroup first waits until its last reduce-adds have read the staging tile, so
+// every staging write after it finds the tile free), then dQ = dS K over the 128 keys and its
+// staging and reduce-add (reduce_dq). A warpgroup writes a dS buffer again two steps on, past
+// the next step's barrier, which every reader reaches only after its dQ product has completed.
 //   Head dim 128 (both warpgroups, 64 dQ columns each): FlashAttention-3's order, so that the dQ
-//   product and its staging overlap the same warpgroup's gradient products: dQ's product, then
-//   dK's, then the wait for all but dK's and dQ's staging while dK's runs. 2026-12-05 (tenth
-//   session, H100, against the order below): backward 11-13% faster on dense 8k and flux-2d-s16.
-//   Below (one warpgroup per step, alternating, all columns): dK's product before the barrier,
-//   the stage released, then dQ's product: the order before, which measured 8-12% faster than
-//   FlashAttention-3's at d64 (dense 8k) in the same run.
-template <class Tr, class MmaG, class TDs, class RDs, class TQ, class TAcc>
-__device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& mma_g, const TDs& tGrDs, const RDs& rDs,
-                                          const TQ& tGrQt, TAcc& tGrDk, uint64_t* empty, const Step& st,
-                                          const TileWalk& w, const BackwardArgs& args, int b, int h, int n) {
+//   product and its staging overlap the same warpgroup's gradient products: dV += P^T dO issued
+//   before the barrier, then dQ's product, then dK += dS^T Q, then the wait for all but dK's and
+//   dQ's staging while dK's runs. 2026-12-05 (tenth session, H100, against the order below):
+//   backward 11-13% faster on dense 8k and flux-2d-s16.
+//   Below (one warpgroup per step, alternating, all columns): both gradient products, the
+//   barrier, the stage released, then dQ's product: the order before, which measured 8-12% faster
+//   than FlashAttention-3's at d64 (dense 8k) in the same run.
+template <class Tr, class MmaG, class TP, class TDs, class RDs, class TDo, class TQ, class TAcc>
+__device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& mma_g, const TP& tGrP, const TDs& tGrDs,
+                                          const RDs& rDs, const TDo& tGrDot, const TQ& tGrQt, TAcc& tGrDv, TAcc& tGrDk,
+                                          uint64_t* empty, const Step& st, const TileWalk& w, const BackwardArgs& args,
+                                          int b, int h, int n) {
   using namespace cute;
   using Element = typename Tr::Element;
   using F = typename Tr::Fast;
@@ -118,12 +119,16 @@ __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& 
   // 8 different 16-byte chunks of the 128-byte swizzle, so a block is one conflict-free
   // wavefront. make_tiled_copy_C reads the registers in the accumulator's own layout (its
   // source side gives register i partition_C's coordinate: checked on the host, 2026-12-05).
-  if constexpr (!kOverlap) wgmma<false>(mma_g, tGrDs, tGrQt, tGrDk);
+  if constexpr (!kOverlap) {
+    wgmma<false>(mma_g, tGrP, tGrDot, tGrDv);
+    wgmma<false>(mma_g, tGrDs, tGrQt, tGrDk);
+  }
   Tensor sDsT = make_tensor(make_smem_ptr(ss.ds), typename F::SmemDsT{});
   typename Tr::MmaS mma_s;
   auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_s);
   auto thr_r2s = r2s.get_thread_slice(ctid);
   copy(r2s, thr_r2s.retile_S(rDs), thr_r2s.partition_D(sDsT(_, _, n & 1)));
+  if constexpr (kOverlap) wgmma<false>(mma_g, tGrP, tGrDot, tGrDv);
   cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
   if (ctid % 128 == 0) cute::tma_store_wait<0>();
   cutlass::arch::NamedBarrier::sync(256, 3);
@@ -145,7 +150,7 @@ __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& 
   if constexpr (kOverlap) wgmma<false>(mma_g, tGrDs, tGrQt, tGrDk);
   if (dq) {
     if constexpr (kOverlap)
-      warpgroup_wait<1>();  // dV's (issued before) and dQ's products are done; dK's runs on
+      warpgroup_wait<1>();  // dV's and dQ's products are done; dK's runs on
     else
       warpgroup_wait<0>();
     warpgroup_fence_operand(tQrDq);
@@ -277,33 +282,27 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
       for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
       wgmma<false>(mma_g, tGrP, tGrQt(_, _, _, at.stage), tGrDk);
     } else {
-      // P^T to 16 bits and dV += P^T dO issued before dP^T's wait. The product needs the
-      // exponentials, so they run while dP^T's product does: left before a plain wait, ptxas
-      // moved them past it (SASS, 2026-12-05), and a wait does not order register arithmetic.
-      // dV's product then runs while dS^T is computed.
-#pragma unroll
-      for (int i = 0; i < size(tSrS); ++i) rP(i) = Element(tSrS(i));
-      if constexpr (Tr::kColumnSplit == 1)
-        wgmma<false>(mma_g, tGrP, tGrDot(_, _, _, at.stage), tGrDv);
-      else
-        wgmma<false>(mma_g, tGrP, walked_part(ss.walk_b, at.stage), tGrDv);
-      warpgroup_wait<1>();  // dP^T is done (dV's product runs on, reading P^T's registers)
+      warpgroup_wait<0>();  // dP^T is done
       warpgroup_fence_operand(tSrDp);
-      // dS^T = P^T (dP^T - Delta) in dP^T's registers, from the 16-bit P^T (S^T's float32
-      // registers held across dP^T's wait serialised the products: ptxas C7512 at head dim 128).
-      const Element(&p16)[1][NI][4] = *reinterpret_cast<const Element(*)[1][NI][4]>(raw_pointer_cast(rP.data()));
+      // dS^T = P^T (dP^T - Delta) in dP^T's registers (from the float32 P^T), then both 16-bit
+      // tiles; the float32 ones are dead from here on.
 #pragma unroll
       for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dp[0][ni][e] = float(p16[0][ni][e]) * (dp[0][ni][e] - column(ni, e)[1]);
+        for (int e = 0; e < 4; ++e) dp[0][ni][e] = s[0][ni][e] * (dp[0][ni][e] - column(ni, e)[1]);
 #pragma unroll
-      for (int i = 0; i < size(tSrDp); ++i) rDs(i) = Element(tSrDp(i));
+      for (int i = 0; i < size(tSrS); ++i) {
+        rP(i) = Element(tSrS(i));
+        rDs(i) = Element(tSrDp(i));
+      }
       if constexpr (Tr::kFastDq) {
-        fast_step<Tr>(ss, mma_g, tGrDs, rDs, tGrQt(_, _, _, at.stage), tGrDk, &ss.empty[at.stage], st, w, args, b,
-                      hk * hpk + st.head, n);
+        fast_step<Tr>(ss, mma_g, tGrP, tGrDs, rDs, tGrDot(_, _, _, at.stage), tGrQt(_, _, _, at.stage), tGrDv, tGrDk,
+                      &ss.empty[at.stage], st, w, args, b, hk * hpk + st.head, n);
       } else if constexpr (Tr::kColumnSplit == 1) {
+        wgmma<false>(mma_g, tGrP, tGrDot(_, _, _, at.stage), tGrDv);
         wgmma<false>(mma_g, tGrDs, tGrQt(_, _, _, at.stage), tGrDk);
       } else {
+        wgmma<false>(mma_g, tGrP, walked_part(ss.walk_b, at.stage), tGrDv);
         wgmma<false>(mma_g, tGrDs, walked_part(ss.walk_a, at.stage), tGrDk);
       }
     }

@@ -126,8 +126,7 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
     for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[0][ni][e] = fast_exp2(fmaf(s[0][ni][e], c, -lse2[e / 2]));
-    settle_before_wait(s);  // the exponentials run while dP's product does
-    warpgroup_wait<0>();    // dP is done
+    warpgroup_wait<0>();  // dP is done
     warpgroup_fence_operand(tSrDp);
 #pragma unroll
     for (int ni = 0; ni < NI; ++ni)

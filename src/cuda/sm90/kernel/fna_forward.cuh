@@ -271,7 +271,6 @@ __device__ __forceinline__ void consume_item(typename Tr::SharedStorage& ss, con
       mask(st);
       float corr[1][2];
       const bool moved = softmax.template weigh_deferred<Tr::kPolyEvery>(s, c, corr);
-      settle_before_wait(s);  // the exponentials run while P V does
       warpgroup_wait<0>();
       Barrier::arrive(&ss.v_empty[v_at.stage]);
       if (moved) softmax.rescale(o, corr);

@@ -42,24 +42,6 @@ __device__ __forceinline__ void wgmma(Mma& mma, const TA& a, const TB& b, TC& c)
   warpgroup_fence_operand(c);
 }
 
-// Keeps the computation of v (a thread's fragment of exponentials, all >= 0 or NaN) ahead of
-// the warpgroup_wait that follows it, so that it runs while the product being waited for does.
-// A wait is an instruction without operands, and ptxas 13.0 moved the softmax's exponentials of
-// the sm90 dQ kernel and forward past the wait for their other product, serialising them after
-// it (SASS, 2026-12-05). A branch on every value ends the basic block before the wait: ptxas
-// keeps the wait after it and the values before it. The branch is never taken for such values
-// (their OR never has the sign bit set); taken, it only sleeps.
-// (Device code only: host compilers see this header through the layout tests.)
-template <class Frag>
-__device__ __forceinline__ void settle_before_wait(const Frag& v) {
-#ifdef __CUDA_ARCH__
-  uint32_t any = 0;
-#pragma unroll
-  for (int i = 0; i < int(sizeof(Frag) / sizeof(float)); ++i) any |= __float_as_uint((&v[0][0][0])[i]);
-  if (any == 0xffffffffu) __nanosleep(32);
-#endif
-}
-
 // Tensor rows along (X1, X2, X3) of a box starting at group positions start: position x
 // dilation + off, with off = TileWalk::own_off (the query box) or walk_off (the key box): the
 // dilation group, less the box's origin in the global grid when placed. Rows outside the
