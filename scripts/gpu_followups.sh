@@ -65,9 +65,6 @@
 #              racecheck on a fast-mode and a d256 backward with additional keys
 #   rows-ab    issue 10: this build against an older nattn-bench (.carry/old-bench.tar.xz: 4f8f511
 #              since 2026-12-05's eleventh session), both backward modes, interleaved -> $OUT/rows-ab.txt
-#   rotate     issue 10: the dK/dV kernels' rotated query walks (NATTN_SM90_BWD_ROTATE=1, off by
-#              default; built 2026-12-05 without a GPU): the backward rows and the sm90 backward
-#              tests with it on, then on/off interleaved, backward alone, both modes -> $OUT/rotate-ab.txt
 #   kernel-times issue 10: per-kernel durations (ncu gpu__time_duration, one forward+backward step)
 #              of this build against the older nattn-bench (.carry/old-bench.tar.xz), both backward
 #              modes, so a change to one kernel is measured on that kernel -> $OUT/kernel-times.txt
@@ -347,24 +344,6 @@ print(" | ".join(row), flush=True)
 EOF
   done
   stamp ops-ab
-fi
-
-if has rotate; then
-  NATTN_SM90_BWD_ROTATE=1 timeout $(t 200) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \
-    --gtest_filter='*ConfigRow*:*Backward*' >"$out/rotate-ctest.log" 2>&1
-  echo "nattn_cuda_tests (rows, backward) with rotated walks rc=$?"; tail -2 "$out/rotate-ctest.log"
-  NATTN_SM90_BWD_ROTATE=1 timeout $(t 200) python3 -m pytest -q -x -p no:cacheprovider \
-    tests/python/test_cuda_sm90_backward.py >"$out/rotate-pytest.log" 2>&1
-  echo "pytest test_cuda_sm90_backward with rotated walks rc=$?"; tail -2 "$out/rotate-pytest.log"
-  for mode in 1 fast; do  # the plan column of each line says which (fast: the dkdv_dq row)
-    export NATTN_SM90_BACKWARD=$mode
-    ab NATTN_SM90_BWD_ROTATE rotate-ab.txt bwd "--dim 128 --extent 8192 --kernel 8192 --heads 16 --batch 2 --no-verify" \
-      "--dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24 --no-verify" \
-      "--dim 128 --extent 32768 --kernel 2048 --heads 16 --no-verify" \
-      "--dim 64 --extent 8192 --kernel 8192 --heads 16 --batch 2 --no-verify"
-  done
-  unset NATTN_SM90_BACKWARD
-  stamp rotate
 fi
 
 if has kernel-times; then

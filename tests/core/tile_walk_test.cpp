@@ -280,7 +280,6 @@ bool check_case(const WalkCase& c, Rng& rng) {
   auto walk = std::make_unique<TileWalk>();
   auto untabled = std::make_unique<TileWalk>();
   auto early = std::make_unique<TileWalk>();
-  auto rotated = std::make_unique<TileWalk>();
   for (int64_t linear = 0; linear < t.neighborhood_ctas; ++linear) {
     SCOPED_TRACE("own box " + std::to_string(linear));
     // Decode the CTA index independently: row-major over [dilation groups..., own boxes...].
@@ -448,35 +447,6 @@ bool check_case(const WalkCase& c, Rng& rng) {
       ADD_FAILURE() << "the untabled walk differs from the tabled one: " << direct.size() << " vs " << steps.size()
                     << " steps";
       return false;
-    }
-    // The walk begun with a rotation (the sm90 dK/dV kernels' NATTN_SM90_BWD_ROTATE): per head,
-    // the same neighborhood steps from the first box at or past rotation % nbr_tiles on, then
-    // those before it, then the same extra tiles.
-    {
-      const int64_t rotation = rng.integer(0, 3 * int64_t(w.nbr_tiles) + 2);
-      *rotated = w;  // the tables are filled
-      rotated->begin(c.heads, extra_limit, rotation);
-      const std::vector<Step> got = advance_sequence(*rotated, limit);
-      const int r = w.nbr_tiles > 0 ? int(rotation % w.nbr_tiles) : 0;
-      std::vector<Step> want;
-      for (int head = 0; head < c.heads; ++head) {
-        std::vector<Step> before, from, extra;
-        for (const Step& s : steps)
-          if (s.head == head) (s.tile >= w.nbr_tiles ? extra : s.tile >= r ? from : before).push_back(s);
-        for (const auto* part : {&from, &before, &extra}) want.insert(want.end(), part->begin(), part->end());
-      }
-      bool same_rotated = got.size() == want.size();
-      for (size_t i = 0; same_rotated && i < got.size(); ++i) same_rotated = same_step(got[i], want[i]);
-      if (!same_rotated) {
-        ADD_FAILURE() << "the walk rotated by " << rotation << " (" << r << " of " << w.nbr_tiles
-                      << " boxes) is not the walk's steps from box " << r << " on: " << got.size() << " vs "
-                      << want.size() << " steps";
-        return false;
-      }
-      if (rotated->advance().valid) {
-        ADD_FAILURE() << "the rotated walk goes on past its end";
-        return false;
-      }
     }
 
     // Split the steps per head: neighborhood boxes, then extra tiles.
@@ -801,7 +771,7 @@ TEST_F(TileWalkTest, ExtraOnlyWalkVisitsEveryTilePerHead) {
     SCOPED_TRACE("tiles " + std::to_string(tiles) + ", heads " + std::to_string(heads));
     auto w = std::make_unique<TileWalk>();
     w->init_extra_only(tiles, rows);
-    w->begin(heads, INT64_MAX, rng.integer(0, 5));  // a rotation moves no extra tile
+    w->begin(heads, INT64_MAX);
     EXPECT_FALSE(w->empty);
     const std::vector<Step> steps = ring_sequence(*w, size_t(tiles * heads) + 1);
     ASSERT_EQ(steps.size(), size_t(tiles * heads));

@@ -226,36 +226,16 @@ struct TileWalk {
   // a few table reads per tile instead.
   int heads;            // query heads walked per kv head (dK/dV); 1 otherwise
   int64_t extra_limit;  // extra tiles: rows at or past this count are masked (Na), or none
-  // Each head's neighborhood boxes are walked from box `rot` on, wrapping around to box 0 and
-  // up to rot (0: the linear tile order). CTAs given different rotations meet the walked boxes
-  // at different times (the sm90 dK/dV kernels, NATTN_SM90_BWD_ROTATE: cuda/sm90/device/family.cu).
-  int rot;
   int cur_head, cur_t, cur_i[3];
-  int left;      // neighborhood boxes of this head not yet stepped past
-  int cur_x;     // extra tiles of this head emitted
   Step ring[3];  // current, next and the one after (see the kernels' loops)
 
-  // One thread, after init: prepares the walk over `heads_` heads, each from box rotate_ %
-  // nbr_tiles on (rotate_ >= 0).
-  NATTN_HD_CALL void begin(int heads_, int64_t extra_limit_, int64_t rotate_ = 0) {
+  // One thread, after init: prepares the walk over `heads_` heads.
+  NATTN_HD_CALL void begin(int heads_, int64_t extra_limit_) {
     heads = heads_;
     extra_limit = extra_limit_;
-    rot = nbr_tiles > 0 ? int(rotate_ % nbr_tiles) : 0;
     cur_head = 0;
-    start_head();
-  }
-
-  // The cursor at the first box of the current head: box rot, as odometer digits.
-  NATTN_HD_CALL void start_head() {
-    cur_t = rot;
+    cur_t = 0;
     cur_i[0] = cur_i[1] = cur_i[2] = 0;
-    if (rot > 0) {
-      cur_i[2] = rot % n_walk[2];
-      cur_i[1] = (rot / n_walk[2]) % n_walk[1];
-      cur_i[0] = rot / (n_walk[2] * n_walk[1]);
-    }
-    left = nbr_tiles;
-    cur_x = 0;
   }
 
   // One thread, after begin() and fill_tables(): the first two steps of the ring.
@@ -272,7 +252,7 @@ struct TileWalk {
   NATTN_HD_CALL Step advance(bool use_tables = true) {
     Step st{};
     while (cur_head < heads) {
-      while (left > 0) {
+      while (cur_t < nbr_tiles) {
         int c = int(tiles::Coverage::kFull), mask = 0;
 #pragma unroll
         for (int a = 0; a < 3; ++a) {
@@ -282,13 +262,9 @@ struct TileWalk {
           st.start[a] = walk_begin[a] + (cur_i[a] << walk_shift[a]);
         }
         st.tile = cur_t;
-        // Step the odometer (axis 2 fastest, as the linear tile order), back to box 0 past the
-        // last box (a rotated walk).
-        --left;
-        if (++cur_t == nbr_tiles) {
-          cur_t = 0;
-          cur_i[0] = cur_i[1] = cur_i[2] = 0;
-        } else if (++cur_i[2] == n_walk[2]) {
+        // Step the odometer (axis 2 fastest, as the linear tile order).
+        ++cur_t;
+        if (++cur_i[2] == n_walk[2]) {
           cur_i[2] = 0;
           if (++cur_i[1] == n_walk[1]) {
             cur_i[1] = 0;
@@ -303,18 +279,19 @@ struct TileWalk {
           return st;
         }
       }
-      if (cur_x < add_tiles) {
-        st.tile = nbr_tiles + cur_x;
+      if (cur_t < nbr_tiles + add_tiles) {
+        st.tile = cur_t;
         st.head = cur_head;
-        const int64_t rows_end = int64_t(cur_x + 1) * block_rows;
+        const int64_t rows_end = int64_t(cur_t - nbr_tiles + 1) * block_rows;
         st.full = rows_end <= extra_limit;
         st.partial = st.full ? 0 : 1;
         st.valid = 1;
-        ++cur_x;
+        ++cur_t;
         return st;
       }
       ++cur_head;
-      start_head();
+      cur_t = 0;
+      cur_i[0] = cur_i[1] = cur_i[2] = 0;
     }
     return st;
   }

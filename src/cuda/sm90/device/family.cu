@@ -133,15 +133,6 @@ bool dq_overlap() {
   static const bool on = !env_equals("NATTN_SM90_BWD_DQ_OVERLAP", "0");
   return on;
 }
-// NATTN_SM90_BWD_ROTATE=1: each dK/dV CTA starts its query walk at a box of its own (own box i
-// of n at box i * walked / n, wrapping around: BackwardArgs::rotate), so the CTAs sharing query
-// boxes (every CTA of a head on a dense walk walks the same 128 boxes in the same order) meet
-// each box at different times: for the fast kernel, the dQ reduce-adds of one moment land on
-// different rows. Built 2026-12-05 (eleventh session) without a GPU: off until measured.
-bool walk_rotation_requested() {
-  static const bool on = env_equals("NATTN_SM90_BWD_ROTATE", "1");
-  return on;
-}
 bool two_ctas_allowed() {
   static const bool on = !env_equals("NATTN_SM90_BWD_TWO_CTAS", "0");
   return on;
@@ -404,7 +395,6 @@ class Sm90Family final : public KernelFamily {
     args.tl = k.tiling;
     args.early_steps = backward_early_steps();
     args.dq_overlap = dq_overlap();
-    args.rotate = !dq && walk_rotation_requested();
     int64_t boxes = 0, heads = 0;
     if (const int64_t items = persistent_items(k, g, &boxes, &heads); items > 0) {  // the persistent variant
       args.items = int(items);

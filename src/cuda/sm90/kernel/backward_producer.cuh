@@ -19,15 +19,6 @@
 
 namespace nattn::cuda::sm90 {
 
-// The box own box `own_box` of `own_boxes` starts its query walk at (TileWalk::begin): spread
-// evenly over the walk's nbr_tiles boxes by the own box's index where args.rotate asks for it
-// (the dK/dV kernels), else 0.
-__device__ __forceinline__ int64_t walk_rotation(const BackwardArgs& args, bool walks_queries, int64_t own_box,
-                                                 int64_t own_boxes, int nbr_tiles) {
-  if (!args.rotate || !walks_queries || own_boxes <= 0) return 0;
-  return own_box * nbr_tiles / own_boxes;
-}
-
 // Thread 0: the TMA loads of the CTA's two own boxes (own_head of own_heads), once. Issued as
 // soon as the walk knows the own box (start_backward), before the coverage tables are filled,
 // so their latency overlaps the set-up: most of a small grid's CTA time.
@@ -110,12 +101,11 @@ __device__ __forceinline__ void produce_backward(typename Tr::SharedStorage& ss,
 // box is empty (a box past its dilation group's end: nothing to load, compute or write).
 // extra_rows: rows of the extra steps after the neighborhood boxes (dQ: the Na additional keys,
 // in tiles of the walked rows; the last tile's rows past Na are masked), 0 for none.
-// own_boxes: the launch's own boxes (the dK/dV kernels' rotation, args.rotate).
 template <class Tr>
 __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, const BackwardArgs& args,
                                                int64_t own_box, bool walks_queries, int heads_per_walk, int b,
                                                int own_head, int own_heads, int walk_head0, int walk_heads,
-                                               int64_t extra_rows = 0, int64_t own_boxes = 1) {
+                                               int64_t extra_rows = 0) {
   if (threadIdx.x == 0) {
     cutlass::arch::ClusterTransactionBarrier::init(&ss.own_full, 1);
     for (int i = 0; i < Tr::kStages; ++i) {
@@ -125,8 +115,7 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
     cutlass::arch::fence_barrier_init();
     const int extra_tiles = int((extra_rows + Tr::kWalkRows - 1) / Tr::kWalkRows);
     ss.walk.init(args.p.g, args.tl, own_box, walks_queries, extra_tiles, Tr::kWalkRows);
-    ss.walk.begin(heads_per_walk, extra_rows > 0 ? extra_rows : INT64_MAX,
-                  walk_rotation(args, walks_queries, own_box, own_boxes, ss.walk.nbr_tiles));
+    ss.walk.begin(heads_per_walk, extra_rows > 0 ? extra_rows : INT64_MAX);
     StageCursor<Tr::kStages> at;
     bool ended = false;
     if (!ss.walk.empty) {
@@ -207,8 +196,7 @@ __device__ __forceinline__ void prepare_backward_items(typename Tr::SharedStorag
       int64_t box;
       decode_backward_item(item, args, box, it.head, it.b);
       it.walk.init(args.p.g, args.tl, box, walks_queries, extra_tiles, Tr::kWalkRows);
-      it.walk.begin(heads_per_walk, extra_rows > 0 ? extra_rows : INT64_MAX,
-                    walk_rotation(args, walks_queries, box, args.boxes, it.walk.nbr_tiles));
+      it.walk.begin(heads_per_walk, extra_rows > 0 ? extra_rows : INT64_MAX);
     }
     cutlass::arch::NamedBarrier::sync(96, 4);  // the walk is initialised before the tables
     if (!it.walk.empty) {

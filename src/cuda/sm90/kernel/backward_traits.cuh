@@ -45,10 +45,6 @@ struct BackwardArgs {
   Tiling tl;
   bool early_steps;  // the producer issues the walk's first steps before the tables are filled
   bool dq_overlap;   // dQ kernel: a step's dQ product runs on while the next step's S and dP issue
-  // dK/dV kernels: own box i of n walks its query boxes from box i * nbr_tiles / n on, wrapping
-  // around (TileWalk::rot), so the CTAs sharing query boxes (a dense or strided walk) meet each
-  // at different times; false: every walk in the linear order (NATTN_SM90_BWD_ROTATE).
-  bool rotate;
   // The persistent variant's work items (kPersistent traits; 0 for the one-CTA-per-item
   // kernels, whose grid is (own boxes x column parts, heads, batch)): own boxes (x the dK/dV
   // kernel's column parts) fastest, then heads (query heads for dQ, kv heads for dK/dV), then
@@ -235,24 +231,25 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
                 "a column part of a walked stage starts on a swizzle period");
   // setmaxnreg split ((168 - P) * 128 >= (C - 168) * 256): dK and dV accumulators (64 x HDO fp32
   // each per warpgroup) plus S^T and dP^T (64 x BQ) take 4 * HDO / 2 + BQ registers per thread:
-  // 224 at head dim 128 (192 at 256: HDO 128, BQ 32). At head dim 128 the consumers get 240 and
-  // the producer warpgroup (one TMA thread stepping the walk; warps 1-3 idle) 24: ptxas 13.0
-  // then keeps the consumers' step loop free of local memory (fast kernel 100/128 bytes of spills
-  // -> 28/36, deterministic 12/16 -> 24/32, all of it now in the TMA thread, a few accesses a
-  // step off the products' path; at 40/232 the fast kernel reloaded ~12 values a step in the
-  // consumers). At 256 the consumers need less (HDO 128, BQ 32), and 56 for the producer removed
-  // its 32 bytes of spills at 40.
+  // 224 at head dim 128 (192 at 256: HDO 128, BQ 32), so the producer warpgroup (one TMA thread
+  // stepping the walk) gets 40. The fast kernel at 128 gives it 24 and its consumers 240: its
+  // consumers' step loop then holds no local memory (ptxas 13.0: 100/128 bytes of spills ->
+  // 28/36, all in the TMA thread); on the H100 (2026-12-05, eleventh session, per-kernel ncu
+  // durations against 24/240's parent in the same run) the fast kernel ran 6-8% faster on dense
+  // 8k, flux-2d-s16 and 1d-32k. The deterministic kernel kept 40/232 (12/16 bytes; 24/240 gave
+  // 24/32 and was not shown faster). At 256 the consumers need less (HDO 128, BQ 32), and 56 for
+  // the producer removed its 32 bytes of spills at 40.
   // Two resident CTAs (configs.h rows 69-72): 80 registers a thread at launch, split 32/104.
   static constexpr int kMinBlocks = CTAS_;
   static_assert(CTAS_ == 1 || (CTAS_ == 2 && HD == 32 && BQ == 32 && !kFastDq), "two CTAs per SM: d32 rows");
   static constexpr bool kPersistent = PERSISTENT_;
   static_assert(!kPersistent || (CTAS_ == 1 && !kFastDq && kColumnSplit == 1),
                 "the persistent variant: deterministic one-CTA-per-SM rows of head dims up to 128");
-  // The persistent variant keeps 40/232: at head dim 128 its producer warps (the next item's
-  // walk and tables, the TMA thread's walk state) spill at 40 already, and 56/224 put spills
-  // into the consumers' walk loop (cmake/spill_allowlist.txt has the numbers).
-  static constexpr int kProducerRegs = CTAS_ == 2 ? 32 : HD > 128 ? 56 : HD > 64 ? (PERSISTENT_ ? 40 : 24) : 72;
-  static constexpr int kConsumerRegs = CTAS_ == 2 ? 104 : HD > 128 ? 224 : HD > 64 ? (PERSISTENT_ ? 232 : 240) : 216;
+  // The persistent variant (deterministic) keeps 40/232: at head dim 128 its producer warps (the
+  // next item's walk and tables, the TMA thread's walk state) spill at 40 already, and 56/224 put
+  // spills into the consumers' walk loop (cmake/spill_allowlist.txt has the numbers).
+  static constexpr int kProducerRegs = CTAS_ == 2 ? 32 : HD > 128 ? 56 : HD > 64 ? (kFastDq_ ? 24 : 40) : 72;
+  static constexpr int kConsumerRegs = CTAS_ == 2 ? 104 : HD > 128 ? 224 : HD > 64 ? (kFastDq_ ? 240 : 232) : 216;
 
   // The walked queries' rows of the Delta pre-pass's workspace (lse2, Delta, 0, 0 each: a step's
   // columns of P^T and dS^T), loaded by the producer's TMA with the step's Q and dO.

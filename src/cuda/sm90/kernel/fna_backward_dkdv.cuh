@@ -364,7 +364,7 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks)
   const int part = int(blockIdx.x % Tr::kColumnSplit);
   // A key box past its group's end (dilation groups of different lengths): nothing to write.
   if (!start_backward<Tr>(ss, args, blockIdx.x / Tr::kColumnSplit, true, hpk, b, hk, int(g.heads_kv), hk * hpk,
-                          int(g.heads_q), 0, gridDim.x / Tr::kColumnSplit))
+                          int(g.heads_q)))
     return;
   __syncthreads();
   if (threadIdx.x < 128) {
