@@ -234,10 +234,10 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   // 224 at head dim 128 (192 at 256: HDO 128, BQ 32), so the producer warpgroup (one TMA thread
   // stepping the walk) gets 40. The fast kernel at 128 gives it 24 and its consumers 240: its
   // consumers' step loop then holds no local memory (ptxas 13.0: 100/128 bytes of spills ->
-  // 28/36, all in the TMA thread); on the H100 (2026-12-05, eleventh session, per-kernel ncu
-  // durations against 24/240's parent in the same run) the fast kernel ran 6-8% faster on dense
-  // 8k, flux-2d-s16 and 1d-32k. The deterministic kernel kept 40/232 (12/16 bytes; 24/240 gave
-  // 24/32 and was not shown faster). At 256 the consumers need less (HDO 128, BQ 32), and 56 for
+  // 36/44, all in the TMA thread and the prologue); on the H100 (2026-12-05, eleventh session,
+  // per-kernel ncu durations against its parent in the same run) the fast kernel ran 5-6% faster
+  // on dense 8k, flux-2d-s16 and 1d-32k. The deterministic kernel kept 40/232 (12/16 bytes;
+  // 24/240 gave 24/32 and was not shown faster). At 256 the consumers need less (HDO 128, BQ 32), and 56 for
   // the producer removed its 32 bytes of spills at 40.
   // Two resident CTAs (configs.h rows 69-72): 80 registers a thread at launch, split 32/104.
   static constexpr int kMinBlocks = CTAS_;
