@@ -63,8 +63,8 @@
 #              (400 random problems in both modes with additional keys and head dims up to 256,
 #              the d256 cases, bitwise reproducibility) and compute-sanitizer memcheck and
 #              racecheck on a fast-mode and a d256 backward with additional keys
-#   rows-ab    issue 10: this build against an older nattn-bench (.carry/old-bench.tar.xz: 4f8f511
-#              since 2026-12-05's eleventh session), both backward modes, interleaved -> $OUT/rows-ab.txt
+#   rows-ab    issue 10: this build against an older nattn-bench (.carry/old-bench.tar.xz: 0be7082
+#              since the end of 2026-12-05's eleventh session), both backward modes, interleaved -> $OUT/rows-ab.txt
 #   kernel-times issue 10: per-kernel durations (ncu gpu__time_duration, one forward+backward step)
 #              of this build against the older nattn-bench (.carry/old-bench.tar.xz), both backward
 #              modes, so a change to one kernel is measured on that kernel -> $OUT/kernel-times.txt
@@ -82,7 +82,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
-stages="${*:-check bwd-check old-ab kernel-times dense-fb}"  # the next session's first call (eleventh note); others when named
+stages="${*:-check bwd-check old-ab kernel-times}"  # the next session's first call (eleventh note); others when named
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz
@@ -180,9 +180,9 @@ fi
 
 if has rows-ab; then
   # issue 10: this build against an older one's nattn-bench (.carry/old-bench.tar.xz), det and
-  # fast for both, interleaved, backward alone -> $out/rows-ab.txt. The old build is 4f8f511
-  # since the eleventh session (the tenth's last build, never run on a GPU: the GPU-checked
-  # 025a34f plus its register change); 025a34f at the tenth's end, 9544c7f during it.
+  # fast for both, interleaved, backward alone -> $out/rows-ab.txt. The old build is 0be7082
+  # since the eleventh session's end (its final kernels, GPU-checked and measured); 4f8f511
+  # during it, 025a34f at the tenth's end.
   old_bench="${NATTN_OLD_BENCH:-old/nattn-bench}"
   [ -x "$old_bench" ] || tar xJf .carry/old-bench.tar.xz
   # NATTN_AB_PROBLEMS (';'-separated nattn-bench problems) replaces the list.
@@ -250,11 +250,10 @@ fi
 
 if has old-ab; then
   # This build against an older one's nattn-bench (NATTN_OLD_BENCH, default old/nattn-bench from
-  # .carry/old-bench.tar.xz: 4f8f511 since the eleventh session), interleaved old/new/old/new:
-  # the forward (since the eleventh session its exponentials pinned before the wait for P V) and
-  # the backward (deterministic default rows; dV's product issued before dP^T's wait, the dQ
-  # kernel's exponentials pinned before dP's wait), plus this build's fast mode in the same
-  # rounds; and compute-sanitizer on a forward of head dim 256 -> $out/old-ab.txt
+  # .carry/old-bench.tar.xz: 0be7082 since the eleventh session's end), interleaved
+  # old/new/old/new: the forward and the backward (deterministic default rows), plus this
+  # build's fast mode in the same rounds; and compute-sanitizer on a forward of head dim 256
+  # -> $out/old-ab.txt
   old_bench="${NATTN_OLD_BENCH:-old/nattn-bench}"
   [ -x "$old_bench" ] || tar xJf .carry/old-bench.tar.xz
   run_ab() {  # label binary mode args...
