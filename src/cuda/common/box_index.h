@@ -47,6 +47,13 @@ NATTN_HD int64_t token_offset(const int (&pos)[3], const int (&group)[3], const 
   return off;
 }
 
+// The Delta pre-pass's row (BackwardParams::rows: lse2, Delta, 0, 0) of the query at group
+// positions pos (group offset group) of head h in batch b.
+NATTN_HD const float* pre_pass_row(const BackwardParams& p, int64_t b, int64_t h, const int (&pos)[3],
+                                   const int (&group)[3]) {
+  return p.rows + b * p.srows.batch + h * p.srows.head + token_offset(pos, group, p.g, p.srows);
+}
+
 // Offset of row r of a box from its first token.
 NATTN_HD int64_t row_offset(int r, const int (&shift)[3], const Geometry& g, const Strides& s) {
   int l[3];

@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(Tr::kThreads) fna_backward_dq_kernel(const Bac
       box_position(r, tl.own_shift, w.own_start, pos);
       // The pre-pass's row: lse in the log2 domain (+inf for a query without keys, placed boxes:
       // every exp2(s c - lse2) is 0 then, masked scores included) and Delta.
-      const float* row = p.rows + b * p.srows.batch + h * p.srows.head + token_offset(pos, w.own_off, g, p.srows);
+      const float* row = pre_pass_row(p, b, h, pos, w.own_off);
       lse2 = row[0];
       delta = row[1];
     }

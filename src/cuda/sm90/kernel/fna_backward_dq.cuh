@@ -87,7 +87,7 @@ __device__ __forceinline__ void dq_consume(typename Tr::SharedStorage& ss, const
       if (!row_inside(r, tl.own_shift, count)) continue;
       int pos[3];
       box_position(r, tl.own_shift, w.own_start, pos);
-      const float* row = p.rows + b * p.srows.batch + h * p.srows.head + token_offset(pos, w.own_off, g, p.srows);
+      const float* row = pre_pass_row(p, b, h, pos, w.own_off);
       lse2[hr] = row[0];
       delta[hr] = row[1];
     }
