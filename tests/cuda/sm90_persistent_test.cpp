@@ -6,7 +6,9 @@
 // so) and match the CPU reference on short walks (1-D windows, small 2-D windows), random
 // problems (dilation, causal axes, additional keys, GQA) and more work items than SMs, so that
 // CTAs run several items each (the stage ring, the column parity and the barriers' phases go on
-// across items). Without the switch the plan chooses them for short walks only.
+// across items). Without the switch the plan chooses them for short walks only, and calls that
+// do not ask for determinism take the fast kernel except where the pair runs persistent or two
+// CTAs per SM.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -177,6 +179,59 @@ TEST_P(CudaSm90Persistent, DefaultFollowsTheWalk) {
       if (!cs.persistent && k.role == "backward_dq") EXPECT_EQ(k.grid[1], p.heads_q);
     }
     if (cs.persistent) {  // and it computes what the reference does
+      ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
+      ASSERT_TRUE(device_synchronized());
+      expect_backward_matches_reference(c);
+    }
+  }
+}
+
+// Calls that do not ask for determinism take the fast kernel (backward_dkdv_dq, then
+// dq_convert) except where the deterministic pair runs its own variants, which measured faster
+// there (family.cu Sm90Family::backward_roles): persistent CTAs on short walks (the first two
+// cases above) and two CTAs per SM at head dim 32. The fast plan then computes what the
+// reference does.
+TEST_P(CudaSm90Persistent, DefaultModeTakesTheFastKernelUnlessThePairRunsItsVariants) {
+  for (const char* v : {"NATTN_SM90_BACKWARD", "NATTN_SM90_BWD_PERSISTENT", "NATTN_SM90_BWD_TWO_CTAS"})
+    if (std::getenv(v) != nullptr) GTEST_SKIP() << v << " is set";
+  if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
+  struct Case {
+    int rank;
+    int64_t extent, kernel, stride, heads;
+    int head_dim;
+    bool pair;
+  };
+  const Case cases[] = {{2, 56, 7, 1, 4, 64, true},      {1, 4096, 127, 1, 4, 128, true},
+                        {2, 56, 7, 1, 4, 32, true},      {2, 128, 31, 1, 4, 128, false},
+                        {2, 256, 80, 16, 2, 128, false}, {1, 8192, 8192, 1, 2, 64, false}};
+  for (const Case& cs : cases) {
+    nattn::Problem p;
+    p.rank = cs.rank;
+    for (int a = 0; a < cs.rank; ++a) {
+      p.extent[a] = cs.extent;
+      p.window.kernel_size[a] = cs.kernel;
+      p.window.stride[a] = cs.stride;
+    }
+    p.heads_q = p.heads_kv = cs.heads;
+    p.head_dim = p.head_dim_v = cs.head_dim;
+    SCOPED_TRACE(describe_problem(p));
+    nattn::Options o = cuda_options();
+    o.choice.family = "sm90";
+    o.deterministic = false;
+    DeviceBackward c = make_device_backward(p, GetParam(), false, false, rng);
+    nattn::Plan plan;
+    ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
+    SCOPED_TRACE("plan " + plan.to_json());
+    std::vector<std::string> roles;
+    for (const nattn::PlannedKernel& k : plan.kernels)
+      if (k.role != "delta") roles.push_back(k.role);
+    const std::vector<std::string> want = cs.pair ? std::vector<std::string>{"backward_dq", "backward_dkdv"}
+                                                  : std::vector<std::string>{"backward_dkdv_dq", "dq_convert"};
+    EXPECT_EQ(roles, want);
+    // The fast plan's float32 dQ workspace is part of the call's workspace.
+    const int64_t accum = p.batch * p.extent[0] * (p.rank > 1 ? p.extent[1] : 1) * p.heads_q * cs.head_dim * 4;
+    if (!cs.pair) EXPECT_GE(plan.workspace_bytes, accum);
+    if (!cs.pair && cs.extent <= 128) {
       ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
       ASSERT_TRUE(device_synchronized());
       expect_backward_matches_reference(c);

@@ -1,9 +1,10 @@
 """The sm90 (Hopper) backward (issue 10) against the float64 CPU reference, in both modes:
-  fast (opt-in: a forced backward_dkdv_dq row or NATTN_SM90_BACKWARD=fast): one kernel computes
-    dK, dV and adds dQ partial sums into a float32 workspace (vector atomics), then a pass
-    converts them to dQ (backward_dkdv_dq, dq_convert);
-  deterministic (the default, and always under torch.use_deterministic_algorithms): an sm90 dQ
-    kernel and an sm90 dK/dV kernel, each gradient row written once (backward_dq, backward_dkdv).
+  fast (the default where the call does not ask for determinism, except where the deterministic
+    pair runs persistent CTAs or two CTAs per SM; or a forced backward_dkdv_dq row): one kernel
+    computes dK, dV and adds dQ partial sums into a float32 workspace (TMA reduce-adds), then a
+    pass converts them to dQ (backward_dkdv_dq, dq_convert);
+  deterministic (always under torch.use_deterministic_algorithms): an sm90 dQ kernel and an sm90
+    dK/dV kernel, each gradient row written once (backward_dq, backward_dkdv).
 Forced through nattn.kernel_choice(family="sm90") and asserted through nattn.explain(...,
 backward=True): 200 random configurations per mode (ranks 1-3, kernel/stride/dilation/causal per
 axis, grouped heads, head dims 8-256 in multiples of 8 with Dv != D, fp16 and bf16, packed-qkv
@@ -183,21 +184,37 @@ def test_sm90_backward_above_head_dim_128(dims):
         assert _rel(g, want) < GRAD_TOL[torch.bfloat16], f"{dims}: {name} relative error {_rel(g, want):.3g}"
 
 
-def test_sm90_backward_is_the_default_on_hopper():
-    q = torch.randn(1, 32, 32, 2, 64, device="cuda", dtype=torch.float16)
-    plan = nattn.explain(q, q, q, kernel_size=7, backward=True)
-    assert plan.family == "sm90", str(plan)
-    roles = [kern["role"] for kern in plan.kernels if kern["role"] != "delta"]
-    # The deterministic pair unless NATTN_SM90_BACKWARD=fast (family.cu's backward_roles).
-    fast = os.environ.get("NATTN_SM90_BACKWARD") == "fast"
-    assert roles == (["backward_dkdv_dq", "dq_convert"] if fast else ["backward_dq", "backward_dkdv"]), str(plan)
-    with _mode("deterministic"):
-        plan = nattn.explain(q, q, q, kernel_size=7, backward=True)
-    assert [kern["role"] for kern in plan.kernels if kern["role"] != "delta"] == \
-        ["backward_dq", "backward_dkdv"], str(plan)
-    plan = nattn.explain(q, q, q, kernel_size=7, backward=True, config=_fast_row(torch.float16, 64))
-    assert [kern["role"] for kern in plan.kernels if kern["role"] != "delta"] == \
-        ["backward_dkdv_dq", "dq_convert"], str(plan)
+def _roles(plan):
+    return [kern["role"] for kern in plan.kernels if kern["role"] != "delta"]
+
+
+FAST_ROLES, PAIR_ROLES = ["backward_dkdv_dq", "dq_convert"], ["backward_dq", "backward_dkdv"]
+
+
+def test_sm90_backward_default_modes_on_hopper():
+    """sm90 plans the backward by default on Hopper. Without determinism asked for, a long 2-D
+    walk (window 31 over 96 x 96: ~30 walked boxes per key box) takes the fast kernel and a short
+    one (window 7 over 32 x 32, where the pair runs persistent CTAs) the pair (family.cu
+    Sm90Family::backward_roles), unless NATTN_SM90_BACKWARD=fast / 1 / pair decides; a
+    deterministic call takes the pair; a forced row of either mode decides."""
+    env = os.environ.get("NATTN_SM90_BACKWARD")
+    long = torch.randn(1, 96, 96, 2, 64, device="cuda", dtype=torch.float16)
+    short = torch.randn(1, 32, 32, 2, 64, device="cuda", dtype=torch.float16)
+    for q, kernel, rule in ((long, 31, FAST_ROLES), (short, 7, PAIR_ROLES)):
+        want = FAST_ROLES if env == "fast" else PAIR_ROLES if env in ("1", "pair") else rule
+        plan = nattn.explain(q, q, q, kernel_size=kernel, backward=True)
+        assert plan.family == "sm90", str(plan)
+        assert _roles(plan) == want, str(plan)
+        if want == FAST_ROLES:  # the float32 dQ workspace is part of the call's
+            assert plan.workspace_bytes >= q.numel() * 4, str(plan)
+        with _mode("deterministic"):
+            assert _roles(nattn.explain(q, q, q, kernel_size=kernel, backward=True)) == PAIR_ROLES
+        fast = nattn.explain(q, q, q, kernel_size=kernel, backward=True, config=_fast_row(torch.float16, 64))
+        assert _roles(fast) == FAST_ROLES, str(fast)
+        dq_row = next(r.id for r in _sm90_rows()
+                      if r.role == "backward_dq" and r.dtype == "float16" and r.head_dim == 64)
+        pair = nattn.explain(q, q, q, kernel_size=kernel, backward=True, config=dq_row)
+        assert _roles(pair) == PAIR_ROLES, str(pair)
 
 
 def test_sm90_fast_row_is_refused_when_deterministic():

@@ -1,9 +1,12 @@
-// Layer: cuda/common. The fast backward's dQ conversion (see dq_convert.h): one thread per
-// eight columns of a query row, so a warp reads 1 KB of the workspace in one go (memory-bound).
+// Layer: cuda/common. The fast backward's dQ conversion (see dq_convert.h). Two paths, both
+// memory-bound: dQ rows that store as 16-byte vectors take G threads per row of 8 columns each
+// (row_pass.cuh); any other stride takes one thread per 8 columns of a row, so a warp still
+// reads 1 KB of the workspace in one go.
 #include "cuda/check.h"
 #include "cuda/common/configs.h"
 #include "cuda/common/dq_convert.h"
 #include "cuda/common/element.cuh"
+#include "cuda/common/row_pass.cuh"
 
 namespace nattn::cuda {
 namespace {
@@ -28,9 +31,47 @@ __global__ void dq_convert_kernel(BackwardParams p) {
     if (col0 + j < g.head_dim) dst[j * p.sdq.dim] = generic::from_acc<T>(src[j]);
 }
 
+// G threads per row, each converting 8 columns per step: two float4 loads, one 16-byte store.
+// The workspace is read once (streaming loads keep it from displacing the L2's other lines).
+template <class T, int G>
+__global__ void __launch_bounds__(kThreads) dq_convert_vec_kernel(BackwardParams p, bool nest) {
+  const Geometry& g = p.g;
+  const int64_t r = int64_t(blockIdx.x) * (kThreads / G) + threadIdx.x / G;
+  if (r >= g.batch * g.tokens * g.heads_q) return;
+  const float* src = p.dq_accum + r * p.sdq_accum.head;
+  T* dst = static_cast<T*>(p.dq) + rows::row_offset(g, p.sdq, nest, g.heads_q, r);
+  for (int64_t c = int64_t(threadIdx.x % G) * kCols; c < g.head_dim; c += int64_t(G) * kCols) {
+    const float4 a = __ldcs(reinterpret_cast<const float4*>(src + c));
+    const float4 b = __ldcs(reinterpret_cast<const float4*>(src + c + 4));
+    const float f[kCols] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    *reinterpret_cast<uint4*>(dst + c) = rows::pack8<T>(f);
+  }
+}
+
+template <class T, int G>
+void launch_vec(const BackwardParams& p, bool nest, int64_t rows, cudaStream_t s) {
+  const int64_t per_block = kThreads / G;
+  dq_convert_vec_kernel<T, G><<<unsigned((rows + per_block - 1) / per_block), kThreads, 0, s>>>(p, nest);
+}
+
 template <class T>
 Status launch(const BackwardParams& p, cudaStream_t s) {
-  const int64_t items = p.g.batch * p.g.tokens * p.g.heads_q * ((p.g.head_dim + kCols - 1) / kCols);
+  const Geometry& g = p.g;
+  const int64_t rows = g.batch * g.tokens * g.heads_q;
+  // The vector path also needs the workspace's rows in whole float4 pairs (8 columns).
+  if (rows::rows_vectorize(p.dq, g, p.sdq, g.head_dim, sizeof(T)) && p.sdq_accum.head % kCols == 0) {
+    const bool nest = rows::rows_nest(g, p.sdq, g.heads_q);
+    switch (rows::threads_per_row(g.head_dim, kCols)) {
+      case 1: launch_vec<T, 1>(p, nest, rows, s); break;
+      case 2: launch_vec<T, 2>(p, nest, rows, s); break;
+      case 4: launch_vec<T, 4>(p, nest, rows, s); break;
+      case 8: launch_vec<T, 8>(p, nest, rows, s); break;
+      case 16: launch_vec<T, 16>(p, nest, rows, s); break;
+      default: launch_vec<T, 32>(p, nest, rows, s); break;
+    }
+    return check_launch("backward dQ conversion");
+  }
+  const int64_t items = rows * ((g.head_dim + kCols - 1) / kCols);
   dq_convert_kernel<T><<<unsigned((items + kThreads - 1) / kThreads), kThreads, 0, s>>>(p);
   return check_launch("backward dQ conversion");
 }

@@ -92,8 +92,8 @@ struct BackwardParams {
   // row is at least 16 bytes: the sm90 dK/dV kernel's producer loads a walked box's rows with its
   // Q and dO). The generic kernels take Delta from it and the exact lse from `lse`.
   float* rows = nullptr;
-  // The fast mode's float32 dQ partial sums ([B, X1..Xr, Hq, D] contiguous, zeroed before the
-  // kernels add into it, already times the scale; null in deterministic mode).
+  // The fast mode's float32 dQ partial sums ([B, X1..Xr, Hq, D] contiguous, zeroed by the Delta
+  // pre-pass before the kernels add into it, already times the scale; null in deterministic mode).
   float* dq_accum = nullptr;
   Strides sq, sk, sv, ska, sva, so, sdo, slse, sdlse, sdq, sdk, sdv, sdka, sdva, sdq_accum;
   Strides srows;  // set by the backend

@@ -63,14 +63,16 @@ Status check_axis3_boxes(const Geometry& g, const TileShapes& shapes, bool force
 }
 
 // NATTN_SM90_BACKWARD (read once), developer switches for A/B timing: "0" hands the backward to
-// sm80 (the plan names the switch), "fast" plans the fast kernel (backward_roles); unset or
-// anything else: the sm90 deterministic kernels (the default since their first H100 run,
-// 2026-11-28).
-enum class BackwardSwitch { kDefault, kOff, kFast };
+// sm80 (the plan names the switch); "fast" plans the fast kernel wherever it has a row, "1" or
+// "pair" the deterministic pair, for calls that do not ask for determinism; unset or anything
+// else: the default rule (Sm90Family::backward_roles).
+enum class BackwardSwitch { kDefault, kOff, kFast, kPair };
 BackwardSwitch backward_switch() {
   static const BackwardSwitch v = env_equals("NATTN_SM90_BACKWARD", "0")      ? BackwardSwitch::kOff
                                   : env_equals("NATTN_SM90_BACKWARD", "fast") ? BackwardSwitch::kFast
-                                                                              : BackwardSwitch::kDefault;
+                                  : env_equals("NATTN_SM90_BACKWARD", "1") || env_equals("NATTN_SM90_BACKWARD", "pair")
+                                      ? BackwardSwitch::kPair
+                                      : BackwardSwitch::kDefault;
   return v;
 }
 
@@ -184,31 +186,13 @@ int forced_fast_row(const KernelChoice& choice) {
   return -1;
 }
 
-// The backward's kernel roles: the deterministic dQ and dK/dV kernels (each gradient row
-// written once), or the fast mode's one kernel (dK, dV and dQ partials added into a float32
-// workspace) where a fast row is forced or NATTN_SM90_BACKWARD=fast and the call
-// is not deterministic. The fast kernel is not the default because it measured slower on the
-// H100 (2026-11-28, bench/results/2026-11-28-h100-sm90-backward.md): forward+backward
-// 1.2-1.35x the deterministic pair's time (flux-2d-s16 62.4 vs 47.7 ms, hunyuan-3d 330 vs
-// 247 ms). Its dQ partials cost 4 bytes of float32 reduce traffic per attended pair (512 bytes
-// per query row per 128-key box) into a workspace far larger than L2 on these grids, 4096 float2
-// atomics per CTA step, and a serialised dQ product per step (not yet told apart by a profile).
-// A version with bulk reduce-adds from shared memory (one per query row: 128 small TMA
-// operations per step) and both warpgroups sharing each step's dQ product was slower still
-// (backward 64.2 vs 38.2 ms on flux-2d-s16). The kernel now (2026-12-05) adds
-// each step's partial with one TMA tensor reduce-add per 32-column panel over the walked query
-// box (kernel/fna_backward_dkdv.cuh reduce_dq): faster than both (flux-2d-s16 backward 47.8 ms)
-// but still 1.15-1.30x the deterministic pair's time on every anchor (H100, 2026-12-05,
-// bench/results/2026-12-05-h100-sixth-session.md): the float32 reduce traffic itself remains.
-// NATTN_SM90_BACKWARD=fast asks for the fast kernel only where it has a row (head dims up to
-// 128); a forced fast row is the caller's choice (checked against the call by config_for).
-std::vector<Role> backward_roles(const Call& call) {
-  const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
-  const bool fast_built = padded_head_dim(Family::kSm90, Role::kBackwardDkdvDq, int(hd)) > 0;
-  if (!call.deterministic &&
-      (forced_fast_row(call.choice) >= 0 || (backward_switch() == BackwardSwitch::kFast && fast_built)))
-    return {Role::kBackwardDkdvDq};
-  return {Role::kBackwardDq, Role::kBackwardDkdv};
+// Whether the choice forces a row of the deterministic pair (backward_dq or backward_dkdv).
+bool pair_row_forced(const KernelChoice& choice) {
+  for (const int id : choice.config_ids)
+    if (id >= 0 && id < kNumConfigs &&
+        (kKernelConfigs[id].role == Role::kBackwardDq || kKernelConfigs[id].role == Role::kBackwardDkdv))
+      return true;
+  return false;
 }
 
 // The grids a kernel's tensor maps read: query boxes (log2 extents q_shift) over the query box,
@@ -366,10 +350,11 @@ class Sm90Family final : public KernelFamily {
   }
 
   // Deterministic: the dQ kernel, then the dK/dV kernel (independent: both read the forward's
-  // lse and the Delta pre-pass; neither reads the other's output). Fast: the workspace zeroed,
-  // the dK/dV kernel adding dQ partials into it, then the conversion to dQ. With additional keys
-  // the dQ kernel walks them after the neighborhood boxes, and the dK/dV kernel runs once more
-  // over them (additional_keys_geometry), adding its dQ partials in fast mode.
+  // lse and the Delta pre-pass; neither reads the other's output). Fast: the dK/dV kernel adding
+  // dQ partials into the workspace (which the Delta pre-pass zeroed, in the same pass over the
+  // rows), then the conversion to dQ. With additional keys the dQ kernel walks them after the
+  // neighborhood boxes, and the dK/dV kernel runs once more over them
+  // (additional_keys_geometry), adding its dQ partials in fast mode.
   Status backward(const std::vector<KernelLaunch>& kernels, const BackwardParams& p, DType dtype,
                   cudaStream_t s) const override {
     for (const KernelLaunch& k : kernels) {
@@ -377,9 +362,6 @@ class Sm90Family final : public KernelFamily {
         NATTN_RETURN_IF_ERROR(run_dq_convert(p, dtype, s));
         continue;
       }
-      if (k.role == Role::kBackwardDkdvDq && !k.additional_keys)  // the partial sums start from zero (capturable)
-        NATTN_RETURN_IF_ERROR(
-            check(cudaMemsetAsync(p.dq_accum, 0, dq_accum_bytes(p.g), s), "sm90: zeroing the dQ workspace"));
       NATTN_RETURN_IF_ERROR(backward_kernel(k, k.additional_keys ? additional_keys_params(p) : p, dtype, s));
     }
     return Status::Ok();
@@ -473,6 +455,42 @@ class Sm90Family final : public KernelFamily {
     k->threads = l->threads;
     k->smem = l->smem;
     return l->prepare();
+  }
+
+  // The backward's kernel roles: the fast mode's one kernel (dK and dV written once, dQ partials
+  // added into a float32 workspace; 5 products per attended pair) or the deterministic dQ and
+  // dK/dV kernels (every gradient row written once; 7 products). Deterministic calls take the
+  // pair. Others take the fast kernel where it has a row (head dims up to 128), except where the
+  // pair runs variants the fast kernel lacks and which measured faster there (H100, 2026-12-05,
+  // bench/results/2026-12-05-h100-eleventh-anchors-bwd.md, forward+backward): persistent CTAs
+  // (short walks: 1d-32k pair 309 against fast 294 useful TFLOP/s, 1d-32k-s256 331 against 319)
+  // and two CTAs per SM (the head-dim-32 rows: NAT stages 1.1-1.25x faster as a pair, tenth
+  // session). Everywhere else fast won: dense d64 1.24x, cosmos-3d-s 1.13x, flux-2d 1.10x, dense
+  // d128 1.08x, the other anchors 1.02-1.07x. A forced row of either mode, or
+  // NATTN_SM90_BACKWARD=fast / pair, decides instead.
+  static std::vector<Role> backward_roles(const Call& call) {
+    const std::vector<Role> pair{Role::kBackwardDq, Role::kBackwardDkdv}, fast{Role::kBackwardDkdvDq};
+    if (call.deterministic) return pair;
+    if (forced_fast_row(call.choice) >= 0) return fast;
+    if (pair_row_forced(call.choice)) return pair;
+    const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
+    if (padded_head_dim(Family::kSm90, Role::kBackwardDkdvDq, int(hd)) <= 0) return pair;
+    switch (backward_switch()) {
+      case BackwardSwitch::kFast: return fast;
+      case BackwardSwitch::kPair: return pair;
+      default: return pair_runs_its_own_variants(call) ? pair : fast;
+    }
+  }
+
+  // Whether the deterministic pair would run persistent CTAs or two CTAs per SM for this call.
+  static bool pair_runs_its_own_variants(const Call& call) {
+    for (const Role r : {Role::kBackwardDq, Role::kBackwardDkdv}) {
+      KernelLaunch k;
+      if (!plan_boxes(call, r, &k).ok()) return false;  // the pair's own plan reports why
+      int64_t boxes = 0, heads = 0;
+      if (kKernelConfigs[k.config_id].ctas_per_sm > 1 || persistent_items(k, call.g, &boxes, &heads) > 0) return true;
+    }
+    return false;
   }
 
   // dQ owns boxes of 128 queries and walks boxes of 64 keys; dK/dV owns boxes of 128 keys and
