@@ -201,8 +201,10 @@ TEST_P(CudaSm90Persistent, DefaultModeTakesTheFastKernelUnlessThePairRunsItsVari
     int head_dim;
     bool pair;
   };
+  // The 64 x 64 grid with window 31 walks ~30 query boxes per key box (2-D: not persistent);
+  // it alone runs against the reference (the CPU reference of larger grids takes minutes).
   const Case cases[] = {{2, 56, 7, 1, 4, 64, true},      {1, 4096, 127, 1, 4, 128, true},
-                        {2, 56, 7, 1, 4, 32, true},      {2, 128, 31, 1, 4, 128, false},
+                        {2, 56, 7, 1, 4, 32, true},      {2, 64, 31, 1, 2, 128, false},
                         {2, 256, 80, 16, 2, 128, false}, {1, 8192, 8192, 1, 2, 64, false}};
   for (const Case& cs : cases) {
     nattn::Problem p;
@@ -231,7 +233,7 @@ TEST_P(CudaSm90Persistent, DefaultModeTakesTheFastKernelUnlessThePairRunsItsVari
     // The fast plan's float32 dQ workspace is part of the call's workspace.
     const int64_t accum = p.batch * p.extent[0] * (p.rank > 1 ? p.extent[1] : 1) * p.heads_q * cs.head_dim * 4;
     if (!cs.pair) EXPECT_GE(plan.workspace_bytes, accum);
-    if (!cs.pair && cs.extent <= 128) {
+    if (!cs.pair && cs.extent <= 64) {
       ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
       ASSERT_TRUE(device_synchronized());
       expect_backward_matches_reference(c);
