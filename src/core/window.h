@@ -44,53 +44,82 @@ NATTN_HD constexpr int64_t group_length(const Axis& a, int64_t g) {
   return a.extent / a.dilation + (g < a.extent % a.dilation ? 1 : 0);
 }
 
-// The keys (group positions) that query position p of a group of length Lg attends to.
-NATTN_HD constexpr Range group_window(int64_t p, int64_t Lg, int64_t k, int64_t s, bool causal) {
+// The keys (group positions) that query position p of a group of length Lg attends to, in
+// integers of type I: int64_t everywhere, int32_t where the device's walk set-up knows every
+// parameter is below 2^29 (fits32), so that no step overflows: the same results, with 32-bit
+// divisions instead of 64-bit ones (a 64-bit division is a ~70-instruction subroutine on GPUs).
+template <class I>
+struct RangeOf {
+  I begin, end;
+};
+template <class I>
+NATTN_HD constexpr RangeOf<I> group_window_in(I p, I Lg, I k, I s, bool causal) {
   if (causal) {
-    int64_t leader = (p / s) * s + s - 1;  // last query of p's stride group
+    I leader = (p / s) * s + s - 1;  // last query of p's stride group
     if (leader > Lg - 1) leader = Lg - 1;
-    int64_t start = leader - (k - 1);
+    I start = leader - (k - 1);
     if (start < 0) start = 0;
-    int64_t end = p + 1 < Lg ? p + 1 : Lg;  // never past the query itself
+    I end = p + 1 < Lg ? p + 1 : Lg;  // never past the query itself
     return {start, end};
   }
-  const int64_t wl = k / 2;
-  const int64_t wr = k / 2 + (k % 2) - 1;
-  int64_t leader = (p / s) * s + s / 2;  // centre query of p's stride group
+  const I wl = k / 2;
+  const I wr = k / 2 + (k % 2) - 1;
+  I leader = (p / s) * s + s / 2;  // centre query of p's stride group
   if (leader > Lg - 1) leader = Lg - 1;
-  int64_t start = leader - wl;
+  I start = leader - wl;
   if (start < 0) start = 0;
   if (leader + wr >= Lg) start += Lg - wr - leader - 1;  // shift left at the far border
   return {start, start + k};
+}
+
+NATTN_HD constexpr Range group_window(int64_t p, int64_t Lg, int64_t k, int64_t s, bool causal) {
+  const RangeOf<int64_t> w = group_window_in<int64_t>(p, Lg, k, s, causal);
+  return {w.begin, w.end};
 }
 
 NATTN_HD constexpr Range group_window(const Axis& a, int64_t g, int64_t p) {
   return group_window(p, group_length(a, g), a.kernel, a.stride, a.causal);
 }
 
+// Whether a group's parameters fit the 32-bit window arithmetic (group_window_in's intermediates
+// stay below Lg + k + s < 2^31).
+NATTN_HD constexpr bool fits32(int64_t Lg, int64_t k, int64_t s) {
+  return Lg < (int64_t(1) << 29) && k < (int64_t(1) << 29) && s < (int64_t(1) << 29);
+}
+
 // The queries (group positions) whose window contains key position t. Because both window
 // ends are monotone in p, that set is the range [first p with end(p) > t, last p with
-// start(p) <= t]; two binary searches find it (O(log Lg), fine on device once per tile/key).
+// start(p) <= t]; a binary search finds each end (O(log Lg), fine on device once per tile/key).
+// first_attending and last_attending_end are the two searches alone (a key range's query union
+// needs one of each), in the integer type I (group_window_in).
+template <class I>
+NATTN_HD constexpr I first_attending(I t, I Lg, I k, I s, bool causal) {
+  I lo = 0, hi = Lg;  // first p with end(p) > t
+  while (lo < hi) {
+    const I mid = lo + (hi - lo) / 2;
+    if (group_window_in<I>(mid, Lg, k, s, causal).end > t)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+template <class I>
+NATTN_HD constexpr I last_attending_end(I t, I Lg, I k, I s, bool causal) {
+  I lo = 0, hi = Lg;  // first p with start(p) > t
+  while (lo < hi) {
+    const I mid = lo + (hi - lo) / 2;
+    if (group_window_in<I>(mid, Lg, k, s, causal).begin > t)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}
+
 NATTN_HD constexpr Range group_inverse(int64_t t, int64_t Lg, int64_t k, int64_t s, bool causal) {
-  int64_t lo = 0, hi = Lg;  // first p with end(p) > t
-  while (lo < hi) {
-    int64_t mid = lo + (hi - lo) / 2;
-    if (group_window(mid, Lg, k, s, causal).end > t)
-      hi = mid;
-    else
-      lo = mid + 1;
-  }
-  const int64_t first = lo;
-  lo = 0;
-  hi = Lg;  // first p with start(p) > t
-  while (lo < hi) {
-    int64_t mid = lo + (hi - lo) / 2;
-    if (group_window(mid, Lg, k, s, causal).begin > t)
-      hi = mid;
-    else
-      lo = mid + 1;
-  }
-  const int64_t last_plus_one = lo;
+  const int64_t first = first_attending<int64_t>(t, Lg, k, s, causal);
+  const int64_t last_plus_one = last_attending_end<int64_t>(t, Lg, k, s, causal);
   return {first, last_plus_one > first ? last_plus_one : first};
 }
 
