@@ -86,6 +86,22 @@ std::vector<nattn::Problem> problems(Rng& rng, int head_dim) {
   return out;
 }
 
+// A square problem: every axis of `rank` with the same extent, kernel size and stride.
+nattn::Problem square_problem(int rank, int64_t extent, int64_t kernel, int64_t stride, int64_t batch, int64_t heads,
+                              int head_dim) {
+  nattn::Problem p;
+  p.rank = rank;
+  for (int a = 0; a < rank; ++a) {
+    p.extent[a] = extent;
+    p.window.kernel_size[a] = kernel;
+    p.window.stride[a] = stride;
+  }
+  p.batch = batch;
+  p.heads_q = p.heads_kv = heads;
+  p.head_dim = p.head_dim_v = head_dim;
+  return p;
+}
+
 // The reason the chosen family gives in the plan (its notes name persistent launches).
 std::string chosen_verdict(const nattn::Plan& plan) {
   for (const nattn::FamilyVerdict& f : plan.families)
@@ -154,16 +170,7 @@ TEST_P(CudaSm90Persistent, DefaultFollowsTheWalk) {
                         {2, 128, 31, 1, 1, 4, 128, false},
                         {2, 256, 80, 16, 1, 2, 128, false}};
   for (const Case& cs : cases) {
-    nattn::Problem p;
-    p.rank = cs.rank;
-    for (int a = 0; a < cs.rank; ++a) {
-      p.extent[a] = cs.extent;
-      p.window.kernel_size[a] = cs.kernel;
-      p.window.stride[a] = cs.stride;
-    }
-    p.batch = cs.batch;
-    p.heads_q = p.heads_kv = cs.heads;
-    p.head_dim = p.head_dim_v = cs.head_dim;
+    const nattn::Problem p = square_problem(cs.rank, cs.extent, cs.kernel, cs.stride, cs.batch, cs.heads, cs.head_dim);
     SCOPED_TRACE(describe_problem(p));
     nattn::Options o = cuda_options();
     o.choice.family = "sm90";
@@ -207,15 +214,7 @@ TEST_P(CudaSm90Persistent, DefaultModeTakesTheFastKernelUnlessThePairRunsItsVari
                         {2, 56, 7, 1, 4, 32, true},      {2, 64, 31, 1, 2, 128, false},
                         {2, 256, 80, 16, 2, 128, false}, {1, 8192, 8192, 1, 2, 64, false}};
   for (const Case& cs : cases) {
-    nattn::Problem p;
-    p.rank = cs.rank;
-    for (int a = 0; a < cs.rank; ++a) {
-      p.extent[a] = cs.extent;
-      p.window.kernel_size[a] = cs.kernel;
-      p.window.stride[a] = cs.stride;
-    }
-    p.heads_q = p.heads_kv = cs.heads;
-    p.head_dim = p.head_dim_v = cs.head_dim;
+    const nattn::Problem p = square_problem(cs.rank, cs.extent, cs.kernel, cs.stride, 1, cs.heads, cs.head_dim);
     SCOPED_TRACE(describe_problem(p));
     nattn::Options o = cuda_options();
     o.choice.family = "sm90";

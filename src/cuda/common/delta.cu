@@ -101,14 +101,8 @@ Status launch(const BackwardParams& p, cudaStream_t s) {
                    rows::rows_vectorize(p.dout, g, p.sdo, g.head_dim_v, sizeof(T));
   if constexpr (sizeof(T) == 2) {
     if (vec) {
-      switch (rows::threads_per_row(g.head_dim_v, kPer)) {
-        case 1: launch_vec<T, 1>(p, n, rows, s); break;
-        case 2: launch_vec<T, 2>(p, n, rows, s); break;
-        case 4: launch_vec<T, 4>(p, n, rows, s); break;
-        case 8: launch_vec<T, 8>(p, n, rows, s); break;
-        case 16: launch_vec<T, 16>(p, n, rows, s); break;
-        default: launch_vec<T, 32>(p, n, rows, s); break;
-      }
+      rows::with_threads_per_row(rows::threads_per_row(g.head_dim_v, kPer),
+                                 [&](auto G) { launch_vec<T, decltype(G)::value>(p, n, rows, s); });
       return check_launch("backward delta");
     }
   }

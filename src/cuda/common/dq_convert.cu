@@ -61,14 +61,8 @@ Status launch(const BackwardParams& p, cudaStream_t s) {
   // The vector path also needs the workspace's rows in whole float4 pairs (8 columns).
   if (rows::rows_vectorize(p.dq, g, p.sdq, g.head_dim, sizeof(T)) && p.sdq_accum.head % kCols == 0) {
     const bool nest = rows::rows_nest(g, p.sdq, g.heads_q);
-    switch (rows::threads_per_row(g.head_dim, kCols)) {
-      case 1: launch_vec<T, 1>(p, nest, rows, s); break;
-      case 2: launch_vec<T, 2>(p, nest, rows, s); break;
-      case 4: launch_vec<T, 4>(p, nest, rows, s); break;
-      case 8: launch_vec<T, 8>(p, nest, rows, s); break;
-      case 16: launch_vec<T, 16>(p, nest, rows, s); break;
-      default: launch_vec<T, 32>(p, nest, rows, s); break;
-    }
+    rows::with_threads_per_row(rows::threads_per_row(g.head_dim, kCols),
+                               [&](auto G) { launch_vec<T, decltype(G)::value>(p, nest, rows, s); });
     return check_launch("backward dQ conversion");
   }
   const int64_t items = rows * ((g.head_dim + kCols - 1) / kCols);

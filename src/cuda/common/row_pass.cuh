@@ -8,6 +8,7 @@
 // so the vector paths give each row G threads of 8 columns and shuffle-reduce across them.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/common/element.cuh"
 #include "cuda/common/params.h"
@@ -42,6 +43,20 @@ inline int threads_per_row(int64_t cols, int per) {
   int t = 1;
   while (t < 32 && t * per < cols) t *= 2;
   return t;
+}
+
+// Calls f(std::integral_constant<int, G>{}) for g = threads_per_row's answer (a kernel
+// template per power of two).
+template <class F>
+inline void with_threads_per_row(int g, F&& f) {
+  switch (g) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 16: f(std::integral_constant<int, 16>{}); break;
+    default: f(std::integral_constant<int, 32>{}); break;
+  }
 }
 
 // Element offset of row r of the flat [B, N (query box), heads] range in a tensor with strides
