@@ -63,8 +63,8 @@
 #              (400 random problems in both modes with additional keys and head dims up to 256,
 #              the d256 cases, bitwise reproducibility) and compute-sanitizer memcheck and
 #              racecheck on a fast-mode and a d256 backward with additional keys
-#   rows-ab    issue 10: this build against an older nattn-bench (.carry/old-bench.tar.xz: 0be7082
-#              since the end of 2026-12-05's eleventh session), both backward modes, interleaved -> $OUT/rows-ab.txt
+#   rows-ab    issue 10: this build against an older nattn-bench (.carry/old-bench.tar.xz: 8eeac4a
+#              since 2026-12-05's twelfth session), both backward modes, interleaved -> $OUT/rows-ab.txt
 #   kernel-times issue 10: per-kernel durations (ncu gpu__time_duration, one forward+backward step)
 #              of this build against the older nattn-bench (.carry/old-bench.tar.xz), both backward
 #              modes, so a change to one kernel is measured on that kernel -> $OUT/kernel-times.txt
@@ -180,9 +180,9 @@ fi
 
 if has rows-ab; then
   # issue 10: this build against an older one's nattn-bench (.carry/old-bench.tar.xz), det and
-  # fast for both, interleaved, backward alone -> $out/rows-ab.txt. The old build is 0be7082
-  # since the eleventh session's end (its final kernels, GPU-checked and measured); 4f8f511
-  # during it, 025a34f at the tenth's end.
+  # fast for both, interleaved, backward alone -> $out/rows-ab.txt. The old build is 8eeac4a
+  # since the twelfth session (its first GPU-checked build: row passes, fast default); 0be7082
+  # at the eleventh's end, 4f8f511 during it, 025a34f at the tenth's end.
   old_bench="${NATTN_OLD_BENCH:-old/nattn-bench}"
   [ -x "$old_bench" ] || tar xJf .carry/old-bench.tar.xz
   # NATTN_AB_PROBLEMS (';'-separated nattn-bench problems) replaces the list.
@@ -250,7 +250,7 @@ fi
 
 if has old-ab; then
   # This build against an older one's nattn-bench (NATTN_OLD_BENCH, default old/nattn-bench from
-  # .carry/old-bench.tar.xz: 0be7082 since the eleventh session's end), interleaved
+  # .carry/old-bench.tar.xz: 8eeac4a since the twelfth session), interleaved
   # old/new/old/new: the forward and the backward (deterministic default rows), plus this
   # build's fast mode in the same rounds; and compute-sanitizer on a forward of head dim 256
   # -> $out/old-ab.txt

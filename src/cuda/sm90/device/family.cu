@@ -461,13 +461,15 @@ class Sm90Family final : public KernelFamily {
   // added into a float32 workspace; 5 products per attended pair) or the deterministic dQ and
   // dK/dV kernels (every gradient row written once; 7 products). Deterministic calls take the
   // pair. Others take the fast kernel where it has a row (head dims up to 128), except where the
-  // pair runs variants the fast kernel lacks and which measured faster there (H100, 2026-12-05,
-  // bench/results/2026-12-05-h100-eleventh-anchors-bwd.md, forward+backward): persistent CTAs
-  // (short walks: 1d-32k pair 309 against fast 294 useful TFLOP/s, 1d-32k-s256 331 against 319)
-  // and two CTAs per SM (the head-dim-32 rows: NAT stages 1.1-1.25x faster as a pair, tenth
-  // session). Everywhere else fast won: dense d64 1.24x, cosmos-3d-s 1.13x, flux-2d 1.10x, dense
-  // d128 1.08x, the other anchors 1.02-1.07x. A forced row of either mode, or
-  // NATTN_SM90_BACKWARD=fast / pair, decides instead.
+  // pair runs variants the fast kernel lacks and which measured faster there: persistent CTAs on
+  // walks of at most 16 boxes per item (NAT-sized windows) and two CTAs per SM (the head-dim-32
+  // rows: NAT stages 1.1-1.25x faster as a pair, tenth session). Measured on the H100
+  // (2026-12-05/06, twelfth session, forward+backward): the fast kernel won on the dense case and
+  // every 2-D/3-D anchor (1.04-1.18x, bench/results/2026-12-05-h100-twelfth-anchors-bwd.md), and,
+  // once its CTA set-up took two 32-bit searches instead of four 64-bit ones, on the 1-D anchors
+  // too, where the pair runs persistent (1-D walks of up to 48 boxes): 1d-32k 406 against 368
+  // useful TFLOP/s, 1d-32k-s256 435 against 397 (2026-12-05-h100-twelfth-anchors-1d.md). A forced
+  // row of either mode, or NATTN_SM90_BACKWARD=fast / pair, decides instead.
   static std::vector<Role> backward_roles(const Call& call) {
     const std::vector<Role> pair{Role::kBackwardDq, Role::kBackwardDkdv}, fast{Role::kBackwardDkdvDq};
     if (call.deterministic) return pair;
@@ -482,13 +484,17 @@ class Sm90Family final : public KernelFamily {
     }
   }
 
-  // Whether the deterministic pair would run persistent CTAs or two CTAs per SM for this call.
+  // Whether the deterministic pair would run two CTAs per SM, or persistent CTAs on a walk of at
+  // most kPairWalk boxes per item, for this call.
+  static constexpr double kPairWalk = 16.0;
   static bool pair_runs_its_own_variants(const Call& call) {
     for (const Role r : {Role::kBackwardDq, Role::kBackwardDkdv}) {
       KernelLaunch k;
       if (!plan_boxes(call, r, &k).ok()) return false;  // the pair's own plan reports why
+      if (kKernelConfigs[k.config_id].ctas_per_sm > 1) return true;
       int64_t boxes = 0, heads = 0;
-      if (kKernelConfigs[k.config_id].ctas_per_sm > 1 || persistent_items(k, call.g, &boxes, &heads) > 0) return true;
+      const double walk = k.walked_tiles / double(k.tiling.neighborhood_ctas > 0 ? k.tiling.neighborhood_ctas : 1);
+      if (persistent_items(k, call.g, &boxes, &heads) > 0 && walk <= kPairWalk) return true;
     }
     return false;
   }
