@@ -6,8 +6,9 @@
 #              problem and of it grown 2x and 4x along the axis bench/distributed.py splits, on one
 #              GPU (inputs made on the GPU: nattn-bench's host-side init of the 4x grids took
 #              over 90 s each)
-#   anchors    issue 10: bench/anchors.py --backward, deterministic mode, on the anchors its
-#              results file lacks (the dense case, Cosmos, the strided 3-D anchors)
+#   anchors    issue 10: the issue's benchmark, bench/anchors.py --backward: every anchor and the
+#              dense case, both modes (the default non-deterministic plan and the deterministic
+#              pair), beside cuDNN and Flex, ~250 s (NATTN_ANCHORS / NATTN_ANCHOR_MODES narrow it)
 #   small      issue 11: bench/small_grids.py (NAT/DiNAT stages) with the sm90 backward
 #   small-nha  the same with NATTN_HEADS_AXIS=0 (the stages without the heads-as-grid-axis rewrite)
 #   overhead   issue 11: bench/overhead.py (the C++ ops' CUDA path is the default since 2026-12-05),
@@ -82,7 +83,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
-stages="${*:-check bwd-check old-ab kernel-times}"  # the next session's first call (eleventh note); others when named
+# The next session's first call (twelfth note): the backward checks and the issue's whole
+# benchmark on the final build (anchors: every anchor, both modes, when NATTN_ANCHORS is unset).
+stages="${*:-bwd-check anchors}"
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz
@@ -160,7 +163,9 @@ if has trace-test; then
 fi
 
 if has bwd-check; then
-  timeout $(t 240) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 --gtest_filter='*ConfigRow*:*Backward*' \
+  # The config rows, the backward suites and the default mode's choice (CudaSm90Persistent.Default*).
+  timeout $(t 240) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \
+    --gtest_filter='*ConfigRow*:*Backward*:*CudaSm90Persistent.Default*' \
     >"$out/bwd-check-ctest.log" 2>&1
   echo "nattn_cuda_tests (rows, backward) rc=$?"; tail -4 "$out/bwd-check-ctest.log"
   timeout $(t 300) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_cuda_sm90_backward.py \
@@ -428,9 +433,9 @@ fi
 if has anchors; then
   # NATTN_ANCHORS / NATTN_ANCHOR_MODES / NATTN_ANCHORS_S choose the anchors, modes and time cap;
   # NATTN_ANCHORS_ENV: variables for anchors.py alone (NATTN_SM90_BACKWARD=fast: its fast mode runs the fast kernel).
-  (cd bench && env ${NATTN_ANCHORS_ENV:-} timeout $(t "${NATTN_ANCHORS_S:-240}") python3 anchors.py --backward \
-    --modes "${NATTN_ANCHOR_MODES:-deterministic}" --iters 5 --commit "$commit" \
-    --only ${NATTN_ANCHORS:-dense-8k-d128 dense-8k-d64 cosmos-3d cosmos-3d-s hunyuan-3d-s} \
+  (cd bench && env ${NATTN_ANCHORS_ENV:-} timeout $(t "${NATTN_ANCHORS_S:-270}") python3 anchors.py --backward \
+    --modes "${NATTN_ANCHOR_MODES:-fast,deterministic}" --iters 5 --commit "$commit" \
+    --only ${NATTN_ANCHORS:-dense-8k-d128 dense-8k-d64 flux-2d-s16 1d-32k flux-2d hunyuan-3d cosmos-3d-s hunyuan-3d-s 1d-32k-s256 cosmos-3d img-2d img-2d-d2} \
     --out "$out/anchors-bwd.md" --json "$out/anchors-bwd.json") >"$out/anchors.log" 2>&1
   echo "anchors rc=$?"; tail -5 "$out/anchors.log"; cat "$out/anchors-bwd.md" 2>/dev/null | grep '^|'
   stamp anchors
