@@ -41,16 +41,15 @@ NATTN_HD constexpr Coverage classify(Range q, Range keys, int64_t Lg, int64_t k,
 // search each (group_inverse's other two are not needed), in 32-bit integers where they fit.
 // It is the sm90 dK/dV kernels' CTA set-up's largest cost: one thread runs it while the CTA
 // waits (ncu, 2026-12-05: ~4% of the fast kernel's time on dense 8k, with four 64-bit searches).
-NATTN_HD constexpr Range query_union(Range keys, int64_t Lg, int64_t k, int64_t s, bool causal) {
-  if (window::fits32(Lg, k, s)) {
-    const int32_t L = int32_t(Lg), K = int32_t(k), S = int32_t(s);
-    const int32_t first = window::first_attending<int32_t>(int32_t(keys.begin), L, K, S, causal);
-    const int32_t last = window::last_attending_end<int32_t>(int32_t(keys.end - 1), L, K, S, causal);
-    return {first, last > first ? last : first};
-  }
-  const int64_t first = window::first_attending<int64_t>(keys.begin, Lg, k, s, causal);
-  const int64_t last = window::last_attending_end<int64_t>(keys.end - 1, Lg, k, s, causal);
+template <class I>
+NATTN_HD constexpr Range query_union_in(Range keys, I Lg, I k, I s, bool causal) {
+  const I first = window::first_attending<I>(I(keys.begin), Lg, k, s, causal);
+  const I last = window::last_attending_end<I>(I(keys.end - 1), Lg, k, s, causal);
   return {first, last > first ? last : first};
+}
+NATTN_HD constexpr Range query_union(Range keys, int64_t Lg, int64_t k, int64_t s, bool causal) {
+  return window::fits32(Lg, k, s) ? query_union_in<int32_t>(keys, int32_t(Lg), int32_t(k), int32_t(s), causal)
+                                  : query_union_in<int64_t>(keys, Lg, k, s, causal);
 }
 
 // Multi-axis boxes, one Range per axis, in group positions of one dilation group per axis.

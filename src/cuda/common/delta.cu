@@ -4,7 +4,6 @@
 // dtype and stride takes one thread per row.
 #include "cuda/check.h"
 #include "cuda/common/delta.h"
-#include "cuda/common/dq_convert.h"
 #include "cuda/common/element.cuh"
 #include "cuda/common/fragment/softmax.cuh"
 #include "cuda/common/row_pass.cuh"
@@ -97,10 +96,9 @@ Status launch(const BackwardParams& p, cudaStream_t s) {
   n.dout = rows::rows_nest(g, p.sdo, g.heads_q);
   n.lse = rows::rows_nest(g, p.slse, g.heads_q);
   n.dlse = p.dlse && rows::rows_nest(g, p.sdlse, g.heads_q);
-  const bool vec = sizeof(T) == 2 && rows::rows_vectorize(p.out, g, p.so, g.head_dim_v, sizeof(T)) &&
-                   rows::rows_vectorize(p.dout, g, p.sdo, g.head_dim_v, sizeof(T));
   if constexpr (sizeof(T) == 2) {
-    if (vec) {
+    if (rows::rows_vectorize(p.out, g, p.so, g.head_dim_v, sizeof(T)) &&
+        rows::rows_vectorize(p.dout, g, p.sdo, g.head_dim_v, sizeof(T))) {
       rows::with_threads_per_row(rows::threads_per_row(g.head_dim_v, kPer),
                                  [&](auto G) { launch_vec<T, decltype(G)::value>(p, n, rows, s); });
       return check_launch("backward delta");

@@ -160,9 +160,16 @@ int backward_persistent_forced(Role r) {
                                                                             : 0;
   return on < 0 ? -1 : (on & (r == Role::kBackwardDq ? 1 : 2)) != 0 ? 1 : 0;
 }
+// Walked boxes per own box (work item) of a backward launch.
+double walk_per_item(const KernelLaunch& k) {
+  return k.walked_tiles / double(k.tiling.neighborhood_ctas > 0 ? k.tiling.neighborhood_ctas : 1);
+}
+// Walks this short run persistent at any rank (and, as measured, the default mode keeps the
+// deterministic pair there: Sm90Family::backward_roles).
+constexpr double kShortWalk = 16.0;
 bool persistent_pays_backward(const KernelLaunch& k, const Geometry& g) {
-  const double walk = k.walked_tiles / double(k.tiling.neighborhood_ctas > 0 ? k.tiling.neighborhood_ctas : 1);
-  return walk <= 16.0 || (g.rank == 1 && walk <= 48.0);
+  const double walk = walk_per_item(k);
+  return walk <= kShortWalk || (g.rank == 1 && walk <= 48.0);
 }
 
 // The work items of a backward launch k whose kernel runs persistent (own boxes x heads x
@@ -485,16 +492,14 @@ class Sm90Family final : public KernelFamily {
   }
 
   // Whether the deterministic pair would run two CTAs per SM, or persistent CTAs on a walk of at
-  // most kPairWalk boxes per item, for this call.
-  static constexpr double kPairWalk = 16.0;
+  // most kShortWalk boxes per item, for this call.
   static bool pair_runs_its_own_variants(const Call& call) {
     for (const Role r : {Role::kBackwardDq, Role::kBackwardDkdv}) {
       KernelLaunch k;
       if (!plan_boxes(call, r, &k).ok()) return false;  // the pair's own plan reports why
       if (kKernelConfigs[k.config_id].ctas_per_sm > 1) return true;
       int64_t boxes = 0, heads = 0;
-      const double walk = k.walked_tiles / double(k.tiling.neighborhood_ctas > 0 ? k.tiling.neighborhood_ctas : 1);
-      if (persistent_items(k, call.g, &boxes, &heads) > 0 && walk <= kPairWalk) return true;
+      if (persistent_items(k, call.g, &boxes, &heads) > 0 && walk_per_item(k) <= kShortWalk) return true;
     }
     return false;
   }
