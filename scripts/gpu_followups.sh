@@ -73,6 +73,10 @@
 #              both modes, one run -> $OUT/dense-fb.md/.json
 #   mode-ab    issue 10: fast kernel against the deterministic pair (NATTN_SM90_BACKWARD=fast/1),
 #              backward alone, at d64 and d128 -> $OUT/mode-ab.txt
+#   det-ab     issue 10: the deterministic backward's two kernels, the fast kernel with ordered dQ
+#              adds against the pair (NATTN_SM90_DETERMINISTIC=ordered/pair interleaved, nattn-bench
+#              --deterministic --mode bwd), with the default (non-deterministic) plan beside them, on
+#              the dense case (d64, d128) and the anchors -> $OUT/det-ab.txt
 #   fast-ab    issue 10: the deterministic pair against the fast kernel (third version: TMA
 #              tensor reduce-adds) on the anchors, backward alone, interleaved det/fast/det/fast
 #              (nattn-bench --mode bwd, one build) -> $OUT/fast-ab.txt
@@ -163,6 +167,14 @@ if has trace-test; then
 fi
 
 if has bwd-check; then
+  # The ordered (deterministic fast) kernel first, briefly: a CTA waiting on an add that never
+  # comes would hang every suite below, so a hang here ends the stage (rc 124).
+  for args in "--extent 4096 --kernel 4096 --heads 4 --dim 64 --no-verify" "--extent 64x48 --kernel 13x9 --dilation 2x1 --heads 4 --kv-heads 2 --additional 7 --dim 128"; do
+    NATTN_SM90_DETERMINISTIC=ordered timeout 60 build-gpu/nattn-bench --backend cuda --dtype bf16 --mode bwd --iters 2 \
+      --warmup 1 --deterministic $args >"$out/bwd-check-ordered-smoke.log" 2>&1
+    rc=$?; echo "ordered smoke ($args) rc=$rc: $(grep -E '^backward|error' "$out/bwd-check-ordered-smoke.log" | head -2 | tr '\n' ' ')"
+    [ "$rc" = 124 ] && { echo "ordered kernel hung: skipping the rest"; exit 3; }
+  done
   # The config rows, the backward suites and the default mode's choice (CudaSm90Persistent.Default*).
   timeout $(t 240) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \
     --gtest_filter='*ConfigRow*:*Backward*:*CudaSm90Persistent.Default*' \
@@ -172,12 +184,15 @@ if has bwd-check; then
     >"$out/bwd-check-pytest.log" 2>&1
   echo "pytest test_cuda_sm90_backward rc=$?"; tail -3 "$out/bwd-check-pytest.log"
   # NATTN_BWD_SANITIZE: the tool:mode:head-dim runs (default: memcheck and racecheck of fast d128 and det d256).
-  for run in ${NATTN_BWD_SANITIZE:-memcheck:fast:128 memcheck:det:256 racecheck:fast:128 racecheck:det:256}; do
+  # ord: the deterministic fast kernel (ordered dQ adds).
+  for run in ${NATTN_BWD_SANITIZE:-memcheck:fast:128 memcheck:det:256 memcheck:ord:128 racecheck:fast:128 racecheck:det:256 racecheck:ord:64}; do
     IFS=: read -r tool mode dim <<<"$run"
     env_fast=$([ "$mode" = fast ] && echo "NATTN_SM90_BACKWARD=fast" || echo "NATTN_SM90_BACKWARD=1")
+    [ "$mode" = ord ] && env_fast="NATTN_SM90_DETERMINISTIC=ordered"
+    det=$([ "$mode" = ord ] && echo --deterministic || echo "")
     env $env_fast timeout $(t 90) compute-sanitizer --tool $tool --error-exitcode 9 build-gpu/nattn-bench --backend cuda \
       --dtype bf16 --mode bwd --iters 1 --warmup 0 --extent 24x20 --kernel 7x5 --dilation 2x1 --heads 2 \
-      --additional 9 --dim $dim >"$out/bwd-check-$tool-$mode-$dim.log" 2>&1
+      --additional 9 --dim $dim $det >"$out/bwd-check-$tool-$mode-$dim.log" 2>&1
     echo "$tool $mode d$dim rc=$?: $(grep -E 'ERROR SUMMARY|hazard' "$out/bwd-check-$tool-$mode-$dim.log" | tail -1)"
   done
   stamp bwd-check
@@ -415,6 +430,23 @@ if has dense-fb; then
     >"$out/dense-fb.log" 2>&1
   echo "dense-fb rc=$?"; grep '^|' "$out/dense-fb.md" 2>/dev/null || tail -5 "$out/dense-fb.log"
   stamp dense-fb
+fi
+if has det-ab; then
+  # issue 10: deterministic mode at 85% of the default: the ordered fast kernel against the pair,
+  # interleaved, backward alone (the default plan's own row, NATTN_SM90_DETERMINISTIC=default,
+  # without --deterministic, beside them) -> $out/det-ab.txt
+  DET_PROBLEMS=("--extent 8192 --kernel 8192 --heads 16 --batch 2 --dim 64 --no-verify"
+                "--extent 8192 --kernel 8192 --heads 16 --batch 2 --dim 128 --no-verify"
+                "--extent 16x44x80 --kernel 12x32x32 --stride 8x22x16 --heads 32 --dim 128 --no-verify"
+                "--extent 256x256 --kernel 80 --stride 16 --heads 24 --dim 128 --no-verify"
+                "--extent 32768 --kernel 2048 --heads 16 --dim 128 --no-verify"
+                "--extent 256x256 --kernel 80 --heads 24 --dim 128 --no-verify"
+                "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 128 --no-verify")
+  for args in "${DET_PROBLEMS[@]}"; do
+    AB_VALUES="ordered pair ordered pair" ab NATTN_SM90_DETERMINISTIC det-ab.txt bwd "$args --deterministic"
+    AB_VALUES="default" ab NATTN_SM90_DETERMINISTIC det-ab.txt bwd "$args"
+  done
+  stamp det-ab
 fi
 if has mode-ab; then
   # issue 10: which backward mode to run by default where the caller does not ask for

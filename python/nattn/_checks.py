@@ -76,3 +76,19 @@ def check_scale(scale) -> Optional[float]:
 def check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} = {value!r} is invalid: must be a bool, not {type(value).__name__}")
+
+
+def check_deterministic(value) -> bool:
+    """The per-call `deterministic` argument: None (no per-call requirement: torch's global
+    flag decides), True (the backward must be bitwise reproducible) or False (no per-call
+    requirement either: it never overrides torch.use_deterministic_algorithms). Returns the
+    per-call requirement; the effective flag is it or torch.are_deterministic_algorithms_enabled(),
+    read when the backward runs."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise TypeError(f"deterministic = {value!r} is invalid: must be None, True or False, not "
+                        f"{type(value).__name__} (True asks for a bitwise reproducible backward; "
+                        "the effective value is deterministic or "
+                        "torch.are_deterministic_algorithms_enabled())")
+    return value

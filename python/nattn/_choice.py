@@ -85,8 +85,10 @@ def kernel_choice(family: Optional[str] = None, config: Union[None, int, Sequenc
 
     family: "sm90", "sm80", "generic" (CUDA) or "reference" (CPU); None = automatic.
     config: id(s) of nattn.kernel_configs() rows, at most one per kernel role (forward,
-        backward_dq, backward_dkdv; backward_dkdv_dq: sm90's opt-in fast backward, one kernel
-        with dQ partials added by atomics, refused under torch.use_deterministic_algorithms).
+        backward_dq, backward_dkdv; backward_dkdv_dq: sm90's fast backward, one kernel adding
+        dQ partials into a float32 workspace; for a deterministic backward (under
+        torch.use_deterministic_algorithms or with the call's deterministic=True) its ordered
+        variant, which adds them in a fixed order).
     tile: a pair (own, walk) of box shapes, one int per spatial axis, e.g. ((8, 16), (8, 8)):
         the query box a CTA owns and the key boxes it walks (forward, backward dQ); powers of two
         whose products are the configuration's block_q and block_kv. Axes past a tuple's

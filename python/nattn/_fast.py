@@ -8,9 +8,10 @@ time per call (custom_op wrappers, the autograd wrapper, the dynamo-disable wrap
 calls and per-call struct building), more than a small kernel takes. Here such a call instead:
 
   * looks up a per-signature entry (shapes, strides, dtypes, devices, window parameters, kernel
-    choice, determinism): the first call of a signature runs the library's check without memory
-    (the same check and message as the op, before anything is allocated) and builds the C
-    problem, the tensor views (without data) and the options; later calls reuse them;
+    choice, determinism: the call's `deterministic` and torch's flag): the first call of a
+    signature runs the library's check without memory (the same check and message as the op,
+    before anything is allocated) and builds the C problem, the tensor views (without data)
+    and the options; later calls reuse them;
   * allocates the outputs with torch, copies the cached views, fills in the data pointers and
     makes the one C call (which validates again, as every C call does);
   * records autograd through a torch.autograd.Function whose backward takes the same path (or
@@ -109,6 +110,7 @@ class _Entry(NamedTuple):
     options: Dict[int, _lib.Options]  # per CUDA stream (0 on the CPU)
     backend: int
     choice: object
+    deterministic: bool  # the call's own requirement (torch's flag is part of the key)
 
 
 _FORWARD: Dict[tuple, _Entry] = {}
@@ -125,7 +127,8 @@ def _options(entry: _Entry, device: torch.device) -> _lib.Options:
     o = entry.options.get(stream)
     if o is None:
         c = entry.choice
-        o = _lib.options(entry.backend, device, c.family, c.config_ids, c.tiles)
+        o = _lib.options(entry.backend, device, c.family, c.config_ids, c.tiles,
+                         entry.deterministic)
         o.stream = stream or None
         entry.options[stream] = o
     return o
@@ -161,12 +164,12 @@ def _store(cache: Dict[tuple, _Entry], key: tuple, entry: _Entry) -> _Entry:
 
 
 # `params`: the non-tensor fields of a functional.Call, in order: kernel_size, stride,
-# dilation, is_causal, scale, dense, backend, placement.
+# dilation, is_causal, scale, dense, backend, placement, deterministic.
 
 def _key(tensors, params, choice) -> tuple:
-    ks, st, dil, causal, scale, dense, backend, placement = params
+    ks, st, dil, causal, scale, dense, backend, placement, det = params
     return (tuple(map(_signature, tensors)), tuple(ks), tuple(st), tuple(dil), tuple(causal),
-            scale, dense, backend, placement, choice,
+            scale, dense, backend, placement, choice, det,
             torch.are_deterministic_algorithms_enabled())
 
 
@@ -175,7 +178,7 @@ def _forward_entry(tensors, params, choice, with_lse=True) -> _Entry:
     entry = _FORWARD.get(key)
     if entry is not None:
         return entry
-    ks, st, dil, causal, scale, dense, backend, placement = params
+    ks, st, dil, causal, scale, dense, backend, placement, det = params
     p, arr, out_shape, lse_shape = _ops._forward_check(*tensors, ks, st, dil, causal, scale,
                                                        dense, placement, data=False)
     if not with_lse:  # the library writes no lse when its view is absent
@@ -183,7 +186,7 @@ def _forward_entry(tensors, params, choice, with_lse=True) -> _Entry:
     fn = _lib.LIB.nattn_attention_forward if dense else _lib.LIB.nattn_forward
     return _store(_FORWARD, key, _Entry(
         p, _poison(), bytes(arr), type(arr), (tuple(out_shape), tuple(lse_shape)), fn,
-        _ops._where(dense, causal), {}, backend, choice))
+        _ops._where(dense, causal), {}, backend, choice, det))
 
 
 def run_forward(tensors, params, choice, with_lse=True) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -213,14 +216,14 @@ def _backward_entry(tensors, params, choice) -> _Entry:
     entry = _BACKWARD.get(key)
     if entry is not None:
         return entry
-    ks, st, dil, causal, scale, dense, backend, placement = params
+    ks, st, dil, causal, scale, dense, backend, placement, det = params
     p, arr = _ops._backward_check(*tensors, ks, st, dil, causal, scale, dense, placement,
                                   data=False)
     fn = _lib.LIB.nattn_attention_backward if dense else _lib.LIB.nattn_backward
     shapes = tuple(None if x is None else tuple(x.shape) for x in tensors[:5])
     return _store(_BACKWARD, key, _Entry(
         p, _poison(), bytes(arr), type(arr), shapes, fn, _ops._where(dense, causal, True), {}, backend,
-        choice))
+        choice, det))
 
 
 def run_backward(tensors, params, choice):
@@ -246,10 +249,10 @@ def run_backward(tensors, params, choice):
 
 def _op_backward(tensors, params, choice):
     """The custom op na_backward (double backward, tracing, modes)."""
-    ks, st, dil, causal, scale, dense, backend, placement = params
+    ks, st, dil, causal, scale, dense, backend, placement, det = params
     dq, dk, dv, dak, dav = _ops.na_backward(
         *tensors, ks, st, dil, causal, scale, dense, backend, list(placement), choice.family,
-        list(choice.config_ids), list(choice.tiles))
+        list(choice.config_ids), list(choice.tiles), det)
     if tensors[3] is None:
         dak = dav = None
     return dq, dk, dv, dak, dav

@@ -359,12 +359,15 @@ WORKSPACE_RELEASE = WorkspaceRelease(_workspace_release)
 
 
 def options(backend: int, device: torch.device, family: str = "",
-            config_ids: Sequence[int] = (), tiles: Sequence[int] = ()) -> Options:
+            config_ids: Sequence[int] = (), tiles: Sequence[int] = (),
+            deterministic: bool = False) -> Options:
     """Options of a call: backend, determinism, torch's current stream and workspace allocator
-    (CUDA), and a forced kernel choice (family "" = automatic; tiles: own[3] + walk[3] or ())."""
+    (CUDA), and a forced kernel choice (family "" = automatic; tiles: own[3] + walk[3] or ()).
+    Determinism: the call's own requirement (`deterministic`, the functional API's argument) or
+    torch.use_deterministic_algorithms, read now (a backward's options are built when it runs)."""
     o = Options()
     o.backend = backend
-    o.deterministic = int(torch.are_deterministic_algorithms_enabled())
+    o.deterministic = int(deterministic or torch.are_deterministic_algorithms_enabled())
     if family:
         o.family = family.encode()
     for i in range(MAX_CONFIG_IDS):

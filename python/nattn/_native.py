@@ -81,16 +81,23 @@ def window(kernel_size, stride, dilation, is_causal, dense, placement) -> list:
 # more than a microsecond per call (the ctypes fast path also reads it once per signature).
 POISON = int(os.environ.get("NATTN_POISON_OUTPUTS") == "1")
 _CHOICES = {}
+# options[1], the determinism, as bits (the op runs deterministic kernels when it is nonzero):
+# torch.use_deterministic_algorithms when the list was built, and the call's own `deterministic`.
+# They are kept apart because the C++ autograd node (src/torch_autograd/autograd.cpp) replaces
+# the first with torch's flag when the backward runs and keeps the second.
+DETERMINISTIC_TORCH, DETERMINISTIC_CALL = 1, 2
 
 
-def options(backend: int, choice) -> list:
-    """The ops' `options` list: [backend, deterministic, poison, config_ids x4 (-1 unused),
-    own_tile x3, walk_tile x3]."""
+def options(backend: int, choice, deterministic: bool = False) -> list:
+    """The ops' `options` list: [backend, deterministic (DETERMINISTIC_* bits), poison,
+    config_ids x4 (-1 unused), own_tile x3, walk_tile x3]."""
     tail = _CHOICES.get(choice)
     if tail is None:
         ids = list(choice.config_ids) + [-1] * (_lib.MAX_CONFIG_IDS - len(choice.config_ids))
         tail = _CHOICES[choice] = ids + (list(choice.tiles) if choice.tiles else [0] * 6)
-    return [backend, int(torch.are_deterministic_algorithms_enabled()), POISON, *tail]
+    det = ((DETERMINISTIC_CALL if deterministic else 0)
+           | (DETERMINISTIC_TORCH if torch.are_deterministic_algorithms_enabled() else 0))
+    return [backend, det, POISON, *tail]
 
 
 _STATUS = re.compile(r"\[nattn status (\d+)\|([^\]]*)\] ([^\n]*)")
@@ -108,10 +115,10 @@ def forward(tensors, params, choice, op=None):
     """(out, lse) of the fast path's forward; tensors = (q, k, v, ak, av), params as _fast's.
     op: an op of na_forward's schema to call instead (_native_autograd's, which also records
     the C++ autograd node)."""
-    ks, st, dil, causal, scale, dense, backend, placement = params
+    ks, st, dil, causal, scale, dense, backend, placement, det = params
     try:
         out = (op or _FORWARD)(*tensors, window(ks, st, dil, causal, dense, placement), scale,
-                               options(backend, choice), choice.family)
+                               options(backend, choice, det), choice.family)
     except RuntimeError as e:
         _raise(e)
     CALLS["forward"] += 1
@@ -121,10 +128,10 @@ def forward(tensors, params, choice, op=None):
 def backward(tensors, params, choice):
     """(dq, dk, dv, dak, dav), the last two None without additional keys; tensors = (q, k, v,
     ak, av, out, lse, dout, dlse)."""
-    ks, st, dil, causal, scale, dense, backend, placement = params
+    ks, st, dil, causal, scale, dense, backend, placement, det = params
     try:
         dq, dk, dv, dak, dav = _BACKWARD(*tensors, window(ks, st, dil, causal, dense, placement),
-                                         scale, options(backend, choice), choice.family)
+                                         scale, options(backend, choice, det), choice.family)
     except RuntimeError as e:
         _raise(e)
     CALLS["backward"] += 1

@@ -11,7 +11,9 @@ calls and traced calls fail with the same message. The functional API checks Pyt
 
 A forced kernel choice (nattn.kernel_choice) arrives as arguments (`family`, `config_ids`,
 `tiles`), never as a global read inside the op, so a compiled graph records the choice it was
-traced with.
+traced with. So does the call's own `deterministic` requirement (the last argument, default
+False); torch.use_deterministic_algorithms is read by the op when it runs and or-ed in (as
+torch's own ops read it at run time).
 
 Annotations stay real types (no `from __future__ import annotations`): older torch versions
 infer the op schema from them.
@@ -69,10 +71,12 @@ def na_forward(
     additional_keys: Optional[Tensor], additional_values: Optional[Tensor],
     kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool],
     scale: Optional[float], dense: bool, backend: int, placement: List[int],
-    family: str, config_ids: List[int], tiles: List[int],
+    family: str, config_ids: List[int], tiles: List[int], deterministic: bool = False,
 ) -> Tuple[Tensor, Tensor]:
     """Returns (out [B, X.., Hq, Dv] contiguous, lse [B, X.., Hq] float32). `placement`: [] or
-    the placed boxes (_lib.problem); keys may then differ in extent from the queries."""
+    the placed boxes (_lib.problem); keys may then differ in extent from the queries.
+    `deterministic`: the call's requirement of a bitwise reproducible backward (the autograd
+    formula passes it on to na_backward)."""
     p, arr, out_shape, lse_shape = _forward_check(
         query, key, value, additional_keys, additional_values, kernel_size, stride, dilation,
         is_causal, scale, dense, placement, data=True)
@@ -82,15 +86,15 @@ def na_forward(
     _lib.attach(arr[_lib.FWD_LSE], lse)
     # The stream in the options is torch's current stream of the tensors' device; the CUDA
     # backend makes that device current itself.
-    _lib.forward(dense, p, arr, _lib.options(backend, query.device, family, config_ids, tiles),
-                 _where(dense, is_causal))
+    _lib.forward(dense, p, arr, _lib.options(backend, query.device, family, config_ids, tiles,
+                                             deterministic), _where(dense, is_causal))
     CALLS["op_forward"] += 1
     return out, lse
 
 
 @na_forward.register_fake
 def _(query, key, value, additional_keys, additional_values, kernel_size, stride, dilation,
-      is_causal, scale, dense, backend, placement, family, config_ids, tiles):
+      is_causal, scale, dense, backend, placement, family, config_ids, tiles, deterministic=False):
     try:
         _forward_check(query, key, value, additional_keys, additional_values, kernel_size,
                        stride, dilation, is_causal, scale, dense, placement, data=False)
@@ -127,10 +131,11 @@ def na_backward(
     out: Tensor, lse: Tensor, dout: Tensor, dlse: Optional[Tensor],
     kernel_size: List[int], stride: List[int], dilation: List[int], is_causal: List[bool],
     scale: Optional[float], dense: bool, backend: int, placement: List[int],
-    family: str, config_ids: List[int], tiles: List[int],
+    family: str, config_ids: List[int], tiles: List[int], deterministic: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (dq, dk, dv, d_additional_keys, d_additional_values); the last two are empty
-    tensors when there are no additional keys (ops cannot return None)."""
+    tensors when there are no additional keys (ops cannot return None). Deterministic kernels
+    run when `deterministic` or torch.are_deterministic_algorithms_enabled() (read now)."""
     p, arr = _backward_check(query, key, value, additional_keys, additional_values, out, lse,
                              dout, dlse, kernel_size, stride, dilation, is_causal, scale, dense,
                              placement, data=True)
@@ -141,15 +146,16 @@ def na_backward(
         slots += [_lib.BWD_DAK, _lib.BWD_DAV]
     for slot, g in zip(slots, grads):
         _lib.attach(arr[slot], g)
-    _lib.backward(dense, p, arr, _lib.options(backend, query.device, family, config_ids, tiles),
-                  _where(dense, is_causal, backward=True))
+    _lib.backward(dense, p, arr, _lib.options(backend, query.device, family, config_ids, tiles,
+                                              deterministic), _where(dense, is_causal, backward=True))
     CALLS["op_backward"] += 1
     return tuple(grads)
 
 
 @na_backward.register_fake
 def _(query, key, value, additional_keys, additional_values, out, lse, dout, dlse, kernel_size,
-      stride, dilation, is_causal, scale, dense, backend, placement, family, config_ids, tiles):
+      stride, dilation, is_causal, scale, dense, backend, placement, family, config_ids, tiles,
+      deterministic=False):
     try:
         _backward_check(query, key, value, additional_keys, additional_values, out, lse, dout,
                         dlse, kernel_size, stride, dilation, is_causal, scale, dense, placement,
@@ -161,15 +167,16 @@ def _(query, key, value, additional_keys, additional_values, out, lse, dout, dls
 
 def _setup_context(ctx, inputs, output):
     (query, key, value, ak, av, kernel_size, stride, dilation, is_causal, scale, dense,
-     backend, placement, family, config_ids, tiles) = inputs
+     backend, placement, family, config_ids, tiles, deterministic) = inputs
     out, lse = output
     # An output that fed nothing gets None, not zeros: the backward then skips its term (and
     # explain(backward=True) with grad_lse absent plans the backward that runs).
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(query, key, value, ak, av, out, lse)
-    # The backward runs with the forward's kernel choice (config ids are per kernel role).
+    # The backward runs with the forward's kernel choice (config ids are per kernel role) and
+    # its per-call determinism (torch's flag is read again when the backward runs).
     ctx.params = (kernel_size, stride, dilation, is_causal, scale, dense, backend, placement,
-                  family, config_ids, tiles)
+                  family, config_ids, tiles, deterministic)
 
 
 def _backward(ctx, dout, dlse):
@@ -182,7 +189,7 @@ def _backward(ctx, dout, dlse):
                                        *ctx.params)
     if ak is None:
         dak = dav = None
-    return (dq, dk, dv, dak, dav) + (None,) * 11
+    return (dq, dk, dv, dak, dav) + (None,) * 12
 
 
 na_forward.register_autograd(_backward, setup_context=_setup_context)

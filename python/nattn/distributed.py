@@ -62,7 +62,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import _choice, _ops
-from ._checks import check_tensor, is_int, per_axis
+from ._checks import check_deterministic, check_tensor, is_int, per_axis
 from .functional import na_placed, neighborhood_call
 
 _MODES = ("auto", "heads", "halo", "allgather")
@@ -742,9 +742,13 @@ def neighborhood_attention(query: Tensor, key: Tensor, value: Tensor, kernel_siz
                            additional_values: Optional[Tensor] = None, return_lse: bool = False,
                            group=None, shard_axes=None, mode: str = "auto",
                            backend: Optional[str] = None, process_grid=None, shard_sizes=None,
-                           halo_backward: str = "sum", shard_axis=None):
+                           halo_backward: str = "sum", shard_axis=None,
+                           deterministic: Optional[bool] = None):
     """Neighborhood attention of rank query.dim() - 3 on this rank's shards (module docs).
-    `shard_axis` is the one-axis spelling of `shard_axes` (kept for older callers)."""
+    `shard_axis` is the one-axis spelling of `shard_axes` (kept for older callers).
+    `deterministic`: as nattn.na2d's (True: every rank's kernels run their bitwise reproducible
+    backward; the collectives add in a fixed order either way)."""
+    check_deterministic(deterministic)  # before any collective runs
     if not dist.is_initialized():
         raise RuntimeError("nattn.distributed needs torch.distributed initialized "
                            "(init_process_group)")
@@ -765,7 +769,7 @@ def neighborhood_attention(query: Tensor, key: Tensor, value: Tensor, kernel_siz
     name, P, r = _group_name(g), dist.get_world_size(g), dist.get_rank(g)
     rank, dims, n = query.dim() - 3, [1 + a for a in pl.shard_axes], len(pl.shard_axes)
     window = dict(stride=pl.stride, dilation=pl.dilation, is_causal=pl.is_causal, scale=scale,
-                  backend=backend)
+                  backend=backend, deterministic=deterministic)
     ak, av = additional_keys, additional_values
     if ak is not None and av is not None and P > 1:
         ak, av = dist_sum_gradients(ak, name), dist_sum_gradients(av, name)
@@ -782,7 +786,7 @@ def neighborhood_attention(query: Tensor, key: Tensor, value: Tensor, kernel_siz
             if return_lse else None
     elif pl.mode == "halo" and halo_backward == "owned":
         call = neighborhood_call(rank, query, key, value, pl.kernel_size, pl.stride,
-                                 pl.dilation, pl.is_causal, scale, ak, av, backend)
+                                 pl.dilation, pl.is_causal, scale, ak, av, backend, deterministic)
         ak, av = call.additional_keys, call.additional_values
         call = call._replace(query=None, key=None, value=None, additional_keys=None,
                              additional_values=None)  # the tensors travel as arguments
@@ -821,12 +825,13 @@ def _make(rank: int):
     def fn(query, key, value, kernel_size, stride=1, dilation=1, is_causal=False, scale=None,
            additional_keys=None, additional_values=None, return_lse=False, group=None,
            shard_axes=None, mode="auto", backend=None, process_grid=None, shard_sizes=None,
-           halo_backward="sum", shard_axis=None):
+           halo_backward="sum", shard_axis=None, deterministic=None):
         _need_rank(query, rank)
         return neighborhood_attention(query, key, value, kernel_size, stride, dilation,
                                       is_causal, scale, additional_keys, additional_values,
                                       return_lse, group, shard_axes, mode, backend,
-                                      process_grid, shard_sizes, halo_backward, shard_axis)
+                                      process_grid, shard_sizes, halo_backward, shard_axis,
+                                      deterministic)
     fn.__name__ = fn.__qualname__ = f"na{rank}d"
     fn.__doc__ = _doc(rank)
     return fn

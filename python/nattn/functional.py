@@ -6,6 +6,12 @@ wrong length, a device other than cpu/cuda). Every value rule (shapes, ranks, dt
 agreeing, the window rules of SPEC.md) is the C library's: the ops run its check before any
 allocation and raise ValueError with its message, which names the library's argument (q, k, v,
 additional_k, kernel_size[0], extent[0], heads_q, ...), its value and the rule.
+
+`deterministic` (every entry point): True asks for a bitwise reproducible backward for this call
+(Options::deterministic) without torch.use_deterministic_algorithms; None or False add no
+requirement, so the effective value is `deterministic or torch.are_deterministic_algorithms_enabled()`
+(torch's flag read when the backward runs; False never overrides it). The forward is the same
+either way.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _choice, _fast, _ops
-from ._checks import check_bool, check_scale, check_tensor, per_axis
+from ._checks import check_bool, check_deterministic, check_scale, check_tensor, per_axis
 from .backends import backend_kind
 
 IntOrTuple = Union[int, Sequence[int]]
@@ -38,10 +44,14 @@ class Call(NamedTuple):
     dense: bool
     backend: int
     placement: Tuple = ()  # () or the placed boxes: global_extent + query_origin + key_origin
+    # The per-call requirement of a deterministic backward (check_deterministic); torch's
+    # global flag is read, and or-ed in, where the options are built.
+    deterministic: bool = False
 
     def op_args(self, choice: _choice.Choice) -> Tuple:
-        return tuple(self[:-1]) + (list(self.placement), choice.family, list(choice.config_ids),
-                                   list(choice.tiles))
+        """The arguments of the custom ops' na_forward (_ops.py), in schema order."""
+        return tuple(self[:-2]) + (list(self.placement), choice.family, list(choice.config_ids),
+                                   list(choice.tiles), self.deterministic)
 
 
 def _check_additional(ak, av) -> Tuple[Optional[Tensor], Optional[Tensor]]:
@@ -56,7 +66,8 @@ def _check_additional(ak, av) -> Tuple[Optional[Tensor], Optional[Tensor]]:
 
 
 def neighborhood_call(rank: int, query, key, value, kernel_size, stride, dilation, is_causal,
-                      scale, additional_keys, additional_values, backend) -> Call:
+                      scale, additional_keys, additional_values, backend,
+                      deterministic=None) -> Call:
     for name, x in (("query", query), ("key", key), ("value", value)):
         check_tensor(name, x)
     ks = per_axis("kernel_size", kernel_size, rank)
@@ -65,17 +76,19 @@ def neighborhood_call(rank: int, query, key, value, kernel_size, stride, dilatio
     causal = per_axis("is_causal", is_causal, rank, want_bool=True)
     scale = check_scale(scale)
     ak, av = _check_additional(additional_keys, additional_values)
+    det = check_deterministic(deterministic)
     return Call(query, key, value, ak, av, list(ks), list(st), list(dil), list(causal), scale,
-                False, backend_kind(backend))
+                False, backend_kind(backend), (), det)
 
 
-def attention_call(query, key, value, is_causal, scale, backend) -> Call:
+def attention_call(query, key, value, is_causal, scale, backend, deterministic=None) -> Call:
     for name, x in (("query", query), ("key", key), ("value", value)):
         check_tensor(name, x)
     check_bool("is_causal", is_causal)
     scale = check_scale(scale)
+    det = check_deterministic(deterministic)
     return Call(query, key, value, None, None, [], [], [], [is_causal], scale, True,
-                backend_kind(backend))
+                backend_kind(backend), (), det)
 
 
 def autocast(call: Call) -> Call:
@@ -111,9 +124,9 @@ def _run(call: Call, return_lse):
 
 
 def _neighborhood(rank: int, query, key, value, kernel_size, stride, dilation, is_causal, scale,
-                  additional_keys, additional_values, return_lse, backend):
+                  additional_keys, additional_values, return_lse, backend, deterministic):
     call = neighborhood_call(rank, query, key, value, kernel_size, stride, dilation, is_causal,
-                             scale, additional_keys, additional_values, backend)
+                             scale, additional_keys, additional_values, backend, deterministic)
     return _run(call, return_lse)
 
 
@@ -121,40 +134,48 @@ def na1d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple,
          stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False,
          scale: Optional[float] = None, additional_keys: Optional[Tensor] = None,
          additional_values: Optional[Tensor] = None, return_lse: bool = False,
-         backend: Optional[str] = None):
-    """1-D neighborhood attention on [B, X, H, D]. Returns out [B, X, Hq, Dv], or (out, lse)."""
+         backend: Optional[str] = None, deterministic: Optional[bool] = None):
+    """1-D neighborhood attention on [B, X, H, D]. Returns out [B, X, Hq, Dv], or (out, lse).
+    deterministic=True: a bitwise reproducible backward for this call (module docs)."""
     return _neighborhood(1, query, key, value, kernel_size, stride, dilation, is_causal,
-                         scale, additional_keys, additional_values, return_lse, backend)
+                         scale, additional_keys, additional_values, return_lse, backend,
+                         deterministic)
 
 
 def na2d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple,
          stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False,
          scale: Optional[float] = None, additional_keys: Optional[Tensor] = None,
          additional_values: Optional[Tensor] = None, return_lse: bool = False,
-         backend: Optional[str] = None):
-    """2-D neighborhood attention on [B, X1, X2, H, D]. Returns out, or (out, lse)."""
+         backend: Optional[str] = None, deterministic: Optional[bool] = None):
+    """2-D neighborhood attention on [B, X1, X2, H, D]. Returns out, or (out, lse).
+    deterministic=True: a bitwise reproducible backward for this call (module docs)."""
     return _neighborhood(2, query, key, value, kernel_size, stride, dilation, is_causal,
-                         scale, additional_keys, additional_values, return_lse, backend)
+                         scale, additional_keys, additional_values, return_lse, backend,
+                         deterministic)
 
 
 def na3d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple,
          stride: IntOrTuple = 1, dilation: IntOrTuple = 1, is_causal: BoolOrTuple = False,
          scale: Optional[float] = None, additional_keys: Optional[Tensor] = None,
          additional_values: Optional[Tensor] = None, return_lse: bool = False,
-         backend: Optional[str] = None):
-    """3-D neighborhood attention on [B, X1, X2, X3, H, D]. Returns out, or (out, lse)."""
+         backend: Optional[str] = None, deterministic: Optional[bool] = None):
+    """3-D neighborhood attention on [B, X1, X2, X3, H, D]. Returns out, or (out, lse).
+    deterministic=True: a bitwise reproducible backward for this call (module docs)."""
     return _neighborhood(3, query, key, value, kernel_size, stride, dilation, is_causal,
-                         scale, additional_keys, additional_values, return_lse, backend)
+                         scale, additional_keys, additional_values, return_lse, backend,
+                         deterministic)
 
 
 def attention(query: Tensor, key: Tensor, value: Tensor, is_causal: bool = False,
               scale: Optional[float] = None, return_lse: bool = False,
-              backend: Optional[str] = None):
+              backend: Optional[str] = None, deterministic: Optional[bool] = None):
     """Dense (optionally causal) attention: query [B, N, Hq, D], key [B, Nk, Hkv, D], value
     [B, Nk, Hkv, Dv] (any Nk >= 1; Hq a multiple of Hkv). Returns out [B, N, Hq, Dv], or
     (out, lse). is_causal: query i attends to keys j <= i (top-left aligned when Nk != N, as
-    torch's scaled_dot_product_attention)."""
-    return _run(attention_call(query, key, value, is_causal, scale, backend), return_lse)
+    torch's scaled_dot_product_attention). deterministic=True: a bitwise reproducible backward
+    for this call (module docs)."""
+    return _run(attention_call(query, key, value, is_causal, scale, backend, deterministic),
+                return_lse)
 
 
 def na_placed(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple,
@@ -163,20 +184,21 @@ def na_placed(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntOrTuple
               is_causal: BoolOrTuple = False, scale: Optional[float] = None,
               additional_keys: Optional[Tensor] = None,
               additional_values: Optional[Tensor] = None, return_lse: bool = False,
-              backend: Optional[str] = None):
+              backend: Optional[str] = None, deterministic: Optional[bool] = None):
     """Neighborhood attention of placed boxes (SPEC.md "Placed boxes"), rank query.dim() - 3:
     query [B, *X, Hq, D] is the box of a global grid of extent `global_extent` starting at
     `query_origin`, key/value [B, *K, Hkv, *] the box starting at `key_origin`. Windows are
     those of the global grid; keys outside the key box are not attended (a query left with no
     key gets out = 0, lse = -inf). The multi-GPU halo mode runs on this. Returns out, or
-    (out, lse)."""
+    (out, lse). deterministic=True: a bitwise reproducible backward for this call (module
+    docs)."""
     check_tensor("query", query)
     rank = query.dim() - 3
     if not 1 <= rank <= 3:
         raise ValueError(f"query.shape = {list(query.shape)} is invalid: the rank is "
                          "query.dim() - 3, which must be 1, 2 or 3")
     call = neighborhood_call(rank, query, key, value, kernel_size, stride, dilation, is_causal,
-                             scale, additional_keys, additional_values, backend)
+                             scale, additional_keys, additional_values, backend, deterministic)
     placement = (per_axis("global_extent", global_extent, rank)
                  + per_axis("query_origin", query_origin, rank)
                  + per_axis("key_origin", key_origin, rank))

@@ -4,7 +4,11 @@ With a process group (`group=`, e.g. torch.distributed.group.WORLD) a module run
 shard of the token grid through nattn.distributed (`shard_axes`, `mode`, `process_grid` as
 there): x is the local shard [B, *local X, C], the output the local shard. The linear layers
 are per token, so they run on the shard as they are; their weight gradients are this rank's
-part (sum them over the ranks, as data parallelism does)."""
+part (sum them over the ranks, as data parallelism does).
+
+`deterministic=True` makes the attention's backward bitwise reproducible for this module's calls
+without torch.use_deterministic_algorithms (None or False: torch's flag decides; see
+nattn.na2d)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -13,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as F
-from ._checks import check_scale, is_int, per_axis
+from ._checks import check_deterministic, check_scale, is_int, per_axis
 
 _OPS = {1: F.na1d, 2: F.na2d, 3: F.na3d}
 
@@ -24,7 +28,7 @@ class _NeighborhoodAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, kernel_size, stride=1, dilation=1,
                  is_causal=False, qkv_bias: bool = True, qk_scale: Optional[float] = None,
                  proj_drop: float = 0.0, group=None, shard_axes=0, mode: str = "auto",
-                 process_grid=None):
+                 process_grid=None, deterministic: Optional[bool] = None):
         super().__init__()
         for name, v in (("embed_dim", embed_dim), ("num_heads", num_heads)):
             if not is_int(v):
@@ -41,6 +45,8 @@ class _NeighborhoodAttention(nn.Module):
         per_axis("dilation", dilation, self.rank)
         per_axis("is_causal", is_causal, self.rank, want_bool=True)
         check_scale(qk_scale)
+        check_deterministic(deterministic)
+        self.deterministic = deterministic
         self.embed_dim, self.num_heads = embed_dim, num_heads
         self.head_dim = embed_dim // num_heads
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
@@ -66,19 +72,20 @@ class _NeighborhoodAttention(nn.Module):
         if self.group is None:
             out = _OPS[self.rank](q, k, v, self.kernel_size, stride=self.stride,
                                   dilation=self.dilation, is_causal=self.is_causal,
-                                  scale=self.scale)
+                                  scale=self.scale, deterministic=self.deterministic)
         else:
             from . import distributed
             out = distributed.neighborhood_attention(
                 q, k, v, self.kernel_size, self.stride, self.dilation, self.is_causal,
                 self.scale, group=self.group, shard_axes=self.shard_axes, mode=self.mode,
-                process_grid=self.process_grid)
+                process_grid=self.process_grid, deterministic=self.deterministic)
         return self.proj_drop(self.proj(out.reshape(*lead, self.embed_dim)))
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
                 f"kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"dilation={self.dilation}, is_causal={self.is_causal}"
+                + ("" if self.deterministic is None else f", deterministic={self.deterministic}")
                 + ("" if self.group is None else
                    f", shard_axes={self.shard_axes}, mode={self.mode!r}"))
 

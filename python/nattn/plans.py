@@ -117,7 +117,8 @@ def explain(query: Tensor, key: Tensor, value: Tensor, kernel_size=None, stride=
             backward: bool = False, grad_out: Optional[Tensor] = None,
             backend: Optional[str] = None, family: Optional[str] = None,
             config: Union[None, int, Sequence[int]] = None, tile=None,
-            dense: bool = False, global_extent=None, query_origin=0, key_origin=0) -> Plan:
+            dense: bool = False, global_extent=None, query_origin=0, key_origin=0,
+            deterministic: Optional[bool] = None) -> Plan:
     """The plan nattn would run for na{1,2,3}d(query, key, value, kernel_size, ...) (rank
     query.dim() - 3), or with dense=True and kernel_size None for attention(query, key, value,
     is_causal, ...); with backward=True, for the backward of that call, given `grad_out` (the
@@ -128,7 +129,9 @@ def explain(query: Tensor, key: Tensor, value: Tensor, kernel_size=None, stride=
     family/config/tile force a kernel choice like nattn.kernel_choice; when all are None, the
     kernel_choice in force applies. global_extent (with query_origin, key_origin): the plan of
     nattn.na_placed(query, key, value, kernel_size, global_extent, query_origin, key_origin,
-    ...) instead. Errors are those the call would raise.
+    ...) instead. deterministic: the call's `deterministic` argument (the plan is deterministic
+    when it is True or torch.are_deterministic_algorithms_enabled()). Errors are those the call
+    would raise.
     """
     check_tensor("query", query)
     check_bool("dense", dense)
@@ -140,7 +143,7 @@ def explain(query: Tensor, key: Tensor, value: Tensor, kernel_size=None, stride=
         if kernel_size is not None:
             raise TypeError(f"kernel_size = {kernel_size!r} is invalid: must be None with "
                             "dense=True (dense attention has no window)")
-        call = attention_call(query, key, value, is_causal, scale, backend)
+        call = attention_call(query, key, value, is_causal, scale, backend, deterministic)
     else:
         if kernel_size is None:
             raise TypeError("kernel_size = None is invalid: needed unless dense=True")
@@ -149,7 +152,8 @@ def explain(query: Tensor, key: Tensor, value: Tensor, kernel_size=None, stride=
                              "rank as query.dim() - 3, which must be 1, 2 or 3")
         rank = query.dim() - 3
         call = neighborhood_call(rank, query, key, value, kernel_size, stride, dilation,
-                                 is_causal, scale, additional_keys, additional_values, backend)
+                                 is_causal, scale, additional_keys, additional_values, backend,
+                                 deterministic)
         if global_extent is not None:
             placement = (per_axis("global_extent", global_extent, rank)
                          + per_axis("query_origin", query_origin, rank)
@@ -176,7 +180,8 @@ def _explain(call: Call, choice: _choice.Choice, backward: bool, grad_out: Optio
     _lib.check_forward(call.dense, p, _lib.slots([q, k, v, ak, av, out_view, lse_view]), where)
     out = q.new_empty(out_shape)
     lse = q.new_empty(lse_shape, dtype=torch.float32)
-    options = _lib.options(call.backend, q.device, choice.family, choice.config_ids, choice.tiles)
+    options = _lib.options(call.backend, q.device, choice.family, choice.config_ids, choice.tiles,
+                           call.deterministic)
     if not backward:
         arr = _lib.slots([q, k, v, ak, av, out, lse])
     else:

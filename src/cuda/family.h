@@ -68,6 +68,9 @@ struct KernelLaunch {
   // sm90 backward: the dK/dV kernel run over the additional keys (a problem of its own: every
   // query attends them); its role in the explained plan gets the suffix "_additional".
   bool additional_keys = false;
+  // sm90 backward: the fast kernel's ordered variant (deterministic mode: its dQ adds in a fixed
+  // order, counters in the scratch after the dQ workspace); the explained role gets "_ordered".
+  bool ordered_dq = false;
 };
 
 // What a family sees of a validated call.

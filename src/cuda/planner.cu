@@ -126,7 +126,8 @@ namespace {
 void explain_kernels(CudaPlan* plan) {
   for (const KernelLaunch& k : plan->kernels) {
     PlannedKernel e;
-    e.role = std::string(role_name(k.role)) + (k.additional_keys ? "_additional" : "");
+    e.role =
+        std::string(role_name(k.role)) + (k.ordered_dq ? "_ordered" : "") + (k.additional_keys ? "_additional" : "");
     e.config_id = k.config_id;
     e.own_tile = k.own;
     e.walk_tile = k.walk;

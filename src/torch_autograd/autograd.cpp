@@ -34,6 +34,10 @@ using Ints = std::vector<int64_t>;
 // nattn._native_autograd.calls() for the tests' which-path-ran assertions.
 std::atomic<int64_t> g_backward_calls{0};
 
+// The bits of options[1] (python/nattn/_native.py DETERMINISTIC_*): torch's
+// use_deterministic_algorithms when the list was built, and the call's own `deterministic`.
+constexpr int64_t kDeterministicTorch = 1, kDeterministicCall = 2;
+
 using ForwardFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                                      c10::IntArrayRef, std::optional<double>, c10::IntArrayRef,
@@ -65,7 +69,8 @@ std::optional<at::Tensor> present(const at::Tensor& t) {
 // op nattn::na_backward (python/nattn/_ops.py), as the Python fast path does: that op says what
 // double backward supports (it has no formula, so differentiating it raises), and both paths
 // end the same way. Its arguments are spelled out, so the packed `window` and `options` lists
-// (their layout: _native.py window() and options()) are unpacked here.
+// (their layout: _native.py window() and options()) are unpacked here; of the determinism only the
+// call's own bit is passed (the op reads torch's flag itself).
 std::vector<c10::IValue> custom_op_backward(const variable_list& s, const at::Tensor& dout,
                                             const std::optional<at::Tensor>& dlse, const Ints& w,
                                             const std::optional<double>& scale, const Ints& o,
@@ -87,9 +92,19 @@ std::vector<c10::IValue> custom_op_backward(const variable_list& s, const at::Te
   for (size_t i = 3; i < 7; ++i)
     if (o.at(i) >= 0) config_ids.push_back(o[i]);
   if (std::all_of(tiles.begin(), tiles.end(), [](int64_t t) { return t == 0; })) tiles.clear();
+  const bool deterministic = (o.at(1) & kDeterministicCall) != 0;
   std::vector<c10::IValue> stack{s[0],  s[1],    s[2],      present(s[3]), present(s[4]), s[5],   s[6],
                                  dout,  dlse,    kernel,    stride,        dilation,      causal, scale,
-                                 dense, o.at(0), placement, family,        config_ids,    tiles};
+                                 dense, o.at(0), placement, family,        config_ids,    tiles,  deterministic};
+  // A boxed call does not fill in defaults, and a stack of the wrong length is undefined
+  // behaviour: arguments the op gained since this file was written take their defaults, and a
+  // library and package from different versions fail with a message instead.
+  const auto& args = op.schema().arguments();
+  for (size_t i = stack.size(); i < args.size() && args[i].default_value(); ++i)
+    stack.push_back(*args[i].default_value());
+  TORCH_CHECK(stack.size() == args.size(), "nattn: nattn::na_backward takes ", args.size(), " arguments, ",
+              "libnattn_torch_autograd passes ", stack.size(),
+              ": it was built for another version of nattn; rebuild it");
   op.callBoxed(stack);
   return stack;
 }
@@ -121,8 +136,10 @@ struct NaAttention : public torch::autograd::Function<NaAttention> {
     const Ints window = ctx->saved_data["window"].toIntVector();
     const std::optional<double> scale = ctx->saved_data["scale"].toOptional<double>();
     Ints options = ctx->saved_data["options"].toIntVector();
-    // Determinism is read when the backward runs, as the Python path does.
-    options.at(1) = at::globalContext().deterministicAlgorithms() ? 1 : 0;
+    // torch's flag is read when the backward runs, as the Python path does; the call's own
+    // requirement (deterministic=True) is kept: the backward is deterministic if either asks.
+    options.at(1) = (options.at(1) & kDeterministicCall) |
+                    (at::globalContext().deterministicAlgorithms() ? kDeterministicTorch : 0);
     const std::string family = ctx->saved_data["family"].toStringRef();
     at::Tensor g[5];
     if (c10::GradMode::is_enabled()) {

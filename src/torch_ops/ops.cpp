@@ -202,7 +202,8 @@ void* current_cuda_stream(int32_t device, const std::string& at) {
 }
 
 // The `options` argument: [backend, deterministic, poison, config_ids * 4 (-1 unused),
-// own_tile * 3, walk_tile * 3].
+// own_tile * 3, walk_tile * 3]. deterministic is a set of bits (nonzero: deterministic kernels):
+// torch's flag and the call's own `deterministic` (python/nattn/_native.py DETERMINISTIC_*).
 constexpr size_t kOptionsLen = 3 + NATTN_C_MAX_CONFIG_IDS + 6;
 
 nattn_options make_options(const Ints& o, const std::string& family, const nattn_tensor& q, const std::string& at) {

@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -29,6 +30,7 @@
 
 #include "core/tile_shapes.h"
 #include "cuda/common/additional_keys.h"
+#include "cuda/common/ordered_dq.h"
 #include "support/spec_mask.h"
 #include "support/test_tensor.h"
 
@@ -49,6 +51,7 @@ struct WalkCase {
   bool walks_queries = false;
   int heads = 1;  // query heads per kv head walked (dK/dV)
   int64_t num_additional = 0;
+  bool align = false;  // dK/dV walks of the deterministic fast backward: walked boxes on the aligned grid
   // Placed boxes: `extent` is the query box; windows live on a grid of `global` indices.
   bool placed = false;
   int64_t global[3] = {1, 1, 1};
@@ -74,7 +77,7 @@ struct WalkCase {
           << k_origin[a] << "]";
     }
     o << ", own " << own[0] << "x" << own[1] << "x" << own[2] << ", walk " << walk[0] << "x" << walk[1] << "x"
-      << walk[2] << ", heads " << heads << ", Na " << num_additional;
+      << walk[2] << ", heads " << heads << ", Na " << num_additional << (align ? ", aligned walk" : "");
     return o.str();
   }
 };
@@ -305,7 +308,7 @@ bool check_case(const WalkCase& c, Rng& rng) {
     }
 
     TileWalk& w = *walk;
-    w.init(g, t, linear, c.walks_queries, add_tiles, walk_rows);
+    w.init(g, t, linear, c.walks_queries, add_tiles, walk_rows, c.align);
     if (w.empty != empty) {
       ADD_FAILURE() << "empty = " << w.empty << ", expected " << empty;
       return false;
@@ -372,10 +375,13 @@ bool check_case(const WalkCase& c, Rng& rng) {
           }
       none |= hi[a] < lo[a];
     }
-    int64_t n_walk[3] = {0, 0, 0};
+    // Aligned walks start at the partners' box on the grid of walked boxes from the walked side's
+    // first position of the group.
+    int64_t n_walk[3] = {0, 0, 0}, first[3] = {0, 0, 0};
     int64_t nbr = none ? 0 : 1;
     for (int a = 0; a < 3 && !none; ++a) {
-      n_walk[a] = (hi[a] - lo[a] + 1 + c.walk[a] - 1) / c.walk[a];
+      first[a] = c.align ? ax[a].walk_first + (lo[a] - ax[a].walk_first) / c.walk[a] * c.walk[a] : lo[a];
+      n_walk[a] = (hi[a] - first[a] + 1 + c.walk[a] - 1) / c.walk[a];
       nbr *= n_walk[a];
     }
     if (none && w.nbr_tiles != 0) {
@@ -384,10 +390,10 @@ bool check_case(const WalkCase& c, Rng& rng) {
     }
     if (!none) {
       for (int a = 0; a < 3; ++a)
-        if (w.walk_begin[a] != lo[a] || w.n_walk[a] != n_walk[a]) {
+        if (w.walk_begin[a] != first[a] || w.n_walk[a] != n_walk[a]) {
           ADD_FAILURE() << "axis " << a << ": walk begins at " << w.walk_begin[a] << " with " << w.n_walk[a]
                         << " boxes; the attended partners span [" << lo[a] << ", " << hi[a] << "] (" << n_walk[a]
-                        << " boxes of " << c.walk[a] << ")";
+                        << " boxes of " << c.walk[a] << " from " << first[a] << ")";
           return false;
         }
       if (w.nbr_tiles != nbr) {
@@ -470,9 +476,9 @@ bool check_case(const WalkCase& c, Rng& rng) {
                       i2 = s.tile % n_walk[2];
         const int64_t box_i[3] = {i0, i1, i2};
         for (int a = 0; a < 3; ++a)
-          if (s.start[a] != lo[a] + box_i[a] * c.walk[a]) {
+          if (s.start[a] != first[a] + box_i[a] * c.walk[a]) {
             ADD_FAILURE() << "start[" << a << "] does not match tile " << s.tile << " (expected "
-                          << lo[a] + box_i[a] * c.walk[a] << ")";
+                          << first[a] + box_i[a] * c.walk[a] << ")";
             return false;
           }
         // Per axis: pairs (own inside the group) x (walked box: forward unclipped, dK/dV inside
@@ -542,7 +548,7 @@ bool check_case(const WalkCase& c, Rng& rng) {
                       return false;
                     }
                     // Counted once per own position: a position in one box counts own_volume.
-                    ++covered[size_t(((x0 - lo[0]) * span[1] + (x1 - lo[1])) * span[2] + (x2 - lo[2]))];
+                    ++covered[size_t(((x0 - first[0]) * span[1] + (x1 - first[1])) * span[2] + (x2 - first[2]))];
                   }
       }
       // Every walked position with an attended partner (a partner on every axis) lies in
@@ -553,7 +559,7 @@ bool check_case(const WalkCase& c, Rng& rng) {
         for (int64_t x1 = 0; x1 < ax[1].Lg; ++x1)
           for (int64_t x2 = 0; x2 < ax[2].Lg; ++x2) {
             if (!partner[0][size_t(x0)] || !partner[1][size_t(x1)] || !partner[2][size_t(x2)]) continue;
-            const int n = covered[size_t(((x0 - lo[0]) * span[1] + (x1 - lo[1])) * span[2] + (x2 - lo[2]))];
+            const int n = covered[size_t(((x0 - first[0]) * span[1] + (x1 - first[1])) * span[2] + (x2 - first[2]))];
             if (n != own_volume) {
               ADD_FAILURE() << "walked position (" << x0 << "," << x1 << "," << x2 << ") has an attended partner but "
                             << "lies in " << n / std::max<int64_t>(own_volume, 1) << " walked boxes (expected 1)";
@@ -587,6 +593,53 @@ bool check_case(const WalkCase& c, Rng& rng) {
   return true;
 }
 
+// The deterministic fast backward's ordered dQ adds (TileWalk::ordered_rank, ordered_dq_slot)
+// over every key box's aligned walk: the visitors of each (head, group, aligned query box)
+// counter report the ranks 0..n-1, each once, in decreasing order of their key box (the order
+// the launch dispatches them in), and every counter lies below ordered_dq_boxes's count.
+bool check_order(const WalkCase& c) {
+  SCOPED_TRACE(c.describe());
+  Geometry g = geometry(c);
+  g.heads_q = c.heads;
+  const Tiling t = tiling(c, g);
+  int boxes[3];
+  int64_t count = 0;
+  nattn::cuda::ordered_dq_boxes(g, t.walk_shift, boxes, &count);
+  std::map<int64_t, std::vector<std::pair<int64_t, int>>> visitors;  // counter -> (key box, rank)
+  auto w = std::make_unique<TileWalk>();
+  for (int64_t linear = 0; linear < t.neighborhood_ctas; ++linear) {
+    w->init(g, t, linear, true, 0, 1, true);
+    if (w->empty) continue;
+    w->begin(c.heads, INT64_MAX);
+    w->fill_tables(0, 1);
+    for (Step st = w->advance(); st.valid; st = w->advance()) {
+      for (int a = 0; a < 3; ++a)
+        if ((st.start[a] - w->walk_origin[a]) % c.walk[a] != 0) {
+          ADD_FAILURE() << "key box " << linear << ": walked box at " << st.start[a] << " on axis " << a
+                        << " is off the aligned grid from " << w->walk_origin[a];
+          return false;
+        }
+      const int64_t slot = nattn::cuda::ordered_dq_slot(*w, st, g, boxes, 0, st.head);
+      if (slot < 0 || slot >= count) {
+        ADD_FAILURE() << "key box " << linear << ": counter " << slot << " outside [0, " << count << ")";
+        return false;
+      }
+      visitors[slot].push_back({linear, w->ordered_rank(st)});
+    }
+  }
+  for (auto& [slot, v] : visitors) {
+    std::sort(v.begin(), v.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
+    for (size_t i = 0; i < v.size(); ++i)
+      if (v[i].second != int(i)) {
+        std::ostringstream o;
+        for (const auto& [box, rank] : v) o << " (key box " << box << ", rank " << rank << ")";
+        ADD_FAILURE() << "counter " << slot << ": visitors in decreasing key box order report" << o.str();
+        return false;
+      }
+  }
+  return true;
+}
+
 class TileWalkTest : public SeededTest {};
 
 TEST_F(TileWalkTest, ForwardWalkMatchesBruteForce) {
@@ -607,6 +660,16 @@ TEST_F(TileWalkTest, PlacedForwardWalkMatchesBruteForce) {
 TEST_F(TileWalkTest, PlacedKeysOwnedWalkMatchesBruteForce) {
   for (int trial = 0; trial < 80; ++trial)
     if (!check_case(random_placed_case(rng, true), rng)) return;
+}
+
+// Aligned walks (the deterministic fast backward) still cover every attended pair once, and
+// their ordered-add ranks are consistent across key boxes (check_order).
+TEST_F(TileWalkTest, AlignedKeysOwnedWalkCoversPairsAndOrdersAdds) {
+  for (int trial = 0; trial < 80; ++trial) {
+    WalkCase c = rng.coin() ? random_case(rng, true) : random_placed_case(rng, true);
+    c.align = true;
+    if (!check_case(c, rng) || !check_order(c)) return;
+  }
 }
 
 // The sm90 backward's pass over the additional keys (cuda/common/additional_keys.h): the problem

@@ -102,6 +102,19 @@ nattn::Problem square_problem(int rank, int64_t extent, int64_t kernel, int64_t 
   return p;
 }
 
+// Forces the deterministic pair (its sm90 backward_dq row of the dtype and padded head dim):
+// deterministic calls take the fast kernel's ordered variant wherever the pair runs no variant
+// of its own (family.cu Sm90Family::backward_roles), and these tests are about the pair's.
+void force_pair(nattn::Options& o, DType dtype, int head_dim) {
+  for (const nattn::KernelConfigInfo& r : nattn::kernel_configs())
+    if (r.family == "sm90" && r.role == "backward_dq" && r.dtype == nattn::dtype_name(dtype) &&
+        r.head_dim == head_dim && r.ctas_per_sm == 1 && r.built) {
+      o.choice.config_ids = {r.id};
+      return;
+    }
+  ADD_FAILURE() << "no sm90 backward_dq row of head dim " << head_dim;
+}
+
 // The reason the chosen family gives in the plan (its notes name persistent launches).
 std::string chosen_verdict(const nattn::Plan& plan) {
   for (const nattn::FamilyVerdict& f : plan.families)
@@ -126,6 +139,7 @@ TEST_P(CudaSm90Persistent, MatchesTheReference) {
       nattn::Options o = cuda_options();
       o.choice.family = "sm90";
       o.deterministic = true;
+      force_pair(o, dtype, hd);
       DeviceBackward c = make_device_backward(p, dtype, rng.coin(0.25), rng.coin(0.33), rng);
       nattn::Plan plan;
       const nattn::Status planned = nattn::explain_backward(p, c.views(), o, &plan);
@@ -175,6 +189,7 @@ TEST_P(CudaSm90Persistent, DefaultFollowsTheWalk) {
     nattn::Options o = cuda_options();
     o.choice.family = "sm90";
     o.deterministic = true;
+    force_pair(o, GetParam(), cs.head_dim);
     DeviceBackward c = make_device_backward(p, GetParam(), false, false, rng);
     nattn::Plan plan;
     ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
@@ -196,10 +211,12 @@ TEST_P(CudaSm90Persistent, DefaultFollowsTheWalk) {
 // Calls that do not ask for determinism take the fast kernel (backward_dkdv_dq, then
 // dq_convert) except where the deterministic pair runs its own variants, which measured faster
 // there (family.cu Sm90Family::backward_roles): persistent CTAs on walks of at most 16 boxes
-// (the first two cases above) and two CTAs per SM at head dim 32. The fast plan then computes
-// what the reference does.
+// (the first two cases above) and two CTAs per SM at head dim 32. Deterministic calls follow the
+// same rule with the fast kernel's ordered variant (backward_dkdv_dq_ordered). The fast and the
+// ordered plans then compute what the reference does, the ordered one bitwise the same twice.
 TEST_P(CudaSm90Persistent, DefaultModeTakesTheFastKernelUnlessThePairRunsItsVariants) {
-  for (const char* v : {"NATTN_SM90_BACKWARD", "NATTN_SM90_BWD_PERSISTENT", "NATTN_SM90_BWD_TWO_CTAS"})
+  for (const char* v :
+       {"NATTN_SM90_BACKWARD", "NATTN_SM90_BWD_PERSISTENT", "NATTN_SM90_BWD_TWO_CTAS", "NATTN_SM90_DETERMINISTIC"})
     if (std::getenv(v) != nullptr) GTEST_SKIP() << v << " is set";
   if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
   struct Case {
@@ -216,31 +233,50 @@ TEST_P(CudaSm90Persistent, DefaultModeTakesTheFastKernelUnlessThePairRunsItsVari
                         {2, 56, 7, 1, 4, 32, true},       {2, 64, 31, 1, 2, 128, false},
                         {2, 256, 80, 16, 2, 128, false},  {1, 8192, 8192, 1, 2, 64, false},
                         {1, 8192, 2048, 1, 2, 128, false}};
-  for (const Case& cs : cases) {
-    const nattn::Problem p = square_problem(cs.rank, cs.extent, cs.kernel, cs.stride, 1, cs.heads, cs.head_dim);
-    SCOPED_TRACE(describe_problem(p));
-    nattn::Options o = cuda_options();
-    o.choice.family = "sm90";
-    o.deterministic = false;
-    DeviceBackward c = make_device_backward(p, GetParam(), false, false, rng);
-    nattn::Plan plan;
-    ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
-    SCOPED_TRACE("plan " + plan.to_json());
-    std::vector<std::string> roles;
-    for (const nattn::PlannedKernel& k : plan.kernels)
-      if (k.role != "delta") roles.push_back(k.role);
-    const std::vector<std::string> want = cs.pair ? std::vector<std::string>{"backward_dq", "backward_dkdv"}
-                                                  : std::vector<std::string>{"backward_dkdv_dq", "dq_convert"};
-    EXPECT_EQ(roles, want);
-    // The fast plan's float32 dQ workspace is part of the call's workspace.
-    const int64_t accum = p.batch * p.extent[0] * (p.rank > 1 ? p.extent[1] : 1) * p.heads_q * cs.head_dim * 4;
-    if (!cs.pair) EXPECT_GE(plan.workspace_bytes, accum);
-    if (!cs.pair && cs.extent <= 64) {
-      ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
-      ASSERT_TRUE(device_synchronized());
-      expect_backward_matches_reference(c);
+  for (const Case& cs : cases)
+    for (const bool deterministic : {false, true}) {
+      const nattn::Problem p = square_problem(cs.rank, cs.extent, cs.kernel, cs.stride, 1, cs.heads, cs.head_dim);
+      SCOPED_TRACE(describe_problem(p) + (deterministic ? ", deterministic" : ""));
+      nattn::Options o = cuda_options();
+      o.choice.family = "sm90";
+      o.deterministic = deterministic;
+      DeviceBackward c = make_device_backward(p, GetParam(), false, false, rng);
+      nattn::Plan plan;
+      ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
+      SCOPED_TRACE("plan " + plan.to_json());
+      std::vector<std::string> roles;
+      for (const nattn::PlannedKernel& k : plan.kernels)
+        if (k.role != "delta") roles.push_back(k.role);
+      const std::string fast = deterministic ? "backward_dkdv_dq_ordered" : "backward_dkdv_dq";
+      const std::vector<std::string> want = cs.pair ? std::vector<std::string>{"backward_dq", "backward_dkdv"}
+                                                    : std::vector<std::string>{fast, "dq_convert"};
+      EXPECT_EQ(roles, want);
+      // The fast plan's float32 dQ workspace is part of the call's workspace (ordered: and the
+      // counters, one per query head and aligned box of 64 queries).
+      const int64_t tokens = p.extent[0] * (p.rank > 1 ? p.extent[1] : 1);
+      const int64_t accum = p.batch * tokens * p.heads_q * cs.head_dim * 4;
+      if (!cs.pair)
+        EXPECT_GE(plan.workspace_bytes, accum + (deterministic ? p.batch * p.heads_q * tokens / 64 * 4 : 0));
+      if (!cs.pair && cs.extent <= 64) {
+        ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
+        ASSERT_TRUE(device_synchronized());
+        expect_backward_matches_reference(c);
+        if (!deterministic) continue;
+        // Twice more: bitwise the same gradients (the adds into each query box in one order).
+        std::vector<std::vector<double>> first;
+        for (DeviceTensor* t : {&c.dq, &c.dk, &c.dv}) {
+          t->download();
+          first.push_back(t->read());
+        }
+        ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
+        ASSERT_TRUE(device_synchronized());
+        size_t i = 0;
+        for (DeviceTensor* t : {&c.dq, &c.dk, &c.dv}) {
+          t->download();
+          EXPECT_TRUE(t->read() == first[i++]) << "gradient " << i << " differs between two runs";
+        }
+      }
     }
-  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaSm90Persistent, ::testing::Values(DType::kFloat16, DType::kBFloat16),

@@ -3,13 +3,15 @@
     pair runs persistent CTAs or two CTAs per SM; or a forced backward_dkdv_dq row): one kernel
     computes dK, dV and adds dQ partial sums into a float32 workspace (TMA reduce-adds), then a
     pass converts them to dQ (backward_dkdv_dq, dq_convert);
-  deterministic (always under torch.use_deterministic_algorithms): an sm90 dQ kernel and an sm90
-    dK/dV kernel, each gradient row written once (backward_dq, backward_dkdv).
+  deterministic (under torch.use_deterministic_algorithms), two ways, by the same rule as the
+    fast mode: the fast kernel with its dQ adds in a fixed order per query box ("ordered":
+    backward_dkdv_dq_ordered, dq_convert), or the pair of an sm90 dQ kernel and an sm90 dK/dV
+    kernel, each gradient row written once ("pair": backward_dq, backward_dkdv).
 Forced through nattn.kernel_choice(family="sm90") and asserted through nattn.explain(...,
-backward=True): 200 random configurations per mode (ranks 1-3, kernel/stride/dilation/causal per
+backward=True): 200 random configurations per mode (fast, pair, ordered) (ranks 1-3, kernel/stride/dilation/causal per
 axis, grouped heads, head dims 8-256 in multiples of 8 with Dv != D, fp16 and bf16, packed-qkv
-views and [B, H, X.., D] tensors viewed heads-last), run-to-run bitwise reproducibility of the
-deterministic mode, and the default plan on Hopper.
+views and [B, H, X.., D] tensors viewed heads-last), run-to-run bitwise reproducibility of both
+deterministic kernels, and the default plan on Hopper.
 
 First run on an H100 on 2026-11-28 (the deterministic mode: 202 passed). NATTN_SM90_BACKWARD=0
 (a developer switch for A/B timing) hands the backward to sm80; these tests skip then."""
@@ -43,7 +45,7 @@ def _backward_config(rng, mode):
     _config draws them: the dQ kernel walks them after the neighborhood boxes and the dK/dV
     kernel runs once more over them (role backward_dkdv_additional / backward_dkdv_dq_additional)."""
     c = _config(rng)
-    top = 128 if mode == "fast" else 256
+    top = 256 if mode == "pair" else 128
     c["dim"], c["dim_v"] = min(c["dim"], top), min(c["dim_v"], top)
     if c["rank"] == 1:
         c["dilation"] = [min(c["dilation"][0], 2)]
@@ -63,29 +65,37 @@ def _run(fn, q, k, v, kw, dout, extra=None):
     return (out, q.grad, k.grad, v.grad, *(extra[name].grad for name in sorted(extra)))
 
 
-MODES = {"fast": ("backward_dkdv_dq", "dq_convert"), "deterministic": ("backward_dq", "backward_dkdv")}
+MODES = {"fast": ("backward_dkdv_dq", "dq_convert"), "pair": ("backward_dq", "backward_dkdv"),
+         "ordered": ("backward_dkdv_dq_ordered", "dq_convert")}
+DETERMINISTIC = ("pair", "ordered")
 
 
-def _fast_row(dtype, dim):
-    """The fast kernel's row for a dtype and max(D, Dv) (the smallest head dim that covers it)."""
+def _row(role, dtype, dim):
+    """The sm90 row of a backward role for a dtype and max(D, Dv) (the smallest head dim that
+    covers it; one CTA per SM)."""
     name = str(dtype).replace("torch.", "")
     rows = sorted((r.head_dim, r.id) for r in _sm90_rows()
-                  if r.role == "backward_dkdv_dq" and r.dtype == name and r.head_dim >= dim)
-    assert rows, f"no fast sm90 backward row for {name}, head dim {dim}"
+                  if r.role == role and r.dtype == name and r.head_dim >= dim and r.ctas_per_sm == 1)
+    assert rows, f"no sm90 {role} row for {name}, head dim {dim}"
     return rows[0][1]
 
 
+def _fast_row(dtype, dim):
+    return _row("backward_dkdv_dq", dtype, dim)
+
+
 def _choice(mode, c):
-    """sm90, and in fast mode its fast row (not the default: see family.cu's backward_roles)."""
-    if mode == "fast":
-        return dict(family="sm90", config=_fast_row(c["dtype"], max(c["dim"], c["dim_v"])))
-    return dict(family="sm90")
+    """sm90 and a row of the mode's kernels (the default picks by the walk: family.cu's
+    backward_roles): the fast row (fast; ordered under determinism) or the dQ row (pair)."""
+    dim = max(c["dim"], c["dim_v"])
+    return dict(family="sm90", config=_row("backward_dq", c["dtype"], dim) if mode == "pair"
+                else _fast_row(c["dtype"], dim))
 
 
 @contextlib.contextmanager
 def _mode(mode):
     was = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(mode == "deterministic")
+    torch.use_deterministic_algorithms(mode in DETERMINISTIC)
     try:
         yield
     finally:
@@ -108,7 +118,7 @@ def test_sm90_random_backward(seed, mode):
     assert plan.family == "sm90", f"{what}: {plan}"
     sm90_ids = [r.id for r in _sm90_rows()]
     row_role, other = MODES[mode]
-    dkdv_role = "backward_dkdv_dq" if mode == "fast" else "backward_dkdv"
+    dkdv_role = MODES[mode][0] if mode != "pair" else "backward_dkdv"
     kernels = plan.kernels_of(row_role)
     assert len(kernels) == 1 and kernels[0]["config_id"] in sm90_ids, f"{what}: {plan}"
     assert len(plan.kernels_of(other)) == 1, f"{what}: {plan}"
@@ -131,22 +141,28 @@ def test_sm90_random_backward(seed, mode):
         assert _rel(g, want) < tol, f"{what}: {name} relative error {_rel(g, want):.3g}"
 
 
-def test_sm90_backward_is_bitwise_reproducible():
+@pytest.mark.parametrize("mode", DETERMINISTIC)
+def test_sm90_backward_is_bitwise_reproducible(mode):
+    """Both deterministic kernels give bitwise the same outputs and gradients run to run (GQA:
+    the ordered adds of two query heads per kv head), with additional keys too (the dQ kernel's
+    extra steps and the dK/dV pass over them; ordered: that pass adds dQ in order as well)."""
     gen = torch.Generator(device="cuda").manual_seed(5)
-    q, k, v = (torch.randn(2, 40, 52, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    q = torch.randn(2, 40, 52, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k, v = (torch.randn(2, 40, 52, 2, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
     dout = torch.randn_like(q)
     kw = dict(kernel_size=(13, 11), stride=(1, 2), is_causal=(False, True))
-    with nattn.kernel_choice(family="sm90"), _mode("deterministic"):
-        assert nattn.explain(q, k, v, backward=True, **kw).kernels_of("backward_dq")
+    choice = _choice(mode, dict(dtype=torch.bfloat16, dim=128, dim_v=128))
+    with nattn.kernel_choice(**choice), _mode(mode):
+        assert nattn.explain(q, k, v, backward=True, **kw).kernels_of(MODES[mode][0])
         first = _run(nattn.na2d, q, k, v, kw, dout)
         second = _run(nattn.na2d, q, k, v, kw, dout)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
-    # With additional keys: the dQ kernel's extra steps and the dK/dV pass over them.
-    extra = {name: torch.randn(2, 77, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    extra = {name: torch.randn(2, 77, 2, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
              for name in ("additional_keys", "additional_values")}
-    with nattn.kernel_choice(family="sm90"), _mode("deterministic"):
-        assert nattn.explain(q, k, v, backward=True, **kw, **extra).kernels_of("backward_dkdv_additional")
+    dkdv = "backward_dkdv" if mode == "pair" else MODES[mode][0]
+    with nattn.kernel_choice(**choice), _mode(mode):
+        assert nattn.explain(q, k, v, backward=True, **kw, **extra).kernels_of(dkdv + "_additional")
         first = _run(nattn.na2d, q, k, v, kw, dout, extra)
         second = _run(nattn.na2d, q, k, v, kw, dout, extra)
     assert len(first) == 6
@@ -189,6 +205,7 @@ def _roles(plan):
 
 
 FAST_ROLES, PAIR_ROLES = ["backward_dkdv_dq", "dq_convert"], ["backward_dq", "backward_dkdv"]
+ORDERED_ROLES = ["backward_dkdv_dq_ordered", "dq_convert"]
 
 
 def test_sm90_backward_default_modes_on_hopper():
@@ -196,8 +213,10 @@ def test_sm90_backward_default_modes_on_hopper():
     walk (window 31 over 96 x 96: ~30 walked boxes per key box) takes the fast kernel and a short
     one (window 7 over 32 x 32, where the pair runs persistent CTAs) the pair (family.cu
     Sm90Family::backward_roles), unless NATTN_SM90_BACKWARD=fast / 1 / pair decides; a
-    deterministic call takes the pair; a forced row of either mode decides."""
+    deterministic call follows the same rule with the fast kernel's ordered variant, unless
+    NATTN_SM90_DETERMINISTIC=pair / ordered decides; a forced row of either mode decides."""
     env = os.environ.get("NATTN_SM90_BACKWARD")
+    det_env = os.environ.get("NATTN_SM90_DETERMINISTIC")
     long = torch.randn(1, 96, 96, 2, 64, device="cuda", dtype=torch.float16)
     short = torch.randn(1, 32, 32, 2, 64, device="cuda", dtype=torch.float16)
     for q, kernel, rule in ((long, 31, FAST_ROLES), (short, 7, PAIR_ROLES)):
@@ -207,8 +226,13 @@ def test_sm90_backward_default_modes_on_hopper():
         assert _roles(plan) == want, str(plan)
         if want == FAST_ROLES:  # the float32 dQ workspace is part of the call's
             assert plan.workspace_bytes >= q.numel() * 4, str(plan)
-        with _mode("deterministic"):
-            assert _roles(nattn.explain(q, q, q, kernel_size=kernel, backward=True)) == PAIR_ROLES
+        det_rule = ORDERED_ROLES if rule == FAST_ROLES else PAIR_ROLES
+        det_want = PAIR_ROLES if det_env == "pair" else ORDERED_ROLES if det_env == "ordered" else det_rule
+        with _mode("pair"):
+            det = nattn.explain(q, q, q, kernel_size=kernel, backward=True)
+            assert _roles(det) == det_want, str(det)
+            if det_want == ORDERED_ROLES:  # the workspace and one counter per aligned box of 64 queries
+                assert det.workspace_bytes >= q.numel() * 4 + q.shape[0] * q.shape[-2] * 96 * 96 // 64 * 4
         fast = nattn.explain(q, q, q, kernel_size=kernel, backward=True, config=_fast_row(torch.float16, 64))
         assert _roles(fast) == FAST_ROLES, str(fast)
         dq_row = next(r.id for r in _sm90_rows()
@@ -217,10 +241,13 @@ def test_sm90_backward_default_modes_on_hopper():
         assert _roles(pair) == PAIR_ROLES, str(pair)
 
 
-def test_sm90_fast_row_is_refused_when_deterministic():
-    """A forced fast-mode row under torch.use_deterministic_algorithms is an error naming the row."""
+def test_sm90_fast_row_is_ordered_when_deterministic():
+    """A forced fast-mode row under torch.use_deterministic_algorithms plans its ordered variant
+    (the dQ adds in a fixed order: deterministic), on a walk where the default is the pair."""
     q = torch.randn(1, 16, 16, 2, 64, device="cuda", dtype=torch.float16)
-    fast = [r.id for r in _sm90_rows() if r.role == "backward_dkdv_dq" and r.dtype == "float16" and r.head_dim == 64]
-    assert fast
-    with _mode("deterministic"), pytest.raises(ValueError, match=f"{fast[0]}.*deterministic"):
-        nattn.explain(q, q, q, kernel_size=5, backward=True, config=fast[0])
+    fast = _fast_row(torch.float16, 64)
+    with _mode("ordered"):
+        assert _roles(nattn.explain(q, q, q, kernel_size=5, backward=True)) == PAIR_ROLES
+        plan = nattn.explain(q, q, q, kernel_size=5, backward=True, config=fast)
+        assert _roles(plan) == ORDERED_ROLES, str(plan)
+        assert plan.kernels_of("backward_dkdv_dq_ordered")[0]["config_id"] == fast

@@ -136,7 +136,8 @@ def test_errors_are_the_ctypes_paths(bad):
 def test_backward_errors_are_the_ctypes_paths():
     q, k, v = (torch.randn(1, 6, 5, 2, 8) for _ in range(3))
     out, lse = nattn.na2d(q, k, v, 3, return_lse=True)
-    params = ([3, 3], [1, 1], [1, 1], [False, False], None, False, 0, ())
+    # kernel_size, stride, dilation, is_causal, scale, dense, backend, placement, deterministic
+    params = ([3, 3], [1, 1], [1, 1], [False, False], None, False, 0, (), False)
     choice = nattn._choice.current()
     bad_dout = torch.randn(1, 6, 5, 2, 7)
     tensors = (q, k, v, None, None, out, lse, bad_dout, None)
@@ -184,9 +185,9 @@ def test_kernel_choice_reaches_the_ops(monkeypatch):
     seen = []
     real = _native.options
 
-    def spy(backend, choice):
+    def spy(backend, choice, deterministic=False):
         seen.append(choice)
-        return real(backend, nattn._choice.AUTO)  # the reference backend takes no choice
+        return real(backend, nattn._choice.AUTO, deterministic)  # the reference takes no choice
     monkeypatch.setattr(_native, "options", spy)
     q, k, v = (torch.randn(1, 6, 7, 2, 8, requires_grad=True) for _ in range(3))
     with nattn.kernel_choice(family="reference", config=[3, 4], tile=((2, 4), (1, 2))) as c:

@@ -95,9 +95,9 @@ def test_kernel_choice_reaches_forward_and_backward(monkeypatch):
     seen = []
     real = _lib.options
 
-    def spy(backend, device, family="", config_ids=(), tiles=()):
+    def spy(backend, device, family="", config_ids=(), tiles=(), deterministic=False):
         seen.append((family, tuple(config_ids), tuple(tiles)))
-        return real(backend, device, "", (), ())  # the reference backend takes no choice
+        return real(backend, device, "", (), (), deterministic)  # the reference takes no choice
     monkeypatch.setattr(_lib, "options", spy)
     q, k, v = (x.requires_grad_() for x in qkv(6, 7))
     with nattn.kernel_choice(family="reference", config=[3, 4], tile=((2, 4), (1, 2))) as c:

@@ -49,7 +49,8 @@ struct TileWalk {
   // Key walks (forward, dQ): the own queries' window union and intersection per axis (group
   // positions), from which a walked key box's coverage is a few comparisons (axis_coverage).
   int key_union_lo[3], key_union_hi[3], key_inter_lo[3], key_inter_hi[3];
-  int walk_begin[3];   // first walked position (the union's first), per axis
+  int walk_begin[3];   // first walked position (the union's first, or its box when aligned), per axis
+  int walk_origin[3];  // the walked side's first group position (0 unless placed): aligned boxes start here
   int n_walk[3];       // walked boxes per axis
   int nbr_tiles;       // neighborhood boxes walked in total
   int add_tiles;       // extra tiles after them: additional keys (forward, dQ) or queries in token order
@@ -62,9 +63,12 @@ struct TileWalk {
   static constexpr int kMaxAxisTiles = 1024;
   unsigned char axis_cov[3][kMaxAxisTiles];
 
-  // One thread: decodes own box `linear` (row-major over [groups..., tiles...]).
+  // One thread: decodes own box `linear` (row-major over [groups..., tiles...]). align_walk: the
+  // walked boxes sit on the grid of walked-box multiples from walk_origin (the union's first box
+  // rounded down), so that every CTA walking a position adds it in the same box: the ordered dQ
+  // adds of the deterministic fast backward (ordered_rank) need that; others start at the union.
   NATTN_HD_CALL void init(const Geometry& g, const Tiling& t, int64_t linear, bool walks_queries_, int add_tiles_,
-                          int block_rows_) {
+                          int block_rows_, bool align_walk = false) {
     int64_t idx = linear;
     int tile[3];
 #pragma unroll
@@ -96,6 +100,7 @@ struct TileWalk {
       const int k_off = group[a] - int(placed ? g.key_origin[a] : 0);
       own_end[a] = int(own_r.end);
       walk_lo[a] = int(walk_r.begin);
+      walk_origin[a] = walk_lo[a];
       walk_end[a] = int(walk_r.end);
       own_off[a] = walks_queries ? k_off : q_off;
       walk_off[a] = walks_queries ? q_off : k_off;
@@ -140,8 +145,10 @@ struct TileWalk {
     nbr_tiles = 1;
 #pragma unroll
     for (int a = 0; a < 3; ++a) {
-      walk_begin[a] = int(u.r[a].begin);
-      n_walk[a] = int((u.r[a].size() + (1 << walk_shift[a]) - 1) >> walk_shift[a]);
+      const int first = int(u.r[a].begin);
+      walk_begin[a] = align_walk ? walk_lo[a] + (((first - walk_lo[a]) >> walk_shift[a]) << walk_shift[a]) : first;
+      const int span = u.r[a].empty() ? 0 : int(u.r[a].end) - walk_begin[a];
+      n_walk[a] = (span + (1 << walk_shift[a]) - 1) >> walk_shift[a];
       nbr_tiles *= n_walk[a];
     }
     tabled = n_walk[0] <= kMaxAxisTiles && n_walk[1] <= kMaxAxisTiles && n_walk[2] <= kMaxAxisTiles;
@@ -218,6 +225,42 @@ struct TileWalk {
   NATTN_HD_CALL void fill_tables(int thread, int threads) {
     for (int a = 0; a < 3; ++a)
       for (int i = thread; i < n_walk[a] && tabled; i += threads) axis_cov[a][i] = (unsigned char)axis_coverage(a, i);
+  }
+
+  // ---- Ordered dQ adds (the deterministic fast backward; a query walk initialised with
+  // align_walk). The CTAs whose walks visit an aligned query box add their dQ partials into it in
+  // decreasing order of their own key box (row-major over this group's key boxes), so that the
+  // sums are bitwise the same every run: this box's rank is the number of those CTAs with a larger
+  // key box. Along each axis the key boxes that the box's queries attend are a run [kf, kl]
+  // (windows are intervals that move monotonically with the query: their union over the box is
+  // [window(first).begin, window(last).end)), and a key box's walk visits the query box iff it is
+  // in the run on every axis (the walk's coverage test is the same statement from the key side),
+  // so the visitors are the product of the runs and the rank is a mixed-radix number. A larger key
+  // box starts its walk no earlier, so it reaches a shared query box in fewer steps: in this
+  // order the adds rarely wait (device/family.cu launches key boxes in decreasing order too, so
+  // every CTA waited on is resident or done).
+
+  // The walked box's index along axis a among the aligned boxes from walk_origin.
+  NATTN_HD_CALL int query_box_index(int a, const Step& st) const {
+    return (st.start[a] - walk_origin[a]) >> walk_shift[a];
+  }
+
+  // This key box's rank among the visitors of walked query box st (a neighborhood step).
+  NATTN_HD_CALL int ordered_rank(const Step& st) const {
+    int rank = 0;
+#pragma unroll
+    for (int a = 0; a < 3; ++a) {
+      const int qs = st.start[a];
+      const int qe = qs + (1 << walk_shift[a]) < walk_end[a] ? qs + (1 << walk_shift[a]) : walk_end[a];
+      const window::Range first = window::group_window(qs, geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
+      const window::Range last = window::group_window(qe - 1, geo.Lg[a], geo.kernel[a], geo.stride[a], geo.causal[a]);
+      const int lo = int(first.begin) > key_begin[a] ? int(first.begin) : key_begin[a];
+      const int hi = int(last.end) < key_end[a] ? int(last.end) : key_end[a];
+      const int kf = (lo - key_begin[a]) >> own_shift[a], kl = (hi - 1 - key_begin[a]) >> own_shift[a];
+      const int own = (own_start[a] - key_begin[a]) >> own_shift[a];
+      rank = rank * (kl - kf + 1) + (kl - own);
+    }
+    return rank;
   }
 
   // ---- The schedule: one thread advances it, everyone reads its steps from shared memory.

@@ -17,6 +17,7 @@
 #include "cuda/check.h"
 #include "cuda/common/additional_keys.h"
 #include "cuda/common/dq_convert.h"
+#include "cuda/common/ordered_dq.h"
 #include "cuda/family.h"
 #include "cuda/sm90/device/dispatch.h"
 #include "cuda/sm90/device/tensor_maps.h"
@@ -73,6 +74,18 @@ BackwardSwitch backward_switch() {
                                   : env_equals("NATTN_SM90_BACKWARD", "1") || env_equals("NATTN_SM90_BACKWARD", "pair")
                                       ? BackwardSwitch::kPair
                                       : BackwardSwitch::kDefault;
+  return v;
+}
+
+// NATTN_SM90_DETERMINISTIC (read once), a developer switch for A/B timing of deterministic
+// calls: "pair" plans the deterministic dQ and dK/dV pair, "ordered" the fast kernel with ordered
+// dQ adds wherever it has a row; unset or anything else: the default rule (backward_roles).
+enum class DeterministicSwitch { kDefault, kPair, kOrdered };
+DeterministicSwitch deterministic_switch() {
+  static const DeterministicSwitch v = env_equals("NATTN_SM90_DETERMINISTIC", "pair") ? DeterministicSwitch::kPair
+                                       : env_equals("NATTN_SM90_DETERMINISTIC", "ordered")
+                                           ? DeterministicSwitch::kOrdered
+                                           : DeterministicSwitch::kDefault;
   return v;
 }
 
@@ -282,10 +295,6 @@ class Sm90Family final : public KernelFamily {
     }
     if (g.num_additional >= (int64_t(1) << 31))
       return Status::Unsupported("the sm90 forward needs fewer than 2^31 additional keys");
-    if (const int fast = call.backward && call.deterministic ? forced_fast_row(call.choice) : -1; fast >= 0)
-      return Status::Invalid("choice.config_ids has " + std::to_string(fast) +
-                             ", which is invalid for a deterministic backward: its dQ partial sums are added "
-                             "with atomics (force a backward_dq and a backward_dkdv row instead)");
     for (const Role r : call.backward ? backward_roles(call) : std::vector<Role>{Role::kForward}) {
       int id = -1;
       NATTN_RETURN_IF_ERROR(config_for(call, r, &id));
@@ -362,26 +371,46 @@ class Sm90Family final : public KernelFamily {
   // rows), then the conversion to dQ. With additional keys the dQ kernel walks them after the
   // neighborhood boxes, and the dK/dV kernel runs once more over them
   // (additional_keys_geometry), adding its dQ partials in fast mode.
+  // Ordered (deterministic fast kernel): the counters are zeroed first, in the call's scratch
+  // after the dQ workspace; the additional keys' launch counts in its own.
   Status backward(const std::vector<KernelLaunch>& kernels, const BackwardParams& p, DType dtype,
                   cudaStream_t s) const override {
+    int* counters = nullptr;
+    int64_t neighborhood_counters = 0;
+    for (const KernelLaunch& k : kernels)
+      if (k.ordered_dq && !k.additional_keys) {
+        counters = reinterpret_cast<int*>(reinterpret_cast<char*>(p.dq_accum) + order_offset(p.g));
+        int boxes[3];
+        neighborhood_counters = order_counters(k, p.g, boxes);
+        const size_t bytes = k.scratch - order_offset(p.g);
+        NATTN_RETURN_IF_ERROR(check(cudaMemsetAsync(counters, 0, bytes, s), "sm90: zeroing the ordered dQ counters"));
+      }
     for (const KernelLaunch& k : kernels) {
       if (k.role == Role::kDqConvert) {
         NATTN_RETURN_IF_ERROR(run_dq_convert(p, dtype, s));
         continue;
       }
-      NATTN_RETURN_IF_ERROR(backward_kernel(k, k.additional_keys ? additional_keys_params(p) : p, dtype, s));
+      // The additional keys' counters follow the neighborhood launch's.
+      int* const order = k.ordered_dq ? counters + (k.additional_keys ? neighborhood_counters : 0) : nullptr;
+      NATTN_RETURN_IF_ERROR(backward_kernel(k, k.additional_keys ? additional_keys_params(p) : p, dtype, s, order));
     }
     return Status::Ok();
   }
 
  private:
   // One backward kernel: its tensor maps over p's tensors, then the launch.
-  static Status backward_kernel(const KernelLaunch& k, const BackwardParams& p, DType dtype, cudaStream_t s) {
+  static Status backward_kernel(const KernelLaunch& k, const BackwardParams& p, DType dtype, cudaStream_t s,
+                                int* order) {
     const bool dq = k.role == Role::kBackwardDq;
     const Geometry& g = p.g;
     sm90::BackwardArgs args;
     args.p = p;
     args.tl = k.tiling;
+    if (order != nullptr) {  // the ordered variant (plan_backward: deterministic fast kernel)
+      int64_t count = 0;
+      ordered_dq_boxes(g, k.tiling.walk_shift, args.order_boxes, &count);
+      args.dq_order = order;
+    }
     args.early_steps = backward_early_steps();
     args.dq_overlap = dq_overlap();
     int64_t boxes = 0, heads = 0;
@@ -477,19 +506,39 @@ class Sm90Family final : public KernelFamily {
   // too, where the pair runs persistent (1-D walks of up to 48 boxes): 1d-32k 406 against 368
   // useful TFLOP/s, 1d-32k-s256 435 against 397 (2026-12-05-h100-twelfth-anchors-1d.md). A forced
   // row of either mode, or NATTN_SM90_BACKWARD=fast / pair, decides instead.
+  // Deterministic calls take the same rule with the fast kernel's ordered variant (its dQ adds
+  // in a fixed order per query box: kernel/fna_backward_dkdv.cuh, cuda/common/ordered_dq.h; 5
+  // products per pair like the fast kernel, against the pair's 7); NATTN_SM90_DETERMINISTIC=pair
+  // / ordered forces either. plan_backward marks the fast kernel of a deterministic call ordered.
   static std::vector<Role> backward_roles(const Call& call) {
     const std::vector<Role> pair{Role::kBackwardDq, Role::kBackwardDkdv}, fast{Role::kBackwardDkdvDq};
-    if (call.deterministic) return pair;
     if (forced_fast_row(call.choice) >= 0) return fast;
     if (pair_row_forced(call.choice)) return pair;
     const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
     if (padded_head_dim(Family::kSm90, Role::kBackwardDkdvDq, int(hd)) <= 0) return pair;
+    if (call.deterministic) {
+      switch (deterministic_switch()) {
+        case DeterministicSwitch::kOrdered: return fast;
+        case DeterministicSwitch::kPair: return pair;
+        default: return pair_runs_its_own_variants(call) ? pair : fast;
+      }
+    }
     switch (backward_switch()) {
       case BackwardSwitch::kFast: return fast;
       case BackwardSwitch::kPair: return pair;
       default: return pair_runs_its_own_variants(call) ? pair : fast;
     }
   }
+
+  // The ordered adds' counters of a fast launch k (cuda/common/ordered_dq.h) over geometry g
+  // (the additional keys' launch: their geometry), and where in the plan's scratch they start:
+  // after the dQ workspace, the neighborhood launch's counters, then the additional keys'.
+  static int64_t order_counters(const KernelLaunch& k, const Geometry& g, int (&boxes)[3]) {
+    int64_t count = 0;
+    ordered_dq_boxes(g, k.tiling.walk_shift, boxes, &count);
+    return count;
+  }
+  static size_t order_offset(const Geometry& g) { return (dq_accum_bytes(g) + 255) / 256 * 256; }
 
   // Whether the deterministic pair would run two CTAs per SM, or persistent CTAs on a walk of at
   // most kShortWalk boxes per item, for this call.
@@ -524,6 +573,17 @@ class Sm90Family final : public KernelFamily {
       k.grid[2] = unsigned(g.batch);
       if (r == Role::kBackwardDkdvDq) k.scratch = dq_accum_bytes(g);
       const bool extras = r != Role::kBackwardDq && g.num_additional > 0;
+      // Deterministic: the fast kernel's ordered variant, its counters after the dQ workspace.
+      int boxes[3];
+      if (r == Role::kBackwardDkdvDq && call.deterministic) {
+        k.ordered_dq = true;
+        int64_t counters = order_counters(k, g, boxes);
+        if (extras) counters += order_counters(additional_keys_launch(g, k), additional_keys_geometry(g), boxes);
+        if (counters > INT32_MAX)
+          return Status::Unsupported("too many query boxes for the ordered dQ adds' counters (" +
+                                     std::to_string(counters) + ")");
+        k.scratch = order_offset(g) + size_t(counters) * sizeof(int);
+      }
       KernelLaunch extra;
       if (extras) extra = additional_keys_launch(g, k);
       size_persistent(call, g, &k);

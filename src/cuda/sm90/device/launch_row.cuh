@@ -66,9 +66,21 @@ struct DkdvRow {
   static_assert(persistent_smem() <= kSm90SmemOptin,
                 "an sm90 dK/dV row's persistent variant exceeds the H100's shared-memory opt-in limit");
 
+  // The fast rows' ordered variant (the deterministic mode's fast kernel; BackwardArgs::dq_order
+  // set): the same row with its dQ adds in a fixed order.
+  static constexpr bool kOrderedBuilt = c.role == Role::kBackwardDkdvDq;
+  using OrderedTraits = std::conditional_t<
+      kOrderedBuilt, DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages, true, c.ctas_per_sm, false, true>,
+      Traits>;  // (unused where not built)
+  static_assert(sizeof(typename OrderedTraits::SharedStorage) <= kSm90SmemOptin,
+                "an sm90 fast row's ordered variant exceeds the H100's shared-memory opt-in limit");
+
   static Status prepare() {
     if constexpr (kPersistentBuilt)
       NATTN_RETURN_IF_ERROR(allow_smem(fna_backward_dkdv_persistent_kernel<PersistentTraits>, persistent_smem()));
+    if constexpr (kOrderedBuilt)
+      NATTN_RETURN_IF_ERROR(
+          allow_smem(fna_backward_dkdv_kernel<OrderedTraits>, sizeof(typename OrderedTraits::SharedStorage)));
     return allow_smem(fna_backward_dkdv_kernel<Traits>, smem());
   }
   static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
@@ -78,6 +90,12 @@ struct DkdvRow {
       if (a.items > 0) {
         fna_backward_dkdv_persistent_kernel<PersistentTraits><<<grid, kThreads, persistent_smem(), stream>>>(a);
         return check_launch("sm90 backward dK/dV (persistent)");
+      }
+    if constexpr (kOrderedBuilt)
+      if (a.dq_order != nullptr) {
+        fna_backward_dkdv_kernel<OrderedTraits>
+            <<<grid, kThreads, sizeof(typename OrderedTraits::SharedStorage), stream>>>(a);
+        return check_launch("sm90 backward dK/dV with dQ (ordered adds)");
       }
     fna_backward_dkdv_kernel<Traits><<<grid, kThreads, smem(), stream>>>(a);
     return check_launch("sm90 backward dK/dV");

@@ -13,6 +13,7 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/arch/reg_reconfig.h>
 
+#include "cuda/common/ordered_dq.h"
 #include "cuda/common/tile_walk.h"
 #include "cuda/sm90/kernel/backward_traits.cuh"
 #include "cuda/sm90/kernel/pieces.cuh"
@@ -53,6 +54,10 @@ __device__ __forceinline__ bool issue_step(typename Tr::SharedStorage& ss, const
     Barrier::arrive(&ss.full[at.stage]);
     return false;
   }
+  // The ordered dQ adds' counter and rank of the step's box (published with the step).
+  if constexpr (Tr::kOrderedDq)
+    ss.dq_order[at.stage] =
+        make_int2(int(ordered_dq_slot(w, st, args.p.g, args.order_boxes, b, walk_head0 + st.head)), w.ordered_rank(st));
   // Extra steps (dQ: the additional keys) read their 1-D maps; rows past Na come back zero
   // and their columns are masked (mask_walked_keys).
   int c[3];
@@ -114,7 +119,7 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
     }
     cutlass::arch::fence_barrier_init();
     const int extra_tiles = int((extra_rows + Tr::kWalkRows - 1) / Tr::kWalkRows);
-    ss.walk.init(args.p.g, args.tl, own_box, walks_queries, extra_tiles, Tr::kWalkRows);
+    ss.walk.init(args.p.g, args.tl, own_box, walks_queries, extra_tiles, Tr::kWalkRows, Tr::kOrderedDq);
     ss.walk.begin(heads_per_walk, extra_rows > 0 ? extra_rows : INT64_MAX);
     StageCursor<Tr::kStages> at;
     bool ended = false;

@@ -50,6 +50,10 @@ struct BackwardArgs {
   // kernel's column parts) fastest, then heads (query heads for dQ, kv heads for dK/dV), then
   // batch; a CTA runs items blockIdx.x, + gridDim.x, ... (< 2^31, checked by the plan).
   int items = 0, boxes = 0, heads = 0;
+  // The deterministic fast kernel (kOrderedDq traits): the counters of its ordered dQ adds
+  // (cuda/common/ordered_dq.h; zeroed before the launch) and ordered_dq_boxes's boxes per axis.
+  int* dq_order = nullptr;
+  int order_boxes[3] = {1, 1, 1};
 };
 
 // The shapes both backward kernels share: own boxes of 128 rows x HD (K-major: the A operands
@@ -185,13 +189,16 @@ struct FastDqShapes {
 };
 
 // The fast mode's dS buffers (two parities of BQ x BK) and dQ staging tile (BQ x HD float32),
-// or nothing.
-template <bool kFast, class Element, int kDsElems, int kStageFloats>
+// or nothing; for the ordered adds (kOrderedDq) each stage's counter and rank (the producer's,
+// with the stage's step) and per consumer warpgroup the counter of its adds still in flight.
+template <bool kFast, class Element, int kDsElems, int kStageFloats, int kStages>
 struct DsStorage {};
-template <class Element, int kDsElems, int kStageFloats>
-struct DsStorage<true, Element, kDsElems, kStageFloats> {
+template <class Element, int kDsElems, int kStageFloats, int kStages>
+struct DsStorage<true, Element, kDsElems, kStageFloats, kStages> {
   alignas(1024) Element ds[2 * kDsElems];
   alignas(1024) float dq_stage[kStageFloats];
+  int2 dq_order[kStages];  // (counter, rank) of stage s's walked box
+  int dq_pending[2];       // a warpgroup's last counter, not yet released (-1: none)
 };
 
 // dK/dV: own K and V (S^T = K Q^T, dP^T = V dO^T), walked Q and dO (dV += P^T dO, dK += dS^T Q).
@@ -205,7 +212,11 @@ struct DsStorage<true, Element, kDsElems, kStageFloats> {
 // PERSISTENT_: the persistent variant (opt-in, NATTN_SM90_BWD_PERSISTENT=1: device/family.cu):
 // each CTA runs work items blockIdx.x, + gridDim.x, ... (kernel/backward_producer.cuh); the
 // default kernels (false) are unchanged by it.
-template <class Element_, int HD_, int BQ_, int STAGES_, bool kFastDq_ = false, int CTAS_ = 1, bool PERSISTENT_ = false>
+// ORDERED_: the fast kernel with its dQ adds in a fixed order per query box (deterministic mode;
+// kernel/fna_backward_dkdv.cuh reduce_dq), launched where the plan asks for it (BackwardArgs::
+// dq_order); the fast kernel without it is unchanged.
+template <class Element_, int HD_, int BQ_, int STAGES_, bool kFastDq_ = false, int CTAS_ = 1, bool PERSISTENT_ = false,
+          bool ORDERED_ = false>
 struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   using Base = BackwardShapes<Element_, HD_, BQ_, STAGES_>;
   using Element = Element_;
@@ -213,6 +224,8 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   static constexpr int kColumnSplit = dkdv_column_split(HD), HDO = HD / kColumnSplit;
   static constexpr bool kFastDq = kFastDq_;
   static_assert(!kFastDq || kColumnSplit == 1, "the fast kernel's dQ product needs the whole head dim per CTA");
+  static constexpr bool kOrderedDq = ORDERED_;
+  static_assert(!kOrderedDq || kFastDq, "ordered dQ adds: the fast kernel's");
   static constexpr int kConsumers = Base::kConsumers, kOwnElems = Base::kOwnElems, kWalkElems = Base::kWalkElems;
   // The gradient products (dV += P^T dO, dK += dS^T Q): 64 own rows x HDO over the walked rows.
   using MmaG = decltype(cute::make_tiled_mma(
@@ -274,7 +287,7 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
 
   // own_a/own_b: K and V; walk_a/walk_b: Q and dO; walk_rows: the walked queries' rows per
   // stage (kWalkRows map, filled with the stage's boxes); the fast mode's dS buffers.
-  struct SharedStorage : PipelineBase, DsStorage<kFastDq, Element, BQ * BK, BQ * HD> {
+  struct SharedStorage : PipelineBase, DsStorage<kFastDq, Element, BQ * BK, BQ * HD, kStages> {
     alignas(128) float walk_rows[kStages][BQ][kRowColumns];
     Windows windows[kConsumers][2];
   };
@@ -298,6 +311,7 @@ struct DqTraits : BackwardShapes<Element_, HD_, BN_, STAGES_> {
   static constexpr bool kPersistent = PERSISTENT_;
   static_assert(!kPersistent || CTAS_ == 1, "the persistent variant: one-CTA-per-SM rows");
   static constexpr bool kWalkRowsByTma = false;  // the own queries' lse and Delta are read once
+  static constexpr bool kOrderedDq = false;
 
   // A work item of the persistent variant: an own query box of query head `head` in batch `b`,
   // and each own query's window per axis (masks of partial key boxes).

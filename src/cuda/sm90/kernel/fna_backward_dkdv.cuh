@@ -37,6 +37,43 @@
 
 namespace nattn::cuda::sm90 {
 
+// The ordered dQ adds (Tr::kOrderedDq, the deterministic mode's fast kernel; cuda/common/
+// ordered_dq.h): thread 0 of a warpgroup waits until the walked box's counter shows the adds of
+// every CTA ranked before this one (F::kDqSplit per CTA: one per warpgroup adding columns), then
+// adds; its adds are counted one step later (release_dq_adds), once complete, so the wait for
+// their completion overlaps the next step's products instead of stalling this one.
+template <class Tr>
+__device__ __forceinline__ void acquire_dq_box(typename Tr::SharedStorage& ss, const BackwardArgs& args, int2 order,
+                                               int wg) {
+  const int* counter = args.dq_order + order.x;
+  const int want = Tr::Fast::kDqSplit * order.y;
+  int seen;
+  do {
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+  } while (seen < want);
+  // The other CTAs' adds (async proxy) are complete before this one's are issued.
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+  ss.dq_pending[wg] = order.x;
+}
+
+// Thread 0 of a warpgroup, before the staging tile is written again: its reduce-adds have read
+// the tile (fast mode); ordered, they are complete and counted (the counter of the box they
+// added into goes up by one, released to the CTAs that wait on it).
+template <class Tr>
+__device__ __forceinline__ void release_dq_adds(typename Tr::SharedStorage& ss, const BackwardArgs& args, int wg) {
+  if constexpr (Tr::kOrderedDq) {
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    const int slot = ss.dq_pending[wg];
+    if (slot >= 0) {
+      asm volatile("fence.proxy.async.global;\n" ::: "memory");
+      asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(args.dq_order + slot) : "memory");
+      ss.dq_pending[wg] = -1;
+    }
+  } else {
+    cute::tma_store_wait<0>();
+  }
+}
+
 // Fast mode, a warpgroup after its dQ product (t = its thread, wg its index): its kDqCols
 // columns of the step's dQ partial (the walked queries summed over the CTA's 128 keys, times
 // |scale|: K holds the scale's sign) into the staging tile (FastDqShapes: 32-column float32
@@ -48,7 +85,8 @@ namespace nattn::cuda::sm90 {
 // the issuing thread's wait_group.read before the next step's barrier 3 (see dkdv_consume).
 template <class Tr, int QI>
 __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const float (&dq)[1][QI][4], const Step& st,
-                                          const TileWalk& w, const BackwardArgs& args, int b, int h, int wg, int t) {
+                                          const TileWalk& w, const BackwardArgs& args, int b, int h, int wg, int t,
+                                          int stage, int2 order) {
   using F = typename Tr::Fast;
   constexpr int BQ = Tr::BQ, PC = F::kPanelCols;
   const Geometry& g = args.p.g;
@@ -74,6 +112,9 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
   // barrier 16 for warpgroup 1, past PTX's 0-15 (found 2026-12-05; it had passed every GPU test).
   cutlass::arch::NamedBarrier::sync(128, 2 * wg);
   if (t != 0) return;
+  // Ordered: the step's counter and rank, from the stage (head dim 128: still held here) or as
+  // read before the stage was released.
+  if constexpr (Tr::kOrderedDq) acquire_dq_box<Tr>(ss, args, F::kDqSplit == 2 ? ss.dq_order[stage] : order, wg);
   int c[3];
   box_coords(st.start, w.walk_off, g, c);
 #pragma unroll
@@ -104,8 +145,8 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
 template <class Tr, class MmaG, class TP, class TDs, class RDs, class TDo, class TQ, class TAcc>
 __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& mma_g, const TP& tGrP, const TDs& tGrDs,
                                           const RDs& rDs, const TDo& tGrDot, const TQ& tGrQt, TAcc& tGrDv, TAcc& tGrDk,
-                                          uint64_t* empty, const Step& st, const TileWalk& w, const BackwardArgs& args,
-                                          int b, int h, int n) {
+                                          int stage, const Step& st, const TileWalk& w, const BackwardArgs& args, int b,
+                                          int h, int n) {
   using namespace cute;
   using Element = typename Tr::Element;
   using F = typename Tr::Fast;
@@ -130,11 +171,16 @@ __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& 
   copy(r2s, thr_r2s.retile_S(rDs), thr_r2s.partition_D(sDsT(_, _, n & 1)));
   if constexpr (kOverlap) wgmma<false>(mma_g, tGrP, tGrDot, tGrDv);
   cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
-  if (ctid % 128 == 0) cute::tma_store_wait<0>();
+  if (ctid % 128 == 0) release_dq_adds<Tr>(ss, args, wg);
+  // The ordered adds' counter and rank of this step's box, read while the stage is held (head
+  // dim 128 releases it after the reduce-adds, which read them there).
+  int2 order = make_int2(0, 0);
+  if constexpr (Tr::kOrderedDq && !kOverlap)
+    if (ctid % 128 == 0) order = ss.dq_order[stage];
   cutlass::arch::NamedBarrier::sync(256, 3);
   if constexpr (!kOverlap) {
     warpgroup_wait<0>();  // the gradient products are done with the stage (and P^T, dS^T)
-    cutlass::arch::ClusterBarrier::arrive(empty);
+    cutlass::arch::ClusterBarrier::arrive(&ss.empty[stage]);
   }
   const bool dq = kOverlap || wg == (n & 1);
   typename F::MmaDq mma_q;
@@ -155,11 +201,11 @@ __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& 
       warpgroup_wait<0>();
     warpgroup_fence_operand(tQrDq);
     reduce_dq<Tr>(ss, *reinterpret_cast<float(*)[1][QI][4]>(raw_pointer_cast(tQrDq.data())), st, w, args, b, h, wg,
-                  ctid % 128);
+                  ctid % 128, stage, order);
   }
   if constexpr (kOverlap) {
     warpgroup_wait<0>();  // dK's product is done with the stage
-    cutlass::arch::ClusterBarrier::arrive(empty);
+    cutlass::arch::ClusterBarrier::arrive(&ss.empty[stage]);
   }
 }
 
@@ -227,6 +273,8 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   float(&s)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrS.data()));
   float(&dp)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrDp.data()));
 
+  if constexpr (Tr::kOrderedDq)
+    if (ctid % 128 == 0) ss.dq_pending[wg] = -1;
   TxBarrier::wait(&ss.own_full, cs.own_phase);
   // The scale is folded into exp2: a non-positive scale is applied to K exactly (dK takes the
   // signed scale at the store, as the derivative of S in the true K).
@@ -297,7 +345,7 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
       }
       if constexpr (Tr::kFastDq) {
         fast_step<Tr>(ss, mma_g, tGrP, tGrDs, rDs, tGrDot(_, _, _, at.stage), tGrQt(_, _, _, at.stage), tGrDv, tGrDk,
-                      &ss.empty[at.stage], st, w, args, b, hk * hpk + st.head, n);
+                      at.stage, st, w, args, b, hk * hpk + st.head, n);
       } else if constexpr (Tr::kColumnSplit == 1) {
         wgmma<false>(mma_g, tGrP, tGrDot(_, _, _, at.stage), tGrDv);
         wgmma<false>(mma_g, tGrDs, tGrQt(_, _, _, at.stage), tGrDk);
@@ -315,9 +363,13 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
     at.next();
   }
 
-  // Fast mode: the last reduce-adds are complete before the CTA's shared memory goes.
-  if constexpr (Tr::kFastDq)
+  // Fast mode: the last reduce-adds are complete before the CTA's shared memory goes (ordered:
+  // and counted).
+  if constexpr (Tr::kOrderedDq) {
+    if (ctid % 128 == 0) release_dq_adds<Tr>(ss, args, wg);
+  } else if constexpr (Tr::kFastDq) {
     if (ctid % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+  }
   if constexpr (Tr::kPersistent) {
     // The end marker's stage, then the own boxes (every product reading them is done: each
     // step ends waiting for its products; the epilogue reads registers) go back to the
@@ -362,10 +414,12 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks)
   const int hk = int(blockIdx.y), b = int(blockIdx.z);
   const int hpk = int(g.heads_q / g.heads_kv);
   const int part = int(blockIdx.x % Tr::kColumnSplit);
+  // Ordered dQ adds: key boxes launch in decreasing order, the order of the adds into a shared
+  // query box, so every CTA that one waits on was dispatched before it (resident or done).
+  int64_t box = blockIdx.x / Tr::kColumnSplit;
+  if constexpr (Tr::kOrderedDq) box = gridDim.x / Tr::kColumnSplit - 1 - box;
   // A key box past its group's end (dilation groups of different lengths): nothing to write.
-  if (!start_backward<Tr>(ss, args, blockIdx.x / Tr::kColumnSplit, true, hpk, b, hk, int(g.heads_kv), hk * hpk,
-                          int(g.heads_q)))
-    return;
+  if (!start_backward<Tr>(ss, args, box, true, hpk, b, hk, int(g.heads_kv), hk * hpk, int(g.heads_q))) return;
   __syncthreads();
   if (threadIdx.x < 128) {
     cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
