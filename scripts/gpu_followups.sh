@@ -181,6 +181,7 @@ if has bwd-check; then
     >"$out/bwd-check-ctest.log" 2>&1
   echo "nattn_cuda_tests (rows, backward) rc=$?"; tail -4 "$out/bwd-check-ctest.log"
   timeout $(t 300) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_cuda_sm90_backward.py \
+    tests/python/test_cuda_sm90_deterministic.py \
     >"$out/bwd-check-pytest.log" 2>&1
   echo "pytest test_cuda_sm90_backward rc=$?"; tail -3 "$out/bwd-check-pytest.log"
   # NATTN_BWD_SANITIZE: the tool:mode:head-dim runs (default: memcheck and racecheck of fast d128 and det d256).
