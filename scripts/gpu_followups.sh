@@ -180,7 +180,7 @@ if has bwd-check; then
     --gtest_filter='*ConfigRow*:*Backward*:*CudaSm90Persistent.Default*' \
     >"$out/bwd-check-ctest.log" 2>&1
   echo "nattn_cuda_tests (rows, backward) rc=$?"; tail -4 "$out/bwd-check-ctest.log"
-  timeout $(t 300) python3 -m pytest -q -x -p no:cacheprovider tests/python/test_cuda_sm90_backward.py \
+  timeout $(t 300) python3 -m pytest -q --maxfail=5 -p no:cacheprovider tests/python/test_cuda_sm90_backward.py \
     tests/python/test_cuda_sm90_deterministic.py \
     >"$out/bwd-check-pytest.log" 2>&1
   echo "pytest test_cuda_sm90_backward rc=$?"; tail -3 "$out/bwd-check-pytest.log"
