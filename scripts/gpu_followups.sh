@@ -180,8 +180,9 @@ if has bwd-check; then
     --gtest_filter='*ConfigRow*:*Backward*:*CudaSm90Persistent.Default*' \
     >"$out/bwd-check-ctest.log" 2>&1
   echo "nattn_cuda_tests (rows, backward) rc=$?"; tail -4 "$out/bwd-check-ctest.log"
+  # NATTN_BWD_PYTEST_K: a pytest -k expression narrowing them (e.g. one mode's random problems).
   timeout $(t 300) python3 -m pytest -q --maxfail=5 -p no:cacheprovider tests/python/test_cuda_sm90_backward.py \
-    tests/python/test_cuda_sm90_deterministic.py \
+    tests/python/test_cuda_sm90_deterministic.py ${NATTN_BWD_PYTEST_K:+-k "$NATTN_BWD_PYTEST_K"} \
     >"$out/bwd-check-pytest.log" 2>&1
   echo "pytest test_cuda_sm90_backward rc=$?"; tail -3 "$out/bwd-check-pytest.log"
   # NATTN_BWD_SANITIZE: the tool:mode:head-dim runs (default: memcheck and racecheck of fast d128 and det d256).
@@ -443,7 +444,7 @@ if has det-ab; then
                 "--extent 32768 --kernel 2048 --heads 16 --dim 128 --no-verify"
                 "--extent 256x256 --kernel 80 --heads 24 --dim 128 --no-verify"
                 "--extent 128x128 --kernel 31 --heads 16 --batch 4 --dim 128 --no-verify")
-  for args in "${DET_PROBLEMS[@]}"; do
+  for args in "${DET_PROBLEMS[@]:0:${NATTN_DET_AB_N:-${#DET_PROBLEMS[@]}}}"; do
     AB_VALUES="ordered pair ordered pair" ab NATTN_SM90_DETERMINISTIC det-ab.txt bwd "$args --deterministic"
     AB_VALUES="default" ab NATTN_SM90_DETERMINISTIC det-ab.txt bwd "$args"
   done
