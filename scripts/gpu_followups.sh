@@ -87,8 +87,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
-# The next session's first call (twelfth note): the backward checks and the issue's whole
-# benchmark on the final build (anchors: every anchor, both modes, when NATTN_ANCHORS is unset).
+# The next session's first call (thirteenth note): the backward checks (the pair as the
+# deterministic default again, the new DeterministicTakesThePair... test) and the issue's whole
+# benchmark on the final build (anchors: every anchor, both modes, when NATTN_ANCHORS is unset;
+# only 4 anchors ran on 2026-12-06).
 stages="${*:-bwd-check anchors}"
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
@@ -177,7 +179,7 @@ if has bwd-check; then
   done
   # The config rows, the backward suites and the default mode's choice (CudaSm90Persistent.Default*).
   timeout $(t 240) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \
-    --gtest_filter='*ConfigRow*:*Backward*:*CudaSm90Persistent.Default*' \
+    --gtest_filter='*ConfigRow*:*Backward*:*CudaSm90Persistent.Default*:*CudaSm90Persistent.Deterministic*' \
     >"$out/bwd-check-ctest.log" 2>&1
   echo "nattn_cuda_tests (rows, backward) rc=$?"; tail -4 "$out/bwd-check-ctest.log"
   # NATTN_BWD_PYTEST_K: a pytest -k expression narrowing them (e.g. one mode's random problems).

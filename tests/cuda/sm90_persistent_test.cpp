@@ -211,72 +211,112 @@ TEST_P(CudaSm90Persistent, DefaultFollowsTheWalk) {
 // Calls that do not ask for determinism take the fast kernel (backward_dkdv_dq, then
 // dq_convert) except where the deterministic pair runs its own variants, which measured faster
 // there (family.cu Sm90Family::backward_roles): persistent CTAs on walks of at most 16 boxes
-// (the first two cases above) and two CTAs per SM at head dim 32. Deterministic calls follow the
-// same rule with the fast kernel's ordered variant (backward_dkdv_dq_ordered). The fast and the
-// ordered plans then compute what the reference does, the ordered one bitwise the same twice.
+// (the first two cases above) and two CTAs per SM at head dim 32. The fast plan then computes
+// what the reference does.
+struct ModeCase {
+  int rank;
+  int64_t extent, kernel, stride, heads;
+  int head_dim;
+  bool pair;
+};
+// The 64 x 64 grid with window 31 walks ~30 query boxes per key box (2-D: not persistent);
+// it alone runs against the reference (the CPU reference of larger grids takes minutes).
+// The 1-D window of 2048 walks ~35 boxes per item: the pair runs persistent there (1-D walks
+// up to 48) but the fast kernel measured faster (2026-12-06), so it is fast.
+const ModeCase kModeCases[] = {{2, 56, 7, 1, 4, 64, true},       {1, 4096, 127, 1, 4, 128, true},
+                               {2, 56, 7, 1, 4, 32, true},       {2, 64, 31, 1, 2, 128, false},
+                               {2, 256, 80, 16, 2, 128, false},  {1, 8192, 8192, 1, 2, 64, false},
+                               {1, 8192, 2048, 1, 2, 128, false}};
+
+// A case's problem, sm90 options (deterministic or not) and device tensors.
+struct ModeRun {
+  nattn::Problem p;
+  nattn::Options o;
+  DeviceBackward c;
+};
+ModeRun mode_run(const ModeCase& cs, bool deterministic, DType dtype, Rng& rng) {
+  ModeRun r{square_problem(cs.rank, cs.extent, cs.kernel, cs.stride, 1, cs.heads, cs.head_dim), cuda_options(), {}};
+  r.o.choice.family = "sm90";
+  r.o.deterministic = deterministic;
+  r.c = make_device_backward(r.p, dtype, false, false, rng);
+  return r;
+}
+
+std::vector<std::string> backward_roles(const nattn::Plan& plan) {
+  std::vector<std::string> roles;
+  for (const nattn::PlannedKernel& k : plan.kernels)
+    if (k.role != "delta") roles.push_back(k.role);
+  return roles;
+}
+
 TEST_P(CudaSm90Persistent, DefaultModeTakesTheFastKernelUnlessThePairRunsItsVariants) {
-  for (const char* v :
-       {"NATTN_SM90_BACKWARD", "NATTN_SM90_BWD_PERSISTENT", "NATTN_SM90_BWD_TWO_CTAS", "NATTN_SM90_DETERMINISTIC"})
+  for (const char* v : {"NATTN_SM90_BACKWARD", "NATTN_SM90_BWD_PERSISTENT", "NATTN_SM90_BWD_TWO_CTAS"})
     if (std::getenv(v) != nullptr) GTEST_SKIP() << v << " is set";
   if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
-  struct Case {
-    int rank;
-    int64_t extent, kernel, stride, heads;
-    int head_dim;
-    bool pair;
-  };
-  // The 64 x 64 grid with window 31 walks ~30 query boxes per key box (2-D: not persistent);
-  // it alone runs against the reference (the CPU reference of larger grids takes minutes).
-  // The 1-D window of 2048 walks ~35 boxes per item: the pair runs persistent there (1-D walks
-  // up to 48) but the fast kernel measured faster (2026-12-06), so it is fast.
-  const Case cases[] = {{2, 56, 7, 1, 4, 64, true},       {1, 4096, 127, 1, 4, 128, true},
-                        {2, 56, 7, 1, 4, 32, true},       {2, 64, 31, 1, 2, 128, false},
-                        {2, 256, 80, 16, 2, 128, false},  {1, 8192, 8192, 1, 2, 64, false},
-                        {1, 8192, 2048, 1, 2, 128, false}};
-  for (const Case& cs : cases)
-    for (const bool deterministic : {false, true}) {
-      const nattn::Problem p = square_problem(cs.rank, cs.extent, cs.kernel, cs.stride, 1, cs.heads, cs.head_dim);
-      SCOPED_TRACE(describe_problem(p) + (deterministic ? ", deterministic" : ""));
-      nattn::Options o = cuda_options();
-      o.choice.family = "sm90";
-      o.deterministic = deterministic;
-      DeviceBackward c = make_device_backward(p, GetParam(), false, false, rng);
-      nattn::Plan plan;
-      ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
-      SCOPED_TRACE("plan " + plan.to_json());
-      std::vector<std::string> roles;
-      for (const nattn::PlannedKernel& k : plan.kernels)
-        if (k.role != "delta") roles.push_back(k.role);
-      const std::string fast = deterministic ? "backward_dkdv_dq_ordered" : "backward_dkdv_dq";
-      const std::vector<std::string> want = cs.pair ? std::vector<std::string>{"backward_dq", "backward_dkdv"}
-                                                    : std::vector<std::string>{fast, "dq_convert"};
-      EXPECT_EQ(roles, want);
-      // The fast plan's float32 dQ workspace is part of the call's workspace (ordered: and the
-      // counters, one per query head and aligned box of 64 queries).
-      const int64_t tokens = p.extent[0] * (p.rank > 1 ? p.extent[1] : 1);
-      const int64_t accum = p.batch * tokens * p.heads_q * cs.head_dim * 4;
-      if (!cs.pair)
-        EXPECT_GE(plan.workspace_bytes, accum + (deterministic ? p.batch * p.heads_q * tokens / 64 * 4 : 0));
-      if (!cs.pair && cs.extent <= 64) {
-        ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
-        ASSERT_TRUE(device_synchronized());
-        expect_backward_matches_reference(c);
-        if (!deterministic) continue;
-        // Twice more: bitwise the same gradients (the adds into each query box in one order).
-        std::vector<std::vector<double>> first;
-        for (DeviceTensor* t : {&c.dq, &c.dk, &c.dv}) {
-          t->download();
-          first.push_back(t->read());
-        }
-        ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
-        ASSERT_TRUE(device_synchronized());
-        size_t i = 0;
-        for (DeviceTensor* t : {&c.dq, &c.dk, &c.dv}) {
-          t->download();
-          EXPECT_TRUE(t->read() == first[i++]) << "gradient " << i << " differs between two runs";
-        }
-      }
+  for (const ModeCase& cs : kModeCases) {
+    auto [p, o, c] = mode_run(cs, false, GetParam(), rng);
+    SCOPED_TRACE(describe_problem(p));
+    nattn::Plan plan;
+    ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
+    SCOPED_TRACE("plan " + plan.to_json());
+    const std::vector<std::string> want = cs.pair ? std::vector<std::string>{"backward_dq", "backward_dkdv"}
+                                                  : std::vector<std::string>{"backward_dkdv_dq", "dq_convert"};
+    EXPECT_EQ(backward_roles(plan), want);
+    // The fast plan's float32 dQ workspace is part of the call's workspace.
+    const int64_t accum = p.batch * p.extent[0] * (p.rank > 1 ? p.extent[1] : 1) * p.heads_q * cs.head_dim * 4;
+    if (!cs.pair) EXPECT_GE(plan.workspace_bytes, accum);
+    if (!cs.pair && cs.extent <= 64) {
+      ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
+      ASSERT_TRUE(device_synchronized());
+      expect_backward_matches_reference(c);
     }
+  }
+}
+
+// Deterministic calls take the pair (it measured faster than the ordered fast kernel:
+// family.cu Sm90Family::backward_roles); a forced fast row plans its ordered variant
+// (backward_dkdv_dq_ordered, then dq_convert), whose workspace holds the float32 dQ partials and a
+// counter per query head and aligned box of 64 queries, and which computes what the reference
+// does, bitwise the same twice.
+TEST_P(CudaSm90Persistent, DeterministicTakesThePairOrAForcedFastRowsOrderedVariant) {
+  for (const char* v : {"NATTN_SM90_BWD_PERSISTENT", "NATTN_SM90_BWD_TWO_CTAS", "NATTN_SM90_DETERMINISTIC"})
+    if (std::getenv(v) != nullptr) GTEST_SKIP() << v << " is set";
+  if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
+  for (const ModeCase& cs : kModeCases) {
+    auto [p, o, c] = mode_run(cs, true, GetParam(), rng);
+    SCOPED_TRACE(describe_problem(p));
+    nattn::Plan plan;
+    ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
+    EXPECT_EQ(backward_roles(plan), (std::vector<std::string>{"backward_dq", "backward_dkdv"})) << plan.to_json();
+    int fast_row = -1;
+    for (const nattn::KernelConfigInfo& r : nattn::kernel_configs())
+      if (r.family == "sm90" && r.role == "backward_dkdv_dq" && r.dtype == nattn::dtype_name(GetParam()) &&
+          r.head_dim == cs.head_dim && r.built)
+        fast_row = r.id;
+    ASSERT_GE(fast_row, 0) << "no sm90 fast row of head dim " << cs.head_dim;
+    o.choice.config_ids = {fast_row};
+    ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
+    SCOPED_TRACE("plan " + plan.to_json());
+    EXPECT_EQ(backward_roles(plan), (std::vector<std::string>{"backward_dkdv_dq_ordered", "dq_convert"}));
+    const int64_t tokens = p.extent[0] * (p.rank > 1 ? p.extent[1] : 1);
+    EXPECT_GE(plan.workspace_bytes, p.batch * p.heads_q * (tokens * cs.head_dim + tokens / 64) * 4);
+    if (cs.extent > 64) continue;  // the CPU reference of larger grids takes minutes
+    ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
+    ASSERT_TRUE(device_synchronized());
+    expect_backward_matches_reference(c);
+    std::vector<std::vector<double>> first;
+    for (DeviceTensor* t : {&c.dq, &c.dk, &c.dv}) {
+      t->download();
+      first.push_back(t->read());
+    }
+    ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
+    ASSERT_TRUE(device_synchronized());
+    size_t i = 0;
+    for (DeviceTensor* t : {&c.dq, &c.dk, &c.dv}) {
+      t->download();
+      EXPECT_TRUE(t->read() == first[i++]) << "gradient " << i << " differs between two runs";
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaSm90Persistent, ::testing::Values(DType::kFloat16, DType::kBFloat16),

@@ -77,15 +77,13 @@ BackwardSwitch backward_switch() {
   return v;
 }
 
-// NATTN_SM90_DETERMINISTIC (read once), a developer switch for A/B timing of deterministic
-// calls: "pair" plans the deterministic dQ and dK/dV pair, "ordered" the fast kernel with ordered
-// dQ adds wherever it has a row; unset or anything else: the default rule (backward_roles).
-enum class DeterministicSwitch { kDefault, kPair, kOrdered };
+// NATTN_SM90_DETERMINISTIC (read once), a switch for deterministic calls: "ordered" plans the
+// fast kernel with ordered dQ adds wherever it has a row; unset or anything else: the pair (the
+// default: Sm90Family::backward_roles says why).
+enum class DeterministicSwitch { kPair, kOrdered };
 DeterministicSwitch deterministic_switch() {
-  static const DeterministicSwitch v = env_equals("NATTN_SM90_DETERMINISTIC", "pair") ? DeterministicSwitch::kPair
-                                       : env_equals("NATTN_SM90_DETERMINISTIC", "ordered")
-                                           ? DeterministicSwitch::kOrdered
-                                           : DeterministicSwitch::kDefault;
+  static const DeterministicSwitch v =
+      env_equals("NATTN_SM90_DETERMINISTIC", "ordered") ? DeterministicSwitch::kOrdered : DeterministicSwitch::kPair;
   return v;
 }
 
@@ -506,23 +504,22 @@ class Sm90Family final : public KernelFamily {
   // too, where the pair runs persistent (1-D walks of up to 48 boxes): 1d-32k 406 against 368
   // useful TFLOP/s, 1d-32k-s256 435 against 397 (2026-12-05-h100-twelfth-anchors-1d.md). A forced
   // row of either mode, or NATTN_SM90_BACKWARD=fast / pair, decides instead.
-  // Deterministic calls take the same rule with the fast kernel's ordered variant (its dQ adds
-  // in a fixed order per query box: kernel/fna_backward_dkdv.cuh, cuda/common/ordered_dq.h; 5
-  // products per pair like the fast kernel, against the pair's 7); NATTN_SM90_DETERMINISTIC=pair
-  // / ordered forces either. plan_backward marks the fast kernel of a deterministic call ordered.
+  // Deterministic calls take the pair unless a fast row is forced or NATTN_SM90_DETERMINISTIC=
+  // ordered: then the fast kernel's ordered variant (its dQ adds in a fixed order per query box:
+  // kernel/fna_backward_dkdv.cuh, cuda/common/ordered_dq.h; 5 products per pair against the pair's
+  // 7), which plan_backward marks ordered. On the H100 (2026-12-06, thirteenth session, backward
+  // alone, interleaved) it measured slower than the pair: dense 8k d64 5.76 against 5.02 ms, d128
+  // 8.34 against 6.45, cosmos-3d-s 127 against 66 (the default's fast kernel: 3.86, 6.17, 62).
+  // Each step's wait for its box's counter is an L2 round trip on the consumers' critical path,
+  // and CTAs that reach a box in the same step add one after another (docs/design/
+  // hopper_backward.md "Thirteenth session": the measurements and what would fix both).
   static std::vector<Role> backward_roles(const Call& call) {
     const std::vector<Role> pair{Role::kBackwardDq, Role::kBackwardDkdv}, fast{Role::kBackwardDkdvDq};
     if (forced_fast_row(call.choice) >= 0) return fast;
     if (pair_row_forced(call.choice)) return pair;
     const int64_t hd = call.g.head_dim > call.g.head_dim_v ? call.g.head_dim : call.g.head_dim_v;
     if (padded_head_dim(Family::kSm90, Role::kBackwardDkdvDq, int(hd)) <= 0) return pair;
-    if (call.deterministic) {
-      switch (deterministic_switch()) {
-        case DeterministicSwitch::kOrdered: return fast;
-        case DeterministicSwitch::kPair: return pair;
-        default: return pair_runs_its_own_variants(call) ? pair : fast;
-      }
-    }
+    if (call.deterministic) return deterministic_switch() == DeterministicSwitch::kOrdered ? fast : pair;
     switch (backward_switch()) {
       case BackwardSwitch::kFast: return fast;
       case BackwardSwitch::kPair: return pair;
