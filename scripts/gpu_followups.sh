@@ -88,10 +88,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
 # The next session's first call (thirteenth note): the backward checks (the pair as the
-# deterministic default again, the new DeterministicTakesThePair... test) and the issue's whole
-# benchmark on the final build (anchors: every anchor, both modes, when NATTN_ANCHORS is unset;
-# only 4 anchors ran on 2026-12-06).
-stages="${*:-bwd-check anchors}"
+# deterministic default again, the new DeterministicTakesThePair... test, the ordered kernel's
+# waiter thread, never run) and the ordered kernel against the pair (det-ab), ~400 s; then, once
+# the deterministic default is settled, `anchors` (every anchor, both modes; only 4 ran on
+# 2026-12-06) in a second call.
+stages="${*:-bwd-check det-ab}"
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz

@@ -115,8 +115,10 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
     cutlass::arch::ClusterTransactionBarrier::init(&ss.own_full, 1);
     for (int i = 0; i < Tr::kStages; ++i) {
       cutlass::arch::ClusterTransactionBarrier::init(&ss.full[i], 1);
-      cutlass::arch::ClusterBarrier::init(&ss.empty[i], 128 * Tr::kConsumers);
+      // Ordered dQ adds: the waiter thread reads each stage's counter too (fna_backward_dkdv.cuh).
+      cutlass::arch::ClusterBarrier::init(&ss.empty[i], 128 * Tr::kConsumers + (Tr::kOrderedDq ? 1 : 0));
     }
+    if constexpr (Tr::kOrderedDq) ss.dq_ready = 0;
     cutlass::arch::fence_barrier_init();
     const int extra_tiles = int((extra_rows + Tr::kWalkRows - 1) / Tr::kWalkRows);
     ss.walk.init(args.p.g, args.tl, own_box, walks_queries, extra_tiles, Tr::kWalkRows, Tr::kOrderedDq);

@@ -199,6 +199,7 @@ struct DsStorage<true, Element, kDsElems, kStageFloats, kStages> {
   alignas(1024) float dq_stage[kStageFloats];
   int2 dq_order[kStages];  // (counter, rank) of stage s's walked box
   int dq_pending[2];       // a warpgroup's last counter, not yet released (-1: none)
+  int dq_ready;            // the waiter's: the walk's steps whose counters showed their turn
 };
 
 // dK/dV: own K and V (S^T = K Q^T, dP^T = V dO^T), walked Q and dO (dV += P^T dO, dK += dS^T Q).
