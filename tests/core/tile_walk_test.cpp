@@ -603,8 +603,7 @@ bool check_order(const WalkCase& c) {
   g.heads_q = c.heads;
   const Tiling t = tiling(c, g);
   int boxes[3];
-  int64_t count = 0;
-  nattn::cuda::ordered_dq_boxes(g, t.walk_shift, boxes, &count);
+  const int64_t count = nattn::cuda::ordered_dq_boxes(g, t.walk_shift, boxes);
   std::map<int64_t, std::vector<std::pair<int64_t, int>>> visitors;  // counter -> (key box, rank)
   auto w = std::make_unique<TileWalk>();
   for (int64_t linear = 0; linear < t.neighborhood_ctas; ++linear) {

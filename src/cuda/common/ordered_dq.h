@@ -14,16 +14,16 @@ namespace nattn::cuda {
 
 // Host: aligned query boxes per axis of any dilation group (a group, or a placed query box's
 // share of it, holds at most ceil(extent / dilation) positions), for walked boxes of
-// 1 << walk_shift[a] queries; *count: the counters of the whole call (batch x query heads x
+// 1 << walk_shift[a] queries; returns the counters of the whole call (batch x query heads x
 // dilation groups x boxes).
-inline void ordered_dq_boxes(const Geometry& g, const int (&walk_shift)[3], int (&boxes)[3], int64_t* count) {
+inline int64_t ordered_dq_boxes(const Geometry& g, const int (&walk_shift)[3], int (&boxes)[3]) {
   int64_t n = g.batch * g.heads_q;
   for (int a = 0; a < 3; ++a) {
     const int64_t positions = (g.extent[a] + g.dilation[a] - 1) / g.dilation[a];
     boxes[a] = int((positions + (int64_t(1) << walk_shift[a]) - 1) >> walk_shift[a]);
     n *= g.dilation[a] * boxes[a];
   }
-  *count = n;
+  return n;
 }
 
 // The counter of walked query box st (a neighborhood step of an aligned query walk w) of query

@@ -378,8 +378,7 @@ class Sm90Family final : public KernelFamily {
     for (const KernelLaunch& k : kernels)
       if (k.ordered_dq && !k.additional_keys) {
         counters = reinterpret_cast<int*>(reinterpret_cast<char*>(p.dq_accum) + order_offset(p.g));
-        int boxes[3];
-        neighborhood_counters = order_counters(k, p.g, boxes);
+        neighborhood_counters = order_counters(k, p.g);
         const size_t bytes = k.scratch - order_offset(p.g);
         NATTN_RETURN_IF_ERROR(check(cudaMemsetAsync(counters, 0, bytes, s), "sm90: zeroing the ordered dQ counters"));
       }
@@ -405,8 +404,7 @@ class Sm90Family final : public KernelFamily {
     args.p = p;
     args.tl = k.tiling;
     if (order != nullptr) {  // the ordered variant (plan_backward: deterministic fast kernel)
-      int64_t count = 0;
-      ordered_dq_boxes(g, k.tiling.walk_shift, args.order_boxes, &count);
+      ordered_dq_boxes(g, k.tiling.walk_shift, args.order_boxes);
       args.dq_order = order;
     }
     args.early_steps = backward_early_steps();
@@ -530,10 +528,9 @@ class Sm90Family final : public KernelFamily {
   // The ordered adds' counters of a fast launch k (cuda/common/ordered_dq.h) over geometry g
   // (the additional keys' launch: their geometry), and where in the plan's scratch they start:
   // after the dQ workspace, the neighborhood launch's counters, then the additional keys'.
-  static int64_t order_counters(const KernelLaunch& k, const Geometry& g, int (&boxes)[3]) {
-    int64_t count = 0;
-    ordered_dq_boxes(g, k.tiling.walk_shift, boxes, &count);
-    return count;
+  static int64_t order_counters(const KernelLaunch& k, const Geometry& g) {
+    int boxes[3];
+    return ordered_dq_boxes(g, k.tiling.walk_shift, boxes);
   }
   static size_t order_offset(const Geometry& g) { return (dq_accum_bytes(g) + 255) / 256 * 256; }
 
@@ -571,11 +568,10 @@ class Sm90Family final : public KernelFamily {
       if (r == Role::kBackwardDkdvDq) k.scratch = dq_accum_bytes(g);
       const bool extras = r != Role::kBackwardDq && g.num_additional > 0;
       // Deterministic: the fast kernel's ordered variant, its counters after the dQ workspace.
-      int boxes[3];
       if (r == Role::kBackwardDkdvDq && call.deterministic) {
         k.ordered_dq = true;
-        int64_t counters = order_counters(k, g, boxes);
-        if (extras) counters += order_counters(additional_keys_launch(g, k), additional_keys_geometry(g), boxes);
+        int64_t counters = order_counters(k, g);
+        if (extras) counters += order_counters(additional_keys_launch(g, k), additional_keys_geometry(g));
         if (counters > INT32_MAX)
           return Status::Unsupported("too many query boxes for the ordered dQ adds' counters (" +
                                      std::to_string(counters) + ")");

@@ -72,15 +72,13 @@ struct DkdvRow {
   using OrderedTraits = std::conditional_t<
       kOrderedBuilt, DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages, true, c.ctas_per_sm, false, true>,
       Traits>;  // (unused where not built)
-  static_assert(sizeof(typename OrderedTraits::SharedStorage) <= kSm90SmemOptin,
-                "an sm90 fast row's ordered variant exceeds the H100's shared-memory opt-in limit");
+  static_assert(sizeof(typename OrderedTraits::SharedStorage) == smem(),
+                "the ordered variant shares the fast kernel's shared memory layout (the plan's smem)");
 
   static Status prepare() {
     if constexpr (kPersistentBuilt)
       NATTN_RETURN_IF_ERROR(allow_smem(fna_backward_dkdv_persistent_kernel<PersistentTraits>, persistent_smem()));
-    if constexpr (kOrderedBuilt)
-      NATTN_RETURN_IF_ERROR(
-          allow_smem(fna_backward_dkdv_kernel<OrderedTraits>, sizeof(typename OrderedTraits::SharedStorage)));
+    if constexpr (kOrderedBuilt) NATTN_RETURN_IF_ERROR(allow_smem(fna_backward_dkdv_kernel<OrderedTraits>, smem()));
     return allow_smem(fna_backward_dkdv_kernel<Traits>, smem());
   }
   static Status launch(const KernelLaunch& k, const void* args, cudaStream_t stream) {
@@ -93,8 +91,7 @@ struct DkdvRow {
       }
     if constexpr (kOrderedBuilt)
       if (a.dq_order != nullptr) {
-        fna_backward_dkdv_kernel<OrderedTraits>
-            <<<grid, kThreads, sizeof(typename OrderedTraits::SharedStorage), stream>>>(a);
+        fna_backward_dkdv_kernel<OrderedTraits><<<grid, kThreads, smem(), stream>>>(a);
         return check_launch("sm90 backward dK/dV with dQ (ordered adds)");
       }
     fna_backward_dkdv_kernel<Traits><<<grid, kThreads, smem(), stream>>>(a);

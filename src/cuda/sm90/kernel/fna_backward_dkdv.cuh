@@ -70,10 +70,10 @@ __device__ __forceinline__ void wait_dq_turns(typename Tr::SharedStorage& ss, co
   }
 }
 
-// Thread 0 of a consumer warpgroup before the reduce-adds of its n-th step (whose counter is
-// order.x): waits for the waiter's turn (usually already there), then remembers the counter.
+// Thread 0 of a consumer warpgroup before the reduce-adds of its n-th step (into counter slot):
+// waits for the waiter's turn (usually already there), then remembers the counter.
 template <class Tr>
-__device__ __forceinline__ void acquire_dq_box(typename Tr::SharedStorage& ss, int n, int2 order, int wg) {
+__device__ __forceinline__ void acquire_dq_box(typename Tr::SharedStorage& ss, int n, int slot, int wg) {
   const uint32_t ready = cute::cast_smem_ptr_to_uint(&ss.dq_ready);
   int seen;
   do {
@@ -81,7 +81,7 @@ __device__ __forceinline__ void acquire_dq_box(typename Tr::SharedStorage& ss, i
   } while (seen <= n);
   // The other CTAs' adds (async proxy) are complete before this one's are issued.
   asm volatile("fence.proxy.async.global;\n" ::: "memory");
-  ss.dq_pending[wg] = order.x;
+  ss.dq_pending[wg] = slot;
 }
 
 // Thread 0 of a warpgroup, before the staging tile is written again: its reduce-adds have read
@@ -114,7 +114,7 @@ __device__ __forceinline__ void release_dq_adds(typename Tr::SharedStorage& ss, 
 template <class Tr, int QI>
 __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const float (&dq)[1][QI][4], const Step& st,
                                           const TileWalk& w, const BackwardArgs& args, int b, int h, int wg, int t,
-                                          int stage, int n, int2 order) {
+                                          int stage, int n, int slot) {
   using F = typename Tr::Fast;
   constexpr int BQ = Tr::BQ, PC = F::kPanelCols;
   const Geometry& g = args.p.g;
@@ -140,9 +140,9 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
   // barrier 16 for warpgroup 1, past PTX's 0-15 (found 2026-12-05; it had passed every GPU test).
   cutlass::arch::NamedBarrier::sync(128, 2 * wg);
   if (t != 0) return;
-  // Ordered: the step's counter and rank, from the stage (head dim 128: still held here) or as
-  // read before the stage was released.
-  if constexpr (Tr::kOrderedDq) acquire_dq_box<Tr>(ss, n, F::kDqSplit == 2 ? ss.dq_order[stage] : order, wg);
+  // Ordered: the step's counter, from the stage (head dim 128: still held here) or as read
+  // before the stage was released.
+  if constexpr (Tr::kOrderedDq) acquire_dq_box<Tr>(ss, n, F::kDqSplit == 2 ? ss.dq_order[stage].x : slot, wg);
   int c[3];
   box_coords(st.start, w.walk_off, g, c);
 #pragma unroll
@@ -200,11 +200,11 @@ __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& 
   if constexpr (kOverlap) wgmma<false>(mma_g, tGrP, tGrDot, tGrDv);
   cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
   if (ctid % 128 == 0) release_dq_adds<Tr>(ss, args, wg);
-  // The ordered adds' counter and rank of this step's box, read while the stage is held (head
-  // dim 128 releases it after the reduce-adds, which read them there).
-  int2 order = make_int2(0, 0);
+  // The ordered adds' counter of this step's box, read while the stage is held (head dim 128
+  // releases it after the reduce-adds, which read it there).
+  int slot = 0;
   if constexpr (Tr::kOrderedDq && !kOverlap)
-    if (ctid % 128 == 0) order = ss.dq_order[stage];
+    if (ctid % 128 == 0) slot = ss.dq_order[stage].x;
   cutlass::arch::NamedBarrier::sync(256, 3);
   if constexpr (!kOverlap) {
     warpgroup_wait<0>();  // the gradient products are done with the stage (and P^T, dS^T)
@@ -229,7 +229,7 @@ __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& 
       warpgroup_wait<0>();
     warpgroup_fence_operand(tQrDq);
     reduce_dq<Tr>(ss, *reinterpret_cast<float(*)[1][QI][4]>(raw_pointer_cast(tQrDq.data())), st, w, args, b, h, wg,
-                  ctid % 128, stage, n, order);
+                  ctid % 128, stage, n, slot);
   }
   if constexpr (kOverlap) {
     warpgroup_wait<0>();  // dK's product is done with the stage
