@@ -16,6 +16,8 @@
 #              cuda: the library's host time per phase of a small forward+backward step
 #   profile    issue 11: torch.profiler of a NAT 7x7 stage's forward+backward (host rows by
 #              self CPU time, and the kernels)
+#   fast-persistent issue 10: the fast dK/dV kernel's persistent variant (NATTN_SM90_BWD_PERSISTENT=fast):
+#              its test and sanitizers, then its A/B against one CTA per item -> $out/fast-persistent-ab.txt
 #   persistent issue 10: the sm90 backward's persistent variant (NATTN_SM90_BWD_PERSISTENT=1,
 #              never run before 2026-12-05's end): its tests, the CUDA suite with it on,
 #              racecheck/synccheck, and the A/B against one CTA per item -> persistent-ab.txt
@@ -178,11 +180,16 @@ if has bwd-check; then
     rc=$?; echo "ordered smoke ($args) rc=$rc: $(grep -E '^backward|error' "$out/bwd-check-ordered-smoke.log" | head -2 | tr '\n' ' ')"
     [ "$rc" = 124 ] && { echo "ordered kernel hung: skipping the rest"; exit 3; }
   done
-  # The config rows, the backward suites and the default mode's choice (CudaSm90Persistent.Default*).
-  timeout $(t 240) build-gpu/tests/nattn_cuda_tests --gtest_brief=1 \
-    --gtest_filter='*ConfigRow*:*Backward*:*CudaSm90Persistent.Default*:*CudaSm90Persistent.Deterministic*' \
+  # The sm90 backward config rows, the plan's backward tests and the default and deterministic
+  # modes' choices (CudaSm90Persistent.Default*, .Deterministic*; the sm80 and forward rows are
+  # the check stage's).
+  # (Not --gtest_brief: a run cut by its timeout then still shows the test it was in; 2026-12-06's
+  # first call timed out at 240 s with an empty log.)
+  timeout $(t 300) build-gpu/tests/nattn_cuda_tests \
+    --gtest_filter='*sm90_backward*:CudaPlan.*:ConfigTable.*:*CudaSm90Persistent.Default*:*CudaSm90Persistent.Deterministic*' \
     >"$out/bwd-check-ctest.log" 2>&1
-  echo "nattn_cuda_tests (rows, backward) rc=$?"; tail -4 "$out/bwd-check-ctest.log"
+  echo "nattn_cuda_tests (rows, backward) rc=$?: $(grep -c '^\[       OK' "$out/bwd-check-ctest.log") passed; last: $(grep '^\[ RUN' "$out/bwd-check-ctest.log" | tail -1)"
+  tail -4 "$out/bwd-check-ctest.log"
   # NATTN_BWD_PYTEST_K: a pytest -k expression narrowing them (e.g. one mode's random problems).
   timeout $(t 300) python3 -m pytest -q --maxfail=5 -p no:cacheprovider tests/python/test_cuda_sm90_backward.py \
     tests/python/test_cuda_sm90_deterministic.py ${NATTN_BWD_PYTEST_K:+-k "$NATTN_BWD_PYTEST_K"} \
@@ -239,6 +246,36 @@ if has fast-ab; then
     done
   done
   stamp fast-ab
+fi
+
+if has fast-persistent; then
+  # issue 10: the fast dK/dV kernel's persistent variant (2026-12-06, fourteenth session; opt-in,
+  # NATTN_SM90_BWD_PERSISTENT=fast): its test (random problems through a forced fast row, the
+  # plan asserted persistent, against the reference), memcheck and racecheck on it, then the A/B
+  # against one CTA per item, the fast kernel in both arms (NATTN_SM90_BACKWARD=fast),
+  # interleaved, backward alone -> $out/fast-persistent-ab.txt
+  NATTN_SM90_BWD_PERSISTENT=1 timeout $(t 150) build-gpu/tests/nattn_cuda_tests \
+    --gtest_filter='*CudaSm90Persistent.FastKernel*' >"$out/fast-persistent-test.log" 2>&1
+  echo "CudaSm90Persistent.FastKernel* rc=$?"; tail -3 "$out/fast-persistent-test.log"
+  for tool in ${NATTN_FAST_PERSISTENT_TOOLS:-memcheck racecheck}; do
+    NATTN_SM90_BWD_PERSISTENT=1 timeout $(t 120) compute-sanitizer --tool $tool --error-exitcode 9 \
+      build-gpu/tests/nattn_cuda_tests --gtest_filter='*CudaSm90Persistent.FastKernelMatchesTheReference/bfloat16*' \
+      >"$out/fast-persistent-$tool.log" 2>&1
+    echo "$tool rc=$?: $(grep -E 'ERROR SUMMARY|hazard' "$out/fast-persistent-$tool.log" | tail -1)"
+  done
+  FAST_PERSISTENT_PROBLEMS=("--dim 128 --extent 32768 --kernel 2048 --stride 256 --heads 16 --no-verify"
+                            "--dim 128 --extent 32768 --kernel 2048 --heads 16 --no-verify"
+                            "--dim 64 --extent 32768 --kernel 2048 --heads 16 --no-verify"
+                            "--dim 128 --extent 128x128 --kernel 31 --heads 16 --batch 4 --no-verify"
+                            "--dim 64 --extent 56x56 --kernel 7 --heads 4 --batch 32 --no-verify"
+                            "--dim 128 --extent 256x256 --kernel 80 --stride 16 --heads 24 --no-verify"
+                            "--dim 128 --extent 8192 --kernel 8192 --heads 16 --batch 2 --no-verify")
+  for args in "${FAST_PERSISTENT_PROBLEMS[@]:0:${NATTN_FAST_PERSISTENT_N:-${#FAST_PERSISTENT_PROBLEMS[@]}}}"; do
+    NATTN_SM90_BACKWARD=fast AB_VALUES="fast 0 fast 0" ab NATTN_SM90_BWD_PERSISTENT fast-persistent-ab.txt bwd "$args"
+    # and the pair (persistent where its rule says) and the default plan beside them
+    AB_VALUES="pair default" ab NATTN_SM90_BACKWARD fast-persistent-ab.txt bwd "$args"
+  done
+  stamp fast-persistent
 fi
 
 if has persistent; then

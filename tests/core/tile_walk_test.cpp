@@ -641,6 +641,38 @@ bool check_order(const WalkCase& c) {
 
 class TileWalkTest : public SeededTest {};
 
+// The ordered kernel's launch order (ordered_launch_item): over a batch's launch slots every
+// (key box, kv head) comes exactly once; per head, key boxes come in strictly decreasing order
+// (the order of the adds, so every CTA waited on was dispatched earlier); and within a group of
+// kOrderedHeadGroup heads, consecutive slots belong to different heads.
+TEST_F(TileWalkTest, OrderedLaunchVisitsEveryBoxOncePerHeadInDecreasingOrder) {
+  constexpr int G = nattn::cuda::kOrderedHeadGroup;
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t boxes = rng.integer(1, 300);
+    const int heads = int(rng.integer(1, 3 * G + 1));
+    SCOPED_TRACE("boxes " + std::to_string(boxes) + ", heads " + std::to_string(heads));
+    std::vector<int64_t> last(size_t(heads), boxes);  // per head, the last box seen
+    std::vector<int> seen(size_t(boxes * heads), 0);
+    int prev_head = -1;
+    for (int64_t slot = 0; slot < boxes * heads; ++slot) {
+      int64_t box = -1;
+      int head = -1;
+      nattn::cuda::ordered_launch_item(slot, boxes, heads, &box, &head);
+      ASSERT_TRUE(box >= 0 && box < boxes && head >= 0 && head < heads)
+          << "slot " << slot << ": " << box << ", " << head;
+      ASSERT_EQ(seen[size_t(box * heads + head)]++, 0)
+          << "slot " << slot << " repeats box " << box << " of head " << head;
+      ASSERT_LT(box, last[size_t(head)]) << "slot " << slot << ": head " << head << "'s boxes do not decrease";
+      last[size_t(head)] = box;
+      const int group_size = std::min(G, heads - (head / G) * G);
+      if (prev_head >= 0 && prev_head / G == head / G && group_size > 1)
+        EXPECT_NE(prev_head, head) << "slot " << slot << ": two consecutive slots of one head in a group of "
+                                   << group_size;
+      prev_head = head;
+    }
+  }
+}
+
 TEST_F(TileWalkTest, ForwardWalkMatchesBruteForce) {
   for (int trial = 0; trial < 60; ++trial)
     if (!check_case(random_case(rng, false), rng)) return;

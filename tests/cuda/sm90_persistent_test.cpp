@@ -1,8 +1,8 @@
 // Layer: tests. The persistent variant of the sm90 backward kernels (forced by
 // NATTN_SM90_BWD_PERSISTENT=1, read once per process, so ctest runs this suite in its own
 // process with it set:
-// tests/CMakeLists.txt): on a Hopper device the deterministic dQ and dK/dV kernels of head dims
-// 64 and 128 are planned as persistent CTAs (at most one per SM, the plan's sm90 verdict says
+// tests/CMakeLists.txt): on a Hopper device the deterministic dQ and dK/dV kernels and the fast
+// dK/dV kernel of head dims 64 and 128 are planned as persistent CTAs (at most one per SM, the plan's sm90 verdict says
 // so) and match the CPU reference on short walks (1-D windows, small 2-D windows), random
 // problems (dilation, causal axes, additional keys, GQA) and more work items than SMs, so that
 // CTAs run several items each (the stage ring, the column parity and the barriers' phases go on
@@ -115,6 +115,15 @@ void force_pair(nattn::Options& o, DType dtype, int head_dim) {
   ADD_FAILURE() << "no sm90 backward_dq row of head dim " << head_dim;
 }
 
+// The sm90 fast row (backward_dkdv_dq) of the dtype and padded head dim, or -1.
+int fast_row(DType dtype, int head_dim) {
+  for (const nattn::KernelConfigInfo& r : nattn::kernel_configs())
+    if (r.family == "sm90" && r.role == "backward_dkdv_dq" && r.dtype == nattn::dtype_name(dtype) &&
+        r.head_dim == head_dim && r.built)
+      return r.id;
+  return -1;
+}
+
 // The reason the chosen family gives in the plan (its notes name persistent launches).
 std::string chosen_verdict(const nattn::Plan& plan) {
   for (const nattn::FamilyVerdict& f : plan.families)
@@ -162,6 +171,53 @@ TEST_P(CudaSm90Persistent, MatchesTheReference) {
       ASSERT_TRUE(device_synchronized());
       expect_backward_matches_reference(c);
       if (HasFailure()) return;  // one failing problem is enough to report
+    }
+  }
+}
+
+// The fast kernel's persistent variant (forced by the switch; opt-in until measured: family.cu
+// backward_persistent_forced): the same problems through a forced fast row, not deterministic,
+// run as persistent CTAs and match the reference. Items run on across CTAs' stage rings and
+// dS parities, and their dQ partials meet in the float32 workspace.
+TEST_P(CudaSm90Persistent, FastKernelMatchesTheReference) {
+  if (!switch_on()) GTEST_SKIP() << "needs NATTN_SM90_BWD_PERSISTENT=1 (ctest runs it so: tests/CMakeLists.txt)";
+  if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
+  const int sms = sm_count();
+  ASSERT_GT(sms, 0);
+  const DType dtype = GetParam();
+  for (const int hd : {64, 128}) {
+    const std::vector<nattn::Problem> ps = problems(rng, hd);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const nattn::Problem& p = ps[i];
+      SCOPED_TRACE("hd" + std::to_string(hd) + ", problem " + std::to_string(i) + ": " + describe_problem(p) + ", " +
+                   nattn::dtype_name(dtype));
+      nattn::Options o = cuda_options();
+      o.choice.family = "sm90";
+      const int row = fast_row(dtype, hd);
+      ASSERT_GE(row, 0) << "no sm90 fast row of head dim " << hd;
+      o.choice.config_ids = {row};
+      DeviceBackward c = make_device_backward(p, dtype, rng.coin(0.25), rng.coin(0.33), rng);
+      nattn::Plan plan;
+      const nattn::Status planned = nattn::explain_backward(p, c.views(), o, &plan);
+      ASSERT_TRUE(planned.ok()) << planned.message();
+      SCOPED_TRACE("plan " + plan.to_json());
+      ASSERT_EQ(plan.family, "sm90");
+      const std::string verdict = chosen_verdict(plan);
+      int persistent = 0;
+      for (const nattn::PlannedKernel& k : plan.kernels) {
+        if (k.role == "delta" || k.role == "dq_convert") continue;
+        EXPECT_EQ(k.role, "backward_dkdv_dq");
+        EXPECT_NE(verdict.find(k.role + ": persistent CTAs"), std::string::npos) << k.role << ": " << verdict;
+        EXPECT_EQ(k.grid[1], 1) << k.role;
+        EXPECT_LE(k.grid[0], sms) << k.role;
+        ++persistent;
+      }
+      EXPECT_GE(persistent, 1);
+      const nattn::Status s = nattn::backward(p, c.views(), o);
+      ASSERT_TRUE(s.ok()) << s.message();
+      ASSERT_TRUE(device_synchronized());
+      expect_backward_matches_reference(c);
+      if (HasFailure()) return;
     }
   }
 }
@@ -288,13 +344,9 @@ TEST_P(CudaSm90Persistent, DeterministicTakesThePairOrAForcedFastRowsOrderedVari
     nattn::Plan plan;
     ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
     EXPECT_EQ(backward_roles(plan), (std::vector<std::string>{"backward_dq", "backward_dkdv"})) << plan.to_json();
-    int fast_row = -1;
-    for (const nattn::KernelConfigInfo& r : nattn::kernel_configs())
-      if (r.family == "sm90" && r.role == "backward_dkdv_dq" && r.dtype == nattn::dtype_name(GetParam()) &&
-          r.head_dim == cs.head_dim && r.built)
-        fast_row = r.id;
-    ASSERT_GE(fast_row, 0) << "no sm90 fast row of head dim " << cs.head_dim;
-    o.choice.config_ids = {fast_row};
+    const int row = fast_row(GetParam(), cs.head_dim);
+    ASSERT_GE(row, 0) << "no sm90 fast row of head dim " << cs.head_dim;
+    o.choice.config_ids = {row};
     ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
     SCOPED_TRACE("plan " + plan.to_json());
     EXPECT_EQ(backward_roles(plan), (std::vector<std::string>{"backward_dkdv_dq_ordered", "dq_convert"}));

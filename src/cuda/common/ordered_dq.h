@@ -38,4 +38,29 @@ NATTN_HD int64_t ordered_dq_slot(const TileWalk& w, const Step& st, const Geomet
   return slot;
 }
 
+// The launch order of the ordered kernel's CTAs. A CTA waits only on CTAs of its own kv head
+// (the counters are per query head) with a larger key box, so key boxes launch in decreasing
+// order per head and every CTA waited on was dispatched earlier. CTAs of one head must also add
+// into each shared query box one after another: if consecutive CTAs in launch order were all of
+// one head (key boxes fastest), a freed SM could start the next CTA only to have it trail the one
+// before by an add's round trip (~1.5-2.2 us measured, 2026-12-06: one step plus the counter's
+// L2 latency), and the whole launch would run at one CTA per round trip. So groups of
+// kOrderedHeadGroup kv heads interleave: consecutive CTAs belong to different heads of the group,
+// and a head's CTAs come kOrderedHeadGroup launch slots apart. Four heads keep the group's walked
+// queries and dQ workspace (dense 8k d128: ~8 MB a head) within the H100's 50 MB L2.
+inline constexpr int kOrderedHeadGroup = 4;
+
+// The (key box, kv head) of launch slot `slot` (x + boxes * y of a (boxes, heads) grid: x runs
+// fastest in launch order) of a batch: head groups in order, within a group key boxes in
+// decreasing order, the group's heads interleaved.
+NATTN_HD void ordered_launch_item(int64_t slot, int64_t boxes, int heads, int64_t* box, int* head) {
+  const int64_t per_group = boxes * kOrderedHeadGroup;
+  const int group = int(slot / per_group);
+  const int64_t r = slot % per_group;
+  const int left = heads - group * kOrderedHeadGroup;
+  const int size = left < kOrderedHeadGroup ? left : kOrderedHeadGroup;  // the last group may be smaller
+  *head = group * kOrderedHeadGroup + int(r % size);
+  *box = boxes - 1 - r / size;
+}
+
 }  // namespace nattn::cuda

@@ -10,10 +10,11 @@ const Launcher* launcher(int id);
 
 // Backward rows with a persistent variant of their kernel (chosen for short walks,
 // device/family.cu persistent_items; launched by the row's launcher when BackwardArgs::items > 0): the
-// deterministic dQ and dK/dV rows of head dims 64 and 128 with one CTA per SM. The fast kernel,
-// head dim 256 and the two-CTA rows have none.
+// deterministic dQ and dK/dV rows and the fast dK/dV rows (not their ordered variant) of head
+// dims 64 and 128 with one CTA per SM. Head dim 256 and the two-CTA rows have none.
 constexpr bool has_persistent_backward(const KernelConfig& c) {
-  return c.family == Family::kSm90 && (c.role == Role::kBackwardDq || c.role == Role::kBackwardDkdv) &&
+  return c.family == Family::kSm90 &&
+         (c.role == Role::kBackwardDq || c.role == Role::kBackwardDkdv || c.role == Role::kBackwardDkdvDq) &&
          c.ctas_per_sm == 1 && (c.head_dim == 64 || c.head_dim == 128);
 }
 

@@ -160,16 +160,20 @@ bool two_ctas_allowed() {
 // d64 window 2048 22-25%, a NAT 56x56 window 7 d64 stage (~6 per item) 20-25%; but 128x128
 // window 31 (~30 per item, 2-D) 3-4% slower and flux-2d-s16 (~130) 9% slower. So by default:
 // walks of at most 16 boxes per item, or 1-D walks of at most 48 (fit to those six problems;
-// persistent_pays_backward). NATTN_SM90_BWD_PERSISTENT=1 / 0 forces both kernels on / off,
-// =dq or =dkdv only that kernel on. The fast mode, head dim 256 and the two-CTA d32 rows keep
-// one CTA per item.
+// persistent_pays_backward). The fast dK/dV kernel's persistent variant (2026-12-06, fourteenth
+// session) is opt-in until measured: NATTN_SM90_BWD_PERSISTENT=fast. NATTN_SM90_BWD_PERSISTENT=1
+// / 0 forces all three kernels on / off, =dq, =dkdv (the deterministic one) or =fast only that
+// kernel on. The fast kernel's ordered variant, head dim 256 and the two-CTA d32 rows keep one
+// CTA per item.
 int backward_persistent_forced(Role r) {
   static const int on = std::getenv("NATTN_SM90_BWD_PERSISTENT") == nullptr ? -1
-                        : env_equals("NATTN_SM90_BWD_PERSISTENT", "1")      ? 3
+                        : env_equals("NATTN_SM90_BWD_PERSISTENT", "1")      ? 7
                         : env_equals("NATTN_SM90_BWD_PERSISTENT", "dq")     ? 1
                         : env_equals("NATTN_SM90_BWD_PERSISTENT", "dkdv")   ? 2
+                        : env_equals("NATTN_SM90_BWD_PERSISTENT", "fast")   ? 4
                                                                             : 0;
-  return on < 0 ? -1 : (on & (r == Role::kBackwardDq ? 1 : 2)) != 0 ? 1 : 0;
+  const int bit = r == Role::kBackwardDq ? 1 : r == Role::kBackwardDkdv ? 2 : 4;
+  return on < 0 ? -1 : (on & bit) != 0 ? 1 : 0;
 }
 // Walked boxes per own box (work item) of a backward launch.
 double walk_per_item(const KernelLaunch& k) {
@@ -189,9 +193,9 @@ bool persistent_pays_backward(const KernelLaunch& k, const Geometry& g) {
 // plan sizes the grid by it and backward_kernel fills the kernel's arguments by it; the switch
 // is read once, so both see the same answer.
 int64_t persistent_items(const KernelLaunch& k, const Geometry& g, int64_t* boxes, int64_t* heads) {
-  if (!sm90::has_persistent_backward(kKernelConfigs[k.config_id])) return 0;
+  if (!sm90::has_persistent_backward(kKernelConfigs[k.config_id]) || k.ordered_dq) return 0;
   const int forced = backward_persistent_forced(k.role);
-  if (forced == 0 || (forced < 0 && !persistent_pays_backward(k, g))) return 0;
+  if (forced == 0 || (forced < 0 && (k.role == Role::kBackwardDkdvDq || !persistent_pays_backward(k, g)))) return 0;
   *boxes = k.tiling.neighborhood_ctas;  // no column parts: head dims up to 128
   *heads = k.role == Role::kBackwardDq ? g.heads_q : g.heads_kv;
   const int64_t items = *boxes * *heads * g.batch;

@@ -56,10 +56,10 @@ struct DkdvRow {
   static constexpr int kThreads = Traits::kThreads;
   // The persistent variant (has_persistent_backward rows; BackwardArgs::items > 0).
   static constexpr bool kPersistentBuilt = has_persistent_backward(c);
-  using PersistentTraits =
-      std::conditional_t<kPersistentBuilt,
-                         DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages, false, 1, true>,
-                         Traits>;  // (unused where not built)
+  using PersistentTraits = std::conditional_t<
+      kPersistentBuilt,
+      DkdvTraits<ElementOf<c.elem>, c.head_dim, c.block_q, c.stages, c.role == Role::kBackwardDkdvDq, 1, true>,
+      Traits>;  // (unused where not built)
   static constexpr size_t persistent_smem() {
     return kPersistentBuilt ? sizeof(typename PersistentTraits::SharedStorage) : 0;
   }
@@ -87,7 +87,8 @@ struct DkdvRow {
     if constexpr (kPersistentBuilt)
       if (a.items > 0) {
         fna_backward_dkdv_persistent_kernel<PersistentTraits><<<grid, kThreads, persistent_smem(), stream>>>(a);
-        return check_launch("sm90 backward dK/dV (persistent)");
+        return check_launch(Traits::kFastDq ? "sm90 backward dK/dV with dQ (persistent)"
+                                            : "sm90 backward dK/dV (persistent)");
       }
     if constexpr (kOrderedBuilt)
       if (a.dq_order != nullptr) {

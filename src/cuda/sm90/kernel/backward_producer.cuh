@@ -115,10 +115,8 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
     cutlass::arch::ClusterTransactionBarrier::init(&ss.own_full, 1);
     for (int i = 0; i < Tr::kStages; ++i) {
       cutlass::arch::ClusterTransactionBarrier::init(&ss.full[i], 1);
-      // Ordered dQ adds: the waiter thread reads each stage's counter too (fna_backward_dkdv.cuh).
-      cutlass::arch::ClusterBarrier::init(&ss.empty[i], 128 * Tr::kConsumers + (Tr::kOrderedDq ? 1 : 0));
+      cutlass::arch::ClusterBarrier::init(&ss.empty[i], 128 * Tr::kConsumers);
     }
-    if constexpr (Tr::kOrderedDq) ss.dq_ready = 0;
     cutlass::arch::fence_barrier_init();
     const int extra_tiles = int((extra_rows + Tr::kWalkRows - 1) / Tr::kWalkRows);
     ss.walk.init(args.p.g, args.tl, own_box, walks_queries, extra_tiles, Tr::kWalkRows, Tr::kOrderedDq);
@@ -140,14 +138,17 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
   return true;
 }
 
-// The consumers' cursors: the stage ring, the own boxes' phase, and the count of partial walk
-// steps (the parity of the dK/dV kernel's window tables). The default kernels' start at zero
-// for their one item; the persistent variant's run on across items.
+// The consumers' cursors: the stage ring, the own boxes' phase, the count of partial walk
+// steps (the parity of the dK/dV kernel's window tables) and the fast dK/dV kernel's count of
+// steps (the parity of its dS buffers and, below head dim 128, which warpgroup runs a step's dQ
+// product). The default kernels' start at zero for their one item; the persistent variant's run
+// on across items, so that an item's first step never reuses the last one's dS buffer.
 template <int kStages>
 struct ConsumerCursors {
   StageCursor<kStages> at;
   uint32_t own_phase = 0;
   int partials = 0;
+  int steps = 0;
 };
 
 // ---- The persistent variant (Tr::kPersistent) ----

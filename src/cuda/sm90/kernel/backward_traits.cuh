@@ -199,7 +199,6 @@ struct DsStorage<true, Element, kDsElems, kStageFloats, kStages> {
   alignas(1024) float dq_stage[kStageFloats];
   int2 dq_order[kStages];  // (counter, rank) of stage s's walked box
   int dq_pending[2];       // a warpgroup's last counter, not yet released (-1: none)
-  int dq_ready;            // the waiter's: the walk's steps whose counters showed their turn
 };
 
 // dK/dV: own K and V (S^T = K Q^T, dP^T = V dO^T), walked Q and dO (dV += P^T dO, dK += dS^T Q).
@@ -210,9 +209,10 @@ struct DsStorage<true, Element, kDsElems, kStageFloats, kStages> {
 // key box each compute HDO = 128 columns of dK and dV. S^T and dP^T contract over the whole head
 // dim in each of them (recomputed: 1.5x the products of an unsplit kernel); the gradient products
 // read their column half of the walked Q and dO (SmemWalkHalfT, per stage).
-// PERSISTENT_: the persistent variant (opt-in, NATTN_SM90_BWD_PERSISTENT=1: device/family.cu):
-// each CTA runs work items blockIdx.x, + gridDim.x, ... (kernel/backward_producer.cuh); the
-// default kernels (false) are unchanged by it.
+// PERSISTENT_: the persistent variant (device/family.cu persistent_items): each CTA runs work
+// items blockIdx.x, + gridDim.x, ... (kernel/backward_producer.cuh), the deterministic kernel's
+// and the fast kernel's (with kFastDq: the dS parity and the dQ staging run on across items);
+// the one-CTA-per-item kernels (false) are unchanged by it.
 // ORDERED_: the fast kernel with its dQ adds in a fixed order per query box (deterministic mode;
 // kernel/fna_backward_dkdv.cuh reduce_dq), launched where the plan asks for it (BackwardArgs::
 // dq_order); the fast kernel without it is unchanged.
@@ -257,8 +257,8 @@ struct DkdvTraits : BackwardShapes<Element_, HD_, BQ_, STAGES_> {
   static constexpr int kMinBlocks = CTAS_;
   static_assert(CTAS_ == 1 || (CTAS_ == 2 && HD == 32 && BQ == 32 && !kFastDq), "two CTAs per SM: d32 rows");
   static constexpr bool kPersistent = PERSISTENT_;
-  static_assert(!kPersistent || (CTAS_ == 1 && !kFastDq && kColumnSplit == 1),
-                "the persistent variant: deterministic one-CTA-per-SM rows of head dims up to 128");
+  static_assert(!kPersistent || (CTAS_ == 1 && !kOrderedDq && kColumnSplit == 1),
+                "the persistent variant: one-CTA-per-SM rows of head dims up to 128 (not the ordered adds)");
   // The persistent variant (deterministic) keeps 40/232: at head dim 128 its producer warps (the
   // next item's walk and tables, the TMA thread's walk state) spill at 40 already, and 56/224 put
   // spills into the consumers' walk loop (cmake/spill_allowlist.txt has the numbers).

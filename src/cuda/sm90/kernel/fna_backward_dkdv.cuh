@@ -30,6 +30,7 @@
 #include "cuda/common/fragment/epilogue.cuh"
 #include "cuda/common/fragment/mask.cuh"
 #include "cuda/common/fragment/softmax.cuh"
+#include "cuda/common/ordered_dq.h"
 #include "cuda/common/tile_walk.h"
 #include "cuda/sm90/kernel/backward_producer.cuh"
 #include "cuda/sm90/kernel/backward_traits.cuh"
@@ -38,50 +39,26 @@
 namespace nattn::cuda::sm90 {
 
 // The ordered dQ adds (Tr::kOrderedDq, the deterministic mode's fast kernel; cuda/common/
-// ordered_dq.h). A walked box's adds may go in once its counter shows the adds of every CTA
-// ranked before this one (F::kDqSplit per CTA: one per warpgroup adding columns). Producer
-// thread 32 (the waiter, otherwise idle) polls the counters in global memory, step by step in
-// the walk's order as the stages fill, and publishes in shared memory how many steps may add
-// (ss.dq_ready); thread 0 of a consumer warpgroup reads that before its reduce-adds, so the L2
-// round trips of the polls stay off the consumers' path (polled by the consumers themselves, on
-// the H100 2026-12-06, the kernel ran 1.35-1.5x the fast kernel's time on the dense case). A
-// warpgroup's adds are counted one step later (release_dq_adds), once complete, so the wait for
-// their completion overlaps the next step's products.
+// ordered_dq.h): thread 0 of a warpgroup waits until the walked box's counter shows the adds of
+// every CTA ranked before this one (F::kDqSplit per CTA: one per warpgroup adding columns), then
+// adds; its adds are counted one step later (release_dq_adds), once complete, so the wait for
+// their completion overlaps the next step's products instead of stalling this one.
+// (d76c583 moved the polls to producer thread 32, which published each step's turn in shared
+// memory: on the H100, 2026-12-06, fourteenth session, it ran 3-11% slower than these polls,
+// e.g. dense 8k d128 9.17 against 8.34 ms, and racecheck reported its flag's acquire/release
+// handoff; so it was taken out.)
 template <class Tr>
-__device__ __forceinline__ void wait_dq_turns(typename Tr::SharedStorage& ss, const BackwardArgs& args) {
-  using Barrier = cutlass::arch::ClusterBarrier;
-  StageCursor<Tr::kStages> at;
-  for (int n = 0;; ++n) {
-    cutlass::arch::ClusterTransactionBarrier::wait(&ss.full[at.stage], at.phase);
-    if (!ss.steps[at.stage].valid) return;  // the end marker (the consumers release its stage)
-    const int2 order = ss.dq_order[at.stage];
-    Barrier::arrive(&ss.empty[at.stage]);  // read: the stage may be refilled once the consumers are done
-    const int* counter = args.dq_order + order.x;
-    const int want = Tr::Fast::kDqSplit * order.y;
-    int seen;
-    do {
-      asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-    } while (seen < want);
-    // Released to the consumer threads that read it (acquire, CTA scope): the other CTAs' adds
-    // happen before their reduce-adds.
-    asm volatile("st.release.cta.shared.b32 [%0], %1;\n" ::"r"(cute::cast_smem_ptr_to_uint(&ss.dq_ready)), "r"(n + 1)
-                 : "memory");
-    at.next();
-  }
-}
-
-// Thread 0 of a consumer warpgroup before the reduce-adds of its n-th step (into counter slot):
-// waits for the waiter's turn (usually already there), then remembers the counter.
-template <class Tr>
-__device__ __forceinline__ void acquire_dq_box(typename Tr::SharedStorage& ss, int n, int slot, int wg) {
-  const uint32_t ready = cute::cast_smem_ptr_to_uint(&ss.dq_ready);
+__device__ __forceinline__ void acquire_dq_box(typename Tr::SharedStorage& ss, const BackwardArgs& args, int2 order,
+                                               int wg) {
+  const int* counter = args.dq_order + order.x;
+  const int want = Tr::Fast::kDqSplit * order.y;
   int seen;
   do {
-    asm volatile("ld.acquire.cta.shared.b32 %0, [%1];\n" : "=r"(seen) : "r"(ready) : "memory");
-  } while (seen <= n);
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+  } while (seen < want);
   // The other CTAs' adds (async proxy) are complete before this one's are issued.
   asm volatile("fence.proxy.async.global;\n" ::: "memory");
-  ss.dq_pending[wg] = slot;
+  ss.dq_pending[wg] = order.x;
 }
 
 // Thread 0 of a warpgroup, before the staging tile is written again: its reduce-adds have read
@@ -114,7 +91,7 @@ __device__ __forceinline__ void release_dq_adds(typename Tr::SharedStorage& ss, 
 template <class Tr, int QI>
 __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const float (&dq)[1][QI][4], const Step& st,
                                           const TileWalk& w, const BackwardArgs& args, int b, int h, int wg, int t,
-                                          int stage, int n, int slot) {
+                                          int stage, int2 order) {
   using F = typename Tr::Fast;
   constexpr int BQ = Tr::BQ, PC = F::kPanelCols;
   const Geometry& g = args.p.g;
@@ -140,9 +117,9 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
   // barrier 16 for warpgroup 1, past PTX's 0-15 (found 2026-12-05; it had passed every GPU test).
   cutlass::arch::NamedBarrier::sync(128, 2 * wg);
   if (t != 0) return;
-  // Ordered: the step's counter, from the stage (head dim 128: still held here) or as read
-  // before the stage was released.
-  if constexpr (Tr::kOrderedDq) acquire_dq_box<Tr>(ss, n, F::kDqSplit == 2 ? ss.dq_order[stage].x : slot, wg);
+  // Ordered: the step's counter and rank, from the stage (head dim 128: still held here) or as
+  // read before the stage was released.
+  if constexpr (Tr::kOrderedDq) acquire_dq_box<Tr>(ss, args, F::kDqSplit == 2 ? ss.dq_order[stage] : order, wg);
   int c[3];
   box_coords(st.start, w.walk_off, g, c);
 #pragma unroll
@@ -155,13 +132,13 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
   cute::tma_store_arrive();  // closes this step's bulk group
 }
 
-// Fast mode, one step's gradient products and dQ partial (consumer thread ctid of 256, step n of
-// the item), ending with the stage released (empty: its barrier). dS^T goes to this step's
-// parity buffer (stmatrix), then the 256-thread barrier (both warpgroups' halves written; thread
-// 0 of each warpgroup first waits until its last reduce-adds have read the staging tile, so
-// every staging write after it finds the tile free), then dQ = dS K over the 128 keys and its
-// staging and reduce-add (reduce_dq). A warpgroup writes a dS buffer again two steps on, past
-// the next step's barrier, which every reader reaches only after its dQ product has completed.
+// Fast mode, one step's gradient products and dQ partial (consumer thread ctid of 256, step par
+// of the CTA: ConsumerCursors::steps, the item's step where one item per CTA), ending with the stage released (empty:
+// its barrier). dS^T goes to this step's parity buffer (stmatrix), then the 256-thread barrier (both warpgroups' halves
+// written; thread 0 of each warpgroup first waits until its last reduce-adds have read the staging tile, so every
+// staging write after it finds the tile free), then dQ = dS K over the 128 keys and its staging and reduce-add
+// (reduce_dq). A warpgroup writes a dS buffer again two steps on, past the next step's barrier, which every reader
+// reaches only after its dQ product has completed.
 //   Head dim 128 (both warpgroups, 64 dQ columns each): FlashAttention-3's order, so that the dQ
 //   product and its staging overlap the same warpgroup's gradient products: dV += P^T dO issued
 //   before the barrier, then dQ's product, then dK += dS^T Q, then the wait for all but dK's and
@@ -174,7 +151,7 @@ template <class Tr, class MmaG, class TP, class TDs, class RDs, class TDo, class
 __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& mma_g, const TP& tGrP, const TDs& tGrDs,
                                           const RDs& rDs, const TDo& tGrDot, const TQ& tGrQt, TAcc& tGrDv, TAcc& tGrDk,
                                           int stage, const Step& st, const TileWalk& w, const BackwardArgs& args, int b,
-                                          int h, int n) {
+                                          int h, int par) {
   using namespace cute;
   using Element = typename Tr::Element;
   using F = typename Tr::Fast;
@@ -196,26 +173,26 @@ __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& 
   typename Tr::MmaS mma_s;
   auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_s);
   auto thr_r2s = r2s.get_thread_slice(ctid);
-  copy(r2s, thr_r2s.retile_S(rDs), thr_r2s.partition_D(sDsT(_, _, n & 1)));
+  copy(r2s, thr_r2s.retile_S(rDs), thr_r2s.partition_D(sDsT(_, _, par & 1)));
   if constexpr (kOverlap) wgmma<false>(mma_g, tGrP, tGrDot, tGrDv);
   cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
   if (ctid % 128 == 0) release_dq_adds<Tr>(ss, args, wg);
-  // The ordered adds' counter of this step's box, read while the stage is held (head dim 128
-  // releases it after the reduce-adds, which read it there).
-  int slot = 0;
+  // The ordered adds' counter and rank of this step's box, read while the stage is held (head
+  // dim 128 releases it after the reduce-adds, which read them there).
+  int2 order = make_int2(0, 0);
   if constexpr (Tr::kOrderedDq && !kOverlap)
-    if (ctid % 128 == 0) slot = ss.dq_order[stage].x;
+    if (ctid % 128 == 0) order = ss.dq_order[stage];
   cutlass::arch::NamedBarrier::sync(256, 3);
   if constexpr (!kOverlap) {
     warpgroup_wait<0>();  // the gradient products are done with the stage (and P^T, dS^T)
     cutlass::arch::ClusterBarrier::arrive(&ss.empty[stage]);
   }
-  const bool dq = kOverlap || wg == (n & 1);
+  const bool dq = kOverlap || wg == (par & 1);
   typename F::MmaDq mma_q;
   auto thr_q = mma_q.get_thread_slice(kOverlap ? ctid : ctid % 128);
   Tensor sDs = make_tensor(make_smem_ptr(ss.ds), typename F::SmemDs{});
   Tensor sKt = make_tensor(make_smem_ptr(ss.own_a), typename F::SmemOwnT{});
-  Tensor tQrDs = thr_q.partition_fragment_A(sDs(_, _, n & 1));
+  Tensor tQrDs = thr_q.partition_fragment_A(sDs(_, _, par & 1));
   Tensor tQrKt = thr_q.partition_fragment_B(sKt);
   Tensor tQrDq = partition_fragment_C(mma_q, Shape<Int<BQ>, Int<HD>>{});
   constexpr int QI = F::kDqCols / 8;
@@ -229,7 +206,7 @@ __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& 
       warpgroup_wait<0>();
     warpgroup_fence_operand(tQrDq);
     reduce_dq<Tr>(ss, *reinterpret_cast<float(*)[1][QI][4]>(raw_pointer_cast(tQrDq.data())), st, w, args, b, h, wg,
-                  ctid % 128, stage, n, slot);
+                  ctid % 128, stage, order);
   }
   if constexpr (kOverlap) {
     warpgroup_wait<0>();  // dK's product is done with the stage
@@ -372,8 +349,10 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
         rDs(i) = Element(tSrDp(i));
       }
       if constexpr (Tr::kFastDq) {
+        // The dS parity: the CTA's step count (persistent: it runs on across items), else n.
+        const int par = Tr::kPersistent ? cs.steps++ : n;
         fast_step<Tr>(ss, mma_g, tGrP, tGrDs, rDs, tGrDot(_, _, _, at.stage), tGrQt(_, _, _, at.stage), tGrDv, tGrDk,
-                      at.stage, st, w, args, b, hk * hpk + st.head, n);
+                      at.stage, st, w, args, b, hk * hpk + st.head, par);
       } else if constexpr (Tr::kColumnSplit == 1) {
         wgmma<false>(mma_g, tGrP, tGrDot(_, _, _, at.stage), tGrDv);
         wgmma<false>(mma_g, tGrDs, tGrQt(_, _, _, at.stage), tGrDk);
@@ -392,10 +371,12 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   }
 
   // Fast mode: the last reduce-adds are complete before the CTA's shared memory goes (ordered:
-  // and counted).
+  // and counted). The persistent variant's next item finds the staging tile as the next step of
+  // this one would (each step waits for the last one's reads first), and the kernel waits for
+  // their completion once, after its last item.
   if constexpr (Tr::kOrderedDq) {
     if (ctid % 128 == 0) release_dq_adds<Tr>(ss, args, wg);
-  } else if constexpr (Tr::kFastDq) {
+  } else if constexpr (Tr::kFastDq && !Tr::kPersistent) {
     if (ctid % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
   }
   if constexpr (Tr::kPersistent) {
@@ -439,21 +420,22 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   auto& ss = *reinterpret_cast<typename Tr::SharedStorage*>(smem_raw);
   const Geometry& g = args.p.g;
-  const int hk = int(blockIdx.y), b = int(blockIdx.z);
+  int hk = int(blockIdx.y);
+  const int b = int(blockIdx.z);
   const int hpk = int(g.heads_q / g.heads_kv);
   const int part = int(blockIdx.x % Tr::kColumnSplit);
-  // Ordered dQ adds: key boxes launch in decreasing order, the order of the adds into a shared
-  // query box, so every CTA that one waits on was dispatched before it (resident or done).
   int64_t box = blockIdx.x / Tr::kColumnSplit;
-  if constexpr (Tr::kOrderedDq) box = gridDim.x / Tr::kColumnSplit - 1 - box;
+  // Ordered dQ adds: per kv head, key boxes launch in decreasing order, the order of the adds
+  // into a shared query box, so every CTA that one waits on was dispatched before it (resident
+  // or done); groups of heads interleave (cuda/common/ordered_dq.h ordered_launch_item says why).
+  if constexpr (Tr::kOrderedDq)
+    ordered_launch_item(int64_t(blockIdx.x) + int64_t(gridDim.x) * blockIdx.y, gridDim.x, int(gridDim.y), &box, &hk);
   // A key box past its group's end (dilation groups of different lengths): nothing to write.
   if (!start_backward<Tr>(ss, args, box, true, hpk, b, hk, int(g.heads_kv), hk * hpk, int(g.heads_q))) return;
   __syncthreads();
   if (threadIdx.x < 128) {
     cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
     if (threadIdx.x == 0) produce_backward<Tr>(ss, args, b, hk * hpk, int(g.heads_q));
-    if constexpr (Tr::kOrderedDq)
-      if (threadIdx.x == 32) wait_dq_turns<Tr>(ss, args);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
     ConsumerCursors<Tr::kStages> cs;
@@ -461,9 +443,10 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks)
   }
 }
 
-// The persistent variant (Tr::kPersistent; opt-in, NATTN_SM90_BWD_PERSISTENT=1: device/family.cu):
-// work items own key boxes over every dilation group, then kv heads, then batch; a CTA runs items
-// blockIdx.x, + gridDim.x, ... (kernel/backward_producer.cuh).
+// The persistent variant (Tr::kPersistent; device/family.cu persistent_items), of the
+// deterministic dK/dV kernel and of the fast one: work items own key boxes over every dilation
+// group, then kv heads, then batch; a CTA runs items blockIdx.x, + gridDim.x, ...
+// (kernel/backward_producer.cuh).
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads, 1)
     fna_backward_dkdv_persistent_kernel(const __grid_constant__ BackwardArgs args) {
@@ -480,6 +463,9 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         consume_backward_items<Tr>(ss, args, [&](const typename Tr::Item& it, ConsumerCursors<Tr::kStages>& cs) {
           dkdv_consume<Tr>(ss, it.walk, args, it.b, it.head, 0, cs);
         });
+        // The fast kernel: its last reduce-adds are complete before the shared memory goes.
+        if constexpr (Tr::kFastDq)
+          if (threadIdx.x % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
       });
 }
 
