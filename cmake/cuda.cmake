@@ -43,6 +43,7 @@ nattn_cuda_objects(nattn_cuda "${NATTN_CUDA_ARCHS}"
   src/cuda/backend.cu
   src/cuda/families.cu
   src/cuda/planner.cu
+  src/cuda/workspace_pool.cu
   src/cuda/common/delta.cu
   src/cuda/common/dq_convert.cu
   src/cuda/common/layout_copy.cu

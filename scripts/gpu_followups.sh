@@ -89,12 +89,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
-# The next session's first call (thirteenth note): the backward checks (the pair as the
-# deterministic default again, the new DeterministicTakesThePair... test, the ordered kernel's
-# waiter thread, never run) and the ordered kernel against the pair (det-ab), ~400 s; then, once
-# the deterministic default is settled, `anchors` (every anchor, both modes; only 4 ran on
-# 2026-12-06) in a second call.
-stages="${*:-bwd-check det-ab}"
+# The next session's first call (fourteenth note, ~500 s): `check` (every CUDA test: the
+# library's workspace pool, cuda/workspace_pool.h, never run on a GPU, serves every C++ call
+# without an allocator; CudaPlan.WorkspacePoolKeepsItsMemoryUntilReleased) and `fast-persistent`
+# (the persistent fast kernel's fixed test, sanitizers and A/B). If both pass: the anchors with
+# the persistent fast kernel on the 1-D and dense anchors in a second call,
+#   NATTN_ANCHORS_ENV=NATTN_SM90_BWD_PERSISTENT=fast NATTN_ANCHOR_MODES=fast \
+#   NATTN_ANCHORS="dense-8k-d128 1d-32k 1d-32k-s256" bash scripts/gpu_followups.sh anchors
+stages="${*:-check fast-persistent}"
 commit="${NATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 has() { [[ " $stages " == *" $1 "* ]]; }
 [ -f build-gpu/libnattn.so ] || tar xJf .carry/build.tar.xz

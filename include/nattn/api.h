@@ -28,8 +28,11 @@ struct KernelChoice {
   }
 };
 
-// Device scratch (backward Delta, layout copies). Without one, CUDA calls allocate with
-// cudaMallocAsync on the call's stream. `allocate` returns nullptr on failure.
+// Device scratch (backward Delta and dQ workspaces, layout copies). Without one, CUDA calls
+// allocate on the call's stream from a memory pool the library keeps per device, which holds
+// what it reserved between calls (as a caching allocator does: a call that syncs its stream
+// does not give the memory back and map it again on the next call); release_cached_workspace()
+// returns it. `allocate` returns nullptr on failure.
 struct WorkspaceAllocator {
   void* (*allocate)(size_t bytes, void* ctx) = nullptr;
   void (*release)(void* ptr, void* ctx) = nullptr;
@@ -84,6 +87,11 @@ Status explain_attention_backward(const AttentionProblem& problem, const Backwar
 // Runs on the backend of out's device (Options::stream orders it on CUDA).
 Status merge_attentions(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
                         const TensorView& lse, const Options& options = {});
+
+// Gives the memory that the library's workspace pools keep between calls (calls without a
+// WorkspaceAllocator) back to the system; the next such call reserves what it needs again.
+// Call it with no nattn call in flight on any stream. Ok when there is nothing to release.
+Status release_cached_workspace();
 
 // What each backend built into this library can do here, and why not when it can't.
 struct BackendInfo {

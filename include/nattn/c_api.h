@@ -53,7 +53,8 @@ typedef struct nattn_options {
   int32_t config_ids[NATTN_C_MAX_CONFIG_IDS];
   int32_t own_tile[3];
   int32_t walk_tile[3];
-  /* nattn::WorkspaceAllocator: both NULL = the backend allocates (cudaMallocAsync) */
+  /* nattn::WorkspaceAllocator: both NULL = the backend allocates (its own pool per device,
+   * which keeps its memory between calls: nattn_release_cached_workspace) */
   void* (*workspace_allocate)(size_t bytes, void* ctx);
   void (*workspace_release)(void* ptr, void* ctx);
   void* workspace_ctx;
@@ -109,6 +110,9 @@ int nattn_explain_attention_forward(const nattn_problem* p, const nattn_tensor* 
                                     char* plan_json, size_t plan_len, char* err, size_t err_len);
 int nattn_explain_attention_backward(const nattn_problem* p, const nattn_tensor* tensors, const nattn_options* o,
                                      char* plan_json, size_t plan_len, char* err, size_t err_len);
+/* nattn::release_cached_workspace: the memory the library's workspace pools keep between calls
+ * (calls without an allocator) back to the system. No nattn call may be in flight. */
+int nattn_release_cached_workspace(char* err, size_t err_len);
 /* The kernel configuration table as a JSON list of nattn::KernelConfigInfo objects. */
 int nattn_kernel_configs(char* json, size_t json_len, char* err, size_t err_len);
 /* Validation alone (no tensors touched): the same checks and messages as the calls above. */

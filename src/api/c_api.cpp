@@ -389,6 +389,10 @@ int nattn_kernel_configs(char* json, size_t json_len, char* err, size_t err_len)
   return guarded(err, err_len, [&] { return write_text(configs_json(), json, json_len, "json"); });
 }
 
+int nattn_release_cached_workspace(char* err, size_t err_len) {
+  return guarded(err, err_len, [&] { return release_cached_workspace(); });
+}
+
 int nattn_host_trace(int32_t action, char* json, size_t json_len, char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
     switch (action) {

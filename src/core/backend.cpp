@@ -38,6 +38,11 @@ std::vector<KernelConfigInfo> kernel_configs() {
   return out;
 }
 
+Status release_cached_workspace() {
+  for (const Backend* b : registry()) NATTN_RETURN_IF_ERROR(b->release_cached_workspace());
+  return Status::Ok();
+}
+
 namespace {
 bool has_family(const Backend& b, const std::string& family) {
   const std::vector<std::string> f = b.families();

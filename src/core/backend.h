@@ -31,6 +31,8 @@ class Backend {
                        const TensorView& lse, const Options& o) const = 0;
   // Rows of this backend's kernel configuration table (none for backends without one).
   virtual std::vector<KernelConfigInfo> kernel_configs() const { return {}; }
+  // Gives back the memory its workspace pools keep between calls (release_cached_workspace).
+  virtual Status release_cached_workspace() const { return Status::Ok(); }
 };
 
 // Every backend compiled into the library, best first (defined by the API layer).

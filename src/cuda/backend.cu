@@ -14,6 +14,7 @@
 #include "cuda/common/merge.h"
 #include "cuda/common/params.h"
 #include "cuda/planner.h"
+#include "cuda/workspace_pool.h"
 
 namespace nattn {
 namespace {
@@ -38,10 +39,11 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
-// Device scratch for one call, from the caller's allocator or stream-ordered cudaMallocAsync.
+// Device scratch for one call, from the caller's allocator or, stream-ordered, from the
+// library's pool of the call's device (cuda/workspace_pool.h says why not the default pool).
 class Workspace {
  public:
-  Workspace(const WorkspaceAllocator& a, cudaStream_t s) : alloc_(a), stream_(s) {}
+  Workspace(const WorkspaceAllocator& a, cudaStream_t s, int device) : alloc_(a), stream_(s), device_(device) {}
   Status acquire(size_t bytes) {
     if (bytes == 0) return Status::Ok();
     HostPhaseTimer phase(HostPhase::kWorkspace);
@@ -51,7 +53,9 @@ class Workspace {
         return Status::Runtime("workspace allocator returned null for " + std::to_string(bytes) + " bytes");
       return Status::Ok();
     }
-    return cuda::check(cudaMallocAsync(&ptr_, bytes, stream_), "allocating the workspace");
+    cudaMemPool_t pool = nullptr;
+    NATTN_RETURN_IF_ERROR(cuda::workspace_pool(device_, &pool));
+    return cuda::check(cudaMallocFromPoolAsync(&ptr_, bytes, pool, stream_), "allocating the workspace");
   }
   ~Workspace() {
     if (ptr_ == nullptr) return;
@@ -66,6 +70,7 @@ class Workspace {
  private:
   WorkspaceAllocator alloc_;
   cudaStream_t stream_;
+  int device_;
   void* ptr_ = nullptr;
 };
 
@@ -189,6 +194,7 @@ class CudaBackend final : public Backend {
   }
 
   std::vector<KernelConfigInfo> kernel_configs() const override;
+  Status release_cached_workspace() const override { return cuda::release_cached_workspace_pools(); }
 
   Status merge(const std::vector<TensorView>& outs, const std::vector<TensorView>& lses, const TensorView& out,
                const TensorView& lse, const Options& o) const override {
@@ -214,7 +220,7 @@ class CudaBackend final : public Backend {
     const std::vector<Slot> slots = forward_slots(t);
     NATTN_RETURN_IF_ERROR(lookup_plan(&p, &t, t.q.dtype, false, o, slots, &plan));
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
-    Workspace ws(o.workspace, s);
+    Workspace ws(o.workspace, s, tensors.q.device.index);
     std::array<TensorView, 7> v{t.q, t.k, t.v, t.additional_k, t.additional_v, t.out, t.lse};
     NATTN_RETURN_IF_ERROR(begin_call(*plan, o, slots, &ws, &v));
     cuda::ForwardParams fp;
@@ -249,7 +255,7 @@ class CudaBackend final : public Backend {
     const std::vector<Slot> slots = backward_slots(t);
     NATTN_RETURN_IF_ERROR(lookup_plan(&p, &t, t.q.dtype, true, o, slots, &plan));
     const cudaStream_t s = static_cast<cudaStream_t>(o.stream);
-    Workspace ws(o.workspace, s);
+    Workspace ws(o.workspace, s, tensors.q.device.index);
     std::array<TensorView, 14> v{t.q,    t.k,  t.v,  t.additional_k, t.additional_v,   t.out,           t.lse, t.dout,
                                  t.dlse, t.dq, t.dk, t.dv,           t.d_additional_k, t.d_additional_v};
     NATTN_RETURN_IF_ERROR(begin_call(*plan, o, slots, &ws, &v));

@@ -192,6 +192,14 @@ TEST_F(CApi, BackendsAndVersion) {
   EXPECT_GT(std::strlen(nattn_version()), 0u);
 }
 
+// Releasing the workspace pools succeeds with or without pools (tests/cuda/plan_test.cpp checks
+// what it releases on a device).
+TEST_F(CApi, ReleaseCachedWorkspaceSucceeds) {
+  char err[256] = "untouched";
+  EXPECT_EQ(nattn_release_cached_workspace(err, sizeof err), 0) << err;
+  EXPECT_EQ(nattn_release_cached_workspace(nullptr, 0), 0);
+}
+
 TEST_F(CApi, HostTraceCountsCallsWhileOnAndReadsBackJson) {
   const CallConfig c = config();
   const CallTensors t = make_forward_call(c, rng);

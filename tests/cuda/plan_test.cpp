@@ -357,6 +357,50 @@ TEST_F(CudaPlan, BackwardTakesItsWorkspaceFromTheAllocator) {
   }
 }
 
+// Without an allocator the workspace comes from the library's pool of the device
+// (cuda/workspace_pool.h), which keeps its memory across synchronisations (the device's default
+// pool gave it back at each one, and the next call mapped it again): after a call and a sync
+// the workspace is still reserved, a second call reuses it (the device's free memory does not
+// move), and release_cached_workspace() gives it back. A 2-D problem whose fast backward (sm90's
+// default there) needs a float32 dQ workspace of 64 MB; where the plan's workspace is small
+// (other families) the memory checks are skipped. (Every CUDA test that passes no allocator runs
+// its calls on this pool and checks their results.)
+TEST_F(CudaPlan, WorkspacePoolKeepsItsMemoryUntilReleased) {
+  nattn::Problem p;
+  p.rank = 2;
+  p.extent[0] = p.extent[1] = 128;
+  p.window.kernel_size[0] = p.window.kernel_size[1] = 31;
+  p.batch = 1;
+  p.heads_q = p.heads_kv = 8;
+  p.head_dim = p.head_dim_v = 128;
+  DeviceBackward c = make_device_backward(p, DType::kBFloat16, false, false, rng);
+  const nattn::Options o = cuda_options();
+  nattn::Plan plan;
+  ASSERT_TRUE(nattn::explain_backward(p, c.views(), o, &plan).ok());
+  SCOPED_TRACE("plan " + plan.to_json());
+  if (plan.workspace_bytes < (int64_t(32) << 20)) GTEST_SKIP() << "workspace of " << plan.workspace_bytes << " bytes";
+  ASSERT_TRUE(nattn::release_cached_workspace().ok());
+  auto free_bytes = [] {
+    size_t free = 0, total = 0;
+    EXPECT_EQ(cudaMemGetInfo(&free, &total), cudaSuccess);
+    return int64_t(free);
+  };
+  const int64_t before = free_bytes();
+  ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
+  ASSERT_TRUE(device_synchronized());
+  const int64_t after_first = free_bytes();
+  ASSERT_TRUE(nattn::backward(p, c.views(), o).ok());
+  ASSERT_TRUE(device_synchronized());
+  const int64_t after_second = free_bytes();
+  const nattn::Status released = nattn::release_cached_workspace();
+  ASSERT_TRUE(released.ok()) << released.message();
+  const int64_t after_release = free_bytes();
+  constexpr int64_t kSlack = int64_t(4) << 20;  // allocation granularity
+  EXPECT_LE(after_first, before - plan.workspace_bytes + kSlack) << "the first call's workspace was not kept";
+  EXPECT_LE(std::llabs(after_second - after_first), kSlack) << "the second call did not reuse the kept workspace";
+  EXPECT_GE(after_release, after_second + plan.workspace_bytes - kSlack) << "release_cached_workspace kept it";
+}
+
 TEST_F(CudaPlan, FailingAllocatorIsAnErrorAndWritesNothing) {
   const nattn::Problem p = small_problem(1, 32);
   DeviceBackward c = make_device_backward(p, DType::kBFloat16, false, false, rng);
