@@ -133,22 +133,21 @@ std::string chosen_verdict(const nattn::Plan& plan) {
 
 class CudaSm90Persistent : public CudaTest, public ::testing::WithParamInterface<DType> {};
 
-TEST_P(CudaSm90Persistent, MatchesTheReference) {
-  if (!switch_on()) GTEST_SKIP() << "needs NATTN_SM90_BWD_PERSISTENT=1 (ctest runs it so: tests/CMakeLists.txt)";
-  if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
+// problems(rng, hd) at head dims 64 and 128 with the options options(hd) gives: each is planned
+// on sm90 with every backward kernel (the roles named backward_*) persistent (at most one CTA
+// per SM, the verdict's note naming it) and of a role role_ok accepts, at least min_kernels of
+// them, and computes the reference's gradients. Stops at the first failing problem.
+template <class Options, class RoleOk>
+void expect_persistent_runs(DType dtype, Rng& rng, Options&& options, RoleOk&& role_ok, int min_kernels) {
   const int sms = sm_count();
   ASSERT_GT(sms, 0);
-  const DType dtype = GetParam();
   for (const int hd : {64, 128}) {
     const std::vector<nattn::Problem> ps = problems(rng, hd);
     for (size_t i = 0; i < ps.size(); ++i) {
       const nattn::Problem& p = ps[i];
       SCOPED_TRACE("hd" + std::to_string(hd) + ", problem " + std::to_string(i) + ": " + describe_problem(p) + ", " +
                    nattn::dtype_name(dtype));
-      nattn::Options o = cuda_options();
-      o.choice.family = "sm90";
-      o.deterministic = true;
-      force_pair(o, dtype, hd);
+      const nattn::Options o = options(hd);
       DeviceBackward c = make_device_backward(p, dtype, rng.coin(0.25), rng.coin(0.33), rng);
       nattn::Plan plan;
       const nattn::Status planned = nattn::explain_backward(p, c.views(), o, &plan);
@@ -158,70 +157,63 @@ TEST_P(CudaSm90Persistent, MatchesTheReference) {
       const std::string verdict = chosen_verdict(plan);  // sm90's (asserted above)
       int persistent = 0;
       for (const nattn::PlannedKernel& k : plan.kernels) {
-        if (k.role.rfind("backward_dq", 0) != 0 && k.role.rfind("backward_dkdv", 0) != 0) continue;
+        if (k.role.rfind("backward_", 0) != 0) continue;  // the Delta pass, the dQ conversion
+        EXPECT_TRUE(role_ok(k.role)) << k.role;
         EXPECT_NE(verdict.find(k.role + ": persistent CTAs"), std::string::npos) << k.role << ": " << verdict;
         EXPECT_EQ(k.grid[1], 1) << k.role;
         EXPECT_EQ(k.grid[2], 1) << k.role;
         EXPECT_LE(k.grid[0], sms) << k.role;
         ++persistent;
       }
-      EXPECT_GE(persistent, 2);
+      EXPECT_GE(persistent, min_kernels);
       const nattn::Status s = nattn::backward(p, c.views(), o);
       ASSERT_TRUE(s.ok()) << s.message();
       ASSERT_TRUE(device_synchronized());
       expect_backward_matches_reference(c);
-      if (HasFailure()) return;  // one failing problem is enough to report
+      if (::testing::Test::HasFailure()) return;  // one failing problem is enough to report
     }
   }
 }
 
+TEST_P(CudaSm90Persistent, MatchesTheReference) {
+  if (!switch_on()) GTEST_SKIP() << "needs NATTN_SM90_BWD_PERSISTENT=1 (ctest runs it so: tests/CMakeLists.txt)";
+  if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
+  const DType dtype = GetParam();
+  expect_persistent_runs(
+      dtype, rng,
+      [&](int hd) {
+        nattn::Options o = cuda_options();
+        o.choice.family = "sm90";
+        o.deterministic = true;
+        force_pair(o, dtype, hd);
+        return o;
+      },
+      [](const std::string& role) { return role.rfind("backward_dkdv_dq", 0) != 0; }, 2);
+}
+
 // The fast kernel's persistent variant (forced by the switch; opt-in until measured: family.cu
 // backward_persistent_forced): the same problems through a forced fast row, not deterministic,
-// run as persistent CTAs and match the reference. Items run on across CTAs' stage rings and
-// dS parities, and their dQ partials meet in the float32 workspace.
+// run as persistent CTAs (the neighborhood's launch and the additional keys',
+// backward_dkdv_dq_additional) and match the reference. Items run on across CTAs' stage rings
+// and dS parities, and their dQ partials meet in the float32 workspace.
 TEST_P(CudaSm90Persistent, FastKernelMatchesTheReference) {
   if (!switch_on()) GTEST_SKIP() << "needs NATTN_SM90_BWD_PERSISTENT=1 (ctest runs it so: tests/CMakeLists.txt)";
   if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
-  const int sms = sm_count();
-  ASSERT_GT(sms, 0);
   const DType dtype = GetParam();
-  for (const int hd : {64, 128}) {
-    const std::vector<nattn::Problem> ps = problems(rng, hd);
-    for (size_t i = 0; i < ps.size(); ++i) {
-      const nattn::Problem& p = ps[i];
-      SCOPED_TRACE("hd" + std::to_string(hd) + ", problem " + std::to_string(i) + ": " + describe_problem(p) + ", " +
-                   nattn::dtype_name(dtype));
-      nattn::Options o = cuda_options();
-      o.choice.family = "sm90";
-      const int row = fast_row(dtype, hd);
-      ASSERT_GE(row, 0) << "no sm90 fast row of head dim " << hd;
-      o.choice.config_ids = {row};
-      DeviceBackward c = make_device_backward(p, dtype, rng.coin(0.25), rng.coin(0.33), rng);
-      nattn::Plan plan;
-      const nattn::Status planned = nattn::explain_backward(p, c.views(), o, &plan);
-      ASSERT_TRUE(planned.ok()) << planned.message();
-      SCOPED_TRACE("plan " + plan.to_json());
-      ASSERT_EQ(plan.family, "sm90");
-      const std::string verdict = chosen_verdict(plan);
-      int persistent = 0;
-      for (const nattn::PlannedKernel& k : plan.kernels) {
-        if (k.role == "delta" || k.role == "dq_convert") continue;
-        // The neighborhood's launch and the additional keys' (backward_dkdv_dq_additional).
-        EXPECT_EQ(k.role.rfind("backward_dkdv_dq", 0), 0u) << k.role;
-        EXPECT_EQ(k.role.find("ordered"), std::string::npos) << k.role;
-        EXPECT_NE(verdict.find(k.role + ": persistent CTAs"), std::string::npos) << k.role << ": " << verdict;
-        EXPECT_EQ(k.grid[1], 1) << k.role;
-        EXPECT_LE(k.grid[0], sms) << k.role;
-        ++persistent;
-      }
-      EXPECT_GE(persistent, 1);
-      const nattn::Status s = nattn::backward(p, c.views(), o);
-      ASSERT_TRUE(s.ok()) << s.message();
-      ASSERT_TRUE(device_synchronized());
-      expect_backward_matches_reference(c);
-      if (HasFailure()) return;
-    }
-  }
+  expect_persistent_runs(
+      dtype, rng,
+      [&](int hd) {
+        nattn::Options o = cuda_options();
+        o.choice.family = "sm90";
+        const int row = fast_row(dtype, hd);
+        EXPECT_GE(row, 0) << "no sm90 fast row of head dim " << hd;
+        o.choice.config_ids = {row};
+        return o;
+      },
+      [](const std::string& role) {
+        return role.rfind("backward_dkdv_dq", 0) == 0 && role.find("ordered") == std::string::npos;
+      },
+      1);
 }
 
 // Without the switch the plan follows the walk (family.cu persistent_pays_backward, from the
