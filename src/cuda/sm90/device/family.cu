@@ -512,9 +512,12 @@ class Sm90Family final : public KernelFamily {
   // 7), which plan_backward marks ordered. On the H100 (2026-12-06, thirteenth session, backward
   // alone, interleaved) it measured slower than the pair: dense 8k d64 5.76 against 5.02 ms, d128
   // 8.34 against 6.45, cosmos-3d-s 127 against 66 (the default's fast kernel: 3.86, 6.17, 62).
-  // Each step's wait for its box's counter is an L2 round trip on the consumers' critical path,
-  // and CTAs that reach a box in the same step add one after another (docs/design/
-  // hopper_backward.md "Thirteenth session": the measurements and what would fix both).
+  // With a kv head's CTAs interleaved with three other heads' in launch order it still took
+  // 1.2-1.7x the pair's time (fourteenth session: dense d128 8.2-8.3 against 6.4 ms); what its
+  // consumers do that the fast kernel's do not is wait, every step, for a counter and for their
+  // last adds' completion. Its dQ writer (kernel/ordered_dq_writer.cuh, built after that
+  // measurement) moves both to a producer thread (docs/design/hopper_backward.md, "Fourteenth
+  // session").
   static std::vector<Role> backward_roles(const Call& call) {
     const std::vector<Role> pair{Role::kBackwardDq, Role::kBackwardDkdv}, fast{Role::kBackwardDkdvDq};
     if (forced_fast_row(call.choice) >= 0) return fast;
