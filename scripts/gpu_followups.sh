@@ -96,7 +96,8 @@ out="${OUT:-/tmp/nattn-followups}"; mkdir -p "$out"
 # the persistent fast kernel on the 1-D and dense anchors in a second call,
 #   NATTN_ANCHORS_ENV=NATTN_SM90_BWD_PERSISTENT=fast NATTN_ANCHOR_MODES=fast \
 #   NATTN_ANCHORS="dense-8k-d128 1d-32k 1d-32k-s256" bash scripts/gpu_followups.sh anchors
-# and the ordered kernel's dQ writer (kernel/ordered_dq_writer.cuh, never run) in a third:
+# and the ordered kernel's dQ writer (branch ordered-dq-writer: git cherry-pick 76d73e2, build,
+# pack; never run) in a third:
 #   NATTN_DET_AB_N=3 NATTN_BWD_SANITIZE="memcheck:ord:128 racecheck:ord:64" \
 #   bash scripts/gpu_followups.sh bwd-check det-ab
 stages="${*:-check fast-persistent}"

@@ -515,9 +515,9 @@ class Sm90Family final : public KernelFamily {
   // With a kv head's CTAs interleaved with three other heads' in launch order it still took
   // 1.2-1.7x the pair's time (fourteenth session: dense d128 8.2-8.3 against 6.4 ms); what its
   // consumers do that the fast kernel's do not is wait, every step, for a counter and for their
-  // last adds' completion. Its dQ writer (kernel/ordered_dq_writer.cuh, built after that
-  // measurement) moves both to a producer thread (docs/design/hopper_backward.md, "Fourteenth
-  // session").
+  // last adds' completion. A dQ writer that moves both to a producer thread (FlashAttention-3's)
+  // is built on branch ordered-dq-writer, not yet run on a GPU (docs/design/hopper_backward.md,
+  // "Fourteenth session").
   static std::vector<Role> backward_roles(const Call& call) {
     const std::vector<Role> pair{Role::kBackwardDq, Role::kBackwardDkdv}, fast{Role::kBackwardDkdvDq};
     if (forced_fast_row(call.choice) >= 0) return fast;

@@ -117,11 +117,6 @@ __device__ __forceinline__ bool start_backward(typename Tr::SharedStorage& ss, c
       cutlass::arch::ClusterTransactionBarrier::init(&ss.full[i], 1);
       cutlass::arch::ClusterBarrier::init(&ss.empty[i], 128 * Tr::kConsumers);
     }
-    if constexpr (Tr::kOrderedDq)  // the dQ writer's hand-off (kernel/ordered_dq_writer.cuh)
-      for (int wg = 0; wg < 2; ++wg) {
-        cutlass::arch::ClusterBarrier::init(&ss.dq_staged[wg], 128);
-        cutlass::arch::ClusterBarrier::init(&ss.dq_free[wg], 1);  // (below head dim 128 only [0])
-      }
     cutlass::arch::fence_barrier_init();
     const int extra_tiles = int((extra_rows + Tr::kWalkRows - 1) / Tr::kWalkRows);
     ss.walk.init(args.p.g, args.tl, own_box, walks_queries, extra_tiles, Tr::kWalkRows, Tr::kOrderedDq);

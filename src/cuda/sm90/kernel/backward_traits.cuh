@@ -188,21 +188,9 @@ struct FastDqShapes {
   static_assert(BQ == 64, "one warpgroup's dQ product covers the walked box's 64 queries");
 };
 
-// A consumer warpgroup's dQ reduce-adds of one step, handed to the ordered kernel's writer
-// (kernel/ordered_dq_writer.cuh): the walked box's coordinates (box_coords), its query head, the
-// counter and the rank; slot < 0: the end of the walk.
-struct DqJob {
-  int c[3];
-  int h;
-  int slot;
-  int rank;
-};
-
 // The fast mode's dS buffers (two parities of BQ x BK) and dQ staging tile (BQ x HD float32),
 // or nothing; for the ordered adds (kOrderedDq) each stage's counter and rank (the producer's,
-// with the stage's step) and per consumer warpgroup its job for the writer, with the barriers of
-// the hand-off (staged: the warpgroup's 128 threads; free: the writer, once the adds have read the
-// staging tile). The fast kernel carries them unused: both share one layout (the plan's smem).
+// with the stage's step) and per consumer warpgroup the counter of its adds still in flight.
 template <bool kFast, class Element, int kDsElems, int kStageFloats, int kStages>
 struct DsStorage {};
 template <class Element, int kDsElems, int kStageFloats, int kStages>
@@ -210,9 +198,7 @@ struct DsStorage<true, Element, kDsElems, kStageFloats, kStages> {
   alignas(1024) Element ds[2 * kDsElems];
   alignas(1024) float dq_stage[kStageFloats];
   int2 dq_order[kStages];  // (counter, rank) of stage s's walked box
-  DqJob dq_job[2];
-  alignas(8) uint64_t dq_staged[2];
-  uint64_t dq_free[2];
+  int dq_pending[2];       // a warpgroup's last counter, not yet released (-1: none)
 };
 
 // dK/dV: own K and V (S^T = K Q^T, dP^T = V dO^T), walked Q and dO (dV += P^T dO, dK += dS^T Q).

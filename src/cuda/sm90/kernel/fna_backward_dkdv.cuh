@@ -34,10 +34,50 @@
 #include "cuda/common/tile_walk.h"
 #include "cuda/sm90/kernel/backward_producer.cuh"
 #include "cuda/sm90/kernel/backward_traits.cuh"
-#include "cuda/sm90/kernel/ordered_dq_writer.cuh"
 #include "cuda/sm90/kernel/pieces.cuh"
 
 namespace nattn::cuda::sm90 {
+
+// The ordered dQ adds (Tr::kOrderedDq, the deterministic mode's fast kernel; cuda/common/
+// ordered_dq.h): thread 0 of a warpgroup waits until the walked box's counter shows the adds of
+// every CTA ranked before this one (F::kDqSplit per CTA: one per warpgroup adding columns), then
+// adds; its adds are counted one step later (release_dq_adds), once complete, so the wait for
+// their completion overlaps the next step's products instead of stalling this one.
+// (d76c583 moved the polls to producer thread 32, which published each step's turn in shared
+// memory: on the H100, 2026-12-06, fourteenth session, it ran 3-11% slower than these polls,
+// e.g. dense 8k d128 9.17 against 8.34 ms, and racecheck reported its flag's acquire/release
+// handoff; so it was taken out.)
+template <class Tr>
+__device__ __forceinline__ void acquire_dq_box(typename Tr::SharedStorage& ss, const BackwardArgs& args, int2 order,
+                                               int wg) {
+  const int* counter = args.dq_order + order.x;
+  const int want = Tr::Fast::kDqSplit * order.y;
+  int seen;
+  do {
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+  } while (seen < want);
+  // The other CTAs' adds (async proxy) are complete before this one's are issued.
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+  ss.dq_pending[wg] = order.x;
+}
+
+// Thread 0 of a warpgroup, before the staging tile is written again: its reduce-adds have read
+// the tile (fast mode); ordered, they are complete and counted (the counter of the box they
+// added into goes up by one, released to the CTAs that wait on it).
+template <class Tr>
+__device__ __forceinline__ void release_dq_adds(typename Tr::SharedStorage& ss, const BackwardArgs& args, int wg) {
+  if constexpr (Tr::kOrderedDq) {
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    const int slot = ss.dq_pending[wg];
+    if (slot >= 0) {
+      asm volatile("fence.proxy.async.global;\n" ::: "memory");
+      asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(args.dq_order + slot) : "memory");
+      ss.dq_pending[wg] = -1;
+    }
+  } else {
+    cute::tma_store_wait<0>();
+  }
+}
 
 // Fast mode, a warpgroup after its dQ product (t = its thread, wg its index): its kDqCols
 // columns of the step's dQ partial (the walked queries summed over the CTA's 128 keys, times
@@ -48,14 +88,10 @@ namespace nattn::cuda::sm90 {
 // coordinates its Q was loaded from. Rows outside the query grid and columns past the workspace
 // are clipped by the TMA unit; masked pairs add zeros. The staging tile is rewritten only after
 // the issuing thread's wait_group.read before the next step's barrier 3 (see dkdv_consume).
-// Ordered (Tr::kOrderedDq): the warpgroup waits for the writer to have read its last job's tile,
-// stages, and hands the adds to the writer (kernel/ordered_dq_writer.cuh) with the box's counter
-// and rank (order: from the stage at head dim 128, still held here, else as read before the
-// stage was released); par: the CTA's step.
 template <class Tr, int QI>
 __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const float (&dq)[1][QI][4], const Step& st,
                                           const TileWalk& w, const BackwardArgs& args, int b, int h, int wg, int t,
-                                          int stage, int2 order, int par) {
+                                          int stage, int2 order) {
   using F = typename Tr::Fast;
   constexpr int BQ = Tr::BQ, PC = F::kPanelCols;
   const Geometry& g = args.p.g;
@@ -67,7 +103,6 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
   // (FastDqShapes::thread_base says why).
   const int x = F::thread_key(r0, lane);
   float* const base = ss.dq_stage + F::thread_base(r0, lane, col0);
-  if constexpr (Tr::kOrderedDq) wait_dq_stage_free<Tr>(ss, wg, par);
 #pragma unroll
   for (int qi = 0; qi < QI; ++qi) {
     float* const chunk = base + F::chunk_offset(x, qi);
@@ -77,23 +112,14 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
           make_float2(dq[0][qi][2 * hr] * f, dq[0][qi][2 * hr + 1] * f);
   }
   cutlass::arch::fence_view_async_shared();  // generic-proxy writes before the TMA reads them
-  if constexpr (Tr::kOrderedDq) {
-    if (t == 0) {
-      const int2 o = F::kDqSplit == 2 ? ss.dq_order[stage] : order;
-      DqJob& job = ss.dq_job[wg];
-      box_coords(st.start, w.walk_off, g, job.c);
-      job.h = h;
-      job.slot = o.x;
-      job.rank = o.y;
-    }
-    post_dq_job<Tr>(ss, wg);
-    return;
-  }
   // Named barrier ids (CUTLASS adds 8 for its reserved ones; hardware has 16): this kernel uses
   // 1, 3, 4 (persistent item preparation), 5 + wg and 0 / 2 here. 7 + wg reached hardware
   // barrier 16 for warpgroup 1, past PTX's 0-15 (found 2026-12-05; it had passed every GPU test).
   cutlass::arch::NamedBarrier::sync(128, 2 * wg);
   if (t != 0) return;
+  // Ordered: the step's counter and rank, from the stage (head dim 128: still held here) or as
+  // read before the stage was released.
+  if constexpr (Tr::kOrderedDq) acquire_dq_box<Tr>(ss, args, F::kDqSplit == 2 ? ss.dq_order[stage] : order, wg);
   int c[3];
   box_coords(st.start, w.walk_off, g, c);
 #pragma unroll
@@ -150,10 +176,7 @@ __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& 
   copy(r2s, thr_r2s.retile_S(rDs), thr_r2s.partition_D(sDsT(_, _, par & 1)));
   if constexpr (kOverlap) wgmma<false>(mma_g, tGrP, tGrDot, tGrDv);
   cutlass::arch::fence_view_async_shared();  // generic-proxy writes before wgmma reads
-  // The fast kernel: this warpgroup's last reduce-adds have read the staging tile (ordered: the
-  // writer's wait, in reduce_dq).
-  if constexpr (!Tr::kOrderedDq)
-    if (ctid % 128 == 0) cute::tma_store_wait<0>();
+  if (ctid % 128 == 0) release_dq_adds<Tr>(ss, args, wg);
   // The ordered adds' counter and rank of this step's box, read while the stage is held (head
   // dim 128 releases it after the reduce-adds, which read them there).
   int2 order = make_int2(0, 0);
@@ -183,7 +206,7 @@ __device__ __forceinline__ void fast_step(typename Tr::SharedStorage& ss, MmaG& 
       warpgroup_wait<0>();
     warpgroup_fence_operand(tQrDq);
     reduce_dq<Tr>(ss, *reinterpret_cast<float(*)[1][QI][4]>(raw_pointer_cast(tQrDq.data())), st, w, args, b, h, wg,
-                  ctid % 128, stage, order, par);
+                  ctid % 128, stage, order);
   }
   if constexpr (kOverlap) {
     warpgroup_wait<0>();  // dK's product is done with the stage
@@ -255,6 +278,8 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   float(&s)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrS.data()));
   float(&dp)[1][NI][4] = *reinterpret_cast<float(*)[1][NI][4]>(raw_pointer_cast(tSrDp.data()));
 
+  if constexpr (Tr::kOrderedDq)
+    if (ctid % 128 == 0) ss.dq_pending[wg] = -1;
   TxBarrier::wait(&ss.own_full, cs.own_phase);
   // The scale is folded into exp2: a non-positive scale is applied to K exactly (dK takes the
   // signed scale at the store, as the derivative of S in the true K).
@@ -270,8 +295,7 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   // on, past the barrier of the partial step between, which every reader of the table reaches
   // only after its mask.
   StageCursor<Tr::kStages>& at = cs.at;
-  int n = 0;  // this item's steps (the fast mode's dS parity where one item per CTA)
-  for (;; ++n) {
+  for (int n = 0;; ++n) {  // n: this item's steps (the fast mode's dS parity)
     TxBarrier::wait(&ss.full[at.stage], at.phase);
     const Step st = ss.steps[at.stage];
     if (!st.valid) break;
@@ -347,11 +371,11 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   }
 
   // Fast mode: the last reduce-adds are complete before the CTA's shared memory goes (ordered:
-  // the writer's end job; it returns once it has counted every add). The persistent variant's
-  // next item finds the staging tile as the next step of this one would (each step waits for the
-  // last one's reads first), and the kernel waits for their completion once, after its last item.
+  // and counted). The persistent variant's next item finds the staging tile as the next step of
+  // this one would (each step waits for the last one's reads first), and the kernel waits for
+  // their completion once, after its last item.
   if constexpr (Tr::kOrderedDq) {
-    end_dq_jobs<Tr>(ss, wg, ctid % 128, n);
+    if (ctid % 128 == 0) release_dq_adds<Tr>(ss, args, wg);
   } else if constexpr (Tr::kFastDq && !Tr::kPersistent) {
     if (ctid % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
   }
@@ -412,8 +436,6 @@ __global__ void __launch_bounds__(Tr::kThreads, Tr::kMinBlocks)
   if (threadIdx.x < 128) {
     cutlass::arch::warpgroup_reg_dealloc<Tr::kProducerRegs>();
     if (threadIdx.x == 0) produce_backward<Tr>(ss, args, b, hk * hpk, int(g.heads_q));
-    if constexpr (Tr::kOrderedDq)
-      if (threadIdx.x == 32) write_ordered_dq<Tr>(ss, args, b);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Tr::kConsumerRegs>();
     ConsumerCursors<Tr::kStages> cs;
