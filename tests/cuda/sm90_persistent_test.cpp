@@ -133,12 +133,15 @@ std::string chosen_verdict(const nattn::Plan& plan) {
 
 class CudaSm90Persistent : public CudaTest, public ::testing::WithParamInterface<DType> {};
 
-// problems(rng, hd) at head dims 64 and 128 with the options options(hd) gives: each is planned
-// on sm90 with every backward kernel (the roles named backward_*) persistent (at most one CTA
-// per SM, the verdict's note naming it) and of a role role_ok accepts, at least min_kernels of
-// them, and computes the reference's gradients. Stops at the first failing problem.
+// Under the switch, on a Hopper device (else skipped): problems(rng, hd) at head dims 64 and 128
+// with the options options(hd) gives: each is planned on sm90 with every backward kernel (the
+// roles named backward_*) persistent (at most one CTA per SM, the verdict's note naming it) and
+// of a role role_ok accepts, at least min_kernels of them, and computes the reference's
+// gradients. Stops at the first failing problem.
 template <class Options, class RoleOk>
 void expect_persistent_runs(DType dtype, Rng& rng, Options&& options, RoleOk&& role_ok, int min_kernels) {
+  if (!switch_on()) GTEST_SKIP() << "needs NATTN_SM90_BWD_PERSISTENT=1 (ctest runs it so: tests/CMakeLists.txt)";
+  if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
   const int sms = sm_count();
   ASSERT_GT(sms, 0);
   for (const int hd : {64, 128}) {
@@ -176,8 +179,6 @@ void expect_persistent_runs(DType dtype, Rng& rng, Options&& options, RoleOk&& r
 }
 
 TEST_P(CudaSm90Persistent, MatchesTheReference) {
-  if (!switch_on()) GTEST_SKIP() << "needs NATTN_SM90_BWD_PERSISTENT=1 (ctest runs it so: tests/CMakeLists.txt)";
-  if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
   const DType dtype = GetParam();
   expect_persistent_runs(
       dtype, rng,
@@ -197,8 +198,6 @@ TEST_P(CudaSm90Persistent, MatchesTheReference) {
 // backward_dkdv_dq_additional) and match the reference. Items run on across CTAs' stage rings
 // and dS parities, and their dQ partials meet in the float32 workspace.
 TEST_P(CudaSm90Persistent, FastKernelMatchesTheReference) {
-  if (!switch_on()) GTEST_SKIP() << "needs NATTN_SM90_BWD_PERSISTENT=1 (ctest runs it so: tests/CMakeLists.txt)";
-  if (cuda_compute_capability() != 90) GTEST_SKIP() << "the sm90 family needs a Hopper device";
   const DType dtype = GetParam();
   expect_persistent_runs(
       dtype, rng,

@@ -1,4 +1,4 @@
-// Layer: cuda/common (host and device; unit-tested on the host by tests/core/ordered_dq_test.cpp).
+// Layer: cuda/common (host and device; unit-tested on the host by tests/core/tile_walk_test.cpp).
 // The semaphores of the deterministic fast backward: its dK/dV CTAs add each step's dQ partial
 // into a float32 workspace in a fixed order per walked query box (TileWalk::ordered_rank), which
 // a counter per (batch, query head, dilation group, aligned query box) enforces: a CTA of rank r

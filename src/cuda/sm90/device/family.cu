@@ -180,9 +180,11 @@ double walk_per_item(const KernelLaunch& k) {
   return k.walked_tiles / double(k.tiling.neighborhood_ctas > 0 ? k.tiling.neighborhood_ctas : 1);
 }
 // Walks this short run persistent at any rank (and, as measured, the default mode keeps the
-// deterministic pair there: Sm90Family::backward_roles).
+// deterministic pair there: Sm90Family::backward_roles). The fast kernel's persistent variant is
+// never the default until measured against the reference (forced only).
 constexpr double kShortWalk = 16.0;
 bool persistent_pays_backward(const KernelLaunch& k, const Geometry& g) {
+  if (k.role == Role::kBackwardDkdvDq) return false;
   const double walk = walk_per_item(k);
   return walk <= kShortWalk || (g.rank == 1 && walk <= 48.0);
 }
@@ -195,7 +197,7 @@ bool persistent_pays_backward(const KernelLaunch& k, const Geometry& g) {
 int64_t persistent_items(const KernelLaunch& k, const Geometry& g, int64_t* boxes, int64_t* heads) {
   if (!sm90::has_persistent_backward(kKernelConfigs[k.config_id]) || k.ordered_dq) return 0;
   const int forced = backward_persistent_forced(k.role);
-  if (forced == 0 || (forced < 0 && (k.role == Role::kBackwardDkdvDq || !persistent_pays_backward(k, g)))) return 0;
+  if (forced == 0 || (forced < 0 && !persistent_pays_backward(k, g))) return 0;
   *boxes = k.tiling.neighborhood_ctas;  // no column parts: head dims up to 128
   *heads = k.role == Role::kBackwardDq ? g.heads_q : g.heads_kv;
   const int64_t items = *boxes * *heads * g.batch;

@@ -61,13 +61,17 @@ __device__ __forceinline__ void acquire_dq_box(typename Tr::SharedStorage& ss, c
   ss.dq_pending[wg] = order.x;
 }
 
+// The issuing thread: its reduce-adds (bulk groups) are complete in global memory, not only done
+// reading the staging tile (cute::tma_store_wait).
+__device__ __forceinline__ void wait_dq_adds_complete() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 // Thread 0 of a warpgroup, before the staging tile is written again: its reduce-adds have read
 // the tile (fast mode); ordered, they are complete and counted (the counter of the box they
 // added into goes up by one, released to the CTAs that wait on it).
 template <class Tr>
 __device__ __forceinline__ void release_dq_adds(typename Tr::SharedStorage& ss, const BackwardArgs& args, int wg) {
   if constexpr (Tr::kOrderedDq) {
-    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    wait_dq_adds_complete();
     const int slot = ss.dq_pending[wg];
     if (slot >= 0) {
       asm volatile("fence.proxy.async.global;\n" ::: "memory");
@@ -133,12 +137,13 @@ __device__ __forceinline__ void reduce_dq(typename Tr::SharedStorage& ss, const 
 }
 
 // Fast mode, one step's gradient products and dQ partial (consumer thread ctid of 256, step par
-// of the CTA: ConsumerCursors::steps, the item's step where one item per CTA), ending with the stage released (empty:
-// its barrier). dS^T goes to this step's parity buffer (stmatrix), then the 256-thread barrier (both warpgroups' halves
-// written; thread 0 of each warpgroup first waits until its last reduce-adds have read the staging tile, so every
-// staging write after it finds the tile free), then dQ = dS K over the 128 keys and its staging and reduce-add
-// (reduce_dq). A warpgroup writes a dS buffer again two steps on, past the next step's barrier, which every reader
-// reaches only after its dQ product has completed.
+// of the CTA: ConsumerCursors::steps, the item's step where one item per CTA), ending with the
+// stage released (empty: its barrier). dS^T goes to this step's parity buffer (stmatrix), then
+// the 256-thread barrier (both warpgroups' halves written; thread 0 of each warpgroup first
+// waits until its last reduce-adds have read the staging tile, so every staging write after it
+// finds the tile free), then dQ = dS K over the 128 keys and its staging and reduce-add
+// (reduce_dq). A warpgroup writes a dS buffer again two steps on, past the next step's barrier,
+// which every reader reaches only after its dQ product has completed.
 //   Head dim 128 (both warpgroups, 64 dQ columns each): FlashAttention-3's order, so that the dQ
 //   product and its staging overlap the same warpgroup's gradient products: dV += P^T dO issued
 //   before the barrier, then dQ's product, then dK += dS^T Q, then the wait for all but dK's and
@@ -377,7 +382,7 @@ __device__ __forceinline__ void dkdv_consume(typename Tr::SharedStorage& ss, con
   if constexpr (Tr::kOrderedDq) {
     if (ctid % 128 == 0) release_dq_adds<Tr>(ss, args, wg);
   } else if constexpr (Tr::kFastDq && !Tr::kPersistent) {
-    if (ctid % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+    if (ctid % 128 == 0) wait_dq_adds_complete();
   }
   if constexpr (Tr::kPersistent) {
     // The end marker's stage, then the own boxes (every product reading them is done: each
@@ -465,7 +470,7 @@ __global__ void __launch_bounds__(Tr::kThreads, 1)
         });
         // The fast kernel: its last reduce-adds are complete before the shared memory goes.
         if constexpr (Tr::kFastDq)
-          if (threadIdx.x % 128 == 0) asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+          if (threadIdx.x % 128 == 0) wait_dq_adds_complete();
       });
 }
 
